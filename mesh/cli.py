@@ -1,0 +1,352 @@
+"""The ``pycache`` command: a thin click layer over the roles.
+
+Process roles: ``pycache node`` (one node), ``pycache up`` (a local cluster).
+Client commands: ``get``, ``set``, ``del``, ``expire``, ``persist``, ``ttl``,
+``stats``, all with ``--connect`` (env ``PYCACHE_CONNECT``).
+
+Exit codes: 0 success; 1 ``get`` of a missing key; 2 a bad argument or an
+error reply; 3 a timeout or no reachable endpoint.  Errors print one line on
+stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, NoReturn
+
+import click
+
+from mesh.config import DEFAULT_API, MIB, Limits, NodeConfig
+from mesh.errors import ConfigError, ConnectionFailed, PyCacheError, Timeout
+
+EXIT_MISSING = 1
+EXIT_ERROR = 2
+EXIT_UNREACHABLE = 3
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _errors_to_exit_codes(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one stderr line and an exit code >= 2."""
+
+    @wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (Timeout, ConnectionFailed) as exc:
+            _fail(str(exc), EXIT_UNREACHABLE)
+        except (PyCacheError, OSError) as exc:
+            _fail(str(exc), EXIT_ERROR)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pycache-mesh")
+def main() -> None:
+    """PyCache: a brokerless ZeroMQ mesh of in-memory key-value cache nodes."""
+
+
+# ---------------------------------------------------------------------- process roles
+
+
+@main.command()
+@click.option("--id", "node_id", required=True, envvar="PYCACHE_NODE_ID", help="Node id.")
+@click.option("--data-dir", required=True, envvar="PYCACHE_DATA_DIR", help="Data folder.")
+@click.option(
+    "--api",
+    default=DEFAULT_API,
+    show_default=True,
+    envvar="PYCACHE_API",
+    help="Client ROUTER endpoint to bind.",
+)
+@click.option(
+    "--fsync",
+    type=click.Choice(["always", "interval", "never"]),
+    default="always",
+    show_default=True,
+    envvar="PYCACHE_FSYNC",
+    help="Log fsync policy.",
+)
+@click.option(
+    "--fsync-interval-ms",
+    type=int,
+    default=100,
+    show_default=True,
+    envvar="PYCACHE_FSYNC_INTERVAL_MS",
+    help="Period of the interval policy.",
+)
+@click.option(
+    "--segment-mib",
+    type=int,
+    default=64,
+    show_default=True,
+    envvar="PYCACHE_SEGMENT_MIB",
+    help="Log segment size.",
+)
+@click.option(
+    "--retention-mib",
+    type=int,
+    default=1024,
+    show_default=True,
+    envvar="PYCACHE_RETENTION_MIB",
+    help="Log kept after a snapshot covers it.",
+)
+@click.option(
+    "--snapshot-every",
+    type=int,
+    default=1_000_000,
+    show_default=True,
+    envvar="PYCACHE_SNAPSHOT_EVERY",
+    help="Entries between snapshots (0: never).",
+)
+@click.option(
+    "--max-keys",
+    type=int,
+    default=0,
+    show_default=True,
+    envvar="PYCACHE_MAX_KEYS",
+    help="LRU eviction above this many keys (0: no limit).",
+)
+@click.option(
+    "--max-memory-mib",
+    type=int,
+    default=0,
+    show_default=True,
+    envvar="PYCACHE_MAX_MEMORY_MIB",
+    help="LRU eviction above this much data.",
+)
+@click.option(
+    "--max-key-bytes",
+    type=int,
+    default=512,
+    show_default=True,
+    envvar="PYCACHE_MAX_KEY_BYTES",
+    help="Longest key accepted.",
+)
+@click.option(
+    "--max-value-mib",
+    type=int,
+    default=8,
+    show_default=True,
+    envvar="PYCACHE_MAX_VALUE_MIB",
+    help="Largest value accepted.",
+)
+@click.option("--log-level", default="INFO", show_default=True, envvar="PYCACHE_LOG_LEVEL")
+def node(
+    node_id: str,
+    data_dir: str,
+    api: str,
+    fsync: str,
+    fsync_interval_ms: int,
+    segment_mib: int,
+    retention_mib: int,
+    snapshot_every: int,
+    max_keys: int,
+    max_memory_mib: int,
+    max_key_bytes: int,
+    max_value_mib: int,
+    log_level: str,
+) -> None:
+    """Run one node until SIGTERM or Ctrl-C (then fsync and exit 0)."""
+    from mesh.node import run_node
+
+    _setup_logging(log_level, node_id)
+    try:
+        config = NodeConfig(
+            node_id=node_id,
+            data_dir=data_dir,
+            api=api,
+            fsync=fsync,
+            fsync_interval_ms=fsync_interval_ms,
+            segment_bytes=segment_mib * MIB,
+            retention_bytes=retention_mib * MIB,
+            snapshot_every=snapshot_every,
+            max_keys=max_keys,
+            max_memory=max_memory_mib * MIB,
+            limits=Limits(max_key_bytes=max_key_bytes, max_value_bytes=max_value_mib * MIB),
+        ).validate()
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_ERROR)
+    _errors_to_exit_codes(run_node)(config)
+
+
+@main.command()
+@click.option(
+    "--nodes",
+    type=int,
+    default=1,
+    show_default=True,
+    envvar="PYCACHE_NODES",
+    help="How many nodes to start.",
+)
+@click.option(
+    "--data-dir",
+    default="./pycache-data",
+    show_default=True,
+    envvar="PYCACHE_DATA_DIR",
+    help="Parent folder of every node's data.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="PYCACHE_HOST")
+@click.option(
+    "--api-port",
+    type=int,
+    default=7001,
+    show_default=True,
+    envvar="PYCACHE_API_PORT",
+    help="First node's API port; the next get +1.",
+)
+@click.option(
+    "--fsync",
+    type=click.Choice(["always", "interval", "never"]),
+    default="always",
+    show_default=True,
+    envvar="PYCACHE_FSYNC",
+)
+@click.option(
+    "--ready-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    envvar="PYCACHE_READY_TIMEOUT",
+    help="Seconds to wait for every node.",
+)
+@_errors_to_exit_codes
+def up(
+    nodes: int, data_dir: str, host: str, api_port: int, fsync: str, ready_timeout: float
+) -> None:
+    """Start a local cluster, print its endpoints, stop it all on Ctrl-C."""
+    from mesh.supervisor import Cluster
+
+    _setup_logging("INFO", "up")
+    cluster = Cluster(data_dir, nodes=nodes, host=host, api_port=api_port, fsync=fsync)
+    sys.exit(cluster.run(ready_timeout, echo=click.echo))
+
+
+# ---------------------------------------------------------------------- client commands
+
+connect_option = click.option(
+    "--connect",
+    default=DEFAULT_API,
+    show_default=True,
+    envvar="PYCACHE_CONNECT",
+    help="Endpoint(s) to talk to, comma-separated.",
+)
+timeout_option = click.option(
+    "--timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    envvar="PYCACHE_TIMEOUT",
+    help="Seconds to wait for the reply.",
+)
+
+
+def _client_call(connect: str, timeout: float, call: Callable[[Any], Any]) -> Any:
+    from mesh.client import Client
+
+    with Client(connect.split(","), timeout=timeout) as client:
+        return call(client)
+
+
+@main.command()
+@click.argument("key")
+@connect_option
+@timeout_option
+@_errors_to_exit_codes
+def get(key: str, connect: str, timeout: float) -> None:
+    """Print the value of KEY; exit 1 with no output when it is missing."""
+    value = _client_call(connect, timeout, lambda c: c.get(key))
+    if value is None:
+        sys.exit(EXIT_MISSING)
+    sys.stdout.buffer.write(value + b"\n")
+
+
+@main.command(name="set")
+@click.argument("key")
+@click.argument("value")
+@click.option("--ttl", type=float, default=None, help="Expire after this many seconds.")
+@click.option("--nx", is_flag=True, help="Only set when KEY does not exist.")
+@click.option("--xx", is_flag=True, help="Only set when KEY exists.")
+@connect_option
+@timeout_option
+@_errors_to_exit_codes
+def set_(
+    key: str, value: str, ttl: float | None, nx: bool, xx: bool, connect: str, timeout: float
+) -> None:
+    """Set KEY to VALUE; prints OK, or (nil) when --nx/--xx was not met."""
+    if ttl is not None and ttl <= 0:
+        raise click.BadParameter("must be positive", param_hint="--ttl")
+    done = _client_call(connect, timeout, lambda c: c.set(key, value, ttl=ttl, nx=nx, xx=xx))
+    click.echo("OK" if done else "(nil)")
+
+
+@main.command(name="del")
+@click.argument("keys", nargs=-1, required=True)
+@connect_option
+@timeout_option
+@_errors_to_exit_codes
+def del_(keys: tuple[str, ...], connect: str, timeout: float) -> None:
+    """Delete KEYS; prints how many existed."""
+    click.echo(_client_call(connect, timeout, lambda c: c.delete(*keys)))
+
+
+@main.command()
+@click.argument("key")
+@click.argument("seconds", type=float)
+@connect_option
+@timeout_option
+@_errors_to_exit_codes
+def expire(key: str, seconds: float, connect: str, timeout: float) -> None:
+    """Expire KEY after SECONDS; prints 1, or 0 when KEY does not exist."""
+    if seconds <= 0:
+        raise click.BadParameter("must be positive", param_hint="SECONDS")
+    click.echo(int(_client_call(connect, timeout, lambda c: c.expire(key, seconds))))
+
+
+@main.command()
+@click.argument("key")
+@connect_option
+@timeout_option
+@_errors_to_exit_codes
+def persist(key: str, connect: str, timeout: float) -> None:
+    """Remove the TTL of KEY; prints 1, or 0 when it had none."""
+    click.echo(int(_client_call(connect, timeout, lambda c: c.persist(key))))
+
+
+@main.command()
+@click.argument("key")
+@connect_option
+@timeout_option
+@_errors_to_exit_codes
+def ttl(key: str, connect: str, timeout: float) -> None:
+    """Print the seconds KEY has left: -1 no TTL, -2 no such key."""
+    click.echo(_client_call(connect, timeout, lambda c: c.ttl(key)))
+
+
+@main.command()
+@connect_option
+@timeout_option
+@_errors_to_exit_codes
+def stats(connect: str, timeout: float) -> None:
+    """Print the node's statistics as JSON."""
+    click.echo(json.dumps(_client_call(connect, timeout, lambda c: c.stats()), indent=2))
+
+
+def _setup_logging(level: str, name: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,375 @@
+"""Python clients, sync and asyncio, in the shape redis-py users know.
+
+>>> from mesh.client import Client
+>>> with Client("tcp://127.0.0.1:7001") as cache:
+...     cache.set("greeting", "hello", ttl=60)
+...     cache.get("greeting")            # b'hello'
+...     with cache.pipeline() as pipe:   # many requests in flight, one round trip
+...         pipe.set("a", "1").set("b", "2").mget("a", "b")
+...         pipe.execute()               # [True, True, [b'1', b'2']]
+
+Every call has a deadline (``timeout`` seconds, per client or per call) and
+raises :class:`mesh.errors.Timeout` when it passes; an error reply raises the
+typed exception for its code (:func:`mesh.wire.error_for`).  No zmq or msgpack
+exception escapes: they are translated at this boundary.
+
+Values go out as bytes (``str`` is encoded as UTF-8, numbers as their decimal
+text, as redis-py does) and come back as ``bytes``.  TTLs are in seconds
+(``ttl``, ``expire``) or milliseconds (``px``, ``pexpire``, ``pttl``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from mesh import wire
+from mesh.config import DEFAULT_API
+from mesh.errors import ConnectionFailed, ProtocolError, PyCacheError, Timeout
+
+DEFAULT_TIMEOUT = 5.0
+REPLY_HWM = 100_000
+
+Value = bytes | str | int | float
+
+
+def _value(value: Value) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return repr(value).encode()
+    raise ProtocolError(wire.E_BAD_ARGS, f"a value must be bytes, str or a number, not {value!r}")
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _seconds(ms: int) -> int:
+    return ms if ms < 0 else (ms + 500) // 1000
+
+
+def _keys(keys: str | Iterable[str], more: tuple[str, ...]) -> list[str]:
+    return [keys, *more] if isinstance(keys, str) else [*keys, *more]
+
+
+class Commands:
+    """The op methods shared by :class:`Client`, :class:`AsyncClient` and pipelines.
+
+    Each method builds one request and hands it to ``_call``, which sends it
+    now (clients) or queues it (pipelines); ``convert`` shapes the result.
+    """
+
+    #: Sends the request now (clients) or queues it (pipelines); set by each subclass.
+    _call: Callable[..., Any]
+
+    def ping(self, message: Value | None = None) -> Any:
+        """PING: ``"PONG"``, or ``message`` echoed back."""
+        return self._call("PING") if message is None else self._call("PING", _value(message))
+
+    def get(self, key: str) -> Any:
+        """The value of ``key`` as bytes, or None."""
+        return self._call("GET", key)
+
+    def set(
+        self,
+        key: str,
+        value: Value,
+        ttl: float | None = None,
+        px: int | None = None,
+        nx: bool = False,
+        xx: bool = False,
+    ) -> Any:
+        """Store ``value``; ``ttl`` seconds or ``px`` ms; ``nx``/``xx`` as in Redis.
+
+        Returns True when set, False when the NX/XX condition was not met.
+        """
+        options: dict[str, Any] = {}
+        if ttl is not None:
+            options["ttl_ms"] = _ms(ttl)
+        if px is not None:
+            options["ttl_ms"] = px
+        if nx:
+            options["nx"] = True
+        if xx:
+            options["xx"] = True
+        if options:
+            return self._call("SET", key, _value(value), options)
+        return self._call("SET", key, _value(value))
+
+    def delete(self, *keys: str) -> Any:
+        """Delete keys; returns how many existed."""
+        return self._call("DEL", *keys)
+
+    def expire(self, key: str, seconds: float) -> Any:
+        """Give ``key`` a TTL in seconds; False when the key does not exist."""
+        return self._call("EXPIRE", key, _ms(seconds))
+
+    def pexpire(self, key: str, ms: int) -> Any:
+        """Give ``key`` a TTL in milliseconds; False when the key does not exist."""
+        return self._call("EXPIRE", key, ms)
+
+    def persist(self, key: str) -> Any:
+        """Remove the TTL of ``key``; True when it had one."""
+        return self._call("PERSIST", key)
+
+    def ttl(self, key: str) -> Any:
+        """Seconds left (rounded), -1 for no TTL, -2 for no such key."""
+        return self._call("TTL", key, convert=_seconds)
+
+    def pttl(self, key: str) -> Any:
+        """Milliseconds left, -1 for no TTL, -2 for no such key."""
+        return self._call("TTL", key)
+
+    def mget(self, keys: str | Iterable[str], *more: str) -> Any:
+        """Values of several keys (None for missing ones), in order."""
+        return self._call("MGET", *_keys(keys, more))
+
+    def mset(self, mapping: Mapping[str, Value]) -> Any:
+        """Set several keys at once (no TTL)."""
+        args: list[Any] = []
+        for key, value in mapping.items():
+            args += [key, _value(value)]
+        return self._call("MSET", *args)
+
+    def stats(self) -> Any:
+        """The node's STATS map."""
+        return self._call("STATS")
+
+
+def _result(code: int, result: Any, convert: Callable[[Any], Any] | None) -> Any:
+    if code != wire.OK:
+        raise wire.error_for(code, str(result))
+    return convert(result) if convert is not None else result
+
+
+def _dealer(ctx: zmq.Context, endpoints: Sequence[str]) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on live connections
+    sock.setsockopt(zmq.RCVHWM, REPLY_HWM)  # room for every reply of a long pipeline
+    try:
+        for endpoint in endpoints:
+            sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close()
+        raise ConnectionFailed(f"cannot connect to {endpoint}: {exc}") from exc
+    return sock
+
+
+def _endpoints(endpoint: str | Sequence[str]) -> list[str]:
+    return [endpoint] if isinstance(endpoint, str) else list(endpoint)
+
+
+class Client(Commands):
+    """Synchronous client over one DEALER socket connected to every endpoint."""
+
+    def __init__(
+        self,
+        endpoint: str | Sequence[str] = DEFAULT_API,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.endpoints = _endpoints(endpoint)
+        self.timeout = timeout
+        self._own_ctx = context is None
+        self._ctx = context or zmq.Context()
+        self._sock = _dealer(self._ctx, self.endpoints)
+        self._ids = itertools.count(1)
+
+    def _call(self, op: str, *args: Any, convert: Callable[[Any], Any] | None = None) -> Any:
+        ((code, result),) = self.execute_many([(op, args)], self.timeout)
+        return _result(code, result, convert)
+
+    def execute_many(
+        self, requests: Sequence[tuple[str, tuple]], timeout: float | None = None
+    ) -> list[tuple[int, Any]]:
+        """Send every request at once, then collect ``(code, result)`` for each, in order."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        ids = []
+        try:
+            for op, args in requests:
+                request_id = next(self._ids)
+                self._send(wire.encode_request(request_id, op, *args), deadline)
+                ids.append(request_id)
+            replies = self._receive(set(ids), deadline)
+        except zmq.ZMQError as exc:
+            raise ConnectionFailed(f"socket error talking to {self.endpoints}: {exc}") from exc
+        return [replies[i] for i in ids]
+
+    def _send(self, frame: bytes, deadline: float) -> None:
+        while True:
+            try:
+                self._sock.send(frame, zmq.NOBLOCK)
+                return
+            except zmq.Again:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._sock.poll(left * 1000, zmq.POLLOUT):
+                    raise Timeout(f"no endpoint of {self.endpoints} took the request") from None
+
+    def _receive(self, waiting: set[int], deadline: float) -> dict[int, tuple[int, Any]]:
+        replies: dict[int, tuple[int, Any]] = {}
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._sock.poll(left * 1000, zmq.POLLIN):
+                raise Timeout(
+                    f"{len(waiting)} of {len(waiting) + len(replies)} replies missing "
+                    f"from {self.endpoints} after the deadline"
+                )
+            while True:
+                try:
+                    frame = self._sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                request_id, code, result = wire.decode_reply(frame)
+                if request_id in waiting:  # anything else is a late reply to a timed-out call
+                    waiting.discard(request_id)
+                    replies[request_id] = (code, result)
+        return replies
+
+    def pipeline(self) -> Pipeline:
+        """A pipeline: queue calls, then ``execute()`` sends them all at once."""
+        return Pipeline(self)
+
+    def close(self) -> None:
+        """Close the socket (and the context, when the client made it)."""
+        self._sock.close(0)
+        if self._own_ctx:
+            self._ctx.term()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Pipeline(Commands):
+    """Queues calls on a :class:`Client` and runs them with every request in flight."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._queue: list[tuple[str, tuple, Callable[[Any], Any] | None]] = []
+
+    def _call(self, op: str, *args: Any, convert: Callable[[Any], Any] | None = None) -> Any:
+        self._queue.append((op, args, convert))
+        return self
+
+    def execute(self, raise_on_error: bool = True, timeout: float | None = None) -> list[Any]:
+        """Send every queued request, wait for all replies, return results in order.
+
+        With ``raise_on_error`` False, a failed request's exception stands in
+        its place in the list instead of being raised.
+        """
+        queue, self._queue = self._queue, []
+        replies = self._client.execute_many([(op, args) for op, args, _ in queue], timeout)
+        results: list[Any] = []
+        for (code, result), (_, _, convert) in zip(replies, queue, strict=True):
+            try:
+                results.append(_result(code, result, convert))
+            except PyCacheError as exc:
+                if raise_on_error:
+                    raise
+                results.append(exc)
+        return results
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._queue = []
+
+
+class AsyncClient(Commands):
+    """asyncio client: every call is a coroutine; concurrent calls pipeline.
+
+    A single reader task drains replies in batches and wakes each waiting
+    call by its request id.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | Sequence[str] = DEFAULT_API,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        context: zmq.asyncio.Context | None = None,
+    ) -> None:
+        self.endpoints = _endpoints(endpoint)
+        self.timeout = timeout
+        self._own_ctx = context is None
+        self._ctx = context or zmq.asyncio.Context()
+        self._sock = _dealer(self._ctx, self.endpoints)
+        self._raw = zmq.Socket.shadow(self._sock.underlying)
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future] = {}
+        self._reader: asyncio.Task | None = None
+
+    def _call(self, op: str, *args: Any, convert: Callable[[Any], Any] | None = None) -> Any:
+        return self._request(op, args, convert)
+
+    async def _request(self, op: str, args: tuple, convert: Callable[[Any], Any] | None) -> Any:
+        request_id = next(self._ids)
+        frame = wire.encode_request(request_id, op, *args)
+        future = asyncio.get_running_loop().create_future()
+        self._waiting[request_id] = future
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.create_task(self._read_replies())
+        try:
+            code, result = await asyncio.wait_for(self._send_and_wait(frame, future), self.timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"no reply from {self.endpoints} within {self.timeout} s") from None
+        except zmq.ZMQError as exc:
+            raise ConnectionFailed(f"socket error talking to {self.endpoints}: {exc}") from exc
+        finally:
+            self._waiting.pop(request_id, None)
+        return _result(code, result, convert)
+
+    async def _send_and_wait(self, frame: bytes, future: asyncio.Future) -> tuple[int, Any]:
+        try:
+            self._raw.send(frame, zmq.NOBLOCK)
+        except zmq.Again:
+            await self._sock.send(frame)
+        return await future
+
+    async def _read_replies(self) -> None:
+        while self._waiting:
+            await self._sock.poll(flags=zmq.POLLIN)
+            while True:
+                try:
+                    frame = self._raw.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    request_id, code, result = wire.decode_reply(frame)
+                except ProtocolError:
+                    continue
+                future = self._waiting.get(request_id)  # type: ignore[arg-type]
+                if future is not None and not future.done():
+                    future.set_result((code, result))
+
+    async def close(self) -> None:
+        """Stop the reader and close the socket (and the context it made)."""
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self._sock.close(0)
+        if self._own_ctx:
+            self._ctx.term()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,0 +1,127 @@
+"""One config object per process role, with named defaults and ``validate()``.
+
+Every field has a CLI flag and an environment variable ``PYCACHE_<FIELD>``
+(see :mod:`mesh.cli`).  ``validate()`` raises :class:`mesh.errors.ConfigError`
+(a ``ValueError``) rather than asserting, so ``python -O`` keeps the checks.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from mesh.errors import ConfigError
+
+MIB = 1024 * 1024
+
+DEFAULT_API = "tcp://127.0.0.1:7001"
+DEFAULT_MAX_KEY_BYTES = 512
+DEFAULT_MAX_VALUE_BYTES = 8 * MIB
+#: Room around the largest value for the key, the op and the framing.
+REQUEST_OVERHEAD_BYTES = 64 * 1024
+DEFAULT_MAX_FRAMES = 16
+DEFAULT_MAX_ITEMS = 10_000
+FSYNC_POLICIES = ("always", "interval", "never")
+NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:(\d{1,5}|\*)|ipc://\S+|inproc://\S+)$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Size limits enforced on every request before and while decoding it.
+
+    ``max_request_bytes`` bounds one whole request frame; by default it is the
+    largest value plus ``REQUEST_OVERHEAD_BYTES``, so an MSET carries at most
+    about one maximal value's worth of data.
+    """
+
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_request_bytes: int = 0  # 0: max_value_bytes + REQUEST_OVERHEAD_BYTES
+    max_frames: int = DEFAULT_MAX_FRAMES
+    max_items: int = DEFAULT_MAX_ITEMS  # keys in one MGET/MSET/DEL
+
+    @property
+    def request_bytes(self) -> int:
+        """The effective limit on one request frame."""
+        return self.max_request_bytes or self.max_value_bytes + REQUEST_OVERHEAD_BYTES
+
+    def validate(self) -> Limits:
+        """Raise ConfigError when a limit is out of range; return self."""
+        _check_range("max_key_bytes", self.max_key_bytes, 1, 64 * 1024)
+        _check_range("max_value_bytes", self.max_value_bytes, 1, 512 * MIB)
+        _check_range("max_request_bytes", self.max_request_bytes, 0, 1024 * MIB)
+        if self.max_request_bytes and self.max_request_bytes < self.max_key_bytes + 64:
+            raise ConfigError("max_request_bytes must leave room for a key")
+        _check_range("max_frames", self.max_frames, 2, 1024)
+        _check_range("max_items", self.max_items, 1, 1_000_000)
+        return self
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything one node process needs.
+
+    Fields:
+        node_id: stable name of the node (letters, digits, ``_.-``).
+        data_dir: folder for the node's identity, log and snapshots.
+        api: ZeroMQ endpoint of the client ROUTER socket.
+        fsync: ``always`` (group commit, ack after fsync), ``interval``, ``never``.
+        fsync_interval_ms: period of the ``interval`` policy.
+        segment_bytes: a log segment is rolled past this size.
+        retention_bytes: newest log bytes kept after a snapshot covers them.
+        snapshot_every: write a snapshot (and compact) after this many entries.
+        max_keys / max_memory: LRU eviction limits (0: unlimited).
+        tombstone_horizon_ms: how long a DEL's tombstone is kept.
+        sweep_interval_ms: period of the active TTL sweep.
+        batch_max: most requests handled in one event-loop turn.
+        limits: request size limits.
+    """
+
+    node_id: str
+    data_dir: str
+    api: str = DEFAULT_API
+    fsync: str = "always"
+    fsync_interval_ms: int = 100
+    segment_bytes: int = 64 * MIB
+    retention_bytes: int = 1024 * MIB
+    snapshot_every: int = 1_000_000
+    max_keys: int = 0
+    max_memory: int = 0
+    tombstone_horizon_ms: int = 24 * 3600 * 1000
+    sweep_interval_ms: int = 100
+    batch_max: int = 1024
+    limits: Limits = field(default_factory=Limits)
+
+    def validate(self) -> NodeConfig:
+        """Raise ConfigError naming the first invalid field; return self."""
+        if not NODE_ID_RE.match(self.node_id or ""):
+            raise ConfigError(f"node_id {self.node_id!r}: use 1-64 letters, digits, '_', '.', '-'")
+        if not self.data_dir:
+            raise ConfigError("data_dir is required")
+        check_endpoint("api", self.api)
+        if self.fsync not in FSYNC_POLICIES:
+            choices = ", ".join(FSYNC_POLICIES)
+            raise ConfigError(f"fsync must be one of {choices}, not {self.fsync!r}")
+        _check_range("fsync_interval_ms", self.fsync_interval_ms, 1, 60_000)
+        _check_range("segment_bytes", self.segment_bytes, 4096, 4096 * MIB)
+        _check_range("retention_bytes", self.retention_bytes, 0, 1 << 50)
+        _check_range("snapshot_every", self.snapshot_every, 0, 1 << 40)
+        _check_range("max_keys", self.max_keys, 0, 1 << 40)
+        _check_range("max_memory", self.max_memory, 0, 1 << 50)
+        _check_range("tombstone_horizon_ms", self.tombstone_horizon_ms, 1000, 1 << 40)
+        _check_range("sweep_interval_ms", self.sweep_interval_ms, 1, 60_000)
+        _check_range("batch_max", self.batch_max, 1, 1_000_000)
+        self.limits.validate()
+        return self
+
+
+def check_endpoint(name: str, endpoint: str) -> None:
+    """Raise ConfigError unless ``endpoint`` looks like a ZeroMQ endpoint."""
+    if not isinstance(endpoint, str) or not ENDPOINT_RE.match(endpoint):
+        raise ConfigError(f"{name} {endpoint!r} is not an endpoint like tcp://127.0.0.1:7001")
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ConfigError(f"{name} must be an integer in {low}..{high}, not {value!r}")

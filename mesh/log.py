@@ -1,0 +1,644 @@
+"""The segmented append-only log: framing, CRC, fsync policy, recovery, index, retention.
+
+Every mutation a node applies is appended here before it is acknowledged, so
+that the node can rebuild its store after a restart and serve catch-up to its
+peers.  Snapshots (see :mod:`mesh.snapshot`) bound replay time and disk use.
+
+Files under a node's data directory::
+
+    log/<first offset>.log      segments, named by the offset of their first record
+    log/<first offset>.idx      the sparse index of each segment (rebuildable)
+    snapshots/<offset>.snap     snapshots, see mesh.snapshot
+
+``<first offset>`` and ``<offset>`` are 20 decimal digits, zero-padded, so that
+names sort like numbers.  An *offset* numbers records 0, 1, 2, ... across the
+whole log.  All integers are big-endian.
+
+Segment (``.log``)::
+
+    header, 16 bytes:
+        0   4  magic b"PCLG"
+        4   2  u16 format version (1)
+        6   2  u16 flags (reserved, 0)
+        8   8  u64 offset of the first record (equals the file name)
+    then records, back to back, until the end of the file:
+        0   4  u32 payload length N (N > 0)
+        4   4  u32 CRC32C (Castagnoli) of the payload
+        8   N  payload: msgpack of Mutation.to_record(), see mesh.mutation
+
+A segment is rolled (sealed, and a new one started) before a record that would
+take it past ``segment_bytes``; a record is never split, and a segment always
+holds at least one record before it rolls.  Only the last segment is written.
+
+Index (``.idx``)::
+
+    0   4  magic b"PCIX"
+    4   2  u16 format version (1)
+    6   2  u16 flags (reserved, 0)
+    8   4  u32 payload length N
+    12  4  u32 CRC32C of the payload
+    16  N  payload: msgpack map
+           first:    offset of the segment's first record
+           sealed:   false while the segment is the active one
+           size:     segment size in bytes (when sealed)
+           count:    number of records (when sealed)
+           hlc:      highest hlc of the records before the segment
+           end_hlc:  highest hlc up to the segment's end (when sealed)
+           end_seqs: {origin: highest seq} up to the segment's end (when sealed)
+           marks:    [[offset, file position, {origin: highest seq before offset}], ...]
+                     the first mark is the segment's first record; then one
+                     about every MARK_BYTES of records
+
+The index is written (temp file, fsync, rename) when a segment is created and
+again when it is sealed, so that opening the log reads only the active
+segment, and so that the highest seq of every origin survives compaction.  A
+missing or bad index of a sealed segment is rebuilt by scanning the segment.
+
+Recovery on open: the active (last) segment is scanned record by record.  A
+torn or corrupt tail (short header, short payload, CRC mismatch, undecodable
+payload) is truncated to the end of the last good record and fsynced, with a
+warning; so is a last segment whose header was torn while it was created.
+Corruption inside a sealed segment raises :class:`LogCorruptError` naming the
+file and byte position, when found: on open if its index must be rebuilt,
+otherwise when :meth:`Log.replay` or :meth:`Log.read_from` reads it.
+
+Durability: the data of every segment is fsynced before it is sealed and the
+directory is fsynced whenever a file is created, renamed or deleted,
+whatever the fsync policy.  The policy decides when appended records are
+fsynced; see :meth:`Log.flush`.
+
+A :class:`Log` is not thread-safe: one thread (the node's event loop) calls it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain, starmap
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from crc32c import crc32c
+
+from mesh import snapshot as _snapshot
+from mesh.errors import ConfigError
+from mesh.mutation import Mutation
+from mesh.snapshot import LogCorruptError
+
+__all__ = ["FSYNC_POLICIES", "Log", "LogCorruptError"]
+
+logger = logging.getLogger(__name__)
+
+FSYNC_POLICIES = ("always", "interval", "never")
+FORMAT_VERSION = 1
+SEGMENT_MAGIC = b"PCLG"
+INDEX_MAGIC = b"PCIX"
+#: smallest accepted ``segment_bytes`` (one header and one small record)
+MIN_SEGMENT_BYTES = 64
+#: one index mark about every this many bytes of records
+MARK_BYTES = 256 * 1024
+
+_HEADER = struct.Struct(">4sHHQ")
+_INDEX_HEADER = struct.Struct(">4sHHII")
+_FRAME = _snapshot.FRAME
+_CHUNK = _snapshot.CHUNK
+_DECODE_ERRORS = _snapshot.DECODE_ERRORS
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+_now = time.monotonic
+
+Mark = tuple[int, int, dict[str, int]]  # (offset, file position, {origin: max seq before})
+
+
+@dataclass
+class _Segment:
+    """What the log knows about one segment file."""
+
+    first: int
+    path: Path
+    size: int = _HEADER.size
+    count: int = 0
+    start_hlc: int = 0
+    marks: list[Mark] = field(default_factory=list)
+
+    @property
+    def end(self) -> int:
+        """The offset after the segment's last record."""
+        return self.first + self.count
+
+
+class Log:
+    """A node's segmented append-only log of mutations, with snapshots.
+
+    ``fsync`` is one of :data:`FSYNC_POLICIES`; ``fsync_interval_ms`` is the
+    period of the ``interval`` policy; a segment is rolled before it would pass
+    ``segment_bytes``; :meth:`compact` keeps at least the newest
+    ``retention_bytes`` of segments for catch-up.  Opening recovers the log
+    (see the module docstring); bad arguments raise
+    :class:`~mesh.errors.ConfigError`, a ``ValueError``.
+    """
+
+    _mark_bytes = MARK_BYTES
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        fsync: str = "always",
+        fsync_interval_ms: int = 100,
+        segment_bytes: int = 64 * 2**20,
+        retention_bytes: int = 2**30,
+    ) -> None:
+        if fsync not in FSYNC_POLICIES:
+            raise ConfigError(f"fsync must be one of {FSYNC_POLICIES}, got {fsync!r}")
+        for name, value, low in (
+            ("fsync_interval_ms", fsync_interval_ms, 1),
+            ("segment_bytes", segment_bytes, MIN_SEGMENT_BYTES),
+            ("retention_bytes", retention_bytes, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
+        self.data_dir = Path(data_dir)
+        self.fsync = fsync
+        self.fsync_interval_ms = fsync_interval_ms
+        self.segment_bytes = segment_bytes
+        self.retention_bytes = retention_bytes
+        self._dir = self.data_dir / "log"
+        self._snap_dir = self.data_dir / "snapshots"
+        self._packer = msgpack.Packer()
+        self._segments: list[_Segment] = []
+        self._seqs: dict[str, int] = {}
+        self._max_hlc = 0
+        self._fd = -1
+        self._unsynced = False
+        self._closed = False
+        self._last_sync = _now()
+        for folder in (self._dir, self._snap_dir):
+            if not folder.is_dir():
+                folder.mkdir(parents=True, exist_ok=True)
+                _snapshot.fsync_dir(folder.parent)
+        self._recover()
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def next_offset(self) -> int:
+        """The offset the next appended record gets."""
+        return self._segments[-1].end
+
+    @property
+    def max_hlc(self) -> int:
+        """The highest hlc of any record ever appended (0 when none)."""
+        return self._max_hlc
+
+    def max_seqs(self) -> dict[str, int]:
+        """``{origin: highest seq}`` over every record ever appended, compacted ones too."""
+        return dict(self._seqs)
+
+    def first_offset(self) -> int:
+        """The lowest offset still on disk (``next_offset`` when the log is empty)."""
+        return self._segments[0].first
+
+    def segment_paths(self) -> list[Path]:
+        """The segment files, oldest first."""
+        return [seg.path for seg in self._segments]
+
+    def __repr__(self) -> str:
+        return (
+            f"<Log {str(self._dir)!r} offsets {self.first_offset()}..{self.next_offset} "
+            f"segments={len(self._segments)} fsync={self.fsync}>"
+        )
+
+    # ---------------------------------------------------------------- writing
+
+    def append(self, mutations: Sequence[Mutation]) -> int:
+        """Append a batch; return the offset of its last record.
+
+        The batch is encoded first and written with one ``write`` call per
+        segment it lands in (segments roll between records).  Nothing is
+        fsynced here: call :meth:`flush` once per batch before acknowledging.
+        An empty batch writes nothing and returns ``next_offset - 1``.  If
+        the write fails the segment is truncated back and the error raised.
+        """
+        if self._closed:
+            raise ValueError("append to a closed log")
+        if not mutations:
+            return self.next_offset - 1
+        pack, frame = self._packer.pack, _FRAME.pack
+        parts: list[bytes] = []
+        add = parts.append
+        seqs, hlc, total = dict(self._seqs), self._max_hlc, 0
+        for m in mutations:  # encode and account first: a bad mutation raises before any write
+            payload = pack(m)
+            add(frame(len(payload), crc32c(payload)))
+            add(payload)
+            total += 8 + len(payload)
+            if m[1] > seqs.get(m[0], -1):
+                seqs[m[0]] = m[1]
+            if m[2] > hlc:
+                hlc = m[2]
+        seg = self._segments[-1]
+        if seg.size + total <= self.segment_bytes:
+            self._write(seg, parts, len(mutations))
+            self._seqs, self._max_hlc = seqs, hlc
+            return seg.end - 1
+        start, size = 0, seg.size  # the batch crosses segment_bytes: split it, rolling
+        for i in range(len(mutations)):
+            length = len(parts[2 * i]) + len(parts[2 * i + 1])
+            if size + length > self.segment_bytes and (seg.count or i > start):
+                self._write_some(seg, parts, mutations, start, i)
+                self._roll()
+                seg, size, start = self._segments[-1], _HEADER.size, i
+            size += length
+        self._write_some(seg, parts, mutations, start, len(mutations))
+        return seg.end - 1
+
+    def _write_some(
+        self, seg: _Segment, parts: list[bytes], batch: Sequence[Mutation], start: int, stop: int
+    ) -> None:
+        if stop > start:
+            self._write(seg, parts[2 * start : 2 * stop], stop - start)
+            for m in batch[start:stop]:
+                _merge(self._seqs, {m[0]: m[1]})
+                self._max_hlc = max(self._max_hlc, m[2])
+
+    def _write(self, seg: _Segment, parts: list[bytes], count: int) -> None:
+        if seg.size - seg.marks[-1][1] >= self._mark_bytes:
+            seg.marks.append((seg.end, seg.size, dict(self._seqs)))
+        data = b"".join(parts)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except BaseException:
+            os.ftruncate(self._fd, seg.size)
+            raise
+        seg.size += len(data)
+        seg.count += count
+        self._unsynced = True
+
+    def flush(self) -> None:
+        """The group-commit point: call once per batch, before acknowledging it.
+
+        ``always``: fsync when anything was appended since the last fsync.
+        ``interval``: fsync only when ``fsync_interval_ms`` has passed since the
+        last one (:meth:`tick` covers the rest).  ``never``: nothing; the data
+        was handed to the OS by :meth:`append`.
+        """
+        if not self._unsynced or self.fsync == "never":
+            return
+        if self.fsync == "always" or _now() - self._last_sync >= self.fsync_interval_ms / 1000:
+            self._sync()
+
+    def tick(self) -> None:
+        """Call every ``fsync_interval_ms``: under ``interval``, fsync what is unsynced."""
+        if self._unsynced and self.fsync == "interval":
+            self._sync()
+
+    def sync(self) -> None:
+        """Fsync whatever is unsynced, whatever the policy (on SIGTERM and close)."""
+        if self._unsynced:
+            self._sync()
+
+    def _sync(self) -> None:
+        _fdatasync(self._fd)
+        self._unsynced = False
+        self._last_sync = _now()
+
+    def close(self) -> None:
+        """Fsync and close; further appends raise ``ValueError``.  Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.sync()
+        finally:
+            self._closed = True
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- reading
+
+    def replay(self, start_offset: int = 0) -> Iterator[Mutation]:
+        """Every record from ``start_offset`` on, in log order.
+
+        The records yielded are those in the log when this is called.  Raises
+        ``ValueError`` when ``start_offset`` is past ``next_offset`` or below
+        :meth:`first_offset` (compacted away: load a snapshot instead), and,
+        while iterating, :class:`LogCorruptError` for a corrupt record.
+        """
+        if isinstance(start_offset, bool) or not isinstance(start_offset, int):
+            raise TypeError(f"start_offset must be an int, got {start_offset!r}")
+        if not self.first_offset() <= start_offset <= self.next_offset:
+            raise ValueError(
+                f"start_offset {start_offset} is outside the log "
+                f"[{self.first_offset()}, {self.next_offset}]"
+            )
+        segs = self._segments
+        i = max(bisect.bisect_right(segs, start_offset, key=lambda s: s.first) - 1, 0)
+        j = bisect.bisect_right(segs[i].marks, start_offset, key=lambda mk: mk[0]) - 1
+        offset, pos, _seqs = segs[i].marks[j]
+        plan = [(segs[i].path, pos, segs[i].size, start_offset - offset)]
+        plan += [(s.path, _HEADER.size, s.size, 0) for s in segs[i + 1 :]]
+        return chain.from_iterable(starmap(_snapshot.read_records, plan))
+
+    def read_from(self, origin: str, seq: int) -> Iterator[Mutation]:
+        """The records of ``origin`` with ``seq >= seq``, in log order (for catch-up).
+
+        Starts from the index mark before the first record that can match,
+        not from the start of the log.  Like :meth:`replay`, it yields what
+        is in the log when called.  Records compacted away are not yielded:
+        the caller checks that the seqs it gets are the ones it needs.
+        """
+        segs = self._segments
+
+        def key(mark: Mark) -> int:
+            return mark[2].get(origin, -1)
+
+        i = max(bisect.bisect_left(segs, seq, key=lambda s: key(s.marks[0])) - 1, 0)
+        j = max(bisect.bisect_left(segs[i].marks, seq, key=key) - 1, 0)
+        prefix = b"\x96" + msgpack.packb(origin)
+        plan = [(segs[i].path, segs[i].marks[j][1], segs[i].size, prefix, seq)]
+        plan += [(s.path, _HEADER.size, s.size, prefix, seq) for s in segs[i + 1 :]]
+        return chain.from_iterable(starmap(_read_origin, plan))
+
+    # -------------------------------------------------------------- snapshots
+
+    def write_snapshot(self, entries: Iterable[Mutation], meta: dict[str, Any]) -> Path:
+        """Write a snapshot covering every record below ``next_offset``; return its path.
+
+        ``entries`` (the store's state, one mutation per key) are streamed to
+        disk; ``meta`` is any msgpack map of the caller's, without the key
+        ``offset``, which the snapshot adds.  The log is fsynced first.  Do
+        not append while this runs.
+        """
+        if self._closed:
+            raise ValueError("snapshot of a closed log")
+        self.sync()
+        return _snapshot.write(self._snap_dir, self.next_offset, entries, meta)
+
+    def load_snapshot(self) -> tuple[dict[str, Any], Iterator[Mutation]] | None:
+        """The latest valid snapshot as ``(meta, entries)``, or None.
+
+        ``meta`` holds the caller's keys and ``offset``: replay the log from
+        there.  Snapshots with a missing or bad trailer or CRC are skipped.
+        """
+        found = _snapshot.latest(self._snap_dir)
+        if found is None:
+            return None
+        return found.meta, found.entries()
+
+    def compact(self) -> list[Path]:
+        """Delete what the latest valid snapshot and the retention window make useless.
+
+        Deletes, oldest first, the segments whose records are all below the
+        latest snapshot's offset and that lie outside the retention window
+        (the newest ``retention_bytes`` of segments are kept; the active one
+        always is), then every snapshot but the latest valid one.  Fsyncs the
+        directories; returns the deleted segment and snapshot paths.
+        """
+        found = _snapshot.latest(self._snap_dir)
+        if found is None:
+            return []
+        deleted: list[Path] = []
+        segs = self._segments
+        total = sum(seg.size for seg in segs)
+        while (
+            len(segs) > 1
+            and segs[0].end <= found.offset
+            and total - segs[0].size >= self.retention_bytes
+        ):
+            seg = segs.pop(0)
+            total -= seg.size
+            seg.path.unlink()
+            seg.path.with_suffix(".idx").unlink(missing_ok=True)
+            deleted.append(seg.path)
+        if deleted:
+            _snapshot.fsync_dir(self._dir)
+        return deleted + _snapshot.prune(self._snap_dir, keep=found.path)
+
+    # --------------------------------------------------------------- recovery
+
+    def _recover(self) -> None:
+        for tmp in [*self._dir.glob("*.tmp"), *self._snap_dir.glob("*.tmp")]:
+            tmp.unlink()
+        paths = sorted(p for p in self._dir.glob("*.log") if len(p.stem) == 20 and p.stem.isdigit())
+        for idx in self._dir.glob("*.idx"):
+            if not idx.with_suffix(".log").exists():
+                idx.unlink()
+        if not paths:
+            found = _snapshot.latest(self._snap_dir)
+            self._create_segment(found.offset if found else 0)
+            self._last_sync = _now()
+            return
+        for n, path in enumerate(paths):
+            last = n == len(paths) - 1
+            seg = _Segment(int(path.stem), path)
+            if self._segments and seg.first != self._segments[-1].end:
+                prev = self._segments[-1]
+                raise LogCorruptError(
+                    prev.path, prev.size, f"holds {prev.count} records but {path.name} follows"
+                )
+            index = self._read_index(seg)
+            if index is not None:
+                _merge(self._seqs, index["marks"][0][2])
+                self._max_hlc = max(self._max_hlc, index["hlc"])
+            following = None if last else int(paths[n + 1].stem)
+            if (
+                index is not None
+                and following is not None
+                and index.get("sealed")
+                and index["size"] == path.stat().st_size
+                and index["first"] + index["count"] == following
+            ):
+                self._load_index(seg, index)
+            else:
+                self._scan(seg, last)
+                if not last or index is None:
+                    self._write_index(seg, sealed=not last)
+            self._segments.append(seg)
+        self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
+        _snapshot.fsync_dir(self._dir)
+
+    def _load_index(self, seg: _Segment, index: dict[str, Any]) -> None:
+        base = self._seqs
+        seg.marks = [
+            (offset, pos, _merge(dict(seqs), base)) for offset, pos, seqs in index["marks"]
+        ]
+        seg.size, seg.count, seg.start_hlc = index["size"], index["count"], index["hlc"]
+        _merge(self._seqs, index["end_seqs"])
+        self._max_hlc = max(self._max_hlc, index["end_hlc"])
+
+    def _scan(self, seg: _Segment, last: bool) -> None:
+        """Rebuild ``seg``'s index by reading it; truncate a bad tail if ``last``."""
+        path = seg.path
+        with open(path, "r+b" if last else "rb") as f:
+            head = f.read(_HEADER.size)
+            if len(head) < _HEADER.size or (last and not any(head) and not any(f.read())):
+                if not last:
+                    raise LogCorruptError(path, 0, "torn segment header")
+                logger.warning("%s: torn segment header (%d bytes), rewriting it", path, len(head))
+                f.seek(0)
+                f.truncate()
+                f.write(_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, seg.first))
+                f.flush()
+                os.fsync(f.fileno())
+                head = _HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, seg.first)
+            magic, version, _flags, first = _HEADER.unpack(head)
+            if magic != SEGMENT_MAGIC or version != FORMAT_VERSION or first != seg.first:
+                raise LogCorruptError(path, 0, "bad segment header")
+            seqs = self._seqs
+            seg.start_hlc = hlc = self._max_hlc
+            marks: list[Mark] = [(seg.first, _HEADER.size, dict(seqs))]
+            next_mark = _HEADER.size + self._mark_bytes
+            count, reason = 0, ""
+            buf, i, base = b"", 0, _HEADER.size
+            f.seek(base)
+            unpack, unpackb = _FRAME.unpack_from, msgpack.unpackb
+            while not reason:
+                data = f.read(_CHUNK)
+                if not data:
+                    break
+                buf, base, i = buf[i:] + data, base + i, 0
+                n = len(buf)
+                while i + 8 <= n:
+                    length, crc = unpack(buf, i)
+                    j = i + 8 + length
+                    if j > n:
+                        break
+                    if base + i >= next_mark:
+                        marks.append((seg.first + count, base + i, dict(seqs)))
+                        next_mark = base + i + self._mark_bytes
+                    payload = buf[i + 8 : j]
+                    if crc32c(payload) != crc or not length:
+                        reason = "CRC mismatch"
+                        break
+                    try:
+                        origin, s, h, _key, _value, _deadline = unpackb(payload)
+                        if s > seqs.get(origin, -1):
+                            seqs[origin] = s
+                        if h > hlc:
+                            hlc = h
+                    except _DECODE_ERRORS:
+                        reason = "undecodable record"
+                        break
+                    count += 1
+                    i = j
+            good = base + i
+            if not reason and i < len(buf):
+                reason = "torn record"
+            if reason:
+                if not last:
+                    raise LogCorruptError(path, good, reason)
+                size = f.seek(0, os.SEEK_END)
+                logger.warning(
+                    "%s: %s at byte %d, truncating %d bytes", path, reason, good, size - good
+                )
+                f.truncate(good)
+                f.flush()
+                os.fsync(f.fileno())
+        self._max_hlc = hlc
+        seg.size, seg.count, seg.marks = good, count, marks
+
+    def _create_segment(self, first: int) -> None:
+        path = self._dir / f"{first:020d}.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        try:
+            os.write(fd, _HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, first))
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        seg = _Segment(first, path, start_hlc=self._max_hlc)
+        seg.marks.append((first, _HEADER.size, dict(self._seqs)))
+        self._segments.append(seg)
+        self._fd = fd
+        self._write_index(seg, sealed=False)
+        _snapshot.fsync_dir(self._dir)
+
+    def _roll(self) -> None:
+        seg = self._segments[-1]
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self._unsynced = False
+        self._write_index(seg, sealed=True)
+        self._create_segment(seg.end)
+
+    def _write_index(self, seg: _Segment, *, sealed: bool) -> None:
+        doc: dict[str, Any] = {"first": seg.first, "sealed": sealed, "hlc": seg.start_hlc}
+        doc["marks"] = [list(mark) for mark in seg.marks]
+        if sealed:
+            doc.update(size=seg.size, count=seg.count, end_seqs=self._seqs, end_hlc=self._max_hlc)
+        payload = msgpack.packb(doc)
+        head = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, 0, len(payload), crc32c(payload))
+        _snapshot.write_atomic(seg.path.with_suffix(".idx"), head + payload)
+
+    def _read_index(self, seg: _Segment) -> dict[str, Any] | None:
+        path = seg.path.with_suffix(".idx")
+        try:
+            data = path.read_bytes()
+            magic, version, _flags, length, crc = _INDEX_HEADER.unpack_from(data)
+            payload = data[_INDEX_HEADER.size :]
+            if magic != INDEX_MAGIC or version != FORMAT_VERSION or len(payload) != length:
+                raise ValueError("bad header")
+            if crc32c(payload) != crc:
+                raise ValueError("CRC mismatch")
+            index = msgpack.unpackb(payload, strict_map_key=False)
+            if index["first"] != seg.first or index["marks"][0][:2] != [seg.first, _HEADER.size]:
+                raise ValueError("does not match its segment")
+            return dict(index)
+        except FileNotFoundError:
+            logger.info("%s: no index, rebuilding it", path)
+        except (*_DECODE_ERRORS, struct.error, KeyError, IndexError) as exc:
+            logger.warning("%s: bad index (%s), rebuilding it", path, exc)
+        return None
+
+
+def _merge(into: dict[str, int], other: dict[str, int]) -> dict[str, int]:
+    """Raise each of ``into``'s seqs to ``other``'s where higher; return ``into``."""
+    for origin, seq in other.items():
+        if seq > into.get(origin, -1):
+            into[origin] = seq
+    return into
+
+
+def _read_origin(path: Path, pos: int, stop: int, prefix: bytes, seq: int) -> Iterator[Mutation]:
+    """Like :func:`mesh.snapshot.read_records`, keeping the records whose payload
+    starts with ``prefix`` (an origin's) and whose seq is at least ``seq``."""
+    unpack, unpackb, new = _FRAME.unpack_from, msgpack.unpackb, tuple.__new__
+    buf, i, base = b"", 0, pos
+    for data in _snapshot.read_chunks(path, pos, stop):
+        buf, base, i = buf[i:] + data, base + i, 0
+        n = len(buf)
+        last = n - 8
+        try:
+            while i <= last:
+                length, crc = unpack(buf, i)
+                j = i + 8 + length
+                if j > n:
+                    break
+                payload = buf[i + 8 : j]
+                if crc32c(payload) != crc:
+                    raise LogCorruptError(path, base + i, "CRC mismatch")
+                if payload.startswith(prefix):
+                    record = unpackb(payload, use_list=False)
+                    if record[1] >= seq:
+                        yield new(Mutation, record)
+                i = j
+        except _DECODE_ERRORS as exc:
+            raise LogCorruptError(path, base + i, "undecodable record") from exc
+    if i != len(buf):
+        raise LogCorruptError(path, base + i, "torn record")

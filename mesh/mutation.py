@@ -1,0 +1,63 @@
+"""The unit of change that is logged, applied and (later) replicated.
+
+Every write a client makes (SET, DEL, EXPIRE, PERSIST, MSET) is turned by the
+node that accepts it (its *origin*) into one or more full-state mutations: the
+key's whole new value and deadline, or a tombstone.  Because a mutation never
+depends on what the key held before, applying any permutation of the same
+mutations with last-writer-wins on ``(hlc, origin)`` gives the same state.
+
+Record layout (a msgpack array, the payload of one log record and one entry of
+a replication batch)::
+
+    [origin: str, seq: uint, hlc: uint, key: str, value: bin | nil, deadline: uint]
+
+``value`` nil is a tombstone (a DEL).  ``deadline`` is an absolute wall-clock
+time in milliseconds since the epoch, 0 for "no TTL".  ``origin`` is
+``"<node id>/<incarnation>"``.  ``hlc`` is a packed hybrid logical clock value
+(see :mod:`mesh.clock`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Mutation(NamedTuple):
+    """One full-state change of one key, stamped by its origin."""
+
+    origin: str
+    seq: int
+    hlc: int
+    key: str
+    value: bytes | None
+    deadline: int = 0
+
+    @property
+    def is_delete(self) -> bool:
+        """True when this mutation is a tombstone."""
+        return self.value is None
+
+    def to_record(self) -> list:
+        """The msgpack-ready list form (see the module docstring)."""
+        return [self.origin, self.seq, self.hlc, self.key, self.value, self.deadline]
+
+    @classmethod
+    def from_record(cls, record: list | tuple) -> Mutation:
+        """Build a mutation from its list form; raises ValueError when malformed."""
+        if not isinstance(record, (list, tuple)) or len(record) != 6:
+            raise ValueError("a mutation record is a 6-element array")
+        origin, seq, hlc, key, value, deadline = record
+        if not (
+            isinstance(origin, str)
+            and isinstance(seq, int)
+            and isinstance(hlc, int)
+            and isinstance(key, str)
+            and (value is None or isinstance(value, bytes))
+            and isinstance(deadline, int)
+        ):
+            raise ValueError("a mutation record field has the wrong type")
+        return cls(origin, seq, hlc, key, value, deadline)
+
+    def version(self) -> tuple[int, str]:
+        """The last-writer-wins order key: later ``(hlc, origin)`` wins."""
+        return (self.hlc, self.origin)

@@ -1,0 +1,380 @@
+"""The in-memory map: values, versions, tombstones, TTL deadlines and LRU eviction.
+
+State only, no I/O: the node calls :meth:`Store.apply` with every mutation it
+accepts, replicates or replays, and :meth:`Store.get` to serve reads.
+
+Every key the store knows is held in exactly one of two ordered maps:
+
+``live``
+    keys with a value, from least to most recently used (the LRU list).
+``tombstones``
+    keys without a value, in insertion order, keeping only their version:
+    DELs, expired keys and evicted keys.  A tombstone stops an older write that
+    arrives late from bringing the key back; :meth:`Store.sweep` collects it
+    once its timestamp is older than ``tombstone_horizon_ms``.
+
+Writes resolve by last-writer-wins on ``(hlc, origin)``: a mutation is applied
+only when its version is strictly greater than the one held, so any
+permutation of the same mutations gives the same state and duplicates are
+harmless.
+
+Keys with a deadline also sit in an array with a position map, so that the
+active expiry in :meth:`Store.sweep` samples them at random and removes them in
+O(1), as Redis does.  Reads expire due keys lazily too.
+
+Both maps hold plain tuples laid out as :class:`Entry` (``value, hlc, origin,
+deadline, digest``), never changed in place.  Plain tuples of ints, str and
+bytes are dropped from the garbage collector's lists, which keeps a store of
+millions of keys from slowing every collection; :meth:`Store.get` wraps the
+tuple it returns in an :class:`Entry`.
+
+``bytes`` in :meth:`Store.stats` is an estimate: key length + value length +
+:data:`ENTRY_OVERHEAD` per live key, key length + :data:`TOMBSTONE_OVERHEAD`
+per tombstone (both measured on CPython 3.11 with tracemalloc).  ``max_memory``
+is checked against it.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from hashlib import blake2b
+from typing import NamedTuple
+
+import msgpack
+
+from mesh.clock import LOGICAL_BITS, wall_ms
+from mesh.errors import ConfigError
+from mesh.mutation import Mutation
+
+ENTRY_OVERHEAD = 300
+"""Estimated bytes a live key costs beyond its key and value (objects, map slots)."""
+
+TOMBSTONE_OVERHEAD = 240
+"""Estimated bytes a tombstone costs beyond its key."""
+
+_pack = msgpack.Packer().pack
+_new_tuple = tuple.__new__
+
+
+class Entry(NamedTuple):
+    """What the store holds for one key; ``value`` None is a tombstone.
+
+    ``deadline`` is absolute wall-clock ms (0: no TTL; always 0 on tombstones).
+    ``digest`` is the entry's share of :meth:`Store.digest`, 0 until computed.
+    """
+
+    value: bytes | None
+    hlc: int
+    origin: str
+    deadline: int = 0
+    digest: int = 0
+
+    def version(self) -> tuple[int, str]:
+        """The last-writer-wins order key, as :meth:`Mutation.version`."""
+        return (self.hlc, self.origin)
+
+
+def entry_digest(key: str, value: bytes, hlc: int, origin: str, deadline: int) -> int:
+    """A non-zero 64-bit hash of one live entry, the same on every node and run."""
+    data = _pack((key, value, hlc, origin, deadline))
+    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little") or 1
+
+
+def _check_limit(name: str, value: object) -> int:
+    if type(value) is not int or value < 0:
+        raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
+class Store:
+    """The key-value map of one node.
+
+    ``max_keys`` and ``max_memory`` (estimated bytes, see the module docstring)
+    bound the live data, 0 meaning unlimited; least recently used keys are
+    evicted past either.  ``now_ms`` is the wall clock and ``seed`` seeds the
+    expiry sampling (inject both in tests).  Bad arguments raise
+    :class:`mesh.errors.ConfigError`, a ValueError.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_keys: int = 0,
+        max_memory: int = 0,
+        tombstone_horizon_ms: int = 3_600_000,
+        now_ms: Callable[[], int] = wall_ms,
+        seed: int | None = None,
+    ) -> None:
+        self.max_keys = _check_limit("max_keys", max_keys)
+        self.max_memory = _check_limit("max_memory", max_memory)
+        self.tombstone_horizon_ms = _check_limit("tombstone_horizon_ms", tombstone_horizon_ms)
+        if not callable(now_ms):
+            raise ConfigError("now_ms must be a callable returning milliseconds")
+        self._now_ms = now_ms
+        self._bounded = bool(max_keys or max_memory)
+        self._key_limit = max_keys or sys.maxsize
+        self._byte_limit = max_memory or sys.maxsize
+        self._rng = random.Random(seed)
+        self._live: OrderedDict[str, tuple] = OrderedDict()
+        self._tombs: OrderedDict[str, tuple] = OrderedDict()
+        self._ttl_keys: list[str] = []  # live keys with a deadline, for sampling
+        self._ttl_pos: dict[str, int] = {}  # key -> its index in _ttl_keys
+        self._origins: dict[str, str] = {}  # one shared str object per origin
+        self._digest = 0  # XOR of the digests of the live entries that have one
+        self._dirty: list[str] = []  # keys written live since they were last hashed
+        self._dirty_limit = 4096  # compact _dirty past this length
+        self._bytes = 0
+        self._hits = 0
+        self._misses = 0
+        self._expired = 0
+        self._evicted = 0
+        self._collected = 0
+
+    # -- writes -------------------------------------------------------------
+
+    def apply(self, m: Mutation) -> bool:
+        """Apply one mutation by last-writer-wins; True when the held version changed.
+
+        A mutation whose deadline has already passed is stored as a tombstone
+        with its version (and counted as expired).
+        """
+        origin, _, hlc, key, value, deadline = m
+        live = self._live
+        old = live.get(key)
+        if old is not None:
+            if hlc < old[1] or (hlc == old[1] and origin <= old[2]):
+                return False
+            self._bytes -= len(key) + len(old[0]) + ENTRY_OVERHEAD
+            if old[4]:
+                self._digest ^= old[4]
+            if old[3]:
+                self._ttl_remove(key)
+        else:
+            tomb = self._tombs.get(key)
+            if tomb is not None:
+                if hlc < tomb[1] or (hlc == tomb[1] and origin <= tomb[2]):
+                    return False
+                del self._tombs[key]
+                self._bytes -= len(key) + TOMBSTONE_OVERHEAD
+        origin = self._origins.setdefault(origin, origin)
+        if deadline and value is not None and deadline <= self._now_ms():
+            self._expired += 1
+            value = None
+        if value is None:
+            if old is not None:
+                del live[key]
+            self._tombs[key] = (None, hlc, origin, 0, 0)
+            self._bytes += len(key) + TOMBSTONE_OVERHEAD
+        else:
+            live[key] = (value, hlc, origin, deadline, 0)
+            dirty = self._dirty
+            dirty.append(key)
+            if len(dirty) > self._dirty_limit:
+                self._compact_dirty()
+            self._bytes += len(key) + len(value) + ENTRY_OVERHEAD
+            if deadline:
+                self._ttl_pos[key] = len(self._ttl_keys)
+                self._ttl_keys.append(key)
+            if old is not None and self._bounded:
+                live.move_to_end(key)
+        if len(live) > self._key_limit or self._bytes > self._byte_limit:
+            self._evict()
+        return True
+
+    def _evict(self) -> None:
+        live, key_limit, byte_limit = self._live, self._key_limit, self._byte_limit
+        while live and (len(live) > key_limit or self._bytes > byte_limit):
+            key, entry = live.popitem(last=False)
+            self._bury(key, entry)
+            self._evicted += 1
+
+    def _bury(self, key: str, entry: tuple) -> None:
+        """Turn a live entry already taken out of ``_live`` into a tombstone."""
+        self._tombs[key] = (None, entry[1], entry[2], 0, 0)
+        self._bytes += TOMBSTONE_OVERHEAD - len(entry[0]) - ENTRY_OVERHEAD
+        if entry[4]:
+            self._digest ^= entry[4]
+        if entry[3]:
+            self._ttl_remove(key)
+
+    def _expire(self, key: str, entry: tuple) -> None:
+        del self._live[key]
+        self._bury(key, entry)
+        self._expired += 1
+
+    def _ttl_remove(self, key: str) -> None:
+        keys, pos = self._ttl_keys, self._ttl_pos
+        i = pos.pop(key)
+        last = keys.pop()
+        if last != key:
+            keys[i] = last
+            pos[last] = i
+
+    # -- reads --------------------------------------------------------------
+
+    def get(self, key: str, *, record_stats: bool = True) -> Entry | None:
+        """The live entry for ``key`` or None; expires the key if its deadline passed.
+
+        With ``record_stats`` (the default) the read counts as a hit or a miss
+        and makes the key the most recently used.
+        """
+        entry = self._live.get(key)
+        if entry is not None and entry[3] and entry[3] <= self._now_ms():
+            self._expire(key, entry)
+            entry = None
+        if entry is None:
+            if record_stats:
+                self._misses += 1
+            return None
+        if record_stats:
+            self._hits += 1
+            if self._bounded:
+                self._live.move_to_end(key)
+        return _new_tuple(Entry, entry)
+
+    def ttl_ms(self, key: str) -> int:
+        """Milliseconds left to live, as Redis PTTL: -2 no such key, -1 no TTL."""
+        entry = self.get(key, record_stats=False)
+        if entry is None:
+            return -2
+        if not entry.deadline:
+            return -1
+        return entry.deadline - self._now_ms()
+
+    def __len__(self) -> int:
+        """Live keys, counting expired keys not yet collected (as Redis DBSIZE)."""
+        return len(self._live)
+
+    def __contains__(self, key: object) -> bool:
+        """Whether ``key`` is live; no stats, no LRU change."""
+        entry = self._live.get(key)  # type: ignore[call-overload]
+        return entry is not None and not (entry[3] and entry[3] <= self._now_ms())
+
+    # -- housekeeping -------------------------------------------------------
+
+    def sweep(
+        self, *, samples: int = 20, max_rounds: int = 16, gc_scan: int = 1000, hash_budget: int = 2000
+    ) -> int:
+        """Active expiry and tombstone collection; returns how many keys expired.
+
+        Each round samples up to ``samples`` keys that have a deadline and
+        expires the due ones; another round follows while more than a quarter
+        of the sample was due, up to ``max_rounds``.  Then up to ``gc_scan``
+        tombstones are examined, oldest inserted first: those whose timestamp
+        is older than the horizon are dropped, the others move to the back, so
+        every tombstone is looked at in turn.  Last, up to ``hash_budget``
+        entries written since the last :meth:`digest` are hashed, so that call
+        stays short.
+        """
+        if samples < 1 or max_rounds < 1 or gc_scan < 0 or hash_budget < 0:
+            raise ValueError("samples, max_rounds must be >= 1; gc_scan, hash_budget >= 0")
+        now = self._now_ms()
+        keys, live, sample = self._ttl_keys, self._live, self._rng.sample
+        expired = 0
+        for _ in range(max_rounds):
+            if not keys:
+                break
+            picked = [keys[i] for i in sample(range(len(keys)), min(samples, len(keys)))]
+            due = 0
+            for key in picked:
+                entry = live[key]
+                if entry[3] <= now:
+                    self._expire(key, entry)
+                    due += 1
+            expired += due
+            if due * 4 <= len(picked):
+                break
+        self._collect(now - self.tombstone_horizon_ms, gc_scan)
+        self._fold(hash_budget)
+        return expired
+
+    def _collect(self, cutoff_ms: int, budget: int) -> None:
+        tombs = self._tombs
+        for _ in range(min(budget, len(tombs))):
+            key, entry = tombs.popitem(last=False)
+            if entry[1] >> LOGICAL_BITS < cutoff_ms:
+                self._bytes -= len(key) + TOMBSTONE_OVERHEAD
+                self._collected += 1
+            else:
+                tombs[key] = entry
+
+    # -- whole-store views --------------------------------------------------
+
+    def entries(self) -> Iterator[Mutation]:
+        """Every held entry, tombstones included, as ``Mutation(origin, 0, ...)``.
+
+        The entries are captured when this is called (O(keys) pointer copies),
+        so the caller may keep writing while it iterates.  Keys whose deadline
+        has passed come out as tombstones.  Applying the result to an empty
+        store rebuilds the same state.
+        """
+        # dict.items: the raw table order, much faster than the LRU linked list
+        return self._iter_entries(list(dict.items(self._live)), list(dict.items(self._tombs)))
+
+    def _iter_entries(self, live: list, tombs: list) -> Iterator[Mutation]:
+        now = self._now_ms()
+        for key, (value, hlc, origin, deadline, _) in live:
+            if deadline and deadline <= now:
+                yield Mutation(origin, 0, hlc, key, None, 0)
+            else:
+                yield Mutation(origin, 0, hlc, key, value, deadline)
+        for key, (_, hlc, origin, _, _) in tombs:
+            yield Mutation(origin, 0, hlc, key, None, 0)
+
+    def digest(self) -> str:
+        """An order-independent digest of the live data, as 16 hex digits.
+
+        Equal on two stores holding the same live keys with the same values,
+        versions and deadlines, however they got there: the XOR of a 64-bit
+        hash per live entry.  A hash costs more than the rest of a write, so
+        writes only note the key; this call expires the due keys (O(keys with a
+        TTL)) and hashes what is left of the entries written since they were
+        last hashed (:meth:`sweep` hashes a bounded number per call).
+        """
+        now, live = self._now_ms(), self._live
+        for key in [k for k in self._ttl_keys if live[k][3] <= now]:
+            self._expire(key, live[key])
+        self._fold(len(self._dirty))
+        return f"{self._digest:016x}"
+
+    def _fold(self, budget: int) -> None:
+        """Hash up to ``budget`` noted keys into the digest."""
+        dirty, live, digest = self._dirty, self._live, self._digest
+        for _ in range(min(budget, len(dirty))):
+            key = dirty.pop()
+            entry = live.get(key)
+            if entry is not None and not entry[4]:
+                value, hlc, origin, deadline, _ = entry
+                share = entry_digest(key, value, hlc, origin, deadline)
+                live[key] = (value, hlc, origin, deadline, share)
+                digest ^= share
+        self._digest = digest
+
+    def _compact_dirty(self) -> None:
+        """Keep ``_dirty`` under twice the live keys: amortized O(1) per write."""
+        live = self._live
+        if len(self._dirty) > 2 * len(live):
+            self._dirty = [
+                key
+                for key in dict.fromkeys(self._dirty)
+                if (entry := live.get(key)) is not None and not entry[4]
+            ]
+        self._dirty_limit = 2 * len(live) + 4096
+
+    def stats(self) -> dict[str, int]:
+        """Counters and sizes; ``keys`` counts live keys only."""
+        return {
+            "keys": len(self._live),
+            "tombstones": len(self._tombs),
+            "bytes": self._bytes,
+            "hits": self._hits,
+            "misses": self._misses,
+            "expired": self._expired,
+            "evicted": self._evicted,
+            "collected": self._collected,
+            "max_keys": self.max_keys,
+            "max_memory": self.max_memory,
+        }

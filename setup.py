@@ -1,0 +1,36 @@
+"""Packaging for PyCache: the ``mesh`` package and the ``pycache`` console script."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="pycache-mesh",
+    version="0.1.0",
+    description="A brokerless ZeroMQ mesh of in-memory key-value cache nodes",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["mesh", "mesh.*"]),
+    install_requires=[
+        "pyzmq>=25",
+        "msgpack>=1.0",
+        "tornado>=6.3",
+        "click>=8.1",
+        # CRC32C (Castagnoli) in C: zlib only has CRC32, and a pure-Python
+        # CRC32C would cap log replay far below its target.
+        "crc32c>=2.3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<9.2",
+            "pytest-timeout>=2.2",
+            "hypothesis>=6.90",
+            "ruff>=0.5",
+            "mypy>=1.8",
+        ],
+        "bench": [
+            "matplotlib>=3.7",
+            "tqdm>=4.60",
+        ],
+    },
+    entry_points={"console_scripts": ["pycache = mesh.cli:main"]},
+)

@@ -1,0 +1,174 @@
+"""Fixtures that start real PyCache processes on OS-picked loopback ports.
+
+Every process is started in its own session with ``PR_SET_PDEATHSIG`` and is
+tracked by the ``procs`` fixture, which kills every process group it started
+when the test ends, also when it fails.  Waits poll with a deadline and say
+what they saw when they give up.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mesh.client import Client
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def wait_for(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
+) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = condition()
+        except Exception as exc:  # keep polling; report the last failure
+            last = exc
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}; last saw {last!r}")
+
+
+class NodeProcess:
+    """A ``pycache node`` child: start, kill, pause, stop, restart on the same port."""
+
+    def __init__(self, data_dir: Path, node_id: str = "n1", extra: list[str] | None = None):
+        self.data_dir = data_dir
+        self.node_id = node_id
+        self.extra = extra or []
+        self.api = "tcp://127.0.0.1:*"
+        self.process: subprocess.Popen | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}.stderr.log"
+
+    @property
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "mesh",
+            "node",
+            "--id",
+            self.node_id,
+            "--data-dir",
+            str(self.data_dir),
+            "--api",
+            self.api,
+            *self.extra,
+        ]
+
+    def start(self, wait: bool = True) -> NodeProcess:
+        status = self.data_dir / "node.json"
+        if status.exists():
+            status.unlink()
+        with open(self.log_path, "ab") as err:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        status = self.data_dir / "node.json"
+
+        def ready() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"node exited with {self.process.returncode}: {self.stderr()[-2000:]}")
+            if not status.exists():
+                return False
+            info = json.loads(status.read_text())
+            if info["pid"] != self.process.pid or info["state"] != "ready":
+                return False
+            self.api = info["api"]  # keep the OS-picked port across restarts
+            return True
+
+        wait_for(ready, timeout, f"node {self.node_id} to be ready")
+
+    @property
+    def endpoint(self) -> str:
+        return self.api
+
+    def client(self, timeout: float = 5.0) -> Client:
+        return Client(self.endpoint, timeout=timeout)
+
+    def signal(self, sig: int) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.process and self.process.poll() is None:
+            self.signal(signal.SIGKILL)
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def stderr(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class Processes:
+    """Tracks every process a test starts and kills them all at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.nodes: list[NodeProcess] = []
+
+    def node(
+        self, node_id: str = "n1", extra: list[str] | None = None, start: bool = True
+    ) -> NodeProcess:
+        proc = NodeProcess(self.tmp_path / node_id, node_id, extra)
+        self.nodes.append(proc)
+        return proc.start() if start else proc
+
+    def cleanup(self) -> None:
+        for proc in self.nodes:
+            try:
+                proc.kill()
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Processes]:
+    """Start real processes with ``procs.node(...)``; all are killed at teardown."""
+    tracker = Processes(tmp_path)
+    try:
+        yield tracker
+    finally:
+        tracker.cleanup()
+
+
+@pytest.fixture
+def node(procs: Processes) -> NodeProcess:
+    """One running node on an OS-picked loopback port, fsync=always."""
+    return procs.node()

@@ -1,0 +1,176 @@
+"""Unit tests for mesh.wire: round trips, validation, limits, error codes."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mesh import wire
+from mesh.config import Limits
+from mesh.errors import BadRequest, NotReady, ProtocolError, ServerError, TooLarge
+
+LIMITS = Limits(max_key_bytes=16, max_value_bytes=64, max_items=4)
+
+
+def raw(body: object) -> bytes:
+    return wire.VERSION_BYTE + msgpack.packb(body, use_bin_type=True)
+
+
+def reject(frame: bytes) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        wire.decode_request(frame, LIMITS)
+    return info.value
+
+
+keys = st.text(min_size=1, max_size=4)
+values = st.binary(max_size=64)
+
+
+@given(st.integers(0, 2**64 - 1), keys, values, st.integers(1, wire.MAX_TTL_MS), st.booleans())
+def test_set_round_trip(request_id, key, value, ttl_ms, nx):
+    frame = wire.encode_request(request_id, "SET", key, value, {"ttl_ms": ttl_ms, "nx": nx})
+    request = wire.decode_request(frame, LIMITS)
+    assert (request.id, request.op) == (request_id, "SET")
+    assert request.args == (key, value, ttl_ms, nx, False)
+
+
+@given(
+    st.one_of(
+        st.none(),
+        st.binary(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.text(),
+        st.lists(st.binary(), max_size=3),
+        st.dictionaries(st.text(), st.integers(-(2**63), 2**63 - 1)),
+    )
+)
+def test_reply_round_trip(result):
+    assert wire.decode_reply(wire.encode_reply(7, result)) == (7, wire.OK, result)
+
+
+def test_every_op_decodes():
+    cases = {
+        "PING": ([], (None,)),
+        "GET": (["k"], ("k",)),
+        "DEL": (["a", "b"], (["a", "b"],)),
+        "EXPIRE": (["k", 10], ("k", 10)),
+        "PERSIST": (["k"], ("k",)),
+        "TTL": (["k"], ("k",)),
+        "MGET": (["a"], (["a"],)),
+        "MSET": (["a", b"1", "b", "2"], ([("a", b"1"), ("b", b"2")],)),
+        "STATS": ([], ()),
+    }
+    assert set(cases) | {"SET"} == wire.OPS
+    for op, (args, expected) in cases.items():
+        assert wire.decode_request(wire.encode_request(1, op, *args), LIMITS).args == expected
+
+
+def test_op_names_are_case_insensitive():
+    assert wire.decode_request(raw([1, "get", "k"]), LIMITS).op == "GET"
+
+
+@pytest.mark.parametrize(
+    "body, code",
+    [
+        ([1, "NOPE"], wire.E_UNKNOWN_OP),
+        ([1, "GET"], wire.E_BAD_ARGS),
+        ([1, "GET", "a", "b"], wire.E_BAD_ARGS),
+        ([1, "GET", 5], wire.E_BAD_KEY),
+        ([1, "GET", ""], wire.E_BAD_KEY),
+        ([1, "GET", "k" * 17], wire.E_BAD_KEY),
+        ([1, "SET", "k", 5], wire.E_BAD_ARGS),
+        ([1, "SET", "k", b"v" * 65], wire.E_TOO_LARGE),
+        ([1, "SET", "k", b"v", {"ttl_ms": 0}], wire.E_BAD_ARGS),
+        ([1, "SET", "k", b"v", {"ttl_ms": -5}], wire.E_BAD_ARGS),
+        ([1, "SET", "k", b"v", {"ttl_ms": 2**64 - 1}], wire.E_BAD_ARGS),
+        ([1, "SET", "k", b"v", {"ttl_ms": True}], wire.E_BAD_ARGS),
+        ([1, "SET", "k", b"v", {"nx": True, "xx": True}], wire.E_BAD_ARGS),
+        ([1, "SET", "k", b"v", {"nx": 1}], wire.E_BAD_ARGS),
+        ([1, "SET", "k", b"v", {"bogus": 1}], wire.E_BAD_ARGS),
+        ([1, "SET", "k", b"v", [1]], wire.E_BAD_ARGS),
+        ([1, "EXPIRE", "k", "10"], wire.E_BAD_ARGS),
+        ([1, "MSET", "k"], wire.E_BAD_ARGS),
+        ([1, "MGET", "a", "b", "c", "d", "e"], wire.E_TOO_LARGE),
+        ([1, "DEL"], wire.E_BAD_ARGS),
+        ([1, "DEL", *"abcdefghijklmnopqrstuvwxyz"], wire.E_TOO_LARGE),
+        ([1, "MSET", *[b"k", b"v"] * 20], wire.E_TOO_LARGE),
+        (
+            [1, "SET", "k", b"v", {"nx": False, "xx": False, "ttl_ms": 5, "more": 1}],
+            wire.E_BAD_ARGS,
+        ),
+        ([1, "STATS", 1], wire.E_BAD_ARGS),
+        ([1, 5], wire.E_BAD_ARGS),
+    ],
+)
+def test_bad_arguments_are_rejected_with_their_id(body, code):
+    error = reject(raw(body))
+    assert (error.code, error.request_id) == (code, 1)
+    assert error.reason
+
+
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        (b"", wire.E_MALFORMED),
+        (b"\x02" + msgpack.packb([1, "PING"]), wire.E_VERSION),
+        (b"\x01", wire.E_MALFORMED),
+        (b"\x01\xc1", wire.E_MALFORMED),  # never-used msgpack byte
+        (b"\x01\x92\x01", wire.E_MALFORMED),  # truncated array
+        (raw({"id": 1}), wire.E_MALFORMED),
+        (raw([1]), wire.E_MALFORMED),
+        (raw([-1, "PING"]), wire.E_MALFORMED),
+        (raw(["x", "PING"]), wire.E_MALFORMED),
+        (raw([True, "PING"]), wire.E_MALFORMED),
+        (b"\x01\x92\x01" + b"\xa3G\xffT", wire.E_MALFORMED),  # op not UTF-8 is still a str
+    ],
+)
+def test_malformed_frames(frame, code):
+    error = reject(frame)
+    assert error.code in (code, wire.E_UNKNOWN_OP, wire.E_BAD_ARGS)
+
+
+def test_non_utf8_key_is_a_bad_key():
+    frame = wire.VERSION_BYTE + b"\x93\x01\xa3GET\xa2\xff\xfe"
+    error = reject(frame)
+    assert (error.code, error.request_id) == (wire.E_BAD_KEY, 1)
+
+
+def test_oversized_frame_is_rejected_before_decoding_and_keeps_its_id():
+    frame = wire.encode_request(42, "SET", "k", b"x" * (LIMITS.request_bytes + 1))
+    error = reject(frame)
+    assert (error.code, error.request_id) == (wire.E_TOO_LARGE, 42)
+
+
+def test_deep_nesting_is_malformed_not_a_crash():
+    frame = wire.VERSION_BYTE + b"\x91" * 5000 + b"\x00"
+    assert reject(frame).code == wire.E_MALFORMED
+
+
+@given(st.binary(max_size=200))
+def test_random_bytes_only_ever_raise_protocol_error(data):
+    for frame in (data, wire.VERSION_BYTE + data):
+        try:
+            wire.decode_request(frame, LIMITS)
+        except ProtocolError:
+            pass
+
+
+def test_error_codes_map_to_typed_exceptions():
+    assert isinstance(wire.error_for(wire.E_BAD_KEY, "x"), BadRequest)
+    assert isinstance(wire.error_for(wire.E_TOO_LARGE, "x"), TooLarge)
+    assert isinstance(wire.error_for(wire.E_NOT_READY, "x"), NotReady)
+    unknown = wire.error_for(1234, "x")
+    assert type(unknown) is ServerError and unknown.code == 1234
+
+
+def test_encode_request_refuses_what_msgpack_cannot_carry():
+    with pytest.raises(ProtocolError):
+        wire.encode_request(1, "SET", "k", 2**70)
+
+
+def test_decode_reply_rejects_garbage():
+    for frame in (b"", b"\x01", b"\x01\xc1", wire.VERSION_BYTE + msgpack.packb([1, 2])):
+        with pytest.raises(ProtocolError):
+            wire.decode_reply(frame)
