@@ -79,7 +79,6 @@ import struct
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, starmap
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +177,7 @@ class Log:
         self._fd = -1
         self._unsynced = False
         self._closed = False
+        self._failed: OSError | None = None
         self._last_sync = _now()
         for folder in (self._dir, self._snap_dir):
             if not folder.is_dir():
@@ -205,10 +205,6 @@ class Log:
         """The lowest offset still on disk (``next_offset`` when the log is empty)."""
         return self._segments[0].first
 
-    def segment_paths(self) -> list[Path]:
-        """The segment files, oldest first."""
-        return [seg.path for seg in self._segments]
-
     def __repr__(self) -> str:
         return (
             f"<Log {str(self._dir)!r} offsets {self.first_offset()}..{self.next_offset} "
@@ -228,24 +224,27 @@ class Log:
         """
         if self._closed:
             raise ValueError("append to a closed log")
+        if self._failed is not None:
+            raise OSError("an earlier fsync of the log failed: reopen it") from self._failed
         if not mutations:
             return self.next_offset - 1
         pack, frame = self._packer.pack, _FRAME.pack
         parts: list[bytes] = []
         add = parts.append
-        seqs, hlc, total = dict(self._seqs), self._max_hlc, 0
+        seqs, hlc = dict(self._seqs), self._max_hlc
         for m in mutations:  # encode and account first: a bad mutation raises before any write
             payload = pack(m)
             add(frame(len(payload), crc32c(payload)))
             add(payload)
-            total += 8 + len(payload)
-            if m[1] > seqs.get(m[0], -1):
-                seqs[m[0]] = m[1]
-            if m[2] > hlc:
-                hlc = m[2]
+            origin, seq, m_hlc = m[0], m[1], m[2]
+            if seq > seqs.get(origin, -1):
+                seqs[origin] = seq
+            if m_hlc > hlc:
+                hlc = m_hlc
+        data = b"".join(parts)
         seg = self._segments[-1]
-        if seg.size + total <= self.segment_bytes:
-            self._write(seg, parts, len(mutations))
+        if seg.size + len(data) <= self.segment_bytes:
+            self._write(seg, data, len(mutations))
             self._seqs, self._max_hlc = seqs, hlc
             return seg.end - 1
         start, size = 0, seg.size  # the batch crosses segment_bytes: split it, rolling
@@ -262,16 +261,17 @@ class Log:
     def _write_some(
         self, seg: _Segment, parts: list[bytes], batch: Sequence[Mutation], start: int, stop: int
     ) -> None:
+        """Write records ``start:stop`` of a batch that is split across segments."""
         if stop > start:
-            self._write(seg, parts[2 * start : 2 * stop], stop - start)
+            self._write(seg, b"".join(parts[2 * start : 2 * stop]), stop - start)
             for m in batch[start:stop]:
                 _merge(self._seqs, {m[0]: m[1]})
                 self._max_hlc = max(self._max_hlc, m[2])
 
-    def _write(self, seg: _Segment, parts: list[bytes], count: int) -> None:
+    def _write(self, seg: _Segment, data: bytes, count: int) -> None:
+        """Write ``count`` framed records with one call; on failure truncate them away."""
         if seg.size - seg.marks[-1][1] >= self._mark_bytes:
             seg.marks.append((seg.end, seg.size, dict(self._seqs)))
-        data = b"".join(parts)
         try:
             view = memoryview(data)
             while view:
@@ -289,7 +289,9 @@ class Log:
         ``always``: fsync when anything was appended since the last fsync.
         ``interval``: fsync only when ``fsync_interval_ms`` has passed since the
         last one (:meth:`tick` covers the rest).  ``never``: nothing; the data
-        was handed to the OS by :meth:`append`.
+        was handed to the OS by :meth:`append`.  A failed fsync raises
+        ``OSError`` and poisons the log: every later append or fsync raises too
+        (the kernel may have dropped the unsynced pages; a retry would lie).
         """
         if not self._unsynced or self.fsync == "never":
             return
@@ -307,7 +309,13 @@ class Log:
             self._sync()
 
     def _sync(self) -> None:
-        _fdatasync(self._fd)
+        if self._failed is not None:
+            raise OSError("an earlier fsync of the log failed: reopen it") from self._failed
+        try:
+            _fdatasync(self._fd)
+        except OSError as exc:  # the kernel may have dropped the pages: never retry
+            self._failed = exc
+            raise
         self._unsynced = False
         self._last_sync = _now()
 
@@ -350,9 +358,9 @@ class Log:
         i = max(bisect.bisect_right(segs, start_offset, key=lambda s: s.first) - 1, 0)
         j = bisect.bisect_right(segs[i].marks, start_offset, key=lambda mk: mk[0]) - 1
         offset, pos, _seqs = segs[i].marks[j]
-        plan = [(segs[i].path, pos, segs[i].size, start_offset - offset)]
-        plan += [(s.path, _HEADER.size, s.size, 0) for s in segs[i + 1 :]]
-        return chain.from_iterable(starmap(_snapshot.read_records, plan))
+        plan = [(segs[i].path, pos, segs[i].size)]
+        plan += [(s.path, _HEADER.size, s.size) for s in segs[i + 1 :]]
+        return _snapshot.read_records(plan, start_offset - offset)
 
     def read_from(self, origin: str, seq: int) -> Iterator[Mutation]:
         """The records of ``origin`` with ``seq >= seq``, in log order (for catch-up).
@@ -369,10 +377,9 @@ class Log:
 
         i = max(bisect.bisect_left(segs, seq, key=lambda s: key(s.marks[0])) - 1, 0)
         j = max(bisect.bisect_left(segs[i].marks, seq, key=key) - 1, 0)
-        prefix = b"\x96" + msgpack.packb(origin)
-        plan = [(segs[i].path, segs[i].marks[j][1], segs[i].size, prefix, seq)]
-        plan += [(s.path, _HEADER.size, s.size, prefix, seq) for s in segs[i + 1 :]]
-        return chain.from_iterable(starmap(_read_origin, plan))
+        plan = [(segs[i].path, segs[i].marks[j][1], segs[i].size)]
+        plan += [(s.path, _HEADER.size, s.size) for s in segs[i + 1 :]]
+        return _snapshot.read_origin(plan, b"\x96" + msgpack.packb(origin), seq)
 
     # -------------------------------------------------------------- snapshots
 
@@ -505,6 +512,7 @@ class Log:
             next_mark = _HEADER.size + self._mark_bytes
             count, reason = 0, ""
             buf, i, base = b"", 0, _HEADER.size
+            file_size = f.seek(0, os.SEEK_END)
             f.seek(base)
             unpack, unpackb = _FRAME.unpack_from, msgpack.unpackb
             while not reason:
@@ -517,13 +525,15 @@ class Log:
                     length, crc = unpack(buf, i)
                     j = i + 8 + length
                     if j > n:
+                        if base + j > file_size:
+                            reason = "torn record"
                         break
                     if base + i >= next_mark:
                         marks.append((seg.first + count, base + i, dict(seqs)))
                         next_mark = base + i + self._mark_bytes
                     payload = buf[i + 8 : j]
                     if crc32c(payload) != crc or not length:
-                        reason = "CRC mismatch"
+                        reason = "CRC mismatch" if length else "empty record"
                         break
                     try:
                         origin, s, h, _key, _value, _deadline = unpackb(payload)
@@ -542,9 +552,8 @@ class Log:
             if reason:
                 if not last:
                     raise LogCorruptError(path, good, reason)
-                size = f.seek(0, os.SEEK_END)
                 logger.warning(
-                    "%s: %s at byte %d, truncating %d bytes", path, reason, good, size - good
+                    "%s: %s at byte %d, truncating %d bytes", path, reason, good, file_size - good
                 )
                 f.truncate(good)
                 f.flush()
@@ -613,32 +622,3 @@ def _merge(into: dict[str, int], other: dict[str, int]) -> dict[str, int]:
         if seq > into.get(origin, -1):
             into[origin] = seq
     return into
-
-
-def _read_origin(path: Path, pos: int, stop: int, prefix: bytes, seq: int) -> Iterator[Mutation]:
-    """Like :func:`mesh.snapshot.read_records`, keeping the records whose payload
-    starts with ``prefix`` (an origin's) and whose seq is at least ``seq``."""
-    unpack, unpackb, new = _FRAME.unpack_from, msgpack.unpackb, tuple.__new__
-    buf, i, base = b"", 0, pos
-    for data in _snapshot.read_chunks(path, pos, stop):
-        buf, base, i = buf[i:] + data, base + i, 0
-        n = len(buf)
-        last = n - 8
-        try:
-            while i <= last:
-                length, crc = unpack(buf, i)
-                j = i + 8 + length
-                if j > n:
-                    break
-                payload = buf[i + 8 : j]
-                if crc32c(payload) != crc:
-                    raise LogCorruptError(path, base + i, "CRC mismatch")
-                if payload.startswith(prefix):
-                    record = unpackb(payload, use_list=False)
-                    if record[1] >= seq:
-                        yield new(Mutation, record)
-                i = j
-        except _DECODE_ERRORS as exc:
-            raise LogCorruptError(path, base + i, "undecodable record") from exc
-    if i != len(buf):
-        raise LogCorruptError(path, base + i, "torn record")

@@ -108,8 +108,8 @@ class Store:
         now_ms: Callable[[], int] = wall_ms,
         seed: int | None = None,
     ) -> None:
-        self.max_keys = _check_limit("max_keys", max_keys)
-        self.max_memory = _check_limit("max_memory", max_memory)
+        self._max_keys = _check_limit("max_keys", max_keys)
+        self._max_memory = _check_limit("max_memory", max_memory)
         self.tombstone_horizon_ms = _check_limit("tombstone_horizon_ms", tombstone_horizon_ms)
         if not callable(now_ms):
             raise ConfigError("now_ms must be a callable returning milliseconds")
@@ -132,6 +132,16 @@ class Store:
         self._expired = 0
         self._evicted = 0
         self._collected = 0
+
+    @property
+    def max_keys(self) -> int:
+        """The live-key limit, 0 for none (fixed at construction)."""
+        return self._max_keys
+
+    @property
+    def max_memory(self) -> int:
+        """The estimated-bytes limit, 0 for none (fixed at construction)."""
+        return self._max_memory
 
     # -- writes -------------------------------------------------------------
 
@@ -180,7 +190,7 @@ class Store:
                 self._ttl_keys.append(key)
             if old is not None and self._bounded:
                 live.move_to_end(key)
-        if len(live) > self._key_limit or self._bytes > self._byte_limit:
+        if self._bounded and (len(live) > self._key_limit or self._bytes > self._byte_limit):
             self._evict()
         return True
 
@@ -256,7 +266,12 @@ class Store:
     # -- housekeeping -------------------------------------------------------
 
     def sweep(
-        self, *, samples: int = 20, max_rounds: int = 16, gc_scan: int = 1000, hash_budget: int = 2000
+        self,
+        *,
+        samples: int = 20,
+        max_rounds: int = 16,
+        gc_scan: int = 1000,
+        hash_budget: int = 2000,
     ) -> int:
         """Active expiry and tombstone collection; returns how many keys expired.
 
@@ -375,6 +390,6 @@ class Store:
             "expired": self._expired,
             "evicted": self._evicted,
             "collected": self._collected,
-            "max_keys": self.max_keys,
-            "max_memory": self.max_memory,
+            "max_keys": self._max_keys,
+            "max_memory": self._max_memory,
         }

@@ -193,6 +193,11 @@ def decode_request(frame: bytes, limits: Limits) -> Request:
             max_array_len=len(frame),
             max_map_len=len(frame) // 2,
             max_ext_len=0,
+            ext_hook=_reject_extension,
+            # Maps stay lists of pairs, so repeated or non-string names are seen
+            # by the op's checks (and reported with the request id).
+            strict_map_key=False,
+            object_pairs_hook=_Pairs,
         )
     except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ...
         raise ProtocolError(E_MALFORMED, f"undecodable msgpack: {exc}") from exc
@@ -213,6 +218,14 @@ def decode_request(frame: bytes, limits: Limits) -> Request:
         exc.request_id = request_id
         raise
     return Request(request_id, op_name, args)
+
+
+class _Pairs(list):
+    """A decoded msgpack map, kept as its list of ``(name, value)`` pairs."""
+
+
+def _reject_extension(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not part of the protocol")
 
 
 def peek_id(frame: bytes) -> int | None:
@@ -289,9 +302,11 @@ def _v_set(args: list, limits: Limits) -> tuple:
     ttl_ms, nx, xx = 0, False, False
     if len(args) == 3 and args[2] is not None:
         options = args[2]
-        if not isinstance(options, dict) or len(options) > len(SET_OPTIONS):
+        if not isinstance(options, _Pairs) or len(options) > len(SET_OPTIONS):
             raise _fail(E_BAD_ARGS, "SET options must be a map of ttl_ms, nx, xx")
-        for name, option in options.items():
+        if len({name for name, _ in options if isinstance(name, bytes)}) != len(options):
+            raise _fail(E_BAD_ARGS, "SET option names must be distinct strings")
+        for name, option in options:
             if name == b"ttl_ms":
                 ttl_ms = _ttl(option) if option is not None else 0
             elif name in (b"nx", b"xx"):

@@ -1,0 +1,36 @@
+"""A writer for test_log's kill -9 test: appends batches forever under fsync=always.
+
+Usage: ``python -m tests.log_writer_child DATA_DIR SEGMENT_BYTES``.  After each
+batch is flushed (the group-commit point) it prints the batch's last offset:
+that record and every one before it are acknowledged.  The record at offset
+``i`` is :func:`record` ``(i)``, so the test can check every record's content.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from mesh.log import Log
+from mesh.mutation import Mutation
+
+
+def record(i: int) -> Mutation:
+    """The mutation the writer appends at offset ``i``."""
+    value = None if i % 11 == 0 else f"{i};".encode() * (i % 7 + 1)
+    return Mutation(f"node-{i % 3}/inc", i // 3 + 1, 10_000 + i, f"key-{i}-ü", value, i % 5)
+
+
+def main() -> None:
+    log = Log(sys.argv[1], fsync="always", segment_bytes=int(sys.argv[2]))
+    offset, batch = log.next_offset, 0
+    while True:
+        size = batch % 16 + 1
+        last = log.append([record(i) for i in range(offset, offset + size)])
+        log.flush()
+        sys.stdout.write(f"{last}\n")
+        sys.stdout.flush()
+        offset, batch = last + 1, batch + 1
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,666 @@
+"""Tests of mesh.log (segments, recovery, index, fsync policy, compaction) and mesh.snapshot."""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from crc32c import crc32c
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import mesh.log
+from mesh.errors import ConfigError
+from mesh.log import Log, LogCorruptError
+from mesh.mutation import Mutation
+from tests.log_writer_child import record
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class SmallMarkLog(Log):
+    """A log with an index mark every few records, so that tests exercise marks."""
+
+    _mark_bytes = 100
+
+
+def segments(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "log").glob("*.log"))
+
+
+def flip(path: Path, position: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[position] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def fill(log: Log, count: int, batch: int = 1) -> list[Mutation]:
+    """Append ``record(i)`` for the next ``count`` offsets, ``batch`` at a time."""
+    start = log.next_offset
+    records = [record(i) for i in range(start, start + count)]
+    for i in range(0, count, batch):
+        log.append(records[i : i + batch])
+        log.flush()
+    return records
+
+
+def expect_read_from(records: list[Mutation], log: Log) -> None:
+    """``read_from`` equals a filter of ``records`` for every origin and many seqs."""
+    for origin in {m.origin for m in records}:
+        seqs = sorted({m.seq for m in records if m.origin == origin})
+        for seq in [0, *seqs[:: max(1, len(seqs) // 8)], seqs[-1], seqs[-1] + 1]:
+            want = [m for m in records if m.origin == origin and m.seq >= seq]
+            assert list(log.read_from(origin, seq)) == want, (origin, seq)
+    assert list(log.read_from("nobody/0", 0)) == []
+
+
+# ---------------------------------------------------------------- round trip
+
+mutations = st.builds(
+    Mutation,
+    origin=st.sampled_from(["a/1", "b/2", "ünï/☃", "long-" + "x" * 40]),
+    seq=st.integers(0, 2**63 - 1),
+    hlc=st.integers(0, 2**63 - 1),
+    key=st.text(max_size=12),
+    value=st.none() | st.binary(max_size=40),
+    deadline=st.integers(0, 2**63 - 1),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    records=st.lists(mutations, max_size=30),
+    cuts=st.lists(st.integers(1, 6), max_size=30),
+    segment_bytes=st.sampled_from([64, 180, 600, 1 << 20]),
+)
+def test_round_trip(records: list[Mutation], cuts: list[int], segment_bytes: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        with SmallMarkLog(tmp, segment_bytes=segment_bytes, fsync="never") as log:
+            done = 0
+            for cut in [*cuts, len(records)]:
+                batch = records[done : done + cut]
+                last = log.append(batch)
+                assert last == done + len(batch) - 1
+                done += len(batch)
+            assert log.next_offset == len(records)
+            assert list(log.replay()) == records
+            expect_read_from(records, log)
+        with SmallMarkLog(tmp, segment_bytes=segment_bytes) as log:
+            assert log.next_offset == len(records)
+            assert list(log.replay()) == records
+            for start in range(0, len(records) + 1, 3):
+                assert list(log.replay(start)) == records[start:]
+            expect_read_from(records, log)
+            origins = {m.origin for m in records}
+            assert log.max_seqs() == {
+                o: max(m.seq for m in records if m.origin == o) for o in origins
+            }
+            assert log.max_hlc == max((m.hlc for m in records), default=0)
+            extra = Mutation("a/1", 1, 1, "k", b"v")
+            assert log.append([extra]) == len(records)
+            assert list(log.replay(len(records))) == [extra]
+
+
+def test_replay_mid_segment_uses_marks(tmp_path: Path) -> None:
+    with SmallMarkLog(tmp_path) as log:
+        records = fill(log, 200, batch=3)
+        assert len(log._segments[0].marks) > 10
+        for start in (0, 1, 50, 99, 150, 199, 200):
+            assert list(log.replay(start)) == records[start:]
+
+
+def test_replay_bounds(tmp_path: Path) -> None:
+    with Log(tmp_path) as log:
+        fill(log, 5)
+        with pytest.raises(ValueError):
+            log.replay(6)
+        with pytest.raises(ValueError):
+            log.replay(-1)
+        with pytest.raises(TypeError):
+            log.replay("1")  # type: ignore[arg-type]
+        assert log.append([]) == 4
+
+
+def test_batch_is_one_write_per_segment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = Log(tmp_path, segment_bytes=400)
+    fill(log, 1)
+    writes: list[int] = []
+    real_write = os.write
+
+    def counting(fd: int, data: bytes) -> int:
+        writes.append(len(data))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", counting)
+    log.append([record(1), record(2)])
+    assert len(writes) == 1
+    writes.clear()
+    log.append([record(i) for i in range(3, 30)])  # spans several segments
+    rolled = len(segments(tmp_path)) - 1
+    assert rolled >= 2
+    headers = [n for n in writes if n == 16]  # one header per new segment
+    assert len(headers) == rolled and len(writes) == 2 * rolled + 1
+    monkeypatch.undo()
+    log.close()
+    with Log(tmp_path, segment_bytes=400) as log:
+        assert list(log.replay()) == [record(i) for i in range(30)]
+
+
+def test_failed_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = Log(tmp_path)
+    fill(log, 3)
+    size = segments(tmp_path)[0].stat().st_size
+    real_write = os.write
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full)
+    with pytest.raises(OSError):
+        log.append([record(3), record(4)])
+    monkeypatch.undo()
+    assert segments(tmp_path)[0].stat().st_size == size
+    assert log.next_offset == 3
+    log.append([record(3)])
+    log.close()
+    with Log(tmp_path) as log:
+        assert list(log.replay()) == [record(i) for i in range(4)]
+
+
+def test_closed_log_refuses_appends(tmp_path: Path) -> None:
+    log = Log(tmp_path)
+    log.close()
+    log.close()
+    with pytest.raises(ValueError):
+        log.append([record(0)])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"fsync": "sometimes"},
+        {"fsync_interval_ms": 0},
+        {"fsync_interval_ms": 1.5},
+        {"fsync_interval_ms": True},
+        {"segment_bytes": 10},
+        {"segment_bytes": "64"},
+        {"retention_bytes": -1},
+    ],
+)
+def test_bad_arguments(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(ConfigError) as info:
+        Log(tmp_path, **kwargs)
+    assert isinstance(info.value, ValueError)
+
+
+# ------------------------------------------------------------------ recovery
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_last_record(tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Every cut or flipped byte in the last record loses that record only."""
+    records = [record(i) for i in range(5)]
+    with Log(tmp_path / "orig") as log:
+        log.append(records[:4])
+        (segment,) = segments(tmp_path / "orig")
+        start = segment.stat().st_size
+        log.append(records[4:])
+    original = segment.read_bytes()
+    index = segment.with_suffix(".idx").read_bytes()
+    for position in range(start, len(original)):
+        folder = tmp_path / f"{damage}{position}"
+        (folder / "log").mkdir(parents=True)
+        damaged = bytearray(original)
+        if damage == "truncate":
+            del damaged[position:]
+        else:
+            damaged[position] ^= 0xFF
+        (folder / "log" / segment.name).write_bytes(bytes(damaged))
+        (folder / "log" / segment.with_suffix(".idx").name).write_bytes(index)
+        caplog.clear()
+        with Log(folder) as log:
+            assert log.next_offset == 4, position
+            assert list(log.replay()) == records[:4]
+            assert (folder / "log" / segment.name).stat().st_size == start
+            log.append(records[4:])
+        if position > start or damage == "flip":
+            assert "truncating" in caplog.text
+        with Log(folder) as log:
+            assert list(log.replay()) == records
+
+
+def test_zero_filled_tail(tmp_path: Path) -> None:
+    with Log(tmp_path) as log:
+        records = fill(log, 10)
+    with open(segments(tmp_path)[0], "ab") as f:
+        f.write(bytes(4096))
+    with Log(tmp_path) as log:
+        assert list(log.replay()) == records
+
+
+@pytest.mark.parametrize("cut", [0, 1, 7, 15, 16])
+def test_torn_header_of_new_last_segment(tmp_path: Path, cut: int) -> None:
+    with Log(tmp_path, segment_bytes=300) as log:
+        records = fill(log, 20)
+        end = log.next_offset
+    torn = tmp_path / "log" / f"{end:020d}.log"
+    header = segments(tmp_path)[0].read_bytes()[:8] + end.to_bytes(8, "big")
+    torn.write_bytes(header[:cut] if cut < 16 else bytes(16))
+    with Log(tmp_path, segment_bytes=300) as log:
+        assert list(log.replay()) == records
+        assert log.next_offset == end
+        records += fill(log, 5)
+    with Log(tmp_path, segment_bytes=300) as log:
+        assert list(log.replay()) == records
+
+
+def test_fresh_log_with_torn_header(tmp_path: Path) -> None:
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / f"{0:020d}.log").write_bytes(b"PCL")
+    with Log(tmp_path) as log:
+        assert log.next_offset == 0
+        records = fill(log, 3)
+    with Log(tmp_path) as log:
+        assert list(log.replay()) == records
+
+
+def test_sealed_segment_corruption(tmp_path: Path) -> None:
+    with Log(tmp_path, segment_bytes=300) as log:
+        fill(log, 30)
+    first = segments(tmp_path)[0]
+    flip(first, 16 + 8 + 2)  # inside the first record's payload
+    with Log(tmp_path, segment_bytes=300) as log:  # its index is intact: found on read
+        with pytest.raises(LogCorruptError) as info:
+            list(log.replay())
+        assert info.value.path == first and info.value.position == 16
+        assert str(first) in str(info.value)
+        with pytest.raises(LogCorruptError):
+            list(log.read_from(record(0).origin, 0))
+    first.with_suffix(".idx").unlink()
+    with pytest.raises(LogCorruptError) as info:  # no index: found on open
+        Log(tmp_path, segment_bytes=300)
+    assert info.value.path == first and info.value.position == 16
+
+
+def test_sealed_segment_truncated_or_missing(tmp_path: Path) -> None:
+    with Log(tmp_path, segment_bytes=300) as log:
+        fill(log, 30)
+    paths = segments(tmp_path)
+    os.truncate(paths[1], paths[1].stat().st_size - 3)
+    with pytest.raises(LogCorruptError, match="torn record"):
+        Log(tmp_path, segment_bytes=300)
+    paths[1].unlink()
+    with pytest.raises(LogCorruptError, match=paths[2].name):
+        Log(tmp_path, segment_bytes=300)
+
+
+@pytest.mark.parametrize("damage", ["delete", "corrupt"])
+def test_index_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    with SmallMarkLog(tmp_path, segment_bytes=500) as log:
+        records = fill(log, 60, batch=4)
+        seqs, hlc = log.max_seqs(), log.max_hlc
+    for path in segments(tmp_path):
+        index = path.with_suffix(".idx")
+        if damage == "delete":
+            index.unlink()
+        else:
+            flip(index, index.stat().st_size - 1)
+    with SmallMarkLog(tmp_path, segment_bytes=500) as log:
+        assert (log.max_seqs(), log.max_hlc) == (seqs, hlc)
+        assert list(log.replay()) == records
+        expect_read_from(records, log)
+    assert all(p.with_suffix(".idx").exists() for p in segments(tmp_path))
+
+
+def test_read_from_skips_what_the_index_rules_out(tmp_path: Path) -> None:
+    with Log(tmp_path, segment_bytes=300) as log:
+        records = fill(log, 60)
+    flip(segments(tmp_path)[0], 16 + 8 + 2)  # read_from must not go there
+    origin = records[-1].origin
+    with Log(tmp_path, segment_bytes=300) as log:
+        want = [m for m in records if m.origin == origin and m.seq >= records[-10].seq]
+        assert list(log.read_from(origin, records[-10].seq)) == want
+
+
+def test_kill9_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    """SIGKILL a writer under fsync=always mid-stream: every acked record survives."""
+    argv = [sys.executable, "-m", "tests.log_writer_child", str(tmp_path), "16384"]
+    acked: list[int] = []
+    with subprocess.Popen(
+        argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            pending = b""
+            deadline = time.monotonic() + 60
+            with selectors.DefaultSelector() as selector:
+                selector.register(proc.stdout, selectors.EVENT_READ)
+                while len(acked) < 400:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or proc.poll() is not None:
+                        pytest.fail(
+                            f"writer gave {len(acked)} acks (exit {proc.returncode}): "
+                            f"{proc.stderr.read().decode() if proc.poll() is not None else ''}"
+                        )
+                    if selector.select(left):
+                        chunk = os.read(proc.stdout.fileno(), 65536)
+                        *lines, pending = (pending + chunk).split(b"\n")
+                        acked += [int(line) for line in lines]
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+            *lines, _torn = (pending + proc.stdout.read()).split(b"\n")
+            acked += [int(line) for line in lines]
+            assert proc.stderr.read() == b""
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+    assert acked == sorted(acked)
+    with Log(tmp_path, segment_bytes=16384) as log:
+        assert log.next_offset > acked[-1]
+        assert len(segments(tmp_path)) > 2
+        for offset, mutation in enumerate(log.replay()):
+            assert mutation == record(offset)
+
+
+# ------------------------------------------------------------ fsync policies
+
+
+@pytest.fixture
+def fsyncs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[float]]:
+    """Count data fsyncs and drive the log's clock by hand: ``(calls, [now])``."""
+    calls: list[int] = []
+    now = [1000.0]
+    monkeypatch.setattr(mesh.log, "_fdatasync", calls.append)
+    monkeypatch.setattr(mesh.log, "_now", lambda: now[0])
+    return calls, now
+
+
+def test_fsync_always(tmp_path: Path, fsyncs: tuple[list[int], list[float]]) -> None:
+    calls, _now = fsyncs
+    log = Log(tmp_path)
+    log.append([record(0)])
+    assert calls == []  # append never fsyncs
+    log.flush()
+    assert len(calls) == 1
+    log.flush()
+    log.tick()
+    assert len(calls) == 1  # nothing new to sync
+    log.append([record(1)])
+    log.append([record(2)])
+    log.flush()
+    assert len(calls) == 2  # one fsync per flush, however many appends
+    log.close()
+    assert len(calls) == 2
+
+
+def test_fsync_interval(tmp_path: Path, fsyncs: tuple[list[int], list[float]]) -> None:
+    calls, now = fsyncs
+    log = Log(tmp_path, fsync="interval", fsync_interval_ms=100)
+    log.append([record(0)])
+    log.flush()
+    now[0] += 0.05
+    log.flush()
+    assert calls == []  # 50 ms since the last fsync
+    now[0] += 0.06
+    log.flush()
+    assert len(calls) == 1  # 110 ms
+    log.append([record(1)])
+    log.flush()
+    assert len(calls) == 1
+    log.tick()
+    assert len(calls) == 2  # the timer syncs what is pending
+    log.tick()
+    assert len(calls) == 2
+    log.append([record(2)])
+    log.close()
+    assert len(calls) == 3
+
+
+def test_fsync_never(tmp_path: Path, fsyncs: tuple[list[int], list[float]]) -> None:
+    calls, now = fsyncs
+    log = Log(tmp_path, fsync="never")
+    log.append([record(0)])
+    now[0] += 10
+    log.flush()
+    log.tick()
+    assert calls == []
+    log.sync()
+    assert len(calls) == 1
+    log.sync()
+    assert len(calls) == 1
+    log.close()
+
+
+def test_failed_fsync_poisons_the_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    log = Log(tmp_path)
+    log.append([record(0)])
+    monkeypatch.setattr(mesh.log, "_fdatasync", failing)
+    with pytest.raises(OSError, match="Input/output"):
+        log.flush()
+    monkeypatch.undo()
+    with pytest.raises(OSError, match="earlier fsync"):
+        log.flush()
+    with pytest.raises(OSError, match="earlier fsync"):
+        log.append([record(1)])
+    with pytest.raises(OSError, match="earlier fsync"):
+        log.close()
+    with Log(tmp_path) as log:  # reopening recovers what the OS kept
+        assert list(log.replay()) == [record(0)]
+
+
+# ------------------------------------------------------- snapshots, compaction
+
+
+def test_snapshot_round_trip(tmp_path: Path) -> None:
+    with Log(tmp_path) as log:
+        assert log.load_snapshot() is None
+        fill(log, 10)
+        state = [record(i) for i in range(100, 150)]
+        path = log.write_snapshot(iter(state), {"vv": {"a/1": 3}, "max_hlc": 7})
+        assert path == tmp_path / "snapshots" / f"{10:020d}.snap"
+        found = log.load_snapshot()
+        assert found is not None
+        meta, entries = found
+        assert meta == {"vv": {"a/1": 3}, "max_hlc": 7, "offset": 10}
+        assert list(entries) == state
+        with pytest.raises(ValueError, match="offset"):
+            log.write_snapshot([], {"offset": 3})
+    with Log(tmp_path) as log:
+        found = log.load_snapshot()
+        assert found is not None and list(found[1]) == state
+
+
+def test_snapshot_of_nothing(tmp_path: Path) -> None:
+    with Log(tmp_path) as log:
+        log.write_snapshot([], {})
+        found = log.load_snapshot()
+        assert found is not None
+        assert found[0] == {"offset": 0} and list(found[1]) == []
+
+
+def test_failed_snapshot_leaves_nothing(tmp_path: Path) -> None:
+    def broken():
+        yield record(0)
+        raise RuntimeError("store went away")
+
+    with Log(tmp_path) as log:
+        with pytest.raises(RuntimeError):
+            log.write_snapshot(broken(), {})
+        assert list((tmp_path / "snapshots").iterdir()) == []
+        assert log.load_snapshot() is None
+
+
+@pytest.mark.parametrize("damage", ["trailer", "body", "cut", "meta"])
+def test_bad_snapshot_is_ignored(tmp_path: Path, damage: str) -> None:
+    with Log(tmp_path) as log:
+        fill(log, 3)
+        log.write_snapshot([record(0)], {"n": 1})
+        fill(log, 3)
+        newest = log.write_snapshot([record(1), record(2)], {"n": 2})
+        size = newest.stat().st_size
+        if damage == "trailer":
+            flip(newest, size - 1)
+        elif damage == "body":
+            flip(newest, size // 2 + 10)
+        elif damage == "cut":
+            os.truncate(newest, size - 23)
+        else:
+            flip(newest, 8 + 8 + 1)
+        found = log.load_snapshot()
+        assert found is not None
+        assert found[0] == {"n": 1, "offset": 3}
+        assert list(found[1]) == [record(0)]
+
+
+def test_compact(tmp_path: Path) -> None:
+    old = [Mutation("old/1", i + 1, 50 + i, f"o{i}", b"x") for i in range(10)]
+    with SmallMarkLog(tmp_path, segment_bytes=300) as log:
+        log.append(old[:5])
+        log.append(old[5:])
+        records = old + fill(log, 20, batch=2)
+        assert log.compact() == []  # no snapshot yet
+        first_snapshot = log.write_snapshot([], {})
+        records += fill(log, 30, batch=2)
+        log.write_snapshot([], {})
+        covered = log.next_offset
+        records += fill(log, 30, batch=3)
+        seqs, hlc = log.max_seqs(), log.max_hlc
+        assert seqs["old/1"] == 10
+    for retention in (10**9, 2000, 0):
+        with SmallMarkLog(tmp_path, segment_bytes=300, retention_bytes=retention) as log:
+            paths = segments(tmp_path)
+            sizes = [p.stat().st_size for p in paths]
+            ends = [int(p.stem) for p in paths[1:]] + [log.next_offset]
+            expected, total = [], sum(sizes)
+            for path, size, end in zip(paths[:-1], sizes[:-1], ends, strict=True):
+                if end > covered or total - size < retention:
+                    break
+                expected.append(path)
+                total -= size
+            snaps = [first_snapshot] if first_snapshot.exists() else []
+            assert log.compact() == expected + snaps
+            assert segments(tmp_path) == paths[len(expected) :]
+            assert not any(p.with_suffix(".idx").exists() for p in expected)
+            assert not first_snapshot.exists()
+            if retention == 10**9:
+                assert expected == []
+            else:
+                assert expected and sum(sizes[len(expected) :]) >= retention
+            kept = records[log.first_offset() :]
+            assert list(log.replay(log.first_offset())) == kept
+            if log.first_offset():
+                with pytest.raises(ValueError, match="outside"):
+                    log.replay(0)
+            expect_read_from(kept, log)
+            assert (log.max_seqs(), log.max_hlc) == (seqs, hlc)  # compacted origins too
+    assert len(segments(tmp_path)) < len(paths)
+    with Log(tmp_path, segment_bytes=300) as log:
+        assert (log.max_seqs(), log.max_hlc) == (seqs, hlc)
+        assert log.first_offset() > 10  # every "old/1" record is gone
+
+
+def test_compact_never_deletes_the_active_segment(tmp_path: Path) -> None:
+    with Log(tmp_path, segment_bytes=300, retention_bytes=0) as log:
+        records = fill(log, 40)
+        log.write_snapshot([], {})
+        deleted = log.compact()
+        assert deleted and segments(tmp_path) == [segments(tmp_path)[-1]]
+        assert list(log.replay(log.first_offset())) == records[log.first_offset() :]
+    with Log(tmp_path, segment_bytes=300) as log:
+        assert log.next_offset == 40
+        records = fill(log, 5)
+        assert list(log.replay(40)) == records
+
+
+def test_empty_log_starts_at_snapshot_offset(tmp_path: Path) -> None:
+    with Log(tmp_path) as log:
+        fill(log, 7)
+        log.write_snapshot([record(0)], {})
+    for path in (tmp_path / "log").iterdir():
+        path.unlink()
+    (tmp_path / "snapshots" / "leftover.snap.tmp").write_bytes(b"junk")
+    with Log(tmp_path) as log:
+        assert log.first_offset() == log.next_offset == 7
+        assert list(log.replay(7)) == []
+        assert log.append([record(7)]) == 7
+    assert not (tmp_path / "snapshots" / "leftover.snap.tmp").exists()
+
+
+def test_records_bigger_than_a_read_chunk(tmp_path: Path) -> None:
+    big = [Mutation("big/1", i, i, f"k{i}", bytes([i]) * (3 << 20)) for i in range(1, 4)]
+    with Log(tmp_path, segment_bytes=5 << 20) as log:
+        log.append(big[:1])
+        log.append(big[1:])
+        assert len(segments(tmp_path)) == 3
+    with Log(tmp_path, segment_bytes=5 << 20) as log:
+        assert list(log.replay()) == big
+        assert list(log.read_from("big/1", 2)) == big[1:]
+        log.write_snapshot(iter(big), {})
+        found = log.load_snapshot()
+        assert found is not None and list(found[1]) == big
+
+
+def reframe(path: Path, position: int, make: Callable[[int], bytes]) -> None:
+    """Overwrite the payload at ``position`` with ``make(its length)`` and a valid CRC."""
+    data = bytearray(path.read_bytes())
+    length = int.from_bytes(data[position : position + 4], "big")
+    payload = make(length)
+    assert len(payload) == length
+    data[position + 4 : position + 8 + length] = crc32c(payload).to_bytes(4, "big") + payload
+    path.write_bytes(bytes(data))
+
+
+def test_undecodable_record_with_a_good_crc(tmp_path: Path) -> None:
+    with Log(tmp_path, segment_bytes=300) as log:
+        records = fill(log, 30)
+    first, *_, last = segments(tmp_path)
+    length = int.from_bytes(first.read_bytes()[16:20], "big")
+    second = 16 + 8 + length  # the sealed segment's second record
+    reframe(first, second, lambda n: b"\xc1" * n)  # 0xc1: never used in msgpack
+    with Log(tmp_path, segment_bytes=300) as log:
+        with pytest.raises(LogCorruptError, match="undecodable") as info:
+            list(log.replay())
+        assert (info.value.path, info.value.position) == (first, second)
+        kept = log.next_offset
+    reframe(last, 16, lambda n: b"\x91" + b"\xc0" * (n - 1))  # an array, then extra data
+    with Log(tmp_path, segment_bytes=300) as log:  # last segment: truncated
+        assert log.next_offset == int(last.stem) < kept
+        assert list(log.replay(int(last.stem) - 1)) == records[int(last.stem) - 1 : int(last.stem)]
+
+
+def test_iterators_yield_what_was_there_when_called(tmp_path: Path) -> None:
+    with Log(tmp_path, segment_bytes=300) as log:
+        records = fill(log, 10)
+        replay = log.replay()
+        read = log.read_from(records[0].origin, 0)
+        fill(log, 20)
+        assert list(replay) == records
+        assert list(read) == [m for m in records if m.origin == records[0].origin]
+
+
+def test_abandoned_iterators_close_their_files(tmp_path: Path) -> None:
+    import gc
+
+    with Log(tmp_path, segment_bytes=300) as log:
+        fill(log, 30)
+        log.write_snapshot(iter(fill(log, 3)), {})
+        iterators = [log.replay(), log.read_from(record(0).origin, 0), log.load_snapshot()[1]]  # type: ignore[index]
+        for iterator in iterators:
+            next(iterator)
+        del iterators, iterator
+        gc.collect()  # an unclosed file would be a ResourceWarning, an error here

@@ -1,0 +1,578 @@
+"""Unit tests for mesh.store: last-writer-wins, TTL, LRU, tombstones, digest."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mesh.clock import pack
+from mesh.errors import ConfigError
+from mesh.mutation import Mutation
+from mesh.store import ENTRY_OVERHEAD, TOMBSTONE_OVERHEAD, Entry, Store
+
+T0 = 1_700_000_000_000  # "now" in ms for most tests
+
+
+class FakeNow:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, ms: int = T0) -> None:
+        self.ms = ms
+
+    def __call__(self) -> int:
+        return self.ms
+
+
+def mut(
+    key: str,
+    value: bytes | None,
+    ms: int = T0,
+    origin: str = "a",
+    deadline: int = 0,
+    logical: int = 0,
+) -> Mutation:
+    return Mutation(origin, 1, pack(ms, logical), key, value, deadline)
+
+
+def make(**kwargs) -> tuple[Store, FakeNow]:
+    now = FakeNow()
+    return Store(now_ms=now, seed=1, **kwargs), now
+
+
+def value_of(store: Store, key: str) -> bytes | None:
+    entry = store.get(key, record_stats=False)
+    return None if entry is None else entry.value
+
+
+def live_bytes(key: str, value: bytes) -> int:
+    return len(key) + len(value) + ENTRY_OVERHEAD
+
+
+def tomb_bytes(key: str) -> int:
+    return len(key) + TOMBSTONE_OVERHEAD
+
+
+def expected_bytes(store: Store) -> int:
+    """``bytes`` recomputed from what the store holds (due keys still count as live)."""
+    live = sum(live_bytes(key, entry[0]) for key, entry in dict.items(store._live))
+    return live + sum(tomb_bytes(key) for key in store._tombs)
+
+
+# -- basics and last-writer-wins ---------------------------------------------
+
+
+def test_set_then_get_returns_the_entry() -> None:
+    store, _ = make()
+    assert store.apply(mut("k", b"v", deadline=T0 + 10_000)) is True
+    entry = store.get("k")
+    assert isinstance(entry, Entry)
+    assert (entry.value, entry.hlc, entry.origin, entry.deadline) == (
+        b"v",
+        pack(T0, 0),
+        "a",
+        T0 + 10_000,
+    )
+    assert entry.version() == mut("k", b"v").version()
+    assert len(store) == 1 and "k" in store and "x" not in store
+    assert store.get("x") is None
+
+
+def test_older_write_after_newer_is_ignored() -> None:
+    store, _ = make()
+    assert store.apply(mut("k", b"new", T0 + 1))
+    assert store.apply(mut("k", b"old", T0)) is False
+    assert value_of(store, "k") == b"new"
+
+
+def test_duplicate_is_harmless() -> None:
+    store, _ = make()
+    m = mut("k", b"v")
+    assert store.apply(m) is True
+    before = (set(store.entries()), store.digest(), store.stats())
+    assert store.apply(m) is False
+    assert (set(store.entries()), store.digest(), store.stats()) == before
+
+
+def test_equal_hlc_origin_breaks_the_tie_in_either_order() -> None:
+    for order in ((0, 1), (1, 0)):
+        store, _ = make()
+        writes = [mut("k", b"from-a", origin="a"), mut("k", b"from-b", origin="b")]
+        for i in order:
+            store.apply(writes[i])
+        assert value_of(store, "k") == b"from-b"
+
+
+def test_delete_tombstone_blocks_an_older_set() -> None:
+    store, _ = make()
+    store.apply(mut("k", b"v", T0))
+    assert store.apply(mut("k", None, T0 + 2))
+    assert store.get("k") is None and "k" not in store
+    assert store.apply(mut("k", b"late", T0 + 1)) is False
+    assert store.get("k") is None
+    assert store.stats()["tombstones"] == 1
+    assert store.apply(mut("k", b"newer", T0 + 3))
+    assert value_of(store, "k") == b"newer"
+    assert store.stats()["tombstones"] == 0
+
+
+def test_delete_of_an_unknown_key_still_blocks_older_sets() -> None:
+    store, _ = make()
+    assert store.apply(mut("k", None, T0 + 5)) is True
+    assert store.apply(mut("k", b"old", T0)) is False
+    assert store.get("k") is None
+    assert len(store) == 0
+
+
+def test_overwrite_replaces_value_and_deadline() -> None:
+    store, _ = make()
+    store.apply(mut("k", b"one", T0, deadline=T0 + 50))
+    store.apply(mut("k", b"two", T0 + 1))
+    assert store.ttl_ms("k") == -1
+    assert value_of(store, "k") == b"two"
+    assert store.stats()["bytes"] == live_bytes("k", b"two")
+
+
+# -- TTL ---------------------------------------------------------------------
+
+
+def test_get_expires_lazily_and_leaves_the_version_behind() -> None:
+    store, now = make()
+    store.apply(mut("k", b"v", T0, deadline=T0 + 1_000))
+    assert store.get("k") is not None
+    now.ms = T0 + 1_000
+    assert "k" not in store
+    assert store.get("k") is None
+    stats = store.stats()
+    assert (stats["keys"], stats["tombstones"], stats["expired"]) == (0, 1, 1)
+    assert (stats["hits"], stats["misses"]) == (1, 1)
+    # an older write arriving late cannot bring the key back ...
+    assert store.apply(mut("k", b"late", T0 - 1)) is False
+    assert store.get("k") is None
+    # ... but a newer one can
+    assert store.apply(mut("k", b"again", T0 + 1))
+    assert value_of(store, "k") == b"again"
+
+
+def test_ttl_ms_follows_redis_pttl() -> None:
+    store, now = make()
+    store.apply(mut("forever", b"v"))
+    store.apply(mut("brief", b"v", deadline=T0 + 1_500))
+    store.apply(mut("gone", None))
+    assert store.ttl_ms("missing") == -2
+    assert store.ttl_ms("gone") == -2
+    assert store.ttl_ms("forever") == -1
+    assert store.ttl_ms("brief") == 1_500
+    now.ms += 1_499
+    assert store.ttl_ms("brief") == 1
+    now.ms += 1
+    assert store.ttl_ms("brief") == -2
+    assert store.stats()["hits"] == 0  # ttl_ms does not count as a read
+
+
+def test_write_with_a_past_deadline_is_stored_as_an_expired_tombstone() -> None:
+    store, _ = make()
+    assert store.apply(mut("k", b"v", T0, deadline=T0 - 1)) is True
+    assert store.get("k") is None
+    stats = store.stats()
+    assert (stats["keys"], stats["tombstones"], stats["expired"]) == (0, 1, 1)
+    assert store.apply(mut("k", b"older", T0 - 5)) is False
+    assert store.apply(mut("k", b"newer", T0 + 5)) is True
+
+
+def test_sweep_expires_without_reads() -> None:
+    store, now = make()
+    for i in range(100):
+        store.apply(mut(f"k{i}", b"v", deadline=T0 + 10))
+    store.apply(mut("keep", b"v"))
+    assert store.sweep() == 0
+    now.ms = T0 + 10
+    assert store.sweep() == 100  # every sample is due, so rounds go on
+    assert len(store) == 1
+    stats = store.stats()
+    assert (stats["expired"], stats["tombstones"], stats["hits"], stats["misses"]) == (
+        100,
+        100,
+        0,
+        0,
+    )
+
+
+def test_sweep_rounds_are_bounded() -> None:
+    store, now = make()
+    for i in range(1_000):
+        store.apply(mut(f"k{i}", b"v", deadline=T0 + 10))
+    now.ms = T0 + 10
+    assert store.sweep(samples=20, max_rounds=3) == 60
+    assert len(store) == 940
+
+
+def test_sweep_stops_when_few_sampled_keys_are_due_but_gets_them_all_eventually() -> None:
+    store, now = make()
+    for i in range(100):
+        store.apply(mut(f"due{i}", b"v", deadline=T0 + 10))
+        store.apply(mut(f"later{i}", b"v", deadline=T0 + 10_000))
+    now.ms = T0 + 10
+    for _ in range(300):
+        store.sweep()
+    assert len(store) == 100
+    assert all(f"later{i}" in store for i in range(100))
+    assert store.stats()["expired"] == 100
+
+
+def test_sweep_rejects_bad_arguments() -> None:
+    store, _ = make()
+    for kwargs in ({"samples": 0}, {"max_rounds": 0}, {"gc_scan": -1}, {"hash_budget": -1}):
+        with pytest.raises(ValueError):
+            store.sweep(**kwargs)
+
+
+# -- LRU eviction ------------------------------------------------------------
+
+
+def test_max_keys_evicts_the_least_recently_used() -> None:
+    store, _ = make(max_keys=3)
+    for i, key in enumerate("abc"):
+        store.apply(mut(key, b"v", T0 + i))
+    assert store.get("a") is not None  # a becomes the most recently used
+    store.apply(mut("d", b"v", T0 + 3))
+    assert [k for k in "abcd" if k in store] == ["a", "c", "d"]
+    stats = store.stats()
+    assert (stats["keys"], stats["tombstones"], stats["evicted"]) == (3, 1, 1)
+    assert store.get("b") is None  # a read of an evicted key is a miss
+    assert store.stats()["misses"] == 1
+
+
+def test_overwrite_refreshes_recency_and_record_stats_false_does_not() -> None:
+    store, _ = make(max_keys=2)
+    store.apply(mut("a", b"v", T0))
+    store.apply(mut("b", b"v", T0 + 1))
+    store.apply(mut("a", b"v2", T0 + 2))  # a is now the most recent
+    assert store.get("b", record_stats=False) is not None  # does not refresh b
+    store.apply(mut("c", b"v", T0 + 3))
+    assert "b" not in store and "a" in store and "c" in store
+
+
+def test_eviction_does_not_let_an_older_write_resurrect() -> None:
+    store, _ = make(max_keys=1)
+    store.apply(mut("a", b"v", T0 + 5))
+    store.apply(mut("b", b"v", T0 + 6))
+    assert "a" not in store
+    assert store.apply(mut("a", b"stale", T0 + 1)) is False
+    assert "a" not in store and "b" in store
+    assert store.apply(mut("a", b"fresh", T0 + 7)) is True
+    assert value_of(store, "a") == b"fresh" and "b" not in store
+    assert store.stats()["evicted"] == 2
+
+
+def test_max_memory_counts_tombstones_and_evicts_until_under() -> None:
+    value = b"x" * 1_000
+    size = live_bytes("a", value)
+    store, _ = make(max_memory=3 * size)
+    for i, key in enumerate("abc"):
+        store.apply(mut(key, value, T0 + i))
+    assert store.stats()["bytes"] == 3 * size and store.stats()["evicted"] == 0
+    store.get("a")
+    store.apply(mut("d", value, T0 + 3))
+    # b alone is not enough: its tombstone still costs TOMBSTONE_OVERHEAD
+    assert [k for k in "abcd" if k in store] == ["a", "d"]
+    stats = store.stats()
+    assert stats["evicted"] == 2
+    assert stats["bytes"] == 2 * size + 2 * tomb_bytes("b") <= 3 * size
+    assert stats["bytes"] == expected_bytes(store)
+
+
+def test_a_value_over_max_memory_evicts_everything_and_terminates() -> None:
+    store, _ = make(max_memory=2_000)
+    store.apply(mut("a", b"v", T0))
+    assert store.apply(mut("big", b"x" * 5_000, T0 + 1)) is True
+    assert len(store) == 0
+    assert store.stats()["evicted"] == 2
+
+
+# -- tombstone collection ----------------------------------------------------
+
+
+def test_tombstones_are_collected_after_the_horizon() -> None:
+    store, now = make(tombstone_horizon_ms=1_000)
+    store.apply(mut("old", b"v", T0))
+    store.apply(mut("old", None, T0 + 1))
+    store.apply(mut("young", None, T0 + 600))
+    now.ms = T0 + 1_001
+    store.sweep()
+    assert store.stats()["tombstones"] == 2  # T0 + 1 is not yet older than now - 1000
+    now.ms = T0 + 1_002
+    store.sweep()
+    stats = store.stats()
+    assert (stats["tombstones"], stats["collected"]) == (1, 1)
+    assert stats["bytes"] == tomb_bytes("young")
+    now.ms = T0 + 10_000
+    store.sweep()
+    assert store.stats()["tombstones"] == 0 and store.stats()["bytes"] == 0
+    # past the horizon the version is forgotten: that is what the horizon means
+    assert store.apply(mut("old", b"v", T0))
+
+
+def test_tombstone_collection_is_bounded_and_reaches_every_tombstone() -> None:
+    store, now = make(tombstone_horizon_ms=1_000)
+    store.apply(mut("young", None, T0 + 5_000))  # inserted first, blocks nothing
+    for i in range(100):
+        store.apply(mut(f"k{i}", None, T0))
+    now.ms = T0 + 2_000
+    store.sweep(gc_scan=10)
+    assert store.stats()["collected"] == 9  # the young one was scanned and kept
+    for _ in range(20):
+        store.sweep(gc_scan=10)
+    assert store.stats()["tombstones"] == 1
+    assert store.apply(mut("young", b"v", T0 + 4_000)) is False
+
+
+# -- stats, digest, entries ----------------------------------------------------
+
+
+def test_stats_counters_and_bytes() -> None:
+    store, _ = make(max_keys=10, max_memory=10**6)
+    store.apply(mut("a", b"12345"))
+    store.apply(mut("b", None))
+    store.get("a")
+    store.get("a")
+    store.get("zzz")
+    store.get("a", record_stats=False)
+    assert store.stats() == {
+        "keys": 1,
+        "tombstones": 1,
+        "bytes": live_bytes("a", b"12345") + tomb_bytes("b"),
+        "hits": 2,
+        "misses": 1,
+        "expired": 0,
+        "evicted": 0,
+        "collected": 0,
+        "max_keys": 10,
+        "max_memory": 10**6,
+    }
+
+
+def test_digest_is_order_independent_and_tracks_live_data() -> None:
+    writes = [
+        mut("a", b"1", T0),
+        mut("b", b"2", T0 + 1, deadline=T0 + 60_000),
+        mut("a", b"3", T0 + 2, origin="z"),
+        mut("c", None, T0 + 3),
+    ]
+    one, _ = make()
+    two, _ = make()
+    for m in writes:
+        one.apply(m)
+    for m in reversed(writes):
+        two.apply(m)
+    assert one.digest() == two.digest()
+    empty, _ = make()
+    assert empty.digest() == "0" * 16
+    three, _ = make()
+    three.apply(writes[2])
+    three.apply(writes[1])
+    assert three.digest() == one.digest()  # tombstones are not live data
+    three.apply(mut("b", b"2", T0 + 1, origin="b"))  # same value, other version
+    assert three.digest() != one.digest()
+
+
+def test_digest_is_kept_up_to_date_by_sweep_and_changes() -> None:
+    store, now = make()
+    for i in range(50):
+        store.apply(mut(f"k{i}", b"v"))
+    store.sweep(hash_budget=10)
+    store.sweep(hash_budget=1_000)
+    full = store.digest()
+    store.apply(mut("k0", b"other", T0 + 1))
+    changed = store.digest()
+    assert changed != full
+    store.apply(mut("k0", None, T0 + 2))
+    rebuilt, _ = make()
+    for i in range(1, 50):
+        rebuilt.apply(mut(f"k{i}", b"v"))
+    assert store.digest() == rebuilt.digest()
+
+
+def test_digest_expires_due_keys_first() -> None:
+    store, now = make()
+    store.apply(mut("a", b"v"))
+    store.apply(mut("b", b"v", deadline=T0 + 10))
+    only_a, _ = make()
+    only_a.apply(mut("a", b"v"))
+    assert store.digest() != only_a.digest()
+    now.ms = T0 + 10
+    assert store.digest() == only_a.digest()
+
+
+def test_many_overwrites_keep_the_pending_hash_list_bounded() -> None:
+    store, _ = make()
+    for i in range(20_000):
+        store.apply(mut(f"k{i % 10}", str(i).encode(), T0 + i))
+    assert len(store._dirty) <= 2 * len(store) + 4096
+    rebuilt, _ = make()
+    for m in store.entries():
+        rebuilt.apply(m)
+    assert store.digest() == rebuilt.digest()
+
+
+def test_entries_round_trip_rebuilds_the_same_store() -> None:
+    store, now = make()
+    store.apply(mut("a", b"1", T0, deadline=T0 + 500))
+    store.apply(mut("b", b"2", T0 + 1, origin="z"))
+    store.apply(mut("c", None, T0 + 2))
+    store.apply(mut("d", b"4", T0 + 3, deadline=T0 + 100))
+    now.ms = T0 + 100  # d is due but not yet collected
+    got = set(store.entries())
+    assert got == {
+        Mutation("a", 0, pack(T0, 0), "a", b"1", T0 + 500),
+        Mutation("z", 0, pack(T0 + 1, 0), "b", b"2", 0),
+        Mutation("a", 0, pack(T0 + 2, 0), "c", None, 0),
+        Mutation("a", 0, pack(T0 + 3, 0), "d", None, 0),
+    }
+    rebuilt = Store(now_ms=now)
+    for m in got:
+        rebuilt.apply(m)
+    assert set(rebuilt.entries()) == got
+    assert rebuilt.digest() == store.digest()
+    assert len(rebuilt) == len(store) == 2
+    assert rebuilt.stats()["bytes"] == store.stats()["bytes"]
+
+
+def test_entries_is_a_snapshot_taken_when_called() -> None:
+    store, _ = make()
+    store.apply(mut("a", b"1"))
+    store.apply(mut("b", b"2"))
+    snapshot = store.entries()
+    store.apply(mut("a", b"changed", T0 + 1))
+    store.apply(mut("c", b"3", T0 + 1))
+    store.apply(mut("b", None, T0 + 1))
+    assert {(m.key, m.value) for m in snapshot} == {("a", b"1"), ("b", b"2")}
+
+
+# -- constructor -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_keys": -1},
+        {"max_keys": "10"},
+        {"max_keys": 1.5},
+        {"max_keys": True},
+        {"max_memory": -1},
+        {"max_memory": None},
+        {"tombstone_horizon_ms": -1},
+        {"tombstone_horizon_ms": 1e6},
+        {"now_ms": 5},
+    ],
+)
+def test_bad_constructor_arguments_raise_value_error(kwargs: dict) -> None:
+    with pytest.raises(ValueError) as info:
+        Store(**kwargs)
+    assert isinstance(info.value, ConfigError)
+
+
+# -- properties ----------------------------------------------------------------
+
+KEYS = "abc"
+ORIGINS = "xyz"
+
+MUTATIONS = st.lists(
+    st.builds(
+        lambda key, value, ms, logical, origin, deadline: Mutation(
+            origin, 1, pack(T0 + ms, logical), key, value, deadline
+        ),
+        key=st.sampled_from(KEYS),
+        value=st.one_of(st.none(), st.binary(max_size=4)),
+        ms=st.integers(-2, 2),
+        logical=st.integers(0, 2),
+        origin=st.sampled_from(ORIGINS),
+        deadline=st.sampled_from([0, 0, T0 - 1, T0, T0 + 1_000]),
+    ),
+    max_size=30,
+    # one origin never stamps two different writes of a key with the same hlc
+    unique_by=lambda m: (m.key, m.hlc, m.origin),
+)
+
+
+@given(st.data(), MUTATIONS)
+@settings(max_examples=300)
+def test_property_any_order_gives_the_same_state(data: st.DataObject, muts: list) -> None:
+    first, _ = make()
+    for m in muts:
+        first.apply(m)
+    shuffled = data.draw(st.permutations(muts))
+    second, _ = make()
+    for m in shuffled:
+        second.apply(m)
+    assert set(first.entries()) == set(second.entries())
+    assert first.digest() == second.digest()
+    assert len(first) == len(second)
+    assert first.stats()["bytes"] == second.stats()["bytes"] == expected_bytes(first)
+    # duplicates change nothing
+    before = set(first.entries())
+    assert not any(first.apply(m) for m in shuffled)
+    assert set(first.entries()) == before
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("apply"), MUTATIONS.map(lambda ms: ms[:1]).filter(bool)),
+        st.tuples(st.just("get"), st.sampled_from(KEYS)),
+        st.tuples(st.just("tick"), st.integers(0, 1_500)),
+        st.tuples(st.just("sweep"), st.integers(1, 5)),
+        st.tuples(st.just("digest"), st.just(None)),
+    ),
+    max_size=40,
+)
+
+
+@given(OPS)
+@settings(max_examples=300)
+def test_property_matches_a_last_writer_wins_model(ops: list[tuple]) -> None:
+    """Without eviction or tombstone collection the store is a LWW register per key."""
+    store, now = make()
+    winner: dict[str, Mutation] = {}
+    for op, arg in ops:
+        if op == "apply":
+            m = arg[0]
+            held = winner.get(m.key)
+            newer = held is None or m.version() > held.version()
+            assert store.apply(m) is newer
+            if newer:
+                winner[m.key] = m
+        elif op == "get":
+            store.get(arg)
+        elif op == "tick":
+            now.ms += arg
+        elif op == "sweep":
+            store.sweep(samples=arg)
+        else:
+            store.digest()
+        for key in KEYS:
+            w = winner.get(key)
+            visible = w is not None and w.value is not None and not 0 < w.deadline <= now.ms
+            assert (key in store) is visible
+            assert value_of(store, key) == (w.value if visible else None)  # type: ignore[union-attr]
+        assert store.stats()["bytes"] == expected_bytes(store)
+        assert sorted(store._ttl_keys) == sorted(k for k, e in dict.items(store._live) if e[3])
+
+
+@given(OPS, st.integers(1, 3), st.integers(0, 2_000))
+@settings(max_examples=200)
+def test_property_limits_hold_after_every_write(
+    ops: list[tuple], max_keys: int, max_memory: int
+) -> None:
+    store, now = make(max_keys=max_keys, max_memory=max_memory)
+    for op, arg in ops:
+        if op == "apply":
+            store.apply(arg[0])
+            assert len(store) <= max_keys
+            assert not max_memory or store.stats()["bytes"] <= max_memory or len(store) == 0
+        elif op == "get":
+            store.get(arg)
+        elif op == "tick":
+            now.ms += arg
+        elif op == "sweep":
+            store.sweep(samples=arg)
+        assert store.stats()["bytes"] == expected_bytes(store)
