@@ -72,7 +72,7 @@ def time_node_recover(data_dir: str) -> float:
         started = time.perf_counter()
         count = node.recover()
         rate = count / (time.perf_counter() - started)
-        node.log.close()
+        node.close()
         return rate
     finally:
         ctx.term()

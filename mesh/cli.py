@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import click
 
-from mesh.config import DEFAULT_API, MIB, Limits, NodeConfig
+from mesh.config import DEFAULT_API, DEFAULT_PUB, DEFAULT_REPL, MIB, Limits, NodeConfig
 from mesh.errors import ConfigError, ConnectionFailed, PyCacheError, Timeout
 
 EXIT_MISSING = 1
@@ -66,6 +66,50 @@ def main() -> None:
     show_default=True,
     envvar="PYCACHE_API",
     help="Client ROUTER endpoint to bind.",
+)
+@click.option(
+    "--repl",
+    default=DEFAULT_REPL,
+    show_default=True,
+    envvar="PYCACHE_REPL",
+    help="Replication ROUTER endpoint to bind (peers fetch from it).",
+)
+@click.option(
+    "--pub",
+    default=DEFAULT_PUB,
+    show_default=True,
+    envvar="PYCACHE_PUB",
+    help="PUB endpoint to bind (this node's writes go out on it).",
+)
+@click.option(
+    "--peers",
+    default="",
+    envvar="PYCACHE_PEERS",
+    help="Comma-separated repl endpoints of other nodes.",
+)
+@click.option(
+    "--w",
+    "w",
+    default="1",
+    show_default=True,
+    envvar="PYCACHE_W",
+    help='Default write acknowledgement: a node count, "quorum" or "all".',
+)
+@click.option(
+    "--ack-timeout-ms",
+    type=int,
+    default=2000,
+    show_default=True,
+    envvar="PYCACHE_ACK_TIMEOUT_MS",
+    help="How long a write waits for w nodes.",
+)
+@click.option(
+    "--pub-hwm",
+    type=int,
+    default=10_000,
+    show_default=True,
+    envvar="PYCACHE_PUB_HWM",
+    help="PUB send high-water mark in messages (tiny values force loss, for tests).",
 )
 @click.option(
     "--fsync",
@@ -144,6 +188,12 @@ def node(
     node_id: str,
     data_dir: str,
     api: str,
+    repl: str,
+    pub: str,
+    peers: str,
+    w: str,
+    ack_timeout_ms: int,
+    pub_hwm: int,
     fsync: str,
     fsync_interval_ms: int,
     segment_mib: int,
@@ -164,6 +214,12 @@ def node(
             node_id=node_id,
             data_dir=data_dir,
             api=api,
+            repl=repl,
+            pub=pub,
+            peers=tuple(p.strip() for p in peers.split(",") if p.strip()),
+            w=int(w) if w.isdigit() else w,
+            ack_timeout_ms=ack_timeout_ms,
+            pub_hwm=pub_hwm,
             fsync=fsync,
             fsync_interval_ms=fsync_interval_ms,
             segment_bytes=segment_mib * MIB,

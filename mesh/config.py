@@ -15,6 +15,9 @@ from mesh.errors import ConfigError
 MIB = 1024 * 1024
 
 DEFAULT_API = "tcp://127.0.0.1:7001"
+DEFAULT_REPL = "tcp://127.0.0.1:7101"
+DEFAULT_PUB = "tcp://127.0.0.1:7201"
+W_LEVELS = ("quorum", "all")
 DEFAULT_MAX_KEY_BYTES = 512
 DEFAULT_MAX_VALUE_BYTES = 8 * MIB
 #: Room around the largest value for the key, the op and the framing.
@@ -66,6 +69,12 @@ class NodeConfig:
         node_id: stable name of the node (letters, digits, ``_.-``).
         data_dir: folder for the node's identity, log and snapshots.
         api: ZeroMQ endpoint of the client ROUTER socket.
+        repl: endpoint of the ROUTER socket peers fetch from (HELLO, FETCH).
+        pub: endpoint of the PUB socket this node's writes go out on.
+        peers: repl endpoints of other nodes (more are learned by HELLO).
+        w: default write acknowledgement: a node count, "quorum" or "all".
+        ack_timeout_ms: how long a write waits for w nodes before failing.
+        pub_hwm: PUB send high-water mark (messages; tiny values force loss).
         fsync: ``always`` (group commit, ack after fsync), ``interval``, ``never``.
         fsync_interval_ms: period of the ``interval`` policy.
         segment_bytes: a log segment is rolled past this size.
@@ -81,6 +90,12 @@ class NodeConfig:
     node_id: str
     data_dir: str
     api: str = DEFAULT_API
+    repl: str = DEFAULT_REPL
+    pub: str = DEFAULT_PUB
+    peers: tuple[str, ...] = ()
+    w: int | str = 1
+    ack_timeout_ms: int = 2000
+    pub_hwm: int = 10_000
     fsync: str = "always"
     fsync_interval_ms: int = 100
     segment_bytes: int = 64 * MIB
@@ -99,7 +114,14 @@ class NodeConfig:
             raise ConfigError(f"node_id {self.node_id!r}: use 1-64 letters, digits, '_', '.', '-'")
         if not self.data_dir:
             raise ConfigError("data_dir is required")
-        check_endpoint("api", self.api)
+        for name in ("api", "repl", "pub"):
+            check_endpoint(name, getattr(self, name))
+        for peer in self.peers:
+            check_endpoint("peer", peer)
+        if self.w not in W_LEVELS and not (type(self.w) is int and 1 <= self.w <= 64):
+            raise ConfigError(f'w must be 1..64, "quorum" or "all", not {self.w!r}')
+        _check_range("ack_timeout_ms", self.ack_timeout_ms, 1, 600_000)
+        _check_range("pub_hwm", self.pub_hwm, 0, 10_000_000)
         if self.fsync not in FSYNC_POLICIES:
             choices = ", ".join(FSYNC_POLICIES)
             raise ConfigError(f"fsync must be one of {choices}, not {self.fsync!r}")

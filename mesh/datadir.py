@@ -3,6 +3,10 @@
 Layout::
 
     <data-dir>/identity.json   {"node_id": str, "incarnation": str, "created_ms": int}
+    <data-dir>/LOCK            flock()ed by the one process using the folder
+    <data-dir>/clean-shutdown  present only while the node is stopped cleanly
+    <data-dir>/node.json       pid, state and bound endpoints of the running node
+    <data-dir>/peers.json      peers learned by HELLO (see mesh.peering)
     <data-dir>/log/            segments (see mesh.log)
     <data-dir>/snapshots/      snapshots (see mesh.log)
 
@@ -14,6 +18,7 @@ never confused with the old ones: the origin of a mutation is
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
@@ -23,6 +28,8 @@ from pathlib import Path
 from mesh.errors import ConfigError
 
 IDENTITY_FILE = "identity.json"
+LOCK_FILE = "LOCK"
+CLEAN_FILE = "clean-shutdown"
 
 
 def fsync_dir(path: Path) -> None:
@@ -34,38 +41,77 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the folder."""
+def write_atomically(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+    """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the folder.
+
+    With ``sync_dir`` False the caller fsyncs the folder (once for several files).
+    """
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
-def open_identity(data_dir: str | Path, node_id: str) -> str:
+def open_identity(data_dir: str | Path, node_id: str, *, rotate: bool = False) -> str:
     """Create or check the data folder for ``node_id``; return the origin string.
 
-    Raises ConfigError when the folder belongs to another node or its identity
-    file is unreadable.
+    ``rotate`` draws a new incarnation (after an unclean stop under a lax fsync
+    policy).  Raises ConfigError when the folder belongs to another node or its
+    identity file is unreadable.
     """
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / IDENTITY_FILE
-    if not path.exists():
+    if path.exists():
+        try:
+            identity = json.loads(path.read_text())
+            owner, incarnation = identity["node_id"], identity["incarnation"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}: unreadable identity file ({exc})") from exc
+        if owner != node_id:
+            raise ConfigError(f"{folder} holds the data of node {owner!r}, not {node_id!r}")
+    if not path.exists() or rotate:
+        incarnation = secrets.token_hex(8)
         identity = {
             "node_id": node_id,
-            "incarnation": secrets.token_hex(8),
+            "incarnation": incarnation,
             "created_ms": time.time_ns() // 1_000_000,
         }
         write_atomically(path, json.dumps(identity).encode())
-    try:
-        identity = json.loads(path.read_text())
-        owner, incarnation = identity["node_id"], identity["incarnation"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{path}: unreadable identity file ({exc})") from exc
-    if owner != node_id:
-        raise ConfigError(f"{folder} holds the data of node {owner!r}, not {node_id!r}")
     return f"{node_id}/{incarnation}"
+
+
+def mark_clean_shutdown(data_dir: str | Path) -> None:
+    """Record that the node stopped cleanly, its log fsynced."""
+    write_atomically(Path(data_dir) / CLEAN_FILE, b"{}")
+
+
+def take_clean_shutdown(data_dir: str | Path) -> bool:
+    """Whether the last stop was clean; removes the mark (a crash leaves none)."""
+    path = Path(data_dir) / CLEAN_FILE
+    if not path.exists():
+        return False
+    path.unlink()
+    fsync_dir(path.parent)
+    return True
+
+
+def lock_data_dir(data_dir: str | Path) -> int:
+    """Take the folder's exclusive lock; return the fd to keep open while in use.
+
+    Raises ConfigError when another process holds it: two nodes appending to
+    one log would corrupt it.
+    """
+    folder = Path(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"{folder} is in use by another process") from None
+    return fd

@@ -86,6 +86,7 @@ import msgpack
 from crc32c import crc32c
 
 from mesh import snapshot as _snapshot
+from mesh.datadir import fsync_dir, write_atomically
 from mesh.errors import ConfigError
 from mesh.mutation import Mutation
 from mesh.snapshot import LogCorruptError
@@ -182,7 +183,7 @@ class Log:
         for folder in (self._dir, self._snap_dir):
             if not folder.is_dir():
                 folder.mkdir(parents=True, exist_ok=True)
-                _snapshot.fsync_dir(folder.parent)
+                fsync_dir(folder.parent)
         self._recover()
 
     # ------------------------------------------------------------------ state
@@ -200,6 +201,14 @@ class Log:
     def max_seqs(self) -> dict[str, int]:
         """``{origin: highest seq}`` over every record ever appended, compacted ones too."""
         return dict(self._seqs)
+
+    def floor(self) -> dict[str, int]:
+        """``{origin: highest seq}`` of the records compaction deleted.
+
+        :meth:`read_from` can serve an origin's records above its floor only;
+        a peer that needs older ones gets a snapshot instead.
+        """
+        return dict(self._segments[0].marks[0][2])
 
     def first_offset(self) -> int:
         """The lowest offset still on disk (``next_offset`` when the log is empty)."""
@@ -433,7 +442,7 @@ class Log:
             seg.path.with_suffix(".idx").unlink(missing_ok=True)
             deleted.append(seg.path)
         if deleted:
-            _snapshot.fsync_dir(self._dir)
+            fsync_dir(self._dir)
         return deleted + _snapshot.prune(self._snap_dir, keep=found.path)
 
     # --------------------------------------------------------------- recovery
@@ -477,7 +486,7 @@ class Log:
                     self._write_index(seg, sealed=not last)
             self._segments.append(seg)
         self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
-        _snapshot.fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     def _load_index(self, seg: _Segment, index: dict[str, Any]) -> None:
         base = self._seqs
@@ -575,7 +584,7 @@ class Log:
         self._segments.append(seg)
         self._fd = fd
         self._write_index(seg, sealed=False)
-        _snapshot.fsync_dir(self._dir)
+        fsync_dir(self._dir)
 
     def _roll(self) -> None:
         seg = self._segments[-1]
@@ -593,7 +602,7 @@ class Log:
             doc.update(size=seg.size, count=seg.count, end_seqs=self._seqs, end_hlc=self._max_hlc)
         payload = msgpack.packb(doc)
         head = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, 0, len(payload), crc32c(payload))
-        _snapshot.write_atomic(seg.path.with_suffix(".idx"), head + payload)
+        write_atomically(seg.path.with_suffix(".idx"), head + payload, sync_dir=False)
 
     def _read_index(self, seg: _Segment) -> dict[str, Any] | None:
         path = seg.path.with_suffix(".idx")

@@ -1,17 +1,21 @@
-"""The node process: store + log + commands behind a ZeroMQ ROUTER socket.
+"""The node process: store + log + commands + replication behind ZeroMQ sockets.
 
 One asyncio loop (``zmq.asyncio``) does everything:
 
-1. **Recover**: load the latest snapshot, replay the log tail after it, resume
-   this origin's ``seq`` and the HLC from what was replayed.
-2. **Serve**: await readability of the client ROUTER socket, then drain it with
+1. **Recover** (state ``replaying``): load the latest snapshot, replay the log
+   tail after it, rebuild the version vector, resume this origin's ``seq`` and
+   the HLC.
+2. **Catch up** (state ``catching-up``): bind the sockets, meet the peers and
+   fetch what they have that this node lacks (:mod:`mesh.peering`); data ops
+   get NOT_READY meanwhile.  Then state ``ready``.
+3. **Serve**: await readability of the client ROUTER socket, then drain it with
    non-blocking receives (up to ``batch_max`` requests: one await per batch,
    not per message), execute every request, append the batch's mutations to
-   the log with one write and one fsync (group commit), and only then send the
-   replies.  No reply, for a read or a write, leaves before the fsync of every
-   write that came before it in the batch, so a client never sees a value that
-   could vanish in a crash.
-3. **Housekeeping** timers: active TTL sweep, ``interval`` fsync, snapshots
+   the log with one write and one fsync (group commit), PUBlish them to the
+   peers, and only then send the replies.  No reply, for a read or a write,
+   leaves before the fsync of every write that came before it in the batch.
+   A write asked with ``w`` > 1 waits for that many nodes (:mod:`mesh.acks`).
+4. **Housekeeping** timers: active TTL sweep, ``interval`` fsync, snapshots
    plus log compaction every ``snapshot_every`` entries.
 
 SIGTERM or SIGINT stops serving, fsyncs the log and returns, so the process
@@ -33,12 +37,21 @@ import zmq
 import zmq.asyncio
 
 from mesh import wire
+from mesh.acks import PendingAcks, Waiting, nodes_needed
 from mesh.clock import HybridClock, wall_ms
 from mesh.commands import Commands
 from mesh.config import NodeConfig
-from mesh.datadir import open_identity, write_atomically
+from mesh.datadir import (
+    lock_data_dir,
+    mark_clean_shutdown,
+    open_identity,
+    take_clean_shutdown,
+    write_atomically,
+)
 from mesh.errors import ProtocolError
 from mesh.log import Log
+from mesh.peering import Peering, now_ms
+from mesh.replication import READY, Replica
 from mesh.store import Store
 
 log = logging.getLogger(__name__)
@@ -46,19 +59,28 @@ log = logging.getLogger(__name__)
 PROGRESS_EVERY = 250_000
 STATUS_FILE = "node.json"
 REPLY_HWM = 100_000
+ACK_CHECK_MS = 5
 #: Hard per-frame ceiling given to libzmq: larger frames drop the connection
 #: instead of being buffered; frames up to it get a clear TOO_LARGE reply.
 ZMQ_FRAME_CEILING_FACTOR = 2
+#: Ops a node answers before it is ready.
+ALWAYS_SERVED = frozenset({"PING", "STATS"})
 
 
 class Node:
-    """A single PyCache node; ``await run()`` serves until ``stop()``."""
+    """A PyCache node; ``await run()`` serves until ``stop()``."""
 
     def __init__(self, config: NodeConfig, ctx: zmq.asyncio.Context | None = None) -> None:
         self.config = config.validate()
         self.ctx = ctx or zmq.asyncio.Context()
         self.state = "starting"
-        self.origin = open_identity(config.data_dir, config.node_id)
+        self._lock = lock_data_dir(config.data_dir)
+        clean = take_clean_shutdown(config.data_dir)
+        # Under fsync=always nothing this node published can be missing from its
+        # log; otherwise a crash may have lost published seqs, and reusing them
+        # would make peers ignore new writes: start a new incarnation instead.
+        rotate = config.fsync != "always" and not clean
+        self.origin = open_identity(config.data_dir, config.node_id, rotate=rotate)
         self.store = Store(
             max_keys=config.max_keys,
             max_memory=config.max_memory,
@@ -73,12 +95,15 @@ class Node:
         )
         self.clock = HybridClock()
         self.commands = Commands(self.store, self.clock, self.origin, 0, wall_ms, self.stats)
+        self.replica = Replica(config.node_id, self.origin, self.store, self.log, self.clock)
+        self.peering: Peering | None = None
+        self.acks = PendingAcks()
         self.counters = {"requests": 0, "bad_requests": 0, "dropped_replies": 0}
         self._started = time.monotonic()
         self._snapshot_offset = 0
-        self._seqs: dict[str, int] = {}
         self._stopped = asyncio.Event()
         self._api: zmq.asyncio.Socket | None = None
+        self._raw_api: zmq.Socket | None = None
         self.endpoint = config.api
 
     # ------------------------------------------------------------------ recovery
@@ -87,13 +112,13 @@ class Node:
         """Rebuild memory from the latest snapshot plus the log tail; return entries applied."""
         self.state = "replaying"
         started = time.perf_counter()
-        applied, start_offset, max_hlc, seqs = 0, 0, 0, {}
+        applied, start_offset, max_hlc, vv, floor = 0, 0, 0, {}, {}
         snapshot = self.log.load_snapshot()
         if snapshot is not None:
             meta, entries = snapshot
             start_offset = int(meta.get("offset", 0))
             max_hlc = int(meta.get("max_hlc", 0))
-            seqs = dict(meta.get("vv", {}))
+            vv, floor = dict(meta.get("vv", {})), dict(meta.get("floor", {}))
             for mutation in entries:
                 self.store.apply(mutation)
                 applied += 1
@@ -103,18 +128,29 @@ class Node:
             applied += 1
             if applied % PROGRESS_EVERY == 0:
                 log.info("replaying: %d entries applied", applied)
-        seqs.update({o: max(s, seqs.get(o, 0)) for o, s in self.log.max_seqs().items()})
-        self.commands.seq = seqs.get(self.origin, 0)
-        self._seqs = seqs
+        # The log holds each origin's entries contiguously, so its highest seq
+        # per origin is the version vector.
+        for origin, seq in self.log.max_seqs().items():
+            vv[origin] = max(seq, vv.get(origin, 0))
+        self.replica = Replica(
+            self.config.node_id,
+            self.origin,
+            self.store,
+            self.log,
+            self.clock,
+            vv=vv,
+            floor=floor,
+            now_ms=now_ms(),
+        )
+        self.commands.seq = vv.get(self.origin, 0)
         self.clock.observe(max(max_hlc, self.log.max_hlc))
         self._snapshot_offset = start_offset
         elapsed = time.perf_counter() - started
-        rate = applied / elapsed if elapsed > 0 else 0.0
         log.info(
             "recovered %d entries in %.2f s (%.0f entries/s); %d live keys; seq %d",
             applied,
             elapsed,
-            rate,
+            applied / elapsed if elapsed > 0 else 0.0,
             len(self.store),
             self.commands.seq,
         )
@@ -123,19 +159,24 @@ class Node:
     # ------------------------------------------------------------------ serving
 
     async def run(self) -> None:
-        """Recover, bind, and serve until :meth:`stop`; always closes the log."""
+        """Recover, bind, catch up, and serve until :meth:`stop`; always closes the log."""
         try:
             self.recover()
-            self._api = self._bind_api()
-            self.state = "ready"
-            self.endpoint = self._api.getsockopt(zmq.LAST_ENDPOINT).decode()
+            self._bind()
+            self.state = "catching-up"
             self._write_status()
             log.info(
-                "node %s ready on %s (origin %s)", self.config.node_id, self.endpoint, self.origin
+                "node %s catching up; api %s; origin %s",
+                self.config.node_id,
+                self.endpoint,
+                self.origin,
             )
+            assert self.peering is not None
             tasks = [
                 asyncio.create_task(self._serve()),
-                asyncio.create_task(self._every(self.config.sweep_interval_ms, self._sweep)),
+                asyncio.create_task(self.peering.run()),
+                asyncio.create_task(self._every(self.config.sweep_interval_ms, self.store.sweep)),
+                asyncio.create_task(self._every(ACK_CHECK_MS, self._check_acks)),
             ]
             if self.config.fsync == "interval":
                 tasks.append(
@@ -152,34 +193,58 @@ class Node:
         finally:
             self._shutdown()
 
-    def _write_status(self) -> None:
-        """Write ``<data-dir>/node.json``: pid, state and the endpoint actually bound.
-
-        With ``--api tcp://127.0.0.1:*`` the OS picks the port; tests and tools
-        read it from here.
-        """
-        status = {"pid": os.getpid(), "state": self.state, "api": self.endpoint}
-        write_atomically(Path(self.config.data_dir) / STATUS_FILE, json.dumps(status).encode())
-
     def stop(self) -> None:
         """Ask :meth:`run` to finish the current batch, fsync and return."""
         self._stopped.set()
 
-    def _bind_api(self) -> zmq.asyncio.Socket:
+    def _bind(self) -> None:
         sock = self.ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 200)
         # Pipelining clients may have thousands of replies due at once; a ROUTER
         # silently drops replies past its send high-water mark.
         sock.setsockopt(zmq.SNDHWM, REPLY_HWM)
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        sock.setsockopt(zmq.MAXMSGSIZE, self.config.limits.request_bytes * ZMQ_FRAME_CEILING_FACTOR)
+        max_frame = self.config.limits.request_bytes * ZMQ_FRAME_CEILING_FACTOR
+        sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
         sock.bind(self.config.api)
-        return sock
+        self._api, self._raw_api = sock, zmq.Socket.shadow(sock.underlying)
+        self.endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.peering = Peering(
+            self.replica,
+            self.log,
+            self.ctx,
+            repl=self.config.repl,
+            pub=self.config.pub,
+            peers=list(self.config.peers),
+            data_dir=self.config.data_dir,
+            max_frame=max_frame,
+            pub_hwm=self.config.pub_hwm,
+            on_change=self._on_replication,
+            on_full_sync=self.snapshot,
+        )
+
+    def _write_status(self) -> None:
+        """Write ``<data-dir>/node.json``: pid, state and the endpoints actually bound.
+
+        With ``tcp://127.0.0.1:*`` endpoints the OS picks the ports; tests and
+        tools read them from here.
+        """
+        status = {"pid": os.getpid(), "state": self.state, "api": self.endpoint}
+        if self.peering is not None:
+            status.update(self.peering.endpoints)
+        write_atomically(Path(self.config.data_dir) / STATUS_FILE, json.dumps(status).encode())
+
+    def _on_replication(self) -> None:
+        if self.state == "catching-up" and self.replica.state == READY:
+            self.state = "ready"
+            self._write_status()
+            log.info("node %s ready (%d live keys)", self.config.node_id, len(self.store))
+        self.commands.seq = max(self.commands.seq, self.replica.vv.get(self.origin, 0))
+        self._check_acks()
 
     async def _serve(self) -> None:
-        assert self._api is not None
-        raw = zmq.Socket.shadow(self._api.underlying)
-        batch_max = self.config.batch_max
+        assert self._api is not None and self._raw_api is not None
+        raw, batch_max = self._raw_api, self.config.batch_max
         while True:
             await self._api.poll(flags=zmq.POLLIN)
             batch: list[list[bytes]] = []
@@ -189,24 +254,29 @@ class Node:
                 except zmq.Again:
                     break
             if batch:
-                self._send_replies(raw, self.handle_batch(batch))
+                self._send_replies(self.handle_batch(batch))
 
     def handle_batch(self, batch: list[list[bytes]]) -> list[list[bytes]]:
-        """Execute a batch of requests; log and fsync its writes; return the replies."""
+        """Execute a batch of requests; log, fsync and publish its writes; return replies."""
         replies = []
+        held: list[Waiting] = []
         for frames in batch:
-            reply = self._handle_one(frames)
+            reply = self._handle_one(frames, held)
             if reply is not None:
                 replies.append(reply)
         self.counters["requests"] += len(batch)
         pending = self.commands.take_pending()
         if pending:
-            self.log.append(pending)
+            self.replica.commit_local(pending)
             self.log.flush()
+            if self.peering is not None:
+                self.peering.publish(self.origin, pending)
             self._maybe_snapshot()
+        for waiting in held:
+            self.acks.hold(waiting)
         return replies
 
-    def _handle_one(self, frames: list[bytes]) -> list[bytes] | None:
+    def _handle_one(self, frames: list[bytes], held: list[Waiting]) -> list[bytes] | None:
         if len(frames) < 2:
             self.counters["bad_requests"] += 1
             return None  # no routing id: nothing to answer to
@@ -223,17 +293,42 @@ class Node:
         except ProtocolError as exc:
             self.counters["bad_requests"] += 1
             return [*envelope, wire.encode_error(exc.request_id, exc.code, exc.reason)]
+        if self.state != "ready" and request.op not in ALWAYS_SERVED:
+            reason = f"node {self.config.node_id} is {self.state}"
+            return [*envelope, wire.encode_error(request.id, wire.E_NOT_READY, reason)]
+        seq_before = self.commands.seq
         try:
             result = self.commands.execute(request)
         except Exception:
             log.exception("internal error on %r", request)
             return [*envelope, wire.encode_error(request.id, wire.E_INTERNAL, "internal error")]
+        if self.commands.seq > seq_before:
+            needed = nodes_needed(request.w or self.config.w, 1 + len(self.replica.peers))
+            if needed > 1:
+                deadline = now_ms() + self.config.ack_timeout_ms
+                held.append(
+                    Waiting(self.commands.seq, needed, deadline, envelope, request.id, result)
+                )
+                return None
         return [*envelope, wire.encode_reply(request.id, result)]
 
-    def _send_replies(self, raw: zmq.Socket, replies: list[list[bytes]]) -> None:
+    def _check_acks(self) -> None:
+        if not len(self.acks):
+            return
+        done, expired = self.acks.resolve(self.replica.logged_by, now_ms())
+        replies = [[*w.envelope, wire.encode_reply(w.request_id, w.result)] for w in done]
+        for w, have in expired:
+            reason = f"logged on {have} of the {w.needed} nodes required before the timeout"
+            replies.append(
+                [*w.envelope, wire.encode_error(w.request_id, wire.E_NOT_ACKNOWLEDGED, reason)]
+            )
+        self._send_replies(replies)
+
+    def _send_replies(self, replies: list[list[bytes]]) -> None:
+        assert self._raw_api is not None
         for reply in replies:
             try:
-                raw.send_multipart(reply, zmq.NOBLOCK)
+                self._raw_api.send_multipart(reply, zmq.NOBLOCK)
             except zmq.ZMQError:  # peer gone or its queue full: the client times out
                 self.counters["dropped_replies"] += 1
 
@@ -244,9 +339,6 @@ class Node:
             await asyncio.sleep(period_ms / 1000)
             action()
 
-    def _sweep(self) -> None:
-        self.store.sweep()
-
     def _maybe_snapshot(self) -> None:
         every = self.config.snapshot_every
         if every and self.log.next_offset - self._snapshot_offset >= every:
@@ -255,23 +347,20 @@ class Node:
     def snapshot(self) -> None:
         """Write a snapshot of the store and drop the log segments it covers."""
         started = time.perf_counter()
-        meta = {"vv": self.version_vector(), "max_hlc": self.clock.last}
+        meta = {"vv": self.replica.vv, "floor": self.replica.floor, "max_hlc": self.clock.last}
         path = self.log.write_snapshot(self.store.entries(), meta)
         self._snapshot_offset = self.log.next_offset
         removed = self.log.compact()
         log.info(
-            "snapshot %s in %.2f s; %d segments removed",
+            "snapshot %s in %.2f s; %d files removed",
             path.name,
             time.perf_counter() - started,
             len(removed),
         )
 
-    def version_vector(self) -> dict[str, int]:
-        """Origin -> highest seq applied (for now every entry is this node's own)."""
-        return {**self._seqs, self.origin: self.commands.seq}
-
     def stats(self) -> dict:
-        """The STATS reply: identity, state, store, log and request counters."""
+        """The STATS reply: identity, state, replication, store, log and counters."""
+        now = now_ms()
         return {
             "node_id": self.config.node_id,
             "origin": self.origin,
@@ -281,6 +370,10 @@ class Node:
             "digest": self.store.digest(),
             **self.store.stats(),
             **self.counters,
+            "vv": dict(self.replica.vv),
+            "lag": self.replica.lag(now),
+            "replication": dict(self.replica.counters),
+            "endpoints": {"api": self.endpoint, **(self.peering.endpoints if self.peering else {})},
             "log": {
                 "fsync": self.config.fsync,
                 "next_offset": self.log.next_offset,
@@ -291,12 +384,24 @@ class Node:
     def _shutdown(self) -> None:
         try:
             self.log.sync()
+            mark_clean_shutdown(self.config.data_dir)
         finally:
-            self.log.close()
-            if self._api is not None:
-                self._api.close()
-            self.state = "stopped"
+            self.close()
             log.info("node %s stopped", self.config.node_id)
+
+    def close(self) -> None:
+        """Close the log and sockets and release the data folder (idempotent)."""
+        self.log.close()
+        if self.peering is not None:
+            self.peering.close()
+            self.peering = None
+        if self._api is not None:
+            self._api.close()
+            self._api = None
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
+        self.state = "stopped"
 
 
 def run_node(config: NodeConfig) -> None:

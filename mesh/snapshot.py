@@ -43,6 +43,7 @@ from typing import Any
 import msgpack
 from crc32c import crc32c
 
+from mesh.datadir import fsync_dir
 from mesh.errors import PyCacheError
 from mesh.mutation import Mutation
 
@@ -77,28 +78,6 @@ class LogCorruptError(PyCacheError):
         self.path = path
         self.position = position
         self.reason = reason
-
-
-def fsync_dir(path: Path) -> None:
-    """Fsync a directory, so that files created, renamed or deleted in it persist."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temp file and a rename.
-
-    The caller fsyncs the directory (once for several files).
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_chunks(path: Path, pos: int, stop: int) -> Iterator[bytes]:

@@ -18,9 +18,12 @@ only when its version is strictly greater than the one held, so any
 permutation of the same mutations gives the same state and duplicates are
 harmless.
 
-Keys with a deadline also sit in an array with a position map, so that the
-active expiry in :meth:`Store.sweep` samples them at random and removes them in
-O(1), as Redis does.  Reads expire due keys lazily too.
+Keys with a deadline are also listed in an array that the active expiry in
+:meth:`Store.sweep` samples at random, as Redis does; reads expire due keys
+lazily too.  A write only appends to the array (no position map to update on
+the hot path): an entry whose key lost its deadline is dropped when sampled,
+and the array is compacted when it grows past twice the keys with a deadline,
+so every operation stays O(1) amortized.
 
 Both maps hold plain tuples laid out as :class:`Entry` (``value, hlc, origin,
 deadline, digest``), never changed in place.  Plain tuples of ints, str and
@@ -120,8 +123,9 @@ class Store:
         self._rng = random.Random(seed)
         self._live: OrderedDict[str, tuple] = OrderedDict()
         self._tombs: OrderedDict[str, tuple] = OrderedDict()
-        self._ttl_keys: list[str] = []  # live keys with a deadline, for sampling
-        self._ttl_pos: dict[str, int] = {}  # key -> its index in _ttl_keys
+        self._ttl_keys: list[str] = []  # every live key with a deadline, maybe stale ones
+        self._ttl_count = 0  # live keys with a deadline
+        self._ttl_limit = 4096  # compact _ttl_keys past this length
         self._origins: dict[str, str] = {}  # one shared str object per origin
         self._digest = 0  # XOR of the digests of the live entries that have one
         self._dirty: list[str] = []  # keys written live since they were last hashed
@@ -161,7 +165,7 @@ class Store:
             if old[4]:
                 self._digest ^= old[4]
             if old[3]:
-                self._ttl_remove(key)
+                self._ttl_count -= 1
         else:
             tomb = self._tombs.get(key)
             if tomb is not None:
@@ -186,8 +190,10 @@ class Store:
                 self._compact_dirty()
             self._bytes += len(key) + len(value) + ENTRY_OVERHEAD
             if deadline:
-                self._ttl_pos[key] = len(self._ttl_keys)
+                self._ttl_count += 1
                 self._ttl_keys.append(key)
+                if len(self._ttl_keys) > self._ttl_limit:
+                    self._compact_ttl()
             if old is not None and self._bounded:
                 live.move_to_end(key)
         if self._bounded and (len(live) > self._key_limit or self._bytes > self._byte_limit):
@@ -208,20 +214,23 @@ class Store:
         if entry[4]:
             self._digest ^= entry[4]
         if entry[3]:
-            self._ttl_remove(key)
+            self._ttl_count -= 1
 
     def _expire(self, key: str, entry: tuple) -> None:
         del self._live[key]
         self._bury(key, entry)
         self._expired += 1
 
-    def _ttl_remove(self, key: str) -> None:
-        keys, pos = self._ttl_keys, self._ttl_pos
-        i = pos.pop(key)
-        last = keys.pop()
-        if last != key:
-            keys[i] = last
-            pos[last] = i
+    def _compact_ttl(self) -> None:
+        """Keep ``_ttl_keys`` under twice the keys with a deadline (amortized O(1))."""
+        live = self._live
+        if len(self._ttl_keys) > 2 * self._ttl_count:
+            self._ttl_keys = [
+                key
+                for key in dict.fromkeys(self._ttl_keys)
+                if (entry := live.get(key)) is not None and entry[3]
+            ]
+        self._ttl_limit = 2 * len(self._ttl_keys) + 4096
 
     # -- reads --------------------------------------------------------------
 
@@ -286,21 +295,29 @@ class Store:
         """
         if samples < 1 or max_rounds < 1 or gc_scan < 0 or hash_budget < 0:
             raise ValueError("samples, max_rounds must be >= 1; gc_scan, hash_budget >= 0")
-        now = self._now_ms()
-        keys, live, sample = self._ttl_keys, self._live, self._rng.sample
+        now, live, sample = self._now_ms(), self._live, self._rng.sample
         expired = 0
         for _ in range(max_rounds):
+            keys = self._ttl_keys
             if not keys:
                 break
-            picked = [keys[i] for i in sample(range(len(keys)), min(samples, len(keys)))]
-            due = 0
-            for key in picked:
-                entry = live[key]
-                if entry[3] <= now:
+            picked = sample(range(len(keys)), min(samples, len(keys)))
+            picked.sort(reverse=True)  # so removing one index leaves the others in place
+            valid = due = 0
+            for i in picked:
+                key = keys[i]
+                entry = live.get(key)
+                if entry is not None and entry[3]:
+                    valid += 1
+                    if entry[3] > now:
+                        continue
                     self._expire(key, entry)
                     due += 1
+                last = keys.pop()  # drop index i: stale, or expired just now
+                if i < len(keys):
+                    keys[i] = last
             expired += due
-            if due * 4 <= len(picked):
+            if valid and due * 4 <= valid:
                 break
         self._collect(now - self.tombstone_horizon_ms, gc_scan)
         self._fold(hash_budget)
@@ -350,8 +367,10 @@ class Store:
         last hashed (:meth:`sweep` hashes a bounded number per call).
         """
         now, live = self._now_ms(), self._live
-        for key in [k for k in self._ttl_keys if live[k][3] <= now]:
-            self._expire(key, live[key])
+        for key in self._ttl_keys[:]:
+            entry = live.get(key)
+            if entry is not None and entry[3] and entry[3] <= now:
+                self._expire(key, entry)
         self._fold(len(self._dirty))
         return f"{self._digest:016x}"
 

@@ -23,7 +23,7 @@ bin, or str taken as its UTF-8 bytes)::
     PING [message]                  -> "PONG", or the message echoed
     GET key                         -> bin | nil
     SET key value [options]         -> true (set) | false (NX/XX not met)
-        options: map, any of {"ttl_ms": uint >= 1, "nx": bool, "xx": bool}
+        options: map, any of {"ttl_ms": uint >= 1, "nx": bool, "xx": bool, "w": W}
     DEL key [key...]                -> uint: how many live keys were deleted
     EXPIRE key ttl_ms               -> true | false (no such key)
     PERSIST key                     -> true (a TTL was removed) | false
@@ -31,6 +31,11 @@ bin, or str taken as its UTF-8 bytes)::
     MGET key [key...]               -> [bin | nil, ...]
     MSET key value [key value...]   -> true
     STATS                           -> map of str to int/str/map (see docs/protocol.md)
+
+    DEL, EXPIRE, PERSIST and MSET take an optional trailing options map {"w": W}.
+    W (write acknowledgement): a node count 1..64, "quorum" or "all"; the reply
+    comes once that many nodes have logged the write, or is a NOT_ACKNOWLEDGED
+    error saying how many had.
 
 Limits are checked before decoding (the frame size) and while decoding (the
 msgpack reader's own length limits), so a hostile frame costs at most one
@@ -99,7 +104,13 @@ MAX_ID = 2**64 - 1
 #: Largest TTL accepted, in ms (about 4,400 years): keeps deadlines in int64.
 MAX_TTL_MS = 2**47
 WRITE_OPS = frozenset({"SET", "DEL", "EXPIRE", "PERSIST", "MSET"})
-SET_OPTIONS = frozenset({"ttl_ms", "nx", "xx"})
+SET_OPTIONS = frozenset({"ttl_ms", "nx", "xx", "w"})
+#: Acknowledgement levels a write may ask for besides a node count.
+W_LEVELS = {b"quorum": "quorum", b"all": "all"}
+MAX_W = 64
+#: Write ops (SET aside) whose last argument may be an options map, with the
+#: fewest arguments they take before it: a map in a key's place stays a key.
+_MIN_ARGS = {"DEL": 1, "EXPIRE": 2, "PERSIST": 1, "MSET": 2}
 
 _packer = msgpack.Packer(use_bin_type=True)
 
@@ -111,14 +122,17 @@ class Request:
         PING (message: bytes | None); GET/PERSIST/TTL (key,); SET (key, value,
         ttl_ms: int, nx: bool, xx: bool); DEL/MGET (keys: list[str],);
         EXPIRE (key, ttl_ms); MSET (pairs: list[tuple[str, bytes]],); STATS ().
+    ``w`` is the write acknowledgement asked for (None: the node's default),
+    an int node count or ``"quorum"`` / ``"all"``.
     """
 
-    __slots__ = ("id", "op", "args")
+    __slots__ = ("id", "op", "args", "w")
 
-    def __init__(self, request_id: int, op: str, args: tuple) -> None:
+    def __init__(self, request_id: int, op: str, args: tuple, w: int | str | None = None) -> None:
         self.id = request_id
         self.op = op
         self.args = args
+        self.w = w
 
     def __repr__(self) -> str:
         return f"Request(id={self.id}, op={self.op}, args={self.args!r})"
@@ -212,12 +226,17 @@ def decode_request(frame: bytes, limits: Limits) -> Request:
     validator = _VALIDATORS.get(op_name)
     if validator is None:
         raise ProtocolError(E_UNKNOWN_OP, f"unknown op {op_name[:32]!r}", request_id)
+    rest, w = body[2:], None
     try:
-        args = validator(body[2:], limits)
+        if len(rest) > _MIN_ARGS.get(op_name, len(rest)) and isinstance(rest[-1], _Pairs):
+            w = _write_options(rest.pop())
+        args = validator(rest, limits)
+        if op_name == "SET":
+            args, w = args[:5], args[5]
     except ProtocolError as exc:
         exc.request_id = request_id
         raise
-    return Request(request_id, op_name, args)
+    return Request(request_id, op_name, args, w)
 
 
 class _Pairs(list):
@@ -297,13 +316,13 @@ def _v_key(usage: str) -> Callable[[list, Limits], tuple]:
 
 
 def _v_set(args: list, limits: Limits) -> tuple:
-    _arity(args, 2, 3, "SET key value [{ttl_ms, nx, xx}]")
+    _arity(args, 2, 3, "SET key value [{ttl_ms, nx, xx, w}]")
     key, value = _key(args[0], limits), _value(args[1], limits)
-    ttl_ms, nx, xx = 0, False, False
+    ttl_ms, nx, xx, w = 0, False, False, None
     if len(args) == 3 and args[2] is not None:
         options = args[2]
         if not isinstance(options, _Pairs) or len(options) > len(SET_OPTIONS):
-            raise _fail(E_BAD_ARGS, "SET options must be a map of ttl_ms, nx, xx")
+            raise _fail(E_BAD_ARGS, "SET options must be a map of ttl_ms, nx, xx, w")
         if len({name for name, _ in options if isinstance(name, bytes)}) != len(options):
             raise _fail(E_BAD_ARGS, "SET option names must be distinct strings")
         for name, option in options:
@@ -313,12 +332,29 @@ def _v_set(args: list, limits: Limits) -> tuple:
                 if not isinstance(option, bool):
                     raise _fail(E_BAD_ARGS, f"SET option {name.decode()} must be a boolean")
                 nx, xx = (option, xx) if name == b"nx" else (nx, option)
+            elif name == b"w":
+                w = _w(option)
             else:
                 shown = name.decode("utf-8", "replace")[:32] if isinstance(name, bytes) else name
                 raise _fail(E_BAD_ARGS, f"unknown SET option {shown!r}")
         if nx and xx:
             raise _fail(E_BAD_ARGS, "SET options nx and xx exclude each other")
-    return (key, value, ttl_ms, nx, xx)
+    return (key, value, ttl_ms, nx, xx, w)
+
+
+def _w(raw: Any) -> int | str:
+    if type(raw) is int and 1 <= raw <= MAX_W:
+        return raw
+    if isinstance(raw, bytes) and raw.lower() in W_LEVELS:
+        return W_LEVELS[raw.lower()]
+    raise _fail(E_BAD_ARGS, f'w must be 1..{MAX_W}, "quorum" or "all"')
+
+
+def _write_options(options: _Pairs) -> int | str | None:
+    """The trailing options map of DEL, EXPIRE, PERSIST and MSET: only ``w``."""
+    if len(options) != 1 or options[0][0] != b"w":
+        raise _fail(E_BAD_ARGS, "the only option of this op is w")
+    return _w(options[0][1])
 
 
 def _v_keys(usage: str) -> Callable[[list, Limits], tuple]:

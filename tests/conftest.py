@@ -56,6 +56,9 @@ class NodeProcess:
         self.node_id = node_id
         self.extra = extra or []
         self.api = "tcp://127.0.0.1:*"
+        self.repl = "tcp://127.0.0.1:*"
+        self.pub = "tcp://127.0.0.1:*"
+        self.peers: list[str] = []
         self.process: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}.stderr.log"
 
@@ -72,6 +75,12 @@ class NodeProcess:
             str(self.data_dir),
             "--api",
             self.api,
+            "--repl",
+            self.repl,
+            "--pub",
+            self.pub,
+            "--peers",
+            ",".join(self.peers),
             *self.extra,
         ]
 
@@ -103,7 +112,8 @@ class NodeProcess:
             info = json.loads(status.read_text())
             if info["pid"] != self.process.pid or info["state"] != "ready":
                 return False
-            self.api = info["api"]  # keep the OS-picked port across restarts
+            # keep the OS-picked ports across restarts
+            self.api, self.repl, self.pub = info["api"], info["repl"], info["pub"]
             return True
 
         wait_for(ready, timeout, f"node {self.node_id} to be ready")
@@ -144,11 +154,23 @@ class Processes:
         self.nodes: list[NodeProcess] = []
 
     def node(
-        self, node_id: str = "n1", extra: list[str] | None = None, start: bool = True
+        self,
+        node_id: str = "n1",
+        extra: list[str] | None = None,
+        start: bool = True,
+        peers: list[str] | None = None,
     ) -> NodeProcess:
         proc = NodeProcess(self.tmp_path / node_id, node_id, extra)
+        proc.peers = list(peers or [])
         self.nodes.append(proc)
         return proc.start() if start else proc
+
+    def cluster(self, size: int = 3, extra: list[str] | None = None) -> list[NodeProcess]:
+        """``size`` replicating nodes: each new one names the earlier ones as peers."""
+        nodes: list[NodeProcess] = []
+        for i in range(1, size + 1):
+            nodes.append(self.node(f"n{i}", extra, peers=[n.repl for n in nodes]))
+        return nodes
 
     def cleanup(self) -> None:
         for proc in self.nodes:

@@ -664,3 +664,16 @@ def test_abandoned_iterators_close_their_files(tmp_path: Path) -> None:
             next(iterator)
         del iterators, iterator
         gc.collect()  # an unclosed file would be a ResourceWarning, an error here
+
+
+def test_floor_reports_what_compaction_deleted(tmp_path):
+    log = Log(tmp_path, segment_bytes=4096, retention_bytes=0)
+    batch = [Mutation("a/1", seq, seq, f"k{seq}", b"x" * 100, 0) for seq in range(1, 201)]
+    log.append(batch)
+    assert log.floor() == {}
+    log.write_snapshot([], {})
+    log.compact()
+    floor = log.floor()["a/1"]
+    assert 0 < floor < 200
+    assert [m.seq for m in log.read_from("a/1", floor + 1)] == list(range(floor + 1, 201))
+    log.close()

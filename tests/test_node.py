@@ -198,3 +198,27 @@ def test_restart_resumes_seq_and_clock(procs):
         c.set("k", "after")
         assert c.stats()["seq"] == seq + 1
         assert c.get("k") == b"after"
+
+
+def test_a_second_node_on_the_same_data_folder_is_refused(node):
+    second = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mesh",
+            "node",
+            "--id",
+            "n1",
+            "--data-dir",
+            str(node.data_dir),
+            "--api",
+            "tcp://127.0.0.1:*",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert second.returncode == 2
+    assert "in use by another process" in second.stderr
+    with node.client() as c:
+        assert c.ping() == "PONG"

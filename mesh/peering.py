@@ -1,0 +1,316 @@
+"""The thin socket loop around the replication core.
+
+Sockets of one node (all ``zmq.asyncio``, drained in batches with
+non-blocking receives through sync shadows, as the client socket is):
+
+- **PUB** (bound, ``--pub``): this node's own write batches and heartbeats.
+- **SUB** (connected to every peer's PUB): peers' batches and heartbeats.
+- **ROUTER "repl"** (bound, ``--repl``): peers' HELLO and FETCH requests.
+- one **DEALER** per peer (connected to its repl socket): our HELLO and
+  FETCH requests.  ``IMMEDIATE`` is set, so nothing queues for a peer that is
+  down; every send is non-blocking and a lost fetch simply times out.
+
+Membership: ``--peers`` lists peers' repl endpoints.  A HELLO to each gives
+its node id and PUB endpoint; a HELLO *from* an unknown node makes it a peer
+too, so a node started later only needs to name the earlier ones.  Known peers
+are kept in ``<data-dir>/peers.json`` so that a restarted node finds them.
+
+The protocol logic itself lives in :mod:`mesh.replication`; message layouts in
+:mod:`mesh.peerwire`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from mesh import peerwire
+from mesh.datadir import write_atomically
+from mesh.errors import ProtocolError
+from mesh.log import Log
+from mesh.mutation import Mutation
+from mesh.replication import Replica
+
+log = logging.getLogger(__name__)
+
+PEERS_FILE = "peers.json"
+HEARTBEAT_MS = 100
+HELLO_RETRY_MS = 200
+TICK_MS = 20
+PUB_BATCH_BYTES = 1024 * 1024
+DRAIN_MAX = 4096
+
+
+def now_ms() -> int:
+    """Monotonic milliseconds: the core's notion of time in a real node."""
+    return time.monotonic_ns() // 1_000_000
+
+
+class Peering:
+    """Runs one node's replication sockets around its :class:`Replica`."""
+
+    def __init__(
+        self,
+        replica: Replica,
+        log_: Log,
+        ctx: zmq.asyncio.Context,
+        *,
+        repl: str,
+        pub: str,
+        peers: list[str],
+        data_dir: str,
+        max_frame: int,
+        pub_hwm: int = 10_000,
+        on_change: Callable[[], None] = lambda: None,
+        on_full_sync: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.replica = replica
+        self.log = log_
+        self.ctx = ctx
+        self.max_frame = max_frame
+        self._peers_file = Path(data_dir) / PEERS_FILE
+        self._on_change = on_change
+        self._on_full_sync = on_full_sync
+        self.pub = self._socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
+        self.pub.bind(pub)
+        self.repl = self._socket(zmq.ROUTER)
+        self.repl.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.repl.bind(repl)
+        self.sub = self._socket(zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.endpoints = {
+            "repl": self.repl.getsockopt(zmq.LAST_ENDPOINT).decode(),
+            "pub": self.pub.getsockopt(zmq.LAST_ENDPOINT).decode(),
+        }
+        self._raw = {s: zmq.Socket.shadow(s.underlying) for s in (self.pub, self.repl, self.sub)}
+        self._dealers: dict[str, zmq.asyncio.Socket] = {}  # repl endpoint -> DEALER
+        self._by_node: dict[str, str] = {}  # node id -> repl endpoint
+        self._subscribed: set[str] = set()
+        self._pubs: dict[str, str] = {}  # node id -> PUB endpoint
+        self._unanswered: dict[str, int] = {}  # repl endpoint -> next HELLO time
+        self._poller = zmq.asyncio.Poller()
+        for sock in (self.repl, self.sub):
+            self._poller.register(sock, zmq.POLLIN)
+        self._load_peers(peers)
+        self._startup_until = now_ms() + 1500
+        self._next_beat = 0
+
+    def _socket(self, kind: int) -> zmq.asyncio.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame)
+        return sock
+
+    # ------------------------------------------------------------------ membership
+
+    def _load_peers(self, configured: list[str]) -> None:
+        known: dict[str, dict[str, str]] = {}
+        if self._peers_file.exists():
+            try:
+                known = json.loads(self._peers_file.read_text())["peers"]
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("ignoring unreadable %s: %s", self._peers_file, exc)
+        for node_id, ends in known.items():
+            self._add(node_id, ends["repl"], ends["pub"], persist=False)
+        for endpoint in configured:
+            if endpoint != self.endpoints["repl"] and endpoint not in self._dealers:
+                self._dealer(endpoint)
+        self._unanswered = {e: 0 for e in self._dealers}
+
+    def _dealer(self, endpoint: str) -> zmq.asyncio.Socket:
+        sock = self._dealers.get(endpoint)
+        if sock is None:
+            sock = self._socket(zmq.DEALER)
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.connect(endpoint)
+            self._dealers[endpoint] = sock
+            self._raw[sock] = zmq.Socket.shadow(sock.underlying)
+            self._poller.register(sock, zmq.POLLIN)
+        return sock
+
+    def _add(self, node_id: str, repl: str, pub: str, *, persist: bool = True) -> None:
+        if node_id == self.replica.node_id:
+            return
+        changed = self._by_node.get(node_id) != repl
+        self._by_node[node_id] = repl
+        self._dealer(repl)
+        if pub not in self._subscribed:
+            self.sub.connect(pub)
+            self._subscribed.add(pub)
+            changed = True
+        self.replica.add_peer(node_id)
+        self._pubs[node_id] = pub
+        if changed and persist:
+            self._save_peers()
+
+    def _save_peers(self) -> None:
+        peers = {n: {"repl": r, "pub": self._pubs[n]} for n, r in self._by_node.items()}
+        write_atomically(self._peers_file, json.dumps({"peers": peers}, indent=2).encode())
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self) -> None:
+        """Serve and drive replication until cancelled."""
+        while True:
+            events = await self._poller.poll(TICK_MS)
+            now = now_ms()
+            for sock, _ in events:
+                if sock is self.sub:
+                    self._drain_sub(now)
+                elif sock is self.repl:
+                    self._drain_repl(now)
+                else:
+                    self._drain_dealer(sock, now)
+            self._tick(now)
+
+    def _tick(self, now: int) -> None:
+        for endpoint, due in list(self._unanswered.items()):
+            if now >= due:
+                self._send(
+                    self._dealers[endpoint],
+                    peerwire.encode_hello(
+                        self.replica.node_id, self.endpoints["repl"], self.endpoints["pub"]
+                    ),
+                )
+                self._unanswered[endpoint] = now + HELLO_RETRY_MS
+        if now >= self._next_beat:
+            self.publish_heartbeat()
+            self._next_beat = now + HEARTBEAT_MS
+        if self._unanswered and now < self._startup_until:
+            return  # learn who the configured peers are before judging readiness
+        was_ready = self.replica.state
+        for node_id, fetch in self.replica.poll(now):
+            endpoint = self._by_node.get(node_id)
+            if endpoint is not None:
+                self._send(
+                    self._dealers[endpoint], peerwire.encode_fetch(self.replica.node_id, fetch)
+                )
+        if self.replica.state != was_ready:
+            self._on_change()
+
+    def _send(self, sock: zmq.asyncio.Socket, frame: bytes) -> bool:
+        try:
+            self._raw[sock].send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:  # no connection or queue full: retried or timed out later
+            return False
+
+    def _frames(self, sock: zmq.asyncio.Socket) -> list[list[bytes]]:
+        raw, out = self._raw[sock], []
+        while len(out) < DRAIN_MAX:
+            try:
+                out.append(raw.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+        return out
+
+    def _decode(self, frame: bytes) -> list | None:
+        try:
+            return peerwire.decode(frame, self.max_frame)
+        except ProtocolError as exc:
+            log.warning("dropped a peer message: %s", exc.reason)
+            return None
+
+    def _drain_sub(self, now: int) -> None:
+        applied = 0
+        for frames in self._frames(self.sub):
+            body = self._decode(frames[-1])
+            if body is None:
+                continue
+            try:
+                kind, payload = peerwire.parse_published(body)
+            except ProtocolError as exc:
+                log.warning("dropped a published message: %s", exc.reason)
+                continue
+            if kind == peerwire.ENTRIES:
+                applied += len(self.replica.receive(payload, now))
+            else:
+                self.replica.on_heartbeat(*payload, now)
+        self._after_apply(applied)
+
+    def _after_apply(self, applied: int) -> None:
+        if applied:
+            self.log.flush()
+            self.publish_heartbeat()  # tells origins waiting for w > 1 that we logged
+        self._on_change()
+
+    def _drain_repl(self, now: int) -> None:
+        for frames in self._frames(self.repl):
+            body = self._decode(frames[-1])
+            if body is None or len(frames) != 2:
+                continue
+            try:
+                kind, payload = peerwire.parse_request(body)
+            except ProtocolError as exc:
+                log.warning("dropped a peer request: %s", exc.reason)
+                continue
+            if kind == peerwire.HELLO:
+                node_id, repl, pub = payload
+                self._add(node_id, repl, pub)
+                reply = peerwire.encode_hello(
+                    self.replica.node_id,
+                    self.endpoints["repl"],
+                    self.endpoints["pub"],
+                    self.replica.origin,
+                )
+            else:
+                node_id, fetch = payload
+                reply = peerwire.encode_batch(self.replica.serve(node_id, fetch, now))
+            try:
+                self._raw[self.repl].send_multipart([frames[0], reply], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # the peer went away; it will ask again
+
+    def _drain_dealer(self, sock: zmq.asyncio.Socket, now: int) -> None:
+        endpoint = next(e for e, s in self._dealers.items() if s is sock)
+        applied = 0
+        for frames in self._frames(sock):
+            body = self._decode(frames[-1])
+            if body is None:
+                continue
+            try:
+                kind, payload = peerwire.parse_reply(body)
+            except ProtocolError as exc:
+                log.warning("dropped a peer reply: %s", exc.reason)
+                continue
+            if kind == peerwire.HELLO:
+                node_id, origin, repl, pub = payload
+                self._unanswered.pop(endpoint, None)
+                self._add(node_id, repl, pub)
+                log.info("peer %s (%s) at %s", node_id, origin, repl)
+            else:
+                node_id = next((n for n, e in self._by_node.items() if e == endpoint), None)
+                if node_id is not None:
+                    applied += len(self.replica.on_batch(node_id, payload, now))
+                    if self.replica.take_snapshot_due():
+                        self._on_full_sync()
+        self._after_apply(applied)
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, origin: str, mutations: list[Mutation]) -> None:
+        """PUBlish this node's own new entries, in messages of bounded size."""
+        start, size = 0, 0
+        for i, m in enumerate(mutations):
+            size += len(m.key) + len(m.value or b"") + 48
+            if size >= PUB_BATCH_BYTES:
+                self._send(self.pub, peerwire.encode_entries(origin, mutations[start : i + 1]))
+                start, size = i + 1, 0
+        if start < len(mutations):
+            self._send(self.pub, peerwire.encode_entries(origin, mutations[start:]))
+
+    def publish_heartbeat(self) -> None:
+        """PUBlish the replica's heartbeat now."""
+        self._send(self.pub, peerwire.encode_heartbeat(self.replica.heartbeat()))
+
+    def close(self) -> None:
+        """Close every socket."""
+        for sock in (self.pub, self.repl, self.sub, *self._dealers.values()):
+            sock.close(0)

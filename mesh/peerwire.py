@@ -1,0 +1,183 @@
+"""Messages between nodes: PUB/SUB fan-out and the ROUTER catch-up socket.
+
+Every message is one ZeroMQ frame: the version byte ``0x01`` and an msgpack
+array whose first element names the kind.  Entries are mutation records
+(``[origin, seq, hlc, key, value | nil, deadline]``, see :mod:`mesh.mutation`);
+``vv`` is a map of origin (str) to the highest contiguous seq applied (uint).
+
+On each node's PUB socket (peers SUBscribe to everything)::
+
+    ["E", origin, [entry, ...]]                     a batch of the sender's own writes
+    ["H", node_id, origin, state, vv]               heartbeat, ~every 100 ms and after
+                                                    each batch of applied entries
+
+On each node's ROUTER "repl" socket (peers connect a DEALER)::
+
+    request  ["HELLO", node_id, repl_endpoint, pub_endpoint]
+    reply    ["HELLO", node_id, origin, repl_endpoint, pub_endpoint]
+
+    request  ["FETCH", node_id, request_id, vv, full, session, cursor]
+    reply    ["BATCH", request_id, [entry, ...], vv, more, snapshot, session,
+              cursor, need_full]
+
+Peers are trusted to be PyCache nodes, but a malformed message is still only
+logged and dropped (:class:`~mesh.errors.ProtocolError`), never fatal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from mesh.errors import ProtocolError
+from mesh.mutation import Mutation
+from mesh.replication import Batch, Fetch
+from mesh.wire import E_MALFORMED, VERSION, VERSION_BYTE
+
+ENTRIES = "E"
+HEARTBEAT = "H"
+HELLO = "HELLO"
+FETCH = "FETCH"
+BATCH = "BATCH"
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def _pack(body: list) -> bytes:
+    return VERSION_BYTE + _packer.pack(body)
+
+
+def decode(frame: bytes, max_bytes: int) -> list:
+    """Decode a peer frame into its array; raises ProtocolError."""
+    if len(frame) > max_bytes:
+        raise ProtocolError(E_MALFORMED, f"peer frame of {len(frame)} bytes is over {max_bytes}")
+    if not frame or frame[0] != VERSION:
+        raise ProtocolError(E_MALFORMED, "peer frame without version byte 1")
+    try:
+        body = msgpack.unpackb(memoryview(frame)[1:], raw=False, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(E_MALFORMED, f"undecodable peer frame: {exc}") from exc
+    if not isinstance(body, list) or not body or not isinstance(body[0], str):
+        raise ProtocolError(E_MALFORMED, "a peer frame is an array [kind, ...]")
+    return body
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise ProtocolError(E_MALFORMED, f"malformed {what}")
+
+
+def _entries(records: Any) -> list[Mutation]:
+    _check(isinstance(records, list), "entry list")
+    try:
+        return [Mutation.from_record(r) for r in records]
+    except ValueError as exc:
+        raise ProtocolError(E_MALFORMED, f"malformed entry: {exc}") from exc
+
+
+def _vv(vv: Any) -> dict[str, int]:
+    _check(
+        isinstance(vv, dict)
+        and all(isinstance(o, str) and type(s) is int and s >= 0 for o, s in vv.items()),
+        "version vector",
+    )
+    return vv
+
+
+# --------------------------------------------------------------------- PUB / SUB
+
+
+def encode_entries(origin: str, mutations: list[Mutation]) -> bytes:
+    """A PUB batch of one origin's entries."""
+    return _pack([ENTRIES, origin, [m.to_record() for m in mutations]])
+
+
+def encode_heartbeat(beat: dict[str, Any]) -> bytes:
+    """A PUB heartbeat from :meth:`mesh.replication.Replica.heartbeat`."""
+    return _pack([HEARTBEAT, beat["node"], beat["origin"], beat["state"], beat["vv"]])
+
+
+def parse_published(body: list) -> tuple[str, Any]:
+    """``("E", [Mutation...])`` or ``("H", (node, origin, state, vv))``."""
+    kind = body[0]
+    if kind == ENTRIES:
+        _check(len(body) == 3, "entries message")
+        return ENTRIES, _entries(body[2])
+    if kind == HEARTBEAT:
+        _check(len(body) == 5 and all(isinstance(x, str) for x in body[1:4]), "heartbeat")
+        return HEARTBEAT, (body[1], body[2], body[3], _vv(body[4]))
+    raise ProtocolError(E_MALFORMED, f"unknown published kind {kind[:16]!r}")
+
+
+# --------------------------------------------------------------------- ROUTER / DEALER
+
+
+def encode_hello(node_id: str, repl: str, pub: str, origin: str | None = None) -> bytes:
+    """A HELLO request (no origin) or reply (with the answering node's origin)."""
+    if origin is None:
+        return _pack([HELLO, node_id, repl, pub])
+    return _pack([HELLO, node_id, origin, repl, pub])
+
+
+def encode_fetch(node_id: str, fetch: Fetch) -> bytes:
+    """A catch-up request."""
+    return _pack(
+        [FETCH, node_id, fetch.request_id, fetch.vv, fetch.full, fetch.session, fetch.cursor]
+    )
+
+
+def encode_batch(batch: Batch) -> bytes:
+    """A catch-up reply."""
+    return _pack(
+        [
+            BATCH,
+            batch.request_id,
+            [m.to_record() for m in batch.entries],
+            batch.vv,
+            batch.more,
+            batch.snapshot,
+            batch.session,
+            batch.cursor,
+            batch.need_full,
+        ]
+    )
+
+
+def parse_request(body: list) -> tuple[str, Any]:
+    """``("HELLO", (node, repl, pub))`` or ``("FETCH", (node, Fetch))``."""
+    kind = body[0]
+    if kind == HELLO:
+        _check(len(body) == 4 and all(isinstance(x, str) for x in body[1:]), "HELLO")
+        return HELLO, (body[1], body[2], body[3])
+    if kind == FETCH:
+        _check(
+            len(body) == 7
+            and isinstance(body[1], str)
+            and all(type(x) is int for x in (body[2], body[5], body[6]))
+            and isinstance(body[4], bool),
+            "FETCH",
+        )
+        return FETCH, (body[1], Fetch(body[2], _vv(body[3]), body[4], body[5], body[6]))
+    raise ProtocolError(E_MALFORMED, f"unknown request kind {kind[:16]!r}")
+
+
+def parse_reply(body: list) -> tuple[str, Any]:
+    """``("HELLO", (node, origin, repl, pub))`` or ``("BATCH", Batch)``."""
+    kind = body[0]
+    if kind == HELLO:
+        _check(len(body) == 5 and all(isinstance(x, str) for x in body[1:]), "HELLO reply")
+        return HELLO, (body[1], body[2], body[3], body[4])
+    if kind == BATCH:
+        _check(
+            len(body) == 9
+            and type(body[1]) is int
+            and all(isinstance(x, bool) for x in (body[4], body[5], body[8]))
+            and all(type(x) is int for x in (body[6], body[7])),
+            "BATCH",
+        )
+        batch = Batch(
+            body[1], _entries(body[2]), _vv(body[3]), body[4], body[5], body[6], body[7], body[8]
+        )
+        return BATCH, batch
+    raise ProtocolError(E_MALFORMED, f"unknown reply kind {kind[:16]!r}")

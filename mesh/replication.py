@@ -1,0 +1,453 @@
+"""The replication core: version vectors, gap repair, catch-up and full-sync decisions.
+
+Pure logic: no sockets, no clock, no randomness of its own.  The node's socket
+loop (:mod:`mesh.peering`) and the seeded simulator (``tests/sim.py``) drive a
+:class:`Replica` by calling its ``on_*`` methods with what arrived and the
+current time, and by sending what :meth:`Replica.poll` and :meth:`Replica.serve`
+return.  The store, log and clock are injected; the log only needs
+``append``, ``read_from`` and ``floor`` (see :class:`ReplicaLog`).
+
+The protocol, in one paragraph: every node applies its own writes and
+PUBlishes them in batches; every node SUBscribes to every peer.  A receiver
+keeps, per origin, the highest contiguous ``seq`` it has applied (its version
+vector, ``vv``) and applies entries strictly in ``seq`` order per origin,
+buffering what arrives past a hole.  Heartbeats carry each sender's ``vv``, so
+a lost tail is noticed too.  A hole, or a peer that is ahead, makes the
+receiver send that peer a :class:`Fetch` ("here is my vv"); the peer answers
+with a bounded :class:`Batch` of what the requester lacks, read from its log
+(any node can serve any origin, since every node logs what it applies).  The
+requester asks again while ``more`` is set: one batch in flight per peer is the
+credit that keeps a slow receiver from being flooded.  When the peer's log no
+longer reaches back far enough (its ``floor``), or the requester holds nothing
+at all (a new incarnation), the peer streams a snapshot of its store instead,
+in chunks, then the tail.  Tombstones travel in snapshots like any entry, so
+nothing deleted comes back.  Last-writer-wins on ``(hlc, origin)`` makes
+duplicates and any order of application harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from mesh.clock import HybridClock
+from mesh.mutation import Mutation
+from mesh.store import Store
+
+log = logging.getLogger(__name__)
+
+FETCH_ENTRIES = 4096
+"""Most entries in one catch-up batch."""
+FETCH_BYTES = 4 * 1024 * 1024
+"""Most value bytes in one catch-up batch (at least one entry is always sent)."""
+FETCH_TIMEOUT_MS = 1000
+"""A fetch unanswered this long is abandoned and may go to another peer."""
+LAG_GRACE_MS = 300
+"""How long a third party may be ahead of us before we fetch from it."""
+STARTUP_TIMEOUT_MS = 1500
+"""A peer silent this long after start is unreachable: do not wait for it."""
+READY_DEADLINE_MS = 15_000
+"""Ready after this long whatever the peers do (a warning is logged)."""
+SESSION_IDLE_MS = 30_000
+"""A snapshot session nobody read for this long is dropped."""
+BUFFER_LIMIT = 100_000
+"""Most out-of-order entries buffered; past it, new ones wait for catch-up."""
+
+CATCHING_UP = "catching-up"
+READY = "ready"
+
+
+class ReplicaLog(Protocol):
+    """What the core needs from a log (``mesh.log.Log`` and the simulator's)."""
+
+    def append(self, mutations: Sequence[Mutation]) -> int: ...
+
+    def read_from(self, origin: str, seq: int) -> Iterator[Mutation]: ...
+
+    def floor(self) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """A catch-up request: here is my version vector, send me what I miss.
+
+    ``full`` asks for a snapshot; ``session``/``cursor`` continue one (0: start).
+    """
+
+    request_id: int
+    vv: dict[str, int]
+    full: bool = False
+    session: int = 0
+    cursor: int = 0
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A catch-up reply: entries the requester lacks, or a snapshot chunk.
+
+    ``vv`` is the server's version vector (for a snapshot: as of the
+    snapshot).  ``more`` says the server has more; ``need_full`` that its log
+    cannot serve the request and a snapshot is needed.
+    """
+
+    request_id: int
+    entries: list[Mutation]
+    vv: dict[str, int]
+    more: bool = False
+    snapshot: bool = False
+    session: int = 0
+    cursor: int = 0
+    need_full: bool = False
+
+
+@dataclass
+class PeerView:
+    """What this node knows about one peer."""
+
+    node_id: str
+    origin: str = ""
+    state: str = "unknown"
+    vv: dict[str, int] = field(default_factory=dict)
+    heard_ms: int = -1
+    fetching: Fetch | None = None
+    fetch_sent_ms: int = 0
+    next_fetch: Fetch | None = None  # continuation to send as soon as possible
+    want_full: bool = False
+    synced: bool = False  # answered "nothing more" since we started
+
+
+@dataclass
+class _Session:
+    entries: list[Mutation]
+    vv: dict[str, int]
+    used_ms: int
+
+
+class Replica:
+    """The replication state of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: str,
+        origin: str,
+        store: Store,
+        log: ReplicaLog,
+        clock: HybridClock,
+        *,
+        vv: dict[str, int] | None = None,
+        floor: dict[str, int] | None = None,
+        peers: Iterable[str] = (),
+        now_ms: int = 0,
+        fetch_entries: int = FETCH_ENTRIES,
+    ) -> None:
+        self.node_id = node_id
+        self.origin = origin
+        self.store = store
+        self.log = log
+        self.clock = clock
+        self.vv: dict[str, int] = dict(vv or {})
+        self.floor: dict[str, int] = dict(floor or {})
+        self.peers: dict[str, PeerView] = {p: PeerView(p) for p in peers if p != node_id}
+        self.state = CATCHING_UP
+        self.fetch_entries = fetch_entries
+        self.counters = {"gaps": 0, "repaired": 0, "fetches": 0, "full_syncs": 0, "served": 0}
+        self._started_ms = now_ms
+        self._buffer: dict[str, dict[int, Mutation]] = {}
+        self._buffered = 0
+        self._lagging: dict[str, tuple[int, int]] = {}  # origin -> (target seq, since ms)
+        self._sessions: dict[int, _Session] = {}
+        self._ids = 0
+        self._snapshot_due = False
+
+    # ------------------------------------------------------------------ membership
+
+    def add_peer(self, node_id: str) -> PeerView:
+        """Know about ``node_id`` (idempotent); returns its view."""
+        view = self.peers.get(node_id)
+        if view is None and node_id != self.node_id:
+            view = self.peers[node_id] = PeerView(node_id, synced=self.state == READY)
+        return view  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ local writes
+
+    def commit_local(self, mutations: Sequence[Mutation]) -> None:
+        """Log this origin's own mutations (already applied by the commands)."""
+        if mutations:
+            self.log.append(mutations)
+            self.vv[self.origin] = mutations[-1].seq
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive(self, mutations: Iterable[Mutation], now_ms: int) -> list[Mutation]:
+        """Apply, log and return what is next in line per origin; buffer the rest.
+
+        Duplicates (``seq`` at or below the version vector) are dropped.
+        """
+        applied: list[Mutation] = []
+        for m in mutations:
+            have = self.vv.get(m.origin, 0)
+            if m.seq <= have:
+                continue
+            if m.seq == have + 1:
+                self._apply(m, applied)
+                self._drain(m.origin, applied)
+            else:
+                self._hold(m)
+        if applied:
+            self.log.append(applied)
+            self._clear_lag(now_ms)
+        return applied
+
+    def _apply(self, m: Mutation, applied: list[Mutation]) -> None:
+        self.clock.observe(m.hlc)
+        self.store.apply(m)
+        self.vv[m.origin] = m.seq
+        applied.append(m)
+
+    def _drain(self, origin: str, applied: list[Mutation]) -> None:
+        held = self._buffer.get(origin)
+        if not held:
+            return
+        seq = self.vv[origin] + 1
+        while seq in held:
+            self._apply(held.pop(seq), applied)
+            self._buffered -= 1
+            self.counters["repaired"] += 1
+            seq += 1
+        for stale in [s for s in held if s < seq]:
+            del held[stale]
+            self._buffered -= 1
+        if not held:
+            del self._buffer[origin]
+
+    def _hold(self, m: Mutation) -> None:
+        held = self._buffer.setdefault(m.origin, {})
+        if m.seq in held or self._buffered >= BUFFER_LIMIT:
+            return
+        if not held:
+            self.counters["gaps"] += 1
+        held[m.seq] = m
+        self._buffered += 1
+
+    def on_heartbeat(
+        self, node_id: str, origin: str, state: str, vv: dict[str, int], now_ms: int
+    ) -> None:
+        """A peer's heartbeat: its origin, state and version vector."""
+        peer = self.add_peer(node_id)
+        if peer is None:
+            return
+        peer.origin, peer.state, peer.vv, peer.heard_ms = origin, state, vv, now_ms
+        for o, seq in vv.items():
+            if seq > self.vv.get(o, 0):
+                target, since = self._lagging.get(o, (0, now_ms))
+                if o == origin:  # the origin itself says so: its PUB lost something
+                    since = min(since, now_ms - LAG_GRACE_MS)
+                self._lagging[o] = (max(target, seq), since)
+
+    def _clear_lag(self, now_ms: int) -> None:
+        for o in [o for o, (target, _) in self._lagging.items() if self.vv.get(o, 0) >= target]:
+            del self._lagging[o]
+
+    # ------------------------------------------------------------------ catch-up client
+
+    def poll(self, now_ms: int) -> list[tuple[str, Fetch]]:
+        """The fetches to send now (at most one in flight per peer)."""
+        self._expire(now_ms)
+        if self.state != READY:
+            self._check_ready(now_ms)
+        out = []
+        for peer in self.peers.values():
+            if peer.fetching is not None:
+                continue
+            fetch = peer.next_fetch
+            if fetch is None and self._should_fetch(peer, now_ms):
+                fetch = self._new_fetch(full=peer.want_full or not self.vv)
+            if fetch is not None:
+                peer.next_fetch = None
+                peer.fetching, peer.fetch_sent_ms = fetch, now_ms
+                self.counters["fetches"] += 1
+                out.append((peer.node_id, fetch))
+        return out
+
+    def _should_fetch(self, peer: PeerView, now_ms: int) -> bool:
+        if self.state != READY:
+            return not peer.synced
+        if peer.heard_ms < 0:
+            return False
+        for o, held in self._buffer.items():
+            if held and peer.vv.get(o, 0) > self.vv.get(o, 0):
+                return True
+        for o, (_, since) in self._lagging.items():
+            if now_ms - since >= LAG_GRACE_MS and peer.vv.get(o, 0) > self.vv.get(o, 0):
+                return self._best_source(o) is peer
+        return False
+
+    def _best_source(self, origin: str) -> PeerView | None:
+        live = [p for p in self.peers.values() if p.heard_ms >= 0 and p.fetching is None]
+        return max(live, key=lambda p: (p.vv.get(origin, 0), p.origin == origin), default=None)
+
+    def _new_fetch(self, *, full: bool = False, session: int = 0, cursor: int = 0) -> Fetch:
+        self._ids += 1
+        return Fetch(self._ids, dict(self.vv), full, session, cursor)
+
+    def _expire(self, now_ms: int) -> None:
+        for peer in self.peers.values():
+            if peer.fetching is not None and now_ms - peer.fetch_sent_ms >= FETCH_TIMEOUT_MS:
+                peer.fetching = None
+        for sid in [
+            s for s, sess in self._sessions.items() if now_ms - sess.used_ms > SESSION_IDLE_MS
+        ]:
+            del self._sessions[sid]
+
+    def _check_ready(self, now_ms: int) -> None:
+        elapsed = now_ms - self._started_ms
+        waiting = [
+            p.node_id
+            for p in self.peers.values()
+            if not p.synced and (p.heard_ms >= 0 or elapsed < STARTUP_TIMEOUT_MS)
+        ]
+        if not waiting or elapsed >= READY_DEADLINE_MS:
+            if waiting:
+                log.warning("ready without a full catch-up from %s", ", ".join(waiting))
+            self.state = READY
+
+    def on_batch(self, node_id: str, batch: Batch, now_ms: int) -> list[Mutation]:
+        """A catch-up reply; returns the entries applied (and logged)."""
+        peer = self.add_peer(node_id)
+        if peer is None or peer.fetching is None or peer.fetching.request_id != batch.request_id:
+            return []  # late reply to an abandoned fetch
+        peer.fetching, peer.heard_ms = None, now_ms
+        if batch.need_full:
+            peer.want_full = True
+            peer.next_fetch = self._new_fetch(full=True)
+            return []
+        if batch.snapshot:
+            return self._on_snapshot(peer, batch, now_ms)
+        applied = self.receive(batch.entries, now_ms)
+        if batch.more:
+            peer.next_fetch = self._new_fetch()
+        else:
+            peer.synced = True
+        return applied
+
+    def _on_snapshot(self, peer: PeerView, batch: Batch, now_ms: int) -> list[Mutation]:
+        for m in batch.entries:
+            self.clock.observe(m.hlc)
+            self.store.apply(m)
+        if batch.more:
+            peer.next_fetch = self._new_fetch(full=True, session=batch.session, cursor=batch.cursor)
+            return []
+        # Complete: everything up to the snapshot's vv is in the store, but not in
+        # our log, so we can no longer serve those entries from it (our floor).
+        for o, seq in batch.vv.items():
+            if seq > self.vv.get(o, 0):
+                self.vv[o] = seq
+            self.floor[o] = max(self.floor.get(o, 0), seq)
+        applied: list[Mutation] = []
+        for o in list(self._buffer):
+            self._drain(o, applied)
+        if applied:
+            self.log.append(applied)
+        self._clear_lag(now_ms)
+        peer.want_full = False
+        peer.next_fetch = self._new_fetch()  # then the tail
+        self.counters["full_syncs"] += 1
+        self._snapshot_due = True
+        return applied
+
+    def take_snapshot_due(self) -> bool:
+        """True once after a full sync: persist a snapshot with ``vv`` and ``floor``."""
+        due, self._snapshot_due = self._snapshot_due, False
+        return due
+
+    # ------------------------------------------------------------------ catch-up server
+
+    def serve(self, node_id: str, fetch: Fetch, now_ms: int) -> Batch:
+        """Answer a peer's fetch from the log, or with a snapshot chunk."""
+        self.add_peer(node_id)
+        if fetch.full:
+            return self._serve_snapshot(fetch, now_ms)
+        floor = {
+            **self.floor,
+            **{o: max(s, self.floor.get(o, 0)) for o, s in self.log.floor().items()},
+        }
+        entries: list[Mutation] = []
+        more = False
+        budget = FETCH_BYTES
+        for origin, mine in self.vv.items():
+            theirs = fetch.vv.get(origin, 0)
+            if theirs >= mine:
+                continue
+            if theirs < floor.get(origin, 0):
+                return Batch(fetch.request_id, [], dict(self.vv), need_full=True)
+            room = self.fetch_entries - len(entries)
+            if room <= 0 or budget <= 0:
+                more = True
+                break
+            got = self._read(origin, theirs + 1, min(mine, theirs + room), budget)
+            if not got or got[0].seq != theirs + 1:
+                return Batch(fetch.request_id, [], dict(self.vv), need_full=True)
+            entries += got
+            budget -= sum(len(m.value or b"") + len(m.key) for m in got)
+            more = more or got[-1].seq < mine
+        self.counters["served"] += len(entries)
+        return Batch(fetch.request_id, entries, dict(self.vv), more=more)
+
+    def _read(self, origin: str, first: int, last: int, budget: int) -> list[Mutation]:
+        out = []
+        for m in self.log.read_from(origin, first):
+            if m.seq > last or budget <= 0:
+                break
+            if m.seq >= first:
+                out.append(m)
+                budget -= len(m.value or b"") + len(m.key)
+        return out
+
+    def _serve_snapshot(self, fetch: Fetch, now_ms: int) -> Batch:
+        session = self._sessions.get(fetch.session)
+        sid = fetch.session
+        if session is None or fetch.cursor == 0:
+            self._ids += 1
+            sid = self._ids
+            session = self._sessions[sid] = _Session(
+                list(self.store.entries()), dict(self.vv), now_ms
+            )
+        session.used_ms = now_ms
+        start = fetch.cursor if fetch.session == sid else 0
+        chunk, budget = [], FETCH_BYTES
+        for m in session.entries[start : start + self.fetch_entries]:
+            chunk.append(m)
+            budget -= len(m.value or b"") + len(m.key)
+            if budget <= 0:
+                break
+        cursor = start + len(chunk)
+        more = cursor < len(session.entries)
+        if not more:
+            del self._sessions[sid]
+        self.counters["served"] += len(chunk)
+        return Batch(fetch.request_id, chunk, session.vv, more, True, sid, cursor)
+
+    # ------------------------------------------------------------------ reporting
+
+    def heartbeat(self) -> dict[str, Any]:
+        """What to publish every ~100 ms and after each applied batch."""
+        return {"node": self.node_id, "origin": self.origin, "state": self.state, "vv": self.vv}
+
+    def logged_by(self, seq: int) -> int:
+        """How many nodes (this one included) have logged this origin's ``seq``."""
+        return 1 + sum(1 for p in self.peers.values() if p.vv.get(self.origin, 0) >= seq)
+
+    def lag(self, now_ms: int) -> dict[str, dict[str, Any]]:
+        """Per peer: entries of its origin we lack, and for how long (ms)."""
+        out = {}
+        for peer in self.peers.values():
+            behind = max(0, peer.vv.get(peer.origin, 0) - self.vv.get(peer.origin, 0))
+            since = self._lagging.get(peer.origin, (0, now_ms))[1] if behind else now_ms
+            out[peer.node_id] = {
+                "entries": behind,
+                "ms": max(0, now_ms - since),
+                "state": peer.state,
+            }
+        return out
