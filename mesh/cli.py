@@ -238,7 +238,7 @@ def node(
 @click.option(
     "--nodes",
     type=int,
-    default=1,
+    default=3,
     show_default=True,
     envvar="PYCACHE_NODES",
     help="How many nodes to start.",
@@ -257,7 +257,23 @@ def node(
     default=7001,
     show_default=True,
     envvar="PYCACHE_API_PORT",
-    help="First node's API port; the next get +1.",
+    help="First node's API port; the next get +1 (0: the OS picks every port).",
+)
+@click.option(
+    "--repl-port",
+    type=int,
+    default=7101,
+    show_default=True,
+    envvar="PYCACHE_REPL_PORT",
+    help="First node's replication port; the next get +1.",
+)
+@click.option(
+    "--pub-port",
+    type=int,
+    default=7201,
+    show_default=True,
+    envvar="PYCACHE_PUB_PORT",
+    help="First node's PUB port; the next get +1.",
 )
 @click.option(
     "--fsync",
@@ -276,13 +292,28 @@ def node(
 )
 @_errors_to_exit_codes
 def up(
-    nodes: int, data_dir: str, host: str, api_port: int, fsync: str, ready_timeout: float
+    nodes: int,
+    data_dir: str,
+    host: str,
+    api_port: int,
+    repl_port: int,
+    pub_port: int,
+    fsync: str,
+    ready_timeout: float,
 ) -> None:
     """Start a local cluster, print its endpoints, stop it all on Ctrl-C."""
     from mesh.supervisor import Cluster
 
     _setup_logging("INFO", "up")
-    cluster = Cluster(data_dir, nodes=nodes, host=host, api_port=api_port, fsync=fsync)
+    cluster = Cluster(
+        data_dir,
+        nodes=nodes,
+        host=host,
+        api_port=api_port,
+        repl_port=repl_port,
+        pub_port=pub_port,
+        fsync=fsync,
+    )
     sys.exit(cluster.run(ready_timeout, echo=click.echo))
 
 

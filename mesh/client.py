@@ -57,6 +57,14 @@ def _seconds(ms: int) -> int:
     return ms if ms < 0 else (ms + 500) // 1000
 
 
+def _meta(reply: list | None) -> tuple[bytes, int, int] | None:
+    return None if reply is None else (reply[0], reply[1], reply[2])
+
+
+def _w(w: int | str | None) -> list[dict[str, Any]]:
+    return [] if w is None else [{"w": w}]
+
+
 def _keys(keys: str | Iterable[str], more: tuple[str, ...]) -> list[str]:
     return [keys, *more] if isinstance(keys, str) else [*keys, *more]
 
@@ -87,12 +95,15 @@ class Commands:
         px: int | None = None,
         nx: bool = False,
         xx: bool = False,
+        w: int | str | None = None,
     ) -> Any:
         """Store ``value``; ``ttl`` seconds or ``px`` ms; ``nx``/``xx`` as in Redis.
 
+        ``w`` asks for the write to be logged by that many nodes (or
+        ``"quorum"`` / ``"all"``) before the reply; the node's default else.
         Returns True when set, False when the NX/XX condition was not met.
         """
-        options: dict[str, Any] = {}
+        options: dict[str, Any] = {} if w is None else {"w": w}
         if ttl is not None:
             options["ttl_ms"] = _ms(ttl)
         if px is not None:
@@ -105,21 +116,21 @@ class Commands:
             return self._call("SET", key, _value(value), options)
         return self._call("SET", key, _value(value))
 
-    def delete(self, *keys: str) -> Any:
+    def delete(self, *keys: str, w: int | str | None = None) -> Any:
         """Delete keys; returns how many existed."""
-        return self._call("DEL", *keys)
+        return self._call("DEL", *keys, *_w(w))
 
-    def expire(self, key: str, seconds: float) -> Any:
+    def expire(self, key: str, seconds: float, w: int | str | None = None) -> Any:
         """Give ``key`` a TTL in seconds; False when the key does not exist."""
-        return self._call("EXPIRE", key, _ms(seconds))
+        return self._call("EXPIRE", key, _ms(seconds), *_w(w))
 
-    def pexpire(self, key: str, ms: int) -> Any:
+    def pexpire(self, key: str, ms: int, w: int | str | None = None) -> Any:
         """Give ``key`` a TTL in milliseconds; False when the key does not exist."""
-        return self._call("EXPIRE", key, ms)
+        return self._call("EXPIRE", key, ms, *_w(w))
 
-    def persist(self, key: str) -> Any:
+    def persist(self, key: str, w: int | str | None = None) -> Any:
         """Remove the TTL of ``key``; True when it had one."""
-        return self._call("PERSIST", key)
+        return self._call("PERSIST", key, *_w(w))
 
     def ttl(self, key: str) -> Any:
         """Seconds left (rounded), -1 for no TTL, -2 for no such key."""
@@ -133,16 +144,28 @@ class Commands:
         """Values of several keys (None for missing ones), in order."""
         return self._call("MGET", *_keys(keys, more))
 
-    def mset(self, mapping: Mapping[str, Value]) -> Any:
+    def mset(self, mapping: Mapping[str, Value], w: int | str | None = None) -> Any:
         """Set several keys at once (no TTL)."""
         args: list[Any] = []
         for key, value in mapping.items():
             args += [key, _value(value)]
-        return self._call("MSET", *args)
+        return self._call("MSET", *args, *_w(w))
 
     def stats(self) -> Any:
         """The node's STATS map."""
         return self._call("STATS")
+
+    def get_meta(self, key: str) -> Any:
+        """``(value, ttl_ms, updated_ms)`` of ``key`` or None; ttl_ms -1 means no TTL."""
+        return self._call("GETMETA", key, convert=_meta)
+
+    def health(self) -> Any:
+        """The node's HEALTH map: ``node_id`` and ``state``."""
+        return self._call("HEALTH")
+
+    def cluster(self) -> Any:
+        """Every node as the server sees it: ``{"nodes": [{node_id, state, ...}]}``."""
+        return self._call("CLUSTER")
 
 
 def _result(code: int, result: Any, convert: Callable[[Any], Any] | None) -> Any:

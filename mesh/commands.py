@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mesh.clock import HybridClock
+from mesh.clock import HybridClock, physical_ms
 from mesh.mutation import Mutation
 from mesh.store import Store
 from mesh.wire import Request
@@ -30,6 +30,8 @@ class Commands:
         last_seq: int,
         now_ms: Callable[[], int],
         stats: Callable[[], dict],
+        health: Callable[[], dict] | None = None,
+        cluster: Callable[[], dict] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -48,7 +50,10 @@ class Commands:
             "TTL": self.store.ttl_ms,
             "MGET": self._mget,
             "MSET": self._mset,
+            "GETMETA": self._get_meta,
             "STATS": self._stats,
+            "HEALTH": health or self._stats,
+            "CLUSTER": cluster or self._stats,
         }
 
     def execute(self, request: Request) -> Any:
@@ -103,6 +108,13 @@ class Commands:
             return False
         self._write(key, entry.value, 0)
         return True
+
+    def _get_meta(self, key: str) -> list | None:
+        entry = self.store.get(key)
+        if entry is None:
+            return None
+        ttl = entry.deadline - self._now_ms() if entry.deadline else -1
+        return [entry.value, max(ttl, 0) if entry.deadline else -1, physical_ms(entry.hlc)]
 
     def _mget(self, keys: list[str]) -> list[bytes | None]:
         return [self._get(key) for key in keys]

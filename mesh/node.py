@@ -64,7 +64,7 @@ ACK_CHECK_MS = 5
 #: instead of being buffered; frames up to it get a clear TOO_LARGE reply.
 ZMQ_FRAME_CEILING_FACTOR = 2
 #: Ops a node answers before it is ready.
-ALWAYS_SERVED = frozenset({"PING", "STATS"})
+ALWAYS_SERVED = frozenset({"PING", "STATS", "HEALTH", "CLUSTER"})
 
 
 class Node:
@@ -94,7 +94,9 @@ class Node:
             retention_bytes=config.retention_bytes,
         )
         self.clock = HybridClock()
-        self.commands = Commands(self.store, self.clock, self.origin, 0, wall_ms, self.stats)
+        self.commands = Commands(
+            self.store, self.clock, self.origin, 0, wall_ms, self.stats, self.health, self.cluster
+        )
         self.replica = Replica(config.node_id, self.origin, self.store, self.log, self.clock)
         self.peering: Peering | None = None
         self.acks = PendingAcks()
@@ -357,6 +359,26 @@ class Node:
             time.perf_counter() - started,
             len(removed),
         )
+
+    def health(self) -> dict:
+        """The HEALTH reply: who this is and whether it serves."""
+        return {"node_id": self.config.node_id, "state": self.state}
+
+    def cluster(self) -> dict:
+        """The CLUSTER reply: this node in full, its peers as it sees them."""
+        me = {
+            "node_id": self.config.node_id,
+            "state": self.state,
+            "keys": len(self.store),
+            "digest": self.store.digest(),
+            "endpoint": self.endpoint,
+            "lag": {"entries": 0, "ms": 0},
+        }
+        peers = [
+            {"node_id": node_id, "state": lag.pop("state"), "lag": lag}
+            for node_id, lag in self.replica.lag(now_ms()).items()
+        ]
+        return {"nodes": [me, *peers]}
 
     def stats(self) -> dict:
         """The STATS reply: identity, state, replication, store, log and counters."""

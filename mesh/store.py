@@ -18,18 +18,15 @@ only when its version is strictly greater than the one held, so any
 permutation of the same mutations gives the same state and duplicates are
 harmless.
 
-Keys with a deadline are also listed in an array that the active expiry in
-:meth:`Store.sweep` samples at random, as Redis does; reads expire due keys
-lazily too.  A write only appends to the array (no position map to update on
-the hot path): an entry whose key lost its deadline is dropped when sampled,
-and the array is compacted when it grows past twice the keys with a deadline,
-so every operation stays O(1) amortized.
+Keys with a deadline are also listed in an array that :meth:`Store.sweep`
+samples at random, as Redis does; reads expire due keys lazily too.  A write
+only appends to the array (no position map on the hot path); stale items are
+dropped when sampled and the array is compacted past twice the keys with a
+deadline, so every operation stays O(1) amortized.
 
-Both maps hold plain tuples laid out as :class:`Entry` (``value, hlc, origin,
-deadline, digest``), never changed in place.  Plain tuples of ints, str and
-bytes are dropped from the garbage collector's lists, which keeps a store of
-millions of keys from slowing every collection; :meth:`Store.get` wraps the
-tuple it returns in an :class:`Entry`.
+Both maps hold plain tuples laid out as :class:`Entry`, never changed in place
+(a change stores a new tuple).  The garbage collector stops tracking tuples of
+ints, str and bytes, so millions of keys do not slow every collection.
 
 ``bytes`` in :meth:`Store.stats` is an estimate: key length + value length +
 :data:`ENTRY_OVERHEAD` per live key, key length + :data:`TOMBSTONE_OVERHEAD`

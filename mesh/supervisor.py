@@ -61,26 +61,46 @@ class Child:
 
 
 class Cluster:
-    """A set of local node processes under one data folder."""
+    """A set of local node processes under one data folder.
+
+    With fixed ports every node names all the others as peers and all start
+    at once.  With ``api_port=0`` the OS picks every port, so the nodes start
+    one after the other, each naming the endpoints the earlier ones bound
+    (they learn the later ones by HELLO); their ``argv`` in cluster.json is
+    then pinned to the bound ports, so a restart comes back on them.
+    """
 
     def __init__(
         self,
         data_dir: str,
         *,
-        nodes: int = 1,
+        nodes: int = 3,
         host: str = "127.0.0.1",
         api_port: int = 7001,
+        repl_port: int = 7101,
+        pub_port: int = 7201,
         fsync: str = "always",
     ) -> None:
         if not 1 <= nodes <= 64:
             raise PyCacheError(f"--nodes must be in 1..64, not {nodes}")
         self.data_dir = Path(data_dir).resolve()
-        self.children = [self._node(i, host, api_port + i - 1, fsync) for i in range(1, nodes + 1)]
+        self.fixed_ports = bool(api_port)
+        ports = [(api_port, repl_port, pub_port)] * nodes
+        if self.fixed_ports:
+            ports = [(api_port + i, repl_port + i, pub_port + i) for i in range(nodes)]
+        self.children = [self._node(i + 1, host, *ports[i], fsync) for i in range(nodes)]
+        if self.fixed_ports:
+            for child in self.children:
+                others = [c.endpoints["repl"] for c in self.children if c is not child]
+                child.argv += ["--peers", ",".join(others)]
         self._stop = threading.Event()
 
-    def _node(self, index: int, host: str, port: int, fsync: str) -> Child:
+    def _node(self, index: int, host: str, api: int, repl: int, pub: int, fsync: str) -> Child:
         node_id = f"n{index}"
-        api = f"tcp://{host}:{port if port else '*'}"
+        ends = {
+            name: f"tcp://{host}:{port if self.fixed_ports else '*'}"
+            for name, port in (("api", api), ("repl", repl), ("pub", pub))
+        }
         argv = [
             sys.executable,
             "-m",
@@ -91,55 +111,69 @@ class Cluster:
             "--data-dir",
             str(self.data_dir / node_id),
             "--api",
-            api,
+            ends["api"],
+            "--repl",
+            ends["repl"],
+            "--pub",
+            ends["pub"],
             "--fsync",
             fsync,
         ]
-        return Child("node", node_id, argv, {"api": api})
+        return Child("node", node_id, argv, ends)
 
-    def start(self) -> None:
-        """Start every child and write cluster.json."""
+    def start(self, timeout: float = 60.0) -> None:
+        """Start every child, wait until all are ready, write cluster.json."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        started: list[Child] = []
         for child in self.children:
-            child.process = subprocess.Popen(
-                child.argv, start_new_session=True, preexec_fn=_die_with_parent
-            )
+            if not self.fixed_ports and started:
+                child.argv += ["--peers", ",".join(c.endpoints["repl"] for c in started)]
+            self._spawn(child)
+            if not self.fixed_ports:
+                self._wait_ready(child, deadline)
+            started.append(child)
+        for child in self.children:
+            self._wait_ready(child, deadline)
         self.write_layout()
+
+    def _spawn(self, child: Child) -> None:
+        status = self.data_dir / child.id / "node.json"
+        status.unlink(missing_ok=True)
+        child.process = subprocess.Popen(
+            child.argv, start_new_session=True, preexec_fn=_die_with_parent
+        )
 
     def write_layout(self) -> None:
         """Write ``<data-dir>/cluster.json`` (see the module docstring)."""
         layout = {"processes": [child.describe() for child in self.children]}
         write_atomically(self.data_dir / "cluster.json", json.dumps(layout, indent=2).encode())
 
-    def wait_ready(self, timeout: float) -> None:
-        """Wait until every node reports ready and answers PING; raise Timeout otherwise.
+    def _wait_ready(self, child: Child, deadline: float) -> None:
+        """Wait for ``state: ready`` in the child's node.json and a PING answer.
 
-        The endpoints a node actually bound (``*`` ports) are read from its
-        ``node.json`` and written back into cluster.json.
+        Pins ``*`` endpoints in the child's argv to the ports it bound.
         """
-        deadline = time.monotonic() + timeout
-        for child in self.children:
-            child.endpoints["api"] = self._wait_status(child, deadline)
-            with Client(child.endpoints["api"], timeout=0.5) as client:
-                while True:
-                    try:
-                        client.ping()
-                        break
-                    except Timeout:
-                        self._check_deadline(child, deadline)
-        self.write_layout()
-
-    def _wait_status(self, child: Child, deadline: float) -> str:
         status = self.data_dir / child.id / "node.json"
         while True:
             try:
                 info = json.loads(status.read_text())
                 if info["pid"] == child.process.pid and info["state"] == "ready":  # type: ignore[union-attr]
-                    return str(info["api"])
+                    break
             except (OSError, ValueError, KeyError):
                 pass  # not written yet
             self._check_deadline(child, deadline)
             time.sleep(0.05)
+        for name in ("api", "repl", "pub"):
+            flag = child.argv.index(f"--{name}") + 1
+            child.argv[flag] = child.endpoints[name] = str(info[name])
+        with Client(child.endpoints["api"], timeout=0.5) as client:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except Timeout:
+                    self._check_deadline(child, deadline)
 
     @staticmethod
     def _check_deadline(child: Child, deadline: float) -> None:
@@ -165,13 +199,13 @@ class Cluster:
         """Start, report endpoints, watch until a signal; return the exit code."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stop.set())
-        self.start()
         try:
-            self.wait_ready(ready_timeout)
+            self.start(ready_timeout)
             echo(f"PyCache is up ({len(self.children)} node(s)); data in {self.data_dir}")
             for child in self.children:
                 endpoints = ", ".join(f"{k} {v}" for k, v in child.endpoints.items())
-                echo(f"  {child.role} {child.id}: pid {child.process.pid}, {endpoints}")  # type: ignore[union-attr]
+                pid = child.process.pid  # type: ignore[union-attr]
+                echo(f"  {child.role} {child.id}: pid {pid}, {endpoints}")
             echo(f"layout: {self.data_dir / 'cluster.json'}; Ctrl-C stops everything")
             self._watch(echo)
             return 0

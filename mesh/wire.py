@@ -30,7 +30,10 @@ bin, or str taken as its UTF-8 bytes)::
     TTL key                         -> int ms left; -1 no TTL; -2 no such key
     MGET key [key...]               -> [bin | nil, ...]
     MSET key value [key value...]   -> true
+    GETMETA key                     -> [value: bin, ttl_ms: int, updated_ms: uint] | nil
     STATS                           -> map of str to int/str/map (see docs/protocol.md)
+    HEALTH                          -> {"node_id": str, "state": str}  (cheap; for balancers)
+    CLUSTER                         -> {"nodes": [{node_id, state, ...}, ...]}
 
     DEL, EXPIRE, PERSIST and MSET take an optional trailing options map {"w": W}.
     W (write acknowledgement): a node count 1..64, "quorum" or "all"; the reply
@@ -378,9 +381,12 @@ def _v_mset(args: list, limits: Limits) -> tuple:
     return (pairs,)
 
 
-def _v_none(args: list, limits: Limits) -> tuple:
-    _arity(args, 0, 0, "STATS")
-    return ()
+def _v_none(usage: str) -> Callable[[list, Limits], tuple]:
+    def validate(args: list, limits: Limits) -> tuple:
+        _arity(args, 0, 0, usage)
+        return ()
+
+    return validate
 
 
 _VALIDATORS: dict[str, Callable[[list, Limits], tuple]] = {
@@ -393,7 +399,10 @@ _VALIDATORS: dict[str, Callable[[list, Limits], tuple]] = {
     "TTL": _v_key("TTL key"),
     "MGET": _v_keys("MGET key [key ...]"),
     "MSET": _v_mset,
-    "STATS": _v_none,
+    "GETMETA": _v_key("GETMETA key"),
+    "STATS": _v_none("STATS"),
+    "HEALTH": _v_none("HEALTH"),
+    "CLUSTER": _v_none("CLUSTER"),
 }
 
 #: Every op this protocol version knows.

@@ -112,13 +112,18 @@ def test_up_starts_reports_and_stops_cleanly(tmp_path):
                 break
         assert any("PyCache is up" in line for line in lines), lines
         layout = json.loads((data / "cluster.json").read_text())
-        (proc,) = layout["processes"]
-        assert proc["role"] == "node" and proc["argv"][:3] == [sys.executable, "-m", "mesh"]
-        with Client(proc["endpoints"]["api"], timeout=5) as c:
+        procs = layout["processes"]
+        assert [p["role"] for p in procs] == ["node"] * 3
+        assert all(p["argv"][:3] == [sys.executable, "-m", "mesh"] for p in procs)
+        assert all("*" not in " ".join(p["argv"]) for p in procs)  # pinned to bound ports
+        with Client(procs[0]["endpoints"]["api"], timeout=5) as c:
             assert c.set("k", "v") is True
+        with Client(procs[2]["endpoints"]["api"], timeout=5) as c:
+            wait_for(lambda: c.get("k") == b"v", 5, "the write to reach n3")
         up.send_signal(signal.SIGTERM)
         assert up.wait(20) == 0
-        wait_for(lambda: not _alive(proc["pid"]), 10, "the node to be gone")
+        for p in procs:
+            wait_for(lambda p=p: not _alive(p["pid"]), 10, f"{p['id']} to be gone")
     finally:
         if up.poll() is None:
             up.kill()

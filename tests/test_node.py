@@ -222,3 +222,18 @@ def test_a_second_node_on_the_same_data_folder_is_refused(node):
     assert "in use by another process" in second.stderr
     with node.client() as c:
         assert c.ping() == "PONG"
+
+
+def test_get_meta_and_health(node):
+    with node.client() as c:
+        assert c.health() == {"node_id": "n1", "state": "ready"}
+        (me,) = c.cluster()["nodes"]
+        assert me["node_id"] == "n1" and me["state"] == "ready" and me["keys"] == 0
+        assert c.get_meta("missing") is None
+        before = int(time.time() * 1000)
+        c.set("k", "v", ttl=60)
+        value, ttl_ms, updated_ms = c.get_meta("k")
+        assert value == b"v" and 59_000 < ttl_ms <= 60_000
+        assert before - 5 <= updated_ms <= int(time.time() * 1000) + 5
+        c.set("forever", "x")
+        assert c.get_meta("forever")[1] == -1

@@ -61,10 +61,28 @@ def test_every_op_decodes():
         "MGET": (["a"], (["a"],)),
         "MSET": (["a", b"1", "b", "2"], ([("a", b"1"), ("b", b"2")],)),
         "STATS": ([], ()),
+        "HEALTH": ([], ()),
+        "CLUSTER": ([], ()),
+        "GETMETA": (["k"], ("k",)),
     }
     assert set(cases) | {"SET"} == wire.OPS
     for op, (args, expected) in cases.items():
         assert wire.decode_request(wire.encode_request(1, op, *args), LIMITS).args == expected
+
+
+def test_write_options_carry_w():
+    decode = wire.decode_request
+    assert decode(wire.encode_request(1, "SET", "k", b"v", {"w": "all"}), LIMITS).w == "all"
+    assert decode(wire.encode_request(1, "SET", "k", b"v"), LIMITS).w is None
+    assert decode(wire.encode_request(1, "DEL", "a", "b", {"w": 2}), LIMITS).args == (["a", "b"],)
+    assert decode(wire.encode_request(1, "DEL", "a", {"w": 2}), LIMITS).w == 2
+    assert decode(wire.encode_request(1, "MSET", "a", b"1", {"w": "quorum"}), LIMITS).w == "quorum"
+    assert decode(wire.encode_request(1, "EXPIRE", "a", 5, {"w": 1}), LIMITS).w == 1
+    assert decode(wire.encode_request(1, "PERSIST", "a", {"w": "ALL"}), LIMITS).w == "all"
+    for bad in ({"w": 0}, {"w": 65}, {"w": "most"}, {"w": True}, {"x": 1}, {"w": 1, "x": 2}):
+        with pytest.raises(ProtocolError) as info:
+            decode(wire.encode_request(9, "DEL", "a", bad), LIMITS)
+        assert (info.value.code, info.value.request_id) == (wire.E_BAD_ARGS, 9)
 
 
 def test_op_names_are_case_insensitive():
