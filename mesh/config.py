@@ -17,6 +17,7 @@ MIB = 1024 * 1024
 DEFAULT_API = "tcp://127.0.0.1:7001"
 DEFAULT_REPL = "tcp://127.0.0.1:7101"
 DEFAULT_PUB = "tcp://127.0.0.1:7201"
+DEFAULT_FRONT = "tcp://127.0.0.1:7000"
 W_LEVELS = ("quorum", "all")
 DEFAULT_MAX_KEY_BYTES = 512
 DEFAULT_MAX_VALUE_BYTES = 8 * MIB
@@ -135,6 +136,40 @@ class NodeConfig:
         _check_range("sweep_interval_ms", self.sweep_interval_ms, 1, 60_000)
         _check_range("batch_max", self.batch_max, 1, 1_000_000)
         self.limits.validate()
+        return self
+
+
+@dataclass(frozen=True)
+class BalancerConfig:
+    """Everything one balancer process needs.
+
+    Fields:
+        front: ROUTER endpoint clients connect to.
+        nodes: the nodes' client API endpoints.
+        health_ms: period of the HEALTH probe to each node.
+        hang_ms: a node silent this long is out of rotation (a hung node).
+        wait_ms: how long a request waits for a ready node before NOT_READY.
+        max_attempts: sends of one request, retries on failover included.
+    """
+
+    front: str = DEFAULT_FRONT
+    nodes: tuple[str, ...] = ()
+    health_ms: int = 100
+    hang_ms: int = 600
+    wait_ms: int = 1000
+    max_attempts: int = 3
+
+    def validate(self) -> BalancerConfig:
+        """Raise ConfigError naming the first invalid field; return self."""
+        check_endpoint("front", self.front)
+        if not self.nodes:
+            raise ConfigError("a balancer needs at least one node endpoint")
+        for node in self.nodes:
+            check_endpoint("node", node)
+        _check_range("health_ms", self.health_ms, 10, 10_000)
+        _check_range("hang_ms", self.hang_ms, 50, 60_000)
+        _check_range("wait_ms", self.wait_ms, 0, 600_000)
+        _check_range("max_attempts", self.max_attempts, 1, 100)
         return self
 
 

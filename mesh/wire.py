@@ -263,6 +263,49 @@ def peek_id(frame: bytes) -> int | None:
     return request_id if type(request_id) is int and 0 <= request_id <= MAX_ID else None
 
 
+_UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
+
+
+def peek_head(frame: bytes) -> tuple[int | None, Any]:
+    """``(id, second element)`` of a request or reply frame, without decoding the rest.
+
+    The second element is the op (bytes) of a request or the code (int) of a
+    reply.  Used by the balancer on every message, so the common encodings
+    (fixarray, an unsigned id, a fixstr op or a small code) are read by hand;
+    anything else goes through msgpack.  ``(None, None)`` when unreadable.
+    """
+    if len(frame) > 3 and frame[0] == VERSION and 0x92 <= frame[1] <= 0x9F:
+        marker, pos = frame[2], 3
+        if marker < 0x80:
+            request_id = marker
+        elif marker in _UINT:
+            size = _UINT[marker]
+            request_id, pos = int.from_bytes(frame[3 : 3 + size], "big"), 3 + size
+        else:
+            return _peek_slow(frame)
+        if pos < len(frame):
+            second = frame[pos]
+            if second < 0x80:
+                return request_id, second
+            if 0xA0 <= second <= 0xBF:
+                return request_id, frame[pos + 1 : pos + 1 + (second & 0x1F)]
+    return _peek_slow(frame)
+
+
+def _peek_slow(frame: bytes) -> tuple[int | None, Any]:
+    try:
+        unpacker = msgpack.Unpacker(raw=True, max_buffer_size=128)
+        unpacker.feed(frame[1:129])
+        if unpacker.read_array_header() < 2:
+            return None, None
+        request_id, second = unpacker.unpack(), unpacker.unpack()
+    except Exception:  # an unreadable head simply has no id
+        return None, None
+    if type(request_id) is not int or not 0 <= request_id <= MAX_ID:
+        return None, None
+    return request_id, second
+
+
 def _fail(code: int, reason: str) -> ProtocolError:
     return ProtocolError(code, reason)
 

@@ -192,3 +192,18 @@ def test_decode_reply_rejects_garbage():
     for frame in (b"", b"\x01", b"\x01\xc1", wire.VERSION_BYTE + msgpack.packb([1, 2])):
         with pytest.raises(ProtocolError):
             wire.decode_reply(frame)
+
+
+@given(st.integers(0, 2**64 - 1), st.sampled_from(sorted(wire.OPS)), st.binary(max_size=300))
+def test_peek_head_reads_id_and_op_or_code(request_id, op, value):
+    assert wire.peek_head(wire.encode_request(request_id, op, value)) == (request_id, op.encode())
+    assert wire.peek_head(wire.encode_reply(request_id, value)) == (request_id, wire.OK)
+    error = wire.encode_error(request_id, wire.E_NOT_READY, "x")
+    assert wire.peek_head(error) == (request_id, wire.E_NOT_READY)
+
+
+@given(st.binary(max_size=40))
+def test_peek_head_never_raises(data):
+    for frame in (data, wire.VERSION_BYTE + data):
+        request_id, _ = wire.peek_head(frame)
+        assert request_id is None or 0 <= request_id < 2**64

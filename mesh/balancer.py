@@ -1,0 +1,400 @@
+"""The balancer: one ROUTER front for clients, a DEALER toward each node.
+
+Clients speak the node protocol (:mod:`mesh.wire`) to the front socket; the
+balancer forwards each request, envelope and all, to a **ready** node in
+turn, and each reply back the same way, so clients cannot tell it from a node.
+
+Liveness and readiness, per node:
+
+- a socket monitor drops a node **at once** when its connection breaks (a
+  crash, ``kill -9``);
+- a HEALTH probe every ``health_ms`` (100 ms) tells its state; a node that
+  answers nothing for ``hang_ms`` (600 ms) is hung (SIGSTOP, a gray failure)
+  and dropped; only a node whose HEALTH says ``ready`` gets traffic, so a
+  restarted node gets none until it has caught up;
+- a node that answers NOT_READY is taken out of rotation on the spot.
+
+Every request in flight is tracked by ``(client id, request id)``.  When its
+node is dropped, or answers NOT_READY, the request is sent again to another
+ready node (at most ``max_attempts`` times in all), and a late reply from the
+first node is dropped: the client gets exactly one reply.  GET, SET, DEL,
+EXPIRE (every op) are safe to retry, as last-writer-wins makes a repeated write
+harmless; a retried NX SET or DEL may report what the first attempt did
+(false, 0).  With no ready node a request waits up to ``wait_ms`` for one,
+then gets ``NOT_READY: no ready node``.  Every send is non-blocking.
+
+HEALTH and CLUSTER sent to the balancer are answered by the balancer itself:
+HEALTH says ``ready`` while at least one node is; CLUSTER gathers every
+node's own CLUSTER entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from mesh import wire
+from mesh.config import BalancerConfig
+
+log = logging.getLogger(__name__)
+
+PROBE = b"\x00probe"  # envelope of the balancer's own requests to nodes
+TICK_MS = 20
+CLUSTER_WAIT_MS = 500
+DRAIN_MAX = 2048
+
+
+def now_ms() -> int:
+    """Monotonic milliseconds."""
+    return time.monotonic_ns() // 1_000_000
+
+
+@dataclass
+class Pending:
+    """A client request in flight (or waiting for a ready node)."""
+
+    frames: list[bytes]
+    attempts: int = 0
+    waiting_since: int = 0
+
+
+@dataclass
+class Link:
+    """One node as the balancer sees it."""
+
+    endpoint: str
+    sock: Any = None
+    raw: Any = None
+    monitor: Any = None
+    raw_monitor: Any = None
+    node_id: str = ""
+    connected: bool = False
+    state: str = "unknown"
+    probe_sent_ms: int = 0
+    awaiting_since: int = 0  # oldest unanswered probe; 0 when the node answers
+    inflight: dict[tuple[bytes, int], Pending] = field(default_factory=dict)
+
+    @property
+    def usable(self) -> bool:
+        """Connected, answering and ready."""
+        return self.connected and self.state == "ready"
+
+
+class Pool:
+    """Which node gets the next request: round-robin over usable links (no I/O)."""
+
+    def __init__(self, links: list[Link]) -> None:
+        self.links = links
+        self._turn = itertools.cycle(range(len(links))) if links else None
+
+    def pick(self, exclude: Link | None = None) -> Link | None:
+        """The next usable link, preferring one other than ``exclude``."""
+        if self._turn is None:
+            return None
+        fallback = None
+        for _ in range(len(self.links)):
+            link = self.links[next(self._turn)]
+            if link.usable:
+                if link is not exclude:
+                    return link
+                fallback = link
+        return fallback
+
+    def any_ready(self) -> bool:
+        """True when at least one node can take traffic."""
+        return any(link.usable for link in self.links)
+
+
+class Balancer:
+    """Runs the front socket and the node links until ``stop()``."""
+
+    def __init__(self, config: BalancerConfig, ctx: zmq.asyncio.Context) -> None:
+        self.config = config.validate()
+        self.ctx = ctx
+        self.links = [Link(endpoint) for endpoint in config.nodes]
+        self.pool = Pool(self.links)
+        self.waiting: deque[Pending] = deque()
+        self.counters = {"requests": 0, "retries": 0, "no_ready_node": 0, "failovers": 0}
+        self._stopped = asyncio.Event()
+        self._probe_ids = itertools.count(1)
+        self._gathers: dict[int, dict[str, Any]] = {}
+        self.front = ctx.socket(zmq.ROUTER)
+        self.front.setsockopt(zmq.LINGER, 0)
+        self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.front.setsockopt(zmq.SNDHWM, 100_000)
+        self.front.bind(config.front)
+        self.endpoint = self.front.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self._raw_front = zmq.Socket.shadow(self.front.underlying)
+        self.poller = zmq.asyncio.Poller()
+        self.poller.register(self.front, zmq.POLLIN)
+        for link in self.links:
+            self._connect(link)
+
+    def _connect(self, link: Link) -> None:
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue toward a node that is not there
+        sock.setsockopt(zmq.SNDHWM, 100_000)
+        sock.setsockopt(zmq.RCVHWM, 100_000)
+        link.monitor = sock.get_monitor_socket(
+            zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        )
+        sock.connect(link.endpoint)
+        link.sock, link.raw = sock, zmq.Socket.shadow(sock.underlying)
+        link.raw_monitor = zmq.Socket.shadow(link.monitor.underlying)
+        self.poller.register(sock, zmq.POLLIN)
+        self.poller.register(link.monitor, zmq.POLLIN)
+
+    # ------------------------------------------------------------------ loop
+
+    async def run(self) -> None:
+        """Serve until :meth:`stop`."""
+        stop = asyncio.ensure_future(self._stopped.wait())
+        try:
+            while not stop.done():
+                events = await self.poller.poll(TICK_MS)
+                now = now_ms()
+                for sock, _ in events:
+                    if sock is self.front:
+                        self._drain_front(now)
+                    else:
+                        self._drain_node(sock, now)
+                self._tick(now)
+        finally:
+            stop.cancel()
+            self.close()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        self._stopped.set()
+
+    def _tick(self, now: int) -> None:
+        for link in self.links:
+            if link.connected and now - link.probe_sent_ms >= self.config.health_ms:
+                self._probe(link, "HEALTH", now)
+            silent = now - link.awaiting_since if link.awaiting_since else 0
+            if link.usable and silent > self.config.hang_ms:
+                self._drop(link, now, "hung")
+        self._flush_waiting(now)
+        for token in [t for t, g in self._gathers.items() if now >= g["deadline"]]:
+            self._finish_gather(token)
+
+    def _probe(self, link: Link, op: str, now: int, token: int = 0) -> None:
+        frame = wire.encode_request(next(self._probe_ids), op)
+        try:
+            link.raw.send_multipart([PROBE, token.to_bytes(8, "big"), frame], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        if op == "HEALTH":
+            link.probe_sent_ms = now
+            link.awaiting_since = link.awaiting_since or now
+
+    # ------------------------------------------------------------------ clients
+
+    def _drain_front(self, now: int) -> None:
+        raw = self._raw_front
+        for _ in range(DRAIN_MAX):
+            try:
+                frames = raw.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.counters["requests"] += 1
+            if len(frames) < 2:
+                continue
+            _, op = wire.peek_head(frames[-1])
+            if op in (b"HEALTH", b"CLUSTER"):
+                self._answer_locally(frames, op, now)
+            else:
+                self._route(Pending(frames), now)
+
+    def _route(self, pending: Pending, now: int, exclude: Link | None = None) -> None:
+        while pending.attempts < self.config.max_attempts:
+            link = self.pool.pick(exclude)
+            if link is None:
+                break
+            pending.attempts += 1
+            try:
+                link.raw.send_multipart(pending.frames, zmq.NOBLOCK)
+            except zmq.ZMQError:
+                self._drop(link, now, "unreachable")
+                continue
+            request_id, _ = wire.peek_head(pending.frames[-1])
+            if request_id is not None:
+                link.inflight[(pending.frames[0], request_id)] = pending
+            return
+        if pending.attempts >= self.config.max_attempts:
+            self._reply_error(pending, wire.E_NOT_READY, "no node answered the request")
+            return
+        pending.waiting_since = pending.waiting_since or now
+        self.waiting.append(pending)
+
+    def _flush_waiting(self, now: int) -> None:
+        while self.waiting:
+            pending = self.waiting[0]
+            if self.pool.any_ready():
+                self.waiting.popleft()
+                self._route(pending, now)
+            elif now - pending.waiting_since >= self.config.wait_ms:
+                self.waiting.popleft()
+                self.counters["no_ready_node"] += 1
+                self._reply_error(pending, wire.E_NOT_READY, "no ready node")
+            else:
+                return
+
+    def _reply_error(self, pending: Pending, code: int, reason: str) -> None:
+        request_id, _ = wire.peek_head(pending.frames[-1])
+        self._to_client([*pending.frames[:-1], wire.encode_error(request_id, code, reason)])
+
+    def _to_client(self, frames: list[bytes]) -> None:
+        try:
+            self._raw_front.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the client is gone
+
+    # ------------------------------------------------------------------ nodes
+
+    def _drain_node(self, sock: Any, now: int) -> None:
+        for link in self.links:
+            if sock is link.sock:
+                return self._drain_replies(link, now)
+            if sock is link.monitor:
+                return self._drain_monitor(link, now)
+
+    def _drain_replies(self, link: Link, now: int) -> None:
+        for _ in range(DRAIN_MAX):
+            try:
+                frames = link.raw.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            link.awaiting_since = 0
+            if frames[0] == PROBE:
+                self._on_probe_reply(link, frames, now)
+                continue
+            request_id, code = wire.peek_head(frames[-1])
+            if request_id is None:
+                self._to_client(frames)
+                continue
+            pending = link.inflight.pop((frames[0], request_id), None)
+            if pending is None:
+                continue  # a late reply to a request already retried elsewhere
+            if code == wire.E_NOT_READY:
+                link.state = "not-ready"
+                self.counters["retries"] += 1
+                self._route(pending, now, exclude=link)
+                continue
+            self._to_client(frames)
+
+    def _on_probe_reply(self, link: Link, frames: list[bytes], now: int) -> None:
+        try:
+            _, code, result = wire.decode_reply(frames[-1])
+        except Exception:  # a broken reply from a node: ignore it
+            return
+        token = int.from_bytes(frames[1], "big")
+        if token:
+            gather = self._gathers.get(token)
+            if gather is not None and code == wire.OK:
+                gather["replies"][link.endpoint] = result["nodes"][0]
+                if len(gather["replies"]) >= gather["expected"]:
+                    self._finish_gather(token)
+            return
+        if code == wire.OK and isinstance(result, dict):
+            was = link.usable
+            link.node_id, link.state = str(result.get("node_id", "")), str(result.get("state"))
+            if link.usable and not was:
+                log.info("node %s (%s) in rotation", link.node_id, link.endpoint)
+
+    def _drain_monitor(self, link: Link, now: int) -> None:
+        while True:
+            try:
+                event = parse_monitor_message(link.raw_monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                link.connected, link.awaiting_since = True, 0
+                self._probe(link, "HEALTH", now)
+            elif event["event"] == zmq.EVENT_DISCONNECTED:
+                self._drop(link, now, "disconnected")
+                link.connected = False
+
+    def _drop(self, link: Link, now: int, why: str) -> None:
+        """Take a node out of rotation and send its requests in flight elsewhere."""
+        if link.state == "ready":
+            log.warning("node %s (%s) %s: out of rotation", link.node_id, link.endpoint, why)
+        link.state = why
+        inflight, link.inflight = link.inflight, {}
+        if inflight:
+            self.counters["failovers"] += 1
+        for pending in inflight.values():
+            self.counters["retries"] += 1
+            self._route(pending, now, exclude=link)
+
+    # ------------------------------------------------------------------ local ops
+
+    def _answer_locally(self, frames: list[bytes], op: bytes, now: int) -> None:
+        request_id, _ = wire.peek_head(frames[-1])
+        if op == b"HEALTH":
+            state = "ready" if self.pool.any_ready() else "no-ready-node"
+            reply = wire.encode_reply(request_id, {"node_id": "balancer", "state": state})
+            self._to_client([*frames[:-1], reply])
+            return
+        token = next(self._probe_ids)
+        targets = [link for link in self.links if link.connected]
+        self._gathers[token] = {
+            "frames": frames,
+            "id": request_id,
+            "replies": {},
+            "expected": len(targets),
+            "deadline": now + CLUSTER_WAIT_MS,
+        }
+        for link in targets:
+            self._probe(link, "CLUSTER", now, token)
+        if not targets:
+            self._finish_gather(token)
+
+    def _finish_gather(self, token: int) -> None:
+        gather = self._gathers.pop(token)
+        nodes = []
+        for link in self.links:
+            entry = dict(gather["replies"].get(link.endpoint) or {"state": link.state})
+            entry.update(endpoint=link.endpoint, in_rotation=link.usable)
+            entry.setdefault("node_id", link.node_id)
+            nodes.append(entry)
+        reply = wire.encode_reply(gather["id"], {"nodes": nodes})
+        self._to_client([*gather["frames"][:-1], reply])
+
+    def close(self) -> None:
+        """Close every socket."""
+        for link in self.links:
+            if link.sock is not None:
+                link.sock.disable_monitor()
+                link.monitor.close(0)
+                link.sock.close(0)
+        self.front.close(0)
+
+
+def run_balancer(config: BalancerConfig) -> None:
+    """Run a balancer in this process until SIGTERM or SIGINT."""
+
+    async def main() -> None:
+        ctx = zmq.asyncio.Context()
+        balancer = Balancer(config, ctx)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, balancer.stop)
+        log.info("balancer on %s for %s", balancer.endpoint, ", ".join(config.nodes))
+        try:
+            await balancer.run()
+        finally:
+            ctx.term()
+
+    asyncio.run(main())
