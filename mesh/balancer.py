@@ -14,14 +14,20 @@ Liveness and readiness, per node:
   restarted node gets none until it has caught up;
 - a node that answers NOT_READY is taken out of rotation on the spot.
 
-Every request in flight is tracked by ``(client id, request id)``.  When its
-node is dropped, or answers NOT_READY, the request is sent again to another
-ready node (at most ``max_attempts`` times in all), and a late reply from the
-first node is dropped: the client gets exactly one reply.  GET, SET, DEL,
-EXPIRE (every op) are safe to retry, as last-writer-wins makes a repeated write
-harmless; a retried NX SET or DEL may report what the first attempt did
-(false, 0).  With no ready node a request waits up to ``wait_ms`` for one,
-then gets ``NOT_READY: no ready node``.  Every send is non-blocking.
+Every request in flight is tracked by ``(client id, request id)`` and sent
+with a run-by deadline (``deadline_ms``, 400 ms, in an envelope frame, see
+:data:`mesh.wire.DEADLINE_MAGIC`): a node that gets it later does not run it
+and answers DEADLINE.  When a node answers NOT_READY or DEADLINE, the request
+goes at once to another ready node; when a node is dropped, its requests go
+elsewhere once their deadline has passed, so that a copy stuck on a hung node
+can never run after the retry and overwrite a later write.  A request is sent
+at most ``max_attempts`` times, and a late reply from the first node is
+dropped: the client gets exactly one reply.  So GET, SET, DEL and EXPIRE are
+safe to retry; a retried NX SET or DEL may report what the first attempt did
+(false, 0).  Deadlines compare the balancer's and the nodes' wall clocks, which
+must agree within ``CLOCK_MARGIN_MS``.  With no ready node a request waits up
+to ``wait_ms`` for one, then gets ``NOT_READY: no ready node``.  Every send is
+non-blocking.
 
 HEALTH and CLUSTER sent to the balancer are answered by the balancer itself:
 HEALTH says ``ready`` while at least one node is; CLUSTER gathers every
@@ -31,12 +37,16 @@ node's own CLUSTER entry.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
+import json
 import logging
+import os
 import signal
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -45,6 +55,7 @@ from zmq.utils.monitor import parse_monitor_message
 
 from mesh import wire
 from mesh.config import BalancerConfig
+from mesh.datadir import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +63,18 @@ PROBE = b"\x00probe"  # envelope of the balancer's own requests to nodes
 TICK_MS = 20
 CLUSTER_WAIT_MS = 500
 DRAIN_MAX = 2048
+#: Slack for clock differences between the balancer and the nodes.
+CLOCK_MARGIN_MS = 50
 
 
 def now_ms() -> int:
     """Monotonic milliseconds."""
     return time.monotonic_ns() // 1_000_000
+
+
+def wall_ms() -> int:
+    """Wall-clock milliseconds: deadlines are compared with the node's clock."""
+    return time.time_ns() // 1_000_000
 
 
 @dataclass
@@ -66,6 +84,7 @@ class Pending:
     frames: list[bytes]
     attempts: int = 0
     waiting_since: int = 0
+    run_by_ms: int = 0  # wall-clock deadline of the latest send (see wire.DEADLINE_MAGIC)
 
 
 @dataclass
@@ -128,6 +147,7 @@ class Balancer:
         self._stopped = asyncio.Event()
         self._probe_ids = itertools.count(1)
         self._gathers: dict[int, dict[str, Any]] = {}
+        self._delayed: list[tuple[int, int, Pending]] = []  # (resend at wall ms, tie, request)
         self.front = ctx.socket(zmq.ROUTER)
         self.front.setsockopt(zmq.LINGER, 0)
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -185,6 +205,7 @@ class Balancer:
             silent = now - link.awaiting_since if link.awaiting_since else 0
             if link.usable and silent > self.config.hang_ms:
                 self._drop(link, now, "hung")
+        self._release_delayed(now)
         self._flush_waiting(now)
         for token in [t for t, g in self._gathers.items() if now >= g["deadline"]]:
             self._finish_gather(token)
@@ -223,8 +244,12 @@ class Balancer:
             if link is None:
                 break
             pending.attempts += 1
+            pending.run_by_ms = wall_ms() + self.config.deadline_ms
+            frames = pending.frames
             try:
-                link.raw.send_multipart(pending.frames, zmq.NOBLOCK)
+                link.raw.send_multipart(
+                    [*frames[:-1], wire.deadline_frame(pending.run_by_ms), frames[-1]], zmq.NOBLOCK
+                )
             except zmq.ZMQError:
                 self._drop(link, now, "unreachable")
                 continue
@@ -280,6 +305,8 @@ class Balancer:
             if frames[0] == PROBE:
                 self._on_probe_reply(link, frames, now)
                 continue
+            if len(frames) > 2 and wire.frame_deadline(frames[-2]) is not None:
+                frames = [*frames[:-2], frames[-1]]
             request_id, code = wire.peek_head(frames[-1])
             if request_id is None:
                 self._to_client(frames)
@@ -287,8 +314,9 @@ class Balancer:
             pending = link.inflight.pop((frames[0], request_id), None)
             if pending is None:
                 continue  # a late reply to a request already retried elsewhere
-            if code == wire.E_NOT_READY:
-                link.state = "not-ready"
+            if code in (wire.E_NOT_READY, wire.E_DEADLINE):  # not run there: safe to resend
+                if code == wire.E_NOT_READY:
+                    link.state = "not-ready"
                 self.counters["retries"] += 1
                 self._route(pending, now, exclude=link)
                 continue
@@ -334,9 +362,21 @@ class Balancer:
         inflight, link.inflight = link.inflight, {}
         if inflight:
             self.counters["failovers"] += 1
+        # A request may still run on a node that only seemed dead (hung, or cut
+        # off), but never after its deadline: resend it only then, so a stale
+        # copy can never overwrite a write acknowledged after it.
         for pending in inflight.values():
             self.counters["retries"] += 1
-            self._route(pending, now, exclude=link)
+            heapq.heappush(
+                self._delayed, (pending.run_by_ms + CLOCK_MARGIN_MS, next(self._probe_ids), pending)
+            )
+        self._release_delayed(now)
+
+    def _release_delayed(self, now: int) -> None:
+        wall = wall_ms()
+        while self._delayed and self._delayed[0][0] <= wall:
+            _, _, pending = heapq.heappop(self._delayed)
+            self._route(pending, now)
 
     # ------------------------------------------------------------------ local ops
 
@@ -382,8 +422,12 @@ class Balancer:
         self.front.close(0)
 
 
-def run_balancer(config: BalancerConfig) -> None:
-    """Run a balancer in this process until SIGTERM or SIGINT."""
+def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None:
+    """Run a balancer in this process until SIGTERM or SIGINT.
+
+    ``status_file`` gets ``{"pid", "state", "front"}`` once the front is bound
+    (with a ``*`` port, the port the OS picked).
+    """
 
     async def main() -> None:
         ctx = zmq.asyncio.Context()
@@ -392,6 +436,9 @@ def run_balancer(config: BalancerConfig) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, balancer.stop)
         log.info("balancer on %s for %s", balancer.endpoint, ", ".join(config.nodes))
+        if status_file:
+            status = {"pid": os.getpid(), "state": "ready", "front": balancer.endpoint}
+            write_atomically(Path(status_file), json.dumps(status).encode())
         try:
             await balancer.run()
         finally:

@@ -18,6 +18,11 @@ DEFAULT_API = "tcp://127.0.0.1:7001"
 DEFAULT_REPL = "tcp://127.0.0.1:7101"
 DEFAULT_PUB = "tcp://127.0.0.1:7201"
 DEFAULT_FRONT = "tcp://127.0.0.1:7000"
+DEFAULT_EDGE_HOST = "127.0.0.1"
+DEFAULT_EDGE_PORT = 5000
+DEFAULT_EDGE_TIMEOUT = 5.0
+#: ``NodeConfig.http_port`` value asking the OS for a free port (0 means no HTTP API).
+HTTP_PORT_ANY = -1
 W_LEVELS = ("quorum", "all")
 DEFAULT_MAX_KEY_BYTES = 512
 DEFAULT_MAX_VALUE_BYTES = 8 * MIB
@@ -86,6 +91,9 @@ class NodeConfig:
         sweep_interval_ms: period of the active TTL sweep.
         batch_max: most requests handled in one event-loop turn.
         limits: request size limits.
+        http_port: port of the node's own HTTP API (0: none, as Redis's ``port 0``;
+            ``HTTP_PORT_ANY``: the OS picks, and ``node.json`` says which).
+        http_host: address the HTTP API listens on.
     """
 
     node_id: str
@@ -108,6 +116,8 @@ class NodeConfig:
     sweep_interval_ms: int = 100
     batch_max: int = 1024
     limits: Limits = field(default_factory=Limits)
+    http_port: int = 0
+    http_host: str = DEFAULT_EDGE_HOST
 
     def validate(self) -> NodeConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -135,6 +145,9 @@ class NodeConfig:
         _check_range("tombstone_horizon_ms", self.tombstone_horizon_ms, 1000, 1 << 40)
         _check_range("sweep_interval_ms", self.sweep_interval_ms, 1, 60_000)
         _check_range("batch_max", self.batch_max, 1, 1_000_000)
+        _check_range("http_port", self.http_port, HTTP_PORT_ANY, 65535)
+        if self.http_port and not self.http_host:
+            raise ConfigError("http_host is required with http_port")
         self.limits.validate()
         return self
 
@@ -150,6 +163,8 @@ class BalancerConfig:
         hang_ms: a node silent this long is out of rotation (a hung node).
         wait_ms: how long a request waits for a ready node before NOT_READY.
         max_attempts: sends of one request, retries on failover included.
+        deadline_ms: a node must start a forwarded request within this long,
+            else it refuses it; a failed node's requests are resent after it.
     """
 
     front: str = DEFAULT_FRONT
@@ -158,6 +173,7 @@ class BalancerConfig:
     hang_ms: int = 600
     wait_ms: int = 1000
     max_attempts: int = 3
+    deadline_ms: int = 400
 
     def validate(self) -> BalancerConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -170,6 +186,46 @@ class BalancerConfig:
         _check_range("hang_ms", self.hang_ms, 50, 60_000)
         _check_range("wait_ms", self.wait_ms, 0, 600_000)
         _check_range("max_attempts", self.max_attempts, 1, 100)
+        _check_range("deadline_ms", self.deadline_ms, 10, 600_000)
+        return self
+
+
+@dataclass(frozen=True)
+class EdgeConfig:
+    """Everything one HTTP edge process needs.
+
+    Fields:
+        host: address to listen on.
+        port: TCP port to listen on (0: the OS picks; ``status_file`` says which).
+        backend: ZeroMQ endpoint(s) requests go to: the balancer's front.
+        timeout: seconds one backend request may take before the answer is 503.
+        max_body_bytes: largest request body; a larger one is answered 413.
+        status_file: where to write ``{"pid", "http", "backend"}`` once listening
+            (empty: nowhere).
+    """
+
+    host: str = DEFAULT_EDGE_HOST
+    port: int = DEFAULT_EDGE_PORT
+    backend: tuple[str, ...] = (DEFAULT_FRONT,)
+    timeout: float = DEFAULT_EDGE_TIMEOUT
+    max_body_bytes: int = DEFAULT_MAX_VALUE_BYTES + REQUEST_OVERHEAD_BYTES
+    status_file: str = ""
+
+    def validate(self) -> EdgeConfig:
+        """Raise ConfigError naming the first invalid field; return self."""
+        if not self.host:
+            raise ConfigError("host is required")
+        _check_range("port", self.port, 0, 65535)
+        if not self.backend:
+            raise ConfigError("an edge needs a backend endpoint")
+        for endpoint in self.backend:
+            check_endpoint("backend", endpoint)
+        timeout = self.timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise ConfigError(f"timeout must be a number of seconds, not {timeout!r}")
+        if not 0 < timeout <= 3600:
+            raise ConfigError(f"timeout must be in (0, 3600] seconds, not {timeout!r}")
+        _check_range("max_body_bytes", self.max_body_bytes, 1, 1024 * MIB)
         return self
 
 

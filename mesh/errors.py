@@ -13,6 +13,7 @@
         ├── TooLarge           code 6: value, request or item count over its limit
         ├── NotReady           code 8: the node cannot serve yet
         ├── WriteNotAcknowledged code 9: the requested ack level was not met
+        │   (code 10, DEADLINE, maps to Timeout: the request was not run)
         └── InternalError      code 99: a bug on the server side
 
 Library code translates zmq and msgpack errors into these at the boundary

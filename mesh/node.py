@@ -40,7 +40,7 @@ from mesh import wire
 from mesh.acks import PendingAcks, Waiting, nodes_needed
 from mesh.clock import HybridClock, wall_ms
 from mesh.commands import Commands
-from mesh.config import NodeConfig
+from mesh.config import DEFAULT_EDGE_TIMEOUT, HTTP_PORT_ANY, NodeConfig
 from mesh.datadir import (
     lock_data_dir,
     mark_clean_shutdown,
@@ -100,13 +100,19 @@ class Node:
         self.replica = Replica(config.node_id, self.origin, self.store, self.log, self.clock)
         self.peering: Peering | None = None
         self.acks = PendingAcks()
-        self.counters = {"requests": 0, "bad_requests": 0, "dropped_replies": 0}
+        self.counters = {
+            "requests": 0,
+            "bad_requests": 0,
+            "dropped_replies": 0,
+            "expired_requests": 0,
+        }
         self._started = time.monotonic()
         self._snapshot_offset = 0
         self._stopped = asyncio.Event()
         self._api: zmq.asyncio.Socket | None = None
         self._raw_api: zmq.Socket | None = None
         self.endpoint = config.api
+        self._http: Any = None  # mesh.edge.HttpServer with --http-port
 
     # ------------------------------------------------------------------ recovery
 
@@ -165,6 +171,7 @@ class Node:
         try:
             self.recover()
             self._bind()
+            self._start_http()
             self.state = "catching-up"
             self._write_status()
             log.info(
@@ -193,7 +200,11 @@ class Node:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            self._shutdown()
+            try:
+                if self._http is not None:
+                    await self._http.stop()
+            finally:
+                self._shutdown()
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish the current batch, fsync and return."""
@@ -225,6 +236,28 @@ class Node:
             on_full_sync=self.snapshot,
         )
 
+    def _start_http(self) -> None:
+        """With ``http_port``, serve the HTTP API in this loop through this node's own API.
+
+        Requests go over ZeroMQ to the node's ROUTER like any client's, so writes
+        take the same group-commit path; ``/api/ready/`` is 503 until the node is
+        ready (HEALTH is answered in every state).
+        """
+        if not self.config.http_port:
+            return
+        from mesh.edge import serve  # tornado is loaded only by nodes that serve HTTP
+
+        port = 0 if self.config.http_port == HTTP_PORT_ANY else self.config.http_port
+        self._http = serve(
+            self.endpoint,
+            self.config.http_host,
+            port,
+            timeout=max(DEFAULT_EDGE_TIMEOUT, self.config.ack_timeout_ms / 1000 + 1),
+            max_body_bytes=self.config.limits.request_bytes,
+            context=self.ctx,
+        )
+        log.info("node %s serves HTTP on %s", self.config.node_id, self._http.url)
+
     def _write_status(self) -> None:
         """Write ``<data-dir>/node.json``: pid, state and the endpoints actually bound.
 
@@ -232,6 +265,8 @@ class Node:
         tools read them from here.
         """
         status = {"pid": os.getpid(), "state": self.state, "api": self.endpoint}
+        if self._http is not None:
+            status["http"] = self._http.url
         if self.peering is not None:
             status.update(self.peering.endpoints)
         write_atomically(Path(self.config.data_dir) / STATUS_FILE, json.dumps(status).encode())
@@ -295,6 +330,11 @@ class Node:
         except ProtocolError as exc:
             self.counters["bad_requests"] += 1
             return [*envelope, wire.encode_error(exc.request_id, exc.code, exc.reason)]
+        deadline = wire.frame_deadline(envelope[-1])
+        if deadline is not None and wall_ms() > deadline:
+            self.counters["expired_requests"] += 1
+            reason = "the balancer's deadline passed before the node could run the request"
+            return [*envelope, wire.encode_error(request.id, wire.E_DEADLINE, reason)]
         if self.state != "ready" and request.op not in ALWAYS_SERVED:
             reason = f"node {self.config.node_id} is {self.state}"
             return [*envelope, wire.encode_error(request.id, wire.E_NOT_READY, reason)]

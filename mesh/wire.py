@@ -60,6 +60,7 @@ from mesh.errors import (
     NotReady,
     ProtocolError,
     ServerError,
+    Timeout,
     TooLarge,
     WriteNotAcknowledged,
 )
@@ -77,6 +78,7 @@ E_BAD_KEY = 5  # empty, too long or not UTF-8
 E_TOO_LARGE = 6  # value, frame or item count over its limit
 E_NOT_READY = 8  # the node cannot serve yet
 E_NOT_ACKNOWLEDGED = 9  # requested write acknowledgement not met
+E_DEADLINE = 10  # a balancer's deadline passed before the node ran the request
 E_INTERNAL = 99  # a server bug; the request may or may not have been applied
 
 ERROR_NAMES = {
@@ -88,6 +90,7 @@ ERROR_NAMES = {
     E_TOO_LARGE: "TOO_LARGE",
     E_NOT_READY: "NOT_READY",
     E_NOT_ACKNOWLEDGED: "NOT_ACKNOWLEDGED",
+    E_DEADLINE: "DEADLINE",
     E_INTERNAL: "INTERNAL",
 }
 
@@ -100,6 +103,7 @@ _EXCEPTIONS: dict[int, type[ServerError]] = {
     E_TOO_LARGE: TooLarge,
     E_NOT_READY: NotReady,
     E_NOT_ACKNOWLEDGED: WriteNotAcknowledged,
+    E_DEADLINE: Timeout,
     E_INTERNAL: InternalError,
 }
 
@@ -248,6 +252,24 @@ class _Pairs(list):
 
 def _reject_extension(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not part of the protocol")
+
+
+#: An envelope frame a balancer puts right before the payload: magic + u64 BE
+#: wall-clock ms.  A node that gets the request after that time does not run it
+#: and answers DEADLINE, so the balancer may safely send it elsewhere.
+DEADLINE_MAGIC = b"\x00dl:"
+
+
+def deadline_frame(deadline_ms: int) -> bytes:
+    """The envelope frame carrying a run-by deadline (wall-clock ms)."""
+    return DEADLINE_MAGIC + deadline_ms.to_bytes(8, "big")
+
+
+def frame_deadline(frame: bytes) -> int | None:
+    """The deadline in a deadline frame, or None for any other frame."""
+    if len(frame) == 12 and frame[:4] == DEADLINE_MAGIC:
+        return int.from_bytes(frame[4:], "big")
+    return None
 
 
 def peek_id(frame: bytes) -> int | None:

@@ -146,12 +146,84 @@ class NodeProcess:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
+class BalancerProcess:
+    """A ``pycache balancer`` child in front of some nodes; keeps its port on restart."""
+
+    def __init__(self, folder: Path, nodes: list[NodeProcess], extra: list[str] | None = None):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.status = folder / "balancer.json"
+        self.log_path = folder / "balancer.stderr.log"
+        self.nodes = nodes
+        self.extra = extra or []
+        self.front = "tcp://127.0.0.1:*"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> BalancerProcess:
+        self.status.unlink(missing_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "mesh",
+            "balancer",
+            "--front",
+            self.front,
+            "--nodes",
+            ",".join(n.endpoint for n in self.nodes),
+            "--status-file",
+            str(self.status),
+            *self.extra,
+        ]
+        with open(self.log_path, "ab") as err:
+            self.process = subprocess.Popen(
+                argv,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+
+        def bound() -> bool:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"balancer exited: {self.stderr()[-2000:]}")
+            if not self.status.exists():
+                return False
+            info = json.loads(self.status.read_text())
+            self.front = info["front"]
+            return info["pid"] == self.process.pid
+
+        wait_for(bound, 15, "the balancer to bind")
+        return self
+
+    @property
+    def endpoint(self) -> str:
+        return self.front
+
+    def client(self, timeout: float = 5.0) -> Client:
+        return Client(self.front, timeout=timeout)
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        with self.client(timeout=1) as c:
+            wait_for(
+                lambda: c.health()["state"] == "ready", timeout, "a ready node behind the balancer"
+            )
+
+    def kill(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def stderr(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
 class Processes:
     """Tracks every process a test starts and kills them all at teardown."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.nodes: list[NodeProcess] = []
+        self.balancers: list[BalancerProcess] = []
 
     def node(
         self,
@@ -172,8 +244,18 @@ class Processes:
             nodes.append(self.node(f"n{i}", extra, peers=[n.repl for n in nodes]))
         return nodes
 
+    def balancer(
+        self, nodes: list[NodeProcess], extra: list[str] | None = None, name: str = "balancer"
+    ) -> BalancerProcess:
+        """A started balancer in front of ``nodes`` (ready: at least one node serves)."""
+        proc = BalancerProcess(self.tmp_path / name, nodes, extra)
+        self.balancers.append(proc)
+        proc.start()
+        proc.wait_ready()
+        return proc
+
     def cleanup(self) -> None:
-        for proc in self.nodes:
+        for proc in [*self.balancers, *self.nodes]:
             try:
                 proc.kill()
             except (ProcessLookupError, subprocess.TimeoutExpired):
