@@ -164,6 +164,9 @@ class Balancer:
         sock = self.ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue toward a node that is not there
+        # ZMTP heartbeats notice a node whose host vanished without closing.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 500)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1500)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         link.monitor = sock.get_monitor_socket(

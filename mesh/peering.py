@@ -45,6 +45,7 @@ HELLO_RETRY_MS = 200
 TICK_MS = 20
 PUB_BATCH_BYTES = 1024 * 1024
 DRAIN_MAX = 4096
+ZMTP_HEARTBEAT_MS = 500
 
 
 def now_ms() -> int:
@@ -106,6 +107,12 @@ class Peering:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame)
+        # ZMTP heartbeats: a connection whose other end vanished without a word
+        # (a host cut off or powered down) is noticed and redialled; a SUB
+        # never sends anything otherwise, and would wait on it forever.
+        sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ZMTP_HEARTBEAT_MS)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, 4 * ZMTP_HEARTBEAT_MS)
         return sock
 
     # ------------------------------------------------------------------ membership
@@ -149,6 +156,12 @@ class Peering:
         self._pubs[node_id] = pub
         if changed and persist:
             self._save_peers()
+
+    def _hello_again(self, node_id: str) -> None:
+        """Say HELLO to a peer that does not know us (it lost its disk, say)."""
+        endpoint = self._by_node.get(node_id)
+        if endpoint is not None and endpoint not in self._unanswered:
+            self._unanswered[endpoint] = 0
 
     def _save_peers(self) -> None:
         peers = {n: {"repl": r, "pub": self._pubs[n]} for n, r in self._by_node.items()}
@@ -232,7 +245,10 @@ class Peering:
             if kind == peerwire.ENTRIES:
                 applied += len(self.replica.receive(payload, now))
             else:
-                self.replica.on_heartbeat(*payload, now)
+                node_id, origin, state, vv, peers = payload
+                self.replica.on_heartbeat(node_id, origin, state, vv, now)
+                if self.replica.node_id not in peers:
+                    self._hello_again(node_id)
         self._after_apply(applied)
 
     def _after_apply(self, applied: int) -> None:
@@ -308,7 +324,8 @@ class Peering:
 
     def publish_heartbeat(self) -> None:
         """PUBlish the replica's heartbeat now."""
-        self._send(self.pub, peerwire.encode_heartbeat(self.replica.heartbeat()))
+        beat = peerwire.encode_heartbeat(self.replica.heartbeat(), list(self._by_node))
+        self._send(self.pub, beat)
 
     def close(self) -> None:
         """Close every socket."""

@@ -8,8 +8,10 @@ array whose first element names the kind.  Entries are mutation records
 On each node's PUB socket (peers SUBscribe to everything)::
 
     ["E", origin, [entry, ...]]                     a batch of the sender's own writes
-    ["H", node_id, origin, state, vv]               heartbeat, ~every 100 ms and after
-                                                    each batch of applied entries
+    ["H", node_id, origin, state, vv, [peer id, ...]]
+                                                    heartbeat, ~every 100 ms and after
+                                                    each batch of applied entries; a
+                                                    node not in the peer list says HELLO
 
 On each node's ROUTER "repl" socket (peers connect a DEALER)::
 
@@ -93,20 +95,26 @@ def encode_entries(origin: str, mutations: list[Mutation]) -> bytes:
     return _pack([ENTRIES, origin, [m.to_record() for m in mutations]])
 
 
-def encode_heartbeat(beat: dict[str, Any]) -> bytes:
-    """A PUB heartbeat from :meth:`mesh.replication.Replica.heartbeat`."""
-    return _pack([HEARTBEAT, beat["node"], beat["origin"], beat["state"], beat["vv"]])
+def encode_heartbeat(beat: dict[str, Any], peers: list[str]) -> bytes:
+    """A PUB heartbeat from :meth:`mesh.replication.Replica.heartbeat` and known peers."""
+    return _pack([HEARTBEAT, beat["node"], beat["origin"], beat["state"], beat["vv"], peers])
 
 
 def parse_published(body: list) -> tuple[str, Any]:
-    """``("E", [Mutation...])`` or ``("H", (node, origin, state, vv))``."""
+    """``("E", [Mutation...])`` or ``("H", (node, origin, state, vv, peers))``."""
     kind = body[0]
     if kind == ENTRIES:
         _check(len(body) == 3, "entries message")
         return ENTRIES, _entries(body[2])
     if kind == HEARTBEAT:
-        _check(len(body) == 5 and all(isinstance(x, str) for x in body[1:4]), "heartbeat")
-        return HEARTBEAT, (body[1], body[2], body[3], _vv(body[4]))
+        _check(
+            len(body) == 6
+            and all(isinstance(x, str) for x in body[1:4])
+            and isinstance(body[5], list)
+            and all(isinstance(x, str) for x in body[5]),
+            "heartbeat",
+        )
+        return HEARTBEAT, (body[1], body[2], body[3], _vv(body[4]), body[5])
     raise ProtocolError(E_MALFORMED, f"unknown published kind {kind[:16]!r}")
 
 

@@ -116,10 +116,12 @@ class PeerView:
     next_fetch: Fetch | None = None  # continuation to send as soon as possible
     want_full: bool = False
     synced: bool = False  # answered "nothing more" since we started
+    staged: list[Mutation] = field(default_factory=list)  # snapshot chunks not yet applied
 
 
 @dataclass
 class _Session:
+    node_id: str  # the requester: session ids restart with the process, so check whose
     entries: list[Mutation]
     vv: dict[str, int]
     used_ms: int
@@ -210,7 +212,7 @@ class Replica:
         held = self._buffer.get(origin)
         if not held:
             return
-        seq = self.vv[origin] + 1
+        seq = self.vv.get(origin, 0) + 1  # after a snapshot, the origin may still be unknown
         while seq in held:
             self._apply(held.pop(seq), applied)
             self._buffered -= 1
@@ -258,12 +260,23 @@ class Replica:
         if self.state != READY:
             self._check_ready(now_ms)
         out = []
+        # One snapshot at a time: a new node fetches the whole data set from one
+        # peer, then only the tails from the others.
+        full_busy = any(
+            (p.fetching is not None and p.fetching.full)
+            or (p.next_fetch is not None and p.next_fetch.full)
+            for p in self.peers.values()
+        )
         for peer in self.peers.values():
             if peer.fetching is not None:
                 continue
             fetch = peer.next_fetch
             if fetch is None and self._should_fetch(peer, now_ms):
-                fetch = self._new_fetch(full=peer.want_full or not self.vv)
+                full = peer.want_full or not self.vv
+                if full and full_busy:
+                    continue
+                full_busy = full_busy or full
+                fetch = self._new_fetch(full=full)
             if fetch is not None:
                 peer.next_fetch = None
                 peer.fetching, peer.fetch_sent_ms = fetch, now_ms
@@ -333,12 +346,25 @@ class Replica:
         return applied
 
     def _on_snapshot(self, peer: PeerView, batch: Batch, now_ms: int) -> list[Mutation]:
-        for m in batch.entries:
-            self.clock.observe(m.hlc)
-            self.store.apply(m)
+        # Chunks are staged and applied only once the snapshot is complete: one
+        # abandoned halfway must leave no trace, or the store would hold writes
+        # its vv does not cover, which no catch-up reconciles once no log holds
+        # them any more (their origin lost its disk): digests would never agree.
+        start = batch.cursor - len(batch.entries)
+        if start == 0:  # a new snapshot (or the server started over): drop what was staged
+            peer.staged = []
+        elif start != len(peer.staged):  # not the continuation of what we staged: start over
+            peer.staged = []
+            peer.next_fetch = self._new_fetch(full=True)
+            return []
+        peer.staged += batch.entries
         if batch.more:
             peer.next_fetch = self._new_fetch(full=True, session=batch.session, cursor=batch.cursor)
             return []
+        for m in peer.staged:
+            self.clock.observe(m.hlc)
+            self.store.apply(m)
+        peer.staged = []
         # Complete: everything up to the snapshot's vv is in the store, but not in
         # our log, so we can no longer serve those entries from it (our floor).
         for o, seq in batch.vv.items():
@@ -368,7 +394,7 @@ class Replica:
         """Answer a peer's fetch from the log, or with a snapshot chunk."""
         self.add_peer(node_id)
         if fetch.full:
-            return self._serve_snapshot(fetch, now_ms)
+            return self._serve_snapshot(node_id, fetch, now_ms)
         floor = {
             **self.floor,
             **{o: max(s, self.floor.get(o, 0)) for o, s in self.log.floor().items()},
@@ -405,14 +431,14 @@ class Replica:
                 budget -= len(m.value or b"") + len(m.key)
         return out
 
-    def _serve_snapshot(self, fetch: Fetch, now_ms: int) -> Batch:
+    def _serve_snapshot(self, node_id: str, fetch: Fetch, now_ms: int) -> Batch:
         session = self._sessions.get(fetch.session)
         sid = fetch.session
-        if session is None or fetch.cursor == 0:
+        if session is None or fetch.cursor == 0 or session.node_id != node_id:
             self._ids += 1
             sid = self._ids
             session = self._sessions[sid] = _Session(
-                list(self.store.entries()), dict(self.vv), now_ms
+                node_id, list(self.store.entries()), dict(self.vv), now_ms
             )
         session.used_ms = now_ms
         start = fetch.cursor if fetch.session == sid else 0
