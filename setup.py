@@ -26,6 +26,10 @@ setup(
             "hypothesis>=6.90",
             "ruff>=0.5",
             "mypy>=1.8",
+            # Ships the Compose Specification's JSON schema (vendor.compose-spec)
+            # and ruamel.yaml: tests/test_compose.py validates docker-compose.yml
+            # offline, with no Docker engine.
+            "check-jsonschema>=0.32",
         ],
         "bench": [
             "matplotlib>=3.7",

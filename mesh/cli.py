@@ -20,7 +20,21 @@ from typing import Any, NoReturn
 
 import click
 
-from mesh.config import DEFAULT_API, DEFAULT_PUB, DEFAULT_REPL, MIB, Limits, NodeConfig
+from mesh.config import (
+    DEFAULT_API,
+    DEFAULT_EDGE_HOST,
+    DEFAULT_EDGE_PORT,
+    DEFAULT_EDGE_TIMEOUT,
+    DEFAULT_FRONT,
+    DEFAULT_PUB,
+    DEFAULT_REPL,
+    HTTP_PORT_ANY,
+    MIB,
+    BalancerConfig,
+    EdgeConfig,
+    Limits,
+    NodeConfig,
+)
 from mesh.errors import ConfigError, ConnectionFailed, PyCacheError, Timeout
 
 EXIT_MISSING = 1
@@ -55,6 +69,15 @@ def main() -> None:
 
 
 # ---------------------------------------------------------------------- process roles
+
+
+def _http_port(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """``--http-port``: a port number, or ``*`` for one the OS picks."""
+    if value.strip() == "*":
+        return HTTP_PORT_ANY
+    if value.strip().isdigit() and int(value) <= 65535:
+        return int(value)
+    raise click.BadParameter(f"{value!r} is not a port number (0-65535) or '*'")
 
 
 @main.command()
@@ -183,6 +206,21 @@ def main() -> None:
     envvar="PYCACHE_MAX_VALUE_MIB",
     help="Largest value accepted.",
 )
+@click.option(
+    "--http-port",
+    default="0",
+    show_default=True,
+    envvar="PYCACHE_HTTP_PORT",
+    callback=_http_port,
+    help="Serve the HTTP API on this port too (0: no HTTP; '*': the OS picks, see node.json).",
+)
+@click.option(
+    "--http-host",
+    default=DEFAULT_EDGE_HOST,
+    show_default=True,
+    envvar="PYCACHE_HTTP_HOST",
+    help="Address the HTTP API listens on.",
+)
 @click.option("--log-level", default="INFO", show_default=True, envvar="PYCACHE_LOG_LEVEL")
 def node(
     node_id: str,
@@ -203,6 +241,8 @@ def node(
     max_memory_mib: int,
     max_key_bytes: int,
     max_value_mib: int,
+    http_port: int,
+    http_host: str,
     log_level: str,
 ) -> None:
     """Run one node until SIGTERM or Ctrl-C (then fsync and exit 0)."""
@@ -228,10 +268,84 @@ def node(
             max_keys=max_keys,
             max_memory=max_memory_mib * MIB,
             limits=Limits(max_key_bytes=max_key_bytes, max_value_bytes=max_value_mib * MIB),
+            http_port=http_port,
+            http_host=http_host,
         ).validate()
     except ConfigError as exc:
         _fail(str(exc), EXIT_ERROR)
     _errors_to_exit_codes(run_node)(config)
+
+
+@main.command()
+@click.option(
+    "--front",
+    default=DEFAULT_FRONT,
+    show_default=True,
+    envvar="PYCACHE_FRONT",
+    help="ROUTER endpoint clients connect to.",
+)
+@click.option(
+    "--nodes",
+    "nodes",
+    required=True,
+    envvar="PYCACHE_NODES_API",
+    help="Comma-separated client API endpoints of the nodes.",
+)
+@click.option(
+    "--health-ms",
+    type=int,
+    default=100,
+    show_default=True,
+    envvar="PYCACHE_HEALTH_MS",
+    help="HEALTH probe period.",
+)
+@click.option(
+    "--hang-ms",
+    type=int,
+    default=600,
+    show_default=True,
+    envvar="PYCACHE_HANG_MS",
+    help="Silence that takes a node out of rotation.",
+)
+@click.option(
+    "--wait-ms",
+    type=int,
+    default=1000,
+    show_default=True,
+    envvar="PYCACHE_WAIT_MS",
+    help="Wait for a ready node before NOT_READY.",
+)
+@click.option(
+    "--status-file",
+    default=None,
+    envvar="PYCACHE_STATUS_FILE",
+    help="Write {pid, state, front} JSON here once bound.",
+)
+@click.option("--log-level", default="INFO", show_default=True, envvar="PYCACHE_LOG_LEVEL")
+def balancer(
+    front: str,
+    nodes: str,
+    health_ms: int,
+    hang_ms: int,
+    wait_ms: int,
+    status_file: str | None,
+    log_level: str,
+) -> None:
+    """Run a balancer in front of the nodes until SIGTERM or Ctrl-C."""
+    from mesh.balancer import run_balancer
+
+    _setup_logging(log_level, "balancer")
+    try:
+        config = BalancerConfig(
+            front=front,
+            nodes=tuple(n.strip() for n in nodes.split(",") if n.strip()),
+            health_ms=health_ms,
+            hang_ms=hang_ms,
+            wait_ms=wait_ms,
+        ).validate()
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_ERROR)
+    _errors_to_exit_codes(run_balancer)(config, status_file)
 
 
 @main.command()
@@ -315,6 +429,79 @@ def up(
         fsync=fsync,
     )
     sys.exit(cluster.run(ready_timeout, echo=click.echo))
+
+
+@main.command()
+@click.option(
+    "--host",
+    default=DEFAULT_EDGE_HOST,
+    show_default=True,
+    envvar="PYCACHE_EDGE_HOST",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=DEFAULT_EDGE_PORT,
+    show_default=True,
+    envvar="PYCACHE_EDGE_PORT",
+    help="Port to listen on (0: the OS picks; see --status-file).",
+)
+@click.option(
+    "--backend",
+    default=DEFAULT_FRONT,
+    show_default=True,
+    envvar="PYCACHE_BACKEND",
+    help="Balancer front to forward to (or node API endpoints), comma-separated.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=DEFAULT_EDGE_TIMEOUT,
+    show_default=True,
+    envvar="PYCACHE_EDGE_TIMEOUT",
+    help="Seconds a backend request may take before the answer is 503.",
+)
+@click.option(
+    "--max-body-bytes",
+    type=int,
+    default=EdgeConfig.max_body_bytes,
+    show_default=True,
+    envvar="PYCACHE_EDGE_MAX_BODY_BYTES",
+    help="Largest request body; a larger one is answered 413.",
+)
+@click.option(
+    "--status-file",
+    default="",
+    envvar="PYCACHE_EDGE_STATUS_FILE",
+    help="Write {pid, http, backend} JSON here once listening.",
+)
+@click.option("--log-level", default="INFO", show_default=True, envvar="PYCACHE_LOG_LEVEL")
+def edge(
+    host: str,
+    port: int,
+    backend: str,
+    timeout: float,
+    max_body_bytes: int,
+    status_file: str,
+    log_level: str,
+) -> None:
+    """Run the HTTP edge (the seed's REST API) until SIGTERM or Ctrl-C (then exit 0)."""
+    from mesh.edge import run_edge
+
+    _setup_logging(log_level, "edge")
+    try:
+        config = EdgeConfig(
+            host=host,
+            port=port,
+            backend=tuple(b.strip() for b in backend.split(",") if b.strip()),
+            timeout=timeout,
+            max_body_bytes=max_body_bytes,
+            status_file=status_file,
+        ).validate()
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_ERROR)
+    _errors_to_exit_codes(run_edge)(config)
 
 
 # ---------------------------------------------------------------------- client commands

@@ -360,10 +360,10 @@ class AsyncClient(Commands):
         return _result(code, result, convert)
 
     async def _send_and_wait(self, frame: bytes, future: asyncio.Future) -> tuple[int, Any]:
-        try:
-            self._raw.send(frame, zmq.NOBLOCK)
-        except zmq.Again:
-            await self._sock.send(frame)
+        # Through the asyncio socket, not the raw shadow: a send can use up the
+        # edge-triggered wake-up that the reader's pending poll() waits for,
+        # and pyzmq's own send wakes pending pollers after sending.
+        await self._sock.send(frame)
         return await future
 
     async def _read_replies(self) -> None:

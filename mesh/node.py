@@ -364,7 +364,12 @@ class Node:
             replies.append(
                 [*w.envelope, wire.encode_error(w.request_id, wire.E_NOT_ACKNOWLEDGED, reason)]
             )
-        self._send_replies(replies)
+        for reply in replies:
+            # Outside _serve, through the asyncio socket: a raw send here could
+            # use up the wake-up that _serve's pending poll() waits for.
+            sent = self._api.send_multipart(reply, flags=zmq.NOBLOCK)  # type: ignore[union-attr]
+            if sent.exception() is not None:
+                self.counters["dropped_replies"] += 1
 
     def _send_replies(self, replies: list[list[bytes]]) -> None:
         assert self._raw_api is not None
