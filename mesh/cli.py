@@ -390,6 +390,31 @@ def balancer(
     help="First node's PUB port; the next get +1.",
 )
 @click.option(
+    "--http-port",
+    "http_port",
+    type=int,
+    default=8001,
+    show_default=True,
+    envvar="PYCACHE_HTTP_PORT",
+    help="First node's HTTP API port; the next get +1.",
+)
+@click.option(
+    "--balancer-port",
+    type=int,
+    default=7000,
+    show_default=True,
+    envvar="PYCACHE_BALANCER_PORT",
+    help="The balancer's front port.",
+)
+@click.option(
+    "--edge-port",
+    type=int,
+    default=5000,
+    show_default=True,
+    envvar="PYCACHE_EDGE_PORT",
+    help="The HTTP edge's port.",
+)
+@click.option(
     "--fsync",
     type=click.Choice(["always", "interval", "never"]),
     default="always",
@@ -412,20 +437,26 @@ def up(
     api_port: int,
     repl_port: int,
     pub_port: int,
+    http_port: int,
+    balancer_port: int,
+    edge_port: int,
     fsync: str,
     ready_timeout: float,
 ) -> None:
-    """Start a local cluster, print its endpoints, stop it all on Ctrl-C."""
-    from mesh.supervisor import Cluster
+    """Start nodes, a balancer and the HTTP edge; print the endpoints; Ctrl-C stops all.
+
+    With --api-port 0 the OS picks every port (handy for scripts: read
+    <data-dir>/cluster.json).
+    """
+    from mesh.supervisor import Cluster, Ports
 
     _setup_logging("INFO", "up")
+    ports = Ports(api_port, repl_port, pub_port, http_port, balancer_port, edge_port)
     cluster = Cluster(
         data_dir,
         nodes=nodes,
         host=host,
-        api_port=api_port,
-        repl_port=repl_port,
-        pub_port=pub_port,
+        ports=ports if api_port else Ports(0, 0, 0, 0, 0, 0),
         fsync=fsync,
     )
     sys.exit(cluster.run(ready_timeout, echo=click.echo))
@@ -612,6 +643,30 @@ def ttl(key: str, connect: str, timeout: float) -> None:
 def stats(connect: str, timeout: float) -> None:
     """Print the node's statistics as JSON."""
     click.echo(json.dumps(_client_call(connect, timeout, lambda c: c.stats()), indent=2))
+
+
+@main.command()
+@click.option(
+    "--connect",
+    default=DEFAULT_FRONT,
+    show_default=True,
+    envvar="PYCACHE_STATUS_CONNECT",
+    help="A balancer (every node) or a node (itself and its peers).",
+)
+@timeout_option
+@_errors_to_exit_codes
+def status(connect: str, timeout: float) -> None:
+    """Print the cluster as a table: state, lag, keys and digest of every node."""
+    nodes = _client_call(connect, timeout, lambda c: c.cluster())["nodes"]
+    columns = ["node_id", "state", "in_rotation", "lag_entries", "lag_ms", "keys", "digest"]
+    rows = []
+    for node in nodes:
+        lag = node.get("lag") or {}
+        cells = {**node, "lag_entries": lag.get("entries"), "lag_ms": lag.get("ms")}
+        rows.append(["-" if cells.get(c) is None else str(cells[c]) for c in columns])
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    for line in [columns, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
 
 
 def _setup_logging(level: str, name: str) -> None:

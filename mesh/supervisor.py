@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,13 +61,25 @@ class Child:
         }
 
 
-class Cluster:
-    """A set of local node processes under one data folder.
+@dataclass(frozen=True)
+class Ports:
+    """First ports of each kind; node i gets first + i - 1.  0 everywhere: OS-picked."""
 
-    With fixed ports every node names all the others as peers and all start
-    at once.  With ``api_port=0`` the OS picks every port, so the nodes start
-    one after the other, each naming the endpoints the earlier ones bound
-    (they learn the later ones by HELLO); their ``argv`` in cluster.json is
+    api: int = 7001
+    repl: int = 7101
+    pub: int = 7201
+    http: int = 8001
+    balancer: int = 7000
+    edge: int = 5000
+
+
+class Cluster:
+    """Local nodes, a balancer in front of them and an HTTP edge, under one folder.
+
+    With fixed ports every node names all the others as peers and all start at
+    once.  With ``Ports(0, 0, ...)`` the OS picks every port, so the nodes
+    start one after the other, each naming the endpoints the earlier ones bound
+    (they learn the later ones by HELLO); every ``argv`` in cluster.json is
     then pinned to the bound ports, so a restart comes back on them.
     """
 
@@ -76,31 +89,36 @@ class Cluster:
         *,
         nodes: int = 3,
         host: str = "127.0.0.1",
-        api_port: int = 7001,
-        repl_port: int = 7101,
-        pub_port: int = 7201,
+        ports: Ports = Ports(),
         fsync: str = "always",
+        front_doors: bool = True,
     ) -> None:
         if not 1 <= nodes <= 64:
             raise PyCacheError(f"--nodes must be in 1..64, not {nodes}")
         self.data_dir = Path(data_dir).resolve()
-        self.fixed_ports = bool(api_port)
-        ports = [(api_port, repl_port, pub_port)] * nodes
+        self.host = host
+        self.ports = ports
+        self.fixed_ports = bool(ports.api)
+        self.nodes = [self._node(i, fsync) for i in range(1, nodes + 1)]
         if self.fixed_ports:
-            ports = [(api_port + i, repl_port + i, pub_port + i) for i in range(nodes)]
-        self.children = [self._node(i + 1, host, *ports[i], fsync) for i in range(nodes)]
-        if self.fixed_ports:
-            for child in self.children:
-                others = [c.endpoints["repl"] for c in self.children if c is not child]
+            for child in self.nodes:
+                others = [c.endpoints["repl"] for c in self.nodes if c is not child]
                 child.argv += ["--peers", ",".join(others)]
+        self.front_doors = front_doors
+        self.children = list(self.nodes)
         self._stop = threading.Event()
 
-    def _node(self, index: int, host: str, api: int, repl: int, pub: int, fsync: str) -> Child:
+    def _endpoint(self, port: int, index: int = 1) -> str:
+        return f"tcp://{self.host}:{port + index - 1 if port else '*'}"
+
+    def _node(self, index: int, fsync: str) -> Child:
         node_id = f"n{index}"
         ends = {
-            name: f"tcp://{host}:{port if self.fixed_ports else '*'}"
-            for name, port in (("api", api), ("repl", repl), ("pub", pub))
+            "api": self._endpoint(self.ports.api, index),
+            "repl": self._endpoint(self.ports.repl, index),
+            "pub": self._endpoint(self.ports.pub, index),
         }
+        http = str(self.ports.http + index - 1) if self.ports.http else "*"
         argv = [
             sys.executable,
             "-m",
@@ -116,29 +134,78 @@ class Cluster:
             ends["repl"],
             "--pub",
             ends["pub"],
+            "--http-port",
+            http,
+            "--http-host",
+            self.host,
             "--fsync",
             fsync,
         ]
         return Child("node", node_id, argv, ends)
 
+    def _balancer(self) -> Child:
+        front = self._endpoint(self.ports.balancer)
+        argv = [
+            sys.executable,
+            "-m",
+            "mesh",
+            "balancer",
+            "--front",
+            front,
+            "--nodes",
+            ",".join(c.endpoints["api"] for c in self.nodes),
+            "--status-file",
+            str(self.data_dir / "balancer.json"),
+        ]
+        return Child("balancer", "balancer", argv, {"front": front})
+
+    def _edge(self, backend: str) -> Child:
+        argv = [
+            sys.executable,
+            "-m",
+            "mesh",
+            "edge",
+            "--host",
+            self.host,
+            "--port",
+            str(self.ports.edge),
+            "--backend",
+            backend,
+            "--status-file",
+            str(self.data_dir / "edge.json"),
+        ]
+        return Child("edge", "edge", argv, {"http": f"http://{self.host}:{self.ports.edge}"})
+
     def start(self, timeout: float = 60.0) -> None:
-        """Start every child, wait until all are ready, write cluster.json."""
+        """Start the nodes, then the balancer and the edge; wait for each; write cluster.json."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + timeout
         started: list[Child] = []
-        for child in self.children:
+        for child in self.nodes:
             if not self.fixed_ports and started:
                 child.argv += ["--peers", ",".join(c.endpoints["repl"] for c in started)]
-            self._spawn(child)
+            self._spawn(child, self.data_dir / child.id / "node.json")
             if not self.fixed_ports:
-                self._wait_ready(child, deadline)
+                self._wait_node(child, deadline)
             started.append(child)
-        for child in self.children:
-            self._wait_ready(child, deadline)
+        for child in self.nodes:
+            self._wait_node(child, deadline)
+        if self.front_doors:
+            balancer = self._balancer()
+            self.children.append(balancer)
+            self._spawn(balancer, self.data_dir / "balancer.json")
+            info = self._wait_status(balancer, self.data_dir / "balancer.json", deadline)
+            self._pin(balancer, "front", info["front"])
+            edge = self._edge(balancer.endpoints["front"])
+            self.children.append(edge)
+            self._spawn(edge, self.data_dir / "edge.json")
+            info = self._wait_status(edge, self.data_dir / "edge.json", deadline)
+            edge.endpoints["http"] = info["http"]
+            edge.argv[edge.argv.index("--port") + 1] = info["http"].rsplit(":", 1)[1]
+            self._wait_http_ready(edge, deadline)
         self.write_layout()
 
-    def _spawn(self, child: Child) -> None:
-        status = self.data_dir / child.id / "node.json"
+    def _spawn(self, child: Child, status: Path) -> None:
         status.unlink(missing_ok=True)
         child.process = subprocess.Popen(
             child.argv, start_new_session=True, preexec_fn=_die_with_parent
@@ -149,24 +216,31 @@ class Cluster:
         layout = {"processes": [child.describe() for child in self.children]}
         write_atomically(self.data_dir / "cluster.json", json.dumps(layout, indent=2).encode())
 
-    def _wait_ready(self, child: Child, deadline: float) -> None:
-        """Wait for ``state: ready`` in the child's node.json and a PING answer.
-
-        Pins ``*`` endpoints in the child's argv to the ports it bound.
-        """
-        status = self.data_dir / child.id / "node.json"
+    def _wait_status(self, child: Child, status: Path, deadline: float, state: str = "") -> dict:
+        """Wait until ``status`` (a JSON file the child writes) is this child's."""
         while True:
             try:
                 info = json.loads(status.read_text())
-                if info["pid"] == child.process.pid and info["state"] == "ready":  # type: ignore[union-attr]
-                    break
+                if info["pid"] == child.process.pid and (not state or info["state"] == state):  # type: ignore[union-attr]
+                    return info
             except (OSError, ValueError, KeyError):
                 pass  # not written yet
             self._check_deadline(child, deadline)
             time.sleep(0.05)
+
+    def _pin(self, child: Child, name: str, endpoint: str) -> None:
+        """Record the endpoint bound and put it in the child's argv instead of ``*``."""
+        flag = child.argv.index(f"--{name}") + 1
+        child.argv[flag] = child.endpoints[name] = endpoint
+
+    def _wait_node(self, child: Child, deadline: float) -> None:
+        """Wait for ``state: ready`` in the node's node.json and a PING answer."""
+        info = self._wait_status(child, self.data_dir / child.id / "node.json", deadline, "ready")
         for name in ("api", "repl", "pub"):
-            flag = child.argv.index(f"--{name}") + 1
-            child.argv[flag] = child.endpoints[name] = str(info[name])
+            self._pin(child, name, str(info[name]))
+        if info.get("http"):
+            child.endpoints["http"] = str(info["http"])
+            child.argv[child.argv.index("--http-port") + 1] = str(info["http"]).rsplit(":", 1)[1]
         with Client(child.endpoints["api"], timeout=0.5) as client:
             while True:
                 try:
@@ -174,6 +248,18 @@ class Cluster:
                     return
                 except Timeout:
                     self._check_deadline(child, deadline)
+
+    def _wait_http_ready(self, child: Child, deadline: float) -> None:
+        url = child.endpoints["http"].rstrip("/") + "/api/ready/"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass  # not listening or not ready yet (HTTPError is an OSError)
+            self._check_deadline(child, deadline)
+            time.sleep(0.05)
 
     @staticmethod
     def _check_deadline(child: Child, deadline: float) -> None:
@@ -201,7 +287,7 @@ class Cluster:
             signal.signal(sig, lambda *_: self._stop.set())
         try:
             self.start(ready_timeout)
-            echo(f"PyCache is up ({len(self.children)} node(s)); data in {self.data_dir}")
+            echo(f"PyCache is up ({len(self.nodes)} node(s)); data in {self.data_dir}")
             for child in self.children:
                 endpoints = ", ".join(f"{k} {v}" for k, v in child.endpoints.items())
                 pid = child.process.pid  # type: ignore[union-attr]

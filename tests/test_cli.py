@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import urllib.request
 
 import pytest
 from click.testing import CliRunner
@@ -113,13 +114,18 @@ def test_up_starts_reports_and_stops_cleanly(tmp_path):
         assert any("PyCache is up" in line for line in lines), lines
         layout = json.loads((data / "cluster.json").read_text())
         procs = layout["processes"]
-        assert [p["role"] for p in procs] == ["node"] * 3
+        assert [p["role"] for p in procs] == ["node"] * 3 + ["balancer", "edge"]
         assert all(p["argv"][:3] == [sys.executable, "-m", "mesh"] for p in procs)
         assert all("*" not in " ".join(p["argv"]) for p in procs)  # pinned to bound ports
         with Client(procs[0]["endpoints"]["api"], timeout=5) as c:
             assert c.set("k", "v") is True
         with Client(procs[2]["endpoints"]["api"], timeout=5) as c:
             wait_for(lambda: c.get("k") == b"v", 5, "the write to reach n3")
+        with Client(procs[3]["endpoints"]["front"], timeout=5) as c:
+            assert c.get("k") == b"v"
+        edge = procs[4]["endpoints"]["http"]
+        with urllib.request.urlopen(f"{edge}/api/cache/k/", timeout=5) as reply:
+            assert json.loads(reply.read())["payload"]["value"] == "v"
         up.send_signal(signal.SIGTERM)
         assert up.wait(20) == 0
         for p in procs:
