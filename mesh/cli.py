@@ -47,6 +47,19 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+def _split(csv: str) -> tuple[str, ...]:
+    """The non-empty items of a comma-separated option."""
+    return tuple(item.strip() for item in csv.split(",") if item.strip())
+
+
+def _valid(make_config: Callable[[], Any]) -> Any:
+    """Build and validate a config; a bad value prints one line and exits 2."""
+    try:
+        return make_config().validate()
+    except ConfigError as exc:
+        _fail(str(exc), EXIT_ERROR)
+
+
 def _errors_to_exit_codes(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn library errors into one stderr line and an exit code >= 2."""
 
@@ -249,14 +262,14 @@ def node(
     from mesh.node import run_node
 
     _setup_logging(log_level, node_id)
-    try:
-        config = NodeConfig(
+    config = _valid(
+        lambda: NodeConfig(
             node_id=node_id,
             data_dir=data_dir,
             api=api,
             repl=repl,
             pub=pub,
-            peers=tuple(p.strip() for p in peers.split(",") if p.strip()),
+            peers=_split(peers),
             w=int(w) if w.isdigit() else w,
             ack_timeout_ms=ack_timeout_ms,
             pub_hwm=pub_hwm,
@@ -270,9 +283,8 @@ def node(
             limits=Limits(max_key_bytes=max_key_bytes, max_value_bytes=max_value_mib * MIB),
             http_port=http_port,
             http_host=http_host,
-        ).validate()
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_ERROR)
+        )
+    )
     _errors_to_exit_codes(run_node)(config)
 
 
@@ -335,16 +347,15 @@ def balancer(
     from mesh.balancer import run_balancer
 
     _setup_logging(log_level, "balancer")
-    try:
-        config = BalancerConfig(
+    config = _valid(
+        lambda: BalancerConfig(
             front=front,
-            nodes=tuple(n.strip() for n in nodes.split(",") if n.strip()),
+            nodes=_split(nodes),
             health_ms=health_ms,
             hang_ms=hang_ms,
             wait_ms=wait_ms,
-        ).validate()
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_ERROR)
+        )
+    )
     _errors_to_exit_codes(run_balancer)(config, status_file)
 
 
@@ -521,17 +532,16 @@ def edge(
     from mesh.edge import run_edge
 
     _setup_logging(log_level, "edge")
-    try:
-        config = EdgeConfig(
+    config = _valid(
+        lambda: EdgeConfig(
             host=host,
             port=port,
-            backend=tuple(b.strip() for b in backend.split(",") if b.strip()),
+            backend=_split(backend),
             timeout=timeout,
             max_body_bytes=max_body_bytes,
             status_file=status_file,
-        ).validate()
-    except ConfigError as exc:
-        _fail(str(exc), EXIT_ERROR)
+        )
+    )
     _errors_to_exit_codes(run_edge)(config)
 
 
@@ -557,7 +567,7 @@ timeout_option = click.option(
 def _client_call(connect: str, timeout: float, call: Callable[[Any], Any]) -> Any:
     from mesh.client import Client
 
-    with Client(connect.split(","), timeout=timeout) as client:
+    with Client(_split(connect), timeout=timeout) as client:
         return call(client)
 
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -224,24 +225,21 @@ class Peering:
                 break
         return out
 
-    def _decode(self, frame: bytes) -> list | None:
-        try:
-            return peerwire.decode(frame, self.max_frame)
-        except ProtocolError as exc:
-            log.warning("dropped a peer message: %s", exc.reason)
-            return None
+    def _messages(
+        self, sock: zmq.asyncio.Socket, parse: Callable[[list], tuple[str, Any]]
+    ) -> Iterator[tuple[list[bytes], str, Any]]:
+        """Drain ``sock``; yield ``(frames, kind, payload)``; log and skip bad messages."""
+        for frames in self._frames(sock):
+            try:
+                kind, payload = parse(peerwire.decode(frames[-1], self.max_frame))
+            except ProtocolError as exc:
+                log.warning("dropped a peer message: %s", exc.reason)
+                continue
+            yield frames, kind, payload
 
     def _drain_sub(self, now: int) -> None:
         applied = 0
-        for frames in self._frames(self.sub):
-            body = self._decode(frames[-1])
-            if body is None:
-                continue
-            try:
-                kind, payload = peerwire.parse_published(body)
-            except ProtocolError as exc:
-                log.warning("dropped a published message: %s", exc.reason)
-                continue
+        for _, kind, payload in self._messages(self.sub, peerwire.parse_published):
             if kind == peerwire.ENTRIES:
                 applied += len(self.replica.receive(payload, now))
             else:
@@ -258,14 +256,8 @@ class Peering:
         self._on_change()
 
     def _drain_repl(self, now: int) -> None:
-        for frames in self._frames(self.repl):
-            body = self._decode(frames[-1])
-            if body is None or len(frames) != 2:
-                continue
-            try:
-                kind, payload = peerwire.parse_request(body)
-            except ProtocolError as exc:
-                log.warning("dropped a peer request: %s", exc.reason)
+        for frames, kind, payload in self._messages(self.repl, peerwire.parse_request):
+            if len(frames) != 2:
                 continue
             if kind == peerwire.HELLO:
                 node_id, repl, pub = payload
@@ -287,15 +279,7 @@ class Peering:
     def _drain_dealer(self, sock: zmq.asyncio.Socket, now: int) -> None:
         endpoint = next(e for e, s in self._dealers.items() if s is sock)
         applied = 0
-        for frames in self._frames(sock):
-            body = self._decode(frames[-1])
-            if body is None:
-                continue
-            try:
-                kind, payload = peerwire.parse_reply(body)
-            except ProtocolError as exc:
-                log.warning("dropped a peer reply: %s", exc.reason)
-                continue
+        for _, kind, payload in self._messages(sock, peerwire.parse_reply):
             if kind == peerwire.HELLO:
                 node_id, origin, repl, pub = payload
                 self._unanswered.pop(endpoint, None)
