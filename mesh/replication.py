@@ -160,7 +160,9 @@ class Replica:
         self._buffered = 0
         self._lagging: dict[str, tuple[int, int]] = {}  # origin -> (target seq, since ms)
         self._sessions: dict[int, _Session] = {}
-        self._ids = 0
+        # Request and session ids start from the clock, so that a restarted
+        # process does not reuse the ids its previous incarnation handed out.
+        self._ids = now_ms * 1000
         self._snapshot_due = False
 
     # ------------------------------------------------------------------ membership
@@ -306,9 +308,10 @@ class Replica:
         return Fetch(self._ids, dict(self.vv), full, session, cursor)
 
     def _expire(self, now_ms: int) -> None:
-        for peer in self.peers.values():
+        for node_id, peer in list(self.peers.items()):
             if peer.fetching is not None and now_ms - peer.fetch_sent_ms >= FETCH_TIMEOUT_MS:
                 peer.fetching = None
+                self.peers[node_id] = self.peers.pop(node_id)  # try the others first next
         for sid in [
             s for s, sess in self._sessions.items() if now_ms - sess.used_ms > SESSION_IDLE_MS
         ]:
@@ -433,15 +436,16 @@ class Replica:
 
     def _serve_snapshot(self, node_id: str, fetch: Fetch, now_ms: int) -> Batch:
         session = self._sessions.get(fetch.session)
-        sid = fetch.session
+        sid, start = fetch.session, fetch.cursor
         if session is None or fetch.cursor == 0 or session.node_id != node_id:
+            # A new session starts at 0, even when its id is the one asked for
+            # (ids restart with the process: the request was for the last one's).
             self._ids += 1
-            sid = self._ids
+            sid, start = self._ids, 0
             session = self._sessions[sid] = _Session(
                 node_id, list(self.store.entries()), dict(self.vv), now_ms
             )
         session.used_ms = now_ms
-        start = fetch.cursor if fetch.session == sid else 0
         chunk, budget = [], FETCH_BYTES
         for m in session.entries[start : start + self.fetch_entries]:
             chunk.append(m)

@@ -1,0 +1,926 @@
+"""Deterministic simulation of PyCache replication (the "simulation" tier of TESTING.md).
+
+The whole cluster runs in one process on a virtual clock: 3 to 5 nodes, each a
+real :class:`mesh.store.Store`, :class:`mesh.clock.HybridClock` and
+:class:`mesh.replication.Replica` over a model log, driven the way
+``mesh.peering`` drives them, and a seeded network between them.  Every
+random choice comes from one ``random.Random(seed)``; events run from a heap
+ordered by (virtual time, insertion counter); nothing reads the real clock.
+So ``run(seed)`` always does exactly the same thing, and a failure names the
+seed that replays it::
+
+    python tests/sim.py --seed 1234 --trace
+
+What is modelled
+----------------
+Node
+    A client write (SET, DEL of a live key, MSET) becomes full-state mutations
+    stamped ``origin = "<node>/<incarnation>"``, ``seq = vv[origin] + 1 ...``
+    and ``hlc = clock.now()``, as :mod:`mesh.commands` does; they are applied,
+    ``commit_local``-ed, fsynced, and only then PUBlished to every peer and
+    recorded as acknowledged (w=1).  Clients write to ready nodes (as the
+    balancer does), and now and then to one still catching up.  A PUB batch
+    goes to ``receive``; a FETCH to ``serve``, whose BATCH goes back to
+    ``on_batch``; after that, ``take_snapshot_due`` persists a snapshot.
+    Heartbeats go out every 100 ms and after every applied batch.  ``poll``
+    runs after every event and on a per-node tick of 20 to 50 ms.
+Log and disk
+    Records in append order with a synced prefix.  Local writes fsync before
+    they are acknowledged; replicated batches fsync at once or (``torn``) only
+    at the node's next heartbeat tick.  A snapshot (store entries, vv, floor, log position) is
+    taken after a full sync and on compaction, which then drops some or all of
+    the log prefix it covers and raises the log's ``floor()``.
+Faults (until the heal)
+    Message drop, duplication, delay (1..``delay_ms``) and reordering (``slow``:
+    an extra delay of up to ``slow_ms``); partitions (a group cut off from the
+    rest, both ways or one way, in-flight messages lost); crash-restart keeping
+    the disk (the unsynced log tail is lost, or a random prefix of it survives:
+    a torn tail), at a random time or right after a deferred fsync whose vv a
+    heartbeat already advertised; crash losing the whole disk (a new
+    incarnation, empty store); per-node clock skew of up to ``skew_ms`` either
+    way, and clock steps (a wall clock jumping to another skew, backwards
+    too).  Messages are bound to the receiver's process (its ``life``): as
+    with TCP connections, nothing sent to a process reaches its successor.
+Heal and settle
+    At ``duration_ms`` every partition heals, every down node restarts, drops,
+    duplicates and long delays stop (short random delays stay) and clients
+    stop; the cluster then runs until every node is ready with equal digests
+    and equal version vectors, within ``SETTLE_MS`` of virtual time.
+
+What is checked
+---------------
+1. Every acknowledged write is present on every node after the heal: the
+   version the node holds for the key (live or tombstone) is >= the write's
+   ``(hlc, origin)``.  The one excuse is a lost disk: with w=1 a write that no
+   other node held durably (snapshot or synced log, newer versions of the key
+   included) when its origin lost its disk is gone by design; such writes are
+   counted in ``stats["excused"]`` and every other acknowledged write of the
+   lost incarnation must survive.
+2. All ``store.digest()`` equal (and all version vectors, ignoring zeros).
+3. No key's version goes backwards on a node: after every delivery or write,
+   for the keys it carried, and on every heartbeat tick for all the node's
+   keys (a key, once held, must stay held: tombstones are never collected
+   here).  Across a crash-restart keeping the disk the node legitimately
+   loses replicated state whose log tail was unsynced: there the check is
+   that the rebuilt store holds, for every key, at least the version of the
+   last acknowledged write this node originated on it; then the watermarks
+   restart from the rebuilt store.  After a disk loss they restart empty.
+4. A node's own write wins locally (its HLC is above everything it applied).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import heapq
+import random
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+from mesh.clock import HybridClock
+from mesh.mutation import Mutation
+from mesh.replication import READY, Batch, Fetch, Replica
+from mesh.store import Store
+
+WALL_EPOCH_MS = 1_700_000_000_000
+"""Wall-clock ms at virtual time 0 (skew moves each node's wall off it)."""
+HEARTBEAT_MS = 100
+CHECK_MS = 50
+"""How often the settle phase checks for convergence."""
+SETTLE_MS = 40_000
+"""Virtual ms after the heal by which the cluster must have converged."""
+
+PUB, HB, FETCH, BATCH = "pub", "hb", "fetch", "batch"
+
+STATS = (
+    "sent",  # messages handed to the network
+    "dropped",  # dropped at send: loss, partition or a test's rule
+    "duplicated",
+    "lost",  # dropped at delivery: receiver down or restarted, or partitioned meanwhile
+    "need_full",  # catch-up replies saying "the log does not reach back: snapshot"
+    "snapshot_chunks",
+    "crashes",
+    "disk_losses",
+    "torn_lost",  # unsynced log records lost in crashes
+    "compactions",
+    "compacted",  # log records dropped by compaction
+    "excused",  # acknowledged writes lost with their origin's disk, held nowhere else
+    "partitions",
+    "writes_at_catching_up",  # client writes taken by a node not yet ready
+)
+
+Version = tuple[int, str]
+
+
+class SimFailure(AssertionError):
+    """A checker failed; the message names the seed that replays it."""
+
+
+@dataclasses.dataclass
+class Params:
+    """One run's shape; :func:`random_params` draws one per seed."""
+
+    nodes: int = 3
+    keys: int = 6
+    writes: int = 20
+    duration_ms: int = 1500
+    drop: float = 0.0
+    dup: float = 0.0
+    delay_ms: int = 5
+    slow: float = 0.0
+    slow_ms: int = 300
+    partitions: int = 0
+    crashes: int = 0
+    disk_loss: float = 0.0
+    torn: float = 0.0
+    skew_ms: int = 0
+    compactions: int = 0
+    clock_steps: int = 0
+    fetch_entries: int = 4096
+
+
+def random_params(rng: random.Random) -> Params:
+    """Draw a small run: a few nodes, a few dozen writes on a few keys, some faults."""
+    return Params(
+        nodes=rng.randint(3, 5),
+        keys=rng.randint(2, 10),
+        writes=rng.randint(5, 40),
+        duration_ms=rng.randint(300, 2500),
+        drop=rng.choice((0.0, 0.02, 0.1, 0.3)),
+        dup=rng.choice((0.0, 0.05, 0.2)),
+        delay_ms=rng.choice((1, 5, 20, 60)),
+        slow=rng.choice((0.0, 0.02, 0.1)),
+        slow_ms=rng.choice((100, 400, 1500)),
+        partitions=rng.randint(0, 3),
+        crashes=rng.randint(0, 3),
+        disk_loss=rng.choice((0.0, 0.0, 0.3, 1.0)),
+        torn=rng.choice((0.0, 0.3, 1.0)),
+        skew_ms=rng.choice((0, 50, 1000, 5000)),
+        compactions=rng.randint(0, 3),
+        clock_steps=rng.randint(0, 2),
+        fetch_entries=rng.choice((1, 3, 16, 4096)),
+    )
+
+
+class Write(NamedTuple):
+    """An acknowledged mutation."""
+
+    node: str
+    at_ms: int
+    mutation: Mutation
+
+    @property
+    def version(self) -> Version:
+        return self.mutation.version()
+
+
+class Snapshot(NamedTuple):
+    """A durable snapshot: the store's entries, vv and floor, and the log position."""
+
+    entries: list[Mutation]
+    vv: dict[str, int]
+    floor: dict[str, int]
+    pos: int
+
+
+class SimLog:
+    """The model log (``mesh.replication.ReplicaLog``): a synced prefix, compaction.
+
+    ``base`` is the absolute position of ``records[0]``; ``synced`` the absolute
+    end of what survives a crash.
+    """
+
+    def __init__(self) -> None:
+        self.records: list[Mutation] = []
+        self.base = 0
+        self.synced = 0
+        self._floor: dict[str, int] = {}
+
+    @property
+    def end(self) -> int:
+        return self.base + len(self.records)
+
+    def append(self, mutations: Sequence[Mutation]) -> int:
+        self.records.extend(mutations)
+        return self.end - 1
+
+    def read_from(self, origin: str, seq: int) -> Iterator[Mutation]:
+        return (m for m in self.records if m[0] == origin and m[1] >= seq)
+
+    def floor(self) -> dict[str, int]:
+        return dict(self._floor)
+
+    def sync(self) -> None:
+        self.synced = self.end
+
+    def crash(self, keep: int) -> int:
+        """Lose the unsynced tail but its first ``keep`` records; returns how many were lost."""
+        cut = self.synced + keep
+        lost = self.end - cut
+        del self.records[cut - self.base :]
+        self.synced = self.end
+        return lost
+
+    def compact(self, upto: int) -> int:
+        """Drop the records before absolute position ``upto``; returns how many."""
+        drop = self.records[: upto - self.base]
+        for m in drop:
+            if m[1] > self._floor.get(m[0], 0):
+                self._floor[m[0]] = m[1]
+        del self.records[: len(drop)]
+        self.base += len(drop)
+        return len(drop)
+
+
+def held(store: Store, key: str) -> Version | None:
+    """The version ``store`` holds for ``key``, live or tombstone.
+
+    Reads the store's two maps directly: the public API has no per-key view of
+    tombstones, and :meth:`Store.entries` is O(keys) (the final checks use it).
+    """
+    t = store._live.get(key) or store._tombs.get(key)
+    return None if t is None else (t[1], t[2])
+
+
+class SimNode:
+    """One simulated node: its disk (log, snapshot) survives crashes, the rest does not."""
+
+    def __init__(self, node_id: str, skew_ms: int, tick_ms: int) -> None:
+        self.id = node_id
+        self.skew_ms = skew_ms
+        self.tick_ms = tick_ms
+        self.incarnation = 1
+        self.life = 0  # bumped on every crash and boot: messages are bound to one life
+        self.up = False
+        self.log = SimLog()
+        self.snapshot: Snapshot | None = None
+        # The process: set by Sim._boot, stale (and unused) while the node is down.
+        self.store: Store
+        self.clock: HybridClock
+        self.replica: Replica
+        self.unsynced = False  # replicated records appended, fsync deferred to the beat
+        self.armed: tuple[int, int] | None = None  # crash (down ms, keep) after a deferred fsync
+        self.high: dict[str, Version] = {}  # the version watermark per key (checker 3)
+        self.totals: dict[str, int] = {}  # replica counters of past lives
+
+    @property
+    def origin(self) -> str:
+        return f"{self.id}/{self.incarnation}"
+
+    def counters(self) -> dict[str, int]:
+        """The replica counters summed over this node's lives."""
+        out = dict(self.totals)
+        if self.up:
+            for k, v in self.replica.counters.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+
+@dataclasses.dataclass
+class Result:
+    """What one run did and ended with."""
+
+    seed: int
+    params: Params
+    settled_ms: int
+    events: int
+    acked: int
+    stats: dict[str, int]
+    counters: dict[str, int]
+    digests: dict[str, str]
+    trace: list[tuple] | None = None
+
+
+Rule = Callable[[str, str, str, Any], "int | None"]
+"""``rule(kind, src, dst, payload)``: None no opinion, -1 drop, else the delay in ms."""
+
+
+class Sim:
+    """A seeded cluster on a virtual clock.  ``run`` builds a random one; tests script one."""
+
+    def __init__(
+        self,
+        seed: int,
+        params: Params,
+        rng: random.Random,
+        *,
+        trace: bool = False,
+        replay: str = "",
+    ) -> None:
+        self.seed = seed
+        self.p = params
+        self.replay = replay or f"`python tests/sim.py --seed {seed} --trace`"
+        self.rng = rng
+        self.now = 0
+        self.quiet = False
+        self.done = False
+        self.events = 0
+        self.trace: list[tuple] | None = [] if trace else None
+        self.rules: list[Rule] = []
+        self.hooks: list[Callable[[Sim, str, str, str], None]] = []
+        self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
+        self.acked: list[Write] = []
+        self.required: list[Write] = []
+        self.blocked: dict[tuple[str, str], int] = {}
+        self._queue: list[tuple] = []
+        self._counter = 0
+        self._values = 0
+        self.settled_ms = -1
+        ids = [f"n{i + 1}" for i in range(params.nodes)]
+        self.nodes: dict[str, SimNode] = {
+            i: SimNode(i, rng.randint(-params.skew_ms, params.skew_ms), rng.randint(20, 50))
+            for i in ids
+        }
+        for node in self.nodes.values():
+            self._boot(node)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def fail(self, what: str) -> None:
+        raise SimFailure(self.explain(what))
+
+    def explain(self, what: str) -> str:
+        recent = ""
+        if self.trace:
+            recent = "\n  last events:\n" + "\n".join(f"    {e}" for e in self.trace[-60:])
+        return (
+            f"seed={self.seed} at virtual {self.now} ms: {what}\n"
+            f"  params: {self.p}\n"
+            f"  replay with {self.replay}{recent}"
+        )
+
+    def at(self, t: int, fn: Callable[..., None], *args: Any) -> None:
+        self._counter += 1
+        heapq.heappush(self._queue, (t, self._counter, fn, args))
+
+    def note(self, *what: Any) -> None:
+        if self.trace is not None:
+            self.trace.append((self.now, *what))
+
+    def run_until(self, t_end: int) -> None:
+        """Run the events due by ``t_end``; an exception from the core names the seed."""
+        queue = self._queue
+        try:
+            while queue and not self.done and queue[0][0] <= t_end:
+                t, _, fn, args = heapq.heappop(queue)
+                self.now = t
+                self.events += 1
+                fn(*args)
+        except SimFailure:
+            raise
+        except Exception as exc:
+            raise SimFailure(self.explain(f"{type(exc).__name__}: {exc}")) from exc
+
+    # ------------------------------------------------------------------ network
+
+    def send(self, kind: str, src: str, dst: str, payload: Any, life: int | None = None) -> None:
+        """Send one message; ``life`` binds it to a receiver process (default: the current)."""
+        p, rng = self.p, self.rng
+        self.stats["sent"] += 1
+        if life is None:
+            life = self.nodes[dst].life
+        delay = None
+        for rule in self.rules:
+            delay = rule(kind, src, dst, payload)
+            if delay is not None:
+                break
+        if delay is not None and delay < 0:
+            self.stats["dropped"] += 1
+            return
+        if self.blocked.get((src, dst)):
+            self.stats["dropped"] += 1
+            return
+        copies = 1
+        if not self.quiet:
+            if p.drop and rng.random() < p.drop:
+                self.stats["dropped"] += 1
+                return
+            if p.dup and rng.random() < p.dup:
+                copies = 2
+                self.stats["duplicated"] += 1
+        for _ in range(copies):
+            d = delay if delay is not None else rng.randint(1, p.delay_ms)
+            if p.slow and not self.quiet and rng.random() < p.slow:
+                d += rng.randint(0, p.slow_ms)
+            self.at(self.now + d, self._deliver, kind, src, dst, life, payload)
+
+    def _deliver(self, kind: str, src: str, dst: str, life: int, payload: Any) -> None:
+        node = self.nodes[dst]
+        if not node.up or node.life != life or self.blocked.get((src, dst)):
+            self.stats["lost"] += 1
+            return
+        self.note(kind, src, dst)
+        if kind == PUB:
+            self._on_pub(node, payload)
+        elif kind == HB:
+            hb_node, origin, state, vv = payload
+            node.replica.on_heartbeat(hb_node, origin, state, vv, self.now)
+            self._poll(node)
+        elif kind == FETCH:
+            self._on_fetch(node, src, *payload)
+        else:
+            self._on_batch(node, src, payload)
+        for hook in self.hooks:
+            hook(self, kind, src, dst)
+
+    def broadcast(self, kind: str, node: SimNode, payload: Any) -> None:
+        for peer in self.nodes:
+            if peer != node.id:
+                self.send(kind, node.id, peer, payload)
+
+    def heartbeat(self, node: SimNode) -> None:
+        hb = node.replica.heartbeat()
+        payload = (hb["node"], hb["origin"], hb["state"], dict(hb["vv"]))  # as if serialized
+        self.broadcast(HB, node, payload)
+
+    # ------------------------------------------------------------------ node events
+
+    def _on_pub(self, node: SimNode, entries: list[Mutation]) -> None:
+        applied = node.replica.receive(entries, self.now)
+        if applied:
+            self._after_apply(node)
+        self._watch(node, entries)
+        self._poll(node)
+
+    def _on_fetch(self, node: SimNode, src: str, fetch: Fetch, src_life: int) -> None:
+        batch = node.replica.serve(src, fetch, self.now)
+        if batch.need_full:
+            self.stats["need_full"] += 1
+        if batch.snapshot:
+            self.stats["snapshot_chunks"] += 1
+        self.send(BATCH, node.id, src, batch, life=src_life)
+        self._poll(node)
+
+    def _on_batch(self, node: SimNode, src: str, batch: Batch) -> None:
+        replica = node.replica
+        applied = replica.on_batch(src, batch, self.now)
+        if replica.take_snapshot_due():
+            self.note("snapshot", node.id)
+            self._persist_snapshot(node)
+        if applied:
+            self._after_apply(node)
+        self._watch(node, batch.entries)
+        self._poll(node)
+
+    def _after_apply(self, node: SimNode) -> None:
+        """As ``Peering._after_apply``: fsync (now, or at the next beat: torn), heartbeat."""
+        if self.p.torn and not self.quiet and self.rng.random() < self.p.torn:
+            node.unsynced = True
+        else:
+            node.log.sync()
+        self.heartbeat(node)
+        if node.unsynced and node.armed:
+            self.at(self.now, self.crash, node.id, node.armed[0], False, node.armed[1])
+            node.armed = None
+
+    def _poll(self, node: SimNode) -> None:
+        for peer, fetch in node.replica.poll(self.now):
+            self.send(FETCH, node.id, peer, (fetch, node.life))
+
+    def _tick(self, node: SimNode, life: int) -> None:
+        if not node.up or node.life != life:
+            return
+        self._poll(node)
+        self.at(self.now + node.tick_ms, self._tick, node, life)
+
+    def _beat(self, node: SimNode, life: int) -> None:
+        if not node.up or node.life != life:
+            return
+        if node.unsynced:  # the deferred fsync of replicated records (``torn``)
+            node.log.sync()
+            node.unsynced = False
+        self.heartbeat(node)
+        self._scan(node)
+        self.at(self.now + HEARTBEAT_MS, self._beat, node, life)
+
+    def _persist_snapshot(self, node: SimNode) -> None:
+        node.log.sync()
+        node.unsynced = False
+        replica = node.replica
+        node.snapshot = Snapshot(
+            list(node.store.entries()),
+            dict(replica.vv),
+            dict(replica.floor),
+            node.log.end,
+        )
+
+    # ------------------------------------------------------------------ clients
+
+    def client_write(self, node_id: str, ops: Sequence[tuple[str, bytes | None]]) -> None:
+        """A client op at ``node_id`` (one write or an MSET; value None is a DEL)."""
+        node = self.nodes[node_id]
+        if not node.up:
+            return
+        replica, store, clock = node.replica, node.store, node.clock
+        if replica.state != READY:
+            self.stats["writes_at_catching_up"] += 1
+        seq = replica.vv.get(node.origin, 0)
+        mutations = []
+        for key, value in ops:
+            if value is None and store.get(key, record_stats=False) is None:
+                continue  # DEL of a missing key: nothing to write (as Commands)
+            seq += 1
+            m = Mutation(node.origin, seq, clock.now(), key, value, 0)
+            if not store.apply(m):
+                self.fail(f"{node.id}'s own write {m} lost to {held(store, key)} locally")
+            mutations.append(m)
+        if not mutations:
+            return
+        replica.commit_local(mutations)
+        node.log.sync()
+        node.unsynced = False
+        for m in mutations:
+            w = Write(node.id, self.now, m)
+            self.acked.append(w)
+            self.required.append(w)
+        self.note("write", node.id, tuple((m.key, m.seq, m.value) for m in mutations))
+        self.broadcast(PUB, node, mutations)
+        self._watch(node, mutations)
+        self._poll(node)
+
+    def value(self, node_id: str) -> bytes:
+        self._values += 1
+        return f"{node_id}:{self._values}".encode()
+
+    # ------------------------------------------------------------------ faults
+
+    def crash(self, node_id: str, down_ms: int, lose_disk: bool = False, keep: int = -1) -> None:
+        """Crash ``node_id`` now; it restarts after ``down_ms`` (or at the heal).
+
+        ``keep``: how many unsynced records survive (-1: a random number).
+        """
+        node = self.nodes[node_id]
+        if not node.up or self.quiet:
+            return
+        self.stats["crashes"] += 1
+        node.life += 1
+        node.totals = node.counters()
+        node.up = False
+        node.unsynced = False
+        if lose_disk:
+            self.stats["disk_losses"] += 1
+            self._lose_disk(node)
+        else:
+            unsynced = node.log.end - node.log.synced
+            if keep < 0:
+                keep = self.rng.randint(0, unsynced)
+            self.stats["torn_lost"] += node.log.crash(min(keep, unsynced))
+        self.note("crash", node_id, lose_disk)
+        self.at(self.now + down_ms, self._restart, node, node.life)
+
+    def arm_crash(self, node_id: str, down_ms: int, keep: int = -1) -> None:
+        """Crash ``node_id`` right after it next defers the fsync of replicated records."""
+        node = self.nodes[node_id]
+        if node.up:
+            node.armed = (down_ms, keep)
+
+    def _restart(self, node: SimNode, life: int) -> None:
+        if not node.up and node.life == life:
+            self._boot(node)
+
+    def _lose_disk(self, node: SimNode) -> None:
+        """The disk is gone: excuse the writes no other node holds durably (w=1)."""
+        durable = [self._durable(n) for n in self.nodes.values() if n is not node]
+        keep = []
+        for w in self.required:
+            if any(d.get(w.mutation.key, (-1, "")) >= w.version for d in durable):
+                keep.append(w)
+            else:
+                self.stats["excused"] += 1
+        self.required = keep
+        node.log = SimLog()
+        node.snapshot = None
+        node.incarnation += 1
+
+    @staticmethod
+    def _durable(node: SimNode) -> dict[str, Version]:
+        """Per key, the highest version ``node`` would rebuild from its disk."""
+        out: dict[str, Version] = {}
+        log = node.log
+        records = log.records[: log.synced - log.base]
+        for m in (*(node.snapshot.entries if node.snapshot else ()), *records):
+            v = (m[2], m[0])
+            if v > out.get(m[3], (0, "")):
+                out[m[3]] = v
+        return out
+
+    def _boot(self, node: SimNode) -> None:
+        """Start a node process from its disk: snapshot, then the log after it."""
+        log, snap = node.log, node.snapshot
+        store = Store(now_ms=lambda: WALL_EPOCH_MS + self.now, seed=0)
+        vv: dict[str, int] = {}
+        floor: dict[str, int] = {}
+        top = 0
+        start = log.base
+        if snap is not None:
+            for m in snap.entries:
+                store.apply(m)
+                top = max(top, m[2])
+            vv, floor, start = dict(snap.vv), dict(snap.floor), snap.pos
+        for m in log.records[max(0, start - log.base) :]:
+            store.apply(m)
+        for m in log.records:
+            if m[1] > vv.get(m[0], 0):
+                vv[m[0]] = m[1]
+            top = max(top, m[2])
+        clock = HybridClock(lambda: WALL_EPOCH_MS + self.now + node.skew_ms, floor=top)
+        node.store, node.clock = store, clock
+        node.replica = Replica(
+            node.id,
+            node.origin,
+            store,
+            log,
+            clock,
+            vv=vv,
+            floor=floor,
+            peers=[n for n in self.nodes if n != node.id],
+            now_ms=self.now,
+            fetch_entries=self.p.fetch_entries,
+        )
+        node.up = True
+        node.life += 1
+        # Checker 3 across the restart: only unacknowledged replicated state may be lost.
+        for w in self.acked:
+            m = w.mutation
+            if m.origin == node.origin and (held(store, m.key) or (0, "")) < w.version:
+                self.fail(f"{node.id} restarted without its acknowledged write {m}")
+        node.high = {}
+        self._scan(node)
+        self.note("boot", node.id, node.origin, tuple(sorted(vv.items())))
+        self.at(self.now + self.rng.randint(0, node.tick_ms), self._tick, node, node.life)
+        self.at(self.now + self.rng.randint(0, HEARTBEAT_MS), self._beat, node, node.life)
+
+    def partition(self, group: Iterable[str], duration_ms: int, one_way: bool = False) -> None:
+        """Cut ``group`` off from the others now (``one_way``: only its sends)."""
+        if self.quiet:
+            return
+        inside = list(group)
+        outside = [n for n in self.nodes if n not in inside]
+        pairs = [(a, b) for a in inside for b in outside]
+        if not one_way:
+            pairs += [(b, a) for a, b in pairs]
+        for pair in pairs:
+            self.blocked[pair] = self.blocked.get(pair, 0) + 1
+        self.stats["partitions"] += 1
+        self.note("partition", tuple(inside), one_way)
+        self.at(self.now + duration_ms, self._unblock, pairs)
+
+    def _unblock(self, pairs: list[tuple[str, str]]) -> None:
+        for pair in pairs:
+            if self.blocked.get(pair):
+                self.blocked[pair] -= 1
+                if not self.blocked[pair]:
+                    del self.blocked[pair]
+
+    def compact(self, node_id: str, share: float = 1.0) -> None:
+        """Snapshot ``node_id``, then drop that ``share`` of the log the snapshot covers."""
+        node = self.nodes[node_id]
+        if not node.up or self.quiet:
+            return
+        self._persist_snapshot(node)
+        log = node.log
+        self.stats["compactions"] += 1
+        self.stats["compacted"] += log.compact(log.base + round(share * (log.end - log.base)))
+        self.note("compact", node_id, log.base)
+
+    def step_clock(self, node_id: str, skew_ms: int) -> None:
+        """Step ``node_id``'s wall clock to ``skew_ms`` off the virtual time (maybe back)."""
+        self.nodes[node_id].skew_ms = skew_ms
+        self.note("clock", node_id, skew_ms)
+
+    # ------------------------------------------------------------------ checkers
+
+    def _watch(self, node: SimNode, entries: Iterable[Mutation]) -> None:
+        """Checker 3 for the keys an event carried."""
+        store, high = node.store, node.high
+        for m in entries:
+            key = m[3]
+            v = held(store, key)
+            h = high.get(key)
+            if h is not None and (v is None or v < h):
+                self.fail(f"{node.id}: version of {key!r} went back from {h} to {v}")
+            if v is not None:
+                high[key] = v
+
+    def _scan(self, node: SimNode) -> None:
+        """Checker 3 for all keys of ``node``."""
+        store, high = node.store, node.high
+        for key, h in high.items():
+            v = held(store, key)
+            if v is None or v < h:
+                self.fail(f"{node.id}: version of {key!r} went back from {h} to {v}")
+        for part in (store._live, store._tombs):
+            for key, t in part.items():
+                high[key] = (t[1], t[2])
+
+    def converged(self) -> bool:
+        nodes = list(self.nodes.values())
+        if not all(n.up and n.replica.state == READY for n in nodes):
+            return False
+        first = nodes[0]
+        digest = first.store.digest()
+        vv = {o: s for o, s in first.replica.vv.items() if s}
+        for n in nodes[1:]:
+            if n.store.digest() != digest:
+                return False
+            if {o: s for o, s in n.replica.vv.items() if s} != vv:
+                return False
+        return True
+
+    def _settle_check(self, heal_ms: int) -> None:
+        if self.converged():
+            self.done = True
+            self.settled_ms = self.now - heal_ms
+            return
+        if self.now - heal_ms >= SETTLE_MS:
+            self.fail(f"no convergence {SETTLE_MS} ms after the heal:\n{self.describe()}")
+        self.at(self.now + CHECK_MS, self._settle_check, heal_ms)
+
+    def describe(self) -> str:
+        lines = []
+        for n in self.nodes.values():
+            if not n.up:
+                lines.append(f"  {n.id}: down")
+                continue
+            r = n.replica
+            assert r is not None and n.store is not None
+            lines.append(
+                f"  {n.id} ({n.origin}) {r.state} digest={n.store.digest()} vv={r.vv} "
+                f"floor={r.floor} buffered={r._buffered} lagging={r._lagging} "
+                f"fetching={ {p: v.fetching for p, v in r.peers.items() if v.fetching} }"
+            )
+        return "\n".join(lines)
+
+    def check(self) -> None:
+        """Checkers 1 and 2 (3 and 4 run throughout)."""
+        held_by = {}
+        for n in self.nodes.values():
+            self._scan(n)
+            held_by[n.id] = {m.key: m.version() for m in n.store.entries()}
+        for w in self.required:
+            for node_id, versions in held_by.items():
+                v = versions.get(w.mutation.key)
+                if v is None or v < w.version:
+                    self.fail(
+                        f"acknowledged write {w.mutation} (at {w.node}, {w.at_ms} ms) "
+                        f"missing on {node_id}, which holds {v}\n{self.describe()}"
+                    )
+        digests = {n.id: n.store.digest() for n in self.nodes.values()}
+        if len(set(digests.values())) != 1:
+            self.fail(f"digests differ after the heal: {digests}\n{self.describe()}")
+
+    # ------------------------------------------------------------------ running
+
+    def random_schedule(self) -> None:
+        """Draw the writes, partitions, crashes and compactions of a random run."""
+        p, rng, ids = self.p, self.rng, list(self.nodes)
+        keys = [f"k{i}" for i in range(p.keys)]
+        for _ in range(p.writes):
+            t, node_id = rng.randint(0, p.duration_ms), rng.choice(ids)
+            r = rng.random()
+            if r < 0.6:
+                ops: list[tuple[str, bytes | None]] = [(rng.choice(keys), b"")]
+            elif r < 0.8:
+                ops = [(rng.choice(keys), None)]
+            else:
+                ops = [(k, b"") for k in rng.sample(keys, min(len(keys), rng.randint(2, 3)))]
+            self.at(t, self._random_write, node_id, ops)
+        for _ in range(p.partitions):
+            group = rng.sample(ids, rng.randint(1, len(ids) - 1))
+            self.at(
+                rng.randint(0, p.duration_ms),
+                self.partition,
+                group,
+                rng.randint(50, 1500),
+                rng.random() < 0.25,
+            )
+        for _ in range(p.crashes):
+            t, node_id, down = rng.randint(0, p.duration_ms), rng.choice(ids), rng.randint(10, 1500)
+            if rng.random() < p.disk_loss:
+                self.at(t, self.crash, node_id, down, True)
+            elif p.torn and rng.random() < 0.5:
+                self.at(t, self.arm_crash, node_id, down)
+            else:
+                self.at(t, self.crash, node_id, down)
+        for _ in range(p.compactions):
+            share = rng.choice((0.0, 0.5, 1.0, rng.random()))
+            self.at(rng.randint(0, p.duration_ms), self.compact, rng.choice(ids), share)
+        for _ in range(p.clock_steps if p.skew_ms else 0):
+            skew = rng.randint(-p.skew_ms, p.skew_ms)
+            self.at(rng.randint(0, p.duration_ms), self.step_clock, rng.choice(ids), skew)
+
+    def _random_write(self, node_id: str, ops: list[tuple[str, bytes | None]]) -> None:
+        node = self.nodes[node_id]
+        if not (node.up and node.replica.state == READY) and self.rng.random() < 0.9:
+            ready = [n for n in self.nodes.values() if n.up and n.replica.state == READY]
+            if not ready:
+                return
+            node = self.rng.choice(ready)
+        values = [(k, None if v is None else self.value(node.id)) for k, v in ops]
+        self.client_write(node.id, values)
+
+    def heal(self) -> None:
+        """End the faults: heal partitions, restart down nodes, stop drops and clients."""
+        self.quiet = True
+        self.blocked.clear()
+        for node in self.nodes.values():
+            if not node.up:
+                self._boot(node)
+        self.note("heal")
+
+    def run(self) -> Result:
+        """Run the faults until ``duration_ms``, heal, settle, check."""
+        self.run_until(self.p.duration_ms)
+        self.now = self.p.duration_ms
+        self.heal()
+        heal_ms = self.now
+        self.at(self.now, self._settle_check, heal_ms)
+        self.run_until(heal_ms + SETTLE_MS + CHECK_MS)
+        if not self.done:
+            self.fail("the event queue ran dry before convergence")
+        self.check()
+        counters: dict[str, int] = {}
+        for n in self.nodes.values():
+            for k, v in n.counters().items():
+                counters[k] = counters.get(k, 0) + v
+        return Result(
+            self.seed,
+            self.p,
+            self.settled_ms,
+            self.events,
+            len(self.acked),
+            self.stats,
+            counters,
+            {n.id: n.store.digest() for n in self.nodes.values()},
+            self.trace,
+        )
+
+
+def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
+    """A simulator with random params for ``seed``, overridden by ``params``, no schedule."""
+    rng = random.Random(seed)
+    drawn = random_params(rng)  # drawn even when overridden: the same seed, the same run
+    flags = "".join(f" --set {k}={v}" for k, v in params.items())
+    args = "".join(f", {k}={v!r}" for k, v in params.items())
+    replay = f"`python tests/sim.py --seed {seed}{flags} --trace` or tests/sim.py run({seed}{args})"
+    return Sim(seed, dataclasses.replace(drawn, **params), rng, trace=trace, replay=replay)
+
+
+QUIET = {"drop": 0.0, "dup": 0.0, "slow": 0.0, "torn": 0.0, "skew_ms": 0, "delay_ms": 5}
+"""Params of a fault-free network, for scripted scenarios."""
+
+
+def scripted(seed: int = 0, *, trace: bool = False, **params: Any) -> Sim:
+    """A fault-free simulator with nothing scheduled: tests add writes, rules and faults."""
+    defaults = {"nodes": 3, "fetch_entries": 4096, "duration_ms": 1500, **QUIET}
+    sim = make(seed, trace=trace, **{**defaults, **params})
+    sim.replay = "the test that scripted this scenario (it is deterministic too)"
+    return sim
+
+
+def run(seed: int, *, trace: bool = False, **params: Any) -> Result:
+    """Run one seeded random simulation; raises :class:`SimFailure` naming the seed."""
+    sim = make(seed, trace=trace, **params)
+    sim.random_schedule()
+    return sim.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--count", type=int, default=1, help="run seeds seed..seed+count-1")
+    parser.add_argument("--trace", action="store_true", help="print every event")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="PARAM=VALUE", help="override a param"
+    )
+    args = parser.parse_args(argv)
+    kinds = {f.name: f.type for f in dataclasses.fields(Params)}
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in kinds:
+            parser.error(f"unknown param {name!r}: one of {', '.join(kinds)}")
+        overrides[name] = float(value) if kinds[name] == "float" else int(value)
+    failed = 0
+    for seed in range(args.seed, args.seed + args.count):
+        try:
+            result = run(seed, trace=args.trace, **overrides)
+        except SimFailure as exc:
+            failed += 1
+            print(f"FAIL {exc}", flush=True)
+            continue
+        if args.trace:
+            for event in result.trace or ():
+                print(*event)
+        print(
+            f"ok seed={seed} settled={result.settled_ms}ms events={result.events} "
+            f"acked={result.acked} stats={result.stats} counters={result.counters} "
+            f"params={result.params}",
+            flush=True,
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

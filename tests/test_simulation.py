@@ -1,0 +1,357 @@
+"""Deterministic simulation of the replication core (tests/sim.py) under hypothesis.
+
+``test_random_seeds`` runs ``SIM_SEEDS`` (default 3,000) seeded clusters of 3 to
+5 nodes through drops, duplicates, reordering, delay, partitions,
+crash-restarts (torn log tails, lost disks) and clock skew, then heals them and
+checks: every acknowledged write present on every node, equal digests, no
+version going backwards.  The seeds are derandomized, so every run checks the
+same ones and a CI failure replays locally; ``SIM_EXPLORE=1`` draws new ones.
+Either way a failure names its seed: ``python tests/sim.py --seed N --trace``.
+
+The other tests script one fault each and assert that the path meant to
+handle it was taken.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from mesh.clock import HybridClock, pack
+from mesh.mutation import Mutation
+from mesh.replication import Batch, Replica
+from mesh.store import Store
+from tests import sim
+
+SEEDS = int(os.environ.get("SIM_SEEDS", "3000"))
+EXPLORE = os.environ.get("SIM_EXPLORE") == "1"
+T0 = sim.WALL_EPOCH_MS
+
+
+# -- many seeds ---------------------------------------------------------------
+
+
+@settings(
+    max_examples=SEEDS,
+    deadline=None,
+    derandomize=not EXPLORE,
+    database=None,
+    phases=(Phase.explicit, Phase.generate),  # a "smaller" seed is just another run
+)
+@given(seed=st.integers(0, 2**32))
+def test_random_seeds(seed: int) -> None:
+    sim.run(seed)
+
+
+@pytest.mark.parametrize(
+    ("seed", "params"),
+    [
+        (17, {}),  # KeyError in Replica._drain: see the first regression test below
+        (686, {"crashes": 4, "fetch_entries": 1, "disk_loss": 1.0}),  # abandoned snapshot
+        (1400, {"crashes": 4, "fetch_entries": 1, "disk_loss": 1.0}),  # abandoned snapshot
+        (2202278, {}),  # a restarted server continued a new session from the cursor
+    ],
+)
+def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
+    """Seeds that failed before the fixes (a seed means something only to this sim.py)."""
+    sim.run(seed, **params)
+
+
+# -- scripted scenarios -------------------------------------------------------
+
+
+def write(s: sim.Sim, t: int, node: str, *ops: tuple[str, bytes | None]) -> None:
+    s.at(t, s.client_write, node, list(ops))
+
+
+def carries(payload: object, m: Mutation) -> bool:
+    """Whether a PUB or BATCH payload holds ``m`` (in a snapshot: its key at its version)."""
+    entries = payload.entries if isinstance(payload, Batch) else payload
+    return isinstance(entries, list) and any(
+        e[3] == m.key and e.version() == m.version() for e in entries
+    )
+
+
+def test_lost_pub_is_noticed_and_repaired() -> None:
+    s = sim.scripted()
+    s.rules.append(
+        lambda kind, src, dst, p: (
+            -1 if (kind, src, dst) == (sim.PUB, "n1", "n2") and p[0].seq == 2 else None
+        )
+    )
+    write(s, 80, "n1", ("k0", b"0"))  # with an empty vv, n2 would ask for a snapshot instead
+    write(s, 100, "n1", ("k1", b"a"))
+    write(s, 110, "n1", ("k2", b"b"))
+    write(s, 120, "n1", ("k1", b"c"))
+    s.run()
+    n2 = s.nodes["n2"].replica
+    assert n2 is not None
+    assert n2.counters["gaps"] == 1 and n2.counters["repaired"] >= 1
+    assert n2.counters["full_syncs"] == 2  # only the two at start-up
+    assert n2.vv["n1/1"] == 4 and s.stats["dropped"] == 1
+
+
+def test_delete_racing_an_older_set_stays_deleted() -> None:
+    s = sim.scripted()
+    seen: list[int] = []
+    write(s, 50, "n2", ("other", b"x"))
+    write(s, 100, "n1", ("k", b"old"))
+    write(s, 200, "n2", ("k", None))
+
+    def slow_set(kind: str, src: str, dst: str, payload: object) -> int | None:
+        if dst == "n3" and len(s.acked) > 1 and carries(payload, s.acked[1].mutation):
+            return 400  # the SET reaches n3 (by PUB or catch-up) long after the DEL
+        return None
+
+    def set_arrived(s: sim.Sim, kind: str, src: str, dst: str) -> None:
+        n3 = s.nodes["n3"]
+        if dst == "n3" and n3.replica.vv.get("n1/1") == 1:
+            seen.append(s.now)
+            assert sim.held(n3.store, "k") == s.acked[2].version
+            assert n3.store.get("k") is None
+
+    s.rules.append(slow_set)
+    s.hooks.append(set_arrived)
+    s.run()
+    assert seen and seen[0] >= 500, "the SET never arrived after the DEL"
+    set_, del_ = s.acked[1], s.acked[2]
+    assert del_.mutation.value is None and set_.version < del_.version
+    for node in s.nodes.values():
+        assert node.store.get("k") is None
+        assert sim.held(node.store, "k") == del_.version
+
+
+def test_node_that_lost_its_disk_gets_a_full_sync_and_keeps_old_writes() -> None:
+    s = sim.scripted()
+    write(s, 100, "n2", ("k1", b"a"), ("k2", b"b"), ("k3", b"c"))
+    write(s, 150, "n2", ("k1", None))
+    s.at(300, s.crash, "n2", 200, True)
+    write(s, 400, "n1", ("k4", b"d"))
+    s.run()
+    n2 = s.nodes["n2"]
+    assert n2.origin == "n2/2" and n2.replica is not None
+    assert n2.replica.counters["full_syncs"] >= 1  # this life's, from empty
+    assert s.stats["disk_losses"] == 1 and s.stats["excused"] == 0
+    old = [w for w in s.acked if w.mutation.origin == "n2/1"]
+    assert len(old) == 4
+    for w in old:
+        assert (sim.held(n2.store, w.mutation.key) or (0, "")) >= w.version
+
+
+def test_compacted_log_sends_a_snapshot() -> None:
+    s = sim.scripted(duration_ms=2000)
+    before: dict[str, int] = {}
+    write(s, 100, "n1", ("k0", b"first"))
+    s.at(200, s.partition, ["n3"], 1300)
+    s.at(210, lambda: before.update(s.nodes["n3"].replica.counters))
+    for i in range(8):
+        write(s, 300 + 50 * i, "n1" if i % 2 else "n2", (f"k{i % 4}", b"v%d" % i))
+    write(s, 800, "n1", ("k0", None))
+    s.at(1000, s.compact, "n1")
+    s.at(1000, s.compact, "n2")
+    s.run()
+    n3 = s.nodes["n3"]
+    assert s.stats["compacted"] > 0 and s.stats["need_full"] >= 1
+    assert n3.replica.counters["full_syncs"] > before["full_syncs"]
+    assert n3.store.get("k0") is None  # the DEL travelled as a tombstone in the snapshot
+    assert sim.held(n3.store, "k0") == s.acked[-1].version
+
+
+def test_crash_loses_the_unsynced_tail_and_catches_up() -> None:
+    s = sim.scripted(trace=True, torn=1.0)
+    s.at(90, s.arm_crash, "n3", 100, 0)
+    write(s, 100, "n1", ("k1", b"a"), ("k2", b"b"))
+    write(s, 130, "n2", ("k3", b"c"))
+    s.run()
+    assert s.stats["crashes"] == 1 and s.stats["torn_lost"] >= 1
+    assert s.trace is not None
+    boots = [e for e in s.trace if e[1] == "boot" and e[2] == "n3"]
+    assert len(boots) == 2 and boots[1][3] == "n3/1"  # same incarnation
+    assert "n1/1" not in dict(boots[1][4]) or dict(boots[1][4])["n1/1"] < 2  # tail lost
+    assert s.nodes["n3"].replica.vv["n1/1"] == 2
+
+
+def test_clock_skew_keeps_last_writer_wins_causal() -> None:
+    s = sim.scripted(nodes=3)
+    s.nodes["n1"].skew_ms = -5000
+    s.nodes["n2"].skew_ms = 5000
+    write(s, 100, "n2", ("k", b"from the fast clock"))
+    write(s, 300, "n1", ("k", b"later, from the slow clock"))
+    s.run()
+    first, second = s.acked
+    assert second.version > first.version  # n1 saw n2's write: its HLC moved past it
+    for node in s.nodes.values():
+        entry = node.store.get("k")
+        assert entry is not None and entry.value == b"later, from the slow clock"
+
+
+def test_a_seed_replays_exactly() -> None:
+    faults = {"crashes": 3, "partitions": 2, "drop": 0.1, "dup": 0.1, "slow": 0.1, "torn": 0.5}
+    a = sim.run(7, trace=True, **faults)
+    b = sim.run(7, trace=True, **faults)
+    assert a.trace and len(a.trace) > 100 and any(e[1] == "crash" for e in a.trace)
+    assert a.trace == b.trace
+    assert (a.digests, a.stats, a.counters, a.events) == (b.digests, b.stats, b.counters, b.events)
+
+
+def test_a_seed_replays_exactly_in_another_process() -> None:
+    """Same output under other hash seeds: nothing depends on set or hash order."""
+    script = Path(__file__).with_name("sim.py")
+    outs = []
+    for hash_seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        proc = subprocess.run(
+            [sys.executable, str(script), "--seed", "3", "--trace"],
+            capture_output=True,
+            env=env,
+            timeout=60,
+            check=True,
+        )
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1] and outs[0].count(b"\n") > 100
+
+
+def test_failure_names_the_seed() -> None:
+    s = sim.make(42, crashes=1)
+    s.random_schedule()
+    s.at(100, s.fail, "injected")
+    with pytest.raises(sim.SimFailure, match=r"seed=42 .*injected(.|\n)*--seed 42 --set crashes=1"):
+        s.run()
+
+
+def test_checker_catches_a_version_going_back() -> None:
+    s = sim.scripted()
+    write(s, 100, "n1", ("k", b"v"))
+
+    def rewind() -> None:
+        store = s.nodes["n2"].store
+        value, hlc, origin, _, _ = store._live["k"]
+        store._live["k"] = (value, hlc - 1, origin, 0, 0)
+
+    s.at(300, rewind)
+    with pytest.raises(sim.SimFailure, match=r"n2: version of 'k' went back"):
+        s.run()
+
+
+def test_checker_catches_a_lost_acknowledged_write() -> None:
+    s = sim.scripted()
+    write(s, 100, "n1", ("k", b"v"))
+
+    def forget() -> None:  # on every node alike, so digests and vvs still agree
+        for node in s.nodes.values():
+            del node.store._live["k"]
+            node.high.clear()
+
+    s.at(300, forget)
+    with pytest.raises(sim.SimFailure, match=r"acknowledged write .*'k'.* missing on n1"):
+        s.run()
+
+
+# -- regressions found by the simulator ---------------------------------------
+
+
+def replica(node_id: str, peers: list[str], fetch_entries: int = 4096) -> Replica:
+    store = Store(now_ms=lambda: T0, seed=0)
+    clock = HybridClock(lambda: T0)
+    return Replica(
+        node_id,
+        f"{node_id}/1",
+        store,
+        sim.SimLog(),
+        clock,
+        peers=peers,
+        fetch_entries=fetch_entries,
+    )
+
+
+def mut(seq: int, key: str, value: bytes | None, origin: str = "o/1") -> Mutation:
+    return Mutation(origin, seq, pack(T0, seq), key, value, 0)
+
+
+def test_snapshot_completing_while_an_unknown_origin_is_held() -> None:
+    """Seed 17: ``_drain`` read ``vv[origin]`` for an origin the snapshot did not know."""
+    x = replica("x", ["s"])
+    x.receive([mut(2, "k", b"v")], 0)  # seq 1 is missing: held
+    [(_, fetch)] = x.poll(0)  # vv empty: a full fetch
+    assert fetch.full
+    x.on_batch("s", Batch(fetch.request_id, [], {}, snapshot=True), 1)  # KeyError before
+    assert x._buffered == 1 and x.vv == {}
+
+
+def test_abandoned_snapshot_leaves_no_trace() -> None:
+    """Seeds 686, 1400: chunks of a snapshot that never completed stayed applied.
+
+    n1 applied the first chunk of n3's snapshot, then n3 lost its disk: the
+    chunk held a write no log held any more, which n1 then passed on in its own
+    snapshot to the new n3 but never to n2.  Digests never agreed again.
+    """
+    s = sim.scripted(fetch_entries=1)
+    s.rules.append(lambda kind, src, dst, p: -1 if kind == sim.PUB and src == "n3" else None)
+    s.rules.append(
+        lambda kind, src, dst, p: -1 if (src, dst) in {("n2", "n3"), ("n3", "n2")} else None
+    )
+
+    def abort(s: sim.Sim, kind: str, src: str, dst: str) -> None:
+        if (kind, src, dst) == (sim.BATCH, "n3", "n1") and s.acked and s.nodes["n3"].up:
+            s.crash("n3", 200, lose_disk=True)
+            s.rules.clear()
+            assert s.nodes["n1"].store.get("k1") is None
+
+    write(s, 100, "n3", ("k1", b"a"), ("k2", b"b"))
+    s.hooks.append(abort)
+    s.run()
+    assert s.stats["disk_losses"] == 1 and s.stats["excused"] == 2
+    assert all(len(n.store) == 0 for n in s.nodes.values())
+
+
+def test_snapshot_continuation_reaching_a_restarted_server() -> None:
+    """A continuation (session, cursor) that reaches the server's next process (by review).
+
+    Session ids restart with the process, so the new one may hold a session of
+    that id for another peer; serving its rest would complete a snapshot that
+    misses what the first process sent at the same positions.
+    """
+    muts = [mut(1, "a", b"1"), mut(2, "b", b"2"), mut(3, "c", b"3")]
+    s1 = replica("s", ["x", "y"], fetch_entries=1)
+    s1.receive(muts, 0)
+    x = replica("x", ["s"])
+    [(_, f1)] = x.poll(0)
+    x.on_batch("s", s1.serve("x", f1, 0), 0)  # chunk [a], then s restarts
+    s2 = replica("s", ["x", "y"], fetch_entries=1)
+    s2.receive([*muts, mut(4, "a", None)], 0)  # its entries: b, c, then a's tombstone
+    y = replica("y", ["s"])
+    [(_, fy)] = y.poll(0)
+    s2.serve("y", fy, 0)  # y's session gets the id x's continuation names
+    for t in range(1, 10):
+        for _, fetch in x.poll(t):
+            x.on_batch("s", s2.serve("x", fetch, t), t)
+    assert x.vv == {"o/1": 4}
+    assert {m.key: m.value for m in x.store.entries()} == {"a": None, "b": b"2", "c": b"3"}
+
+
+def test_snapshot_continuation_naming_the_id_a_restarted_server_issues_next() -> None:
+    """Seed 2202278: the new process makes a new session, with the very id asked for.
+
+    It then served that new session from the continuation's cursor, not from
+    the start: an empty final chunk completed a snapshot of which only the
+    first process's first chunk had been staged, under the new process's vv.
+    """
+    s1 = replica("s", ["x"], fetch_entries=1)
+    s1.receive([mut(1, "a", b"1"), mut(2, "b", b"2")], 0)
+    x = replica("x", ["s"])
+    [(_, f1)] = x.poll(0)
+    b1 = s1.serve("x", f1, 0)  # chunk [a] of session 1; then s restarts, empty
+    x.on_batch("s", b1, 0)
+    s2 = replica("s", ["x"], fetch_entries=1)
+    [(_, f2)] = x.poll(1)
+    assert (f2.session, f2.cursor) == (b1.session, 1) and s2._ids + 1 == b1.session
+    b2 = s2.serve("x", f2, 1)
+    assert b2.cursor - len(b2.entries) == 0  # a new session starts at its beginning
+    x.on_batch("s", b2, 1)
+    assert x.vv == {} and len(x.store) == 0  # not a's value under an empty vv
