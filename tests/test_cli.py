@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -92,9 +93,8 @@ def test_node_takes_flags_from_environment(tmp_path):
     assert result.exit_code == 2 and "node_id" in result.output
 
 
-@pytest.mark.processes
-def test_up_starts_reports_and_stops_cleanly(tmp_path):
-    data = tmp_path / "cluster"
+def _start_up(data):
+    """Start ``pycache up`` on OS-picked ports; return it once it printed its layout."""
     argv = [sys.executable, "-m", "mesh", "up", "--data-dir", str(data), "--api-port", "0"]
     up = subprocess.Popen(
         argv,
@@ -104,16 +104,34 @@ def test_up_starts_reports_and_stops_cleanly(tmp_path):
         start_new_session=True,
         preexec_fn=_die_with_parent,
     )
+    assert up.stdout is not None
+    lines = []
+    for line in up.stdout:
+        lines.append(line)
+        if line.startswith("layout:"):
+            break
+    assert any("PyCache is up" in line for line in lines), lines
+    return up, json.loads((data / "cluster.json").read_text())["processes"]
+
+
+def _stop_up(up) -> int:
     try:
-        assert up.stdout is not None
-        lines = []
-        for line in up.stdout:
-            lines.append(line)
-            if line.startswith("layout:"):
-                break
-        assert any("PyCache is up" in line for line in lines), lines
-        layout = json.loads((data / "cluster.json").read_text())
-        procs = layout["processes"]
+        up.send_signal(signal.SIGTERM)
+        return up.wait(30)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+        up.stdout.close()
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(180)
+def test_up_starts_reports_survives_a_dead_child_and_comes_back(tmp_path):
+    data = tmp_path / "cluster"
+    up, procs = _start_up(data)
+    restarted = None
+    try:
         assert [p["role"] for p in procs] == ["node"] * 3 + ["balancer", "edge"]
         assert all(p["argv"][:3] == [sys.executable, "-m", "mesh"] for p in procs)
         assert all("*" not in " ".join(p["argv"]) for p in procs)  # pinned to bound ports
@@ -121,20 +139,40 @@ def test_up_starts_reports_and_stops_cleanly(tmp_path):
             assert c.set("k", "v") is True
         with Client(procs[2]["endpoints"]["api"], timeout=5) as c:
             wait_for(lambda: c.get("k") == b"v", 5, "the write to reach n3")
-        with Client(procs[3]["endpoints"]["front"], timeout=5) as c:
-            assert c.get("k") == b"v"
         edge = procs[4]["endpoints"]["http"]
         with urllib.request.urlopen(f"{edge}/api/cache/k/", timeout=5) as reply:
             assert json.loads(reply.read())["payload"]["value"] == "v"
-        up.send_signal(signal.SIGTERM)
-        assert up.wait(20) == 0
+        # A child that dies is reported, not restarted; the rest keeps serving.
+        os.kill(procs[1]["pid"], signal.SIGKILL)
+        assert "n2 exited" in next(line for line in up.stdout if "exited" in line)
+        with Client(procs[3]["endpoints"]["front"], timeout=5) as c:
+            assert c.set("k2", "v2") is True
+            # Started again by hand with its own argv, it catches up.
+            restarted = subprocess.Popen(
+                procs[1]["argv"],
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+            with Client(procs[1]["endpoints"]["api"], timeout=1) as n2:
+                wait_for(lambda: n2.get("k2") == b"v2", 15, "the restarted n2 to catch up")
+        assert _stop_up(up) == 0
         for p in procs:
-            wait_for(lambda p=p: not _alive(p["pid"]), 10, f"{p['id']} to be gone")
+            if p["id"] != "n2":
+                wait_for(lambda p=p: not _alive(p["pid"]), 10, f"{p['id']} to be gone")
     finally:
         if up.poll() is None:
-            up.kill()
-            up.wait()
-        up.stdout.close()
+            _stop_up(up)
+        if restarted is not None:
+            restarted.send_signal(signal.SIGTERM)
+            restarted.wait(15)
+    # The same data folder comes back with the data.
+    up, procs = _start_up(data)
+    try:
+        with Client(procs[3]["endpoints"]["front"], timeout=5) as c:
+            assert c.mget("k", "k2") == [b"v", b"v2"]
+    finally:
+        assert _stop_up(up) == 0
 
 
 def _alive(pid: int) -> bool:
