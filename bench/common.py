@@ -1,5 +1,8 @@
 """Shared plumbing for the benchmark scripts: medians, a table, JSON output.
 
+Also percentiles, and child processes (nodes, a balancer, an edge) that die
+with the script and are ended by pid (``spawn``, ``end_all``).
+
 Benchmarks quote medians of several runs and put each figure next to a
 ceiling measured in the same run, as a ratio: absolute numbers drift from
 machine to machine, ratios much less.
@@ -7,13 +10,19 @@ machine to machine, ratios much less.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import math
 import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,3 +74,167 @@ def _fmt(cell: object) -> str:
     if isinstance(cell, int):
         return f"{cell:,}"
     return str(cell)
+
+
+# ---------------------------------------------------------------------- percentiles
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100, nearest rank) of ``samples``; NaN when empty."""
+    if not samples:
+        return float("nan")
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+# ---------------------------------------------------------------------- child processes
+#
+# Every child is started in its own session with PR_SET_PDEATHSIG (it dies
+# with this process, however that ends) and remembered by pid, so that a
+# ``finally: end_all()`` ends exactly the processes the script started.
+
+PR_SET_PDEATHSIG = 1
+ANY = "tcp://127.0.0.1:*"
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+    """Start ``argv`` as a tracked child that dies with this process."""
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        list(argv), start_new_session=True, preexec_fn=_die_with_parent, **kwargs
+    )
+    _CHILDREN[proc.pid] = proc
+    return proc
+
+
+def end(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+    """Send ``sig`` to ``proc`` (by pid), wait for it, SIGKILL after ``timeout``; its exit code."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            if sig != signal.SIGKILL:
+                proc.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    _CHILDREN.pop(proc.pid, None)
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return proc.returncode
+
+
+def end_all(timeout: float = 5.0) -> None:
+    """End every child still tracked: SIGTERM, then SIGKILL after ``timeout``."""
+    for proc in list(_CHILDREN.values()):
+        end(proc, signal.SIGTERM, timeout)
+
+
+def wait_json(
+    path: Path, proc: subprocess.Popen, done: Callable[[dict], bool], timeout: float, what: str
+) -> dict:
+    """Poll the JSON status file ``path`` written by ``proc`` until ``done(info)``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if info.get("pid") == proc.pid and done(info):
+            return info
+        if proc.poll() is not None:
+            raise SystemExit(f"{what} exited with {proc.returncode}")
+        time.sleep(0.002)
+    raise SystemExit(f"{what} not up within {timeout:.0f} s")
+
+
+class NodeProc:
+    """One ``python -m mesh node`` child, restartable on the endpoints it bound first."""
+
+    def __init__(self, node_id: str, root: Path, extra: Sequence[str] = ()) -> None:
+        self.node_id = node_id
+        self.data_dir = root / node_id
+        self.log_path = root / f"{node_id}.log"
+        self.extra = list(extra)
+        self.endpoints = {"api": ANY, "repl": ANY, "pub": ANY}
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0  # perf_counter() at the last start
+
+    @property
+    def api(self) -> str:
+        return self.endpoints["api"]
+
+    @property
+    def repl(self) -> str:
+        return self.endpoints["repl"]
+
+    def start(self, peers: Sequence[str] = ()) -> NodeProc:
+        argv = [sys.executable, "-m", "mesh", "node", "--id", self.node_id]
+        argv += ["--data-dir", str(self.data_dir), "--peers", ",".join(peers), *self.extra]
+        for name, endpoint in self.endpoints.items():
+            argv += [f"--{name}", endpoint]
+        (self.data_dir / "node.json").unlink(missing_ok=True)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.started = time.perf_counter()
+            self.proc = spawn(argv, stdout=subprocess.DEVNULL, stderr=log)
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> float:
+        """Wait for ``node.json`` to say ready; seconds since :meth:`start`."""
+        assert self.proc is not None
+        info = wait_json(
+            self.data_dir / "node.json",
+            self.proc,
+            lambda i: i.get("state") == "ready",
+            timeout,
+            f"node {self.node_id} (log {self.log_path})",
+        )
+        took = time.perf_counter() - self.started
+        self.endpoints = {name: info[name] for name in self.endpoints}
+        return took
+
+    def kill(self) -> None:
+        """SIGKILL and reap."""
+        if self.proc is not None:
+            end(self.proc, signal.SIGKILL)
+
+
+def start_mesh(root: Path, size: int = 3, extra: Sequence[str] = ()) -> list[NodeProc]:
+    """``size`` ready replicating nodes; each names the repl endpoints of those before it."""
+    nodes: list[NodeProc] = []
+    for i in range(1, size + 1):
+        node = NodeProc(f"n{i}", root, extra).start([n.repl for n in nodes])
+        node.wait_ready()
+        nodes.append(node)
+    return nodes
+
+
+def start_balancer(
+    root: Path, apis: Sequence[str], log_level: str = "WARNING", extra: Sequence[str] = ()
+) -> tuple[subprocess.Popen, str, Path]:
+    """A ``pycache balancer`` child in front of ``apis``: (process, front endpoint, log path)."""
+    status, log_path = root / "balancer.json", root / "balancer.log"
+    argv = [sys.executable, "-m", "mesh", "balancer", "--front", ANY, "--nodes", ",".join(apis)]
+    argv += ["--status-file", str(status), "--log-level", log_level, *extra]
+    with open(log_path, "ab") as log:
+        proc = spawn(argv, stdout=subprocess.DEVNULL, stderr=log)
+    info = wait_json(status, proc, lambda i: "front" in i, 30, "balancer")
+    return proc, info["front"], log_path
+
+
+def start_edge(root: Path, backend: str, extra: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
+    """A ``pycache edge`` child on an OS-picked port: (process, base URL)."""
+    status = root / "edge.json"
+    argv = [sys.executable, "-m", "mesh", "edge", "--host", "127.0.0.1", "--port", "0"]
+    argv += ["--backend", backend, "--status-file", str(status), "--log-level", "WARNING", *extra]
+    with open(root / "edge.log", "ab") as log:
+        proc = spawn(argv, stdout=subprocess.DEVNULL, stderr=log)
+    info = wait_json(status, proc, lambda i: "http" in i, 30, "edge")
+    return proc, info["http"]

@@ -36,7 +36,6 @@ node's own CLUSTER entry.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import itertools
 import json
@@ -50,7 +49,6 @@ from pathlib import Path
 from typing import Any
 
 import zmq
-import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from mesh import wire
@@ -61,6 +59,7 @@ log = logging.getLogger(__name__)
 
 PROBE = b"\x00probe"  # envelope of the balancer's own requests to nodes
 TICK_MS = 20
+NOBLOCK = int(zmq.NOBLOCK)  # a plain int: enum flag arithmetic shows up in profiles
 CLUSTER_WAIT_MS = 500
 DRAIN_MAX = 2048
 #: Slack for clock differences between the balancer and the nodes.
@@ -137,14 +136,14 @@ class Pool:
 class Balancer:
     """Runs the front socket and the node links until ``stop()``."""
 
-    def __init__(self, config: BalancerConfig, ctx: zmq.asyncio.Context) -> None:
+    def __init__(self, config: BalancerConfig, ctx: zmq.Context) -> None:
         self.config = config.validate()
         self.ctx = ctx
         self.links = [Link(endpoint) for endpoint in config.nodes]
         self.pool = Pool(self.links)
         self.waiting: deque[Pending] = deque()
         self.counters = {"requests": 0, "retries": 0, "no_ready_node": 0, "failovers": 0}
-        self._stopped = asyncio.Event()
+        self._stopped = False
         self._probe_ids = itertools.count(1)
         self._gathers: dict[int, dict[str, Any]] = {}
         self._delayed: list[tuple[int, int, Pending]] = []  # (resend at wall ms, tie, request)
@@ -154,8 +153,10 @@ class Balancer:
         self.front.setsockopt(zmq.SNDHWM, 100_000)
         self.front.bind(config.front)
         self.endpoint = self.front.getsockopt(zmq.LAST_ENDPOINT).decode()
-        self._raw_front = zmq.Socket.shadow(self.front.underlying)
-        self.poller = zmq.asyncio.Poller()
+        self._raw_front = self.front
+        # A plain zmq.Poller in a plain loop: the balancer only moves frames,
+        # and asyncio's per-wait poller set-up cost more than the forwarding.
+        self.poller = zmq.Poller()
         self.poller.register(self.front, zmq.POLLIN)
         for link in self.links:
             self._connect(link)
@@ -173,19 +174,18 @@ class Balancer:
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
         sock.connect(link.endpoint)
-        link.sock, link.raw = sock, zmq.Socket.shadow(sock.underlying)
-        link.raw_monitor = zmq.Socket.shadow(link.monitor.underlying)
+        link.sock = link.raw = sock
+        link.raw_monitor = link.monitor
         self.poller.register(sock, zmq.POLLIN)
         self.poller.register(link.monitor, zmq.POLLIN)
 
     # ------------------------------------------------------------------ loop
 
-    async def run(self) -> None:
-        """Serve until :meth:`stop`."""
-        stop = asyncio.ensure_future(self._stopped.wait())
+    def run(self) -> None:
+        """Serve until :meth:`stop` (from a signal handler); closes the sockets."""
         try:
-            while not stop.done():
-                events = await self.poller.poll(TICK_MS)
+            while not self._stopped:
+                events = self.poller.poll(TICK_MS)
                 now = now_ms()
                 for sock, _ in events:
                     if sock is self.front:
@@ -194,12 +194,11 @@ class Balancer:
                         self._drain_node(sock, now)
                 self._tick(now)
         finally:
-            stop.cancel()
             self.close()
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return."""
-        self._stopped.set()
+        """Ask :meth:`run` to return after the current turn."""
+        self._stopped = True
 
     def _tick(self, now: int) -> None:
         for link in self.links:
@@ -216,7 +215,7 @@ class Balancer:
     def _probe(self, link: Link, op: str, now: int, token: int = 0) -> None:
         frame = wire.encode_request(next(self._probe_ids), op)
         try:
-            link.raw.send_multipart([PROBE, token.to_bytes(8, "big"), frame], zmq.NOBLOCK)
+            link.raw.send_multipart([PROBE, token.to_bytes(8, "big"), frame], NOBLOCK)
         except zmq.ZMQError:
             return
         if op == "HEALTH":
@@ -229,7 +228,7 @@ class Balancer:
         raw = self._raw_front
         for _ in range(DRAIN_MAX):
             try:
-                frames = raw.recv_multipart(zmq.NOBLOCK)
+                frames = raw.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
             self.counters["requests"] += 1
@@ -251,7 +250,7 @@ class Balancer:
             frames = pending.frames
             try:
                 link.raw.send_multipart(
-                    [*frames[:-1], wire.deadline_frame(pending.run_by_ms), frames[-1]], zmq.NOBLOCK
+                    [*frames[:-1], wire.deadline_frame(pending.run_by_ms), frames[-1]], NOBLOCK
                 )
             except zmq.ZMQError:
                 self._drop(link, now, "unreachable")
@@ -285,7 +284,7 @@ class Balancer:
 
     def _to_client(self, frames: list[bytes]) -> None:
         try:
-            self._raw_front.send_multipart(frames, zmq.NOBLOCK)
+            self._raw_front.send_multipart(frames, NOBLOCK)
         except zmq.ZMQError:
             pass  # the client is gone
 
@@ -301,7 +300,7 @@ class Balancer:
     def _drain_replies(self, link: Link, now: int) -> None:
         for _ in range(DRAIN_MAX):
             try:
-                frames = link.raw.recv_multipart(zmq.NOBLOCK)
+                frames = link.raw.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
             link.awaiting_since = 0
@@ -347,7 +346,7 @@ class Balancer:
     def _drain_monitor(self, link: Link, now: int) -> None:
         while True:
             try:
-                event = parse_monitor_message(link.raw_monitor.recv_multipart(zmq.NOBLOCK))
+                event = parse_monitor_message(link.raw_monitor.recv_multipart(NOBLOCK))
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -359,7 +358,7 @@ class Balancer:
 
     def _drop(self, link: Link, now: int, why: str) -> None:
         """Take a node out of rotation and send its requests in flight elsewhere."""
-        if link.state == "ready":
+        if link.state != why:
             log.warning("node %s (%s) %s: out of rotation", link.node_id, link.endpoint, why)
         link.state = why
         inflight, link.inflight = link.inflight, {}
@@ -432,19 +431,15 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
     (with a ``*`` port, the port the OS picked).
     """
 
-    async def main() -> None:
-        ctx = zmq.asyncio.Context()
+    ctx = zmq.Context()
+    try:
         balancer = Balancer(config, ctx)
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, balancer.stop)
+            signal.signal(sig, lambda *_: balancer.stop())
         log.info("balancer on %s for %s", balancer.endpoint, ", ".join(config.nodes))
         if status_file:
             status = {"pid": os.getpid(), "state": "ready", "front": balancer.endpoint}
             write_atomically(Path(status_file), json.dumps(status).encode())
-        try:
-            await balancer.run()
-        finally:
-            ctx.term()
-
-    asyncio.run(main())
+        balancer.run()
+    finally:
+        ctx.term()

@@ -129,6 +129,8 @@ class NodeConfig:
             check_endpoint(name, getattr(self, name))
         for peer in self.peers:
             check_endpoint("peer", peer)
+            if peer.endswith(":*"):
+                raise ConfigError(f"peer {peer!r}: name the port the peer bound, not '*'")
         if self.w not in W_LEVELS and not (type(self.w) is int and 1 <= self.w <= 64):
             raise ConfigError(f'w must be 1..64, "quorum" or "all", not {self.w!r}')
         _check_range("ack_timeout_ms", self.ack_timeout_ms, 1, 600_000)

@@ -284,6 +284,7 @@ class Peering:
                 node_id, origin, repl, pub = payload
                 self._unanswered.pop(endpoint, None)
                 self._add(node_id, repl, pub)
+                self.replica.on_hello(node_id, now)
                 log.info("peer %s (%s) at %s", node_id, origin, repl)
             else:
                 node_id = next((n for n, e in self._by_node.items() if e == endpoint), None)

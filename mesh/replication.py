@@ -122,9 +122,11 @@ class PeerView:
 @dataclass
 class _Session:
     node_id: str  # the requester: session ids restart with the process, so check whose
-    entries: list[Mutation]
+    entries: Iterator[Mutation]  # captured when the session starts, read chunk by chunk
     vv: dict[str, int]
     used_ms: int
+    position: int = 0  # entries handed out so far
+    last: tuple[int, list[Mutation], bool] = (-1, [], False)  # (start, chunk, more) resent on retry
 
 
 class Replica:
@@ -164,8 +166,15 @@ class Replica:
         # process does not reuse the ids its previous incarnation handed out.
         self._ids = now_ms * 1000
         self._snapshot_due = False
+        self._progress_ms = now_ms
 
     # ------------------------------------------------------------------ membership
+
+    def on_hello(self, node_id: str, now_ms: int) -> None:
+        """A peer answered our HELLO: it is up, so wait for it while catching up."""
+        peer = self.add_peer(node_id)
+        if peer is not None:
+            peer.heard_ms = max(peer.heard_ms, now_ms)
 
     def add_peer(self, node_id: str) -> PeerView:
         """Know about ``node_id`` (idempotent); returns its view."""
@@ -263,10 +272,12 @@ class Replica:
             self._check_ready(now_ms)
         out = []
         # One snapshot at a time: a new node fetches the whole data set from one
-        # peer, then only the tails from the others.
+        # peer, then only the tails from the others.  While catching up after a
+        # start, one peer at a time: each answers with everything we lack, so
+        # asking two at once would fetch every entry twice.
         full_busy = any(
-            (p.fetching is not None and p.fetching.full)
-            or (p.next_fetch is not None and p.next_fetch.full)
+            (p.fetching is not None and (p.fetching.full or self.state != READY))
+            or (p.next_fetch is not None and (p.next_fetch.full or self.state != READY))
             for p in self.peers.values()
         )
         for peer in self.peers.values():
@@ -275,7 +286,7 @@ class Replica:
             fetch = peer.next_fetch
             if fetch is None and self._should_fetch(peer, now_ms):
                 full = peer.want_full or not self.vv
-                if full and full_busy:
+                if (full or self.state != READY) and full_busy:
                     continue
                 full_busy = full_busy or full
                 fetch = self._new_fetch(full=full)
@@ -309,7 +320,9 @@ class Replica:
 
     def _expire(self, now_ms: int) -> None:
         for node_id, peer in list(self.peers.items()):
-            if peer.fetching is not None and now_ms - peer.fetch_sent_ms >= FETCH_TIMEOUT_MS:
+            # A snapshot's first chunk waits while the peer captures its store.
+            limit = FETCH_TIMEOUT_MS * (5 if peer.fetching and peer.fetching.full else 1)
+            if peer.fetching is not None and now_ms - peer.fetch_sent_ms >= limit:
                 peer.fetching = None
                 self.peers[node_id] = self.peers.pop(node_id)  # try the others first next
         for sid in [
@@ -324,7 +337,10 @@ class Replica:
             for p in self.peers.values()
             if not p.synced and (p.heard_ms >= 0 or elapsed < STARTUP_TIMEOUT_MS)
         ]
-        if not waiting or elapsed >= READY_DEADLINE_MS:
+        # The deadline counts from the last batch received: a long catch-up that
+        # keeps making progress is never cut short.
+        stalled = now_ms - max(self._started_ms, self._progress_ms)
+        if not waiting or stalled >= READY_DEADLINE_MS:
             if waiting:
                 log.warning("ready without a full catch-up from %s", ", ".join(waiting))
             self.state = READY
@@ -335,6 +351,7 @@ class Replica:
         if peer is None or peer.fetching is None or peer.fetching.request_id != batch.request_id:
             return []  # late reply to an abandoned fetch
         peer.fetching, peer.heard_ms = None, now_ms
+        self._progress_ms = now_ms
         if batch.need_full:
             peer.want_full = True
             peer.next_fetch = self._new_fetch(full=True)
@@ -436,28 +453,42 @@ class Replica:
 
     def _serve_snapshot(self, node_id: str, fetch: Fetch, now_ms: int) -> Batch:
         session = self._sessions.get(fetch.session)
-        sid, start = fetch.session, fetch.cursor
-        if session is None or fetch.cursor == 0 or session.node_id != node_id:
+        sid = fetch.session
+        if (
+            session is None
+            or fetch.cursor == 0
+            or session.node_id != node_id
+            or fetch.cursor not in (session.position, session.last[0])
+        ):
             # A new session starts at 0, even when its id is the one asked for
             # (ids restart with the process: the request was for the last one's).
             self._ids += 1
-            sid, start = self._ids, 0
+            sid = self._ids
             session = self._sessions[sid] = _Session(
-                node_id, list(self.store.entries()), dict(self.vv), now_ms
+                node_id, self.store.entries(), dict(self.vv), now_ms
             )
         session.used_ms = now_ms
-        chunk, budget = [], FETCH_BYTES
-        for m in session.entries[start : start + self.fetch_entries]:
+        if session.last[0] == fetch.cursor and fetch.cursor != session.position:
+            start, chunk, more = session.last  # the reply to this was lost: send it again
+        else:
+            start, chunk, more = session.position, *self._chunk(session.entries)
+            session.position += len(chunk)
+            session.last = (start, chunk, more)
+        self.counters["served"] += len(chunk)
+        return Batch(fetch.request_id, chunk, session.vv, more, True, sid, start + len(chunk))
+
+    def _chunk(self, entries: Iterator[Mutation]) -> tuple[list[Mutation], bool]:
+        """The next snapshot chunk (bounded in entries and bytes) and whether more follow."""
+        chunk: list[Mutation] = []
+        budget = FETCH_BYTES
+        for m in entries:
             chunk.append(m)
             budget -= len(m.value or b"") + len(m.key)
-            if budget <= 0:
+            if budget <= 0 or len(chunk) >= self.fetch_entries:
                 break
-        cursor = start + len(chunk)
-        more = cursor < len(session.entries)
-        if not more:
-            del self._sessions[sid]
-        self.counters["served"] += len(chunk)
-        return Batch(fetch.request_id, chunk, session.vv, more, True, sid, cursor)
+        else:
+            return chunk, False
+        return chunk, True
 
     # ------------------------------------------------------------------ reporting
 

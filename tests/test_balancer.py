@@ -318,7 +318,9 @@ def test_hung_node_is_out_of_rotation_within_1_s_and_back_after_sigcont(mesh3, p
     assert logged_s < 1.0, f"the balancer dropped the hung node after {logged_s:.3f} s"
     late = [s for s in window if s.start >= stopped + 1.0 and s.latency > 0.4]
     assert not late, f"requests started 1 s after SIGSTOP were still slow: {late[:5]}"
-    assert hung["in_rotation"] is False and hung["state"] == "hung", hung
+    # "hung" first; after 1.5 s without ZMTP heartbeat answers the connection is
+    # also given up ("disconnected") and redialled: out of rotation either way.
+    assert hung["in_rotation"] is False and hung["state"] in ("hung", "disconnected"), hung
     # Back in rotation: it takes about a third of the traffic again (probes are ~10/s).
     assert grew >= 50, f"the resumed node got only {grew} requests"
 
@@ -375,7 +377,8 @@ def test_requests_in_flight_on_a_failing_node_are_answered_once_by_another(mesh3
         )
         assert sorted(r[0] for r in replies) == sorted(sent), "a request got no or two replies"
         assert all(code == wire.OK and result is True for _, code, result in replies), replies
-        assert elapsed < (1.0 if failure == "hang" else 0.5), elapsed
+        # Resent once their deadline (400 ms) has passed, so a stale copy cannot run later.
+        assert elapsed < 1.0, elapsed
         if failure == "hang":
             # The node wakes up, answers the 10 stuck requests late: the balancer must drop
             # those replies.  Its probe replies queue behind them on the same connection, so
