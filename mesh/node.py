@@ -60,6 +60,7 @@ PROGRESS_EVERY = 250_000
 STATUS_FILE = "node.json"
 REPLY_HWM = 100_000
 ACK_CHECK_MS = 5
+NOBLOCK = int(zmq.NOBLOCK)  # a plain int: enum flag arithmetic shows up in profiles
 #: Hard per-frame ceiling given to libzmq: larger frames drop the connection
 #: instead of being buffered; frames up to it get a clear TOO_LARGE reply.
 ZMQ_FRAME_CEILING_FACTOR = 2
@@ -287,7 +288,7 @@ class Node:
             batch: list[list[bytes]] = []
             while len(batch) < batch_max:
                 try:
-                    batch.append(raw.recv_multipart(zmq.NOBLOCK))
+                    batch.append(raw.recv_multipart(NOBLOCK))
                 except zmq.Again:
                     break
             if batch:
@@ -306,7 +307,7 @@ class Node:
         if pending:
             self.replica.commit_local(pending)
             self.log.flush()
-            if self.peering is not None:
+            if self.peering is not None and self.replica.peers:  # nobody to tell otherwise
                 self.peering.publish(self.origin, pending)
             self._maybe_snapshot()
         for waiting in held:
@@ -375,7 +376,7 @@ class Node:
         assert self._raw_api is not None
         for reply in replies:
             try:
-                self._raw_api.send_multipart(reply, zmq.NOBLOCK)
+                self._raw_api.send_multipart(reply, NOBLOCK)
             except zmq.ZMQError:  # peer gone or its queue full: the client times out
                 self.counters["dropped_replies"] += 1
 

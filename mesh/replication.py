@@ -288,7 +288,7 @@ class Replica:
                 full = peer.want_full or not self.vv
                 if (full or self.state != READY) and full_busy:
                     continue
-                full_busy = full_busy or full
+                full_busy = full_busy or full or self.state != READY
                 fetch = self._new_fetch(full=full)
             if fetch is not None:
                 peer.next_fetch = None
