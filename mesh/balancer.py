@@ -152,7 +152,7 @@ class Balancer:
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.front.setsockopt(zmq.SNDHWM, 100_000)
         self.front.bind(config.front)
-        self.endpoint = self.front.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoint = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
         self._raw_front = self.front
         # A plain zmq.Poller in a plain loop: the balancer only moves frames,
         # and asyncio's per-wait poller set-up cost more than the forwarding.

@@ -236,14 +236,14 @@ class Client(Commands):
                 return
             except zmq.Again:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._sock.poll(left * 1000, zmq.POLLOUT):
+                if left <= 0 or not self._sock.poll(int(left * 1000) + 1, zmq.POLLOUT):
                     raise Timeout(f"no endpoint of {self.endpoints} took the request") from None
 
     def _receive(self, waiting: set[int], deadline: float) -> dict[int, tuple[int, Any]]:
         replies: dict[int, tuple[int, Any]] = {}
         while waiting:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(left * 1000, zmq.POLLIN):
+            if left <= 0 or not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
                 raise Timeout(
                     f"{len(waiting)} of {len(waiting) + len(replies)} replies missing "
                     f"from {self.endpoints} after the deadline"
@@ -334,7 +334,7 @@ class AsyncClient(Commands):
         self._own_ctx = context is None
         self._ctx = context or zmq.asyncio.Context()
         self._sock = _dealer(self._ctx, self.endpoints)
-        self._raw = zmq.Socket.shadow(self._sock.underlying)
+        self._raw: zmq.Socket = zmq.Socket.shadow(self._sock.underlying)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
         self._reader: asyncio.Task | None = None
@@ -363,12 +363,12 @@ class AsyncClient(Commands):
         # Through the asyncio socket, not the raw shadow: a send can use up the
         # edge-triggered wake-up that the reader's pending poll() waits for,
         # and pyzmq's own send wakes pending pollers after sending.
-        await self._sock.send(frame)
+        await self._sock.send(frame)  # type: ignore[misc]  # pyzmq stubs: sync signature
         return await future
 
     async def _read_replies(self) -> None:
         while self._waiting:
-            await self._sock.poll(flags=zmq.POLLIN)
+            await self._sock.poll(None, zmq.POLLIN)  # type: ignore[misc]
             while True:
                 try:
                     frame = self._raw.recv(zmq.NOBLOCK)

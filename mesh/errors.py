@@ -13,7 +13,8 @@
         ├── TooLarge           code 6: value, request or item count over its limit
         ├── NotReady           code 8: the node cannot serve yet
         ├── WriteNotAcknowledged code 9: the requested ack level was not met
-        │   (code 10, DEADLINE, maps to Timeout: the request was not run)
+        ├── DeadlinePassed     code 10: not run before the balancer's deadline
+        │                      (also a Timeout)
         └── InternalError      code 99: a bug on the server side
 
 Library code translates zmq and msgpack errors into these at the boundary
@@ -77,6 +78,10 @@ class NotReady(ServerError):
 
 class WriteNotAcknowledged(ServerError):
     """The write was applied locally but not by as many nodes as requested."""
+
+
+class DeadlinePassed(ServerError, Timeout):
+    """A balancer's run-by deadline passed before a node ran the request (not run)."""
 
 
 class InternalError(ServerError):

@@ -31,7 +31,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -182,7 +182,7 @@ class Node:
                 self.origin,
             )
             assert self.peering is not None
-            tasks = [
+            tasks: list[asyncio.Task[Any]] = [
                 asyncio.create_task(self._serve()),
                 asyncio.create_task(self.peering.run()),
                 asyncio.create_task(self._every(self.config.sweep_interval_ms, self.store.sweep)),
@@ -222,7 +222,7 @@ class Node:
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
         sock.bind(self.config.api)
         self._api, self._raw_api = sock, zmq.Socket.shadow(sock.underlying)
-        self.endpoint = sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.peering = Peering(
             self.replica,
             self.log,
@@ -284,7 +284,7 @@ class Node:
         assert self._api is not None and self._raw_api is not None
         raw, batch_max = self._raw_api, self.config.batch_max
         while True:
-            await self._api.poll(flags=zmq.POLLIN)
+            await self._api.poll(None, zmq.POLLIN)  # type: ignore[call-arg]
             batch: list[list[bytes]] = []
             while len(batch) < batch_max:
                 try:
@@ -368,7 +368,7 @@ class Node:
         for reply in replies:
             # Outside _serve, through the asyncio socket: a raw send here could
             # use up the wake-up that _serve's pending poll() waits for.
-            sent = self._api.send_multipart(reply, flags=zmq.NOBLOCK)  # type: ignore[union-attr]
+            sent = cast(asyncio.Future, self._api.send_multipart(reply, flags=NOBLOCK))  # type: ignore[union-attr]
             if sent.exception() is not None:
                 self.counters["dropped_replies"] += 1
 

@@ -88,10 +88,12 @@ class Peering:
         self.sub = self._socket(zmq.SUB)
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.endpoints = {
-            "repl": self.repl.getsockopt(zmq.LAST_ENDPOINT).decode(),
-            "pub": self.pub.getsockopt(zmq.LAST_ENDPOINT).decode(),
+            "repl": self.repl.getsockopt_string(zmq.LAST_ENDPOINT),
+            "pub": self.pub.getsockopt_string(zmq.LAST_ENDPOINT),
         }
-        self._raw = {s: zmq.Socket.shadow(s.underlying) for s in (self.pub, self.repl, self.sub)}
+        self._raw: dict[Any, zmq.Socket] = {
+            s: zmq.Socket.shadow(s.underlying) for s in (self.pub, self.repl, self.sub)
+        }
         self._dealers: dict[str, zmq.asyncio.Socket] = {}  # repl endpoint -> DEALER
         self._by_node: dict[str, str] = {}  # node id -> repl endpoint
         self._subscribed: set[str] = set()
@@ -201,10 +203,10 @@ class Peering:
             return  # learn who the configured peers are before judging readiness
         was_ready = self.replica.state
         for node_id, fetch in self.replica.poll(now):
-            endpoint = self._by_node.get(node_id)
-            if endpoint is not None:
+            target = self._by_node.get(node_id)
+            if target is not None:
                 self._send(
-                    self._dealers[endpoint], peerwire.encode_fetch(self.replica.node_id, fetch)
+                    self._dealers[target], peerwire.encode_fetch(self.replica.node_id, fetch)
                 )
         if self.replica.state != was_ready:
             self._on_change()
@@ -217,7 +219,8 @@ class Peering:
             return False
 
     def _frames(self, sock: zmq.asyncio.Socket) -> list[list[bytes]]:
-        raw, out = self._raw[sock], []
+        raw = self._raw[sock]
+        out: list[list[bytes]] = []
         while len(out) < DRAIN_MAX:
             try:
                 out.append(raw.recv_multipart(zmq.NOBLOCK))

@@ -56,11 +56,11 @@ import msgpack
 from mesh.config import Limits
 from mesh.errors import (
     BadRequest,
+    DeadlinePassed,
     InternalError,
     NotReady,
     ProtocolError,
     ServerError,
-    Timeout,
     TooLarge,
     WriteNotAcknowledged,
 )
@@ -103,7 +103,7 @@ _EXCEPTIONS: dict[int, type[ServerError]] = {
     E_TOO_LARGE: TooLarge,
     E_NOT_READY: NotReady,
     E_NOT_ACKNOWLEDGED: WriteNotAcknowledged,
-    E_DEADLINE: Timeout,
+    E_DEADLINE: DeadlinePassed,
     E_INTERNAL: InternalError,
 }
 
