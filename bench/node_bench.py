@@ -42,7 +42,7 @@ def serve_echo() -> None:
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.SNDHWM, 100_000)
     sock.bind("tcp://127.0.0.1:*")
-    print(sock.getsockopt(zmq.LAST_ENDPOINT).decode(), flush=True)
+    print(sock.getsockopt_string(zmq.LAST_ENDPOINT), flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     while True:
         sock.poll()
