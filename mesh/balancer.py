@@ -332,8 +332,9 @@ class Balancer:
         token = int.from_bytes(frames[1], "big")
         if token:
             gather = self._gathers.get(token)
-            if gather is not None and code == wire.OK:
-                gather["replies"][link.endpoint] = result["nodes"][0]
+            nodes = result.get("nodes") if isinstance(result, dict) else None
+            if gather is not None and code == wire.OK and isinstance(nodes, list) and nodes:
+                gather["replies"][link.endpoint] = nodes[0]
                 if len(gather["replies"]) >= gather["expected"]:
                     self._finish_gather(token)
             return
