@@ -14,10 +14,11 @@ Liveness and readiness, per node:
   restarted node gets none until it has caught up;
 - a node that answers NOT_READY is taken out of rotation on the spot.
 
-Every request in flight is tracked by ``(client id, request id)`` and sent
-with a run-by deadline (``deadline_ms``, 400 ms, in an envelope frame, see
+Every request in flight is tracked by ``(client id, request id)``; a write is
+sent with a run-by deadline (``deadline_ms``, 400 ms, in an envelope frame, see
 :data:`mesh.wire.DEADLINE_MAGIC`): a node that gets it later does not run it
-and answers DEADLINE.  When a node answers NOT_READY or DEADLINE, the request
+and answers DEADLINE.  Reads carry none: one running late changes nothing, so
+a read on a failed node is resent at once.  When a node answers NOT_READY or DEADLINE, the request
 goes at once to another ready node; when a node is dropped, its requests go
 elsewhere once their deadline has passed, so that a copy stuck on a hung node
 can never run after the retry and overwrite a later write.  A request is sent
@@ -59,6 +60,8 @@ log = logging.getLogger(__name__)
 
 PROBE = b"\x00probe"  # envelope of the balancer's own requests to nodes
 TICK_MS = 20
+#: Ops that change nothing: sent without a deadline, resent at once on failover.
+READ_OPS = frozenset({b"GET", b"MGET", b"TTL", b"GETMETA", b"PING", b"STATS"})
 NOBLOCK = int(zmq.NOBLOCK)  # a plain int: enum flag arithmetic shows up in profiles
 CLUSTER_WAIT_MS = 500
 DRAIN_MAX = 2048
@@ -81,6 +84,8 @@ class Pending:
     """A client request in flight (or waiting for a ready node)."""
 
     frames: list[bytes]
+    request_id: int | None = None
+    write: bool = True  # reads carry no deadline: one running late changes nothing
     attempts: int = 0
     waiting_since: int = 0
     run_by_ms: int = 0  # wall-clock deadline of the latest send (see wire.DEADLINE_MAGIC)
@@ -234,11 +239,12 @@ class Balancer:
             self.counters["requests"] += 1
             if len(frames) < 2:
                 continue
-            _, op = wire.peek_head(frames[-1])
+            request_id, op = wire.peek_head(frames[-1])
             if op in (b"HEALTH", b"CLUSTER"):
                 self._answer_locally(frames, op, now)
             else:
-                self._route(Pending(frames), now)
+                write = not isinstance(op, bytes) or op.upper() not in READ_OPS
+                self._route(Pending(frames, request_id, write), now)
 
     def _route(self, pending: Pending, now: int, exclude: Link | None = None) -> None:
         while pending.attempts < self.config.max_attempts:
@@ -246,18 +252,17 @@ class Balancer:
             if link is None:
                 break
             pending.attempts += 1
-            pending.run_by_ms = wall_ms() + self.config.deadline_ms
             frames = pending.frames
+            if pending.write:
+                pending.run_by_ms = wall_ms() + self.config.deadline_ms
+                frames = [*frames[:-1], wire.deadline_frame(pending.run_by_ms), frames[-1]]
             try:
-                link.raw.send_multipart(
-                    [*frames[:-1], wire.deadline_frame(pending.run_by_ms), frames[-1]], NOBLOCK
-                )
+                link.raw.send_multipart(frames, NOBLOCK)
             except zmq.ZMQError:
                 self._drop(link, now, "unreachable")
                 continue
-            request_id, _ = wire.peek_head(pending.frames[-1])
-            if request_id is not None:
-                link.inflight[(pending.frames[0], request_id)] = pending
+            if pending.request_id is not None:
+                link.inflight[(pending.frames[0], pending.request_id)] = pending
             return
         if pending.attempts >= self.config.max_attempts:
             self._reply_error(pending, wire.E_NOT_READY, "no node answered the request")
@@ -279,8 +284,8 @@ class Balancer:
                 return
 
     def _reply_error(self, pending: Pending, code: int, reason: str) -> None:
-        request_id, _ = wire.peek_head(pending.frames[-1])
-        self._to_client([*pending.frames[:-1], wire.encode_error(request_id, code, reason)])
+        reply = wire.encode_error(pending.request_id, code, reason)
+        self._to_client([*pending.frames[:-1], reply])
 
     def _to_client(self, frames: list[bytes]) -> None:
         try:
