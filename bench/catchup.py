@@ -61,7 +61,6 @@ at about 900,000 entries/s partially and 500,000/s fully.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import re
@@ -82,11 +81,12 @@ import msgpack
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median_of, print_table, write_json  # noqa: E402
+from common import cpu_seconds, median_of, print_table, write_json  # noqa: E402
 
 from mesh import peerwire, wire  # noqa: E402
 from mesh.client import Client  # noqa: E402
 from mesh.errors import PyCacheError  # noqa: E402
+from mesh.supervisor import die_with_parent  # noqa: E402
 
 VALUE = b"v" * 100
 ANY = "tcp://127.0.0.1:*"
@@ -113,16 +113,8 @@ class Diverged(Exception):
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-def _die_with_parent() -> None:
-    """In the child: get SIGKILL when this script dies, even by SIGKILL (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _spawn(argv: list[str], **kwargs: Any) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, preexec_fn=_die_with_parent, **kwargs)
+    proc = subprocess.Popen(argv, preexec_fn=die_with_parent, **kwargs)
     _CHILDREN[proc.pid] = proc
     return proc
 
@@ -143,15 +135,6 @@ def _end(proc: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = STO
 def _end_all() -> None:
     for proc in list(_CHILDREN.values()):
         _end(proc, signal.SIGKILL if proc.poll() is None else signal.SIGTERM, 5)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def fsync_latency_ms(folder: Path, count: int = 200) -> dict[str, float]:

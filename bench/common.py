@@ -10,7 +10,6 @@ machine to machine, ratios much less.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import math
 import os
@@ -23,6 +22,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from mesh.supervisor import die_with_parent
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -93,20 +94,24 @@ def percentile(samples: Sequence[float], q: float) -> float:
 # with this process, however that ends) and remembered by pid, so that a
 # ``finally: end_all()`` ends exactly the processes the script started.
 
-PR_SET_PDEATHSIG = 1
 ANY = "tcp://127.0.0.1:*"
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def spawn(argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
     """Start ``argv`` as a tracked child that dies with this process."""
     kwargs.setdefault("stdin", subprocess.DEVNULL)
     proc = subprocess.Popen(
-        list(argv), start_new_session=True, preexec_fn=_die_with_parent, **kwargs
+        list(argv), start_new_session=True, preexec_fn=die_with_parent, **kwargs
     )
     _CHILDREN[proc.pid] = proc
     return proc

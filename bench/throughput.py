@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     ANY,
     NodeProc,
+    cpu_seconds,
     end,
     end_all,
     median_of,
@@ -233,15 +234,6 @@ def zmq_load(endpoint: str, frames: list[bytes], window: int, seconds: float) ->
         sock.close()
         ctx.term()
     return _sample(done, elapsed, latencies, errors)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def with_cpu(pid: int, measure: Callable[[], dict]) -> dict:

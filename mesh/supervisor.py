@@ -34,9 +34,12 @@ PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 10.0
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+def die_with_parent() -> None:
+    """``preexec_fn`` for children: the kernel SIGKILLs them when their parent dies.
+
+    Runs in the child between fork and exec (Linux ``PR_SET_PDEATHSIG``).
+    """
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -208,7 +211,7 @@ class Cluster:
     def _spawn(self, child: Child, status: Path) -> None:
         status.unlink(missing_ok=True)
         child.process = subprocess.Popen(
-            child.argv, start_new_session=True, preexec_fn=_die_with_parent
+            child.argv, start_new_session=True, preexec_fn=die_with_parent
         )
 
     def write_layout(self) -> None:

@@ -8,7 +8,6 @@ what they saw when they give up.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -22,12 +21,7 @@ from typing import Any
 import pytest
 
 from mesh.client import Client
-
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+from mesh.supervisor import die_with_parent
 
 
 def wait_for(
@@ -94,7 +88,7 @@ class NodeProcess:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         if wait:
             self.wait_ready()
@@ -179,7 +173,7 @@ class BalancerProcess:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
 
         def bound() -> bool:

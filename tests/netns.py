@@ -24,7 +24,6 @@ stdout.  Run as ``python tests/netns.py agent ENDPOINT`` it is that child.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -38,17 +37,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mesh.supervisor import die_with_parent
+
 SUBNET = "198.18.0"
 PREFIX = "pc"
 _NAME_RE = re.compile(rf"^{PREFIX}(\d+)(sw|h\d+)$")
 _FAULT_TABLE = "pcfault"
 _REPO = Path(__file__).resolve().parent.parent
-PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent() -> None:
-    """``preexec_fn``: the child gets SIGKILL when the test process dies."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def ip_command() -> str | None:

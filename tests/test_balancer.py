@@ -19,8 +19,6 @@ printed; run with ``-s`` to see them.  Waits poll with deadlines.
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -35,7 +33,7 @@ from mesh.balancer import Link, Pool
 from mesh.client import Client
 from mesh.errors import NotReady, Timeout
 from tests.conftest import BalancerProcess, NodeProcess, Processes, wait_for
-from tests.test_protocol_doc import complete_script
+from tests.test_protocol_doc import run_complete_script
 
 HEALTH_MS = 100  # the balancer's default probe period
 HANG_MS = 600  # the balancer's default silence before a node is hung
@@ -570,17 +568,7 @@ def test_health_and_cluster_through_the_balancer(mesh3):
 def test_protocol_doc_script_runs_against_the_balancer(procs, tmp_path):
     node = procs.node()
     balancer = procs.balancer([node])
-    script, output = complete_script()
-    path = tmp_path / "pycache_example.py"
-    path.write_text(script, encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, str(path), balancer.endpoint],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == output
+    run_complete_script(balancer.endpoint, tmp_path)
 
 
 @pytest.mark.processes

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from mesh.cli import main
 from mesh.client import Client
-from tests.conftest import _die_with_parent, wait_for
+from mesh.supervisor import die_with_parent
+from tests.conftest import wait_for
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def _start_up(data):
         stderr=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     assert up.stdout is not None
     lines = []
@@ -152,7 +153,7 @@ def test_up_starts_reports_survives_a_dead_child_and_comes_back(tmp_path):
                 procs[1]["argv"],
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
             with Client(procs[1]["endpoints"]["api"], timeout=1) as n2:
                 wait_for(lambda: n2.get("k2") == b"v2", 15, "the restarted n2 to catch up")

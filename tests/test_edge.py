@@ -44,7 +44,8 @@ from mesh.client import Client
 from mesh.config import EdgeConfig, Limits
 from mesh.errors import ConfigError
 from mesh.replication import Batch
-from tests.conftest import NodeProcess, Processes, _die_with_parent, wait_for
+from mesh.supervisor import die_with_parent
+from tests.conftest import NodeProcess, Processes, wait_for
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 MIB = 1024 * 1024
@@ -450,7 +451,7 @@ class EdgeProcess:
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
 
         def listening() -> bool:

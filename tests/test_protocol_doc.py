@@ -144,17 +144,23 @@ def test_complete_script_uses_only_pyzmq_and_msgpack():
     assert "poll(" in script  # every receive has a timeout
 
 
-@pytest.mark.processes
-def test_complete_script_runs_against_a_node(node, tmp_path):
+def run_complete_script(endpoint: str, tmp_path) -> str:
+    """Run the doc's pyzmq-only script against ``endpoint``; check it; return its stdout."""
     script, output = complete_script()
     path = tmp_path / "pycache_example.py"
     path.write_text(script, encoding="utf-8")
     result = subprocess.run(
-        [sys.executable, str(path), node.endpoint],
+        [sys.executable, str(path), endpoint],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == output
-    assert result.stdout.splitlines() == ["SET True", "GET b'hello'", "DEL 1", "GET None"]
+    return result.stdout
+
+
+@pytest.mark.processes
+def test_complete_script_runs_against_a_node(node, tmp_path):
+    result = run_complete_script(node.endpoint, tmp_path)
+    assert result.splitlines() == ["SET True", "GET b'hello'", "DEL 1", "GET None"]
