@@ -75,6 +75,7 @@ def start_node(data_dir: str) -> tuple[subprocess.Popen, str]:
         "tcp://127.0.0.1:*",
         "--log-level",
         "WARNING",
+        *os.environ.get("NODE_ARGS", "").split(),
     ]
     proc = subprocess.Popen(argv)
     status = Path(data_dir) / "node.json"

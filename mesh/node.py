@@ -31,7 +31,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -53,6 +53,7 @@ from mesh.log import Log
 from mesh.peering import Peering, now_ms
 from mesh.replication import READY, Replica
 from mesh.store import Store
+from mesh.zsock import readable, recv_frames, send_frames, socket_fd
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ PROGRESS_EVERY = 250_000
 STATUS_FILE = "node.json"
 REPLY_HWM = 100_000
 ACK_CHECK_MS = 5
-NOBLOCK = int(zmq.NOBLOCK)  # a plain int: enum flag arithmetic shows up in profiles
 #: Hard per-frame ceiling given to libzmq: larger frames drop the connection
 #: instead of being buffered; frames up to it get a clear TOO_LARGE reply.
 ZMQ_FRAME_CEILING_FACTOR = 2
@@ -112,6 +112,7 @@ class Node:
         self._stopped = asyncio.Event()
         self._api: zmq.asyncio.Socket | None = None
         self._raw_api: zmq.Socket | None = None
+        self._wakeup: asyncio.Future | None = None
         self.endpoint = config.api
         self._http: Any = None  # mesh.edge.HttpServer with --http-port
 
@@ -281,18 +282,40 @@ class Node:
         self._check_acks()
 
     async def _serve(self) -> None:
-        assert self._api is not None and self._raw_api is not None
+        assert self._raw_api is not None
         raw, batch_max = self._raw_api, self.config.batch_max
-        while True:
-            await self._api.poll(None, zmq.POLLIN)  # type: ignore[call-arg]
-            batch: list[list[bytes]] = []
-            while len(batch) < batch_max:
-                try:
-                    batch.append(raw.recv_multipart(NOBLOCK))
-                except zmq.Again:
-                    break
-            if batch:
-                self._send_replies(self.handle_batch(batch))
+        loop = asyncio.get_running_loop()
+        # ZMQ_FD is edge-triggered: wait on it only after ZMQ_EVENTS says the
+        # socket is empty, and re-check after every wake-up (see _wake_serve).
+        fd = socket_fd(raw)
+        loop.add_reader(fd, self._wake_serve)
+        try:
+            while True:
+                if not readable(raw):
+                    self._wakeup = loop.create_future()
+                    await self._wakeup
+                    continue
+                batch: list[list[bytes]] = []
+                while len(batch) < batch_max:
+                    try:
+                        batch.append(recv_frames(raw))
+                    except zmq.Again:
+                        break
+                if batch:
+                    self._send_replies(self.handle_batch(batch))
+        finally:
+            loop.remove_reader(fd)
+
+    def _wake_serve(self) -> None:
+        """Let :meth:`_serve` look at its socket again.
+
+        Called when ZMQ_FD turns readable, and after every send on the API
+        socket from outside :meth:`_serve`: a send may take in the socket's
+        pending commands and so use up the edge _serve waits for.
+        """
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
 
     def handle_batch(self, batch: list[list[bytes]]) -> list[list[bytes]]:
         """Execute a batch of requests; log, fsync and publish its writes; return replies."""
@@ -315,45 +338,52 @@ class Node:
         return replies
 
     def _handle_one(self, frames: list[bytes], held: list[Waiting]) -> list[bytes] | None:
-        if len(frames) < 2:
+        """Run one request; return its reply (``frames`` reused), or None when there is none yet."""
+        count, limits = len(frames), self.config.limits
+        if count < 2:
             self.counters["bad_requests"] += 1
             return None  # no routing id: nothing to answer to
-        if len(frames) > self.config.limits.max_frames:
+        if count > limits.max_frames:
             self.counters["bad_requests"] += 1
             reason = (
-                f"a message of {len(frames)} frames (routing id included) is over the "
-                f"limit of {self.config.limits.max_frames}"
+                f"a message of {count} frames (routing id included) is over the "
+                f"limit of {limits.max_frames}"
             )
             return [frames[0], wire.encode_error(None, wire.E_MALFORMED, reason)]
-        envelope, payload = frames[:-1], frames[-1]
         try:
-            request = wire.decode_request(payload, self.config.limits)
+            request = wire.decode_request(frames[-1], limits)
         except ProtocolError as exc:
             self.counters["bad_requests"] += 1
-            return [*envelope, wire.encode_error(exc.request_id, exc.code, exc.reason)]
-        deadline = wire.frame_deadline(envelope[-1])
+            frames[-1] = wire.encode_error(exc.request_id, exc.code, exc.reason)
+            return frames
+        deadline = wire.frame_deadline(frames[-2])
         if deadline is not None and wall_ms() > deadline:
             self.counters["expired_requests"] += 1
             reason = "the balancer's deadline passed before the node could run the request"
-            return [*envelope, wire.encode_error(request.id, wire.E_DEADLINE, reason)]
+            frames[-1] = wire.encode_error(request.id, wire.E_DEADLINE, reason)
+            return frames
         if self.state != "ready" and request.op not in ALWAYS_SERVED:
             reason = f"node {self.config.node_id} is {self.state}"
-            return [*envelope, wire.encode_error(request.id, wire.E_NOT_READY, reason)]
+            frames[-1] = wire.encode_error(request.id, wire.E_NOT_READY, reason)
+            return frames
         seq_before = self.commands.seq
         try:
             result = self.commands.execute(request)
         except Exception:
             log.exception("internal error on %r", request)
-            return [*envelope, wire.encode_error(request.id, wire.E_INTERNAL, "internal error")]
+            frames[-1] = wire.encode_error(request.id, wire.E_INTERNAL, "internal error")
+            return frames
         if self.commands.seq > seq_before:
-            needed = nodes_needed(request.w or self.config.w, 1 + len(self.replica.peers))
-            if needed > 1:
+            w = request.w or self.config.w
+            if w != 1 and nodes_needed(w, 1 + len(self.replica.peers)) > 1:
+                needed = nodes_needed(w, 1 + len(self.replica.peers))
                 deadline = now_ms() + self.config.ack_timeout_ms
                 held.append(
-                    Waiting(self.commands.seq, needed, deadline, envelope, request.id, result)
+                    Waiting(self.commands.seq, needed, deadline, frames[:-1], request.id, result)
                 )
                 return None
-        return [*envelope, wire.encode_reply(request.id, result)]
+        frames[-1] = wire.encode_reply(request.id, result)
+        return frames
 
     def _check_acks(self) -> None:
         if not len(self.acks):
@@ -365,18 +395,15 @@ class Node:
             replies.append(
                 [*w.envelope, wire.encode_error(w.request_id, wire.E_NOT_ACKNOWLEDGED, reason)]
             )
-        for reply in replies:
-            # Outside _serve, through the asyncio socket: a raw send here could
-            # use up the wake-up that _serve's pending poll() waits for.
-            sent = cast(asyncio.Future, self._api.send_multipart(reply, flags=NOBLOCK))  # type: ignore[union-attr]
-            if sent.exception() is not None:
-                self.counters["dropped_replies"] += 1
+        if replies:
+            self._send_replies(replies)
+            self._wake_serve()
 
     def _send_replies(self, replies: list[list[bytes]]) -> None:
         assert self._raw_api is not None
         for reply in replies:
             try:
-                self._raw_api.send_multipart(reply, NOBLOCK)
+                send_frames(self._raw_api, reply)
             except zmq.ZMQError:  # peer gone or its queue full: the client times out
                 self.counters["dropped_replies"] += 1
 

@@ -193,11 +193,10 @@ def decode_request(frame: bytes, limits: Limits) -> Request:
     Raises ProtocolError (with the request id when it could be read) for every
     problem; never any other exception.
     """
-    if len(frame) > limits.request_bytes:
+    size, request_bytes = len(frame), limits.request_bytes
+    if size > request_bytes:
         raise ProtocolError(
-            E_TOO_LARGE,
-            f"request of {len(frame)} bytes is over {limits.request_bytes}",
-            peek_id(frame),
+            E_TOO_LARGE, f"request of {size} bytes is over {request_bytes}", peek_id(frame)
         )
     if not frame:
         raise ProtocolError(E_MALFORMED, "empty frame")
@@ -207,8 +206,8 @@ def decode_request(frame: bytes, limits: Limits) -> Request:
         body = msgpack.unpackb(
             memoryview(frame)[1:],
             raw=True,
-            max_bin_len=limits.request_bytes,
-            max_str_len=limits.request_bytes,
+            max_bin_len=request_bytes,
+            max_str_len=request_bytes,
             # Every element takes at least one byte, so the frame's length bounds
             # any allocation; item counts are checked per op, with the request id.
             max_array_len=len(frame),
@@ -222,6 +221,38 @@ def decode_request(frame: bytes, limits: Limits) -> Request:
         )
     except Exception as exc:  # msgpack raises ValueError, TypeError, StackError, ...
         raise ProtocolError(E_MALFORMED, f"undecodable msgpack: {exc}") from exc
+    request = _decode_common(body, limits)
+    return request if request is not None else _decode_any(body, limits)
+
+
+def _decode_common(body: Any, limits: Limits) -> Request | None:
+    """The two requests most traffic is, well-formed: ``[id, "GET", key]`` and
+    ``[id, "SET", key, value]``, checked inline; None for anything else, which
+    :func:`_decode_any` then validates in full (and reports, when wrong).
+    """
+    if type(body) is not list or not 3 <= len(body) <= 4:
+        return None
+    request_id, op, key = body[0], body[1], body[2]
+    if (
+        type(request_id) is not int
+        or not 0 <= request_id <= MAX_ID
+        or type(key) is not bytes
+        or not 0 < len(key) <= limits.max_key_bytes
+    ):
+        return None
+    try:
+        name = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if len(body) == 3:
+        return Request(request_id, "GET", (name,)) if op == b"GET" else None
+    value = body[3]
+    if op != b"SET" or type(value) is not bytes or len(value) > limits.max_value_bytes:
+        return None
+    return Request(request_id, "SET", (name, value, 0, False, False))
+
+
+def _decode_any(body: Any, limits: Limits) -> Request:
     if not isinstance(body, list) or len(body) < 2:
         raise ProtocolError(E_MALFORMED, "a request is an array [id, op, arg...]")
     request_id, op = body[0], body[1]

@@ -134,13 +134,19 @@ def test_batch_is_one_write_per_segment(tmp_path: Path, monkeypatch: pytest.Monk
     log = Log(tmp_path, segment_bytes=400)
     fill(log, 1)
     writes: list[int] = []
-    real_write = os.write
+    real_write, real_pwrite = os.write, os.pwrite
 
     def counting(fd: int, data: bytes) -> int:
         writes.append(len(data))
         return real_write(fd, data)
 
+    def counting_at(fd: int, data: bytes, pos: int) -> int:
+        if bytes(data).strip(b"\0"):  # zero-filling ahead is not a write of records
+            writes.append(len(data))
+        return real_pwrite(fd, data, pos)
+
     monkeypatch.setattr(os, "write", counting)
+    monkeypatch.setattr(os, "pwrite", counting_at)
     log.append([record(1), record(2)])
     assert len(writes) == 1
     writes.clear()
@@ -155,17 +161,56 @@ def test_batch_is_one_write_per_segment(tmp_path: Path, monkeypatch: pytest.Monk
         assert list(log.replay()) == [record(i) for i in range(30)]
 
 
-def test_failed_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    log = Log(tmp_path)
-    fill(log, 3)
-    size = segments(tmp_path)[0].stat().st_size
-    real_write = os.write
+def test_preallocated_tail_is_cut_quietly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A crash leaves the zero-filled tail after the records: recovery cuts it, warns of nothing."""
+    live, copy = tmp_path / "live", tmp_path / "copy"
+    log = Log(live)
+    records = fill(log, 5)
+    path = segments(live)[0]
+    data = path.read_bytes()
+    assert len(data) > 1000 and data.endswith(bytes(1000))  # written ahead with zeros
+    (copy / "log").mkdir(parents=True)
+    (copy / "log" / path.name).write_bytes(data)  # the file as a kill -9 leaves it
+    log.close()
+    assert path.stat().st_size < 1000  # a clean close cuts the tail too
+    with caplog.at_level("INFO"), Log(copy) as recovered:
+        assert list(recovered.replay()) == records
+        records += fill(recovered, 2)
+    assert "truncating" not in caplog.text
+    with Log(copy) as again:
+        assert list(again.replay()) == records
 
-    def half_then_full(fd: int, data: bytes) -> int:
-        real_write(fd, bytes(data[: len(data) // 2]))
+
+def test_torn_record_before_the_zero_tail_is_cut(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = Log(tmp_path)
+    records = fill(log, 3)
+    path = segments(tmp_path)[0]
+    data = bytearray(path.read_bytes())
+    end = data.index(bytes(64), 16)  # the records end where the zeros start
+    data[end : end + 8] = (50).to_bytes(4, "big") + (123).to_bytes(4, "big")  # a header, no payload
+    log.close()
+    path.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"), Log(tmp_path) as recovered:
+        assert list(recovered.replay()) == records
+    assert "truncating" in caplog.text
+
+
+def test_failed_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with Log(tmp_path) as first:
+        fill(first, 3)
+    size = segments(tmp_path)[0].stat().st_size
+    log = Log(tmp_path)
+    real_pwrite = os.pwrite
+
+    def half_then_full(fd: int, data: bytes, pos: int) -> int:
+        if not bytes(data).strip(b"\0"):
+            return real_pwrite(fd, data, pos)  # zero-filling ahead works
+        real_pwrite(fd, bytes(data[: len(data) // 2]), pos)
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(os, "write", half_then_full)
+    monkeypatch.setattr(os, "pwrite", half_then_full)
     with pytest.raises(OSError):
         log.append([record(3), record(4)])
     monkeypatch.undo()

@@ -1,0 +1,61 @@
+"""Lean non-blocking multipart receive and send on pyzmq sockets.
+
+pyzmq's ``recv_multipart`` / ``send_multipart`` are written in Python on top
+of the Cython socket: each call re-checks every part's type and turns the
+option and flag arguments into ``enum`` members, which costs more than the
+receive or send itself (about 5.6 us against 2.4 us to receive a two-frame
+message here, and 3.3 us against 0.6 us to send one).  The hot loops of the
+node and the balancer call the Cython methods directly through these helpers.
+Frames are always copied into ``bytes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import zmq
+from zmq.backend import Socket as _CSocket
+
+NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_recv = _CSocket.recv
+_send = _CSocket.send
+_get = _CSocket.get
+
+
+def recv_frames(sock: zmq.Socket) -> list[bytes]:
+    """Receive one whole multipart message without blocking; raises ``zmq.Again`` if none."""
+    # A zero-copy Frame knows whether more parts follow, which spares the
+    # getsockopt(RCVMORE) call (1.3 us: pyzmq checks the option through enums).
+    frame = _recv(sock, NOBLOCK, False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, NOBLOCK, False)
+        frames.append(frame.bytes)
+    return frames
+
+
+def send_frames(sock: zmq.Socket, frames: Sequence[bytes]) -> None:
+    """Send ``frames`` (bytes, at least one) as one message without blocking.
+
+    Raises ``zmq.Again`` when the socket cannot take it now, or another
+    ``zmq.ZMQError`` (a ROUTER_MANDATORY peer that is gone, say).
+    """
+    last = len(frames) - 1
+    for i in range(last):
+        _send(sock, frames[i], _SNDMORE_NOBLOCK)
+    _send(sock, frames[last], NOBLOCK)
+
+
+def readable(sock: zmq.Socket) -> bool:
+    """Whether a message waits on ``sock`` (ZMQ_EVENTS; also re-arms ZMQ_FD's edge)."""
+    return bool(_get(sock, _EVENTS) & _POLLIN)  # type: ignore[operator]
+
+
+def socket_fd(sock: zmq.Socket) -> int:
+    """The socket's ZMQ_FD: readable, edge-triggered, when ZMQ_EVENTS may have changed."""
+    fd = sock.get(zmq.FD)
+    assert isinstance(fd, int)
+    return fd
