@@ -18,6 +18,8 @@ setup(
         # CRC32C (Castagnoli) in C: zlib only has CRC32, and a pure-Python
         # CRC32C would cap log replay far below its target.
         "crc32c>=2.3",
+        # XXH3 for the per-entry share of the store digest: hashed on every write.
+        "xxhash>=3.0",
     ],
     extras_require={
         "test": [

@@ -55,6 +55,7 @@ from zmq.utils.monitor import parse_monitor_message
 from mesh import wire
 from mesh.config import BalancerConfig
 from mesh.datadir import write_atomically
+from mesh.zsock import recv_frames, send_frames
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +234,7 @@ class Balancer:
         raw = self._raw_front
         for _ in range(DRAIN_MAX):
             try:
-                frames = raw.recv_multipart(NOBLOCK)
+                frames = recv_frames(raw)
             except zmq.Again:
                 return
             self.counters["requests"] += 1
@@ -257,7 +258,7 @@ class Balancer:
                 pending.run_by_ms = wall_ms() + self.config.deadline_ms
                 frames = [*frames[:-1], wire.deadline_frame(pending.run_by_ms), frames[-1]]
             try:
-                link.raw.send_multipart(frames, NOBLOCK)
+                send_frames(link.raw, frames)
             except zmq.ZMQError:
                 self._drop(link, now, "unreachable")
                 continue
@@ -289,7 +290,7 @@ class Balancer:
 
     def _to_client(self, frames: list[bytes]) -> None:
         try:
-            self._raw_front.send_multipart(frames, NOBLOCK)
+            send_frames(self._raw_front, frames)
         except zmq.ZMQError:
             pass  # the client is gone
 
@@ -305,7 +306,7 @@ class Balancer:
     def _drain_replies(self, link: Link, now: int) -> None:
         for _ in range(DRAIN_MAX):
             try:
-                frames = link.raw.recv_multipart(NOBLOCK)
+                frames = recv_frames(link.raw)
             except zmq.Again:
                 return
             link.awaiting_since = 0

@@ -11,6 +11,7 @@ stderr.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -58,6 +59,21 @@ def _valid(make_config: Callable[[], Any]) -> Any:
         return make_config().validate()
     except ConfigError as exc:
         _fail(str(exc), EXIT_ERROR)
+
+
+#: the collector's generation-0 threshold in the serving roles (CPython's default: 700)
+GC_GEN0_THRESHOLD = 50_000
+
+
+def _tune_gc() -> None:
+    """Run the cyclic garbage collector less often in a serving process.
+
+    A node makes several objects per request and holds its whole store in
+    tuples; at CPython's default thresholds the collector ran every few dozen
+    requests and kept rescanning the growing store, about a third of the time
+    of a catch-up here.  The serving paths make no reference cycles.
+    """
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
 
 
 def _errors_to_exit_codes(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -285,6 +301,7 @@ def node(
             http_host=http_host,
         )
     )
+    _tune_gc()
     _errors_to_exit_codes(run_node)(config)
 
 
@@ -356,6 +373,7 @@ def balancer(
             wait_ms=wait_ms,
         )
     )
+    _tune_gc()
     _errors_to_exit_codes(run_balancer)(config, status_file)
 
 
@@ -542,6 +560,7 @@ def edge(
             status_file=status_file,
         )
     )
+    _tune_gc()
     _errors_to_exit_codes(run_edge)(config)
 
 

@@ -394,6 +394,11 @@ class Log:
         is in the log when called.  Records compacted away are not yielded:
         the caller checks that the seqs it gets are the ones it needs.
         """
+        plan, prefix = self._origin_plan(origin, seq)
+        return _snapshot.read_origin(plan, prefix, seq)
+
+    def _origin_plan(self, origin: str, seq: int) -> tuple[_snapshot.Plan, bytes]:
+        """Where to read ``origin``'s records from ``seq`` on, and their payload prefix."""
         segs = self._segments
 
         def key(mark: Mark) -> int:
@@ -403,7 +408,20 @@ class Log:
         j = max(bisect.bisect_left(segs[i].marks, seq, key=key) - 1, 0)
         plan = [(segs[i].path, segs[i].marks[j][1], segs[i].size)]
         plan += [(s.path, _HEADER.size, s.size) for s in segs[i + 1 :]]
-        return _snapshot.read_origin(plan, b"\x96" + msgpack.packb(origin), seq)
+        return plan, b"\x96" + msgpack.packb(origin)
+
+    def read_range(
+        self, origin: str, first: int, last: int, max_bytes: int
+    ) -> tuple[list[Mutation], int]:
+        """The records of ``origin`` with seq in ``first..last``, in log order, up
+        to about ``max_bytes`` of payload (at least one); and their payload bytes.
+
+        :meth:`read_from` as one bounded list, for serving catch-up: it stops
+        reading once it has what was asked, at the first record past ``last``
+        (a node logs each origin's records in seq order).
+        """
+        plan, prefix = self._origin_plan(origin, first)
+        return _snapshot.read_origin_range(plan, prefix, first, last, max_bytes)
 
     # -------------------------------------------------------------- snapshots
 

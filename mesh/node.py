@@ -303,6 +303,7 @@ class Node:
                         break
                 if batch:
                     self._send_replies(self.handle_batch(batch))
+                await asyncio.sleep(0)  # let replication and timers run between batches
         finally:
             loop.remove_reader(fd)
 

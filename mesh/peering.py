@@ -25,6 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from mesh.datadir import write_atomically
 from mesh.errors import ProtocolError
 from mesh.log import Log
 from mesh.mutation import Mutation
-from mesh.replication import Replica
+from mesh.replication import Batch, Fetch, Replica
+from mesh.zsock import recv_frames
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +107,8 @@ class Peering:
         self._load_peers(peers)
         self._startup_until = now_ms() + 1500
         self._next_beat = 0
+        # node id -> (key of the fetch it is for, batch, its entries packed)
+        self._prepared: dict[str, tuple[tuple, Batch, bytes]] = {}
 
     def _socket(self, kind: int) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(kind)
@@ -223,7 +227,7 @@ class Peering:
         out: list[list[bytes]] = []
         while len(out) < DRAIN_MAX:
             try:
-                out.append(raw.recv_multipart(zmq.NOBLOCK))
+                out.append(recv_frames(raw))
             except zmq.Again:
                 break
         return out
@@ -259,6 +263,7 @@ class Peering:
         self._on_change()
 
     def _drain_repl(self, now: int) -> None:
+        answered: list[tuple[str, Fetch, Batch]] = []
         for frames, kind, payload in self._messages(self.repl, peerwire.parse_request):
             if len(frames) != 2:
                 continue
@@ -273,11 +278,49 @@ class Peering:
                 )
             else:
                 node_id, fetch = payload
-                reply = peerwire.encode_batch(self.replica.serve(node_id, fetch, now))
+                batch, packed = self._answer_fetch(node_id, fetch, now)
+                reply = peerwire.encode_batch(batch, packed)
+                if batch.more and not batch.need_full:
+                    answered.append((node_id, fetch, batch))
             try:
                 self._raw[self.repl].send_multipart([frames[0], reply], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass  # the peer went away; it will ask again
+        for node_id, fetch, batch in answered:
+            self._prepare_next(node_id, fetch, batch, now)
+
+    def _answer_fetch(self, node_id: str, fetch: Fetch, now: int) -> tuple[Batch, bytes | None]:
+        """The reply to a FETCH: the batch prepared for it, if it is the one predicted."""
+        prepared = self._prepared.pop(node_id, None)
+        if prepared is not None:
+            key, batch, packed = prepared
+            if key == _fetch_key(fetch):
+                self.replica.counters["served"] += len(batch.entries)
+                return replace(batch, request_id=fetch.request_id), packed
+        return self.replica.serve(node_id, fetch, now), None
+
+    def _prepare_next(self, node_id: str, fetch: Fetch, batch: Batch, now: int) -> None:
+        """Read and encode the batch a peer will ask for next, while it applies this one.
+
+        A peer catching up asks for the next batch only once it has applied
+        the last, so the two nodes would take turns; preparing the likely next
+        reply now lets them work at once.  The guess is the fetch the peer
+        sends if it applies exactly this batch: its version vector advanced
+        by the batch's entries, or the snapshot session's next cursor.  A
+        wrong guess is dropped and costs one read of the log.
+        """
+        if batch.snapshot:
+            guess = Fetch(0, fetch.vv, True, batch.session, batch.cursor)
+        else:
+            vv = dict(fetch.vv)
+            for m in batch.entries:
+                if m.seq > vv.get(m.origin, 0):
+                    vv[m.origin] = m.seq
+            guess = Fetch(0, vv)
+        served = self.replica.counters["served"]
+        ahead = self.replica.serve(node_id, guess, now)
+        self.replica.counters["served"] = served  # counted when (if) it is sent
+        self._prepared[node_id] = (_fetch_key(guess), ahead, peerwire.pack_entries(ahead.entries))
 
     def _drain_dealer(self, sock: zmq.asyncio.Socket, now: int) -> None:
         endpoint = next(e for e, s in self._dealers.items() if s is sock)
@@ -319,3 +362,10 @@ class Peering:
         """Close every socket."""
         for sock in (self.pub, self.repl, self.sub, *self._dealers.values()):
             sock.close(0)
+
+
+def _fetch_key(fetch: Fetch) -> tuple:
+    """What makes two fetches ask for the same batch (their request ids aside)."""
+    if fetch.full:
+        return (True, fetch.session, fetch.cursor)
+    return (False, tuple(sorted(fetch.vv.items())))

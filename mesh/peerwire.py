@@ -71,11 +71,28 @@ def _check(condition: bool, what: str) -> None:
 
 
 def _entries(records: Any) -> list[Mutation]:
-    _check(isinstance(records, list), "entry list")
-    try:
-        return [Mutation.from_record(r) for r in records]
-    except ValueError as exc:
-        raise ProtocolError(E_MALFORMED, f"malformed entry: {exc}") from exc
+    """Entry records as Mutations, every field's type checked (the catch-up hot path:
+    one pass of ``type() is`` tests instead of :meth:`Mutation.from_record` per record).
+    """
+    _check(type(records) is list, "entry list")
+    shape = "malformed entry: not [str, uint, uint, str, bin|nil, int]"
+    new, mutation = tuple.__new__, Mutation
+    out = []
+    for r in records:
+        if (
+            type(r) is not list
+            or len(r) != 6
+            or type(r[0]) is not str
+            or type(r[1]) is not int
+            or type(r[2]) is not int
+            or r[2] < 0
+            or type(r[3]) is not str
+            or (r[4] is not None and type(r[4]) is not bytes)
+            or type(r[5]) is not int
+        ):
+            raise ProtocolError(E_MALFORMED, shape)
+        out.append(new(mutation, r))
+    return out
 
 
 def _vv(vv: Any) -> dict[str, int]:
@@ -92,7 +109,7 @@ def _vv(vv: Any) -> dict[str, int]:
 
 def encode_entries(origin: str, mutations: list[Mutation]) -> bytes:
     """A PUB batch of one origin's entries."""
-    return _pack([ENTRIES, origin, [m.to_record() for m in mutations]])
+    return _pack([ENTRIES, origin, mutations])  # a Mutation packs as its record array
 
 
 def encode_heartbeat(beat: dict[str, Any], peers: list[str]) -> bytes:
@@ -135,19 +152,30 @@ def encode_fetch(node_id: str, fetch: Fetch) -> bytes:
     )
 
 
-def encode_batch(batch: Batch) -> bytes:
-    """A catch-up reply."""
-    return _pack(
+def pack_entries(entries: list[Mutation]) -> bytes:
+    """The msgpack of a list of entries, as it goes inside a BATCH (see encode_batch)."""
+    return _packer.pack(entries)  # a Mutation packs as its record array
+
+
+def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
+    """A catch-up reply; ``packed_entries`` is :func:`pack_entries` of its entries,
+    when already made."""
+    if packed_entries is None:
+        packed_entries = pack_entries(batch.entries)
+    pack = _packer.pack
+    return b"".join(
         [
-            BATCH,
-            batch.request_id,
-            [m.to_record() for m in batch.entries],
-            batch.vv,
-            batch.more,
-            batch.snapshot,
-            batch.session,
-            batch.cursor,
-            batch.need_full,
+            VERSION_BYTE,
+            b"\x99",  # a 9-element array, packed element by element
+            pack(BATCH),
+            pack(batch.request_id),
+            packed_entries,
+            pack(batch.vv),
+            pack(batch.more),
+            pack(batch.snapshot),
+            pack(batch.session),
+            pack(batch.cursor),
+            pack(batch.need_full),
         ]
     )
 

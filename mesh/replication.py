@@ -5,7 +5,7 @@ loop (:mod:`mesh.peering`) and the seeded simulator (``tests/sim.py``) drive a
 :class:`Replica` by calling its ``on_*`` methods with what arrived and the
 current time, and by sending what :meth:`Replica.poll` and :meth:`Replica.serve`
 return.  The store, log and clock are injected; the log only needs
-``append``, ``read_from`` and ``floor`` (see :class:`ReplicaLog`).
+``append``, ``read_range`` and ``floor`` (see :class:`ReplicaLog`).
 
 The protocol, in one paragraph: every node applies its own writes and
 PUBlishes them in batches; every node SUBscribes to every peer.  A receiver
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 FETCH_ENTRIES = 4096
 """Most entries in one catch-up batch."""
 FETCH_BYTES = 4 * 1024 * 1024
-"""Most value bytes in one catch-up batch (at least one entry is always sent)."""
+"""Most record bytes in one catch-up batch (at least one entry is always sent)."""
 FETCH_TIMEOUT_MS = 1000
 """A fetch unanswered this long is abandoned and may go to another peer."""
 LAG_GRACE_MS = 300
@@ -64,7 +64,9 @@ class ReplicaLog(Protocol):
 
     def append(self, mutations: Sequence[Mutation]) -> int: ...
 
-    def read_from(self, origin: str, seq: int) -> Iterator[Mutation]: ...
+    def read_range(
+        self, origin: str, first: int, last: int, max_bytes: int
+    ) -> tuple[list[Mutation], int]: ...
 
     def floor(self) -> dict[str, int]: ...
 
@@ -199,16 +201,24 @@ class Replica:
         Duplicates (``seq`` at or below the version vector) are dropped.
         """
         applied: list[Mutation] = []
-        for m in mutations:
-            have = self.vv.get(m.origin, 0)
-            if m.seq <= have:
-                continue
-            if m.seq == have + 1:
-                self._apply(m, applied)
-                self._drain(m.origin, applied)
-            else:
+        vv, apply, add, buffer = self.vv, self.store.apply, applied.append, self._buffer
+        newest = -1
+        for m in mutations:  # the replication hot path: _apply inlined
+            origin, seq = m[0], m[1]
+            have = vv.get(origin, 0)
+            if seq == have + 1:
+                apply(m)
+                vv[origin] = seq
+                add(m)
+                if m[2] > newest:
+                    newest = m[2]
+                if buffer and origin in buffer:
+                    self._drain(origin, applied)
+            elif seq > have:
                 self._hold(m)
         if applied:
+            if newest >= 0:
+                self.clock.observe(newest)  # one merge of the newest is as good as one each
             self.log.append(applied)
             self._clear_lag(now_ms)
         return applied
@@ -432,24 +442,14 @@ class Replica:
             if room <= 0 or budget <= 0:
                 more = True
                 break
-            got = self._read(origin, theirs + 1, min(mine, theirs + room), budget)
+            got, size = self.log.read_range(origin, theirs + 1, min(mine, theirs + room), budget)
             if not got or got[0].seq != theirs + 1:
                 return Batch(fetch.request_id, [], dict(self.vv), need_full=True)
             entries += got
-            budget -= sum(len(m.value or b"") + len(m.key) for m in got)
+            budget -= size
             more = more or got[-1].seq < mine
         self.counters["served"] += len(entries)
         return Batch(fetch.request_id, entries, dict(self.vv), more=more)
-
-    def _read(self, origin: str, first: int, last: int, budget: int) -> list[Mutation]:
-        out = []
-        for m in self.log.read_from(origin, first):
-            if m.seq > last or budget <= 0:
-                break
-            if m.seq >= first:
-                out.append(m)
-                budget -= len(m.value or b"") + len(m.key)
-        return out
 
     def _serve_snapshot(self, node_id: str, fetch: Fetch, now_ms: int) -> Batch:
         session = self._sessions.get(fetch.session)

@@ -55,6 +55,8 @@ FORMAT_VERSION = 1
 FRAME = struct.Struct(">II")
 #: bytes read from a file at a time
 CHUNK = 1 << 20
+#: reads of a bounded range of records (catch-up) go by these smaller pieces
+RANGE_CHUNK = 256 * 1024
 
 _HEADER = struct.Struct(">4sHH")
 #: what msgpack raises for a payload it cannot decode
@@ -80,8 +82,8 @@ class LogCorruptError(PyCacheError):
         self.reason = reason
 
 
-def read_chunks(path: Path, pos: int, stop: int) -> Iterator[bytes]:
-    """The bytes of ``path`` from ``pos`` to ``stop``, in chunks of up to CHUNK bytes."""
+def read_chunks(path: Path, pos: int, stop: int, chunk: int = CHUNK) -> Iterator[bytes]:
+    """The bytes of ``path`` from ``pos`` to ``stop``, in chunks of up to ``chunk`` bytes."""
     try:
         f = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the with below)
     except FileNotFoundError as exc:
@@ -89,7 +91,7 @@ def read_chunks(path: Path, pos: int, stop: int) -> Iterator[bytes]:
     with f:
         f.seek(pos)
         while pos < stop:
-            data = f.read(min(CHUNK, stop - pos))
+            data = f.read(min(chunk, stop - pos))
             if not data:
                 raise LogCorruptError(path, pos, "file shorter than expected")
             pos += len(data)
@@ -152,6 +154,44 @@ def read_origin(plan: Plan, prefix: bytes, seq: int) -> Iterator[Mutation]:
                 raise _undecodable(path, base, payloads)
         if i != len(buf):
             raise LogCorruptError(path, base + i, "torn record")
+
+
+def read_origin_range(
+    plan: Plan, prefix: bytes, first: int, last: int, max_bytes: int
+) -> tuple[list[Mutation], int]:
+    """The records of one origin (``prefix``, as :func:`read_origin`) with seq in
+    ``first..last``, in log order, up to about ``max_bytes`` of payload (at least
+    one record); returns them and their payload bytes.  Reads in RANGE_CHUNK
+    pieces, so that a bounded request reads little past what it returns.
+    """
+    new, mutation = tuple.__new__, Mutation
+    out: list[Mutation] = []
+    add, size = out.append, 0
+    for path, pos, stop in plan:
+        buf, i, base = b"", 0, pos
+        for data in read_chunks(path, pos, stop, RANGE_CHUNK):
+            buf, base = buf[i:] + data, base + i
+            payloads, i = _split(path, buf, base, stop)
+            matching = [payload for payload in payloads if payload.startswith(prefix)]
+            try:
+                records = list(_unpacker(matching))
+            except DECODE_ERRORS:
+                records = []
+            if len(records) != len(matching):
+                raise _undecodable(path, base, payloads)
+            for record, payload in zip(records, matching, strict=True):
+                seq = record[1]
+                if seq < first:
+                    continue
+                if seq > last:
+                    return out, size
+                add(new(mutation, record))
+                size += len(payload)
+                if size >= max_bytes:
+                    return out, size
+        if i != len(buf):
+            raise LogCorruptError(path, base + i, "torn record")
+    return out, size
 
 
 def _split(path: Path, buf: bytes, base: int, stop: int) -> tuple[list[bytes], int]:

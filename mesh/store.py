@@ -40,10 +40,10 @@ import random
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from hashlib import blake2b
 from typing import NamedTuple
 
 import msgpack
+from xxhash import xxh3_64_intdigest as _xxh3_64
 
 from mesh.clock import LOGICAL_BITS, wall_ms
 from mesh.errors import ConfigError
@@ -78,9 +78,14 @@ class Entry(NamedTuple):
 
 
 def entry_digest(key: str, value: bytes, hlc: int, origin: str, deadline: int) -> int:
-    """A non-zero 64-bit hash of one live entry, the same on every node and run."""
-    data = _pack((key, value, hlc, origin, deadline))
-    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little") or 1
+    """A non-zero 64-bit hash of one live entry, the same on every node and run.
+
+    XXH3 of the entry's msgpack: every written key is hashed once, so the hash
+    is on the write path (0.65 us here against 1.5 us for an 8-byte blake2b).
+    It must not be linear like a CRC: the digest XORs these, and two nodes
+    holding swapped values of two keys would then agree.
+    """
+    return _xxh3_64(_pack((key, value, hlc, origin, deadline))) or 1
 
 
 def _check_limit(name: str, value: object) -> int:

@@ -205,8 +205,17 @@ class SimLog:
         self.records.extend(mutations)
         return self.end - 1
 
-    def read_from(self, origin: str, seq: int) -> Iterator[Mutation]:
-        return (m for m in self.records if m[0] == origin and m[1] >= seq)
+    def read_range(
+        self, origin: str, first: int, last: int, max_bytes: int
+    ) -> tuple[list[Mutation], int]:
+        out, size = [], 0
+        for m in self.records:
+            if m[0] == origin and first <= m[1] <= last:
+                out.append(m)
+                size += len(m.key) + len(m.value or b"") + 32
+                if size >= max_bytes:
+                    break
+        return out, size
 
     def floor(self) -> dict[str, int]:
         return dict(self._floor)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
 import pytest
 from crc32c import crc32c
 from hypothesis import HealthCheck, given, settings
@@ -60,7 +61,24 @@ def expect_read_from(records: list[Mutation], log: Log) -> None:
         for seq in [0, *seqs[:: max(1, len(seqs) // 8)], seqs[-1], seqs[-1] + 1]:
             want = [m for m in records if m.origin == origin and m.seq >= seq]
             assert list(log.read_from(origin, seq)) == want, (origin, seq)
+            in_order = [m.seq for m in records if m.origin == origin] == seqs
+            for last in (seq, seq + 2, seqs[-1]) if in_order else ():  # as a node logs them
+                for max_bytes in (1, 300, 1 << 30):
+                    expect_read_range(records, log, origin, seq, last, max_bytes)
     assert list(log.read_from("nobody/0", 0)) == []
+    assert log.read_range("nobody/0", 0, 10, 1 << 20) == ([], 0)
+
+
+def expect_read_range(
+    records: list[Mutation], log: Log, origin: str, first: int, last: int, max_bytes: int
+) -> None:
+    """``read_range``: the origin's records in ``first..last`` until ``max_bytes`` is reached."""
+    want, size = [], 0
+    for m in records:
+        if m.origin == origin and first <= m.seq <= last and size < max_bytes:
+            want.append(m)
+            size += len(msgpack.packb(m))
+    assert log.read_range(origin, first, last, max_bytes) == (want, size), (first, last)
 
 
 # ---------------------------------------------------------------- round trip
