@@ -75,7 +75,7 @@ import dataclasses
 import heapq
 import random
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from mesh.clock import HybridClock
