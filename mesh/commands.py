@@ -18,6 +18,8 @@ from mesh.mutation import Mutation
 from mesh.store import Store
 from mesh.wire import Request
 
+_new = tuple.__new__
+
 
 class Commands:
     """Executes validated requests for one origin (``"<node id>/<incarnation>"``)."""
@@ -67,7 +69,8 @@ class Commands:
 
     def _write(self, key: str, value: bytes | None, deadline: int) -> None:
         self.seq += 1
-        mutation = Mutation(self.origin, self.seq, self.clock.now(), key, value, deadline)
+        # tuple.__new__: a NamedTuple's own constructor is a Python function
+        mutation = _new(Mutation, (self.origin, self.seq, self.clock.now(), key, value, deadline))
         self.store.apply(mutation)
         self.pending.append(mutation)
 

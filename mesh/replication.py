@@ -38,7 +38,7 @@ from mesh.store import Store
 
 log = logging.getLogger(__name__)
 
-FETCH_ENTRIES = 4096
+FETCH_ENTRIES = 16384
 """Most entries in one catch-up batch."""
 FETCH_BYTES = 4 * 1024 * 1024
 """Most record bytes in one catch-up batch (at least one entry is always sent)."""
