@@ -190,6 +190,7 @@ class Balancer:
     def run(self) -> None:
         """Serve until :meth:`stop` (from a signal handler); closes the sockets."""
         try:
+            next_tick = 0
             while not self._stopped:
                 events = self.poller.poll(TICK_MS)
                 now = now_ms()
@@ -198,7 +199,9 @@ class Balancer:
                         self._drain_front(now)
                     else:
                         self._drain_node(sock, now)
-                self._tick(now)
+                if now >= next_tick:  # timers have ms resolution: once per ms is enough
+                    self._tick(now)
+                    next_tick = now + 1
         finally:
             self.close()
 

@@ -391,9 +391,11 @@ class Replica:
         if batch.more:
             peer.next_fetch = self._new_fetch(full=True, session=batch.session, cursor=batch.cursor)
             return []
+        apply = self.store.apply
         for m in peer.staged:
-            self.clock.observe(m.hlc)
-            self.store.apply(m)
+            apply(m)
+        if peer.staged:
+            self.clock.observe(max(m.hlc for m in peer.staged))
         peer.staged = []
         # Complete: everything up to the snapshot's vv is in the store, but not in
         # our log, so we can no longer serve those entries from it (our floor).

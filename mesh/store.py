@@ -349,14 +349,14 @@ class Store:
         return self._iter_entries(list(dict.items(self._live)), list(dict.items(self._tombs)))
 
     def _iter_entries(self, live: list, tombs: list) -> Iterator[Mutation]:
-        now = self._now_ms()
+        now, new = self._now_ms(), _new_tuple  # a NamedTuple's own constructor is slower
         for key, (value, hlc, origin, deadline, _) in live:
             if deadline and deadline <= now:
-                yield Mutation(origin, 0, hlc, key, None, 0)
+                yield new(Mutation, (origin, 0, hlc, key, None, 0))
             else:
-                yield Mutation(origin, 0, hlc, key, value, deadline)
+                yield new(Mutation, (origin, 0, hlc, key, value, deadline))
         for key, (_, hlc, origin, _, _) in tombs:
-            yield Mutation(origin, 0, hlc, key, None, 0)
+            yield new(Mutation, (origin, 0, hlc, key, None, 0))
 
     def digest(self) -> str:
         """An order-independent digest of the live data, as 16 hex digits.
