@@ -54,7 +54,7 @@ from mesh.log import Log
 from mesh.peering import Peering, now_ms
 from mesh.replication import READY, Replica
 from mesh.store import Store
-from mesh.zsock import readable, recv_frames, send_frames, socket_fd
+from mesh.zsock import drain, readable, send_frames, socket_fd
 
 log = logging.getLogger(__name__)
 
@@ -320,12 +320,7 @@ class Node:
                     await self._wakeup
                     yielded = loop.time()
                     continue
-                batch: list[list[bytes]] = []
-                while len(batch) < batch_max:
-                    try:
-                        batch.append(recv_frames(raw))
-                    except zmq.Again:
-                        break
+                batch = drain(raw, batch_max)
                 if batch:
                     self._send_replies(self.handle_batch(batch))
                 if loop.time() - yielded >= SERVE_YIELD_S:

@@ -38,7 +38,7 @@ from mesh.errors import ProtocolError
 from mesh.log import Log
 from mesh.mutation import Mutation
 from mesh.replication import Batch, Fetch, Replica
-from mesh.zsock import recv_frames
+from mesh.zsock import drain
 
 log = logging.getLogger(__name__)
 
@@ -223,14 +223,7 @@ class Peering:
             return False
 
     def _frames(self, sock: zmq.asyncio.Socket) -> list[list[bytes]]:
-        raw = self._raw[sock]
-        out: list[list[bytes]] = []
-        while len(out) < DRAIN_MAX:
-            try:
-                out.append(recv_frames(raw))
-            except zmq.Again:
-                break
-        return out
+        return drain(self._raw[sock], DRAIN_MAX)
 
     def _messages(
         self, sock: zmq.asyncio.Socket, parse: Callable[[list], tuple[str, Any]]

@@ -37,6 +37,17 @@ def recv_frames(sock: zmq.Socket) -> list[bytes]:
     return frames
 
 
+def drain(sock: zmq.Socket, limit: int) -> list[list[bytes]]:
+    """Up to ``limit`` whole messages waiting on ``sock``, without blocking."""
+    messages: list[list[bytes]] = []
+    while len(messages) < limit:
+        try:
+            messages.append(recv_frames(sock))
+        except zmq.Again:
+            break
+    return messages
+
+
 def send_frames(sock: zmq.Socket, frames: Sequence[bytes]) -> None:
     """Send ``frames`` (bytes, at least one) as one message without blocking.
 
