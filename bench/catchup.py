@@ -532,7 +532,7 @@ class LagObserver:
                 self._on_frame(self.sub.recv(), time.perf_counter())
 
     def _on_frame(self, frame: bytes, now: float) -> None:
-        # ["H", node, origin, state, vv, ...] and ["E", origin, [entry, ...]] (mesh.peerwire)
+        # ["H", node, origin, state, vv, ...] and ["E", origin, [record bin, ...]] (mesh.peerwire)
         body = msgpack.unpackb(memoryview(frame)[1:], raw=False)
         if body[0] == peerwire.HEARTBEAT:
             node, origin, vv = body[1], body[2], body[4]
@@ -552,15 +552,16 @@ class LagObserver:
             if not records or now < self.measure_from:
                 return
             self.entries_seen += len(records)
+            last_seq = msgpack.unpackb(records[-1])[1]  # each record: [origin, seq, ...]
             origin_node = self.node_of.get(origin)
             for peer in self.vv:
                 if peer == origin_node:
                     continue
-                if self.vv[peer].get(origin, 0) >= records[-1][1]:  # heartbeat came first
+                if self.vv[peer].get(origin, 0) >= last_seq:  # heartbeat came first
                     self.lags_ms.extend([0.0] * len(records))
                     continue
                 queue = self.pending.setdefault((origin, peer), deque())
-                queue.append((records[-1][1], len(records), now))
+                queue.append((last_seq, len(records), now))
 
     def _probe_step(self, now: float) -> None:
         if self._probe is None and now >= self._next_probe:

@@ -234,8 +234,12 @@ class Log:
 
     # ---------------------------------------------------------------- writing
 
-    def append(self, mutations: Sequence[Mutation]) -> int:
+    def append(self, mutations: Sequence[Mutation], records: Sequence[bytes] | None = None) -> int:
         """Append a batch; return the offset of its last record.
+
+        ``records``, when given, are the mutations already encoded
+        (:func:`mesh.mutation.encode_records`), one each, and are written as
+        they are.
 
         The batch is encoded first and written with one ``write`` call per
         segment it lands in (segments roll between records).  Nothing is
@@ -253,8 +257,12 @@ class Log:
         parts: list[bytes] = []
         add = parts.append
         seqs, hlc = dict(self._seqs), self._max_hlc
-        for m in mutations:  # encode and account first: a bad mutation raises before any write
-            payload = pack(m)
+        if records is None:
+            records = [pack(m) for m in mutations]
+        elif len(records) != len(mutations):
+            raise ValueError("one encoded record per mutation")
+        for m, payload in zip(mutations, records, strict=True):
+            # account first: a bad mutation raises before any write
             add(frame(len(payload), crc32c(payload)))
             add(payload)
             origin, seq, m_hlc = m[0], m[1], m[2]

@@ -19,7 +19,10 @@ time in milliseconds since the epoch, 0 for "no TTL".  ``origin`` is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
+
+import msgpack
 
 
 class Mutation(NamedTuple):
@@ -61,3 +64,14 @@ class Mutation(NamedTuple):
     def version(self) -> tuple[int, str]:
         """The last-writer-wins order key: later ``(hlc, origin)`` wins."""
         return (self.hlc, self.origin)
+
+
+_pack_record = msgpack.Packer().pack
+
+
+def encode_records(mutations: Sequence[Mutation]) -> list[bytes]:
+    """Each mutation's record as msgpack bytes: the payload of its log record,
+    and what replication messages carry, so that a receiver logs the bytes it
+    got instead of encoding the entry again."""
+    pack = _pack_record
+    return [pack(m) for m in mutations]  # a Mutation packs as its record array

@@ -51,6 +51,7 @@ from mesh.datadir import (
 )
 from mesh.errors import ProtocolError
 from mesh.log import Log
+from mesh.mutation import encode_records
 from mesh.peering import Peering, now_ms
 from mesh.replication import READY, Replica
 from mesh.store import Store
@@ -353,10 +354,11 @@ class Node:
         self.counters["requests"] += len(batch)
         pending = self.commands.take_pending()
         if pending:
-            self.replica.commit_local(pending)
+            records = encode_records(pending)  # logged, then published, as they are
+            self.replica.commit_local(pending, records)
             self.log.flush()
             if self.peering is not None and self.replica.peers:  # nobody to tell otherwise
-                self.peering.publish(self.origin, pending)
+                self.peering.publish(self.origin, records)
             self._maybe_snapshot()
         for waiting in held:
             self.acks.hold(waiting)

@@ -36,7 +36,6 @@ from mesh import peerwire
 from mesh.datadir import write_atomically
 from mesh.errors import ProtocolError
 from mesh.log import Log
-from mesh.mutation import Mutation
 from mesh.replication import Batch, Fetch, Replica
 from mesh.zsock import drain
 
@@ -241,7 +240,8 @@ class Peering:
         applied = 0
         for _, kind, payload in self._messages(self.sub, peerwire.parse_published):
             if kind == peerwire.ENTRIES:
-                applied += len(self.replica.receive(payload, now))
+                entries, records = payload
+                applied += len(self.replica.receive(entries, now, records))
             else:
                 node_id, origin, state, vv, peers = payload
                 self.replica.on_heartbeat(node_id, origin, state, vv, now)
@@ -335,16 +335,16 @@ class Peering:
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, origin: str, mutations: list[Mutation]) -> None:
-        """PUBlish this node's own new entries, in messages of bounded size."""
+    def publish(self, origin: str, records: list[bytes]) -> None:
+        """PUBlish this node's own new entries (encoded), in messages of bounded size."""
         start, size = 0, 0
-        for i, m in enumerate(mutations):
-            size += len(m.key) + len(m.value or b"") + 48
+        for i, record in enumerate(records):
+            size += len(record)
             if size >= PUB_BATCH_BYTES:
-                self._send(self.pub, peerwire.encode_entries(origin, mutations[start : i + 1]))
+                self._send(self.pub, peerwire.encode_entries(origin, records[start : i + 1]))
                 start, size = i + 1, 0
-        if start < len(mutations):
-            self._send(self.pub, peerwire.encode_entries(origin, mutations[start:]))
+        if start < len(records):
+            self._send(self.pub, peerwire.encode_entries(origin, records[start:]))
 
     def publish_heartbeat(self) -> None:
         """PUBlish the replica's heartbeat now."""

@@ -1,9 +1,11 @@
 """Messages between nodes: PUB/SUB fan-out and the ROUTER catch-up socket.
 
 Every message is one ZeroMQ frame: the version byte ``0x01`` and an msgpack
-array whose first element names the kind.  Entries are mutation records
-(``[origin, seq, hlc, key, value | nil, deadline]``, see :mod:`mesh.mutation`);
-``vv`` is a map of origin (str) to the highest contiguous seq applied (uint).
+array whose first element names the kind.  An entry is a bin holding the
+msgpack of a mutation record (``[origin, seq, hlc, key, value | nil,
+deadline]``, see :mod:`mesh.mutation`): the very bytes of its log record, so
+that a receiver logs what it got without encoding it again.  ``vv`` is a map
+of origin (str) to the highest contiguous seq applied (uint).
 
 On each node's PUB socket (peers SUBscribe to everything)::
 
@@ -33,7 +35,7 @@ from typing import Any
 import msgpack
 
 from mesh.errors import ProtocolError
-from mesh.mutation import Mutation
+from mesh.mutation import Mutation, encode_records
 from mesh.replication import Batch, Fetch
 from mesh.wire import E_MALFORMED, VERSION, VERSION_BYTE
 
@@ -70,17 +72,36 @@ def _check(condition: bool, what: str) -> None:
         raise ProtocolError(E_MALFORMED, f"malformed {what}")
 
 
-def _entries(records: Any) -> list[Mutation]:
-    """Entry records as Mutations, every field's type checked (the catch-up hot path:
-    one pass of ``type() is`` tests instead of :meth:`Mutation.from_record` per record).
+def _entries(raw: Any) -> tuple[list[Mutation], list[bytes] | None]:
+    """The entries of a message as Mutations, and the encoded records they came in.
+
+    Each entry travels as the msgpack bytes of its record (a bin), which the
+    receiver logs as they are.  All of a message's records are decoded by
+    one msgpack Unpacker, then every field's type is checked.  The records
+    are kept (second item) only when each is exactly the canonical encoding
+    of its origin's record prefix, as :meth:`mesh.log.Log.read_from` expects;
+    otherwise the receiver encodes them again.
     """
-    _check(type(records) is list, "entry list")
+    _check(type(raw) is list and all(type(r) is bytes for r in raw), "entry list")
+    unpacker = msgpack.Unpacker(use_list=False, raw=False, max_buffer_size=0, max_ext_len=0)
+    unpacker.feed(b"".join(raw))
+    decoded, unpack, tell, end = [], unpacker.unpack, unpacker.tell, 0
+    try:
+        for record in raw:  # each bin must hold exactly one record
+            decoded.append(unpack())
+            end += len(record)
+            if tell() != end:
+                raise ValueError("a bin that is not exactly one record")
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(E_MALFORMED, f"undecodable entry: {exc}") from exc
     shape = "malformed entry: not [str, uint, uint, str, bin|nil, int]"
     new, mutation = tuple.__new__, Mutation
     out = []
-    for r in records:
+    prefixes: dict[str, bytes] = {}
+    canonical = True
+    for r, record in zip(decoded, raw, strict=True):
         if (
-            type(r) is not list
+            type(r) is not tuple
             or len(r) != 6
             or type(r[0]) is not str
             or type(r[1]) is not int
@@ -91,8 +112,13 @@ def _entries(records: Any) -> list[Mutation]:
             or type(r[5]) is not int
         ):
             raise ProtocolError(E_MALFORMED, shape)
+        prefix = prefixes.get(r[0])
+        if prefix is None:
+            prefix = prefixes[r[0]] = b"\x96" + _packer.pack(r[0])
+        if canonical and not record.startswith(prefix):
+            canonical = False
         out.append(new(mutation, r))
-    return out
+    return out, raw if canonical else None
 
 
 def _vv(vv: Any) -> dict[str, int]:
@@ -107,9 +133,9 @@ def _vv(vv: Any) -> dict[str, int]:
 # --------------------------------------------------------------------- PUB / SUB
 
 
-def encode_entries(origin: str, mutations: list[Mutation]) -> bytes:
-    """A PUB batch of one origin's entries."""
-    return _pack([ENTRIES, origin, mutations])  # a Mutation packs as its record array
+def encode_entries(origin: str, records: list[bytes]) -> bytes:
+    """A PUB batch of one origin's entries, given encoded (:func:`encode_records`)."""
+    return _pack([ENTRIES, origin, records])
 
 
 def encode_heartbeat(beat: dict[str, Any], peers: list[str]) -> bytes:
@@ -118,7 +144,7 @@ def encode_heartbeat(beat: dict[str, Any], peers: list[str]) -> bytes:
 
 
 def parse_published(body: list) -> tuple[str, Any]:
-    """``("E", [Mutation...])`` or ``("H", (node, origin, state, vv, peers))``."""
+    """``("E", ([Mutation...], records | None))`` or ``("H", (node, origin, state, vv, peers))``."""
     kind = body[0]
     if kind == ENTRIES:
         _check(len(body) == 3, "entries message")
@@ -154,7 +180,7 @@ def encode_fetch(node_id: str, fetch: Fetch) -> bytes:
 
 def pack_entries(entries: list[Mutation]) -> bytes:
     """The msgpack of a list of entries, as it goes inside a BATCH (see encode_batch)."""
-    return _packer.pack(entries)  # a Mutation packs as its record array
+    return _packer.pack(encode_records(entries))
 
 
 def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
@@ -212,8 +238,9 @@ def parse_reply(body: list) -> tuple[str, Any]:
             and all(type(x) is int for x in (body[6], body[7])),
             "BATCH",
         )
+        entries, records = _entries(body[2])
         batch = Batch(
-            body[1], _entries(body[2]), _vv(body[3]), body[4], body[5], body[6], body[7], body[8]
+            body[1], entries, _vv(body[3]), body[4], body[5], body[6], body[7], body[8], records
         )
         return BATCH, batch
     raise ProtocolError(E_MALFORMED, f"unknown reply kind {kind[:16]!r}")

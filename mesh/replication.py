@@ -62,7 +62,9 @@ READY = "ready"
 class ReplicaLog(Protocol):
     """What the core needs from a log (``mesh.log.Log`` and the simulator's)."""
 
-    def append(self, mutations: Sequence[Mutation]) -> int: ...
+    def append(
+        self, mutations: Sequence[Mutation], records: Sequence[bytes] | None = None
+    ) -> int: ...
 
     def read_range(
         self, origin: str, first: int, last: int, max_bytes: int
@@ -102,6 +104,8 @@ class Batch:
     session: int = 0
     cursor: int = 0
     need_full: bool = False
+    #: the entries as encoded on the wire, when the receiver has them: logged as they are
+    records: list[bytes] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -187,22 +191,33 @@ class Replica:
 
     # ------------------------------------------------------------------ local writes
 
-    def commit_local(self, mutations: Sequence[Mutation]) -> None:
-        """Log this origin's own mutations (already applied by the commands)."""
+    def commit_local(
+        self, mutations: Sequence[Mutation], records: Sequence[bytes] | None = None
+    ) -> None:
+        """Log this origin's own mutations (already applied by the commands);
+        ``records`` are them encoded, if already done."""
         if mutations:
-            self.log.append(mutations)
+            self.log.append(mutations, records)
             self.vv[self.origin] = mutations[-1].seq
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(self, mutations: Iterable[Mutation], now_ms: int) -> list[Mutation]:
+    def receive(
+        self,
+        mutations: Sequence[Mutation],
+        now_ms: int,
+        records: Sequence[bytes] | None = None,
+    ) -> list[Mutation]:
         """Apply, log and return what is next in line per origin; buffer the rest.
 
         Duplicates (``seq`` at or below the version vector) are dropped.
+        ``records`` are the mutations as encoded on the wire: when every one
+        of them is applied, in order, they are logged as they are.
         """
         applied: list[Mutation] = []
         vv, apply, add, buffer = self.vv, self.store.apply, applied.append, self._buffer
         newest = -1
+        as_sent = records is not None  # applied is exactly ``mutations``, in order
         for m in mutations:  # the replication hot path: _apply inlined
             origin, seq = m[0], m[1]
             have = vv.get(origin, 0)
@@ -213,13 +228,16 @@ class Replica:
                 if m[2] > newest:
                     newest = m[2]
                 if buffer and origin in buffer:
+                    as_sent = False
                     self._drain(origin, applied)
-            elif seq > have:
-                self._hold(m)
+            else:
+                as_sent = False
+                if seq > have:
+                    self._hold(m)
         if applied:
             if newest >= 0:
                 self.clock.observe(newest)  # one merge of the newest is as good as one each
-            self.log.append(applied)
+            self.log.append(applied, records if as_sent else None)
             self._clear_lag(now_ms)
         return applied
 
@@ -368,7 +386,7 @@ class Replica:
             return []
         if batch.snapshot:
             return self._on_snapshot(peer, batch, now_ms)
-        applied = self.receive(batch.entries, now_ms)
+        applied = self.receive(batch.entries, now_ms, batch.records)
         if batch.more:
             peer.next_fetch = self._new_fetch()
         else:

@@ -79,7 +79,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 from mesh.clock import HybridClock
-from mesh.mutation import Mutation
+from mesh.mutation import Mutation, encode_records
 from mesh.replication import READY, Batch, Fetch, Replica
 from mesh.store import Store
 
@@ -201,7 +201,9 @@ class SimLog:
     def end(self) -> int:
         return self.base + len(self.records)
 
-    def append(self, mutations: Sequence[Mutation]) -> int:
+    def append(self, mutations: Sequence[Mutation], records: Sequence[bytes] | None = None) -> int:
+        if records is not None:
+            assert records == encode_records(mutations), "records that are not the mutations"
         self.records.extend(mutations)
         return self.end - 1
 

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import mesh.log
 from mesh.errors import ConfigError
 from mesh.log import Log, LogCorruptError
-from mesh.mutation import Mutation
+from mesh.mutation import Mutation, encode_records
 from tests.log_writer_child import record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -740,3 +740,13 @@ def test_floor_reports_what_compaction_deleted(tmp_path):
     assert 0 < floor < 200
     assert [m.seq for m in log.read_from("a/1", floor + 1)] == list(range(floor + 1, 201))
     log.close()
+
+
+def test_append_of_encoded_records_writes_the_same_bytes(tmp_path: Path) -> None:
+    records = [record(i) for i in range(20)]
+    with Log(tmp_path / "a") as plain, Log(tmp_path / "b") as given:
+        plain.append(records)
+        given.append(records, encode_records(records))
+        with pytest.raises(ValueError):
+            given.append(records[:2], encode_records(records[:1]))
+    assert segments(tmp_path / "a")[0].read_bytes() == segments(tmp_path / "b")[0].read_bytes()

@@ -24,7 +24,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from mesh.clock import HybridClock, pack
-from mesh.mutation import Mutation
+from mesh.mutation import Mutation, encode_records
 from mesh.replication import Batch, Replica
 from mesh.store import Store
 from tests import sim
@@ -355,3 +355,30 @@ def test_snapshot_continuation_naming_the_id_a_restarted_server_issues_next() ->
     assert b2.cursor - len(b2.entries) == 0  # a new session starts at its beginning
     x.on_batch("s", b2, 1)
     assert x.vv == {} and len(x.store) == 0  # not a's value under an empty vv
+
+
+@pytest.mark.parametrize(
+    ("vv", "received", "as_sent"),
+    [
+        (0, [1, 2, 3], True),  # all next in line: logged as received
+        (1, [1, 2, 3], False),  # a duplicate dropped: encoded again
+        (0, [1, 3], False),  # a hole: 3 held
+    ],
+)
+def test_received_records_are_logged_as_sent_only_when_all_apply_in_order(
+    vv: int, received: list[int], as_sent: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = replica("x", ["s"])
+    if vv:
+        x.receive([mut(seq, f"k{seq}", b"v") for seq in range(1, vv + 1)], 0)
+    logged: list[object] = []
+    real = x.log.append
+
+    def spy(mutations, records=None):  # type: ignore[no-untyped-def]
+        logged.append(records)
+        return real(mutations, records)
+
+    monkeypatch.setattr(x.log, "append", spy)
+    muts = [mut(seq, f"k{seq}", b"v") for seq in received]
+    x.receive(muts, 0, encode_records(muts))
+    assert logged and (logged[0] is not None) == as_sent
