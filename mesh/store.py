@@ -123,7 +123,9 @@ class Store:
         self._key_limit = max_keys or sys.maxsize
         self._byte_limit = max_memory or sys.maxsize
         self._rng = random.Random(seed)
-        self._live: OrderedDict[str, tuple] = OrderedDict()
+        # The LRU order is kept only when something can be evicted: a plain
+        # dict inserts about a third faster.
+        self._live: dict[str, tuple] = OrderedDict() if self._bounded else {}
         self._tombs: OrderedDict[str, tuple] = OrderedDict()
         self._ttl_keys: list[str] = []  # every live key with a deadline, maybe stale ones
         self._ttl_count = 0  # live keys with a deadline
@@ -197,7 +199,7 @@ class Store:
                 if len(self._ttl_keys) > self._ttl_limit:
                     self._compact_ttl()
             if old is not None and self._bounded:
-                live.move_to_end(key)
+                live.move_to_end(key)  # type: ignore[attr-defined]
         if self._bounded and (len(live) > self._key_limit or self._bytes > self._byte_limit):
             self._evict()
         return True
@@ -205,7 +207,7 @@ class Store:
     def _evict(self) -> None:
         live, key_limit, byte_limit = self._live, self._key_limit, self._byte_limit
         while live and (len(live) > key_limit or self._bytes > byte_limit):
-            key, entry = live.popitem(last=False)
+            key, entry = live.popitem(last=False)  # type: ignore[call-arg]
             self._bury(key, entry)
             self._evicted += 1
 
@@ -253,7 +255,7 @@ class Store:
         if record_stats:
             self._hits += 1
             if self._bounded:
-                self._live.move_to_end(key)
+                self._live.move_to_end(key)  # type: ignore[attr-defined]
         return _new_tuple(Entry, entry)
 
     def ttl_ms(self, key: str) -> int:
