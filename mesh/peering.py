@@ -285,11 +285,14 @@ class Peering:
     def _answer_fetch(self, node_id: str, fetch: Fetch, now: int) -> tuple[Batch, bytes | None]:
         """The reply to a FETCH: the batch prepared for it, if it is the one predicted."""
         prepared = self._prepared.pop(node_id, None)
+        counters = self.replica.counters
         if prepared is not None:
             key, batch, packed = prepared
             if key == _fetch_key(fetch):
-                self.replica.counters["served"] += len(batch.entries)
+                counters["served"] += len(batch.entries)
+                counters["prepared_used"] += 1
                 return replace(batch, request_id=fetch.request_id), packed
+            counters["prepared_dropped"] += 1
         return self.replica.serve(node_id, fetch, now), None
 
     def _prepare_next(self, node_id: str, fetch: Fetch, batch: Batch, now: int) -> None:

@@ -163,6 +163,9 @@ class Replica:
         self.state = CATCHING_UP
         self.fetch_entries = fetch_entries
         self.counters = {"gaps": 0, "repaired": 0, "fetches": 0, "full_syncs": 0, "served": 0}
+        # kept by the socket loop (mesh.peering): fetches answered with the
+        # batch prepared ahead for them, and prepared batches thrown away
+        self.counters.update(prepared_used=0, prepared_dropped=0)
         self._started_ms = now_ms
         self._buffer: dict[str, dict[int, Mutation]] = {}
         self._buffered = 0

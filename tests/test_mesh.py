@@ -487,12 +487,12 @@ def test_node_on_an_empty_data_dir_gets_a_full_sync_with_tombstones(procs):
     wait_mesh(nodes)
     expected: dict[str, bytes | None] = {}
     with n1.client(timeout=10) as c1, n2.client(timeout=10) as c2:
-        for chunk in range(6):  # more than one snapshot chunk (4096 entries)
-            batch = {f"f{chunk}:{i}": f"v{chunk}:{i}".encode() for i in range(1000)}
+        for chunk in range(6):  # three snapshot chunks (FETCH_ENTRIES is 16,384)
+            batch = {f"f{chunk}:{i}": f"v{chunk}:{i}".encode() for i in range(7000)}
             assert c1.mset(batch) is True
             expected.update(batch)
         wait_converged(nodes)
-        gone = [f"f{chunk}:{i}" for chunk in range(6) for i in range(0, 1000, 10)]
+        gone = [f"f{chunk}:{i}" for chunk in range(6) for i in range(0, 7000, 10)]
         assert c2.delete(*gone) == len(gone)
         expected.update(dict.fromkeys(gone))
         wait_converged(nodes)
@@ -512,6 +512,8 @@ def test_node_on_an_empty_data_dir_gets_a_full_sync_with_tombstones(procs):
     assert stats["origin"] != old_origin, "an empty data folder must be a new incarnation"
     assert stats["replication"]["full_syncs"] >= 1, stats["replication"]
     assert stats["tombstones"] >= len(gone) + 2, "tombstones did not travel in the snapshot"
+    # the chunks after the first were read while n3 applied the one before
+    assert sum(stats_of(n)["replication"]["prepared_used"] for n in (n1, n2)) >= 2
     wait_converged(nodes)
     # the state the full sync produced survives a crash: the snapshot kept its vv and floor
     n3.kill()
