@@ -80,7 +80,7 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass
+@dataclass(slots=True)
 class Pending:
     """A client request in flight (or waiting for a ready node)."""
 
@@ -247,7 +247,8 @@ class Balancer:
             if op in (b"HEALTH", b"CLUSTER"):
                 self._answer_locally(frames, op, now)
             else:
-                write = not isinstance(op, bytes) or op.upper() not in READ_OPS
+                read = type(op) is bytes and (op in READ_OPS or op.upper() in READ_OPS)
+                write = not read
                 self._route(Pending(frames, request_id, write), now)
 
     def _route(self, pending: Pending, now: int, exclude: Link | None = None) -> None:
