@@ -96,7 +96,7 @@ from crc32c import crc32c
 from mesh import snapshot as _snapshot
 from mesh.datadir import fsync_dir, write_atomically
 from mesh.errors import ConfigError
-from mesh.mutation import Mutation
+from mesh.mutation import Mutation, encode_records, record_prefix
 from mesh.snapshot import LogCorruptError
 
 __all__ = ["FSYNC_POLICIES", "Log", "LogCorruptError"]
@@ -182,7 +182,6 @@ class Log:
         self.retention_bytes = retention_bytes
         self._dir = self.data_dir / "log"
         self._snap_dir = self.data_dir / "snapshots"
-        self._packer = msgpack.Packer()
         self._segments: list[_Segment] = []
         self._seqs: dict[str, int] = {}
         self._max_hlc = 0
@@ -253,12 +252,12 @@ class Log:
             raise OSError("an earlier fsync of the log failed: reopen it") from self._failed
         if not mutations:
             return self.next_offset - 1
-        pack, frame = self._packer.pack, _FRAME.pack
+        frame = _FRAME.pack
         parts: list[bytes] = []
         add = parts.append
         seqs, hlc = dict(self._seqs), self._max_hlc
         if records is None:
-            records = [pack(m) for m in mutations]
+            records = encode_records(mutations)
         elif len(records) != len(mutations):
             raise ValueError("one encoded record per mutation")
         for m, payload in zip(mutations, records, strict=True):
@@ -416,7 +415,7 @@ class Log:
         j = max(bisect.bisect_left(segs[i].marks, seq, key=key) - 1, 0)
         plan = [(segs[i].path, segs[i].marks[j][1], segs[i].size)]
         plan += [(s.path, _HEADER.size, s.size) for s in segs[i + 1 :]]
-        return plan, b"\x96" + msgpack.packb(origin)
+        return plan, record_prefix(origin)
 
     def read_range(
         self, origin: str, first: int, last: int, max_bytes: int

@@ -69,6 +69,12 @@ class Mutation(NamedTuple):
 _pack_record = msgpack.Packer().pack
 
 
+def record_prefix(origin: str) -> bytes:
+    """The first bytes of every encoded record of ``origin``: the array header and
+    the origin string, by which a log finds an origin's records without decoding."""
+    return b"\x96" + _pack_record(origin)
+
+
 def encode_records(mutations: Sequence[Mutation]) -> list[bytes]:
     """Each mutation's record as msgpack bytes: the payload of its log record,
     and what replication messages carry, so that a receiver logs the bytes it

@@ -402,8 +402,7 @@ class Node:
             return frames
         if self.commands.seq > seq_before:
             w = request.w or self.config.w
-            if w != 1 and nodes_needed(w, 1 + len(self.replica.peers)) > 1:
-                needed = nodes_needed(w, 1 + len(self.replica.peers))
+            if w != 1 and (needed := nodes_needed(w, 1 + len(self.replica.peers))) > 1:
                 deadline = now_ms() + self.config.ack_timeout_ms
                 held.append(
                     Waiting(self.commands.seq, needed, deadline, frames[:-1], request.id, result)

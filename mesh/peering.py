@@ -272,6 +272,7 @@ class Peering:
             else:
                 node_id, fetch = payload
                 batch, packed = self._answer_fetch(node_id, fetch, now)
+                self.replica.counters["served"] += len(batch.entries)
                 reply = peerwire.encode_batch(batch, packed)
                 if batch.more and not batch.need_full:
                     answered.append((node_id, fetch, batch))
@@ -289,7 +290,6 @@ class Peering:
         if prepared is not None:
             key, batch, packed = prepared
             if key == _fetch_key(fetch):
-                counters["served"] += len(batch.entries)
                 counters["prepared_used"] += 1
                 return replace(batch, request_id=fetch.request_id), packed
             counters["prepared_dropped"] += 1
@@ -313,9 +313,7 @@ class Peering:
                 if m.seq > vv.get(m.origin, 0):
                     vv[m.origin] = m.seq
             guess = Fetch(0, vv)
-        served = self.replica.counters["served"]
         ahead = self.replica.serve(node_id, guess, now)
-        self.replica.counters["served"] = served  # counted when (if) it is sent
         self._prepared[node_id] = (_fetch_key(guess), ahead, peerwire.pack_entries(ahead.entries))
 
     def _drain_dealer(self, sock: zmq.asyncio.Socket, now: int) -> None:

@@ -35,7 +35,7 @@ from typing import Any
 import msgpack
 
 from mesh.errors import ProtocolError
-from mesh.mutation import Mutation, encode_records
+from mesh.mutation import Mutation, encode_records, record_prefix
 from mesh.replication import Batch, Fetch
 from mesh.wire import E_MALFORMED, VERSION, VERSION_BYTE
 
@@ -114,7 +114,7 @@ def _entries(raw: Any) -> tuple[list[Mutation], list[bytes] | None]:
             raise ProtocolError(E_MALFORMED, shape)
         prefix = prefixes.get(r[0])
         if prefix is None:
-            prefix = prefixes[r[0]] = b"\x96" + _packer.pack(r[0])
+            prefix = prefixes[r[0]] = record_prefix(r[0])
         if canonical and not record.startswith(prefix):
             canonical = False
         out.append(new(mutation, r))

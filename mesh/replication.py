@@ -162,10 +162,11 @@ class Replica:
         self.peers: dict[str, PeerView] = {p: PeerView(p) for p in peers if p != node_id}
         self.state = CATCHING_UP
         self.fetch_entries = fetch_entries
-        self.counters = {"gaps": 0, "repaired": 0, "fetches": 0, "full_syncs": 0, "served": 0}
-        # kept by the socket loop (mesh.peering): fetches answered with the
-        # batch prepared ahead for them, and prepared batches thrown away
-        self.counters.update(prepared_used=0, prepared_dropped=0)
+        self.counters = {"gaps": 0, "repaired": 0, "fetches": 0, "full_syncs": 0}
+        # kept by the socket loop (mesh.peering), which sends what serve() returns:
+        # entries sent to peers, fetches answered with the batch prepared ahead
+        # for them, and prepared batches thrown away
+        self.counters.update(served=0, prepared_used=0, prepared_dropped=0)
         self._started_ms = now_ms
         self._buffer: dict[str, dict[int, Mutation]] = {}
         self._buffered = 0
@@ -471,7 +472,6 @@ class Replica:
             entries += got
             budget -= size
             more = more or got[-1].seq < mine
-        self.counters["served"] += len(entries)
         return Batch(fetch.request_id, entries, dict(self.vv), more=more)
 
     def _serve_snapshot(self, node_id: str, fetch: Fetch, now_ms: int) -> Batch:
@@ -497,7 +497,6 @@ class Replica:
             start, chunk, more = session.position, *self._chunk(session.entries)
             session.position += len(chunk)
             session.last = (start, chunk, more)
-        self.counters["served"] += len(chunk)
         return Batch(fetch.request_id, chunk, session.vv, more, True, sid, start + len(chunk))
 
     def _chunk(self, entries: Iterator[Mutation]) -> tuple[list[Mutation], bool]:

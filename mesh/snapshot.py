@@ -136,24 +136,9 @@ def read_origin(plan: Plan, prefix: bytes, seq: int) -> Iterator[Mutation]:
     ``prefix`` (an origin's, see :meth:`mesh.log.Log.read_from`) and whose seq is
     at least ``seq``; the others are CRC-checked but not decoded."""
     new, mutation = tuple.__new__, Mutation
-    for path, pos, stop in plan:
-        buf, i, base = b"", 0, pos
-        for data in read_chunks(path, pos, stop):
-            buf, base = buf[i:] + data, base + i
-            payloads, i = _split(path, buf, base, stop)
-            matching = [payload for payload in payloads if payload.startswith(prefix)]
-            count = 0
-            try:
-                for record in _unpacker(matching):
-                    count += 1
-                    if record[1] >= seq:
-                        yield new(mutation, record)
-            except DECODE_ERRORS:
-                count = -1
-            if count != len(matching):
-                raise _undecodable(path, base, payloads)
-        if i != len(buf):
-            raise LogCorruptError(path, base + i, "torn record")
+    for record, _ in _origin_records(plan, prefix, CHUNK):
+        if record[1] >= seq:
+            yield new(mutation, record)
 
 
 def read_origin_range(
@@ -167,9 +152,26 @@ def read_origin_range(
     new, mutation = tuple.__new__, Mutation
     out: list[Mutation] = []
     add, size = out.append, 0
+    for record, payload in _origin_records(plan, prefix, RANGE_CHUNK):
+        seq = record[1]
+        if seq < first:
+            continue
+        if seq > last:
+            break
+        add(new(mutation, record))
+        size += len(payload)
+        if size >= max_bytes:
+            break
+    return out, size
+
+
+def _origin_records(plan: Plan, prefix: bytes, chunk: int) -> Iterator[tuple[tuple, bytes]]:
+    """``(record, payload)`` of each record whose payload starts with ``prefix``,
+    read ``chunk`` bytes at a time; a chunk's matching records are all decoded
+    (one Unpacker) before any of them is yielded."""
     for path, pos, stop in plan:
         buf, i, base = b"", 0, pos
-        for data in read_chunks(path, pos, stop, RANGE_CHUNK):
+        for data in read_chunks(path, pos, stop, chunk):
             buf, base = buf[i:] + data, base + i
             payloads, i = _split(path, buf, base, stop)
             matching = [payload for payload in payloads if payload.startswith(prefix)]
@@ -179,19 +181,9 @@ def read_origin_range(
                 records = []
             if len(records) != len(matching):
                 raise _undecodable(path, base, payloads)
-            for record, payload in zip(records, matching, strict=True):
-                seq = record[1]
-                if seq < first:
-                    continue
-                if seq > last:
-                    return out, size
-                add(new(mutation, record))
-                size += len(payload)
-                if size >= max_bytes:
-                    return out, size
+            yield from zip(records, matching, strict=True)
         if i != len(buf):
             raise LogCorruptError(path, base + i, "torn record")
-    return out, size
 
 
 def _split(path: Path, buf: bytes, base: int, stop: int) -> tuple[list[bytes], int]:

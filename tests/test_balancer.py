@@ -174,6 +174,12 @@ class Load:
         target = len(self.samples) + count
         wait_for(lambda: len(self.samples) >= target, timeout, f"{count} more load requests")
 
+    def wait_past(self, t: float, timeout: float = 15.0) -> None:
+        """Poll until a request that started at monotonic time ``t`` or later has completed."""
+        wait_for(
+            lambda: any(s.start >= t for s in self.samples[-32:]), timeout, "the load to go on"
+        )
+
     def since(self, t0: float, t1: float = float("inf")) -> list[Sample]:
         """The requests that started in [t0, t1)."""
         return [s for s in list(self.samples) if t0 <= s.start < t1]
@@ -269,7 +275,7 @@ def test_crashed_node_is_dropped_at_once_with_no_failed_request(mesh3):
             wait_for(lambda: not entry(c.cluster(), victim)["in_rotation"], 2, "the node dropped")
         dropped = dropped_at(balancer, victim, "disconnected", killed_wall) - killed_wall
         load.wait_ops(300)
-        time.sleep(1.0)  # keep the load running on the two survivors for a while
+        load.wait_past(killed + 1.0)  # the load runs on the two survivors for a while
     after = summary(load.since(killed))
     print(f"\nkill -9: {summary(load.samples)}; after the kill {after}; dropped in {dropped:.3f} s")
     assert not load.failures(), describe(load.failures())
@@ -290,7 +296,7 @@ def test_hung_node_is_out_of_rotation_within_1_s_and_back_after_sigcont(mesh3, p
         load.wait_ops(100)
         stopped, stopped_wall = time.monotonic(), time.time()
         pause(victim, paused)
-        time.sleep(2.0)  # the load runs on through the hang window
+        load.wait_past(stopped + 2.0)  # the load runs on through the hang window
         window = load.since(stopped)
         with balancer.client(timeout=3.0) as c:
             hung = entry(c.cluster(), victim)
@@ -503,7 +509,7 @@ def test_two_balancers_side_by_side_and_a_client_of_both(procs):
         killed = time.monotonic()
         first.kill()
         load.wait_ops(300)
-        time.sleep(1.0)  # keep going on the surviving balancer
+        load.wait_past(killed + 1.0)  # the load goes on on the surviving balancer
     before, after = summary(load.since(0, killed)), summary(load.since(killed))
     failures = load.failures()
     timing = ", ".join(f"{f.start - killed:+.3f}..{f.end - killed:+.3f} s" for f in failures)
