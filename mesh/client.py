@@ -32,9 +32,13 @@ import zmq.asyncio
 from mesh import wire
 from mesh.config import DEFAULT_API
 from mesh.errors import ConnectionFailed, ProtocolError, PyCacheError, Timeout
+from mesh.zsock import drain, send_frames, socket_events, socket_fd
 
 DEFAULT_TIMEOUT = 5.0
 REPLY_HWM = 100_000
+DRAIN_MAX = 1024  # replies taken per drain call
+_POLLIN = int(zmq.POLLIN)
+_POLLOUT = int(zmq.POLLOUT)
 
 Value = bytes | str | int | float
 
@@ -318,8 +322,12 @@ class Pipeline(Commands):
 class AsyncClient(Commands):
     """asyncio client: every call is a coroutine; concurrent calls pipeline.
 
-    A single reader task drains replies in batches and wakes each waiting
-    call by its request id.
+    Requests go out on the raw socket without blocking.  The client watches
+    the socket's ZMQ_FD itself: whenever it fires, and after every send, it
+    drains the replies waiting and completes each call's future by request
+    id.  (ZMQ_FD is edge-triggered and a send may use up its edge, hence the
+    check after sending.)  No task or ``wait_for`` per call: a timer handle
+    bounds each one.
     """
 
     def __init__(
@@ -335,58 +343,97 @@ class AsyncClient(Commands):
         self._ctx = context or zmq.asyncio.Context()
         self._sock = _dealer(self._ctx, self.endpoints)
         self._raw: zmq.Socket = zmq.Socket.shadow(self._sock.underlying)
+        self._fd = socket_fd(self._raw)
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future] = {}
-        self._reader: asyncio.Task | None = None
+        self._room: list[asyncio.Future] = []  # senders waiting for the socket to take more
+        self._loop: asyncio.AbstractEventLoop | None = None  # whose reader watches ZMQ_FD
 
     def _call(self, op: str, *args: Any, convert: Callable[[Any], Any] | None = None) -> Any:
         return self._request(op, args, convert)
 
     async def _request(self, op: str, args: tuple, convert: Callable[[Any], Any] | None) -> Any:
+        loop = self._watch()
         request_id = next(self._ids)
         frame = wire.encode_request(request_id, op, *args)
-        future = asyncio.get_running_loop().create_future()
+        future = loop.create_future()
         self._waiting[request_id] = future
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.create_task(self._read_replies())
+        timer = loop.call_later(self.timeout, self._expire, future)
         try:
-            code, result = await asyncio.wait_for(self._send_and_wait(frame, future), self.timeout)
-        except asyncio.TimeoutError:
-            raise Timeout(f"no reply from {self.endpoints} within {self.timeout} s") from None
+            await self._send(frame, loop, future)
+            code, result = await future
         except zmq.ZMQError as exc:
             raise ConnectionFailed(f"socket error talking to {self.endpoints}: {exc}") from exc
         finally:
+            timer.cancel()
             self._waiting.pop(request_id, None)
         return _result(code, result, convert)
 
-    async def _send_and_wait(self, frame: bytes, future: asyncio.Future) -> tuple[int, Any]:
-        # Through the asyncio socket, not the raw shadow: a send can use up the
-        # edge-triggered wake-up that the reader's pending poll() waits for,
-        # and pyzmq's own send wakes pending pollers after sending.
-        await self._sock.send(frame)  # type: ignore[misc]  # pyzmq stubs: sync signature
-        return await future
+    def _watch(self) -> asyncio.AbstractEventLoop:
+        """The running loop, watching this socket's ZMQ_FD (set up on first use)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._unwatch()
+            loop.add_reader(self._fd, self._on_events)
+            self._loop = loop
+        return loop
 
-    async def _read_replies(self) -> None:
-        while self._waiting:
-            await self._sock.poll(None, zmq.POLLIN)  # type: ignore[misc]
-            while True:
+    def _unwatch(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.remove_reader(self._fd)
+        self._loop = None
+
+    async def _send(
+        self, frame: bytes, loop: asyncio.AbstractEventLoop, reply: asyncio.Future
+    ) -> None:
+        """Send ``frame`` now, or once the socket has room (no live peer yet, or HWM)."""
+        while True:
+            try:
+                send_frames(self._raw, (frame,))
+                break
+            except zmq.Again:
+                room = loop.create_future()
+                self._room.append(room)
+                await room  # woken by room, or by any call's deadline (_expire)
+                if reply.done():
+                    return
+        self._on_events()
+
+    def _expire(self, future: asyncio.Future) -> None:
+        if not future.done():
+            future.set_exception(Timeout(f"no reply from {self.endpoints} within {self.timeout} s"))
+        self._wake_senders()  # a sender of an expired call stops waiting for room
+
+    def _wake_senders(self) -> None:
+        room, self._room = self._room, []
+        for future in room:
+            if not future.done():
+                future.set_result(None)
+
+    def _on_events(self) -> None:
+        """Complete the calls whose replies wait; wake senders if there is room."""
+        raw, waiting = self._raw, self._waiting
+        while True:
+            events = socket_events(raw)
+            if events & _POLLOUT and self._room:
+                self._wake_senders()
+            if not events & _POLLIN:
+                return
+            for frames in drain(raw, DRAIN_MAX):
                 try:
-                    frame = self._raw.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                try:
-                    request_id, code, result = wire.decode_reply(frame)
+                    request_id, code, result = wire.decode_reply(frames[-1])
                 except ProtocolError:
                     continue
-                future = self._waiting.get(request_id)  # type: ignore[arg-type]
-                if future is not None and not future.done():
-                    future.set_result((code, result))
+                call = waiting.get(request_id)  # type: ignore[arg-type]
+                if call is not None and not call.done():
+                    call.set_result((code, result))
 
     async def close(self) -> None:
-        """Stop the reader and close the socket (and the context it made)."""
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+        """Close the socket (and the context it made); calls still waiting fail."""
+        self._unwatch()
+        for future in [*self._waiting.values(), *self._room]:
+            if not future.done():
+                future.set_exception(ConnectionFailed(f"client to {self.endpoints} closed"))
         self._sock.close(0)
         if self._own_ctx:
             self._ctx.term()

@@ -35,17 +35,22 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import tornado
 import tornado.httpserver
+import tornado.httputil
 import tornado.netutil
 import tornado.web
 import zmq.asyncio
+from tornado.log import app_log, gen_log
 
 from mesh.client import AsyncClient
 from mesh.config import EdgeConfig
@@ -205,6 +210,50 @@ def _translate(exc: PyCacheError) -> ApiError:
     return ApiError(500, "Internal server error", "backend %s: %r", what, exc)
 
 
+# --------------------------------------------------------------------------- cache operations
+
+#: An answer: HTTP status, message, payload as JSON text.
+Answer = tuple[int, str, str]
+
+
+async def cache_set(backend: Backend, key: str, body: bytes, ttl: str | None) -> Answer:
+    """POST: store ``body``'s JSON value under ``key`` (``ttl`` seconds, as given in the URL)."""
+    stored = encode_value(body)
+    px = ttl_ms(ttl)
+    try:
+        await backend.client.set(key, stored, px=px)
+    except PyCacheError as exc:
+        raise _translate(exc) from exc
+    payload = _payload(key, stored.decode(), time.time_ns() // 1_000_000, px)
+    return 201, "Cache key set success", payload
+
+
+async def cache_get(backend: Backend, key: str) -> Answer:
+    """GET: the value with its metadata, or 404."""
+    try:
+        meta = await backend.client.get_meta(key)
+    except PyCacheError as exc:
+        raise _translate(exc) from exc
+    if meta is None:
+        return 404, "Cache key not found", "{}"
+    value, ttl, updated_ms = meta
+    payload = _payload(key, value_text(value), updated_ms, None if ttl < 0 else ttl)
+    return 200, "Cache key get success", payload
+
+
+async def cache_delete(backend: Backend, key: str) -> Answer:
+    """DELETE: 200 whether or not the key was there, as in the seed."""
+    try:
+        await backend.client.delete(key)
+    except PyCacheError as exc:
+        raise _translate(exc) from exc
+    return 200, "Cache key expired", "{}"
+
+
+def _body(message: str, payload: str) -> bytes:
+    return f'{{"message":{json.dumps(message)},"payload":{payload}}}'.encode()
+
+
 # --------------------------------------------------------------------------- handlers
 
 
@@ -227,7 +276,7 @@ class JsonHandler(tornado.web.RequestHandler):
         self.set_status(status)
         if status == 503:
             self.set_header("Retry-After", "1")
-        self.finish(f'{{"message":{json.dumps(message)},"payload":{payload}}}'.encode())
+        self.finish(_body(message, payload))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -282,37 +331,16 @@ class CacheHandler(JsonHandler):
     async def post(self, key: str) -> None:
         if self._finished:
             return  # refused while the body streamed in
-        stored = encode_value(b"".join(self._chunks))
-        ttl = ttl_ms(self.get_query_argument("ttl", None))
-        try:
-            await self.backend.client.set(key, stored, px=ttl)
-        except PyCacheError as exc:
-            raise _translate(exc) from exc
-        payload = _payload(key, stored.decode(), time.time_ns() // 1_000_000, ttl)
-        self.reply(201, "Cache key set success", payload)
+        body, ttl = b"".join(self._chunks), self.get_query_argument("ttl", None)
+        self.reply(*await cache_set(self.backend, key, body, ttl))
 
     async def get(self, key: str) -> None:
-        if self._finished:
-            return
-        try:
-            meta = await self.backend.client.get_meta(key)
-        except PyCacheError as exc:
-            raise _translate(exc) from exc
-        if meta is None:
-            self.reply(404, "Cache key not found")
-            return
-        value, ttl, updated_ms = meta
-        payload = _payload(key, value_text(value), updated_ms, None if ttl < 0 else ttl)
-        self.reply(200, "Cache key get success", payload)
+        if not self._finished:
+            self.reply(*await cache_get(self.backend, key))
 
     async def delete(self, key: str) -> None:
-        if self._finished:
-            return
-        try:
-            await self.backend.client.delete(key)
-        except PyCacheError as exc:
-            raise _translate(exc) from exc
-        self.reply(200, "Cache key expired")
+        if not self._finished:
+            self.reply(*await cache_delete(self.backend, key))
 
 
 class HealthHandler(JsonHandler):
@@ -384,6 +412,154 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
         access_log.log(level, "%d %s %.2fms", status, handler._request_summary(), took)
 
 
+# --------------------------------------------------------------------------- fast path
+
+#: ``/api/cache/<key>/`` with a plain key (printable ASCII, no escapes) and no query string.
+_PLAIN_CACHE_PATH = re.compile(r"/api/cache/([!-$&-.0->@-~]+)/?")
+_FAST_METHODS = frozenset(("GET", "POST", "DELETE"))
+_SERVER = f"TornadoServer/{tornado.version}"
+_STATUS_LINES = {
+    code: tornado.httputil.ResponseStartLine("HTTP/1.1", code, HTTPStatus(code).phrase)
+    for code in (200, 201, 400, 404, 413, 500, 503)
+}
+
+
+class _Date:
+    """The ``Date`` header, formatted once a second."""
+
+    second = -1
+    text = ""
+
+    @classmethod
+    def now(cls) -> str:
+        second = int(time.time())
+        if second != cls.second:
+            cls.second, cls.text = second, tornado.httputil.format_timestamp(second)
+        return cls.text
+
+
+class EdgeServer(tornado.httputil.HTTPServerConnectionDelegate):
+    """The HTTP server's delegate: the cache's hot requests here, all else to :class:`EdgeApp`.
+
+    A GET, POST or DELETE of ``/api/cache/<key>/`` with a plain key, no query
+    string and a body within the limit (by Content-Length; not chunked) is
+    answered by :class:`_CacheRequest` straight on the connection: the same
+    operations, statuses and bodies as :class:`CacheHandler`, without a
+    RequestHandler (which costs more CPU than the backend round trip).  Any
+    other request (escaped keys, ``?ttl=``, chunked or oversized bodies,
+    other methods and paths) goes to the Tornado application as it is.
+    """
+
+    def __init__(self, app: EdgeApp) -> None:
+        self.app = app
+
+    def start_request(
+        self, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> tornado.httputil.HTTPMessageDelegate:
+        return _CacheRequest(self.app, server_conn, request_conn)
+
+    def on_close(self, server_conn: object) -> None:
+        self.app.on_close(server_conn)
+
+
+class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
+    """One request: answered here when it is a plain cache request, else by the app."""
+
+    def __init__(
+        self, app: EdgeApp, server_conn: object, request_conn: tornado.httputil.HTTPConnection
+    ) -> None:
+        self.app, self.server_conn, self.conn = app, server_conn, request_conn
+        self.other: tornado.httputil.HTTPMessageDelegate | None = None
+        self.chunks: list[bytes] = []
+        self.method = self.key = self.uri = ""
+        self.started = 0.0
+
+    def headers_received(
+        self,
+        start_line: tornado.httputil.RequestStartLine | tornado.httputil.ResponseStartLine,
+        headers: tornado.httputil.HTTPHeaders,
+    ) -> Awaitable[None] | None:
+        assert isinstance(start_line, tornado.httputil.RequestStartLine)
+        key = self._plain_key(start_line, headers)
+        if key is None:
+            self.other = self.app.start_request(self.server_conn, self.conn)
+            return self.other.headers_received(start_line, headers)
+        self.method, self.key, self.uri = start_line.method, key, start_line.path
+        self.started = time.perf_counter()
+        return None
+
+    def _plain_key(
+        self, start_line: tornado.httputil.RequestStartLine, headers: tornado.httputil.HTTPHeaders
+    ) -> str | None:
+        if start_line.method not in _FAST_METHODS or "Transfer-Encoding" in headers:
+            return None
+        length = headers.get("Content-Length")
+        if length is not None and not (length.isdigit() and int(length) <= self.app.max_body_bytes):
+            return None
+        match = _PLAIN_CACHE_PATH.fullmatch(start_line.path)
+        return None if match is None else match[1]
+
+    def data_received(self, chunk: bytes) -> Awaitable[None] | None:
+        if self.other is not None:
+            return self.other.data_received(chunk)
+        self.chunks.append(chunk)
+        return None
+
+    def finish(self) -> None:
+        if self.other is not None:
+            self.other.finish()
+        else:
+            asyncio.get_running_loop().create_task(self._answer())
+
+    def on_connection_close(self) -> None:
+        if self.other is not None:
+            self.other.on_connection_close()
+        # else: the answer is still written when it comes, to a closed stream: a no-op
+
+    async def _answer(self) -> None:
+        backend, key = self.app.backend, self.key
+        try:
+            if self.method == "GET":
+                answer = await cache_get(backend, key)
+            elif self.method == "POST":
+                answer = await cache_set(backend, key, b"".join(self.chunks), None)
+            else:
+                answer = await cache_delete(backend, key)
+        except ApiError as exc:
+            if exc.log_message:
+                gen_log.warning(
+                    "%d %s: " + exc.log_message, exc.status_code, self._summary(), *exc.args
+                )
+            answer = (exc.status_code, exc.message, "{}")
+        except Exception:
+            app_log.exception("Uncaught exception %s", self._summary())
+            answer = (500, "Internal server error", "{}")
+        self._write(*answer)
+
+    def _write(self, status: int, message: str, payload: str) -> None:
+        body = _body(message, payload)
+        headers = tornado.httputil.HTTPHeaders(
+            {
+                "Server": _SERVER,
+                "Content-Type": JSON_TYPE,
+                "Date": _Date.now(),
+                "Content-Length": str(len(body)),
+            }
+        )
+        if status == 503:
+            headers["Retry-After"] = "1"
+        self.conn.write_headers(_STATUS_LINES[status], headers, body)
+        self.conn.finish()
+        level = logging.INFO if status >= 500 else logging.DEBUG
+        if access_log.isEnabledFor(level):
+            took = 1000.0 * (time.perf_counter() - self.started)
+            access_log.log(level, "%d %s %.2fms", status, self._summary(), took)
+
+    def _summary(self) -> str:
+        remote_ip = getattr(getattr(self.conn, "context", None), "remote_ip", None)
+        return f"{self.method} {self.uri} ({remote_ip})"
+
+
 # --------------------------------------------------------------------------- app and server
 
 
@@ -430,7 +606,9 @@ class HttpServer:
 
     def __init__(self, app: EdgeApp, host: str, port: int) -> None:
         self.app = app
-        self.server = tornado.httpserver.HTTPServer(app, max_body_size=app.max_body_bytes)
+        self.server = tornado.httpserver.HTTPServer(
+            EdgeServer(app), max_body_size=app.max_body_bytes
+        )
         sockets = tornado.netutil.bind_sockets(port, host)
         self.server.add_sockets(sockets)
         self.port: int = sockets[0].getsockname()[1]

@@ -65,6 +65,11 @@ def readable(sock: zmq.Socket) -> bool:
     return bool(_get(sock, _EVENTS) & _POLLIN)  # type: ignore[operator]
 
 
+def socket_events(sock: zmq.Socket) -> int:
+    """ZMQ_EVENTS (POLLIN | POLLOUT bits); reading it also re-arms ZMQ_FD's edge."""
+    return _get(sock, _EVENTS)  # type: ignore[return-value]
+
+
 def socket_fd(sock: zmq.Socket) -> int:
     """The socket's ZMQ_FD: readable, edge-triggered, when ZMQ_EVENTS may have changed."""
     fd = sock.get(zmq.FD)

@@ -117,6 +117,32 @@ def test_no_node_at_all_times_out(tmp_path):
         c.get("k")
 
 
+def test_async_client_times_out_without_a_node_and_on_a_paused_one(node):
+    async def nobody() -> None:
+        async with AsyncClient("tcp://127.0.0.1:1", timeout=0.2) as c:
+            started = time.monotonic()
+            results = await asyncio.gather(*(c.get("k") for _ in range(3)), return_exceptions=True)
+            assert all(isinstance(r, Timeout) for r in results), results
+            assert time.monotonic() - started < 2
+
+    async def paused() -> None:
+        async with AsyncClient(node.endpoint, timeout=0.3) as c:
+            assert await c.set("k", "v") is True
+            node.signal(signal.SIGSTOP)
+            try:
+                results = await asyncio.gather(
+                    *(c.get("k") for _ in range(100)), return_exceptions=True
+                )
+                assert all(isinstance(r, Timeout) for r in results), results
+            finally:
+                node.signal(signal.SIGCONT)
+            # the late replies to the timed-out calls are ignored; new calls work
+            assert await asyncio.gather(*(c.get("k") for _ in range(100))) == [b"v"] * 100
+
+    asyncio.run(nobody())
+    asyncio.run(paused())
+
+
 def test_sigterm_flushes_and_exits_zero_and_data_survives(procs):
     n = procs.node(extra=["--fsync", "interval", "--fsync-interval-ms", "5000"])
     with n.client() as c:
