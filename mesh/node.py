@@ -358,7 +358,7 @@ class Node:
             self.replica.commit_local(pending, records)
             self.log.flush()
             if self.peering is not None and self.replica.peers:  # nobody to tell otherwise
-                self.peering.publish(self.origin, records)
+                self.peering.publish(self.origin, records, ack=bool(held))
             self._maybe_snapshot()
         for waiting in held:
             self.acks.hold(waiting)

@@ -1,7 +1,8 @@
 """The thin socket loop around the replication core.
 
-Sockets of one node (all ``zmq.asyncio``, drained in batches with
-non-blocking receives through sync shadows, as the client socket is):
+Sockets of one node (made from the node's ``zmq.asyncio`` context but used
+only through sync shadows: drained in batches with non-blocking receives,
+woken through each socket's ZMQ_FD as the node's API socket is):
 
 - **PUB** (bound, ``--pub``): this node's own write batches and heartbeats.
 - **SUB** (connected to every peer's PUB): peers' batches and heartbeats.
@@ -21,11 +22,13 @@ The protocol logic itself lives in :mod:`mesh.replication`; message layouts in
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +40,7 @@ from mesh.datadir import write_atomically
 from mesh.errors import ProtocolError
 from mesh.log import Log
 from mesh.replication import Batch, Fetch, Replica
-from mesh.zsock import drain
+from mesh.zsock import drain, readable, socket_fd
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +103,13 @@ class Peering:
         self._subscribed: set[str] = set()
         self._pubs: dict[str, str] = {}  # node id -> PUB endpoint
         self._unanswered: dict[str, int] = {}  # repl endpoint -> next HELLO time
-        self._poller = zmq.asyncio.Poller()
-        for sock in (self.repl, self.sub):
-            self._poller.register(sock, zmq.POLLIN)
+        # The sockets run() drains, each with its handler; dealers join as peers do.
+        self._watched: list[tuple[zmq.Socket, Callable[[int], None]]] = [
+            (self._raw[self.sub], self._drain_sub),
+            (self._raw[self.repl], self._drain_repl),
+        ]
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
+        self._wakeup: asyncio.Future | None = None
         self._load_peers(peers)
         self._startup_until = now_ms() + 1500
         self._next_beat = 0
@@ -144,8 +151,10 @@ class Peering:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.connect(endpoint)
             self._dealers[endpoint] = sock
-            self._raw[sock] = zmq.Socket.shadow(sock.underlying)
-            self._poller.register(sock, zmq.POLLIN)
+            raw = self._raw[sock] = zmq.Socket.shadow(sock.underlying)
+            self._watched.append((raw, partial(self._drain_dealer, sock)))
+            if self._loop is not None:
+                self._loop.add_reader(socket_fd(raw), self._wake)
         return sock
 
     def _add(self, node_id: str, repl: str, pub: str, *, persist: bool = True) -> None:
@@ -176,18 +185,47 @@ class Peering:
     # ------------------------------------------------------------------ loop
 
     async def run(self) -> None:
-        """Serve and drive replication until cancelled."""
-        while True:
-            events = await self._poller.poll(TICK_MS)
-            now = now_ms()
-            for sock, _ in events:
-                if sock is self.sub:
-                    self._drain_sub(now)
-                elif sock is self.repl:
-                    self._drain_repl(now)
+        """Serve and drive replication until cancelled.
+
+        Each socket's ZMQ_FD stays registered with the loop for the whole run
+        (a ``zmq.asyncio`` poller would register and unregister every socket
+        on every call).  ZMQ_FD is edge-triggered, so the loop only waits once
+        ZMQ_EVENTS says that no socket has anything left.
+        """
+        self._loop = loop = asyncio.get_running_loop()
+        fds = [socket_fd(raw) for raw, _ in self._watched]
+        for fd in fds:
+            loop.add_reader(fd, self._wake)
+        try:
+            while True:
+                now = now_ms()
+                for raw, handle in list(self._watched):
+                    if readable(raw):
+                        handle(now)
+                self._tick(now)
+                if any(readable(raw) for raw, _ in self._watched):
+                    await asyncio.sleep(0)  # more to do: let the node's other tasks run first
                 else:
-                    self._drain_dealer(sock, now)
-            self._tick(now)
+                    await self._idle(TICK_MS)
+        finally:
+            for raw, _ in self._watched:
+                loop.remove_reader(socket_fd(raw))
+            self._loop = None
+
+    async def _idle(self, ms: int) -> None:
+        """Wait until a socket's ZMQ_FD fires or ``ms`` pass."""
+        assert self._loop is not None
+        self._wakeup = wakeup = self._loop.create_future()
+        timer = self._loop.call_later(ms / 1000, self._wake)
+        try:
+            await wakeup
+        finally:
+            timer.cancel()
+            self._wakeup = None
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
 
     def _tick(self, now: int) -> None:
         for endpoint, due in list(self._unanswered.items()):
@@ -220,6 +258,9 @@ class Peering:
             return True
         except zmq.ZMQError:  # no connection or queue full: retried or timed out later
             return False
+        finally:
+            if sock is not self.pub:
+                self._wake()  # a send may use up ZMQ_FD's edge: look at the sockets again
 
     def _frames(self, sock: zmq.asyncio.Socket) -> list[list[bytes]]:
         return drain(self._raw[sock], DRAIN_MAX)
@@ -237,22 +278,25 @@ class Peering:
             yield frames, kind, payload
 
     def _drain_sub(self, now: int) -> None:
-        applied = 0
+        applied, ack = 0, False
         for _, kind, payload in self._messages(self.sub, peerwire.parse_published):
             if kind == peerwire.ENTRIES:
-                entries, records = payload
+                entries, records, wanted = payload
                 applied += len(self.replica.receive(entries, now, records))
+                ack = ack or wanted
             else:
                 node_id, origin, state, vv, peers = payload
                 self.replica.on_heartbeat(node_id, origin, state, vv, now)
                 if self.replica.node_id not in peers:
                     self._hello_again(node_id)
-        self._after_apply(applied)
+        self._after_apply(applied, beat=ack)
 
-    def _after_apply(self, applied: int) -> None:
+    def _after_apply(self, applied: int, beat: bool = True) -> None:
+        """Fsync what was applied; heartbeat at once if ``beat`` (an origin waits on w > 1)."""
         if applied:
             self.log.flush()
-            self.publish_heartbeat()  # tells origins waiting for w > 1 that we logged
+            if beat:
+                self.publish_heartbeat()  # tells origins waiting for w > 1 that we logged
         self._on_change()
 
     def _drain_repl(self, now: int) -> None:
@@ -336,16 +380,21 @@ class Peering:
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, origin: str, records: list[bytes]) -> None:
-        """PUBlish this node's own new entries (encoded), in messages of bounded size."""
+    def publish(self, origin: str, records: list[bytes], ack: bool = False) -> None:
+        """PUBlish this node's own new entries (encoded), in messages of bounded size.
+
+        ``ack``: a reply waits for others to log these (w > 1); receivers then
+        heartbeat at once instead of at their next beat.
+        """
         start, size = 0, 0
         for i, record in enumerate(records):
             size += len(record)
             if size >= PUB_BATCH_BYTES:
-                self._send(self.pub, peerwire.encode_entries(origin, records[start : i + 1]))
+                frame = peerwire.encode_entries(origin, records[start : i + 1], ack)
+                self._send(self.pub, frame)
                 start, size = i + 1, 0
         if start < len(records):
-            self._send(self.pub, peerwire.encode_entries(origin, records[start:]))
+            self._send(self.pub, peerwire.encode_entries(origin, records[start:], ack))
 
     def publish_heartbeat(self) -> None:
         """PUBlish the replica's heartbeat now."""

@@ -133,9 +133,13 @@ def _vv(vv: Any) -> dict[str, int]:
 # --------------------------------------------------------------------- PUB / SUB
 
 
-def encode_entries(origin: str, records: list[bytes]) -> bytes:
-    """A PUB batch of one origin's entries, given encoded (:func:`encode_records`)."""
-    return _pack([ENTRIES, origin, records])
+def encode_entries(origin: str, records: list[bytes], ack: bool = False) -> bytes:
+    """A PUB batch of one origin's entries, given encoded (:func:`encode_records`).
+
+    ``ack``: the origin holds a reply until others log these (``w`` > 1), so
+    receivers should heartbeat as soon as they have logged them.
+    """
+    return _pack([ENTRIES, origin, records, ack])
 
 
 def encode_heartbeat(beat: dict[str, Any], peers: list[str]) -> bytes:
@@ -144,11 +148,12 @@ def encode_heartbeat(beat: dict[str, Any], peers: list[str]) -> bytes:
 
 
 def parse_published(body: list) -> tuple[str, Any]:
-    """``("E", ([Mutation...], records | None))`` or ``("H", (node, origin, state, vv, peers))``."""
+    """``("E", ([Mutation...], records | None, ack))``
+    or ``("H", (node, origin, state, vv, peers))``."""
     kind = body[0]
     if kind == ENTRIES:
-        _check(len(body) == 3, "entries message")
-        return ENTRIES, _entries(body[2])
+        _check(len(body) == 4 and type(body[3]) is bool, "entries message")
+        return ENTRIES, (*_entries(body[2]), body[3])
     if kind == HEARTBEAT:
         _check(
             len(body) == 6

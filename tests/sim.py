@@ -475,7 +475,10 @@ class Sim:
         self._poll(node)
 
     def _after_apply(self, node: SimNode) -> None:
-        """As ``Peering._after_apply``: fsync (now, or at the next beat: torn), heartbeat."""
+        """As ``Peering._after_apply`` for entries that want acks.
+
+        Fsync now (or at the next beat: torn), then heartbeat.
+        """
         if self.p.torn and not self.quiet and self.rng.random() < self.p.torn:
             node.unsynced = True
         else:

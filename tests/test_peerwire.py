@@ -19,15 +19,17 @@ LIMIT = 1 << 20
 
 
 def published(entries: list) -> tuple[str, tuple]:
-    frame = b"\x01" + msgpack.packb([peerwire.ENTRIES, "n1/1", entries], use_bin_type=True)
+    frame = b"\x01" + msgpack.packb([peerwire.ENTRIES, "n1/1", entries, False], use_bin_type=True)
     return peerwire.parse_published(peerwire.decode(frame, LIMIT))
 
 
 def test_entries_round_trip_with_their_records() -> None:
     records = encode_records(MUTATIONS)
-    frame = peerwire.encode_entries("n1/1", records)
-    kind, (entries, got) = peerwire.parse_published(peerwire.decode(frame, LIMIT))
-    assert kind == peerwire.ENTRIES and entries == MUTATIONS and got == records
+    for ack in (False, True):
+        frame = peerwire.encode_entries("n1/1", records, ack)
+        kind, (entries, got, wanted) = peerwire.parse_published(peerwire.decode(frame, LIMIT))
+        assert kind == peerwire.ENTRIES and entries == MUTATIONS and got == records
+        assert wanted is ack
 
 
 def test_batch_round_trip_with_its_records() -> None:
@@ -77,5 +79,12 @@ def test_a_record_not_encoded_canonically_is_taken_but_not_logged_as_sent() -> N
     canonical = encode_records(MUTATIONS[:1])[0]
     origin = b"n1/1"
     odd = b"\x96\xd9" + bytes([len(origin)]) + origin + canonical[2 + len(origin) :]
-    _, (entries, records) = published([odd])
+    _, (entries, records, _) = published([odd])
     assert entries == MUTATIONS[:1] and records is None
+
+
+@pytest.mark.parametrize("tail", [[], ["yes"], [1], [False, 0]])
+def test_an_entries_message_without_a_bool_ack_flag_is_refused(tail) -> None:
+    body = [peerwire.ENTRIES, "n1/1", encode_records(MUTATIONS[:1]), *tail]
+    with pytest.raises(ProtocolError):
+        peerwire.parse_published(peerwire.decode(b"\x01" + msgpack.packb(body), LIMIT))
