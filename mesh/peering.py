@@ -51,6 +51,9 @@ TICK_MS = 20
 PUB_BATCH_BYTES = 1024 * 1024
 DRAIN_MAX = 4096
 ZMTP_HEARTBEAT_MS = 500
+#: Entries taken from peers' PUB that no origin waits on are fsynced within
+#: about this long (or sooner, by the node's own next fsync or heartbeat).
+REPLICA_SYNC_MS = 20
 
 
 def now_ms() -> int:
@@ -110,6 +113,7 @@ class Peering:
         ]
         self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
         self._wakeup: asyncio.Future | None = None
+        self._sync_due: int | None = None  # fsync received entries by then (monotonic ms)
         self._load_peers(peers)
         self._startup_until = now_ms() + 1500
         self._next_beat = 0
@@ -228,6 +232,8 @@ class Peering:
             self._wakeup.set_result(None)
 
     def _tick(self, now: int) -> None:
+        if self._sync_due is not None and now >= self._sync_due:
+            self._flush()
         for endpoint, due in list(self._unanswered.items()):
             if now >= due:
                 self._send(
@@ -289,15 +295,28 @@ class Peering:
                 self.replica.on_heartbeat(node_id, origin, state, vv, now)
                 if self.replica.node_id not in peers:
                     self._hello_again(node_id)
-        self._after_apply(applied, beat=ack)
+        self._after_apply(applied, now, urgent=ack)
 
-    def _after_apply(self, applied: int, beat: bool = True) -> None:
-        """Fsync what was applied; heartbeat at once if ``beat`` (an origin waits on w > 1)."""
+    def _after_apply(self, applied: int, now: int, urgent: bool = True) -> None:
+        """Make what was applied durable and say so: at once when ``urgent``, else soon.
+
+        Urgent: fsync and heartbeat now (an origin holds a reply until others
+        log these, or a catch-up is on).  Otherwise the fsync waits up to
+        REPLICA_SYNC_MS, usually for the node's own next group commit: the
+        entries are durable at their origin already, a crash here loses
+        nothing that a catch-up does not bring back, and every heartbeat
+        fsyncs first, so no vv reported to a peer counts an unsynced entry.
+        """
         if applied:
-            self.log.flush()
-            if beat:
-                self.publish_heartbeat()  # tells origins waiting for w > 1 that we logged
+            if urgent:
+                self.publish_heartbeat()
+            elif self._sync_due is None:
+                self._sync_due = now + REPLICA_SYNC_MS
         self._on_change()
+
+    def _flush(self) -> None:
+        self.log.flush()
+        self._sync_due = None
 
     def _drain_repl(self, now: int) -> None:
         answered: list[tuple[str, Fetch, Batch]] = []
@@ -376,7 +395,7 @@ class Peering:
                     applied += len(self.replica.on_batch(node_id, payload, now))
                     if self.replica.take_snapshot_due():
                         self._on_full_sync()
-        self._after_apply(applied)
+        self._after_apply(applied, now)
 
     # ------------------------------------------------------------------ publishing
 
@@ -397,7 +416,8 @@ class Peering:
             self._send(self.pub, peerwire.encode_entries(origin, records[start:], ack))
 
     def publish_heartbeat(self) -> None:
-        """PUBlish the replica's heartbeat now."""
+        """PUBlish the replica's heartbeat now, after flushing the log (the vv is then logged)."""
+        self._flush()
         beat = peerwire.encode_heartbeat(self.replica.heartbeat(), list(self._by_node))
         self._send(self.pub, beat)
 
