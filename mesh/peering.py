@@ -291,27 +291,30 @@ class Peering:
                 applied += len(self.replica.receive(entries, now, records))
                 ack = ack or wanted
             else:
-                node_id, origin, state, vv, peers = payload
-                self.replica.on_heartbeat(node_id, origin, state, vv, now)
+                node_id, origin, state, vv, peers, logged = payload
+                self.replica.on_heartbeat(node_id, origin, state, vv, now, logged)
                 if self.replica.node_id not in peers:
                     self._hello_again(node_id)
         self._after_apply(applied, now, urgent=ack)
 
     def _after_apply(self, applied: int, now: int, urgent: bool = True) -> None:
-        """Make what was applied durable and say so: at once when ``urgent``, else soon.
+        """Heartbeat what was applied at once; fsync it at once when ``urgent``, else soon.
 
-        Urgent: fsync and heartbeat now (an origin holds a reply until others
-        log these, or a catch-up is on).  Otherwise the fsync waits up to
-        REPLICA_SYNC_MS, usually for the node's own next group commit: the
-        entries are durable at their origin already, a crash here loses
-        nothing that a catch-up does not bring back, and every heartbeat
-        fsyncs first, so no vv reported to a peer counts an unsynced entry.
+        Urgent (an origin holds a reply until others log these, or a catch-up
+        is on): fsync, then a heartbeat that counts toward acknowledgements.
+        Otherwise the heartbeat goes out before the fsync, marked not logged
+        (peers learn the progress at once, but no ack counts it), and the
+        fsync waits up to REPLICA_SYNC_MS, usually for the node's own next
+        group commit: the entries are durable at their origin already, and a
+        crash here loses nothing that a catch-up does not bring back.
         """
         if applied:
             if urgent:
                 self.publish_heartbeat()
-            elif self._sync_due is None:
-                self._sync_due = now + REPLICA_SYNC_MS
+            else:
+                self.publish_heartbeat(sync=False)
+                if self._sync_due is None:
+                    self._sync_due = now + REPLICA_SYNC_MS
         self._on_change()
 
     def _flush(self) -> None:
@@ -415,11 +418,12 @@ class Peering:
         if start < len(records):
             self._send(self.pub, peerwire.encode_entries(origin, records[start:], ack))
 
-    def publish_heartbeat(self) -> None:
-        """PUBlish the replica's heartbeat now, after flushing the log (the vv is then logged)."""
-        self._flush()
-        beat = peerwire.encode_heartbeat(self.replica.heartbeat(), list(self._by_node))
-        self._send(self.pub, beat)
+    def publish_heartbeat(self, sync: bool = True) -> None:
+        """PUBlish the replica's heartbeat now, after flushing the log when ``sync``."""
+        if sync:
+            self._flush()
+        beat = self.replica.heartbeat()
+        self._send(self.pub, peerwire.encode_heartbeat(beat, list(self._by_node), self.log.logged))
 
     def close(self) -> None:
         """Close every socket."""

@@ -142,27 +142,34 @@ def encode_entries(origin: str, records: list[bytes], ack: bool = False) -> byte
     return _pack([ENTRIES, origin, records, ack])
 
 
-def encode_heartbeat(beat: dict[str, Any], peers: list[str]) -> bytes:
-    """A PUB heartbeat from :meth:`mesh.replication.Replica.heartbeat` and known peers."""
-    return _pack([HEARTBEAT, beat["node"], beat["origin"], beat["state"], beat["vv"], peers])
+def encode_heartbeat(beat: dict[str, Any], peers: list[str], logged: bool = True) -> bytes:
+    """A PUB heartbeat from :meth:`mesh.replication.Replica.heartbeat` and known peers.
+
+    ``logged``: every entry the vv counts is logged as the sender's fsync
+    policy requires, so it counts toward w > 1 acknowledgements; a beat sent
+    right after applying, before the fsync, says False.
+    """
+    vv = beat["vv"]
+    return _pack([HEARTBEAT, beat["node"], beat["origin"], beat["state"], vv, peers, logged])
 
 
 def parse_published(body: list) -> tuple[str, Any]:
     """``("E", ([Mutation...], records | None, ack))``
-    or ``("H", (node, origin, state, vv, peers))``."""
+    or ``("H", (node, origin, state, vv, peers, logged))``."""
     kind = body[0]
     if kind == ENTRIES:
         _check(len(body) == 4 and type(body[3]) is bool, "entries message")
         return ENTRIES, (*_entries(body[2]), body[3])
     if kind == HEARTBEAT:
         _check(
-            len(body) == 6
+            len(body) == 7
             and all(isinstance(x, str) for x in body[1:4])
             and isinstance(body[5], list)
-            and all(isinstance(x, str) for x in body[5]),
+            and all(isinstance(x, str) for x in body[5])
+            and type(body[6]) is bool,
             "heartbeat",
         )
-        return HEARTBEAT, (body[1], body[2], body[3], _vv(body[4]), body[5])
+        return HEARTBEAT, (body[1], body[2], body[3], _vv(body[4]), body[5], body[6])
     raise ProtocolError(E_MALFORMED, f"unknown published kind {kind[:16]!r}")
 
 

@@ -116,6 +116,7 @@ class PeerView:
     origin: str = ""
     state: str = "unknown"
     vv: dict[str, int] = field(default_factory=dict)
+    logged: dict[str, int] = field(default_factory=dict)  # vv of its last logged-vv heartbeat
     heard_ms: int = -1
     fetching: Fetch | None = None
     fetch_sent_ms: int = 0
@@ -277,13 +278,25 @@ class Replica:
         self._buffered += 1
 
     def on_heartbeat(
-        self, node_id: str, origin: str, state: str, vv: dict[str, int], now_ms: int
+        self,
+        node_id: str,
+        origin: str,
+        state: str,
+        vv: dict[str, int],
+        now_ms: int,
+        logged: bool = True,
     ) -> None:
-        """A peer's heartbeat: its origin, state and version vector."""
+        """A peer's heartbeat: its origin, state and version vector.
+
+        ``logged``: the peer has logged all that ``vv`` counts (as its fsync
+        policy requires); only such beats count toward acknowledgements.
+        """
         peer = self.add_peer(node_id)
         if peer is None:
             return
         peer.origin, peer.state, peer.vv, peer.heard_ms = origin, state, vv, now_ms
+        if logged:
+            peer.logged = vv
         for o, seq in vv.items():
             if seq > self.vv.get(o, 0):
                 target, since = self._lagging.get(o, (0, now_ms))
@@ -520,7 +533,7 @@ class Replica:
 
     def logged_by(self, seq: int) -> int:
         """How many nodes (this one included) have logged this origin's ``seq``."""
-        return 1 + sum(1 for p in self.peers.values() if p.vv.get(self.origin, 0) >= seq)
+        return 1 + sum(1 for p in self.peers.values() if p.logged.get(self.origin, 0) >= seq)
 
     def lag(self, now_ms: int) -> dict[str, dict[str, Any]]:
         """Per peer: entries of its origin we lack, and for how long (ms)."""

@@ -88,3 +88,21 @@ def test_an_entries_message_without_a_bool_ack_flag_is_refused(tail) -> None:
     body = [peerwire.ENTRIES, "n1/1", encode_records(MUTATIONS[:1]), *tail]
     with pytest.raises(ProtocolError):
         peerwire.parse_published(peerwire.decode(b"\x01" + msgpack.packb(body), LIMIT))
+
+
+def test_heartbeats_say_whether_their_vv_is_logged() -> None:
+    beat = {"node": "n1", "origin": "n1/1", "state": "ready", "vv": {"n1/1": 3}}
+    for logged in (True, False):
+        frame = peerwire.encode_heartbeat(beat, ["n2"], logged)
+        kind, got = peerwire.parse_published(peerwire.decode(frame, LIMIT))
+        assert kind == peerwire.HEARTBEAT and got == (
+            "n1",
+            "n1/1",
+            "ready",
+            {"n1/1": 3},
+            ["n2"],
+            logged,
+        )
+    old = b"\x01" + msgpack.packb([peerwire.HEARTBEAT, "n1", "n1/1", "ready", {}, []])
+    with pytest.raises(ProtocolError):
+        peerwire.parse_published(peerwire.decode(old, LIMIT))

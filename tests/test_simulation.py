@@ -382,3 +382,14 @@ def test_received_records_are_logged_as_sent_only_when_all_apply_in_order(
     muts = [mut(seq, f"k{seq}", b"v") for seq in received]
     x.receive(muts, 0, encode_records(muts))
     assert logged and (logged[0] is not None) == as_sent
+
+
+def test_only_heartbeats_of_logged_entries_count_toward_acknowledgements() -> None:
+    """A beat sent right after applying, before the fsync, shows progress but acks nothing."""
+    o = replica("o", ["p"])
+    o.on_heartbeat("p", "p/1", "ready", {"o/1": 5}, 0, logged=False)
+    assert o.logged_by(5) == 1 and o.peers["p"].vv == {"o/1": 5}
+    o.on_heartbeat("p", "p/1", "ready", {"o/1": 5}, 1, logged=True)
+    assert o.logged_by(5) == 2
+    o.on_heartbeat("p", "p/1", "ready", {"o/1": 9}, 2, logged=False)
+    assert o.logged_by(9) == 1 and o.logged_by(5) == 2
