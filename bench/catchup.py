@@ -35,9 +35,11 @@ were not equal yet at the first STATS after ready.
    observer subscribes to every node's PUB socket: an origin publishes a
    batch of its writes after its fsync and before its replies; a peer
    publishes a heartbeat with its version vector right after it has applied
-   and fsynced a batch.  So, for every write and each of its two peers, lag =
-   (first heartbeat of the peer whose vv covers the write's seq) - (the batch
-   seen on the origin's PUB), without adding a request to the load.  A light
+   a batch (then fsyncs it within 20 ms, or at once, before the beat, when
+   the origin waits on acks for it).  So, for every write and each of its
+   two peers, lag = (first heartbeat of the peer whose vv covers the write's
+   seq) - (the batch seen on the origin's PUB): the time until the write is
+   applied, readable, on the peer, without adding a request to the load.  A light
    active probe checks it end to end: every 50 ms a SET on one node, then GETs
    on the two others until they return the new value; lag = GET reply with
    the value - SET acknowledgement.
