@@ -31,6 +31,8 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +53,7 @@ from mesh.datadir import (
 )
 from mesh.errors import ProtocolError
 from mesh.log import Log
-from mesh.mutation import encode_records
+from mesh.mutation import Mutation, encode_records
 from mesh.peering import Peering, now_ms
 from mesh.replication import READY, Replica
 from mesh.store import Store
@@ -60,6 +62,7 @@ from mesh.zsock import drain, readable, send_frames, socket_fd
 log = logging.getLogger(__name__)
 
 PROGRESS_EVERY = 250_000
+APPLY_CHUNK = 64
 STATUS_FILE = "node.json"
 REPLY_HWM = 100_000
 ACK_CHECK_MS = 5
@@ -134,15 +137,9 @@ class Node:
             start_offset = int(meta.get("offset", 0))
             max_hlc = int(meta.get("max_hlc", 0))
             vv, floor = dict(meta.get("vv", {})), dict(meta.get("floor", {}))
-            for mutation in entries:
-                self.store.apply(mutation)
-                applied += 1
+            applied = self._apply_all(entries, "loading the snapshot")
             log.info("loaded snapshot at offset %d: %d entries", start_offset, applied)
-        for mutation in self.log.replay(start_offset):
-            self.store.apply(mutation)
-            applied += 1
-            if applied % PROGRESS_EVERY == 0:
-                log.info("replaying: %d entries applied", applied)
+        applied += self._apply_all(self.log.replay(start_offset), "replaying")
         # The log holds each origin's entries contiguously, so its highest seq
         # per origin is the version vector.
         for origin, seq in self.log.max_seqs().items():
@@ -172,6 +169,19 @@ class Node:
         return applied
 
     # ------------------------------------------------------------------ serving
+
+    def _apply_all(self, entries: Iterable[Mutation], doing: str) -> int:
+        """Apply ``entries`` to the store in chunks, logging progress; return how many."""
+        applied, entries = 0, iter(entries)
+        # Small chunks, applied while their entries are fresh: with chunks of
+        # 1,024 or more bench/replay_bench.py recovered 25-30% slower than
+        # one entry at a time; 64 was 5-10% faster.
+        while chunk := list(islice(entries, APPLY_CHUNK)):
+            self.store.apply_many(chunk)
+            applied += len(chunk)
+            if applied % PROGRESS_EVERY < len(chunk):
+                log.info("%s: %d entries applied", doing, applied)
+        return applied
 
     async def run(self) -> None:
         """Recover, bind, catch up, and serve until :meth:`stop`; always closes the log."""

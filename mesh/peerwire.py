@@ -85,21 +85,23 @@ def _entries(raw: Any) -> tuple[list[Mutation], list[bytes] | None]:
     _check(type(raw) is list and all(type(r) is bytes for r in raw), "entry list")
     unpacker = msgpack.Unpacker(use_list=False, raw=False, max_buffer_size=0, max_ext_len=0)
     unpacker.feed(b"".join(raw))
-    decoded, unpack, tell, end = [], unpacker.unpack, unpacker.tell, 0
-    try:
-        for record in raw:  # each bin must hold exactly one record
-            decoded.append(unpack())
-            end += len(record)
-            if tell() != end:
-                raise ValueError("a bin that is not exactly one record")
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise ProtocolError(E_MALFORMED, f"undecodable entry: {exc}") from exc
+    unpack, tell, end = unpacker.unpack, unpacker.tell, 0
     shape = "malformed entry: not [str, uint, uint, str, bin|nil, int]"
     new, mutation = tuple.__new__, Mutation
-    out = []
+    out: list[Mutation] = []
+    add = out.append
     prefixes: dict[str, bytes] = {}
     canonical = True
-    for r, record in zip(decoded, raw, strict=True):
+    for record in raw:  # each bin must hold exactly one record
+        try:
+            r = unpack()
+        except Exception as exc:  # msgpack raises several unrelated types
+            raise ProtocolError(E_MALFORMED, f"undecodable entry: {exc}") from exc
+        end += len(record)
+        if tell() != end:
+            raise ProtocolError(
+                E_MALFORMED, "undecodable entry: a bin that is not exactly one record"
+            )
         if (
             type(r) is not tuple
             or len(r) != 6
@@ -117,7 +119,7 @@ def _entries(raw: Any) -> tuple[list[Mutation], list[bytes] | None]:
             prefix = prefixes[r[0]] = record_prefix(r[0])
         if canonical and not record.startswith(prefix):
             canonical = False
-        out.append(new(mutation, r))
+        add(new(mutation, r))
     return out, raw if canonical else None
 
 

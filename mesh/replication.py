@@ -220,18 +220,14 @@ class Replica:
         of them is applied, in order, they are logged as they are.
         """
         applied: list[Mutation] = []
-        vv, apply, add, buffer = self.vv, self.store.apply, applied.append, self._buffer
-        newest = -1
+        vv, add, buffer = self.vv, applied.append, self._buffer
         as_sent = records is not None  # applied is exactly ``mutations``, in order
-        for m in mutations:  # the replication hot path: _apply inlined
+        for m in mutations:  # the replication hot path
             origin, seq = m[0], m[1]
             have = vv.get(origin, 0)
             if seq == have + 1:
-                apply(m)
                 vv[origin] = seq
                 add(m)
-                if m[2] > newest:
-                    newest = m[2]
                 if buffer and origin in buffer:
                     as_sent = False
                     self._drain(origin, applied)
@@ -240,17 +236,15 @@ class Replica:
                 if seq > have:
                     self._hold(m)
         if applied:
-            if newest >= 0:
-                self.clock.observe(newest)  # one merge of the newest is as good as one each
+            self._apply(applied)
             self.log.append(applied, records if as_sent else None)
             self._clear_lag(now_ms)
         return applied
 
-    def _apply(self, m: Mutation, applied: list[Mutation]) -> None:
-        self.clock.observe(m.hlc)
-        self.store.apply(m)
-        self.vv[m.origin] = m.seq
-        applied.append(m)
+    def _apply(self, accepted: list[Mutation]) -> None:
+        """Apply entries already counted in the vv: one store call, one clock merge."""
+        self.store.apply_many(accepted)
+        self.clock.observe(max(m[2] for m in accepted))  # the newest is as good as each
 
     def _drain(self, origin: str, applied: list[Mutation]) -> None:
         held = self._buffer.get(origin)
@@ -258,7 +252,9 @@ class Replica:
             return
         seq = self.vv.get(origin, 0) + 1  # after a snapshot, the origin may still be unknown
         while seq in held:
-            self._apply(held.pop(seq), applied)
+            m = held.pop(seq)
+            self.vv[origin] = seq
+            applied.append(m)  # applied to the store by the caller, with the rest
             self._buffered -= 1
             self.counters["repaired"] += 1
             seq += 1
@@ -426,11 +422,8 @@ class Replica:
         if batch.more:
             peer.next_fetch = self._new_fetch(full=True, session=batch.session, cursor=batch.cursor)
             return []
-        apply = self.store.apply
-        for m in peer.staged:
-            apply(m)
         if peer.staged:
-            self.clock.observe(max(m.hlc for m in peer.staged))
+            self._apply(peer.staged)
         peer.staged = []
         # Complete: everything up to the snapshot's vv is in the store, but not in
         # our log, so we can no longer serve those entries from it (our floor).
@@ -442,6 +435,7 @@ class Replica:
         for o in list(self._buffer):
             self._drain(o, applied)
         if applied:
+            self._apply(applied)
             self.log.append(applied)
         self._clear_lag(now_ms)
         peer.want_full = False

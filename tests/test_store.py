@@ -578,3 +578,28 @@ def test_property_limits_hold_after_every_write(
         elif op == "sweep":
             store.sweep(samples=arg)
         assert store.stats()["bytes"] == expected_bytes(store)
+
+
+_MUTATIONS = st.lists(
+    st.builds(
+        mut,
+        key=st.sampled_from(["a", "b", "c", "d"]),
+        value=st.one_of(st.none(), st.binary(max_size=8)),
+        ms=st.integers(T0 - 5, T0 + 5),
+        origin=st.sampled_from(["a", "b"]),
+        deadline=st.sampled_from([0, T0 - 1, T0 + 1_000]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(mutations=_MUTATIONS, max_keys=st.sampled_from([0, 2]))
+def test_apply_many_is_apply_in_order(mutations: list[Mutation], max_keys: int) -> None:
+    one, _ = make(max_keys=max_keys)
+    many, _ = make(max_keys=max_keys)
+    changed = sum(one.apply(m) for m in mutations)
+    assert many.apply_many(mutations) == changed
+    assert many.digest() == one.digest() and many.stats() == one.stats()
+    for key in "abcd":
+        assert many.get(key) == one.get(key)
