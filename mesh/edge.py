@@ -31,6 +31,7 @@ to the log, never to the client).
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -135,9 +136,14 @@ def value_text(stored: bytes) -> str:
     return text.strip(" \t\n\r")  # JSON text: embedded as it is, not encoded again
 
 
+@functools.lru_cache(maxsize=64)
+def _iso_second(second: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
 def iso_utc(ms: int) -> str:
     """``2026-11-28T03:04:05.123Z`` for milliseconds since the epoch."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000)) + f".{ms % 1000:03d}Z"
+    return f"{_iso_second(ms // 1000)}.{ms % 1000:03d}Z"
 
 
 def ttl_ms(raw: str | None) -> int | None:

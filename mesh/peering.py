@@ -114,6 +114,7 @@ class Peering:
         self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
         self._wakeup: asyncio.Future | None = None
         self._sync_due: int | None = None  # fsync received entries by then (monotonic ms)
+        self._tick_now = False  # run _tick in this loop turn, not at the next ms
         self._load_peers(peers)
         self._startup_until = now_ms() + 1500
         self._next_beat = 0
@@ -201,12 +202,18 @@ class Peering:
         for fd in fds:
             loop.add_reader(fd, self._wake)
         try:
+            next_tick = 0
             while True:
                 now = now_ms()
                 for raw, handle in list(self._watched):
                     if readable(raw):
                         handle(now)
-                self._tick(now)
+                # Timers have ms resolution: once per ms is enough, except that a
+                # catch-up reply's follow-up fetch goes out at once.
+                if now >= next_tick or self._tick_now:
+                    self._tick_now = False
+                    self._tick(now)
+                    next_tick = now + 1
                 if any(readable(raw) for raw, _ in self._watched):
                     await asyncio.sleep(0)  # more to do: let the node's other tasks run first
                 else:
@@ -398,6 +405,7 @@ class Peering:
                     applied += len(self.replica.on_batch(node_id, payload, now))
                     if self.replica.take_snapshot_due():
                         self._on_full_sync()
+        self._tick_now = True  # send the next fetch, or judge readiness, now
         self._after_apply(applied, now)
 
     # ------------------------------------------------------------------ publishing
