@@ -34,9 +34,10 @@ were not equal yet at the first STATS after ready.
    ``--lag-warmup`` + ``--lag-seconds`` (the warm-up is not counted).  An
    observer subscribes to every node's PUB socket: an origin publishes a
    batch of its writes after its fsync and before its replies; a peer
-   publishes a heartbeat with its version vector right after it has applied
-   a batch (then fsyncs it within 20 ms, or at once, before the beat, when
-   the origin waits on acks for it).  So, for every write and each of its
+   publishes a progress beat (a heartbeat that only observers subscribe to)
+   with its version vector right after it has applied a batch (then fsyncs
+   it within 20 ms; or, when the origin waits on acks for it, fsyncs first
+   and sends a heartbeat).  So, for every write and each of its
    two peers, lag = (first heartbeat of the peer whose vv covers the write's
    seq) - (the batch seen on the origin's PUB): the time until the write is
    applied, readable, on the peer, without adding a request to the load.  A light
@@ -534,9 +535,10 @@ class LagObserver:
                 self._on_frame(self.sub.recv(), time.perf_counter())
 
     def _on_frame(self, frame: bytes, now: float) -> None:
-        # ["H", node, origin, state, vv, ...] and ["E", origin, [record bin, ...]] (mesh.peerwire)
+        # ["H" or "P", node, origin, state, vv, ...] and ["E", origin, [record bin, ...]]
+        # (mesh.peerwire; "P" is the progress beat a node sends right after applying)
         body = msgpack.unpackb(memoryview(frame)[1:], raw=False)
-        if body[0] == peerwire.HEARTBEAT:
+        if body[0] in (peerwire.HEARTBEAT, peerwire.PROGRESS):
             node, origin, vv = body[1], body[2], body[4]
             self.node_of[origin] = node
             self.vv[node] = vv

@@ -41,6 +41,7 @@ from mesh.wire import E_MALFORMED, VERSION, VERSION_BYTE
 
 ENTRIES = "E"
 HEARTBEAT = "H"
+PROGRESS = "P"
 HELLO = "HELLO"
 FETCH = "FETCH"
 BATCH = "BATCH"
@@ -148,21 +149,40 @@ def encode_heartbeat(beat: dict[str, Any], peers: list[str], logged: bool = True
     """A PUB heartbeat from :meth:`mesh.replication.Replica.heartbeat` and known peers.
 
     ``logged``: every entry the vv counts is logged as the sender's fsync
-    policy requires, so it counts toward w > 1 acknowledgements; a beat sent
-    right after applying, before the fsync, says False.
+    policy requires, so it counts toward w > 1 acknowledgements.
     """
     vv = beat["vv"]
     return _pack([HEARTBEAT, beat["node"], beat["origin"], beat["state"], vv, peers, logged])
 
 
+def encode_progress(beat: dict[str, Any], peers: list[str]) -> bytes:
+    """A progress beat: a heartbeat's fields, sent right after applying a peer's entries.
+
+    Its kind is "P", so it matches none of :data:`PEER_SUBSCRIPTIONS`: peers
+    never receive it (PUB filters before sending), only observers that
+    subscribe to everything (monitoring, ``bench/catchup.py``'s lag meter).
+    """
+    vv = beat["vv"]
+    return _pack([PROGRESS, beat["node"], beat["origin"], beat["state"], vv, peers, False])
+
+
+#: What a node's SUB subscribes to: its peers' entries and heartbeats (each
+#: message's first bytes: the version byte, the array header, the kind).
+PEER_SUBSCRIPTIONS = (
+    VERSION_BYTE + _packer.pack([ENTRIES, "", [], False])[:3],
+    VERSION_BYTE + _packer.pack([HEARTBEAT, "", "", "", {}, [], False])[:3],
+)
+
+
 def parse_published(body: list) -> tuple[str, Any]:
     """``("E", ([Mutation...], records | None, ack))``
-    or ``("H", (node, origin, state, vv, peers, logged))``."""
+    or ``("H", (node, origin, state, vv, peers, logged))`` (a progress beat too,
+    with ``logged`` False, should one arrive)."""
     kind = body[0]
     if kind == ENTRIES:
         _check(len(body) == 4 and type(body[3]) is bool, "entries message")
         return ENTRIES, (*_entries(body[2]), body[3])
-    if kind == HEARTBEAT:
+    if kind in (HEARTBEAT, PROGRESS):
         _check(
             len(body) == 7
             and all(isinstance(x, str) for x in body[1:4])

@@ -106,3 +106,18 @@ def test_heartbeats_say_whether_their_vv_is_logged() -> None:
     old = b"\x01" + msgpack.packb([peerwire.HEARTBEAT, "n1", "n1/1", "ready", {}, []])
     with pytest.raises(ProtocolError):
         peerwire.parse_published(peerwire.decode(old, LIMIT))
+
+
+def test_peers_subscribe_to_entries_and_heartbeats_but_not_progress_beats() -> None:
+    beat = {"node": "n1", "origin": "n1/1", "state": "ready", "vv": {"n1/1": 3}}
+    subscribed = [
+        peerwire.encode_entries("n1/1", encode_records(MUTATIONS), True),
+        peerwire.encode_entries("n1/1", [], False),
+        peerwire.encode_heartbeat(beat, ["n2", "n3"], True),
+    ]
+    for frame in subscribed:
+        assert frame.startswith(peerwire.PEER_SUBSCRIPTIONS), frame[:8]
+    progress = peerwire.encode_progress(beat, ["n2"])
+    assert not progress.startswith(peerwire.PEER_SUBSCRIPTIONS)
+    kind, got = peerwire.parse_published(peerwire.decode(progress, LIMIT))
+    assert kind == peerwire.HEARTBEAT and got[-1] is False  # were one to arrive: acks nothing
