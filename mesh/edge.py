@@ -10,22 +10,15 @@ Endpoints (``docs/api.md`` has every status and body)::
     GET    /api/cluster/                                    200 every node's state | 503
 
 Every response body is JSON ``{"message": str, "payload": object}``, errors
-included.  A POSTed value (a non-empty string, a number, a non-empty list or
-an object, as the seed's schema said) is stored as its compact JSON text in
-UTF-8, so ZeroMQ clients read JSON; a stored value that is not JSON text (set
-over ZeroMQ) reads back over HTTP as a JSON string (invalid UTF-8 replaced by
-U+FFFD).
+included.  What each cache request does, how values are stored and shown,
+and how backend errors become statuses live in :mod:`mesh.cacheapi`; this
+module serves them over HTTP.
 
 Every handler awaits one request on ONE shared :class:`mesh.client.AsyncClient`
 (made on first use, on the running loop), which pipelines concurrent
 requests over a single DEALER socket.  The backend is the balancer for
 ``pycache edge``, or the node's own API endpoint when a node serves HTTP
-itself (``pycache node --http-port``).
-
-Backend errors map to statuses at this boundary: BadRequest 400, TooLarge 413,
-NotReady / Timeout / ConnectionFailed / WriteNotAcknowledged 503 (with
-``Retry-After: 1``), anything else 500 with a generic message (the cause goes
-to the log, never to the client).
+itself (``pycache node --http-port``).  A 503 carries ``Retry-After: 1``.
 """
 
 from __future__ import annotations
@@ -34,13 +27,12 @@ import asyncio
 import functools
 import json
 import logging
-import math
 import os
 import re
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -53,20 +45,18 @@ import tornado.web
 import zmq.asyncio
 from tornado.log import app_log, gen_log
 
-from mesh.client import AsyncClient
+from mesh.cacheapi import (
+    ApiError,
+    Backend,
+    cache_delete,
+    cache_get,
+    cache_set,
+    response_body,
+    translate_error,
+)
 from mesh.config import EdgeConfig
 from mesh.datadir import write_atomically
-from mesh.errors import (
-    BadRequest,
-    ConnectionFailed,
-    InternalError,
-    NotReady,
-    PyCacheError,
-    Timeout,
-    TooLarge,
-    WriteNotAcknowledged,
-)
-from mesh.wire import MAX_TTL_MS
+from mesh.errors import PyCacheError
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("mesh.edge.access")
@@ -75,189 +65,6 @@ JSON_TYPE = "application/json; charset=UTF-8"
 #: Per-connection body ceiling once a request is refused: Tornado then drains
 #: the rest quietly until the 413 is sent and the connection closes.
 _DRAIN_CEILING = 1 << 62
-INVALID_VALUE = "Invalid value: send a non-empty string, a number, a non-empty list or an object"
-
-
-class ApiError(tornado.web.HTTPError):
-    """An error answered as JSON: ``message`` goes to the client, ``log_message`` to the log.
-
-    Without a ``log_message`` nothing is logged beyond the access line.
-    """
-
-    def __init__(
-        self, status: int, message: str, log_message: str | None = None, *args: Any
-    ) -> None:
-        super().__init__(status, log_message, *args)
-        self.message = message
-
-
-# --------------------------------------------------------------------------- values
-
-
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def encode_value(body: bytes) -> bytes:
-    """The stored form of a POST body: its value as compact JSON text in UTF-8.
-
-    Raises :class:`ApiError` 400 when the body is not JSON (UTF-8, no NaN or
-    Infinity) or its value is not a non-empty string, a number, a non-empty
-    list or an object.
-    """
-    try:
-        value = json.loads(body.decode(), parse_constant=_no_constants)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise ApiError(400, f"Invalid JSON body: {exc}") from None
-    kind = type(value)
-    if not (kind is dict or kind is int or kind is float or (kind in (str, list) and value)):
-        raise ApiError(400, INVALID_VALUE)
-    try:
-        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        return text.encode()
-    except (ValueError, RecursionError) as exc:  # 1e999 (infinite), lone surrogates
-        raise ApiError(400, f"Invalid JSON body: {exc}") from None
-
-
-def value_text(stored: bytes) -> str:
-    """JSON text for a stored value: the value itself when it is JSON text, else a string.
-
-    Bytes that are not UTF-8 become a string with U+FFFD in place of each bad
-    sequence: binary values are for ZeroMQ clients.
-    """
-    try:
-        text = stored.decode()
-    except UnicodeDecodeError:
-        return json.dumps(stored.decode(errors="replace"), ensure_ascii=False)
-    try:
-        json.loads(text, parse_constant=_no_constants)
-    except (ValueError, RecursionError):
-        return json.dumps(text, ensure_ascii=False)
-    return text.strip(" \t\n\r")  # JSON text: embedded as it is, not encoded again
-
-
-@functools.lru_cache(maxsize=64)
-def _iso_second(second: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
-def iso_utc(ms: int) -> str:
-    """``2026-11-28T03:04:05.123Z`` for milliseconds since the epoch."""
-    return f"{_iso_second(ms // 1000)}.{ms % 1000:03d}Z"
-
-
-def ttl_ms(raw: str | None) -> int | None:
-    """Milliseconds for the ``ttl`` query argument (seconds, > 0); ApiError 400 if invalid."""
-    if raw is None:
-        return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = math.nan
-    ms = round(seconds * 1000) if math.isfinite(seconds) else 0
-    if not (math.isfinite(seconds) and seconds > 0 and ms <= MAX_TTL_MS):
-        raise ApiError(400, f"Invalid ttl: seconds > 0 and at most {MAX_TTL_MS // 1000}")
-    return max(1, ms)
-
-
-def _payload(key: str, value: str, updated_ms: int, ttl: int | None) -> str:
-    """The seed's cache payload plus ``ttl`` (seconds left, or null), as JSON text."""
-    return (
-        f'{{"key":{json.dumps(key, ensure_ascii=False)},"value":{value},'
-        f'"last_updated_at":"{iso_utc(updated_ms)}","ttl":'
-        f"{'null' if ttl is None else repr(ttl / 1000)}}}"
-    )
-
-
-# --------------------------------------------------------------------------- backend
-
-
-class Backend:
-    """The one shared :class:`AsyncClient` of an app, made on first use in the running loop."""
-
-    def __init__(
-        self,
-        endpoints: str | Sequence[str],
-        timeout: float,
-        context: zmq.asyncio.Context | None = None,
-    ) -> None:
-        self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
-        self.timeout = timeout
-        self._context = context
-        self._client: AsyncClient | None = None
-
-    @property
-    def client(self) -> AsyncClient:
-        if self._client is None:
-            self._client = AsyncClient(self.endpoints, timeout=self.timeout, context=self._context)
-        return self._client
-
-    async def close(self) -> None:
-        """Close the client's socket (and its context, when it made one)."""
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.close()
-
-
-def _translate(exc: PyCacheError) -> ApiError:
-    """The HTTP answer to a backend error."""
-    if isinstance(exc, NotReady):
-        return ApiError(503, f"Not ready: {exc.reason}")
-    if isinstance(exc, (Timeout, ConnectionFailed)):
-        why = exc.args[-1] if exc.args else exc  # a balancer's DEADLINE is Timeout(code, reason)
-        return ApiError(503, f"Cache unavailable: {why}; a write may or may not have been applied")
-    if isinstance(exc, WriteNotAcknowledged):
-        return ApiError(503, f"Write not acknowledged: {exc.reason}")
-    if isinstance(exc, BadRequest):
-        return ApiError(400, exc.reason)
-    if isinstance(exc, TooLarge):
-        return ApiError(413, exc.reason)
-    what = "internal error" if isinstance(exc, InternalError) else "unexpected error"
-    return ApiError(500, "Internal server error", "backend %s: %r", what, exc)
-
-
-# --------------------------------------------------------------------------- cache operations
-
-#: An answer: HTTP status, message, payload as JSON text.
-Answer = tuple[int, str, str]
-
-
-async def cache_set(backend: Backend, key: str, body: bytes, ttl: str | None) -> Answer:
-    """POST: store ``body``'s JSON value under ``key`` (``ttl`` seconds, as given in the URL)."""
-    stored = encode_value(body)
-    px = ttl_ms(ttl)
-    try:
-        await backend.client.set(key, stored, px=px)
-    except PyCacheError as exc:
-        raise _translate(exc) from exc
-    payload = _payload(key, stored.decode(), time.time_ns() // 1_000_000, px)
-    return 201, "Cache key set success", payload
-
-
-async def cache_get(backend: Backend, key: str) -> Answer:
-    """GET: the value with its metadata, or 404."""
-    try:
-        meta = await backend.client.get_meta(key)
-    except PyCacheError as exc:
-        raise _translate(exc) from exc
-    if meta is None:
-        return 404, "Cache key not found", "{}"
-    value, ttl, updated_ms = meta
-    payload = _payload(key, value_text(value), updated_ms, None if ttl < 0 else ttl)
-    return 200, "Cache key get success", payload
-
-
-async def cache_delete(backend: Backend, key: str) -> Answer:
-    """DELETE: 200 whether or not the key was there, as in the seed."""
-    try:
-        await backend.client.delete(key)
-    except PyCacheError as exc:
-        raise _translate(exc) from exc
-    return 200, "Cache key expired", "{}"
-
-
-def _body(message: str, payload: str) -> bytes:
-    return f'{{"message":{json.dumps(message)},"payload":{payload}}}'.encode()
 
 
 # --------------------------------------------------------------------------- handlers
@@ -282,7 +89,7 @@ class JsonHandler(tornado.web.RequestHandler):
         self.set_status(status)
         if status == 503:
             self.set_header("Retry-After", "1")
-        self.finish(_body(message, payload))
+        self.finish(response_body(message, payload))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
@@ -363,7 +170,7 @@ class ReadyHandler(JsonHandler):
         try:
             health = await self.backend.client.health()
         except PyCacheError as exc:
-            self.reply(503, f"not ready: {_translate(exc).message}")
+            self.reply(503, f"not ready: {translate_error(exc).message}")
             return
         if not isinstance(health, dict):
             raise ApiError(500, "Internal server error", "HEALTH gave %r", health)
@@ -378,7 +185,7 @@ class ClusterHandler(JsonHandler):
         try:
             cluster = await self.backend.client.cluster()
         except PyCacheError as exc:
-            raise _translate(exc) from exc
+            raise translate_error(exc) from exc
         nodes = cluster.get("nodes") if isinstance(cluster, dict) else None
         if not isinstance(nodes, list):
             raise ApiError(500, "Internal server error", "CLUSTER gave %r", cluster)
@@ -410,12 +217,22 @@ def _bytes_as_text(value: Any) -> Any:
 
 
 def _log_request(handler: tornado.web.RequestHandler) -> None:
-    """Access log: server errors at INFO, everything else at DEBUG (thousands a second)."""
-    status = handler.get_status()
+    """The Tornado application's access log (see :func:`_log_access`)."""
+    _log_access(
+        handler.get_status(),
+        handler._request_summary,
+        lambda: 1000.0 * handler.request.request_time(),
+    )
+
+
+def _log_access(status: int, summary: Callable[[], str], took_ms: Callable[[], float]) -> None:
+    """Access log: server errors at INFO, everything else at DEBUG (thousands a second).
+
+    ``summary`` and ``took_ms`` are called only when the line is logged.
+    """
     level = logging.INFO if status >= 500 else logging.DEBUG
     if access_log.isEnabledFor(level):
-        took = 1000.0 * handler.request.request_time()
-        access_log.log(level, "%d %s %.2fms", status, handler._request_summary(), took)
+        access_log.log(level, "%d %s %.2fms", status, summary(), took_ms())
 
 
 # --------------------------------------------------------------------------- fast path
@@ -430,18 +247,10 @@ _STATUS_LINES = {
 }
 
 
-class _Date:
-    """The ``Date`` header, formatted once a second."""
-
-    second = -1
-    text = ""
-
-    @classmethod
-    def now(cls) -> str:
-        second = int(time.time())
-        if second != cls.second:
-            cls.second, cls.text = second, tornado.httputil.format_timestamp(second)
-        return cls.text
+@functools.lru_cache(maxsize=4)
+def _http_date(second: int) -> str:
+    """The ``Date`` header for ``second``: formatted once a second, not per response."""
+    return tornado.httputil.format_timestamp(second)
 
 
 class EdgeServer(tornado.httputil.HTTPServerConnectionDelegate):
@@ -543,12 +352,12 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
         self._write(*answer)
 
     def _write(self, status: int, message: str, payload: str) -> None:
-        body = _body(message, payload)
+        body = response_body(message, payload)
         headers = tornado.httputil.HTTPHeaders(
             {
                 "Server": _SERVER,
                 "Content-Type": JSON_TYPE,
-                "Date": _Date.now(),
+                "Date": _http_date(int(time.time())),
                 "Content-Length": str(len(body)),
             }
         )
@@ -556,10 +365,7 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
             headers["Retry-After"] = "1"
         self.conn.write_headers(_STATUS_LINES[status], headers, body)
         self.conn.finish()
-        level = logging.INFO if status >= 500 else logging.DEBUG
-        if access_log.isEnabledFor(level):
-            took = 1000.0 * (time.perf_counter() - self.started)
-            access_log.log(level, "%d %s %.2fms", status, self._summary(), took)
+        _log_access(status, self._summary, lambda: 1000.0 * (time.perf_counter() - self.started))
 
     def _summary(self) -> str:
         remote_ip = getattr(getattr(self.conn, "context", None), "remote_ip", None)

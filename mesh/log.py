@@ -327,11 +327,6 @@ class Log:
         if self.fsync == "always" or _now() - self._last_sync >= self.fsync_interval_ms / 1000:
             self._sync()
 
-    @property
-    def logged(self) -> bool:
-        """Whether all appended is as durable as the policy makes it (``always``: fsynced)."""
-        return not (self._unsynced and self.fsync == "always")
-
     def tick(self) -> None:
         """Call every ``fsync_interval_ms``: under ``interval``, fsync what is unsynced."""
         if self._unsynced and self.fsync == "interval":

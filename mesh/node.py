@@ -168,8 +168,6 @@ class Node:
         )
         return applied
 
-    # ------------------------------------------------------------------ serving
-
     def _apply_all(self, entries: Iterable[Mutation], doing: str) -> int:
         """Apply ``entries`` to the store in chunks, logging progress; return how many."""
         applied, entries = 0, iter(entries)
@@ -182,6 +180,8 @@ class Node:
             if applied % PROGRESS_EVERY < len(chunk):
                 log.info("%s: %d entries applied", doing, applied)
         return applied
+
+    # ------------------------------------------------------------------ serving
 
     async def run(self) -> None:
         """Recover, bind, catch up, and serve until :meth:`stop`; always closes the log."""

@@ -40,7 +40,7 @@ from mesh.datadir import write_atomically
 from mesh.errors import ProtocolError
 from mesh.log import Log
 from mesh.replication import Batch, Fetch, Replica
-from mesh.zsock import drain, readable, socket_fd
+from mesh.zsock import drain, readable, send_frames, socket_fd
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +199,8 @@ class Peering:
         ZMQ_EVENTS says that no socket has anything left.
         """
         self._loop = loop = asyncio.get_running_loop()
-        fds = [socket_fd(raw) for raw, _ in self._watched]
-        for fd in fds:
-            loop.add_reader(fd, self._wake)
+        for raw, _ in self._watched:
+            loop.add_reader(socket_fd(raw), self._wake)
         try:
             next_tick = 0
             while True:
@@ -354,7 +353,7 @@ class Peering:
                 if batch.more and not batch.need_full:
                     answered.append((node_id, fetch, batch))
             try:
-                self._raw[self.repl].send_multipart([frames[0], reply], zmq.NOBLOCK)
+                send_frames(self._raw[self.repl], (frames[0], reply))
             except zmq.ZMQError:
                 pass  # the peer went away; it will ask again
         for node_id, fetch, batch in answered:
@@ -431,10 +430,10 @@ class Peering:
             self._send(self.pub, peerwire.encode_entries(origin, records[start:], ack))
 
     def publish_heartbeat(self) -> None:
-        """PUBlish the replica's heartbeat now, after flushing the log."""
+        """PUBlish the replica's heartbeat now, after flushing the log: its vv is logged."""
         self._flush()
-        beat = self.replica.heartbeat()
-        self._send(self.pub, peerwire.encode_heartbeat(beat, list(self._by_node), self.log.logged))
+        beat = peerwire.encode_heartbeat(self.replica.heartbeat(), list(self._by_node))
+        self._send(self.pub, beat)
 
     def close(self) -> None:
         """Close every socket."""

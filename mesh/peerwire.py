@@ -7,13 +7,19 @@ deadline]``, see :mod:`mesh.mutation`): the very bytes of its log record, so
 that a receiver logs what it got without encoding it again.  ``vv`` is a map
 of origin (str) to the highest contiguous seq applied (uint).
 
-On each node's PUB socket (peers SUBscribe to everything)::
+On each node's PUB socket (peers SUBscribe to the "E" and "H" kinds only,
+:data:`PEER_SUBSCRIPTIONS`; observers to everything)::
 
-    ["E", origin, [entry, ...]]                     a batch of the sender's own writes
-    ["H", node_id, origin, state, vv, [peer id, ...]]
-                                                    heartbeat, ~every 100 ms and after
-                                                    each batch of applied entries; a
-                                                    node not in the peer list says HELLO
+    ["E", origin, [entry, ...], ack]                a batch of the sender's own writes;
+                                                    ack: its origin holds a reply (w > 1)
+    ["H", node_id, origin, state, vv, [peer id, ...], logged]
+                                                    heartbeat, ~every 100 ms and at once
+                                                    after logging entries that wanted an
+                                                    ack; a node not in the peer list
+                                                    says HELLO
+    ["P", node_id, origin, state, vv, [peer id, ...], false]
+                                                    progress beat, right after applying
+                                                    other entries (for observers)
 
 On each node's ROUTER "repl" socket (peers connect a DEALER)::
 

@@ -38,7 +38,7 @@ import zmq
 import zmq.asyncio
 from click.testing import CliRunner
 
-from mesh import edge, peerwire, wire
+from mesh import cacheapi, edge, peerwire, wire
 from mesh.cli import main
 from mesh.client import Client
 from mesh.config import EdgeConfig, Limits
@@ -116,7 +116,7 @@ def raw_exchange(url: str, request: bytes, timeout: float = 10.0) -> Response:
     ],
 )
 def test_accepted_values_are_stored_as_compact_json_text(body, stored):
-    assert edge.encode_value(body) == stored
+    assert cacheapi.encode_value(body) == stored
 
 
 @pytest.mark.parametrize(
@@ -140,8 +140,8 @@ def test_accepted_values_are_stored_as_compact_json_text(body, stored):
     ],
 )
 def test_rejected_bodies_are_400(body, why):
-    with pytest.raises(edge.ApiError) as info:
-        edge.encode_value(body)
+    with pytest.raises(cacheapi.ApiError) as info:
+        cacheapi.encode_value(body)
     assert info.value.status_code == 400 and info.value.message.startswith(why)
 
 
@@ -160,20 +160,20 @@ def test_rejected_bodies_are_400(body, why):
     ],
 )
 def test_stored_values_read_back_as_json(stored, text):
-    assert edge.value_text(stored) == text
+    assert cacheapi.value_text(stored) == text
     json.loads(text)
 
 
 def test_iso_utc_and_ttl_arguments():
-    assert edge.iso_utc(0) == "1970-01-01T00:00:00.000Z"
-    assert edge.iso_utc(1_795_835_045_123) == "2026-11-28T03:04:05.123Z"
-    assert edge.ttl_ms(None) is None
-    assert edge.ttl_ms("60") == 60_000
-    assert edge.ttl_ms("1.5") == 1500
-    assert edge.ttl_ms("0.0001") == 1
+    assert cacheapi.iso_utc(0) == "1970-01-01T00:00:00.000Z"
+    assert cacheapi.iso_utc(1_795_835_045_123) == "2026-11-28T03:04:05.123Z"
+    assert cacheapi.ttl_ms(None) is None
+    assert cacheapi.ttl_ms("60") == 60_000
+    assert cacheapi.ttl_ms("1.5") == 1500
+    assert cacheapi.ttl_ms("0.0001") == 1
     for bad in ("0", "-1", "abc", "nan", "inf", "", "1e20"):
-        with pytest.raises(edge.ApiError):
-            edge.ttl_ms(bad)
+        with pytest.raises(cacheapi.ApiError):
+            cacheapi.ttl_ms(bad)
 
 
 def test_edge_config_validate():
