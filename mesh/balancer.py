@@ -3,6 +3,11 @@
 Clients speak the node protocol (:mod:`mesh.wire`) to the front socket; the
 balancer forwards each request, envelope and all, to a **ready** node in
 turn, and each reply back the same way, so clients cannot tell it from a node.
+The turn moves once per batch, not once per request: the requests one wake-up
+drains from the front (up to ``batch_per_node``, 32) go to the same node, which then
+handles them in one turn of its own loop instead of one each.  For the same
+reason sends are held until the end of a loop turn and then made back to back:
+libzmq's I/O thread then writes several messages per system call.
 
 Liveness and readiness, per node:
 
@@ -45,6 +50,7 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,7 +58,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from mesh import wire
+from mesh import wire, zsock
 from mesh.config import BalancerConfig
 from mesh.datadir import write_atomically
 from mesh.zsock import recv_frames, send_frames
@@ -66,6 +72,8 @@ READ_OPS = frozenset({b"GET", b"MGET", b"TTL", b"GETMETA", b"PING", b"STATS"})
 NOBLOCK = int(zmq.NOBLOCK)  # a plain int: enum flag arithmetic shows up in profiles
 CLUSTER_WAIT_MS = 500
 DRAIN_MAX = 2048
+#: Held sends go out at the end of a loop turn, or once this many are waiting.
+HELD_MAX = 256
 #: Slack for clock differences between the balancer and the nodes.
 CLOCK_MARGIN_MS = 50
 
@@ -106,7 +114,7 @@ class Link:
     state: str = "unknown"
     probe_sent_ms: int = 0
     awaiting_since: int = 0  # oldest unanswered probe; 0 when the node answers
-    inflight: dict[tuple[bytes, int], Pending] = field(default_factory=dict)
+    inflight: dict[tuple[bytes, int | None], Pending] = field(default_factory=dict)
 
     @property
     def usable(self) -> bool:
@@ -117,9 +125,12 @@ class Link:
 class Pool:
     """Which node gets the next request: round-robin over usable links (no I/O)."""
 
-    def __init__(self, links: list[Link]) -> None:
+    def __init__(self, links: list[Link], batch: int = 32) -> None:
         self.links = links
         self._turn = itertools.cycle(range(len(links))) if links else None
+        self._batch = batch
+        self._current: Link | None = None
+        self._left = 0
 
     def pick(self, exclude: Link | None = None) -> Link | None:
         """The next usable link, preferring one other than ``exclude``."""
@@ -134,6 +145,19 @@ class Pool:
                 fallback = link
         return fallback
 
+    def new_batch(self) -> None:
+        """The next :meth:`pick_in_batch` moves the turn on."""
+        self._current = None
+
+    def pick_in_batch(self) -> Link | None:
+        """The batch's link, while usable and for at most ``batch`` picks; else the next in turn."""
+        link = self._current
+        if link is None or self._left <= 0 or not link.usable:
+            link = self._current = self.pick()
+            self._left = self._batch
+        self._left -= 1
+        return link
+
     def any_ready(self) -> bool:
         """True when at least one node can take traffic."""
         return any(link.usable for link in self.links)
@@ -146,10 +170,13 @@ class Balancer:
         self.config = config.validate()
         self.ctx = ctx
         self.links = [Link(endpoint) for endpoint in config.nodes]
-        self.pool = Pool(self.links)
+        self.pool = Pool(self.links, config.batch_per_node)
         self.waiting: deque[Pending] = deque()
         self.counters = {"requests": 0, "retries": 0, "no_ready_node": 0, "failovers": 0}
         self._stopped = False
+        self._holding = False  # True inside run(): sends wait for _send_held
+        self._held: list[tuple[Link, list[bytes], Pending]] = []
+        self._held_replies: list[list[bytes]] = []
         self._probe_ids = itertools.count(1)
         self._gathers: dict[int, dict[str, Any]] = {}
         self._delayed: list[tuple[int, int, Pending]] = []  # (resend at wall ms, tie, request)
@@ -164,6 +191,7 @@ class Balancer:
         # and asyncio's per-wait poller set-up cost more than the forwarding.
         self.poller = zmq.Poller()
         self.poller.register(self.front, zmq.POLLIN)
+        self._handlers: dict[Any, Callable[[int], None]] = {self.front: self._drain_front}
         for link in self.links:
             self._connect(link)
 
@@ -183,7 +211,17 @@ class Balancer:
         link.sock = link.raw = sock
         link.raw_monitor = link.monitor
         self.poller.register(sock, zmq.POLLIN)
-        self.poller.register(link.monitor, zmq.POLLIN)
+        self._handlers[sock] = lambda now: self._drain_replies(link, now)
+        # The monitor is polled by its raw file descriptor (ZMQ_FD), which
+        # zmq_poll checks for less than a socket.  That fd is readable once
+        # new events follow a read that found none, so every drain reads
+        # until there are none.
+        monitor_fd = zsock.socket_fd(link.monitor)
+        self.poller.register(monitor_fd, zmq.POLLIN)
+        self._handlers[monitor_fd] = lambda now: self._drain_monitor(link, now)
+        self._drain_monitor(
+            link, now_ms()
+        )  # arms the fd: it signals only after a read found nothing
 
     # ------------------------------------------------------------------ loop
 
@@ -191,17 +229,16 @@ class Balancer:
         """Serve until :meth:`stop` (from a signal handler); closes the sockets."""
         try:
             next_tick = 0
+            self._holding = True
             while not self._stopped:
                 events = self.poller.poll(TICK_MS)
                 now = now_ms()
                 for sock, _ in events:
-                    if sock is self.front:
-                        self._drain_front(now)
-                    else:
-                        self._drain_node(sock, now)
+                    self._handlers[sock](now)
                 if now >= next_tick:  # timers have ms resolution: once per ms is enough
                     self._tick(now)
                     next_tick = now + 1
+                self._send_held(now)
         finally:
             self.close()
 
@@ -235,6 +272,7 @@ class Balancer:
 
     def _drain_front(self, now: int) -> None:
         raw = self._raw_front
+        self.pool.new_batch()
         for _ in range(DRAIN_MAX):
             try:
                 frames = recv_frames(raw)
@@ -253,7 +291,7 @@ class Balancer:
 
     def _route(self, pending: Pending, now: int, exclude: Link | None = None) -> None:
         while pending.attempts < self.config.max_attempts:
-            link = self.pool.pick(exclude)
+            link = self.pool.pick(exclude) if exclude else self.pool.pick_in_batch()
             if link is None:
                 break
             pending.attempts += 1
@@ -261,19 +299,51 @@ class Balancer:
             if pending.write:
                 pending.run_by_ms = wall_ms() + self.config.deadline_ms
                 frames = [*frames[:-1], wire.deadline_frame(pending.run_by_ms), frames[-1]]
-            try:
-                send_frames(link.raw, frames)
-            except zmq.ZMQError:
-                self._drop(link, now, "unreachable")
-                continue
             if pending.request_id is not None:
                 link.inflight[(pending.frames[0], pending.request_id)] = pending
-            return
+            if self._holding:
+                self._held.append((link, frames, pending))
+                if len(self._held) >= HELD_MAX:
+                    self._send_held(now)
+                return
+            try:
+                send_frames(link.raw, frames)
+                return
+            except zmq.ZMQError:
+                link.inflight.pop((pending.frames[0], pending.request_id), None)  # never sent
+                self._drop(link, now, "unreachable")
         if pending.attempts >= self.config.max_attempts:
             self._reply_error(pending, wire.E_NOT_READY, "no node answered the request")
             return
         pending.waiting_since = pending.waiting_since or now
         self.waiting.append(pending)
+
+    def _send_held(self, now: int) -> None:
+        """Make the held sends, back to back; requests a node could not take go elsewhere."""
+        holding, self._holding = self._holding, False
+        held, self._held = self._held, []
+        failed: list[Link] = []
+        retry: list[Pending] = []
+        for link, frames, pending in held:
+            key = (pending.frames[0], pending.request_id)
+            if pending.request_id is not None and link.inflight.get(key) is not pending:
+                continue  # its node was dropped since, and _drop has rescheduled it
+            if link.usable and not any(link is f for f in failed):
+                try:
+                    send_frames(link.raw, frames)
+                    continue
+                except zmq.ZMQError:
+                    failed.append(link)
+            link.inflight.pop(key, None)  # never sent: safe to send elsewhere at once
+            retry.append(pending)
+        for link in failed:
+            self._drop(link, now, "unreachable")
+        for pending in retry:
+            self._route(pending, now)
+        replies, self._held_replies = self._held_replies, []
+        for frames in replies:
+            self._to_client(frames)
+        self._holding = holding
 
     def _flush_waiting(self, now: int) -> None:
         while self.waiting:
@@ -293,19 +363,17 @@ class Balancer:
         self._to_client([*pending.frames[:-1], reply])
 
     def _to_client(self, frames: list[bytes]) -> None:
+        if self._holding:
+            self._held_replies.append(frames)
+            if len(self._held_replies) >= HELD_MAX:
+                self._send_held(now_ms())
+            return
         try:
             send_frames(self._raw_front, frames)
         except zmq.ZMQError:
             pass  # the client is gone
 
     # ------------------------------------------------------------------ nodes
-
-    def _drain_node(self, sock: Any, now: int) -> None:
-        for link in self.links:
-            if sock is link.sock:
-                return self._drain_replies(link, now)
-            if sock is link.monitor:
-                return self._drain_monitor(link, now)
 
     def _drain_replies(self, link: Link, now: int) -> None:
         for _ in range(DRAIN_MAX):

@@ -345,6 +345,14 @@ def node(
     help="Wait for a ready node before NOT_READY.",
 )
 @click.option(
+    "--batch-per-node",
+    type=int,
+    default=32,
+    show_default=True,
+    envvar="PYCACHE_BATCH_PER_NODE",
+    help="Requests in a row to one node before the next (1: strict round robin).",
+)
+@click.option(
     "--status-file",
     default=None,
     envvar="PYCACHE_STATUS_FILE",
@@ -357,6 +365,7 @@ def balancer(
     health_ms: int,
     hang_ms: int,
     wait_ms: int,
+    batch_per_node: int,
     status_file: str | None,
     log_level: str,
 ) -> None:
@@ -371,6 +380,7 @@ def balancer(
             health_ms=health_ms,
             hang_ms=hang_ms,
             wait_ms=wait_ms,
+            batch_per_node=batch_per_node,
         )
     )
     _tune_gc()

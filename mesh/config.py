@@ -167,6 +167,8 @@ class BalancerConfig:
         max_attempts: sends of one request, retries on failover included.
         deadline_ms: a node must start a forwarded request within this long,
             else it refuses it; a failed node's requests are resent after it.
+        batch_per_node: requests in a row sent to one node before the turn
+            moves on (1: strict round robin, request by request).
     """
 
     front: str = DEFAULT_FRONT
@@ -176,6 +178,7 @@ class BalancerConfig:
     wait_ms: int = 1000
     max_attempts: int = 3
     deadline_ms: int = 400
+    batch_per_node: int = 32
 
     def validate(self) -> BalancerConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -189,6 +192,7 @@ class BalancerConfig:
         _check_range("wait_ms", self.wait_ms, 0, 600_000)
         _check_range("max_attempts", self.max_attempts, 1, 100)
         _check_range("deadline_ms", self.deadline_ms, 10, 600_000)
+        _check_range("batch_per_node", self.batch_per_node, 1, 4096)
         return self
 
 

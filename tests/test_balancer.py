@@ -31,7 +31,8 @@ import zmq
 from mesh import wire
 from mesh.balancer import Link, Pool
 from mesh.client import Client
-from mesh.errors import NotReady, Timeout
+from mesh.config import BalancerConfig
+from mesh.errors import ConfigError, NotReady, Timeout
 from tests.conftest import BalancerProcess, NodeProcess, Processes, wait_for
 from tests.test_protocol_doc import run_complete_script
 
@@ -78,6 +79,34 @@ def test_pool_prefers_a_link_other_than_exclude():
     assert pool.pick(exclude=b) is None
     a.state = "ready"
     assert all(pool.pick(exclude=b) is a for _ in range(3))  # exclude need not be usable
+
+
+def test_pool_batches_go_to_one_link_and_the_turn_moves_per_batch():
+    links = [link("a"), link("b"), link("c")]
+    pool = Pool(links, batch=4)
+    batches = []
+    for _ in range(6):
+        pool.new_batch()
+        batches.append([pool.pick_in_batch() for _ in range(3)])
+    assert all(len({id(p) for p in batch}) == 1 for batch in batches), "a batch was split"
+    firsts = [batch[0] for batch in batches]
+    assert [sum(p is x for p in firsts) for x in links] == [2, 2, 2]
+    pool.new_batch()
+    long_batch = [pool.pick_in_batch() for _ in range(8)]
+    assert long_batch[0] is long_batch[3] and long_batch[4] is not long_batch[3], "batch not capped"
+    current = long_batch[-1]
+    current.state = "hung"  # a link that stops being usable mid-batch is left at once
+    assert pool.pick_in_batch() is not current
+    for each in links:
+        each.connected = False
+    assert pool.pick_in_batch() is None
+
+
+@pytest.mark.parametrize("batch", [0, -1, 5000])
+def test_balancer_config_rejects_a_batch_out_of_range(batch):
+    config = BalancerConfig(nodes=("tcp://127.0.0.1:7001",), batch_per_node=batch)
+    with pytest.raises(ConfigError, match="batch_per_node"):
+        config.validate()
 
 
 def test_pool_with_no_usable_link_picks_none():
@@ -348,14 +377,18 @@ def collect(sock: zmq.Socket, replies: list[tuple[int, int, object]], until: flo
 
 @pytest.mark.processes
 @pytest.mark.parametrize("failure", ["hang", "crash"])
-def test_requests_in_flight_on_a_failing_node_are_answered_once_by_another(mesh3, paused, failure):
+def test_requests_in_flight_on_a_failing_node_are_answered_once_by_another(procs, paused, failure):
     """30 SETs round-robin over 3 ready nodes: 10 are stuck on a stopped node.
 
     Once the 20 others are answered, the 10 are surely in flight on it; the node
     is then left hung (dropped after ``hang_ms``) or killed (dropped at once).
     Each request must get exactly one reply, OK, well within a 3 s client timeout.
+    The balancer sends request by request here (``--batch-per-node 1``), so that
+    a known share lands on the stopped node; the failover tests under load above
+    run with the default batches.
     """
-    nodes, balancer = mesh3
+    nodes = procs.cluster(3)
+    balancer = procs.balancer(nodes, extra=["--batch-per-node", "1"])
     victim = nodes[1]
     count = 30
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
