@@ -518,7 +518,7 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
         log.info("balancer on %s for %s", balancer.endpoint, ", ".join(config.nodes))
         if status_file:
             status = {"pid": os.getpid(), "state": "ready", "front": balancer.endpoint}
-            write_atomically(Path(status_file), json.dumps(status).encode())
+            write_atomically(Path(status_file), json.dumps(status).encode(), durable=False)
         balancer.run()
     finally:
         ctx.term()

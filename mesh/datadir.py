@@ -41,18 +41,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
+def write_atomically(
+    path: Path, data: bytes, *, sync_dir: bool = True, durable: bool = True
+) -> None:
     """Replace ``path`` with ``data``: temp file, fsync, rename, fsync the folder.
 
     With ``sync_dir`` False the caller fsyncs the folder (once for several files).
+    With ``durable`` False nothing is fsynced: readers still see the old or the
+    new file whole, but a power loss may leave either.  For status files,
+    which only say what a running process is doing: an fsync there can wait
+    for the journal to write out every other file's dirty data.
     """
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)
-    if sync_dir:
+    if sync_dir and durable:
         fsync_dir(path.parent)
 
 

@@ -478,7 +478,9 @@ def run_edge(config: EdgeConfig) -> None:
             log.info("edge on %s forwarding to %s", server.url, ", ".join(config.backend))
             if config.status_file:
                 status = {"pid": os.getpid(), "http": server.url, "backend": list(config.backend)}
-                write_atomically(Path(config.status_file), json.dumps(status).encode())
+                write_atomically(
+                    Path(config.status_file), json.dumps(status).encode(), durable=False
+                )
             await stopped.wait()
         finally:
             await server.stop()

@@ -91,9 +91,9 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from crc32c import crc32c
 
 from mesh import snapshot as _snapshot
+from mesh.checksum import crc32c
 from mesh.datadir import fsync_dir, write_atomically
 from mesh.errors import ConfigError
 from mesh.mutation import Mutation, encode_records, record_prefix

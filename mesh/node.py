@@ -304,7 +304,8 @@ class Node:
             status["http"] = self._http.url
         if self.peering is not None:
             status.update(self.peering.endpoints)
-        write_atomically(Path(self.config.data_dir) / STATUS_FILE, json.dumps(status).encode())
+        path = Path(self.config.data_dir) / STATUS_FILE
+        write_atomically(path, json.dumps(status).encode(), durable=False)
 
     def _on_replication(self) -> None:
         if self.state == "catching-up" and self.replica.state == READY:

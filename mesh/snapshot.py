@@ -41,8 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
-from crc32c import crc32c
 
+from mesh.checksum import crc32c
 from mesh.datadir import fsync_dir
 from mesh.errors import PyCacheError
 from mesh.mutation import Mutation
