@@ -7,7 +7,10 @@ The turn moves once per batch, not once per request: the requests one wake-up
 drains from the front (up to ``batch_per_node``, 32) go to the same node, which then
 handles them in one turn of its own loop instead of one each.  For the same
 reason sends are held until the end of a loop turn and then made back to back:
-libzmq's I/O thread then writes several messages per system call.
+libzmq's I/O thread then writes several messages per system call.  The
+requests held for one node go as one message, a bundle (see
+:data:`mesh.wire.BUNDLE_MAGIC`), when the node's HEALTH offers ``bundle_bytes``;
+its replies come back as one bundle too.
 
 Liveness and readiness, per node:
 
@@ -50,7 +53,7 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,7 @@ from zmq.utils.monitor import parse_monitor_message
 from mesh import wire, zsock
 from mesh.config import BalancerConfig
 from mesh.datadir import write_atomically
+from mesh.errors import ProtocolError
 from mesh.zsock import recv_frames, send_frames
 
 log = logging.getLogger(__name__)
@@ -74,6 +78,10 @@ CLUSTER_WAIT_MS = 500
 DRAIN_MAX = 2048
 #: Held sends go out at the end of a loop turn, or once this many are waiting.
 HELD_MAX = 256
+#: Bytes allowed for the msgpack framing of one request in a bundle, and of the bundle.
+BUNDLE_SLACK = 16
+#: Most frames in one reply inside a bundle (envelope included).
+MAX_REPLY_FRAMES = 64
 #: Slack for clock differences between the balancer and the nodes.
 CLOCK_MARGIN_MS = 50
 
@@ -114,6 +122,7 @@ class Link:
     state: str = "unknown"
     probe_sent_ms: int = 0
     awaiting_since: int = 0  # oldest unanswered probe; 0 when the node answers
+    bundle_bytes: int = 0  # largest bundle the node takes (its HEALTH says); 0: none
     inflight: dict[tuple[bytes, int | None], Pending] = field(default_factory=dict)
 
     @property
@@ -161,6 +170,38 @@ class Pool:
     def any_ready(self) -> bool:
         """True when at least one node can take traffic."""
         return any(link.usable for link in self.links)
+
+
+def _key(pending: Pending) -> tuple[bytes, int | None]:
+    """A request's key in ``Link.inflight``: (client routing id, request id)."""
+    return pending.frames[0], pending.request_id
+
+
+def _messages(
+    items: list[tuple[list[bytes], Pending]], bundle_bytes: int
+) -> Iterator[tuple[int, list[bytes]]]:
+    """The messages that carry ``items`` to one node: (index of the first item, frames).
+
+    With ``bundle_bytes`` (the node takes bundles that large), consecutive
+    requests go as bundles (see :data:`mesh.wire.BUNDLE_MAGIC`) of at most
+    that many bytes and ``wire.BUNDLE_MAX`` requests; a lone or larger one
+    goes as it is.
+    """
+    if bundle_bytes <= 0 or len(items) < 2:
+        for i, (frames, _) in enumerate(items):
+            yield i, frames
+        return
+    limit = bundle_bytes - BUNDLE_SLACK
+    first, size = 0, 0
+    bundle: list[list[bytes]] = []
+    for i, (frames, _) in enumerate(items):
+        cost = BUNDLE_SLACK + sum(len(f) + 9 for f in frames)  # msgpack headers, generously
+        if bundle and (size + cost > limit or len(bundle) >= wire.BUNDLE_MAX):
+            yield first, bundle[0] if len(bundle) == 1 else wire.pack_bundle(bundle)
+            first, bundle, size = i, [], 0
+        bundle.append(frames)
+        size += cost
+    yield first, bundle[0] if len(bundle) == 1 else wire.pack_bundle(bundle)
 
 
 class Balancer:
@@ -300,7 +341,7 @@ class Balancer:
                 pending.run_by_ms = wall_ms() + self.config.deadline_ms
                 frames = [*frames[:-1], wire.deadline_frame(pending.run_by_ms), frames[-1]]
             if pending.request_id is not None:
-                link.inflight[(pending.frames[0], pending.request_id)] = pending
+                link.inflight[_key(pending)] = pending
             if self._holding:
                 self._held.append((link, frames, pending))
                 if len(self._held) >= HELD_MAX:
@@ -310,7 +351,7 @@ class Balancer:
                 send_frames(link.raw, frames)
                 return
             except zmq.ZMQError:
-                link.inflight.pop((pending.frames[0], pending.request_id), None)  # never sent
+                link.inflight.pop(_key(pending), None)  # never sent
                 self._drop(link, now, "unreachable")
         if pending.attempts >= self.config.max_attempts:
             self._reply_error(pending, wire.E_NOT_READY, "no node answered the request")
@@ -322,28 +363,38 @@ class Balancer:
         """Make the held sends, back to back; requests a node could not take go elsewhere."""
         holding, self._holding = self._holding, False
         held, self._held = self._held, []
-        failed: list[Link] = []
-        retry: list[Pending] = []
+        per_link: dict[int, tuple[Link, list[tuple[list[bytes], Pending]]]] = {}
         for link, frames, pending in held:
-            key = (pending.frames[0], pending.request_id)
-            if pending.request_id is not None and link.inflight.get(key) is not pending:
+            if pending.request_id is not None and link.inflight.get(_key(pending)) is not pending:
                 continue  # its node was dropped since, and _drop has rescheduled it
-            if link.usable and not any(link is f for f in failed):
-                try:
-                    send_frames(link.raw, frames)
-                    continue
-                except zmq.ZMQError:
-                    failed.append(link)
-            link.inflight.pop(key, None)  # never sent: safe to send elsewhere at once
-            retry.append(pending)
-        for link in failed:
-            self._drop(link, now, "unreachable")
+            per_link.setdefault(id(link), (link, []))[1].append((frames, pending))
+        retry: list[Pending] = []
+        for link, items in per_link.values():
+            unsent, failed = self._send_items(link, items)
+            for pending in unsent:
+                link.inflight.pop(_key(pending), None)  # never sent: safe to send elsewhere now
+            retry += unsent
+            if failed:
+                self._drop(link, now, "unreachable")
         for pending in retry:
             self._route(pending, now)
         replies, self._held_replies = self._held_replies, []
         for frames in replies:
             self._to_client(frames)
         self._holding = holding
+
+    def _send_items(
+        self, link: Link, items: list[tuple[list[bytes], Pending]]
+    ) -> tuple[list[Pending], bool]:
+        """Send ``items`` to ``link``: (the requests not sent, whether a send failed)."""
+        if not link.usable:  # out of rotation since they were routed
+            return [pending for _, pending in items], False
+        for start, message in _messages(items, link.bundle_bytes):
+            try:
+                send_frames(link.raw, message)
+            except zmq.ZMQError:
+                return [pending for _, pending in items[start:]], True
+        return [], False
 
     def _flush_waiting(self, now: int) -> None:
         while self.waiting:
@@ -384,23 +435,35 @@ class Balancer:
             link.awaiting_since = 0
             if frames[0] == PROBE:
                 self._on_probe_reply(link, frames, now)
-                continue
-            if len(frames) > 2 and wire.frame_deadline(frames[-2]) is not None:
-                frames = [*frames[:-2], frames[-1]]
-            request_id, code = wire.peek_head(frames[-1])
-            if request_id is None:
-                self._to_client(frames)
-                continue
-            pending = link.inflight.pop((frames[0], request_id), None)
-            if pending is None:
-                continue  # a late reply to a request already retried elsewhere
-            if code in (wire.E_NOT_READY, wire.E_DEADLINE):  # not run there: safe to resend
-                if code == wire.E_NOT_READY:
-                    link.state = "not-ready"
-                self.counters["retries"] += 1
-                self._route(pending, now, exclude=link)
-                continue
+            elif frames[0] == wire.BUNDLE_MAGIC and len(frames) == 2:
+                try:
+                    replies = wire.unpack_bundle(frames[1], MAX_REPLY_FRAMES)
+                except ProtocolError:
+                    log.warning("node %s sent a malformed bundle", link.endpoint)
+                    continue
+                for reply in replies:
+                    self._on_reply(link, reply, now)
+            else:
+                self._on_reply(link, frames, now)
+
+    def _on_reply(self, link: Link, frames: list[bytes], now: int) -> None:
+        """Pass a node's reply to its client, or resend a request the node did not run."""
+        if len(frames) > 2 and wire.frame_deadline(frames[-2]) is not None:
+            frames = [*frames[:-2], frames[-1]]
+        request_id, code = wire.peek_head(frames[-1])
+        if request_id is None:
             self._to_client(frames)
+            return
+        pending = link.inflight.pop((frames[0], request_id), None)
+        if pending is None:
+            return  # a late reply to a request already retried elsewhere
+        if code in (wire.E_NOT_READY, wire.E_DEADLINE):  # not run there: safe to resend
+            if code == wire.E_NOT_READY:
+                link.state = "not-ready"
+            self.counters["retries"] += 1
+            self._route(pending, now, exclude=link)
+            return
+        self._to_client(frames)
 
     def _on_probe_reply(self, link: Link, frames: list[bytes], now: int) -> None:
         try:
@@ -419,6 +482,8 @@ class Balancer:
         if code == wire.OK and isinstance(result, dict):
             was = link.usable
             link.node_id, link.state = str(result.get("node_id", "")), str(result.get("state"))
+            bundle_bytes = result.get("bundle_bytes")
+            link.bundle_bytes = bundle_bytes if type(bundle_bytes) is int else 0
             if link.usable and not was:
                 log.info("node %s (%s) in rotation", link.node_id, link.endpoint)
 

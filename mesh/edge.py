@@ -175,7 +175,8 @@ class ReadyHandler(JsonHandler):
         if not isinstance(health, dict):
             raise ApiError(500, "Internal server error", "HEALTH gave %r", health)
         ready = health.get("state") == "ready"
-        self.reply(200 if ready else 503, "ready" if ready else "not ready", _dumps(health))
+        shown = {k: health[k] for k in ("node_id", "state") if k in health}  # the API's fields
+        self.reply(200 if ready else 503, "ready" if ready else "not ready", _dumps(shown))
 
 
 class ClusterHandler(JsonHandler):

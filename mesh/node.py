@@ -359,7 +359,10 @@ class Node:
         replies = []
         held: list[Waiting] = []
         for frames in batch:
-            reply = self._handle_one(frames, held)
+            if len(frames) == 3 and frames[1] == wire.BUNDLE_MAGIC:
+                reply = self._handle_bundle(frames, held)
+            else:
+                reply = self._handle_one(frames, held)
             if reply is not None:
                 replies.append(reply)
         self.counters["requests"] += len(batch)
@@ -374,6 +377,27 @@ class Node:
         for waiting in held:
             self.acks.hold(waiting)
         return replies
+
+    def _handle_bundle(self, frames: list[bytes], held: list[Waiting]) -> list[bytes] | None:
+        """Run a bundle of requests from a balancer; return one bundle of their replies.
+
+        Each request runs exactly as if it had come alone (its envelope is the
+        bundle's routing id plus its own frames); a write waiting for acks is
+        answered later on its own, outside the bundle.
+        """
+        routing = frames[0]
+        try:
+            messages = wire.unpack_bundle(frames[2], self.config.limits.max_frames - 1)
+        except ProtocolError as exc:
+            self.counters["bad_requests"] += 1
+            return [routing, wire.encode_error(None, exc.code, exc.reason)]
+        self.counters["requests"] += len(messages) - 1  # the bundle itself counts one
+        replies = []
+        for message in messages:
+            reply = self._handle_one([routing, *message], held)
+            if reply is not None:
+                replies.append(reply[1:])
+        return [routing, *wire.pack_bundle(replies)] if replies else None
 
     def _handle_one(self, frames: list[bytes], held: list[Waiting]) -> list[bytes] | None:
         """Run one request; return its reply (``frames`` reused), or None when there is none yet."""
@@ -472,7 +496,11 @@ class Node:
 
     def health(self) -> dict:
         """The HEALTH reply: who this is and whether it serves."""
-        return {"node_id": self.config.node_id, "state": self.state}
+        return {
+            "node_id": self.config.node_id,
+            "state": self.state,
+            "bundle_bytes": self.config.limits.request_bytes,
+        }
 
     def cluster(self) -> dict:
         """The CLUSTER reply: this node in full, its peers as it sees them."""

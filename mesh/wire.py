@@ -291,6 +291,36 @@ def _reject_extension(code: int, data: bytes) -> Any:
 DEADLINE_MAGIC = b"\x00dl:"
 
 
+#: First frame of a bundle: several requests (or replies) in one message, each
+#: as the list of its frames (envelope and body), msgpack-packed in the next frame.
+BUNDLE_MAGIC = b"\x00bundle"
+#: Most requests in one bundle.
+BUNDLE_MAX = 4096
+
+
+def pack_bundle(messages: list[list[bytes]]) -> list[bytes]:
+    """The two frames of a bundle carrying ``messages``."""
+    return [BUNDLE_MAGIC, msgpack.packb(messages)]
+
+
+def unpack_bundle(frame: bytes, max_frames: int) -> list[list[bytes]]:
+    """The messages in a bundle's second frame; raises ProtocolError if malformed."""
+    try:
+        messages = msgpack.unpackb(frame, max_bin_len=len(frame), max_str_len=0, max_ext_len=0)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(E_MALFORMED, f"undecodable bundle: {exc}") from None
+    if (
+        type(messages) is not list
+        or not 0 < len(messages) <= BUNDLE_MAX
+        or not all(
+            type(m) is list and 0 < len(m) <= max_frames and all(type(f) is bytes for f in m)
+            for m in messages
+        )
+    ):
+        raise ProtocolError(E_MALFORMED, "a bundle is a list of 1 to 4096 lists of frames")
+    return messages
+
+
 def deadline_frame(deadline_ms: int) -> bytes:
     """The envelope frame carrying a run-by deadline (wall-clock ms)."""
     return DEADLINE_MAGIC + deadline_ms.to_bytes(8, "big")

@@ -29,7 +29,7 @@ import pytest
 import zmq
 
 from mesh import wire
-from mesh.balancer import Link, Pool
+from mesh.balancer import Link, Pending, Pool, _messages
 from mesh.client import Client
 from mesh.config import BalancerConfig
 from mesh.errors import ConfigError, NotReady, Timeout
@@ -100,6 +100,58 @@ def test_pool_batches_go_to_one_link_and_the_turn_moves_per_batch():
     for each in links:
         each.connected = False
     assert pool.pick_in_batch() is None
+
+
+def held(*sizes: int) -> list[tuple[list[bytes], Pending]]:
+    """Held requests with two frames each: a routing id and a body of ``size`` bytes."""
+    items = []
+    for i, size in enumerate(sizes):
+        frames = [b"client-%d" % i, bytes([i % 256]) * size]
+        items.append((frames, Pending(frames, i)))
+    return items
+
+
+def sent(messages: list[tuple[int, list[bytes]]]) -> list[list[list[bytes]]]:
+    """What each message carries: its requests' frames (one for a plain message)."""
+    out = []
+    for _, frames in messages:
+        if frames[0] == wire.BUNDLE_MAGIC:
+            out.append(wire.unpack_bundle(frames[1], 15))
+        else:
+            out.append([frames])
+    return out
+
+
+def test_held_requests_go_as_bundles_within_the_nodes_limit():
+    items = held(*([100] * 10))
+    messages = list(_messages(items, bundle_bytes=10_000))
+    assert [start for start, _ in messages] == [0]
+    assert sent(messages) == [[frames for frames, _ in items]], "one bundle, in order"
+    # each request is counted at its bytes plus generous framing (142 here): 4 fit in 600
+    messages = list(_messages(items, bundle_bytes=600))
+    carried = sent(messages)
+    assert [len(c) for c in carried] == [4, 4, 2]
+    assert [start for start, _ in messages] == [0, 4, 8]
+    assert [f for c in carried for f in c] == [frames for frames, _ in items]
+    for _, frames in messages:
+        assert sum(len(f) for f in frames) <= 600
+
+
+def test_a_lone_request_a_large_one_and_a_node_without_bundles_go_plain():
+    items = held(100, 5_000, 100, 100)
+    plain = list(_messages(items, bundle_bytes=0))  # the node's HEALTH offered none
+    assert [frames for _, frames in plain] == [frames for frames, _ in items]
+    assert list(_messages(held(100), bundle_bytes=10_000)) == [(0, held(100)[0][0])]
+    messages = list(_messages(items, bundle_bytes=1_000))
+    assert [start for start, _ in messages] == [0, 1, 2]
+    assert messages[0][1] == items[0][0] and messages[1][1] == items[1][0], "sent as they are"
+    assert sent(messages)[2] == [items[2][0], items[3][0]]
+
+
+def test_bundles_hold_at_most_bundle_max_requests():
+    items = held(*([1] * (wire.BUNDLE_MAX + 5)))
+    counts = [len(c) for c in sent(list(_messages(items, bundle_bytes=1 << 30)))]
+    assert counts == [wire.BUNDLE_MAX, 5]
 
 
 @pytest.mark.parametrize("batch", [0, -1, 5000])

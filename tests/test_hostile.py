@@ -774,6 +774,59 @@ def test_frames_over_the_request_limit(cache):
     cache.assert_intact()
 
 
+BUNDLE = b"\x00bundle"  # docs/protocol.md: the first frame of a bundle
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\xc1",
+        msgpack.packb([]),
+        msgpack.packb({"a": 1}),
+        msgpack.packb([[]]),
+        msgpack.packb([[b"id", 5]]),
+        msgpack.packb([[b"x"] * MAX_FRAMES]),  # with the routing id, one frame too many
+        msgpack.packb([[b"id", request(1, "SET", K0, EVIL)]] * 4097),  # over 4096 requests
+        msgpack.packb([[b"id", request(1, "SET", K0, EVIL)]])[:-1],
+    ],
+    ids=[
+        "empty",
+        "never-used-byte",
+        "no-messages",
+        "a-map",
+        "an-empty-message",
+        "an-int-frame",
+        "too-many-frames",
+        "over-4096-messages",
+        "truncated",
+    ],
+)
+def test_malformed_bundles_get_one_error_and_run_nothing(cache, body):
+    probe = cache.probe()
+    probe.expect([BUNDLE, body], MALFORMED, NIL, what=f"bundle {body[:20]!r}")
+    cache.assert_intact()
+
+
+def test_a_bundle_runs_each_request_as_if_it_came_alone(cache):
+    probe = cache.probe()
+    messages = [
+        [b"a", request(1, "GET", K0)],
+        [b"b", b"garbage"],
+        [b"c", request(3, "SET", K0, EVIL, {"nx": True})],  # K0 exists: NX does nothing
+        [b"d", b"e", request(4, "FROB")],
+    ]
+    replies = probe.exchange([BUNDLE, msgpack.packb(messages)], "a bundle")
+    assert len(replies) == 1 and replies[0][0] == BUNDLE, describe(replies[0])
+    inner = wire.unpack_bundle(replies[0][1], MAX_FRAMES)
+    decoded = [decode(m, "bundled reply") for m in inner]
+    assert [r.envelope for r in decoded] == [[b"a"], [b"b"], [b"c"], [b"d", b"e"]]
+    assert [NAMES[r.code] for r in decoded] == ["OK", "VERSION", "OK", "UNKNOWN_OP"]
+    assert decoded[0].result == cache.values[K0] and decoded[2].result is False
+    probe.errors += 2
+    cache.assert_intact()
+
+
 def _wait_disconnected(probe: Probe, timeout: float) -> list[list[bytes]]:
     """Wait for the probe's connection to drop; return any reply that came meanwhile."""
     assert probe.monitor is not None

@@ -27,7 +27,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+import zmq
 
+from mesh import wire
 from mesh.client import Client
 from mesh.errors import PyCacheError, WriteNotAcknowledged
 from tests.conftest import NodeProcess, wait_for
@@ -683,6 +685,38 @@ def test_write_acknowledgement_levels(procs):
         wait_converged(nodes)
         wait_has(n3, {"down:all": b"2", "down:3": b"2", "down:quorum": b"2"}, timeout=1)
         assert set_w(c1, "back:all", b"3", "all") is True
+
+
+def test_a_write_waiting_for_acks_in_a_bundle_is_answered_on_its_own(procs):
+    """A balancer's bundle: the reads and w=1 writes come back bundled at once; a
+    w=all write is held for its acks and then answered alone, with its envelope."""
+    n1, n2 = nodes = procs.cluster(2, extra=["--ack-timeout-ms", "2000"])
+    wait_mesh(nodes)
+    with n1.client() as c1:
+        assert c1.health()["bundle_bytes"] > 0
+        c1.set("there", b"v0")
+    messages = [
+        [b"a", wire.encode_request(1, "SET", "held", b"v1", {"w": "all"})],
+        [b"b", wire.encode_request(2, "GET", "there")],
+        [b"c", wire.encode_request(3, "SET", "quick", b"v3")],
+    ]
+    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(n1.endpoint)
+        sock.send_multipart(wire.pack_bundle(messages))
+        got = []
+        while len(got) < 2 and sock.poll(5000):
+            got.append(sock.recv_multipart())
+    assert len(got) == 2, got
+    bundled = next(m for m in got if m[0] == wire.BUNDLE_MAGIC)
+    alone = next(m for m in got if m[0] != wire.BUNDLE_MAGIC)
+    inner = wire.unpack_bundle(bundled[1], 16)
+    assert [(m[0], wire.decode_reply(m[1])) for m in inner] == [
+        (b"b", (2, wire.OK, b"v0")),
+        (b"c", (3, wire.OK, True)),
+    ]
+    assert alone[0] == b"a" and wire.decode_reply(alone[1]) == (1, wire.OK, True)
+    wait_has(n2, {"held": b"v1", "quick": b"v3"})
 
 
 # ---------------------------------------------------------------------- (i) late peer

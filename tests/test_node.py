@@ -252,7 +252,7 @@ def test_a_second_node_on_the_same_data_folder_is_refused(node):
 
 def test_get_meta_and_health(node):
     with node.client() as c:
-        assert c.health() == {"node_id": "n1", "state": "ready"}
+        assert c.health() == {"node_id": "n1", "state": "ready", "bundle_bytes": 8 * 2**20 + 2**16}
         (me,) = c.cluster()["nodes"]
         assert me["node_id"] == "n1" and me["state"] == "ready" and me["keys"] == 0
         assert c.get_meta("missing") is None

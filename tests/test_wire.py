@@ -207,3 +207,46 @@ def test_peek_head_never_raises(data):
     for frame in (data, wire.VERSION_BYTE + data):
         request_id, _ = wire.peek_head(frame)
         assert request_id is None or 0 <= request_id < 2**64
+
+
+# ---------------------------------------------------------------------- bundles
+
+
+@given(st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=15), min_size=1, max_size=50))
+def test_bundle_round_trip(messages):
+    frames = wire.pack_bundle(messages)
+    assert frames[0] == wire.BUNDLE_MAGIC and len(frames) == 2
+    assert wire.unpack_bundle(frames[1], max_frames=15) == messages
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"\xc1",  # never used in msgpack
+        msgpack.packb([]),
+        msgpack.packb("a string"),
+        msgpack.packb({"a": [b"x"]}),
+        msgpack.packb([[]]),
+        msgpack.packb([[b"x", 1]]),
+        msgpack.packb([[b"x", "str"]]),
+        msgpack.packb([b"x"]),
+        msgpack.packb([[b"x"] * 16]),  # over max_frames
+        msgpack.packb([[b"x"]] * (wire.BUNDLE_MAX + 1)),
+        msgpack.packb([[b"x"]])[:-1],  # truncated
+        msgpack.packb([[b"x"]]) + b"\x00",  # trailing bytes
+    ],
+)
+def test_malformed_bundles_raise_protocol_error(body):
+    with pytest.raises(ProtocolError) as info:
+        wire.unpack_bundle(body, max_frames=15)
+    assert info.value.code == wire.E_MALFORMED
+
+
+@given(st.binary(max_size=300))
+def test_random_bundle_bytes_only_ever_raise_protocol_error(data):
+    try:
+        messages = wire.unpack_bundle(data, max_frames=15)
+    except ProtocolError:
+        return
+    assert all(type(f) is bytes for m in messages for f in m)
