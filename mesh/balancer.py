@@ -3,14 +3,15 @@
 Clients speak the node protocol (:mod:`mesh.wire`) to the front socket; the
 balancer forwards each request, envelope and all, to a **ready** node in
 turn, and each reply back the same way, so clients cannot tell it from a node.
-The turn moves once per batch, not once per request: the requests one wake-up
-drains from the front (up to ``batch_per_node``, 32) go to the same node, which then
-handles them in one turn of its own loop instead of one each.  For the same
-reason sends are held until the end of a loop turn and then made back to back:
-libzmq's I/O thread then writes several messages per system call.  The
-requests held for one node go as one message, a bundle (see
-:data:`mesh.wire.BUNDLE_MAGIC`), when the node's HEALTH offers ``bundle_bytes``;
-its replies come back as one bundle too.
+The turn moves once per run of requests, not once per request: up to
+``batch_per_node`` (32) requests in a row go to the same node, which then
+handles several in one turn of its own loop (one fsync, one publish for a
+batch of writes) instead of one each.  For the same reason sends are held
+until the end of a loop turn and then made back to back: libzmq's I/O thread
+then writes several messages per system call.  The requests held for one
+node go as one message, a bundle (see :data:`mesh.wire.BUNDLE_MAGIC`), when
+the node's HEALTH offers ``bundle_bytes``; its replies come back as one
+bundle too.
 
 Liveness and readiness, per node:
 
@@ -154,12 +155,8 @@ class Pool:
                 fallback = link
         return fallback
 
-    def new_batch(self) -> None:
-        """The next :meth:`pick_in_batch` moves the turn on."""
-        self._current = None
-
     def pick_in_batch(self) -> Link | None:
-        """The batch's link, while usable and for at most ``batch`` picks; else the next in turn."""
+        """The last link picked, while usable and for ``batch`` picks in a row; else the next."""
         link = self._current
         if link is None or self._left <= 0 or not link.usable:
             link = self._current = self.pick()
@@ -313,7 +310,6 @@ class Balancer:
 
     def _drain_front(self, now: int) -> None:
         raw = self._raw_front
-        self.pool.new_batch()
         for _ in range(DRAIN_MAX):
             try:
                 frames = recv_frames(raw)

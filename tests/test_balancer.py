@@ -81,20 +81,15 @@ def test_pool_prefers_a_link_other_than_exclude():
     assert all(pool.pick(exclude=b) is a for _ in range(3))  # exclude need not be usable
 
 
-def test_pool_batches_go_to_one_link_and_the_turn_moves_per_batch():
+def test_pool_sends_runs_of_batch_requests_to_one_link_in_turn():
     links = [link("a"), link("b"), link("c")]
     pool = Pool(links, batch=4)
-    batches = []
-    for _ in range(6):
-        pool.new_batch()
-        batches.append([pool.pick_in_batch() for _ in range(3)])
-    assert all(len({id(p) for p in batch}) == 1 for batch in batches), "a batch was split"
-    firsts = [batch[0] for batch in batches]
-    assert [sum(p is x for p in firsts) for x in links] == [2, 2, 2]
-    pool.new_batch()
-    long_batch = [pool.pick_in_batch() for _ in range(8)]
-    assert long_batch[0] is long_batch[3] and long_batch[4] is not long_batch[3], "batch not capped"
-    current = long_batch[-1]
+    picks = [pool.pick_in_batch() for _ in range(24)]
+    runs = [picks[i : i + 4] for i in range(0, 24, 4)]
+    assert all(len({id(p) for p in run}) == 1 for run in runs), "a run was split"
+    assert all(runs[i][0] is not runs[i + 1][0] for i in range(5)), "the turn did not move"
+    assert [sum(p is x for p in picks) for x in links] == [8, 8, 8]
+    current = pool.pick_in_batch()
     current.state = "hung"  # a link that stops being usable mid-batch is left at once
     assert pool.pick_in_batch() is not current
     for each in links:
