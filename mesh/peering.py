@@ -405,6 +405,10 @@ class Peering:
             else:
                 node_id = next((n for n, e in self._by_node.items() if e == endpoint), None)
                 if node_id is not None:
+                    ahead = self.replica.prefetch(node_id, payload)
+                    if ahead is not None:  # ask for the next batch before applying this one
+                        fetch = peerwire.encode_fetch(self.replica.node_id, ahead)
+                        self._send(self._dealers[endpoint], fetch)
                     applied += len(self.replica.on_batch(node_id, payload, now))
                     if self.replica.take_snapshot_due():
                         self._on_full_sync()

@@ -16,8 +16,10 @@ a lost tail is noticed too.  A hole, or a peer that is ahead, makes the
 receiver send that peer a :class:`Fetch` ("here is my vv"); the peer answers
 with a bounded :class:`Batch` of what the requester lacks, read from its log
 (any node can serve any origin, since every node logs what it applies).  The
-requester asks again while ``more`` is set: one batch in flight per peer is the
-credit that keeps a slow receiver from being flooded.  When the peer's log no
+requester asks again while ``more`` is set, and asks for the next batch as soon
+as one arrives, before applying it (:meth:`Replica.prefetch`): two batches in
+flight per peer are the credit that keeps a slow receiver from being flooded
+while the peer reads ahead.  When the peer's log no
 longer reaches back far enough (its ``floor``), or the requester holds nothing
 at all (a new incarnation), the peer streams a snapshot of its store instead,
 in chunks, then the tail.  Tombstones travel in snapshots like any entry, so
@@ -121,6 +123,7 @@ class PeerView:
     fetching: Fetch | None = None
     fetch_sent_ms: int = 0
     next_fetch: Fetch | None = None  # continuation to send as soon as possible
+    ahead: Fetch | None = None  # sent (prefetch) while the reply to ``fetching`` is applied
     want_full: bool = False
     synced: bool = False  # answered "nothing more" since we started
     staged: list[Mutation] = field(default_factory=list)  # snapshot chunks not yet applied
@@ -307,7 +310,7 @@ class Replica:
     # ------------------------------------------------------------------ catch-up client
 
     def poll(self, now_ms: int) -> list[tuple[str, Fetch]]:
-        """The fetches to send now (at most one in flight per peer)."""
+        """The fetches to send now (one in flight per peer; see :meth:`prefetch` for two)."""
         self._expire(now_ms)
         if self.state != READY:
             self._check_ready(now_ms)
@@ -364,7 +367,7 @@ class Replica:
             # A snapshot's first chunk waits while the peer captures its store.
             limit = FETCH_TIMEOUT_MS * (5 if peer.fetching and peer.fetching.full else 1)
             if peer.fetching is not None and now_ms - peer.fetch_sent_ms >= limit:
-                peer.fetching = None
+                peer.fetching = peer.ahead = None
                 self.peers[node_id] = self.peers.pop(node_id)  # try the others first next
         for sid in [
             s for s, sess in self._sessions.items() if now_ms - sess.used_ms > SESSION_IDLE_MS
@@ -400,11 +403,47 @@ class Replica:
         if batch.snapshot:
             return self._on_snapshot(peer, batch, now_ms)
         applied = self.receive(batch.entries, now_ms, batch.records)
-        if batch.more:
+        if batch.more and peer.ahead is not None:  # the next one is on its way already
+            peer.fetching, peer.ahead, peer.fetch_sent_ms = peer.ahead, None, now_ms
+        elif batch.more:
             peer.next_fetch = self._new_fetch()
         else:
             peer.synced = True
         return applied
+
+    def prefetch(self, node_id: str, batch: Batch) -> Fetch | None:
+        """The fetch that follows ``batch``, to send before :meth:`on_batch` applies it.
+
+        A catch-up would otherwise alternate between the peer reading a batch
+        and this node applying it; asking for the next one first lets both
+        work at once (two batches in flight).  The fetch names the version
+        vector that applying ``batch`` gives: a batch read from a log is
+        contiguous per origin from where our vv stood.  Were that guess wrong,
+        the next batch would leave a hole that gap repair fills, and
+        duplicates are harmless.  None when ``batch`` is not one to follow up
+        this way: a snapshot chunk, a last batch, a stale reply, or a fetch
+        already ahead.
+        """
+        peer = self.peers.get(node_id)
+        if (
+            peer is None
+            or peer.fetching is None
+            or peer.fetching.request_id != batch.request_id
+            or peer.fetching.full
+            or peer.ahead is not None
+            or batch.need_full
+            or batch.snapshot
+            or not batch.more
+        ):
+            return None
+        vv = dict(self.vv)
+        for m in batch.entries:
+            if m.seq > vv.get(m.origin, 0):
+                vv[m.origin] = m.seq
+        self._ids += 1
+        peer.ahead = Fetch(self._ids, vv)
+        self.counters["fetches"] += 1
+        return peer.ahead
 
     def _on_snapshot(self, peer: PeerView, batch: Batch, now_ms: int) -> list[Mutation]:
         # Chunks are staged and applied only once the snapshot is complete: one

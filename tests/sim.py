@@ -465,6 +465,9 @@ class Sim:
 
     def _on_batch(self, node: SimNode, src: str, batch: Batch) -> None:
         replica = node.replica
+        ahead = replica.prefetch(src, batch)  # as Peering does: the next fetch goes first
+        if ahead is not None:
+            self.send(FETCH, node.id, src, (ahead, node.life))
         applied = replica.on_batch(src, batch, self.now)
         if replica.take_snapshot_due():
             self.note("snapshot", node.id)

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from mesh.clock import HybridClock, pack
 from mesh.mutation import Mutation, encode_records
-from mesh.replication import Batch, Replica
+from mesh.replication import FETCH_TIMEOUT_MS, Batch, Replica
 from mesh.store import Store
 from tests import sim
 
@@ -393,3 +393,48 @@ def test_only_heartbeats_of_logged_entries_count_toward_acknowledgements() -> No
     assert o.logged_by(5) == 2
     o.on_heartbeat("p", "p/1", "ready", {"o/1": 9}, 2, logged=False)
     assert o.logged_by(9) == 1 and o.logged_by(5) == 2
+
+
+def test_prefetch_keeps_two_batches_in_flight_through_a_catch_up() -> None:
+    """The next fetch goes out before a batch is applied, naming the vv it will give."""
+    s = replica("s", ["x"], fetch_entries=3)
+    s.receive([mut(i, f"k{i}", b"v") for i in range(1, 11)], 0)
+    x = replica("x", ["s"])
+    x.receive([mut(1, "k1", b"v")], 0)  # something, so that this is a catch-up, not a full sync
+    [(_, fetch)] = x.poll(0)
+    seen = []
+    for t in range(1, 20):
+        batch = s.serve("x", fetch, t)
+        ahead = x.prefetch("s", batch)
+        assert x.prefetch("s", batch) is None, "a second fetch ahead"
+        if not batch.more:
+            assert ahead is None
+            x.on_batch("s", batch, t)
+            break
+        assert ahead is not None and ahead.vv == {"o/1": batch.entries[-1].seq}
+        seen.append(ahead.vv["o/1"])
+        x.on_batch("s", batch, t)
+        assert x.peers["s"].fetching is ahead and x.peers["s"].next_fetch is None
+        assert x.poll(t) == [], "the fetch ahead is already the one in flight"
+        fetch = ahead
+    assert seen == [4, 7]  # the batch 8..10 is the last: nothing is asked after it
+    assert x.vv == {"o/1": 10} and x.peers["s"].synced
+    assert len(x.store) == 10
+
+
+def test_a_fetch_ahead_that_times_out_is_dropped_with_the_current_one() -> None:
+    s = replica("s", ["x"], fetch_entries=3)
+    s.receive([mut(i, f"k{i}", b"v") for i in range(1, 11)], 0)
+    x = replica("x", ["s"])
+    x.receive([mut(1, "k1", b"v")], 0)
+    [(_, fetch)] = x.poll(0)
+    batch = s.serve("x", fetch, 0)
+    ahead = x.prefetch("s", batch)
+    assert ahead is not None
+    later = FETCH_TIMEOUT_MS + 1
+    [(_, again)] = x.poll(later)  # both expired: a new fetch from what it really holds
+    assert again.vv == {"o/1": 1} and x.peers["s"].ahead is None
+    assert x.on_batch("s", s.serve("x", ahead, later), later) == [], "a late reply is dropped"
+    assert x.on_batch("s", s.serve("x", fetch, later), later) == [], "a late reply is dropped"
+    x.on_batch("s", s.serve("x", again, later), later)
+    assert x.vv == {"o/1": 4}
