@@ -39,7 +39,7 @@ from mesh import peerwire
 from mesh.datadir import write_atomically
 from mesh.errors import ProtocolError
 from mesh.log import Log
-from mesh.replication import Batch, Fetch, Replica
+from mesh.replication import READY, Batch, Fetch, Replica
 from mesh.zsock import drain, readable, send_frames, socket_fd
 
 log = logging.getLogger(__name__)
@@ -263,6 +263,7 @@ class Peering:
                     self._dealers[target], peerwire.encode_fetch(self.replica.node_id, fetch)
                 )
         if self.replica.state != was_ready:
+            self._flush()  # everything caught up is on disk before the node says ready
             self._on_change()
 
     def _send(self, sock: zmq.asyncio.Socket, frame: bytes) -> bool:
@@ -315,7 +316,9 @@ class Peering:
         node about a sixth of its CPU under replicated writes).  The fsync
         waits up to REPLICA_SYNC_MS, usually for the node's own next group
         commit: the entries are durable at their origin already, and a crash
-        here loses nothing that a catch-up does not bring back.
+        here loses nothing that a catch-up does not bring back.  During a
+        start-up catch-up (batches are not urgent then) no fsync is scheduled
+        at all: the 100 ms heartbeats fsync, and so does the turn to ready.
         """
         if applied:
             if urgent:
@@ -323,7 +326,7 @@ class Peering:
             else:
                 beat = peerwire.encode_progress(self.replica.heartbeat(), list(self._by_node))
                 self._send(self.pub, beat)
-                if self._sync_due is None:
+                if self._sync_due is None and self.replica.state == READY:
                     self._sync_due = now + REPLICA_SYNC_MS
         self._on_change()
 
@@ -413,7 +416,7 @@ class Peering:
                     if self.replica.take_snapshot_due():
                         self._on_full_sync()
         self._tick_now = True  # send the next fetch, or judge readiness, now
-        self._after_apply(applied, now)
+        self._after_apply(applied, now, urgent=self.replica.state == READY)
 
     # ------------------------------------------------------------------ publishing
 
