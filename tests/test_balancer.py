@@ -384,7 +384,9 @@ def test_hung_node_is_out_of_rotation_within_1_s_and_back_after_sigcont(mesh3, p
         grew = requests_of(victim) - before
     stats = summary(window)
     # Requests routed to the hung node wait until it is dropped, then are retried.
-    stuck = [s for s in window if s.latency > 0.4]
+    # Those in flight at the SIGSTOP count too: the balancer sends runs of
+    # requests to one node, so every thread's request may have been on it then.
+    stuck = [s for s in list(load.samples) if s.end > stopped and s.latency > 0.4]
     print(
         f"\nSIGSTOP: {stats}; {len(stuck)} requests waited for the drop, the last one until "
         f"{max((s.end for s in stuck), default=stopped) - stopped:.3f} s; the balancer "
