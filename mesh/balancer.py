@@ -62,11 +62,11 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from mesh import wire, zsock
+from mesh import wire
 from mesh.config import BalancerConfig
 from mesh.datadir import write_atomically
 from mesh.errors import ProtocolError
-from mesh.zsock import recv_frames, send_frames
+from mesh.zsock import recv_frames, send_frames, socket_fd
 
 log = logging.getLogger(__name__)
 
@@ -254,12 +254,10 @@ class Balancer:
         # zmq_poll checks for less than a socket.  That fd is readable once
         # new events follow a read that found none, so every drain reads
         # until there are none.
-        monitor_fd = zsock.socket_fd(link.monitor)
+        monitor_fd = socket_fd(link.monitor)
         self.poller.register(monitor_fd, zmq.POLLIN)
         self._handlers[monitor_fd] = lambda now: self._drain_monitor(link, now)
-        self._drain_monitor(
-            link, now_ms()
-        )  # arms the fd: it signals only after a read found nothing
+        self._drain_monitor(link, now_ms())  # arms the fd: it fires only after a read found none
 
     # ------------------------------------------------------------------ loop
 

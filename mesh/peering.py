@@ -39,7 +39,7 @@ from mesh import peerwire
 from mesh.datadir import write_atomically
 from mesh.errors import ProtocolError
 from mesh.log import Log
-from mesh.replication import READY, Batch, Fetch, Replica
+from mesh.replication import READY, Batch, Fetch, Replica, advanced
 from mesh.zsock import drain, readable, send_frames, socket_fd
 
 log = logging.getLogger(__name__)
@@ -389,11 +389,7 @@ class Peering:
         if batch.snapshot:
             guess = Fetch(0, fetch.vv, True, batch.session, batch.cursor)
         else:
-            vv = dict(fetch.vv)
-            for m in batch.entries:
-                if m.seq > vv.get(m.origin, 0):
-                    vv[m.origin] = m.seq
-            guess = Fetch(0, vv)
+            guess = Fetch(0, advanced(fetch.vv, batch.entries))
         ahead = self.replica.serve(node_id, guess, now)
         self._prepared[node_id] = (_fetch_key(guess), ahead, peerwire.pack_entries(ahead.entries))
 

@@ -110,6 +110,19 @@ class Batch:
     records: list[bytes] | None = field(default=None, compare=False, repr=False)
 
 
+def advanced(vv: dict[str, int], entries: Iterable[Mutation]) -> dict[str, int]:
+    """A copy of ``vv`` moved up to ``entries``' seqs: what applying a batch read from a log gives.
+
+    Both ends of a catch-up guess the next fetch with it: the requester to ask
+    ahead (:meth:`Replica.prefetch`), the serving peer to read ahead.
+    """
+    out = dict(vv)
+    for m in entries:
+        if m.seq > out.get(m.origin, 0):
+            out[m.origin] = m.seq
+    return out
+
+
 @dataclass
 class PeerView:
     """What this node knows about one peer."""
@@ -436,12 +449,8 @@ class Replica:
             or not batch.more
         ):
             return None
-        vv = dict(self.vv)
-        for m in batch.entries:
-            if m.seq > vv.get(m.origin, 0):
-                vv[m.origin] = m.seq
         self._ids += 1
-        peer.ahead = Fetch(self._ids, vv)
+        peer.ahead = Fetch(self._ids, advanced(self.vv, batch.entries))
         self.counters["fetches"] += 1
         return peer.ahead
 

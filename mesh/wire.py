@@ -317,7 +317,7 @@ def unpack_bundle(frame: bytes, max_frames: int) -> list[list[bytes]]:
             for m in messages
         )
     ):
-        raise ProtocolError(E_MALFORMED, "a bundle is a list of 1 to 4096 lists of frames")
+        raise ProtocolError(E_MALFORMED, f"a bundle is a list of 1 to {BUNDLE_MAX} lists of frames")
     return messages
 
 
