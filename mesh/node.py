@@ -289,8 +289,17 @@ class Node:
             self._gc_paused = True
 
     def _resume_gc(self) -> None:
+        """Collect again, leaving out every object that exists now (``gc.freeze``).
+
+        All that the catch-up allocated sat in the youngest generation, so the
+        first collections after it would each traverse the whole store (about
+        50 ms for 200,000 entries here, right when the node turns ready); and
+        the entries, which form no cycles, would be traversed again by every
+        full collection after that.
+        """
         if self._gc_paused:
             self._gc_paused = False
+            gc.freeze()
             gc.enable()
 
     def _write_status(self) -> None:

@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 PEERS_FILE = "peers.json"
 HEARTBEAT_MS = 100
 HELLO_RETRY_MS = 200
+#: A HELLO that could not be sent (IMMEDIATE: the connection is not up yet) is
+#: tried again after this long, then twice as long each time, up to HELLO_RETRY_MS.
+CONNECT_RETRY_MS = 2
 TICK_MS = 20
 PUB_BATCH_BYTES = 1024 * 1024
 DRAIN_MAX = 4096
@@ -107,6 +110,7 @@ class Peering:
         self._subscribed: set[str] = set()
         self._pubs: dict[str, str] = {}  # node id -> PUB endpoint
         self._unanswered: dict[str, int] = {}  # repl endpoint -> next HELLO time
+        self._connect_wait: dict[str, int] = {}  # repl endpoint -> ms until the next try
         # The sockets run() drains, each with its handler; dealers join as peers do.
         self._watched: list[tuple[zmq.Socket, Callable[[int], None]]] = [
             (self._raw[self.sub], self._drain_sub),
@@ -217,7 +221,7 @@ class Peering:
                 if any(readable(raw) for raw, _ in self._watched):
                     await asyncio.sleep(0)  # more to do: let the node's other tasks run first
                 else:
-                    await self._idle(TICK_MS)
+                    await self._idle(self._idle_ms(now))
         finally:
             for raw, _ in self._watched:
                 loop.remove_reader(socket_fd(raw))
@@ -243,13 +247,7 @@ class Peering:
             self._flush()
         for endpoint, due in list(self._unanswered.items()):
             if now >= due:
-                self._send(
-                    self._dealers[endpoint],
-                    peerwire.encode_hello(
-                        self.replica.node_id, self.endpoints["repl"], self.endpoints["pub"]
-                    ),
-                )
-                self._unanswered[endpoint] = now + HELLO_RETRY_MS
+                self._say_hello(endpoint, now)
         if now >= self._next_beat:
             # A start-up catch-up fsyncs once, on the turn to ready (below): an
             # fsync per beat would stall it for 2-8 ms about every other batch.
@@ -267,6 +265,31 @@ class Peering:
         if self.replica.state != was_ready:
             self._flush()  # everything caught up is on disk before the node says ready
             self._on_change()
+
+    def _say_hello(self, endpoint: str, now: int) -> None:
+        """Send HELLO to ``endpoint``; when its connection is not up yet, retry soon.
+
+        A node starts by saying HELLO to every configured peer before it
+        fetches anything, so a HELLO that IMMEDIATE refused (the TCP connect
+        still under way) is retried within milliseconds, backing off toward
+        HELLO_RETRY_MS for a peer that stays down.
+        """
+        hello = peerwire.encode_hello(
+            self.replica.node_id, self.endpoints["repl"], self.endpoints["pub"]
+        )
+        if self._send(self._dealers[endpoint], hello):
+            self._connect_wait.pop(endpoint, None)
+            self._unanswered[endpoint] = now + HELLO_RETRY_MS
+            return
+        wait = self._connect_wait.get(endpoint, CONNECT_RETRY_MS)
+        self._connect_wait[endpoint] = min(2 * wait, HELLO_RETRY_MS)
+        self._unanswered[endpoint] = now + wait
+
+    def _idle_ms(self, now: int) -> int:
+        """How long the loop may wait for its sockets: TICK_MS, or less when a
+        HELLO is due sooner."""
+        due = min(self._unanswered.values(), default=now + TICK_MS)
+        return max(1, min(TICK_MS, due - now))
 
     def _send(self, sock: zmq.asyncio.Socket, frame: bytes) -> bool:
         try:
