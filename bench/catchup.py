@@ -535,7 +535,7 @@ class LagObserver:
                 self._on_frame(self.sub.recv(), time.perf_counter())
 
     def _on_frame(self, frame: bytes, now: float) -> None:
-        # ["H" or "P", node, origin, state, vv, ...] and ["E", origin, [record bin, ...]]
+        # ["H" or "P", node, origin, state, vv, ...] and ["E", origin, [record, ...]]
         # (mesh.peerwire; "P" is the progress beat a node sends right after applying)
         body = msgpack.unpackb(memoryview(frame)[1:], raw=False)
         if body[0] in (peerwire.HEARTBEAT, peerwire.PROGRESS):
@@ -556,7 +556,7 @@ class LagObserver:
             if not records or now < self.measure_from:
                 return
             self.entries_seen += len(records)
-            last_seq = msgpack.unpackb(records[-1])[1]  # each record: [origin, seq, ...]
+            last_seq = records[-1][1]  # each record: [origin, seq, ...]
             origin_node = self.node_of.get(origin)
             for peer in self.vv:
                 if peer == origin_node:

@@ -19,7 +19,9 @@ time in milliseconds since the epoch, 0 for "no TTL".  ``origin`` is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import groupby
+from operator import itemgetter
 from typing import NamedTuple
 
 import msgpack
@@ -66,6 +68,12 @@ class Mutation(NamedTuple):
         return (self.hlc, self.origin)
 
 
+Record = tuple[str, int, int, str, "bytes | None", int]
+"""A mutation's fields as a plain tuple, in :class:`Mutation`'s order (every
+Mutation is one): how entries from peers arrive (:mod:`mesh.peerwire`), since
+decoding straight into tuples skips a copy of each.  Code that takes entries
+from peers indexes them (``m[1]`` is the seq) instead of naming fields."""
+
 _pack_record = msgpack.Packer().pack
 
 
@@ -75,7 +83,22 @@ def record_prefix(origin: str) -> bytes:
     return b"\x96" + _pack_record(origin)
 
 
-def encode_records(mutations: Sequence[Mutation]) -> list[bytes]:
+def raise_seqs(seqs: dict[str, int], entries: Iterable[Record]) -> dict[str, int]:
+    """A copy of ``seqs`` (origin -> seq) raised to the highest seq of each origin in
+    ``entries``.
+
+    Entries come in runs of one origin (a PUB message is one run; a catch-up
+    batch one per origin), so each run is looked at with C-level calls.
+    """
+    out = dict(seqs)
+    for origin, run in groupby(entries, key=itemgetter(0)):
+        top = max(map(itemgetter(1), run))
+        if top > out.get(origin, -1):
+            out[origin] = top
+    return out
+
+
+def encode_records(mutations: Sequence[Record]) -> list[bytes]:
     """Each mutation's record as msgpack bytes: the payload of its log record,
     and what replication messages carry, so that a receiver logs the bytes it
     got instead of encoding the entry again."""

@@ -305,7 +305,7 @@ class Peering:
         return drain(self._raw[sock], DRAIN_MAX)
 
     def _messages(
-        self, sock: zmq.asyncio.Socket, parse: Callable[[list], tuple[str, Any]]
+        self, sock: zmq.asyncio.Socket, parse: Callable[[tuple], tuple[str, Any]]
     ) -> Iterator[tuple[list[bytes], str, Any]]:
         """Drain ``sock``; yield ``(frames, kind, payload)``; log and skip bad messages."""
         for frames in self._frames(sock):
@@ -320,8 +320,8 @@ class Peering:
         applied, ack = 0, False
         for _, kind, payload in self._messages(self.sub, peerwire.parse_published):
             if kind == peerwire.ENTRIES:
-                entries, records, wanted = payload
-                applied += len(self.replica.receive(entries, now, records))
+                entries, wanted = payload
+                applied += len(self.replica.receive(entries, now))
                 ack = ack or wanted
             else:
                 node_id, origin, state, vv, peers, logged = payload

@@ -1,10 +1,13 @@
 """Messages between nodes: PUB/SUB fan-out and the ROUTER catch-up socket.
 
-Every message is one ZeroMQ frame: the version byte ``0x01`` and an msgpack
-array whose first element names the kind.  An entry is a bin holding the
-msgpack of a mutation record (``[origin, seq, hlc, key, value | nil,
-deadline]``, see :mod:`mesh.mutation`): the very bytes of its log record, so
-that a receiver logs what it got without encoding it again.  ``vv`` is a map
+Every message is one ZeroMQ frame: the peer protocol's version byte ``0x02``
+and an msgpack array whose first element names the kind.  An entry is a
+mutation record inline (``[origin, seq, hlc, key, value | nil, deadline]``,
+see :mod:`mesh.mutation`): a whole message decodes in one msgpack call into
+plain tuples, which the receiver checks field by field and applies as they
+are.  (Version 1 carried each entry as a bin of its record's bytes, so that
+the receiver could log them unencoded; decoding those bins one by one cost a
+catch-up more than encoding the records again for the log.)  ``vv`` is a map
 of origin (str) to the highest contiguous seq applied (uint).
 
 On each node's PUB socket (peers SUBscribe to the "E" and "H" kinds only,
@@ -36,14 +39,19 @@ logged and dropped (:class:`~mesh.errors.ProtocolError`), never fatal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
 
 from mesh.errors import ProtocolError
-from mesh.mutation import Mutation, encode_records, record_prefix
+from mesh.mutation import Record
 from mesh.replication import Batch, Fetch
-from mesh.wire import E_MALFORMED, VERSION, VERSION_BYTE
+from mesh.wire import E_MALFORMED
+
+PEER_VERSION = 2
+"""The first byte of every message between nodes (clients speak version 1, :mod:`mesh.wire`)."""
+PEER_VERSION_BYTE = bytes([PEER_VERSION])
 
 ENTRIES = "E"
 HEARTBEAT = "H"
@@ -56,20 +64,20 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 
 def _pack(body: list) -> bytes:
-    return VERSION_BYTE + _packer.pack(body)
+    return PEER_VERSION_BYTE + _packer.pack(body)
 
 
-def decode(frame: bytes, max_bytes: int) -> list:
-    """Decode a peer frame into its array; raises ProtocolError."""
+def decode(frame: bytes, max_bytes: int) -> tuple:
+    """Decode a peer frame into its array (msgpack arrays as tuples); raises ProtocolError."""
     if len(frame) > max_bytes:
         raise ProtocolError(E_MALFORMED, f"peer frame of {len(frame)} bytes is over {max_bytes}")
-    if not frame or frame[0] != VERSION:
-        raise ProtocolError(E_MALFORMED, "peer frame without version byte 1")
+    if not frame or frame[0] != PEER_VERSION:
+        raise ProtocolError(E_MALFORMED, f"peer frame without version byte {PEER_VERSION}")
     try:
-        body = msgpack.unpackb(memoryview(frame)[1:], raw=False, max_ext_len=0)
+        body = msgpack.unpackb(memoryview(frame)[1:], raw=False, use_list=False, max_ext_len=0)
     except Exception as exc:  # msgpack raises several unrelated types
         raise ProtocolError(E_MALFORMED, f"undecodable peer frame: {exc}") from exc
-    if not isinstance(body, list) or not body or not isinstance(body[0], str):
+    if type(body) is not tuple or not body or not isinstance(body[0], str):
         raise ProtocolError(E_MALFORMED, "a peer frame is an array [kind, ...]")
     return body
 
@@ -79,36 +87,14 @@ def _check(condition: bool, what: str) -> None:
         raise ProtocolError(E_MALFORMED, f"malformed {what}")
 
 
-def _entries(raw: Any) -> tuple[list[Mutation], list[bytes] | None]:
-    """The entries of a message as Mutations, and the encoded records they came in.
+ENTRY_SHAPE = "malformed entry: not [str, uint, uint, str, bin|nil, int]"
 
-    Each entry travels as the msgpack bytes of its record (a bin), which the
-    receiver logs as they are.  All of a message's records are decoded by
-    one msgpack Unpacker, then every field's type is checked.  The records
-    are kept (second item) only when each is exactly the canonical encoding
-    of its origin's record prefix, as :meth:`mesh.log.Log.read_from` expects;
-    otherwise the receiver encodes them again.
-    """
-    _check(type(raw) is list and all(type(r) is bytes for r in raw), "entry list")
-    unpacker = msgpack.Unpacker(use_list=False, raw=False, max_buffer_size=0, max_ext_len=0)
-    unpacker.feed(b"".join(raw))
-    unpack, tell, end = unpacker.unpack, unpacker.tell, 0
-    shape = "malformed entry: not [str, uint, uint, str, bin|nil, int]"
-    new, mutation = tuple.__new__, Mutation
-    out: list[Mutation] = []
-    add = out.append
-    prefixes: dict[str, bytes] = {}
-    canonical = True
-    for record in raw:  # each bin must hold exactly one record
-        try:
-            r = unpack()
-        except Exception as exc:  # msgpack raises several unrelated types
-            raise ProtocolError(E_MALFORMED, f"undecodable entry: {exc}") from exc
-        end += len(record)
-        if tell() != end:
-            raise ProtocolError(
-                E_MALFORMED, "undecodable entry: a bin that is not exactly one record"
-            )
+
+def _entries(raw: Any) -> tuple[Record, ...]:
+    """The entries of a message, every field's type checked: plain tuples in
+    :class:`~mesh.mutation.Mutation`'s field order, as decoded."""
+    _check(type(raw) is tuple, "entry list")
+    for r in raw:  # the replication hot path: a copy per entry would cost more than the checks
         if (
             type(r) is not tuple
             or len(r) != 6
@@ -120,14 +106,10 @@ def _entries(raw: Any) -> tuple[list[Mutation], list[bytes] | None]:
             or (r[4] is not None and type(r[4]) is not bytes)
             or type(r[5]) is not int
         ):
-            raise ProtocolError(E_MALFORMED, shape)
-        prefix = prefixes.get(r[0])
-        if prefix is None:
-            prefix = prefixes[r[0]] = record_prefix(r[0])
-        if canonical and not record.startswith(prefix):
-            canonical = False
-        add(new(mutation, r))
-    return out, raw if canonical else None
+            raise ProtocolError(
+                E_MALFORMED, "malformed entry: not [str, uint, uint, str, bin|nil, int]"
+            )
+    return raw
 
 
 def _vv(vv: Any) -> dict[str, int]:
@@ -142,13 +124,16 @@ def _vv(vv: Any) -> dict[str, int]:
 # --------------------------------------------------------------------- PUB / SUB
 
 
-def encode_entries(origin: str, records: list[bytes], ack: bool = False) -> bytes:
-    """A PUB batch of one origin's entries, given encoded (:func:`encode_records`).
+def encode_entries(origin: str, records: Sequence[bytes], ack: bool = False) -> bytes:
+    """A PUB batch of one origin's entries, given encoded
+    (:func:`~mesh.mutation.encode_records`, as the origin logged them).
 
     ``ack``: the origin holds a reply until others log these (``w`` > 1), so
     receivers should heartbeat as soon as they have logged them.
     """
-    return _pack([ENTRIES, origin, records, ack])
+    pack = _packer.pack
+    head = [PEER_VERSION_BYTE, b"\x94", pack(ENTRIES), pack(origin)]
+    return b"".join([*head, _packer.pack_array_header(len(records)), *records, pack(ack)])
 
 
 def encode_heartbeat(beat: dict[str, Any], peers: list[str], logged: bool = True) -> bytes:
@@ -175,24 +160,24 @@ def encode_progress(beat: dict[str, Any], peers: list[str]) -> bytes:
 #: What a node's SUB subscribes to: its peers' entries and heartbeats (each
 #: message's first bytes: the version byte, the array header, the kind).
 PEER_SUBSCRIPTIONS = (
-    VERSION_BYTE + _packer.pack([ENTRIES, "", [], False])[:3],
-    VERSION_BYTE + _packer.pack([HEARTBEAT, "", "", "", {}, [], False])[:3],
+    PEER_VERSION_BYTE + _packer.pack([ENTRIES, "", [], False])[:3],
+    PEER_VERSION_BYTE + _packer.pack([HEARTBEAT, "", "", "", {}, [], False])[:3],
 )
 
 
-def parse_published(body: list) -> tuple[str, Any]:
-    """``("E", ([Mutation...], records | None, ack))``
+def parse_published(body: tuple) -> tuple[str, Any]:
+    """``("E", (entries, ack))``
     or ``("H", (node, origin, state, vv, peers, logged))`` (a progress beat too,
     with ``logged`` False, should one arrive)."""
     kind = body[0]
     if kind == ENTRIES:
         _check(len(body) == 4 and type(body[3]) is bool, "entries message")
-        return ENTRIES, (*_entries(body[2]), body[3])
+        return ENTRIES, (_entries(body[2]), body[3])
     if kind in (HEARTBEAT, PROGRESS):
         _check(
             len(body) == 7
             and all(isinstance(x, str) for x in body[1:4])
-            and isinstance(body[5], list)
+            and type(body[5]) is tuple
             and all(isinstance(x, str) for x in body[5])
             and type(body[6]) is bool,
             "heartbeat",
@@ -218,9 +203,9 @@ def encode_fetch(node_id: str, fetch: Fetch) -> bytes:
     )
 
 
-def pack_entries(entries: list[Mutation]) -> bytes:
+def pack_entries(entries: Sequence[Record]) -> bytes:
     """The msgpack of a list of entries, as it goes inside a BATCH (see encode_batch)."""
-    return _packer.pack(encode_records(entries))
+    return _packer.pack(entries)
 
 
 def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
@@ -231,7 +216,7 @@ def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
     pack = _packer.pack
     return b"".join(
         [
-            VERSION_BYTE,
+            PEER_VERSION_BYTE,
             b"\x99",  # a 9-element array, packed element by element
             pack(BATCH),
             pack(batch.request_id),
@@ -246,7 +231,7 @@ def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
     )
 
 
-def parse_request(body: list) -> tuple[str, Any]:
+def parse_request(body: tuple) -> tuple[str, Any]:
     """``("HELLO", (node, repl, pub))`` or ``("FETCH", (node, Fetch))``."""
     kind = body[0]
     if kind == HELLO:
@@ -264,7 +249,7 @@ def parse_request(body: list) -> tuple[str, Any]:
     raise ProtocolError(E_MALFORMED, f"unknown request kind {kind[:16]!r}")
 
 
-def parse_reply(body: list) -> tuple[str, Any]:
+def parse_reply(body: tuple) -> tuple[str, Any]:
     """``("HELLO", (node, origin, repl, pub))`` or ``("BATCH", Batch)``."""
     kind = body[0]
     if kind == HELLO:
@@ -278,9 +263,8 @@ def parse_reply(body: list) -> tuple[str, Any]:
             and all(type(x) is int for x in (body[6], body[7])),
             "BATCH",
         )
-        entries, records = _entries(body[2])
         batch = Batch(
-            body[1], entries, _vv(body[3]), body[4], body[5], body[6], body[7], body[8], records
+            body[1], _entries(body[2]), _vv(body[3]), body[4], body[5], body[6], body[7], body[8]
         )
         return BATCH, batch
     raise ProtocolError(E_MALFORMED, f"unknown reply kind {kind[:16]!r}")

@@ -32,10 +32,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import itemgetter
 from typing import Any, Protocol
 
 from mesh.clock import HybridClock
-from mesh.mutation import Mutation
+from mesh.mutation import Mutation, Record, raise_seqs
 from mesh.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,12 +67,12 @@ class ReplicaLog(Protocol):
     """What the core needs from a log (``mesh.log.Log`` and the simulator's)."""
 
     def append(
-        self, mutations: Sequence[Mutation], records: Sequence[bytes] | None = None
+        self, mutations: Sequence[Record], records: Sequence[bytes] | None = None
     ) -> int: ...
 
     def read_range(
         self, origin: str, first: int, last: int, max_bytes: int
-    ) -> tuple[list[Mutation], int]: ...
+    ) -> tuple[list[Record], int]: ...
 
     def floor(self) -> dict[str, int]: ...
 
@@ -99,28 +101,22 @@ class Batch:
     """
 
     request_id: int
-    entries: list[Mutation]
+    entries: Sequence[Record]
     vv: dict[str, int]
     more: bool = False
     snapshot: bool = False
     session: int = 0
     cursor: int = 0
     need_full: bool = False
-    #: the entries as encoded on the wire, when the receiver has them: logged as they are
-    records: list[bytes] | None = field(default=None, compare=False, repr=False)
 
 
-def advanced(vv: dict[str, int], entries: Iterable[Mutation]) -> dict[str, int]:
+def advanced(vv: dict[str, int], entries: Iterable[Record]) -> dict[str, int]:
     """A copy of ``vv`` moved up to ``entries``' seqs: what applying a batch read from a log gives.
 
     Both ends of a catch-up guess the next fetch with it: the requester to ask
     ahead (:meth:`Replica.prefetch`), the serving peer to read ahead.
     """
-    out = dict(vv)
-    for m in entries:
-        if m.seq > out.get(m.origin, 0):
-            out[m.origin] = m.seq
-    return out
+    return raise_seqs(vv, entries)
 
 
 @dataclass
@@ -139,7 +135,7 @@ class PeerView:
     ahead: Fetch | None = None  # sent (prefetch) while the reply to ``fetching`` is applied
     want_full: bool = False
     synced: bool = False  # answered "nothing more" since we started
-    staged: list[Mutation] = field(default_factory=list)  # snapshot chunks not yet applied
+    staged: list[Record] = field(default_factory=list)  # snapshot chunks not yet applied
 
 
 @dataclass
@@ -185,7 +181,7 @@ class Replica:
         # for them, and prepared batches thrown away
         self.counters.update(served=0, prepared_used=0, prepared_dropped=0)
         self._started_ms = now_ms
-        self._buffer: dict[str, dict[int, Mutation]] = {}
+        self._buffer: dict[str, dict[int, Record]] = {}
         self._buffered = 0
         self._lagging: dict[str, tuple[int, int]] = {}  # origin -> (target seq, since ms)
         self._sessions: dict[int, _Session] = {}
@@ -223,46 +219,61 @@ class Replica:
 
     # ------------------------------------------------------------------ receiving
 
-    def receive(
-        self,
-        mutations: Sequence[Mutation],
-        now_ms: int,
-        records: Sequence[bytes] | None = None,
-    ) -> list[Mutation]:
+    def receive(self, mutations: Sequence[Record], now_ms: int) -> list[Record]:
         """Apply, log and return what is next in line per origin; buffer the rest.
 
         Duplicates (``seq`` at or below the version vector) are dropped.
-        ``records`` are the mutations as encoded on the wire: when every one
-        of them is applied, in order, they are logged as they are.
         """
-        applied: list[Mutation] = []
+        after = self._next_in_line(mutations)
+        if after is not None:  # the usual case, checked without a Python loop per entry
+            applied = list(mutations)
+            self.vv.update(after)
+        else:
+            applied = self._sort_out(mutations)
+        if applied:
+            self._apply(applied)
+            self.log.append(applied)
+            self._clear_lag(now_ms)
+        return applied
+
+    def _next_in_line(self, mutations: Sequence[Record]) -> dict[str, int] | None:
+        """The vv entries that applying all of ``mutations`` gives, when each is
+        next in line: they come in runs of one origin, each run contiguous and
+        carrying on from the vv, with nothing buffered for its origin (a PUB
+        message is one run; a catch-up batch one per origin).  Else None.
+        """
+        after: dict[str, int] = {}
+        for origin, run in groupby(mutations, key=itemgetter(0)):
+            seqs = list(map(itemgetter(1), run))
+            first = after.get(origin, self.vv.get(origin, 0)) + 1
+            if origin in self._buffer or seqs != list(range(first, first + len(seqs))):
+                return None
+            after[origin] = first + len(seqs) - 1
+        return after
+
+    def _sort_out(self, mutations: Sequence[Record]) -> list[Record]:
+        """Take what is next in line, entry by entry, raising the vv; hold what is
+        ahead of it (a gap before it) and drop what is behind it."""
+        applied: list[Record] = []
         vv, add, buffer = self.vv, applied.append, self._buffer
-        as_sent = records is not None  # applied is exactly ``mutations``, in order
-        for m in mutations:  # the replication hot path
+        for m in mutations:
             origin, seq = m[0], m[1]
             have = vv.get(origin, 0)
             if seq == have + 1:
                 vv[origin] = seq
                 add(m)
                 if buffer and origin in buffer:
-                    as_sent = False
                     self._drain(origin, applied)
-            else:
-                as_sent = False
-                if seq > have:
-                    self._hold(m)
-        if applied:
-            self._apply(applied)
-            self.log.append(applied, records if as_sent else None)
-            self._clear_lag(now_ms)
+            elif seq > have:
+                self._hold(m)
         return applied
 
-    def _apply(self, accepted: list[Mutation]) -> None:
+    def _apply(self, accepted: list[Record]) -> None:
         """Apply entries already counted in the vv: one store call, one clock merge."""
         self.store.apply_many(accepted)
         self.clock.observe(max(m[2] for m in accepted))  # the newest is as good as each
 
-    def _drain(self, origin: str, applied: list[Mutation]) -> None:
+    def _drain(self, origin: str, applied: list[Record]) -> None:
         held = self._buffer.get(origin)
         if not held:
             return
@@ -280,13 +291,13 @@ class Replica:
         if not held:
             del self._buffer[origin]
 
-    def _hold(self, m: Mutation) -> None:
-        held = self._buffer.setdefault(m.origin, {})
-        if m.seq in held or self._buffered >= BUFFER_LIMIT:
+    def _hold(self, m: Record) -> None:
+        held = self._buffer.setdefault(m[0], {})
+        if m[1] in held or self._buffered >= BUFFER_LIMIT:
             return
         if not held:
             self.counters["gaps"] += 1
-        held[m.seq] = m
+        held[m[1]] = m
         self._buffered += 1
 
     def on_heartbeat(
@@ -402,7 +413,7 @@ class Replica:
                 log.warning("ready without a full catch-up from %s", ", ".join(waiting))
             self.state = READY
 
-    def on_batch(self, node_id: str, batch: Batch, now_ms: int) -> list[Mutation]:
+    def on_batch(self, node_id: str, batch: Batch, now_ms: int) -> list[Record]:
         """A catch-up reply; returns the entries applied (and logged)."""
         peer = self.add_peer(node_id)
         if peer is None or peer.fetching is None or peer.fetching.request_id != batch.request_id:
@@ -415,7 +426,7 @@ class Replica:
             return []
         if batch.snapshot:
             return self._on_snapshot(peer, batch, now_ms)
-        applied = self.receive(batch.entries, now_ms, batch.records)
+        applied = self.receive(batch.entries, now_ms)
         if batch.more and peer.ahead is not None:  # the next one is on its way already
             peer.fetching, peer.ahead, peer.fetch_sent_ms = peer.ahead, None, now_ms
         elif batch.more:
@@ -454,7 +465,7 @@ class Replica:
         self.counters["fetches"] += 1
         return peer.ahead
 
-    def _on_snapshot(self, peer: PeerView, batch: Batch, now_ms: int) -> list[Mutation]:
+    def _on_snapshot(self, peer: PeerView, batch: Batch, now_ms: int) -> list[Record]:
         # Chunks are staged and applied only once the snapshot is complete: one
         # abandoned halfway must leave no trace, or the store would hold writes
         # its vv does not cover, which no catch-up reconciles once no log holds
@@ -479,7 +490,7 @@ class Replica:
             if seq > self.vv.get(o, 0):
                 self.vv[o] = seq
             self.floor[o] = max(self.floor.get(o, 0), seq)
-        applied: list[Mutation] = []
+        applied: list[Record] = []
         for o in list(self._buffer):
             self._drain(o, applied)
         if applied:
@@ -508,7 +519,7 @@ class Replica:
             **self.floor,
             **{o: max(s, self.floor.get(o, 0)) for o, s in self.log.floor().items()},
         }
-        entries: list[Mutation] = []
+        entries: list[Record] = []
         more = False
         budget = FETCH_BYTES
         for origin, mine in self.vv.items():
@@ -522,11 +533,11 @@ class Replica:
                 more = True
                 break
             got, size = self.log.read_range(origin, theirs + 1, min(mine, theirs + room), budget)
-            if not got or got[0].seq != theirs + 1:
+            if not got or got[0][1] != theirs + 1:
                 return Batch(fetch.request_id, [], dict(self.vv), need_full=True)
             entries += got
             budget -= size
-            more = more or got[-1].seq < mine
+            more = more or got[-1][1] < mine
         return Batch(fetch.request_id, entries, dict(self.vv), more=more)
 
     def _serve_snapshot(self, node_id: str, fetch: Fetch, now_ms: int) -> Batch:

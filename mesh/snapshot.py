@@ -45,7 +45,7 @@ import msgpack
 from mesh.checksum import crc32c
 from mesh.datadir import fsync_dir
 from mesh.errors import PyCacheError
-from mesh.mutation import Mutation
+from mesh.mutation import Mutation, Record
 
 logger = logging.getLogger(__name__)
 
@@ -143,14 +143,14 @@ def read_origin(plan: Plan, prefix: bytes, seq: int) -> Iterator[Mutation]:
 
 def read_origin_range(
     plan: Plan, prefix: bytes, first: int, last: int, max_bytes: int
-) -> tuple[list[Mutation], int]:
+) -> tuple[list[Record], int]:
     """The records of one origin (``prefix``, as :func:`read_origin`) with seq in
     ``first..last``, in log order, up to about ``max_bytes`` of payload (at least
-    one record); returns them and their payload bytes.  Reads in RANGE_CHUNK
-    pieces, so that a bounded request reads little past what it returns.
+    one record); returns them (as plain tuples, sent on as they are) and their
+    payload bytes.  Reads in RANGE_CHUNK pieces, so that a bounded request
+    reads little past what it returns.
     """
-    new, mutation = tuple.__new__, Mutation
-    out: list[Mutation] = []
+    out: list[Record] = []
     add, size = out.append, 0
     for record, payload in _origin_records(plan, prefix, RANGE_CHUNK):
         seq = record[1]
@@ -158,7 +158,7 @@ def read_origin_range(
             continue
         if seq > last:
             break
-        add(new(mutation, record))
+        add(record)
         size += len(payload)
         if size >= max_bytes:
             break

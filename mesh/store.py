@@ -47,7 +47,7 @@ from xxhash import xxh3_64_intdigest as _xxh3_64
 
 from mesh.clock import LOGICAL_BITS, wall_ms
 from mesh.errors import ConfigError
-from mesh.mutation import Mutation
+from mesh.mutation import Mutation, Record
 
 ENTRY_OVERHEAD = 300
 """Estimated bytes a live key costs beyond its key and value (objects, map slots)."""
@@ -161,7 +161,7 @@ class Store:
         """
         return self.apply_many((m,)) == 1
 
-    def apply_many(self, mutations: Iterable[Mutation]) -> int:
+    def apply_many(self, mutations: Iterable[Record]) -> int:
         """:meth:`apply` each mutation in order; returns how many changed the held version.
 
         One call for a whole batch (replay, catch-up, PUB messages): the

@@ -24,7 +24,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from mesh.clock import HybridClock, pack
-from mesh.mutation import Mutation, encode_records
+from mesh.mutation import Mutation
 from mesh.replication import FETCH_TIMEOUT_MS, Batch, Replica
 from mesh.store import Store
 from tests import sim
@@ -357,31 +357,40 @@ def test_snapshot_continuation_naming_the_id_a_restarted_server_issues_next() ->
     assert x.vv == {} and len(x.store) == 0  # not a's value under an empty vv
 
 
-@pytest.mark.parametrize(
-    ("vv", "received", "as_sent"),
-    [
-        (0, [1, 2, 3], True),  # all next in line: logged as received
-        (1, [1, 2, 3], False),  # a duplicate dropped: encoded again
-        (0, [1, 3], False),  # a hole: 3 held
-    ],
+@given(
+    held=st.lists(st.integers(1, 8), max_size=3),
+    received=st.lists(
+        st.tuples(st.sampled_from(["a/1", "b/1"]), st.integers(1, 8)), min_size=1, max_size=10
+    ),
 )
-def test_received_records_are_logged_as_sent_only_when_all_apply_in_order(
-    vv: int, received: list[int], as_sent: bool, monkeypatch: pytest.MonkeyPatch
+@settings(max_examples=300, deadline=None)
+def test_receiving_without_a_loop_per_entry_takes_exactly_what_the_loop_takes(
+    held: list[int], received: list[tuple[str, int]]
 ) -> None:
+    """Replica.receive checks whole runs first (_next_in_line) and goes entry by
+    entry (_sort_out) only when they are not all next in line: both must end in
+    the same vv, store, buffer and log."""
+    ends = []
+    for runs_first in (True, False):
+        x = replica("x", ["s"])
+        x.receive([mut(seq, f"h{seq}", b"h", "a/1") for seq in held], 0)
+        if not runs_first:
+            x._next_in_line = lambda mutations: None  # type: ignore[method-assign]
+        applied = x.receive([mut(seq, f"{o}{seq}", b"v", o) for o, seq in received], 0)
+        log = x.log.records  # type: ignore[attr-defined]
+        ends.append((applied, x.vv, x._buffer, x.store.digest(), log))
+    assert ends[0] == ends[1]
+
+
+def test_entries_next_in_line_are_taken_in_runs() -> None:
     x = replica("x", ["s"])
-    if vv:
-        x.receive([mut(seq, f"k{seq}", b"v") for seq in range(1, vv + 1)], 0)
-    logged: list[object] = []
-    real = x.log.append
-
-    def spy(mutations, records=None):  # type: ignore[no-untyped-def]
-        logged.append(records)
-        return real(mutations, records)
-
-    monkeypatch.setattr(x.log, "append", spy)
-    muts = [mut(seq, f"k{seq}", b"v") for seq in received]
-    x.receive(muts, 0, encode_records(muts))
-    assert logged and (logged[0] is not None) == as_sent
+    x.receive([mut(1, "a1", b"1", "a/1")], 0)
+    runs = [mut(2, "a2", b"2", "a/1"), mut(1, "b1", b"1", "b/1"), mut(3, "a3", b"3", "a/1")]
+    assert x._next_in_line(runs) == {"a/1": 3, "b/1": 1}
+    assert x._next_in_line(runs[1:]) is None  # a/1 2 is missing
+    x.receive([mut(3, "b3", b"3", "b/1")], 0)  # b/1 2 is missing: 3 held
+    assert x._next_in_line(runs[:2]) is None  # b/1 has entries held: entry by entry
+    assert x.receive(runs, 0) == runs and x.vv == {"a/1": 3, "b/1": 1}
 
 
 def test_only_heartbeats_of_logged_entries_count_toward_acknowledgements() -> None:
