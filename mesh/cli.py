@@ -11,6 +11,7 @@ stderr.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import logging
@@ -74,6 +75,30 @@ def _tune_gc() -> None:
     of a catch-up here.  The serving paths make no reference cycles.
     """
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 100)
+
+
+#: glibc's mallopt parameters (malloc.h) and what a node sets them to
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MALLOC_MMAP_THRESHOLD = 32 * MIB
+MALLOC_TRIM_THRESHOLD = 64 * MIB
+
+
+def _tune_malloc() -> None:
+    """Let a node reuse the memory of freed large buffers instead of unmapping it.
+
+    Each catch-up batch passes through buffers of a few MiB (the frame ZeroMQ
+    receives, its Python copy, the log write).  glibc gave each its own
+    mapping, or trimmed the heap once they were freed, so every batch
+    page-faulted its buffers again: about 7,000 of a catch-up's 43,000 page
+    faults here.  Past these thresholds glibc still maps and returns memory.
+    Other C libraries keep their defaults.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)
+        libc.mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD)
+    except (OSError, AttributeError):  # no mallopt here
+        pass
 
 
 def _errors_to_exit_codes(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -302,6 +327,7 @@ def node(
         )
     )
     _tune_gc()
+    _tune_malloc()
     _errors_to_exit_codes(run_node)(config)
 
 
