@@ -84,6 +84,7 @@ import bisect
 import logging
 import os
 import struct
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +194,7 @@ class Log:
         self._closed = False
         self._failed: OSError | None = None
         self._last_sync = _now()
+        self._writing_back: threading.Thread | None = None
         for folder in (self._dir, self._snap_dir):
             if not folder.is_dir():
                 folder.mkdir(parents=True, exist_ok=True)
@@ -326,6 +328,25 @@ class Log:
         """Call every ``fsync_interval_ms``: under ``interval``, fsync what is unsynced."""
         if self._unsynced and self.fsync == "interval":
             self._sync()
+
+    def write_back(self) -> None:
+        """Start writing the active segment's unsynced data to disk, without waiting.
+
+        For a writer that fsyncs only once at the end of a long run of appends
+        (a start-up catch-up): a thread fdatasyncs the segment meanwhile, so
+        that the final :meth:`flush` has little left to write.  It uses a file
+        description of its own: an error it meets is still reported to the
+        log's own fsync (Linux reports a writeback error once per open file
+        description), and it stays valid if the log rolls or closes.  Nothing
+        is promised durable by it; at most one runs at a time.
+        """
+        if not self._unsynced or self._closed or self._fd < 0:
+            return
+        if self._writing_back is not None and self._writing_back.is_alive():
+            return
+        fd = os.open(self._segments[-1].path, os.O_RDONLY)
+        self._writing_back = threading.Thread(target=_fdatasync_and_close, args=(fd,), daemon=True)
+        self._writing_back.start()
 
     def sync(self) -> None:
         """Fsync whatever is unsynced, whatever the policy (on SIGTERM and close)."""
@@ -685,6 +706,16 @@ def _write_at(fd: int, data: bytes, pos: int) -> None:
     while view:
         written = os.pwrite(fd, view, pos)
         view, pos = view[written:], pos + written
+
+
+def _fdatasync_and_close(fd: int) -> None:
+    """The body of :meth:`Log.write_back`'s thread: errors are the log's own fsync's to report."""
+    try:
+        _fdatasync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _merge(into: dict[str, int], other: dict[str, int]) -> dict[str, int]:

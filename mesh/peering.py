@@ -343,7 +343,8 @@ class Peering:
         commit: the entries are durable at their origin already, and a crash
         here loses nothing that a catch-up does not bring back.  During a
         start-up catch-up (batches are not urgent then) no fsync is scheduled
-        at all: the turn to ready fsyncs what it brought.
+        at all: the turn to ready fsyncs what it brought, most of it already
+        written back by then (:meth:`mesh.log.Log.write_back`).
         """
         if applied:
             if urgent:
@@ -351,7 +352,9 @@ class Peering:
             else:
                 beat = peerwire.encode_progress(self.replica.heartbeat(), list(self._by_node))
                 self._send(self.pub, beat)
-                if self._sync_due is None and self.replica.state == READY:
+                if self.replica.state != READY:
+                    self.log.write_back()  # the turn to ready then has less to fsync
+                elif self._sync_due is None:
                     self._sync_due = now + REPLICA_SYNC_MS
         self._on_change()
 

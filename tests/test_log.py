@@ -240,6 +240,32 @@ def test_failed_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert list(log.replay()) == [record(i) for i in range(4)]
 
 
+def test_write_back_runs_beside_appends_and_leaves_the_fsync_to_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write-back thread syncs on a file description of its own, closes it, and
+    never counts as the log's fsync; it outlives a roll of the segment."""
+    open_fds = set(os.listdir("/proc/self/fd"))
+    synced: list[int] = []
+    real = mesh.log._fdatasync
+    monkeypatch.setattr(mesh.log, "_fdatasync", lambda fd: (synced.append(fd), real(fd)))
+    log = Log(tmp_path, segment_bytes=4096)
+    log.write_back()  # nothing appended: nothing to do
+    assert log._writing_back is None
+    for i in range(0, 200, 20):
+        log.append([record(j) for j in range(i, i + 20)])  # rolls segments as it goes
+        log.write_back()
+        log._writing_back.join(5)
+    assert len(synced) == 10 and log._unsynced  # written back, but only flush() says synced
+    log.flush()
+    assert synced[-1] == log._fd and not log._unsynced
+    log.close()
+    log.write_back()  # closed: nothing to do
+    assert set(os.listdir("/proc/self/fd")) == open_fds
+    with Log(tmp_path) as again:
+        assert list(again.replay()) == [record(i) for i in range(200)]
+
+
 def test_closed_log_refuses_appends(tmp_path: Path) -> None:
     log = Log(tmp_path)
     log.close()
