@@ -1,27 +1,23 @@
 """The ``pycache`` command: a thin click layer over the roles.
 
-Process roles: ``pycache node`` (one node), ``pycache up`` (a local cluster).
-Client commands: ``get``, ``set``, ``del``, ``expire``, ``persist``, ``ttl``,
-``stats``, all with ``--connect`` (env ``PYCACHE_CONNECT``).
-
-Exit codes: 0 success; 1 ``get`` of a missing key; 2 a bad argument or an
-error reply; 3 a timeout or no reachable endpoint.  Errors print one line on
-stderr.
+Process roles: ``pycache node`` (one node), ``balancer``, ``edge`` and ``up``
+(a local cluster).  The client commands (``get``, ``set``, ``status``, ...)
+live in :mod:`mesh.cli_client`; exit codes in :mod:`mesh.cli_exits`.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import json
 import logging
 import sys
 from collections.abc import Callable
-from functools import wraps
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
+from mesh.cli_client import COMMANDS
+from mesh.cli_exits import EXIT_ERROR, errors_to_exit_codes, fail, split_csv
 from mesh.config import (
     DEFAULT_API,
     DEFAULT_EDGE_HOST,
@@ -37,21 +33,7 @@ from mesh.config import (
     Limits,
     NodeConfig,
 )
-from mesh.errors import ConfigError, ConnectionFailed, PyCacheError, Timeout
-
-EXIT_MISSING = 1
-EXIT_ERROR = 2
-EXIT_UNREACHABLE = 3
-
-
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _split(csv: str) -> tuple[str, ...]:
-    """The non-empty items of a comma-separated option."""
-    return tuple(item.strip() for item in csv.split(",") if item.strip())
+from mesh.errors import ConfigError
 
 
 def _valid(make_config: Callable[[], Any]) -> Any:
@@ -59,7 +41,7 @@ def _valid(make_config: Callable[[], Any]) -> Any:
     try:
         return make_config().validate()
     except ConfigError as exc:
-        _fail(str(exc), EXIT_ERROR)
+        fail(str(exc), EXIT_ERROR)
 
 
 #: the collector's generation-0 threshold in the serving roles (CPython's default: 700)
@@ -105,25 +87,14 @@ def _tune_malloc() -> None:
         pass
 
 
-def _errors_to_exit_codes(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into one stderr line and an exit code >= 2."""
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except (Timeout, ConnectionFailed) as exc:
-            _fail(str(exc), EXIT_UNREACHABLE)
-        except (PyCacheError, OSError) as exc:
-            _fail(str(exc), EXIT_ERROR)
-
-    return wrapper
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pycache-mesh")
 def main() -> None:
     """PyCache: a brokerless ZeroMQ mesh of in-memory key-value cache nodes."""
+
+
+for _command in COMMANDS:
+    main.add_command(_command)
 
 
 # ---------------------------------------------------------------------- process roles
@@ -314,7 +285,7 @@ def node(
             api=api,
             repl=repl,
             pub=pub,
-            peers=_split(peers),
+            peers=split_csv(peers),
             w=int(w) if w.isdigit() else w,
             ack_timeout_ms=ack_timeout_ms,
             pub_hwm=pub_hwm,
@@ -332,7 +303,7 @@ def node(
     )
     _tune_gc()
     _tune_malloc()
-    _errors_to_exit_codes(run_node)(config)
+    errors_to_exit_codes(run_node)(config)
 
 
 @main.command()
@@ -406,7 +377,7 @@ def balancer(
     config = _valid(
         lambda: BalancerConfig(
             front=front,
-            nodes=_split(nodes),
+            nodes=split_csv(nodes),
             health_ms=health_ms,
             hang_ms=hang_ms,
             wait_ms=wait_ms,
@@ -414,7 +385,7 @@ def balancer(
         )
     )
     _tune_gc()
-    _errors_to_exit_codes(run_balancer)(config, status_file)
+    errors_to_exit_codes(run_balancer)(config, status_file)
 
 
 @main.command()
@@ -498,7 +469,7 @@ def balancer(
     envvar="PYCACHE_READY_TIMEOUT",
     help="Seconds to wait for every node.",
 )
-@_errors_to_exit_codes
+@errors_to_exit_codes
 def up(
     nodes: int,
     data_dir: str,
@@ -594,148 +565,14 @@ def edge(
         lambda: EdgeConfig(
             host=host,
             port=port,
-            backend=_split(backend),
+            backend=split_csv(backend),
             timeout=timeout,
             max_body_bytes=max_body_bytes,
             status_file=status_file,
         )
     )
     _tune_gc()
-    _errors_to_exit_codes(run_edge)(config)
-
-
-# ---------------------------------------------------------------------- client commands
-
-connect_option = click.option(
-    "--connect",
-    default=DEFAULT_API,
-    show_default=True,
-    envvar="PYCACHE_CONNECT",
-    help="Endpoint(s) to talk to, comma-separated.",
-)
-timeout_option = click.option(
-    "--timeout",
-    type=float,
-    default=5.0,
-    show_default=True,
-    envvar="PYCACHE_TIMEOUT",
-    help="Seconds to wait for the reply.",
-)
-
-
-def _client_call(connect: str, timeout: float, call: Callable[[Any], Any]) -> Any:
-    from mesh.client import Client
-
-    with Client(_split(connect), timeout=timeout) as client:
-        return call(client)
-
-
-@main.command()
-@click.argument("key")
-@connect_option
-@timeout_option
-@_errors_to_exit_codes
-def get(key: str, connect: str, timeout: float) -> None:
-    """Print the value of KEY; exit 1 with no output when it is missing."""
-    value = _client_call(connect, timeout, lambda c: c.get(key))
-    if value is None:
-        sys.exit(EXIT_MISSING)
-    sys.stdout.buffer.write(value + b"\n")
-
-
-@main.command(name="set")
-@click.argument("key")
-@click.argument("value")
-@click.option("--ttl", type=float, default=None, help="Expire after this many seconds.")
-@click.option("--nx", is_flag=True, help="Only set when KEY does not exist.")
-@click.option("--xx", is_flag=True, help="Only set when KEY exists.")
-@connect_option
-@timeout_option
-@_errors_to_exit_codes
-def set_(
-    key: str, value: str, ttl: float | None, nx: bool, xx: bool, connect: str, timeout: float
-) -> None:
-    """Set KEY to VALUE; prints OK, or (nil) when --nx/--xx was not met."""
-    if ttl is not None and ttl <= 0:
-        raise click.BadParameter("must be positive", param_hint="--ttl")
-    done = _client_call(connect, timeout, lambda c: c.set(key, value, ttl=ttl, nx=nx, xx=xx))
-    click.echo("OK" if done else "(nil)")
-
-
-@main.command(name="del")
-@click.argument("keys", nargs=-1, required=True)
-@connect_option
-@timeout_option
-@_errors_to_exit_codes
-def del_(keys: tuple[str, ...], connect: str, timeout: float) -> None:
-    """Delete KEYS; prints how many existed."""
-    click.echo(_client_call(connect, timeout, lambda c: c.delete(*keys)))
-
-
-@main.command()
-@click.argument("key")
-@click.argument("seconds", type=float)
-@connect_option
-@timeout_option
-@_errors_to_exit_codes
-def expire(key: str, seconds: float, connect: str, timeout: float) -> None:
-    """Expire KEY after SECONDS; prints 1, or 0 when KEY does not exist."""
-    if seconds <= 0:
-        raise click.BadParameter("must be positive", param_hint="SECONDS")
-    click.echo(int(_client_call(connect, timeout, lambda c: c.expire(key, seconds))))
-
-
-@main.command()
-@click.argument("key")
-@connect_option
-@timeout_option
-@_errors_to_exit_codes
-def persist(key: str, connect: str, timeout: float) -> None:
-    """Remove the TTL of KEY; prints 1, or 0 when it had none."""
-    click.echo(int(_client_call(connect, timeout, lambda c: c.persist(key))))
-
-
-@main.command()
-@click.argument("key")
-@connect_option
-@timeout_option
-@_errors_to_exit_codes
-def ttl(key: str, connect: str, timeout: float) -> None:
-    """Print the seconds KEY has left: -1 no TTL, -2 no such key."""
-    click.echo(_client_call(connect, timeout, lambda c: c.ttl(key)))
-
-
-@main.command()
-@connect_option
-@timeout_option
-@_errors_to_exit_codes
-def stats(connect: str, timeout: float) -> None:
-    """Print the node's statistics as JSON."""
-    click.echo(json.dumps(_client_call(connect, timeout, lambda c: c.stats()), indent=2))
-
-
-@main.command()
-@click.option(
-    "--connect",
-    default=DEFAULT_FRONT,
-    show_default=True,
-    envvar="PYCACHE_STATUS_CONNECT",
-    help="A balancer (every node) or a node (itself and its peers).",
-)
-@timeout_option
-@_errors_to_exit_codes
-def status(connect: str, timeout: float) -> None:
-    """Print the cluster as a table: state, lag, keys and digest of every node."""
-    nodes = _client_call(connect, timeout, lambda c: c.cluster())["nodes"]
-    columns = ["node_id", "state", "in_rotation", "lag_entries", "lag_ms", "keys", "digest"]
-    rows = []
-    for node in nodes:
-        lag = node.get("lag") or {}
-        cells = {**node, "lag_entries": lag.get("entries"), "lag_ms": lag.get("ms")}
-        rows.append(["-" if cells.get(c) is None else str(cells[c]) for c in columns])
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    for line in [columns, *rows]:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+    errors_to_exit_codes(run_edge)(config)
 
 
 def _setup_logging(level: str, name: str) -> None:

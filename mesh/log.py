@@ -12,56 +12,17 @@ Files under a node's data directory::
 
 ``<first offset>`` and ``<offset>`` are 20 decimal digits, zero-padded, so that
 names sort like numbers.  An *offset* numbers records 0, 1, 2, ... across the
-whole log.  All integers are big-endian.
-
-Segment (``.log``)::
-
-    header, 16 bytes:
-        0   4  magic b"PCLG"
-        4   2  u16 format version (1)
-        6   2  u16 flags (reserved, 0)
-        8   8  u64 offset of the first record (equals the file name)
-    then records, back to back, until the end of the file or, in the active
-    segment, the zero bytes of its preallocated tail:
-        0   4  u32 payload length N (N > 0)
-        4   4  u32 CRC32C (Castagnoli) of the payload
-        8   N  payload: msgpack of Mutation.to_record(), see mesh.mutation
+whole log.  The formats of segments and indexes, and how opening the log
+scans and repairs a segment, are :mod:`mesh.segment`'s.
 
 A segment is rolled (sealed, and a new one started) before a record that would
 take it past ``segment_bytes``; a record is never split, and a segment always
 holds at least one record before it rolls.  Only the last segment is written.
 
-Index (``.idx``)::
-
-    0   4  magic b"PCIX"
-    4   2  u16 format version (1)
-    6   2  u16 flags (reserved, 0)
-    8   4  u32 payload length N
-    12  4  u32 CRC32C of the payload
-    16  N  payload: msgpack map
-           first:    offset of the segment's first record
-           sealed:   false while the segment is the active one
-           size:     segment size in bytes (when sealed)
-           count:    number of records (when sealed)
-           hlc:      highest hlc of the records before the segment
-           end_hlc:  highest hlc up to the segment's end (when sealed)
-           end_seqs: {origin: highest seq} up to the segment's end (when sealed)
-           marks:    [[offset, file position, {origin: highest seq before offset}], ...]
-                     the first mark is the segment's first record; then one
-                     about every MARK_BYTES of records
-
 The index is written (temp file, fsync, rename) when a segment is created and
 again when it is sealed, so that opening the log reads only the active
 segment, and so that the highest seq of every origin survives compaction.  A
 missing or bad index of a sealed segment is rebuilt by scanning the segment.
-
-Recovery on open: the active (last) segment is scanned record by record.  A
-torn or corrupt tail (short header, short payload, CRC mismatch, undecodable
-payload) is truncated to the end of the last good record and fsynced, with a
-warning; so is a last segment whose header was torn while it was created.
-Corruption inside a sealed segment raises :class:`LogCorruptError` naming the
-file and byte position, when found: on open if its index must be rebuilt,
-otherwise when :meth:`Log.replay` or :meth:`Log.read_from` reads it.
 
 Preallocation: the active segment's file is kept filled with zeros about
 ``PREFILL_BYTES`` past its last record (never past ``segment_bytes``, unless
@@ -83,23 +44,30 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import chain
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from mesh import snapshot as _snapshot
 from mesh.checksum import crc32c
-from mesh.datadir import fsync_dir, write_atomically
+from mesh.datadir import fsync_dir
 from mesh.errors import ConfigError
 from mesh.mutation import Mutation, Record, encode_records, raise_seqs, record_prefix
+from mesh.segment import (
+    FORMAT_VERSION,
+    HEADER,
+    SEGMENT_MAGIC,
+    Mark,
+    Segment,
+    read_index,
+    scan,
+    write_at,
+    write_index,
+)
 from mesh.snapshot import LogCorruptError
 
 __all__ = ["FSYNC_POLICIES", "Log", "LogCorruptError"]
@@ -107,9 +75,6 @@ __all__ = ["FSYNC_POLICIES", "Log", "LogCorruptError"]
 logger = logging.getLogger(__name__)
 
 FSYNC_POLICIES = ("always", "interval", "never")
-FORMAT_VERSION = 1
-SEGMENT_MAGIC = b"PCLG"
-INDEX_MAGIC = b"PCIX"
 #: smallest accepted ``segment_bytes`` (one header and one small record)
 MIN_SEGMENT_BYTES = 64
 #: one index mark about every this many bytes of records
@@ -118,33 +83,10 @@ MARK_BYTES = 256 * 1024
 #: record (see "Preallocation" above)
 PREFILL_BYTES = 1024 * 1024
 
-_HEADER = struct.Struct(">4sHHQ")
-_INDEX_HEADER = struct.Struct(">4sHHII")
 _FRAME = _snapshot.FRAME
-_CHUNK = _snapshot.CHUNK
-_DECODE_ERRORS = _snapshot.DECODE_ERRORS
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 _now = time.monotonic
-
-Mark = tuple[int, int, dict[str, int]]  # (offset, file position, {origin: max seq before})
-
-
-@dataclass
-class _Segment:
-    """What the log knows about one segment file."""
-
-    first: int
-    path: Path
-    size: int = _HEADER.size
-    count: int = 0
-    start_hlc: int = 0
-    marks: list[Mark] = field(default_factory=list)
-
-    @property
-    def end(self) -> int:
-        """The offset after the segment's last record."""
-        return self.first + self.count
 
 
 class Log:
@@ -185,7 +127,7 @@ class Log:
         self.retention_bytes = retention_bytes
         self._dir = self.data_dir / "log"
         self._snap_dir = self.data_dir / "snapshots"
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._seqs: dict[str, int] = {}
         self._max_hlc = 0
         self._fd = -1
@@ -278,13 +220,13 @@ class Log:
             if size + length > self.segment_bytes and (seg.count or i > start):
                 self._write_some(seg, parts, mutations, start, i)
                 self._roll()
-                seg, size, start = self._segments[-1], _HEADER.size, i
+                seg, size, start = self._segments[-1], HEADER.size, i
             size += length
         self._write_some(seg, parts, mutations, start, len(mutations))
         return seg.end - 1
 
     def _write_some(
-        self, seg: _Segment, parts: list[bytes], batch: Sequence[Record], start: int, stop: int
+        self, seg: Segment, parts: list[bytes], batch: Sequence[Record], start: int, stop: int
     ) -> None:
         """Write records ``start:stop`` of a batch that is split across segments."""
         if stop > start:
@@ -293,14 +235,14 @@ class Log:
                 _merge(self._seqs, {m[0]: m[1]})
                 self._max_hlc = max(self._max_hlc, m[2])
 
-    def _write(self, seg: _Segment, data: bytes, count: int) -> None:
+    def _write(self, seg: Segment, data: bytes, count: int) -> None:
         """Write ``count`` framed records with one call; on failure truncate them away."""
         if seg.size - seg.marks[-1][1] >= self._mark_bytes:
             seg.marks.append((seg.end, seg.size, dict(self._seqs)))
         try:
             if seg.size + len(data) > self._filled:
                 self._prefill(seg.size + len(data))
-            _write_at(self._fd, data, seg.size)
+            write_at(self._fd, data, seg.size)
         except BaseException:
             os.ftruncate(self._fd, seg.size)
             self._filled = seg.size
@@ -406,7 +348,7 @@ class Log:
         j = bisect.bisect_right(segs[i].marks, start_offset, key=lambda mk: mk[0]) - 1
         offset, pos, _seqs = segs[i].marks[j]
         plan = [(segs[i].path, pos, segs[i].size)]
-        plan += [(s.path, _HEADER.size, s.size) for s in segs[i + 1 :]]
+        plan += [(s.path, HEADER.size, s.size) for s in segs[i + 1 :]]
         return _snapshot.read_records(plan, start_offset - offset)
 
     def read_from(self, origin: str, seq: int) -> Iterator[Mutation]:
@@ -430,7 +372,7 @@ class Log:
         i = max(bisect.bisect_left(segs, seq, key=lambda s: key(s.marks[0])) - 1, 0)
         j = max(bisect.bisect_left(segs[i].marks, seq, key=key) - 1, 0)
         plan = [(segs[i].path, segs[i].marks[j][1], segs[i].size)]
-        plan += [(s.path, _HEADER.size, s.size) for s in segs[i + 1 :]]
+        plan += [(s.path, HEADER.size, s.size) for s in segs[i + 1 :]]
         return plan, record_prefix(origin)
 
     def read_range(
@@ -517,13 +459,13 @@ class Log:
             return
         for n, path in enumerate(paths):
             last = n == len(paths) - 1
-            seg = _Segment(int(path.stem), path)
+            seg = Segment(int(path.stem), path)
             if self._segments and seg.first != self._segments[-1].end:
                 prev = self._segments[-1]
                 raise LogCorruptError(
                     prev.path, prev.size, f"holds {prev.count} records but {path.name} follows"
                 )
-            index = self._read_index(seg)
+            index = read_index(seg)
             if index is not None:
                 _merge(self._seqs, index["marks"][0][2])
                 self._max_hlc = max(self._max_hlc, index["hlc"])
@@ -537,15 +479,15 @@ class Log:
             ):
                 self._load_index(seg, index)
             else:
-                self._scan(seg, last)
+                self._max_hlc = scan(seg, last, self._seqs, self._max_hlc, self._mark_bytes)
                 if not last or index is None:
-                    self._write_index(seg, sealed=not last)
+                    write_index(seg, not last, self._seqs, self._max_hlc)
             self._segments.append(seg)
         self._fd = os.open(self._segments[-1].path, os.O_WRONLY)
         self._filled = self._segments[-1].size
         fsync_dir(self._dir)
 
-    def _load_index(self, seg: _Segment, index: dict[str, Any]) -> None:
+    def _load_index(self, seg: Segment, index: dict[str, Any]) -> None:
         base = self._seqs
         seg.marks = [
             (offset, pos, _merge(dict(seqs), base)) for offset, pos, seqs in index["marks"]
@@ -554,101 +496,26 @@ class Log:
         _merge(self._seqs, index["end_seqs"])
         self._max_hlc = max(self._max_hlc, index["end_hlc"])
 
-    def _scan(self, seg: _Segment, last: bool) -> None:
-        """Rebuild ``seg``'s index by reading it; truncate a bad tail if ``last``."""
-        path = seg.path
-        with open(path, "r+b" if last else "rb") as f:
-            head = f.read(_HEADER.size)
-            if len(head) < _HEADER.size or (last and not any(head) and not any(f.read())):
-                if not last:
-                    raise LogCorruptError(path, 0, "torn segment header")
-                logger.warning("%s: torn segment header (%d bytes), rewriting it", path, len(head))
-                f.seek(0)
-                f.truncate()
-                f.write(_HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, seg.first))
-                f.flush()
-                os.fsync(f.fileno())
-                head = _HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, seg.first)
-            magic, version, _flags, first = _HEADER.unpack(head)
-            if magic != SEGMENT_MAGIC or version != FORMAT_VERSION or first != seg.first:
-                raise LogCorruptError(path, 0, "bad segment header")
-            seqs = self._seqs
-            seg.start_hlc = hlc = self._max_hlc
-            marks: list[Mark] = [(seg.first, _HEADER.size, dict(seqs))]
-            next_mark = _HEADER.size + self._mark_bytes
-            count, reason = 0, ""
-            buf, i, base = b"", 0, _HEADER.size
-            file_size = f.seek(0, os.SEEK_END)
-            f.seek(base)
-            unpack, unpackb = _FRAME.unpack_from, msgpack.unpackb
-            while not reason:
-                data = f.read(_CHUNK)
-                if not data:
-                    break
-                buf, base, i = buf[i:] + data, base + i, 0
-                n = len(buf)
-                while i + 8 <= n:
-                    length, crc = unpack(buf, i)
-                    j = i + 8 + length
-                    if j > n:
-                        if base + j > file_size:
-                            reason = "torn record"
-                        break
-                    if base + i >= next_mark:
-                        marks.append((seg.first + count, base + i, dict(seqs)))
-                        next_mark = base + i + self._mark_bytes
-                    payload = buf[i + 8 : j]
-                    if crc32c(payload) != crc or not length:
-                        reason = "CRC mismatch" if length else "empty record"
-                        break
-                    try:
-                        origin, s, h, _key, _value, _deadline = unpackb(payload)
-                        if s > seqs.get(origin, -1):
-                            seqs[origin] = s
-                        if h > hlc:
-                            hlc = h
-                    except _DECODE_ERRORS:
-                        reason = "undecodable record"
-                        break
-                    count += 1
-                    i = j
-            good = base + i
-            if not reason and i < len(buf):
-                reason = "torn record"
-            if reason == "empty record" and last and _zeros_from(f, good):
-                f.truncate(good)  # the preallocated tail: nothing was lost
-            elif reason:
-                if not last:
-                    raise LogCorruptError(path, good, reason)
-                logger.warning(
-                    "%s: %s at byte %d, truncating %d bytes", path, reason, good, file_size - good
-                )
-                f.truncate(good)
-                f.flush()
-                os.fsync(f.fileno())
-        self._max_hlc = hlc
-        seg.size, seg.count, seg.marks = good, count, marks
-
     def _create_segment(self, first: int) -> None:
         path = self._dir / f"{first:020d}.log"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            os.write(fd, _HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, first))
+            os.write(fd, HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, first))
             os.fsync(fd)
         except BaseException:
             os.close(fd)
             raise
-        seg = _Segment(first, path, start_hlc=self._max_hlc)
-        seg.marks.append((first, _HEADER.size, dict(self._seqs)))
+        seg = Segment(first, path, start_hlc=self._max_hlc)
+        seg.marks.append((first, HEADER.size, dict(self._seqs)))
         self._segments.append(seg)
-        self._fd, self._filled = fd, _HEADER.size
-        self._write_index(seg, sealed=False)
+        self._fd, self._filled = fd, HEADER.size
+        write_index(seg, False, self._seqs, self._max_hlc)
         fsync_dir(self._dir)
 
     def _prefill(self, end: int) -> None:
         """Zero-fill the active segment's file from its end to at least ``end``."""
         target = max(end, min(end + PREFILL_BYTES, self.segment_bytes))
-        _write_at(self._fd, bytes(target - self._filled), self._filled)
+        write_at(self._fd, bytes(target - self._filled), self._filled)
         self._filled = target
 
     def _roll(self) -> None:
@@ -658,54 +525,8 @@ class Log:
         os.close(self._fd)
         self._fd = -1
         self._unsynced = False
-        self._write_index(seg, sealed=True)
+        write_index(seg, True, self._seqs, self._max_hlc)
         self._create_segment(seg.end)
-
-    def _write_index(self, seg: _Segment, *, sealed: bool) -> None:
-        doc: dict[str, Any] = {"first": seg.first, "sealed": sealed, "hlc": seg.start_hlc}
-        doc["marks"] = [list(mark) for mark in seg.marks]
-        if sealed:
-            doc.update(size=seg.size, count=seg.count, end_seqs=self._seqs, end_hlc=self._max_hlc)
-        payload = msgpack.packb(doc)
-        head = _INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, 0, len(payload), crc32c(payload))
-        write_atomically(seg.path.with_suffix(".idx"), head + payload, sync_dir=False)
-
-    def _read_index(self, seg: _Segment) -> dict[str, Any] | None:
-        path = seg.path.with_suffix(".idx")
-        try:
-            data = path.read_bytes()
-            magic, version, _flags, length, crc = _INDEX_HEADER.unpack_from(data)
-            payload = data[_INDEX_HEADER.size :]
-            if magic != INDEX_MAGIC or version != FORMAT_VERSION or len(payload) != length:
-                raise ValueError("bad header")
-            if crc32c(payload) != crc:
-                raise ValueError("CRC mismatch")
-            index = msgpack.unpackb(payload, strict_map_key=False)
-            if index["first"] != seg.first or index["marks"][0][:2] != [seg.first, _HEADER.size]:
-                raise ValueError("does not match its segment")
-            return dict(index)
-        except FileNotFoundError:
-            logger.info("%s: no index, rebuilding it", path)
-        except (*_DECODE_ERRORS, struct.error, KeyError, IndexError) as exc:
-            logger.warning("%s: bad index (%s), rebuilding it", path, exc)
-        return None
-
-
-def _zeros_from(f: Any, pos: int) -> bool:
-    """Whether the file ``f`` holds only zero bytes from ``pos`` to its end."""
-    f.seek(pos)
-    while chunk := f.read(_CHUNK):
-        if chunk.strip(b"\0"):
-            return False
-    return True
-
-
-def _write_at(fd: int, data: bytes, pos: int) -> None:
-    """Write all of ``data`` at file position ``pos``."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, pos)
-        view, pos = view[written:], pos + written
 
 
 def _fdatasync_and_close(fd: int) -> None:

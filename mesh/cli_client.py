@@ -1,0 +1,152 @@
+"""The ``pycache`` client commands: ``get``, ``set``, ``del``, ``expire``,
+``persist``, ``ttl``, ``stats`` (all with ``--connect``, env ``PYCACHE_CONNECT``)
+and ``status`` (a table of the cluster).  :mod:`mesh.cli` adds them to the
+``pycache`` group (:data:`COMMANDS`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mesh.cli_exits import EXIT_MISSING, errors_to_exit_codes, split_csv
+from mesh.config import DEFAULT_API, DEFAULT_FRONT
+
+connect_option = click.option(
+    "--connect",
+    default=DEFAULT_API,
+    show_default=True,
+    envvar="PYCACHE_CONNECT",
+    help="Endpoint(s) to talk to, comma-separated.",
+)
+timeout_option = click.option(
+    "--timeout",
+    type=float,
+    default=5.0,
+    show_default=True,
+    envvar="PYCACHE_TIMEOUT",
+    help="Seconds to wait for the reply.",
+)
+
+
+def _client_call(connect: str, timeout: float, call: Callable[[Any], Any]) -> Any:
+    from mesh.client import Client
+
+    with Client(split_csv(connect), timeout=timeout) as client:
+        return call(client)
+
+
+@click.command()
+@click.argument("key")
+@connect_option
+@timeout_option
+@errors_to_exit_codes
+def get(key: str, connect: str, timeout: float) -> None:
+    """Print the value of KEY; exit 1 with no output when it is missing."""
+    value = _client_call(connect, timeout, lambda c: c.get(key))
+    if value is None:
+        sys.exit(EXIT_MISSING)
+    sys.stdout.buffer.write(value + b"\n")
+
+
+@click.command(name="set")
+@click.argument("key")
+@click.argument("value")
+@click.option("--ttl", type=float, default=None, help="Expire after this many seconds.")
+@click.option("--nx", is_flag=True, help="Only set when KEY does not exist.")
+@click.option("--xx", is_flag=True, help="Only set when KEY exists.")
+@connect_option
+@timeout_option
+@errors_to_exit_codes
+def set_(
+    key: str, value: str, ttl: float | None, nx: bool, xx: bool, connect: str, timeout: float
+) -> None:
+    """Set KEY to VALUE; prints OK, or (nil) when --nx/--xx was not met."""
+    if ttl is not None and ttl <= 0:
+        raise click.BadParameter("must be positive", param_hint="--ttl")
+    done = _client_call(connect, timeout, lambda c: c.set(key, value, ttl=ttl, nx=nx, xx=xx))
+    click.echo("OK" if done else "(nil)")
+
+
+@click.command(name="del")
+@click.argument("keys", nargs=-1, required=True)
+@connect_option
+@timeout_option
+@errors_to_exit_codes
+def del_(keys: tuple[str, ...], connect: str, timeout: float) -> None:
+    """Delete KEYS; prints how many existed."""
+    click.echo(_client_call(connect, timeout, lambda c: c.delete(*keys)))
+
+
+@click.command()
+@click.argument("key")
+@click.argument("seconds", type=float)
+@connect_option
+@timeout_option
+@errors_to_exit_codes
+def expire(key: str, seconds: float, connect: str, timeout: float) -> None:
+    """Expire KEY after SECONDS; prints 1, or 0 when KEY does not exist."""
+    if seconds <= 0:
+        raise click.BadParameter("must be positive", param_hint="SECONDS")
+    click.echo(int(_client_call(connect, timeout, lambda c: c.expire(key, seconds))))
+
+
+@click.command()
+@click.argument("key")
+@connect_option
+@timeout_option
+@errors_to_exit_codes
+def persist(key: str, connect: str, timeout: float) -> None:
+    """Remove the TTL of KEY; prints 1, or 0 when it had none."""
+    click.echo(int(_client_call(connect, timeout, lambda c: c.persist(key))))
+
+
+@click.command()
+@click.argument("key")
+@connect_option
+@timeout_option
+@errors_to_exit_codes
+def ttl(key: str, connect: str, timeout: float) -> None:
+    """Print the seconds KEY has left: -1 no TTL, -2 no such key."""
+    click.echo(_client_call(connect, timeout, lambda c: c.ttl(key)))
+
+
+@click.command()
+@connect_option
+@timeout_option
+@errors_to_exit_codes
+def stats(connect: str, timeout: float) -> None:
+    """Print the node's statistics as JSON."""
+    click.echo(json.dumps(_client_call(connect, timeout, lambda c: c.stats()), indent=2))
+
+
+@click.command()
+@click.option(
+    "--connect",
+    default=DEFAULT_FRONT,
+    show_default=True,
+    envvar="PYCACHE_STATUS_CONNECT",
+    help="A balancer (every node) or a node (itself and its peers).",
+)
+@timeout_option
+@errors_to_exit_codes
+def status(connect: str, timeout: float) -> None:
+    """Print the cluster as a table: state, lag, keys and digest of every node."""
+    nodes = _client_call(connect, timeout, lambda c: c.cluster())["nodes"]
+    columns = ["node_id", "state", "in_rotation", "lag_entries", "lag_ms", "keys", "digest"]
+    rows = []
+    for node in nodes:
+        lag = node.get("lag") or {}
+        cells = {**node, "lag_entries": lag.get("entries"), "lag_ms": lag.get("ms")}
+        rows.append(["-" if cells.get(c) is None else str(cells[c]) for c in columns])
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    for line in [columns, *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+
+
+#: the commands, in the order ``pycache --help`` lists them
+COMMANDS = [get, set_, del_, expire, persist, ttl, stats, status]

@@ -1,0 +1,220 @@
+"""One segment of the log (:mod:`mesh.log`) and its index file: their formats,
+the scan that rebuilds what the log knows of a segment, and index I/O.
+
+All integers are big-endian.
+
+Segment (``.log``)::
+
+    header, 16 bytes:
+        0   4  magic b"PCLG"
+        4   2  u16 format version (1)
+        6   2  u16 flags (reserved, 0)
+        8   8  u64 offset of the first record (equals the file name)
+    then records, back to back, until the end of the file or, in the active
+    segment, the zero bytes of its preallocated tail:
+        0   4  u32 payload length N (N > 0)
+        4   4  u32 CRC32C (Castagnoli) of the payload
+        8   N  payload: msgpack of Mutation.to_record(), see mesh.mutation
+
+Index (``.idx``)::
+
+    0   4  magic b"PCIX"
+    4   2  u16 format version (1)
+    6   2  u16 flags (reserved, 0)
+    8   4  u32 payload length N
+    12  4  u32 CRC32C of the payload
+    16  N  payload: msgpack map
+           first:    offset of the segment's first record
+           sealed:   false while the segment is the active one
+           size:     segment size in bytes (when sealed)
+           count:    number of records (when sealed)
+           hlc:      highest hlc of the records before the segment
+           end_hlc:  highest hlc up to the segment's end (when sealed)
+           end_seqs: {origin: highest seq} up to the segment's end (when sealed)
+           marks:    [[offset, file position, {origin: highest seq before offset}], ...]
+                     the first mark is the segment's first record; then one
+                     about every mesh.log.MARK_BYTES of records
+
+Recovery on open: the active (last) segment is scanned record by record.  A
+torn or corrupt tail (short header, short payload, CRC mismatch, undecodable
+payload) is truncated to the end of the last good record and fsynced, with a
+warning; so is a last segment whose header was torn while it was created.
+Corruption inside a sealed segment raises :class:`LogCorruptError` naming the
+file and byte position, when found: on open if its index must be rebuilt,
+otherwise when :meth:`mesh.log.Log.replay` or ``read_from`` reads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from mesh import snapshot as _snapshot
+from mesh.checksum import crc32c
+from mesh.datadir import write_atomically
+from mesh.snapshot import LogCorruptError
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SEGMENT_MAGIC = b"PCLG"
+INDEX_MAGIC = b"PCIX"
+HEADER = struct.Struct(">4sHHQ")
+INDEX_HEADER = struct.Struct(">4sHHII")
+_FRAME = _snapshot.FRAME
+_CHUNK = _snapshot.CHUNK
+_DECODE_ERRORS = _snapshot.DECODE_ERRORS
+
+Mark = tuple[int, int, dict[str, int]]  # (offset, file position, {origin: max seq before})
+
+
+@dataclass
+class Segment:
+    """What the log knows about one segment file."""
+
+    first: int
+    path: Path
+    size: int = HEADER.size
+    count: int = 0
+    start_hlc: int = 0
+    marks: list[Mark] = field(default_factory=list)
+
+    @property
+    def end(self) -> int:
+        """The offset after the segment's last record."""
+        return self.first + self.count
+
+
+def scan(seg: Segment, last: bool, seqs: dict[str, int], hlc: int, mark_bytes: int) -> int:
+    """Rebuild ``seg``'s size, count and marks by reading it; truncate a bad tail
+    if ``last`` (see the module docstring).  ``seqs`` (origin -> highest seq) and
+    ``hlc`` are what the records before the segment hold: ``seqs`` is raised in
+    place past its records; returns the highest hlc up to its end."""
+    path = seg.path
+    with open(path, "r+b" if last else "rb") as f:
+        head = f.read(HEADER.size)
+        if len(head) < HEADER.size or (last and not any(head) and not any(f.read())):
+            if not last:
+                raise LogCorruptError(path, 0, "torn segment header")
+            logger.warning("%s: torn segment header (%d bytes), rewriting it", path, len(head))
+            f.seek(0)
+            f.truncate()
+            f.write(HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, seg.first))
+            f.flush()
+            os.fsync(f.fileno())
+            head = HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, seg.first)
+        magic, version, _flags, first = HEADER.unpack(head)
+        if magic != SEGMENT_MAGIC or version != FORMAT_VERSION or first != seg.first:
+            raise LogCorruptError(path, 0, "bad segment header")
+        seg.start_hlc = hlc
+        marks: list[Mark] = [(seg.first, HEADER.size, dict(seqs))]
+        next_mark = HEADER.size + mark_bytes
+        count, reason = 0, ""
+        buf, i, base = b"", 0, HEADER.size
+        file_size = f.seek(0, os.SEEK_END)
+        f.seek(base)
+        unpack, unpackb = _FRAME.unpack_from, msgpack.unpackb
+        while not reason:
+            data = f.read(_CHUNK)
+            if not data:
+                break
+            buf, base, i = buf[i:] + data, base + i, 0
+            n = len(buf)
+            while i + 8 <= n:
+                length, crc = unpack(buf, i)
+                j = i + 8 + length
+                if j > n:
+                    if base + j > file_size:
+                        reason = "torn record"
+                    break
+                if base + i >= next_mark:
+                    marks.append((seg.first + count, base + i, dict(seqs)))
+                    next_mark = base + i + mark_bytes
+                payload = buf[i + 8 : j]
+                if crc32c(payload) != crc or not length:
+                    reason = "CRC mismatch" if length else "empty record"
+                    break
+                try:
+                    origin, s, h, _key, _value, _deadline = unpackb(payload)
+                    if s > seqs.get(origin, -1):
+                        seqs[origin] = s
+                    if h > hlc:
+                        hlc = h
+                except _DECODE_ERRORS:
+                    reason = "undecodable record"
+                    break
+                count += 1
+                i = j
+        good = base + i
+        if not reason and i < len(buf):
+            reason = "torn record"
+        if reason == "empty record" and last and zeros_from(f, good):
+            f.truncate(good)  # the preallocated tail: nothing was lost
+        elif reason:
+            if not last:
+                raise LogCorruptError(path, good, reason)
+            logger.warning(
+                "%s: %s at byte %d, truncating %d bytes", path, reason, good, file_size - good
+            )
+            f.truncate(good)
+            f.flush()
+            os.fsync(f.fileno())
+    seg.size, seg.count, seg.marks = good, count, marks
+    return hlc
+
+
+def write_index(seg: Segment, sealed: bool, end_seqs: dict[str, int], end_hlc: int) -> None:
+    """Write ``seg``'s index file (temp file, fsync, rename); ``end_seqs`` and
+    ``end_hlc``, what the log holds up to the segment's end, are kept once sealed."""
+    doc: dict[str, Any] = {"first": seg.first, "sealed": sealed, "hlc": seg.start_hlc}
+    doc["marks"] = [list(mark) for mark in seg.marks]
+    if sealed:
+        doc.update(size=seg.size, count=seg.count, end_seqs=end_seqs, end_hlc=end_hlc)
+    payload = msgpack.packb(doc)
+    head = INDEX_HEADER.pack(INDEX_MAGIC, FORMAT_VERSION, 0, len(payload), crc32c(payload))
+    write_atomically(seg.path.with_suffix(".idx"), head + payload, sync_dir=False)
+
+
+def read_index(seg: Segment) -> dict[str, Any] | None:
+    """``seg``'s index as a dict, or None when it is missing or bad (rebuild it then)."""
+    path = seg.path.with_suffix(".idx")
+    try:
+        data = path.read_bytes()
+        magic, version, _flags, length, crc = INDEX_HEADER.unpack_from(data)
+        payload = data[INDEX_HEADER.size :]
+        if magic != INDEX_MAGIC or version != FORMAT_VERSION or len(payload) != length:
+            raise ValueError("bad header")
+        if crc32c(payload) != crc:
+            raise ValueError("CRC mismatch")
+        index = msgpack.unpackb(payload, strict_map_key=False)
+        if index["first"] != seg.first or index["marks"][0][:2] != [seg.first, HEADER.size]:
+            raise ValueError("does not match its segment")
+        return dict(index)
+    except FileNotFoundError:
+        logger.info("%s: no index, rebuilding it", path)
+    except (*_DECODE_ERRORS, struct.error, KeyError, IndexError) as exc:
+        logger.warning("%s: bad index (%s), rebuilding it", path, exc)
+    return None
+
+
+def zeros_from(f: Any, pos: int) -> bool:
+    """Whether the file ``f`` holds only zero bytes from ``pos`` to its end."""
+    f.seek(pos)
+    while chunk := f.read(_CHUNK):
+        if chunk.strip(b"\0"):
+            return False
+    return True
+
+
+def write_at(fd: int, data: bytes, pos: int) -> None:
+    """Write all of ``data`` at file position ``pos``."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, pos)
+        view, pos = view[written:], pos + written
