@@ -297,6 +297,10 @@ def test_killed_node_restarts_with_every_acknowledged_write(procs, fsync):
         n3.kill()
         at_kill = {w.prefix: w.count() for w in writers}
         wait_count(writers[:2], lambda w: at_kill[w.prefix] + 500, "writes while n3 is down")
+        # A restart is quick (0.2 s): let n3's writer see its node gone first (its
+        # client times out in 1 s), or its next pipeline could simply wait for
+        # the new process and never be in doubt.
+        wait_for(lambda: writers[2].in_doubt or writers[2].refused, 10, "n3's writer to notice")
         before_restart = merged(writers)
         n3.start()  # same ports; returns once ready
         new_origin = stats_of(n3)["origin"]
