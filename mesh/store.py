@@ -166,7 +166,8 @@ class Store:
 
         One call for a whole batch (replay, catch-up, PUB messages): the
         per-entry work is the same, without a call and the attribute lookups
-        per entry.
+        per entry (byte accounting included: kept in a local until the end,
+        or until an eviction needs it).
         """
         live, tombs, origins, dirty, ttl_keys = (
             self._live,
@@ -175,54 +176,60 @@ class Store:
             self._dirty,
             self._ttl_keys,
         )
-        bounded, now = self._bounded, 0
-        changed = 0
-        for origin, _, hlc, key, value, deadline in mutations:
-            old = live.get(key)
-            if old is not None:
-                if hlc < old[1] or (hlc == old[1] and origin <= old[2]):
-                    continue
-                self._bytes -= len(key) + len(old[0]) + ENTRY_OVERHEAD
-                if old[4]:
-                    self._digest ^= old[4]
-                if old[3]:
-                    self._ttl_count -= 1
-            else:
-                tomb = tombs.get(key)
-                if tomb is not None:
-                    if hlc < tomb[1] or (hlc == tomb[1] and origin <= tomb[2]):
-                        continue
-                    del tombs[key]
-                    self._bytes -= len(key) + TOMBSTONE_OVERHEAD
-            changed += 1
-            origin = origins.setdefault(origin, origin)
-            if deadline and value is not None:
-                now = now or self._now_ms()  # read once per call: a batch is one instant
-                if deadline <= now:
-                    self._expired += 1
-                    value = None
-            if value is None:
+        bounded, now, dirty_limit = self._bounded, 0, self._dirty_limit
+        changed = size = 0
+        try:
+            for origin, _, hlc, key, value, deadline in mutations:
+                old = live.get(key)
                 if old is not None:
-                    del live[key]
-                tombs[key] = (None, hlc, origin, 0, 0)
-                self._bytes += len(key) + TOMBSTONE_OVERHEAD
-            else:
-                live[key] = (value, hlc, origin, deadline, 0)
-                dirty.append(key)
-                if len(dirty) > self._dirty_limit:
-                    self._compact_dirty()
-                    dirty = self._dirty
-                self._bytes += len(key) + len(value) + ENTRY_OVERHEAD
-                if deadline:
-                    self._ttl_count += 1
-                    ttl_keys.append(key)
-                    if len(ttl_keys) > self._ttl_limit:
-                        self._compact_ttl()
-                        ttl_keys = self._ttl_keys
-                if old is not None and bounded:
-                    live.move_to_end(key)  # type: ignore[attr-defined]
-            if bounded and (len(live) > self._key_limit or self._bytes > self._byte_limit):
-                self._evict()
+                    if hlc < old[1] or (hlc == old[1] and origin <= old[2]):
+                        continue
+                    size -= len(key) + len(old[0]) + ENTRY_OVERHEAD
+                    if old[4]:
+                        self._digest ^= old[4]
+                    if old[3]:
+                        self._ttl_count -= 1
+                elif tombs:
+                    tomb = tombs.get(key)
+                    if tomb is not None:
+                        if hlc < tomb[1] or (hlc == tomb[1] and origin <= tomb[2]):
+                            continue
+                        del tombs[key]
+                        size -= len(key) + TOMBSTONE_OVERHEAD
+                changed += 1
+                origin = origins.setdefault(origin, origin)
+                if deadline and value is not None:
+                    now = now or self._now_ms()  # read once per call: a batch is one instant
+                    if deadline <= now:
+                        self._expired += 1
+                        value = None
+                if value is None:
+                    if old is not None:
+                        del live[key]
+                    tombs[key] = (None, hlc, origin, 0, 0)
+                    size += len(key) + TOMBSTONE_OVERHEAD
+                else:
+                    live[key] = (value, hlc, origin, deadline, 0)
+                    dirty.append(key)
+                    if len(dirty) > dirty_limit:
+                        self._compact_dirty()
+                        dirty, dirty_limit = self._dirty, self._dirty_limit
+                    size += len(key) + len(value) + ENTRY_OVERHEAD
+                    if deadline:
+                        self._ttl_count += 1
+                        ttl_keys.append(key)
+                        if len(ttl_keys) > self._ttl_limit:
+                            self._compact_ttl()
+                            ttl_keys = self._ttl_keys
+                    if old is not None and bounded:
+                        live.move_to_end(key)  # type: ignore[attr-defined]
+                if bounded:
+                    self._bytes += size
+                    size = 0
+                    if len(live) > self._key_limit or self._bytes > self._byte_limit:
+                        self._evict()
+        finally:
+            self._bytes += size
         return changed
 
     def _evict(self) -> None:
