@@ -796,10 +796,15 @@ def test_node_http_is_not_ready_until_caught_up(procs, holding_peer):
     status = node.data_dir / "node.json"
 
     def catching_up() -> dict | None:
-        info = json.loads(status.read_text()) if status.exists() else {}
         assert node.process is not None
-        ok = info.get("pid") == node.process.pid and info.get("state") == "catching-up"
-        return info if ok else None
+        if node.process.poll() is not None:
+            pytest.fail(f"node exited with {node.process.returncode}: {node.stderr()}")
+        info = json.loads(status.read_text()) if status.exists() else {}
+        if info.get("pid") != node.process.pid:
+            return None
+        if info.get("state") == "ready":  # it should wait for the peer that holds its fetch
+            pytest.fail(f"node ready without its peer: {info}; {node.stderr()}")
+        return info if info.get("state") == "catching-up" else None
 
     url = wait_for(catching_up, 15, "the node to catch up with its HTTP API up")["http"]
     ready = call(url, "GET", "/api/ready/")
