@@ -207,13 +207,13 @@ class Log:
         hlc = max(self._max_hlc, max(map(itemgetter(2), mutations)))
         # one C-level pass per step (a Python loop per record cost twice as much)
         frames = list(map(_FRAME.pack, map(len, records), map(crc32c, records)))
+        parts = list(chain.from_iterable(zip(frames, records, strict=True)))
         seg = self._segments[-1]
-        data = b"".join(chain.from_iterable(zip(frames, records, strict=True)))
+        data = b"".join(parts)
         if seg.size + len(data) <= self.segment_bytes:
             self._write(seg, data, len(mutations))
             self._seqs, self._max_hlc = seqs, hlc
             return seg.end - 1
-        parts = list(chain.from_iterable(zip(frames, records, strict=True)))
         start, size = 0, seg.size  # the batch crosses segment_bytes: split it, rolling
         for i in range(len(mutations)):
             length = len(parts[2 * i]) + len(parts[2 * i + 1])
@@ -231,9 +231,9 @@ class Log:
         """Write records ``start:stop`` of a batch that is split across segments."""
         if stop > start:
             self._write(seg, b"".join(parts[2 * start : 2 * stop]), stop - start)
-            for m in batch[start:stop]:
-                _merge(self._seqs, {m[0]: m[1]})
-                self._max_hlc = max(self._max_hlc, m[2])
+            written = batch[start:stop]
+            self._seqs = raise_seqs(self._seqs, written)
+            self._max_hlc = max(self._max_hlc, max(map(itemgetter(2), written)))
 
     def _write(self, seg: Segment, data: bytes, count: int) -> None:
         """Write ``count`` framed records with one call; on failure truncate them away."""

@@ -99,8 +99,8 @@ def raise_seqs(seqs: dict[str, int], entries: Iterable[Record]) -> dict[str, int
 
 
 def encode_records(mutations: Sequence[Record]) -> list[bytes]:
-    """Each mutation's record as msgpack bytes: the payload of its log record,
-    and what replication messages carry, so that a receiver logs the bytes it
-    got instead of encoding the entry again."""
+    """Each mutation's record as msgpack bytes: the payload of its log record.
+    An origin encodes its own writes once, for its log and its PUB messages
+    (:func:`mesh.peerwire.encode_entries` puts these bytes inline)."""
     pack = _pack_record
     return [pack(m) for m in mutations]  # a Mutation packs as its record array

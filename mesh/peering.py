@@ -39,7 +39,8 @@ from mesh import peerwire
 from mesh.datadir import write_atomically
 from mesh.errors import ProtocolError
 from mesh.log import Log
-from mesh.replication import READY, Batch, Fetch, Replica, advanced
+from mesh.mutation import raise_seqs
+from mesh.replication import READY, Batch, Fetch, Replica
 from mesh.zsock import drain, readable, send_frames, socket_fd
 
 log = logging.getLogger(__name__)
@@ -415,7 +416,7 @@ class Peering:
         if batch.snapshot:
             guess = Fetch(0, fetch.vv, True, batch.session, batch.cursor)
         else:
-            guess = Fetch(0, advanced(fetch.vv, batch.entries))
+            guess = Fetch(0, raise_seqs(fetch.vv, batch.entries))
         ahead = self.replica.serve(node_id, guess, now)
         self._prepared[node_id] = (_fetch_key(guess), ahead, peerwire.pack_entries(ahead.entries))
 

@@ -110,15 +110,6 @@ class Batch:
     need_full: bool = False
 
 
-def advanced(vv: dict[str, int], entries: Iterable[Record]) -> dict[str, int]:
-    """A copy of ``vv`` moved up to ``entries``' seqs: what applying a batch read from a log gives.
-
-    Both ends of a catch-up guess the next fetch with it: the requester to ask
-    ahead (:meth:`Replica.prefetch`), the serving peer to read ahead.
-    """
-    return raise_seqs(vv, entries)
-
-
 @dataclass
 class PeerView:
     """What this node knows about one peer."""
@@ -461,7 +452,7 @@ class Replica:
         ):
             return None
         self._ids += 1
-        peer.ahead = Fetch(self._ids, advanced(self.vv, batch.entries))
+        peer.ahead = Fetch(self._ids, raise_seqs(self.vv, batch.entries))
         self.counters["fetches"] += 1
         return peer.ahead
 
