@@ -86,10 +86,10 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import compile_mesh, cpu_seconds, median_of, print_table, write_json  # noqa: E402
 
-from mesh import peerwire, wire  # noqa: E402
 from mesh.client import Client  # noqa: E402
-from mesh.errors import PyCacheError  # noqa: E402
-from mesh.supervisor import die_with_parent  # noqa: E402
+from mesh.core import peerwire, wire  # noqa: E402
+from mesh.core.errors import PyCacheError  # noqa: E402
+from mesh.roles.supervisor import die_with_parent  # noqa: E402
 
 VALUE = b"v" * 100
 ANY = "tcp://127.0.0.1:*"
@@ -536,7 +536,7 @@ class LagObserver:
 
     def _on_frame(self, frame: bytes, now: float) -> None:
         # ["H" or "P", node, origin, state, vv, ...] and ["E", origin, [record, ...]]
-        # (mesh.peerwire; "P" is the progress beat a node sends right after applying)
+        # (mesh.core.peerwire; "P" is the progress beat a node sends right after applying)
         body = msgpack.unpackb(memoryview(frame)[1:], raw=False)
         if body[0] in (peerwire.HEARTBEAT, peerwire.PROGRESS):
             node, origin, vv = body[1], body[2], body[4]

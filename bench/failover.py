@@ -69,7 +69,7 @@ from common import (  # noqa: E402
 )
 from throughput import fill  # noqa: E402  (the key space of bench/throughput.py)
 
-from mesh import wire  # noqa: E402
+from mesh.core import wire  # noqa: E402
 
 try:
     from tqdm import tqdm

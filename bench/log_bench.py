@@ -1,4 +1,4 @@
-"""Benchmark mesh.log against plain-file loops doing the same I/O.
+"""Benchmark mesh.storage.log against plain-file loops doing the same I/O.
 
 Appends: for each fsync policy, records/s of ``Log.append`` + ``Log.flush``
 per batch (plus ``Log.tick`` every 100 ms under ``interval``, as the node's
@@ -35,9 +35,9 @@ from pathlib import Path
 import msgpack
 from crc32c import crc32c
 
-from mesh.log import Log
-from mesh.mutation import Mutation
-from mesh.snapshot import FRAME
+from mesh.core.mutation import Mutation
+from mesh.storage.log import Log
+from mesh.storage.snapshot import FRAME
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INTERVAL_S = 0.1
@@ -198,7 +198,8 @@ def main() -> None:
 
     record_bytes = statistics.mean(len(f) for f in frames)
     print(
-        f"mesh.log benchmark: {args.records:,} records/run of {record_bytes:.0f} bytes framed, "
+        f"mesh.storage.log benchmark: {args.records:,} records/run of {record_bytes:.0f} bytes "
+        "framed, "
         f"batches of {args.batch}, replay of {args.replay_records:,}; "
         f"median of {args.runs} runs"
     )

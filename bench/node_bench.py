@@ -33,7 +33,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
-from mesh import wire  # noqa: E402
+from mesh.core import wire  # noqa: E402
 
 VALUE = b"v" * 100
 KEYS = 10_000

@@ -24,12 +24,12 @@ import zmq.asyncio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import median_of, print_table, write_json  # noqa: E402
 
-from mesh.clock import pack, wall_ms  # noqa: E402
-from mesh.config import NodeConfig  # noqa: E402
-from mesh.datadir import open_identity  # noqa: E402
-from mesh.log import Log  # noqa: E402
-from mesh.mutation import Mutation  # noqa: E402
-from mesh.node import Node  # noqa: E402
+from mesh.core.clock import pack, wall_ms  # noqa: E402
+from mesh.core.mutation import Mutation  # noqa: E402
+from mesh.roles.config import NodeConfig  # noqa: E402
+from mesh.roles.node import Node  # noqa: E402
+from mesh.storage.datadir import open_identity  # noqa: E402
+from mesh.storage.log import Log  # noqa: E402
 
 TARGET = 300_000
 VALUE = b"v" * 100

@@ -76,7 +76,7 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from mesh import wire  # noqa: E402
+from mesh.core import wire  # noqa: E402
 
 try:
     from tqdm import tqdm

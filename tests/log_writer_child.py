@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sys
 
-from mesh.log import Log
-from mesh.mutation import Mutation
+from mesh.core.mutation import Mutation
+from mesh.storage.log import Log
 
 
 def record(i: int) -> Mutation:

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mesh.supervisor import die_with_parent
+from mesh.roles.supervisor import die_with_parent
 
 SUBNET = "198.18.0"
 PREFIX = "pc"
@@ -379,7 +379,7 @@ class Agent:
 
 def _outcome(call: Any) -> list:
     """``["ok", result]``, ``["fail", reason]`` (definitely refused) or ``["unknown", why]``."""
-    from mesh.errors import ConnectionFailed, PyCacheError, Timeout, WriteNotAcknowledged
+    from mesh.core.errors import ConnectionFailed, PyCacheError, Timeout, WriteNotAcknowledged
 
     try:
         return ["ok", call()]

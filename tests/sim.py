@@ -1,9 +1,9 @@
 """Deterministic simulation of PyCache replication (the "simulation" tier of TESTING.md).
 
 The whole cluster runs in one process on a virtual clock: 3 to 5 nodes, each a
-real :class:`mesh.store.Store`, :class:`mesh.clock.HybridClock` and
-:class:`mesh.replication.Replica` over a model log, driven the way
-``mesh.peering`` drives them, and a seeded network between them.  Every
+real :class:`mesh.core.store.Store`, :class:`mesh.core.clock.HybridClock` and
+:class:`mesh.core.replication.Replica` over a model log, driven the way
+``mesh.roles.peering`` drives them, and a seeded network between them.  Every
 random choice comes from one ``random.Random(seed)``; events run from a heap
 ordered by (virtual time, insertion counter); nothing reads the real clock.
 So ``run(seed)`` always does exactly the same thing, and a failure names the
@@ -16,7 +16,7 @@ What is modelled
 Node
     A client write (SET, DEL of a live key, MSET) becomes full-state mutations
     stamped ``origin = "<node>/<incarnation>"``, ``seq = vv[origin] + 1 ...``
-    and ``hlc = clock.now()``, as :mod:`mesh.commands` does; they are applied,
+    and ``hlc = clock.now()``, as :mod:`mesh.core.commands` does; they are applied,
     ``commit_local``-ed, fsynced, and only then PUBlished to every peer and
     recorded as acknowledged (w=1).  Clients write to ready nodes (as the
     balancer does), and now and then to one still catching up.  A PUB batch
@@ -78,10 +78,10 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
-from mesh.clock import HybridClock
-from mesh.mutation import Mutation, encode_records
-from mesh.replication import READY, Batch, Fetch, Replica
-from mesh.store import Store
+from mesh.core.clock import HybridClock
+from mesh.core.mutation import Mutation, encode_records
+from mesh.core.replication import READY, Batch, Fetch, Replica
+from mesh.core.store import Store
 
 WALL_EPOCH_MS = 1_700_000_000_000
 """Wall-clock ms at virtual time 0 (skew moves each node's wall off it)."""
@@ -185,7 +185,7 @@ class Snapshot(NamedTuple):
 
 
 class SimLog:
-    """The model log (``mesh.replication.ReplicaLog``): a synced prefix, compaction.
+    """The model log (``mesh.core.replication.ReplicaLog``): a synced prefix, compaction.
 
     ``base`` is the absolute position of ``records[0]``; ``synced`` the absolute
     end of what survives a crash.
@@ -536,7 +536,7 @@ class Sim:
         mutations = []
         for key, value in ops:
             if value is None and store.get(key, record_stats=False) is None:
-                continue  # DEL of a missing key: nothing to write (as Commands)
+                continue  # DEL of a missing key: nothing to write (as CommandExecutor)
             seq += 1
             m = Mutation(node.origin, seq, clock.now(), key, value, 0)
             if not store.apply(m):

@@ -1,12 +1,12 @@
 """The balancer: its pick rule (no sockets), then real nodes behind a real balancer.
 
-Unit tests drive :class:`mesh.balancer.Pool` over hand-made links.  The
+Unit tests drive :class:`mesh.roles.balancer.Pool` over hand-made links.  The
 process tests start ``pycache node`` and ``pycache balancer`` children
 (``procs`` fixture), run client threads through the balancer (:class:`Load`,
 which records every request's latency and error) and inject faults with real
 signals: SIGKILL (a crash), SIGSTOP / SIGCONT (a hung node), a restart that
 leaves a node catching up, every node gone.  What the module docstring of
-:mod:`mesh.balancer` promises is what is asserted: no client sees a failure
+:mod:`mesh.roles.balancer` promises is what is asserted: no client sees a failure
 while at least one node is ready, a hung node is out of rotation within 1 s,
 a request in flight on a failing node is answered once, by another node, and
 with no ready node the client gets ``NOT_READY: no ready node`` after
@@ -28,11 +28,11 @@ from datetime import datetime
 import pytest
 import zmq
 
-from mesh import wire
-from mesh.balancer import Link, Pending, Pool, _messages
 from mesh.client import Client
-from mesh.config import BalancerConfig
-from mesh.errors import ConfigError, NotReady, Timeout
+from mesh.core import wire
+from mesh.core.errors import ConfigError, NotReady, Timeout
+from mesh.roles.balancer import Link, Pending, Pool, _messages
+from mesh.roles.config import BalancerConfig
 from tests.conftest import BalancerProcess, NodeProcess, Processes, wait_for
 from tests.test_protocol_doc import run_complete_script
 

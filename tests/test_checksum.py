@@ -1,10 +1,10 @@
-"""mesh.checksum: the crc32c extension loaded without the package's import cost."""
+"""mesh.storage.checksum: the crc32c extension loaded without the package's import cost."""
 
 from __future__ import annotations
 
 import crc32c as package
 
-from mesh import checksum
+from mesh.storage import checksum
 
 
 def test_crc32c_matches_the_standard_check_value_and_the_package():

@@ -1,4 +1,4 @@
-"""Unit tests for mesh.clock: packing, monotonicity, receive rule, restarts."""
+"""Unit tests for mesh.core.clock: packing, monotonicity, receive rule, restarts."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.clock import (
+from mesh.core.clock import (
     LOGICAL_BITS,
     LOGICAL_MASK,
     MAX_HLC,
@@ -18,7 +18,7 @@ from mesh.clock import (
     unpack,
     wall_ms,
 )
-from mesh.errors import ConfigError
+from mesh.core.errors import ConfigError
 
 T0 = 1_700_000_000_000
 

@@ -36,7 +36,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from mesh.cli import main
-from mesh.config import check_endpoint
+from mesh.roles.config import check_endpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -311,7 +311,7 @@ def test_dockerfile_installs_the_package_as_a_non_root_user(services):
 
 
 def test_dockerignore_keeps_what_the_image_needs():
-    for path in ("setup.py", "README.md", "mesh/__init__.py", "mesh/cli.py"):
+    for path in ("setup.py", "README.md", "mesh/__init__.py", "mesh/cli/__init__.py"):
         assert not ignored(path), path
     for path in (
         ".git/HEAD",

@@ -1,4 +1,4 @@
-"""The HTTP edge (mesh/edge.py): the seed's REST API on both HTTP doors.
+"""The HTTP edge (mesh/roles/edge.py): the seed's REST API on both HTTP doors.
 
 Three layers:
 
@@ -38,13 +38,15 @@ import zmq
 import zmq.asyncio
 from click.testing import CliRunner
 
-from mesh import cacheapi, edge, peerwire, wire
 from mesh.cli import main
 from mesh.client import Client
-from mesh.config import EdgeConfig, Limits
-from mesh.errors import ConfigError
-from mesh.replication import Batch
-from mesh.supervisor import die_with_parent
+from mesh.core import peerwire, wire
+from mesh.core.errors import ConfigError
+from mesh.core.limits import Limits
+from mesh.core.replication import Batch
+from mesh.roles import cacheapi, edge
+from mesh.roles.config import EdgeConfig
+from mesh.roles.supervisor import die_with_parent
 from tests.conftest import NodeProcess, Processes, wait_for
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")

@@ -36,15 +36,15 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from mesh import wire
-from mesh.config import Limits
-from mesh.errors import ProtocolError
+from mesh.core import wire
+from mesh.core.errors import ProtocolError
+from mesh.core.limits import Limits
 from tests.conftest import NodeProcess
 
 pytestmark = pytest.mark.processes
 
 # Codes and limits as docs/protocol.md fixes them: spelled out, not imported from
-# mesh.wire, so that a change there cannot silently change what these tests expect.
+# mesh.core.wire, so that a change there cannot silently change what these tests expect.
 OK, MALFORMED, VERSION, UNKNOWN_OP, BAD_ARGS, BAD_KEY, TOO_LARGE = 0, 1, 2, 3, 4, 5, 6
 NAMES = {0: "OK", 1: "MALFORMED", 2: "VERSION", 3: "UNKNOWN_OP", 4: "BAD_ARGS", 5: "BAD_KEY"}
 NAMES.update({6: "TOO_LARGE", 99: "INTERNAL"})
@@ -368,7 +368,7 @@ def cache(node: NodeProcess) -> Iterator[Cache]:
 
 
 def reference(data: bytes) -> tuple[int, int | None, str | None]:
-    """What mesh.wire's decoder makes of a frame: (code, id, op)."""
+    """What mesh.core.wire's decoder makes of a frame: (code, id, op)."""
     try:
         decoded = wire.decode_request(data, Limits())
     except ProtocolError as exc:
@@ -1220,7 +1220,7 @@ def test_maps_with_non_string_keys_get_the_op_error_with_the_id(cache):
     cache.assert_intact()
     if found:
         pytest.fail(
-            "BUG in mesh/wire.py decode_request (or the doc): msgpack's default "
+            "BUG in mesh/core/wire.py decode_request (or the doc): msgpack's default "
             "strict_map_key=True rejects valid msgpack maps with non-string keys while "
             "decoding, so they get MALFORMED with a nil id instead of the op's error:\n  "
             + "\n  ".join(found)
@@ -1243,7 +1243,7 @@ def test_set_options_with_repeated_names_are_rejected(cache):
     cache.assert_intact()
     if found:
         pytest.fail(
-            "BUG in mesh/wire.py _v_set: the 3-entry limit is checked on the decoded dict, "
+            "BUG in mesh/core/wire.py _v_set: the 3-entry limit is checked on the decoded dict, "
             "after repeated names collapsed, so a wire map of more entries is executed:\n  "
             + "\n  ".join(found)
         )

@@ -1,4 +1,4 @@
-"""Tests of mesh.log (segments, recovery, index, fsync policy, compaction) and mesh.snapshot."""
+"""Tests of mesh.storage.log (segments, recovery, index, fsync, compaction) and its snapshots."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from crc32c import crc32c
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mesh.log
-from mesh.errors import ConfigError
-from mesh.log import Log, LogCorruptError
-from mesh.mutation import Mutation, encode_records
+import mesh.storage.log
+from mesh.core.errors import ConfigError
+from mesh.core.mutation import Mutation, encode_records
+from mesh.storage.log import Log, LogCorruptError
 from tests.log_writer_child import record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,8 +247,8 @@ def test_write_back_runs_beside_appends_and_leaves_the_fsync_to_flush(
     never counts as the log's fsync; it outlives a roll of the segment."""
     open_fds = set(os.listdir("/proc/self/fd"))
     synced: list[int] = []
-    real = mesh.log._fdatasync
-    monkeypatch.setattr(mesh.log, "_fdatasync", lambda fd: (synced.append(fd), real(fd)))
+    real = mesh.storage.log._fdatasync
+    monkeypatch.setattr(mesh.storage.log, "_fdatasync", lambda fd: (synced.append(fd), real(fd)))
     log = Log(tmp_path, segment_bytes=4096)
     log.write_back()  # nothing appended: nothing to do
     assert log._writing_back is None
@@ -471,8 +471,8 @@ def fsyncs(monkeypatch: pytest.MonkeyPatch) -> tuple[list[int], list[float]]:
     """Count data fsyncs and drive the log's clock by hand: ``(calls, [now])``."""
     calls: list[int] = []
     now = [1000.0]
-    monkeypatch.setattr(mesh.log, "_fdatasync", calls.append)
-    monkeypatch.setattr(mesh.log, "_now", lambda: now[0])
+    monkeypatch.setattr(mesh.storage.log, "_fdatasync", calls.append)
+    monkeypatch.setattr(mesh.storage.log, "_now", lambda: now[0])
     return calls, now
 
 
@@ -538,7 +538,7 @@ def test_failed_fsync_poisons_the_log(tmp_path: Path, monkeypatch: pytest.Monkey
 
     log = Log(tmp_path)
     log.append([record(0)])
-    monkeypatch.setattr(mesh.log, "_fdatasync", failing)
+    monkeypatch.setattr(mesh.storage.log, "_fdatasync", failing)
     with pytest.raises(OSError, match="Input/output"):
         log.flush()
     monkeypatch.undo()

@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 import zmq
 
-from mesh import wire
 from mesh.client import Client
-from mesh.errors import PyCacheError, WriteNotAcknowledged
+from mesh.core import wire
+from mesh.core.errors import PyCacheError, WriteNotAcknowledged
 from tests.conftest import NodeProcess, wait_for
 
 pytestmark = pytest.mark.processes

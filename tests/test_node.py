@@ -11,7 +11,7 @@ import time
 import pytest
 
 from mesh.client import AsyncClient, Client
-from mesh.errors import BadRequest, Timeout, TooLarge
+from mesh.core.errors import BadRequest, Timeout, TooLarge
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.processes
@@ -194,7 +194,7 @@ def test_kill_9_loses_no_acknowledged_write(procs):
 WRITER = """
 import sys
 from mesh.client import Client
-from mesh.errors import PyCacheError
+from mesh.core.errors import PyCacheError
 with Client(sys.argv[1], timeout=1) as c:
     i = 0
     while True:

@@ -37,8 +37,8 @@ from typing import Any
 
 import pytest
 
-from mesh.log import Log
-from mesh.mutation import Mutation
+from mesh.core.mutation import Mutation
+from mesh.storage.log import Log
 from tests.conftest import NodeProcess, Processes, wait_for
 from tests.netns import Agent, Network, nft_command, sweep_stale, unavailable_reason
 

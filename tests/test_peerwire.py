@@ -7,11 +7,11 @@ from dataclasses import replace
 import msgpack
 import pytest
 
-from mesh import peerwire
-from mesh.errors import ProtocolError
-from mesh.log import Log
-from mesh.mutation import Mutation, encode_records
-from mesh.replication import Batch
+from mesh.core import peerwire
+from mesh.core.errors import ProtocolError
+from mesh.core.mutation import Mutation, encode_records
+from mesh.core.replication import Batch
+from mesh.storage.log import Log
 
 MUTATIONS = [
     Mutation("n1/1", 1, 5 << 16, "k", b"v" * 100, 0),

@@ -2,8 +2,8 @@
 
 Hex dumps are fenced blocks tagged ``hex``.  The first line of each is a marker
 ``# encode_request(...)`` / ``# encode_reply(...)`` / ``# encode_error(...)``
-naming the :mod:`mesh.wire` call that produces the bytes (literal arguments,
-plus ``E_*`` names from mesh.wire); every other line is ``hex bytes | comment``.
+naming the :mod:`mesh.core.wire` call that produces the bytes (literal arguments,
+plus ``E_*`` names from mesh.core.wire); every other line is ``hex bytes | comment``.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from mesh import wire
-from mesh.config import Limits
-from mesh.errors import ProtocolError
+from mesh.core import wire
+from mesh.core.errors import ProtocolError
+from mesh.core.limits import Limits
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
 SCRIPT_HEADER = "## A complete script with pyzmq and msgpack only"
@@ -45,7 +45,7 @@ def _argument(node: ast.expr) -> object:
 
 
 def evaluate_marker(marker: str) -> tuple[str, bytes]:
-    """Run the mesh.wire call a marker names; only literals and E_* names are allowed."""
+    """Run the mesh.core.wire call a marker names; only literals and E_* names are allowed."""
     call = ast.parse(marker, mode="eval").body
     assert isinstance(call, ast.Call) and isinstance(call.func, ast.Name), marker
     assert call.func.id in ENCODERS, f"unknown encoder in marker {marker!r}"

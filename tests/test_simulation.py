@@ -23,10 +23,10 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from mesh.clock import HybridClock, pack
-from mesh.mutation import Mutation
-from mesh.replication import FETCH_TIMEOUT_MS, Batch, Replica
-from mesh.store import Store
+from mesh.core.clock import HybridClock, pack
+from mesh.core.mutation import Mutation
+from mesh.core.replication import FETCH_TIMEOUT_MS, Batch, Replica
+from mesh.core.store import Store
 from tests import sim
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "3000"))

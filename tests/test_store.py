@@ -1,4 +1,4 @@
-"""Unit tests for mesh.store: last-writer-wins, TTL, LRU, tombstones, digest."""
+"""Unit tests for mesh.core.store: last-writer-wins, TTL, LRU, tombstones, digest."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.clock import pack
-from mesh.errors import ConfigError
-from mesh.mutation import Mutation
-from mesh.store import ENTRY_OVERHEAD, TOMBSTONE_OVERHEAD, Entry, Store
+from mesh.core.clock import pack
+from mesh.core.errors import ConfigError
+from mesh.core.mutation import Mutation
+from mesh.core.store import ENTRY_OVERHEAD, TOMBSTONE_OVERHEAD, Entry, Store
 
 T0 = 1_700_000_000_000  # "now" in ms for most tests
 

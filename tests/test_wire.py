@@ -1,4 +1,4 @@
-"""Unit tests for mesh.wire: round trips, validation, limits, error codes."""
+"""Unit tests for mesh.core.wire: round trips, validation, limits, error codes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh import wire
-from mesh.config import Limits
-from mesh.errors import BadRequest, NotReady, ProtocolError, ServerError, TooLarge
+from mesh.core import wire
+from mesh.core.errors import BadRequest, NotReady, ProtocolError, ServerError, TooLarge
+from mesh.core.limits import Limits
 
 LIMITS = Limits(max_key_bytes=16, max_value_bytes=64, max_items=4)
 

@@ -1,6 +1,6 @@
 """The balancer: one ROUTER front for clients, a DEALER toward each node.
 
-Clients speak the node protocol (:mod:`mesh.wire`) to the front socket; the
+Clients speak the node protocol (:mod:`mesh.core.wire`) to the front socket; the
 balancer forwards each request, envelope and all, to a **ready** node in
 turn, and each reply back the same way, so clients cannot tell it from a node.
 The turn moves once per run of requests, not once per request: up to
@@ -9,7 +9,7 @@ handles several in one turn of its own loop (one fsync, one publish for a
 batch of writes) instead of one each.  For the same reason sends are held
 until the end of a loop turn and then made back to back: libzmq's I/O thread
 then writes several messages per system call.  The requests held for one
-node go as one message, a bundle (see :data:`mesh.wire.BUNDLE_MAGIC`), when
+node go as one message, a bundle (see :data:`mesh.core.wire.BUNDLE_MAGIC`), when
 the node's HEALTH offers ``bundle_bytes``; its replies come back as one
 bundle too.
 
@@ -25,7 +25,7 @@ Liveness and readiness, per node:
 
 Every request in flight is tracked by ``(client id, request id)``; a write is
 sent with a run-by deadline (``deadline_ms``, 400 ms, in an envelope frame, see
-:data:`mesh.wire.DEADLINE_MAGIC`): a node that gets it later does not run it
+:data:`mesh.core.wire.DEADLINE_MAGIC`): a node that gets it later does not run it
 and answers DEADLINE.  Reads carry none: one running late changes nothing, so
 a read on a failed node is resent at once.  When a node answers NOT_READY or DEADLINE, the request
 goes at once to another ready node; when a node is dropped, its requests go
@@ -62,11 +62,11 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from mesh import wire
-from mesh.config import BalancerConfig
-from mesh.datadir import write_atomically
-from mesh.errors import ProtocolError
-from mesh.zsock import recv_frames, send_frames, socket_fd
+from mesh.core import wire
+from mesh.core.errors import ProtocolError
+from mesh.roles.config import BalancerConfig
+from mesh.roles.zsock import recv_frames, send_frames, socket_fd
+from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _messages(
     """The messages that carry ``items`` to one node: (index of the first item, frames).
 
     With ``bundle_bytes`` (the node takes bundles that large), consecutive
-    requests go as bundles (see :data:`mesh.wire.BUNDLE_MAGIC`) of at most
+    requests go as bundles (see :data:`mesh.core.wire.BUNDLE_MAGIC`) of at most
     that many bytes and ``wire.BUNDLE_MAX`` requests; a lone or larger one
     goes as it is.
     """

@@ -3,7 +3,7 @@
 Every message is one ZeroMQ frame: the peer protocol's version byte ``0x02``
 and an msgpack array whose first element names the kind.  An entry is a
 mutation record inline (``[origin, seq, hlc, key, value | nil, deadline]``,
-see :mod:`mesh.mutation`): a whole message decodes in one msgpack call into
+see :mod:`mesh.core.mutation`): a whole message decodes in one msgpack call into
 plain tuples, which the receiver checks field by field and applies as they
 are.  (Version 1 carried each entry as a bin of its record's bytes, so that
 the receiver could log them unencoded; decoding those bins one by one cost a
@@ -34,7 +34,7 @@ On each node's ROUTER "repl" socket (peers connect a DEALER)::
               cursor, need_full]
 
 Peers are trusted to be PyCache nodes, but a malformed message is still only
-logged and dropped (:class:`~mesh.errors.ProtocolError`), never fatal.
+logged and dropped (:class:`~mesh.core.errors.ProtocolError`), never fatal.
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ from typing import Any
 
 import msgpack
 
-from mesh.errors import ProtocolError
-from mesh.mutation import Record
-from mesh.replication import Batch, Fetch
-from mesh.wire import E_MALFORMED
+from mesh.core.errors import ProtocolError
+from mesh.core.mutation import Record
+from mesh.core.replication import Batch, Fetch
+from mesh.core.wire import E_MALFORMED
 
 PEER_VERSION = 2
-"""The first byte of every message between nodes (clients speak version 1, :mod:`mesh.wire`)."""
+"""The first byte of every message between nodes (clients speak version 1: :mod:`.wire`)."""
 PEER_VERSION_BYTE = bytes([PEER_VERSION])
 
 ENTRIES = "E"
@@ -92,7 +92,7 @@ ENTRY_SHAPE = "malformed entry: not [str, uint, uint, str, bin|nil, int]"
 
 def _entries(raw: Any) -> tuple[Record, ...]:
     """The entries of a message, every field's type checked: plain tuples in
-    :class:`~mesh.mutation.Mutation`'s field order, as decoded."""
+    :class:`~mesh.core.mutation.Mutation`'s field order, as decoded."""
     _check(type(raw) is tuple, "entry list")
     for r in raw:  # the replication hot path: a copy per entry would cost more than the checks
         if (
@@ -126,7 +126,7 @@ def _vv(vv: Any) -> dict[str, int]:
 
 def encode_entries(origin: str, records: Sequence[bytes], ack: bool = False) -> bytes:
     """A PUB batch of one origin's entries, given encoded
-    (:func:`~mesh.mutation.encode_records`, as the origin logged them).
+    (:func:`~mesh.core.mutation.encode_records`, as the origin logged them).
 
     ``ack``: the origin holds a reply until others log these (``w`` > 1), so
     receivers should heartbeat as soon as they have logged them.
@@ -137,7 +137,7 @@ def encode_entries(origin: str, records: Sequence[bytes], ack: bool = False) -> 
 
 
 def encode_heartbeat(beat: dict[str, Any], peers: list[str], logged: bool = True) -> bytes:
-    """A PUB heartbeat from :meth:`mesh.replication.Replica.heartbeat` and known peers.
+    """A PUB heartbeat from :meth:`mesh.core.replication.Replica.heartbeat` and known peers.
 
     ``logged``: every entry the vv counts is logged as the sender's fsync
     policy requires, so it counts toward w > 1 acknowledgements.

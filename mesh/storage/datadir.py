@@ -6,9 +6,9 @@ Layout::
     <data-dir>/LOCK            flock()ed by the one process using the folder
     <data-dir>/clean-shutdown  present only while the node is stopped cleanly
     <data-dir>/node.json       pid, state and bound endpoints of the running node
-    <data-dir>/peers.json      peers learned by HELLO (see mesh.peering)
-    <data-dir>/log/            segments (see mesh.log)
-    <data-dir>/snapshots/      snapshots (see mesh.log)
+    <data-dir>/peers.json      peers learned by HELLO (see mesh.roles.peering)
+    <data-dir>/log/            segments (see mesh.storage.log)
+    <data-dir>/snapshots/      snapshots (see mesh.storage.log)
 
 The *incarnation* is drawn once, when the folder is created.  A node that lost
 its disk comes back with a new incarnation, so its new ``seq`` 1, 2, 3 ... is
@@ -25,7 +25,7 @@ import secrets
 import time
 from pathlib import Path
 
-from mesh.errors import ConfigError
+from mesh.core.errors import ConfigError
 
 IDENTITY_FILE = "identity.json"
 LOCK_FILE = "LOCK"

@@ -1,7 +1,7 @@
 """One config object per process role, with named defaults and ``validate()``.
 
 Every field has a CLI flag and an environment variable ``PYCACHE_<FIELD>``
-(see :mod:`mesh.cli`).  ``validate()`` raises :class:`mesh.errors.ConfigError`
+(see :mod:`mesh.cli`).  ``validate()`` raises :class:`mesh.core.errors.ConfigError`
 (a ``ValueError``) rather than asserting, so ``python -O`` keeps the checks.
 """
 
@@ -10,9 +10,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from mesh.errors import ConfigError
-
-MIB = 1024 * 1024
+from mesh.core.errors import ConfigError
+from mesh.core.limits import (
+    DEFAULT_MAX_VALUE_BYTES,
+    MIB,
+    REQUEST_OVERHEAD_BYTES,
+    Limits,
+    check_range,
+)
 
 DEFAULT_API = "tcp://127.0.0.1:7001"
 DEFAULT_REPL = "tcp://127.0.0.1:7101"
@@ -24,47 +29,9 @@ DEFAULT_EDGE_TIMEOUT = 5.0
 #: ``NodeConfig.http_port`` value asking the OS for a free port (0 means no HTTP API).
 HTTP_PORT_ANY = -1
 W_LEVELS = ("quorum", "all")
-DEFAULT_MAX_KEY_BYTES = 512
-DEFAULT_MAX_VALUE_BYTES = 8 * MIB
-#: Room around the largest value for the key, the op and the framing.
-REQUEST_OVERHEAD_BYTES = 64 * 1024
-DEFAULT_MAX_FRAMES = 16
-DEFAULT_MAX_ITEMS = 10_000
 FSYNC_POLICIES = ("always", "interval", "never")
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:(\d{1,5}|\*)|ipc://\S+|inproc://\S+)$")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Size limits enforced on every request before and while decoding it.
-
-    ``max_request_bytes`` bounds one whole request frame; by default it is the
-    largest value plus ``REQUEST_OVERHEAD_BYTES``, so an MSET carries at most
-    about one maximal value's worth of data.
-    """
-
-    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
-    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
-    max_request_bytes: int = 0  # 0: max_value_bytes + REQUEST_OVERHEAD_BYTES
-    max_frames: int = DEFAULT_MAX_FRAMES
-    max_items: int = DEFAULT_MAX_ITEMS  # keys in one MGET/MSET/DEL
-
-    @property
-    def request_bytes(self) -> int:
-        """The effective limit on one request frame."""
-        return self.max_request_bytes or self.max_value_bytes + REQUEST_OVERHEAD_BYTES
-
-    def validate(self) -> Limits:
-        """Raise ConfigError when a limit is out of range; return self."""
-        _check_range("max_key_bytes", self.max_key_bytes, 1, 64 * 1024)
-        _check_range("max_value_bytes", self.max_value_bytes, 1, 512 * MIB)
-        _check_range("max_request_bytes", self.max_request_bytes, 0, 1024 * MIB)
-        if self.max_request_bytes and self.max_request_bytes < self.max_key_bytes + 64:
-            raise ConfigError("max_request_bytes must leave room for a key")
-        _check_range("max_frames", self.max_frames, 2, 1024)
-        _check_range("max_items", self.max_items, 1, 1_000_000)
-        return self
 
 
 @dataclass(frozen=True)
@@ -133,21 +100,21 @@ class NodeConfig:
                 raise ConfigError(f"peer {peer!r}: name the port the peer bound, not '*'")
         if self.w not in W_LEVELS and not (type(self.w) is int and 1 <= self.w <= 64):
             raise ConfigError(f'w must be 1..64, "quorum" or "all", not {self.w!r}')
-        _check_range("ack_timeout_ms", self.ack_timeout_ms, 1, 600_000)
-        _check_range("pub_hwm", self.pub_hwm, 0, 10_000_000)
+        check_range("ack_timeout_ms", self.ack_timeout_ms, 1, 600_000)
+        check_range("pub_hwm", self.pub_hwm, 0, 10_000_000)
         if self.fsync not in FSYNC_POLICIES:
             choices = ", ".join(FSYNC_POLICIES)
             raise ConfigError(f"fsync must be one of {choices}, not {self.fsync!r}")
-        _check_range("fsync_interval_ms", self.fsync_interval_ms, 1, 60_000)
-        _check_range("segment_bytes", self.segment_bytes, 4096, 4096 * MIB)
-        _check_range("retention_bytes", self.retention_bytes, 0, 1 << 50)
-        _check_range("snapshot_every", self.snapshot_every, 0, 1 << 40)
-        _check_range("max_keys", self.max_keys, 0, 1 << 40)
-        _check_range("max_memory", self.max_memory, 0, 1 << 50)
-        _check_range("tombstone_horizon_ms", self.tombstone_horizon_ms, 1000, 1 << 40)
-        _check_range("sweep_interval_ms", self.sweep_interval_ms, 1, 60_000)
-        _check_range("batch_max", self.batch_max, 1, 1_000_000)
-        _check_range("http_port", self.http_port, HTTP_PORT_ANY, 65535)
+        check_range("fsync_interval_ms", self.fsync_interval_ms, 1, 60_000)
+        check_range("segment_bytes", self.segment_bytes, 4096, 4096 * MIB)
+        check_range("retention_bytes", self.retention_bytes, 0, 1 << 50)
+        check_range("snapshot_every", self.snapshot_every, 0, 1 << 40)
+        check_range("max_keys", self.max_keys, 0, 1 << 40)
+        check_range("max_memory", self.max_memory, 0, 1 << 50)
+        check_range("tombstone_horizon_ms", self.tombstone_horizon_ms, 1000, 1 << 40)
+        check_range("sweep_interval_ms", self.sweep_interval_ms, 1, 60_000)
+        check_range("batch_max", self.batch_max, 1, 1_000_000)
+        check_range("http_port", self.http_port, HTTP_PORT_ANY, 65535)
         if self.http_port and not self.http_host:
             raise ConfigError("http_host is required with http_port")
         self.limits.validate()
@@ -187,12 +154,12 @@ class BalancerConfig:
             raise ConfigError("a balancer needs at least one node endpoint")
         for node in self.nodes:
             check_endpoint("node", node)
-        _check_range("health_ms", self.health_ms, 10, 10_000)
-        _check_range("hang_ms", self.hang_ms, 50, 60_000)
-        _check_range("wait_ms", self.wait_ms, 0, 600_000)
-        _check_range("max_attempts", self.max_attempts, 1, 100)
-        _check_range("deadline_ms", self.deadline_ms, 10, 600_000)
-        _check_range("batch_per_node", self.batch_per_node, 1, 4096)
+        check_range("health_ms", self.health_ms, 10, 10_000)
+        check_range("hang_ms", self.hang_ms, 50, 60_000)
+        check_range("wait_ms", self.wait_ms, 0, 600_000)
+        check_range("max_attempts", self.max_attempts, 1, 100)
+        check_range("deadline_ms", self.deadline_ms, 10, 600_000)
+        check_range("batch_per_node", self.batch_per_node, 1, 4096)
         return self
 
 
@@ -221,7 +188,7 @@ class EdgeConfig:
         """Raise ConfigError naming the first invalid field; return self."""
         if not self.host:
             raise ConfigError("host is required")
-        _check_range("port", self.port, 0, 65535)
+        check_range("port", self.port, 0, 65535)
         if not self.backend:
             raise ConfigError("an edge needs a backend endpoint")
         for endpoint in self.backend:
@@ -231,7 +198,7 @@ class EdgeConfig:
             raise ConfigError(f"timeout must be a number of seconds, not {timeout!r}")
         if not 0 < timeout <= 3600:
             raise ConfigError(f"timeout must be in (0, 3600] seconds, not {timeout!r}")
-        _check_range("max_body_bytes", self.max_body_bytes, 1, 1024 * MIB)
+        check_range("max_body_bytes", self.max_body_bytes, 1, 1024 * MIB)
         return self
 
 
@@ -239,8 +206,3 @@ def check_endpoint(name: str, endpoint: str) -> None:
     """Raise ConfigError unless ``endpoint`` looks like a ZeroMQ endpoint."""
     if not isinstance(endpoint, str) or not ENDPOINT_RE.match(endpoint):
         raise ConfigError(f"{name} {endpoint!r} is not an endpoint like tcp://127.0.0.1:7001")
-
-
-def _check_range(name: str, value: int, low: int, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-        raise ConfigError(f"{name} must be an integer in {low}..{high}, not {value!r}")

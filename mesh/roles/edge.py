@@ -11,10 +11,10 @@ Endpoints (``docs/api.md`` has every status and body)::
 
 Every response body is JSON ``{"message": str, "payload": object}``, errors
 included.  What each cache request does, how values are stored and shown,
-and how backend errors become statuses live in :mod:`mesh.cacheapi`; this
+and how backend errors become statuses live in :mod:`mesh.roles.cacheapi`; this
 module serves them over HTTP.
 
-Every handler awaits one request on ONE shared :class:`mesh.client.AsyncClient`
+Every handler awaits one request on ONE shared :class:`mesh.roles.client.AsyncClient`
 (made on first use, on the running loop), which pipelines concurrent
 requests over a single DEALER socket.  The backend is the balancer for
 ``pycache edge``, or the node's own API endpoint when a node serves HTTP
@@ -45,7 +45,8 @@ import tornado.web
 import zmq.asyncio
 from tornado.log import app_log, gen_log
 
-from mesh.cacheapi import (
+from mesh.core.errors import PyCacheError
+from mesh.roles.cacheapi import (
     ApiError,
     Backend,
     cache_delete,
@@ -54,12 +55,11 @@ from mesh.cacheapi import (
     response_body,
     translate_error,
 )
-from mesh.config import EdgeConfig
-from mesh.datadir import write_atomically
-from mesh.errors import PyCacheError
+from mesh.roles.config import EdgeConfig
+from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("mesh.edge.access")
+access_log = logging.getLogger("mesh.roles.edge.access")
 
 JSON_TYPE = "application/json; charset=UTF-8"
 #: Per-connection body ceiling once a request is refused: Tornado then drains

@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mesh.client import Client
-from mesh.datadir import write_atomically
-from mesh.errors import PyCacheError, Timeout
+from mesh.core.errors import PyCacheError, Timeout
+from mesh.roles.client import Client
+from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
 

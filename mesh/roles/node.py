@@ -6,7 +6,7 @@ One asyncio loop (``zmq.asyncio``) does everything:
    tail after it, rebuild the version vector, resume this origin's ``seq`` and
    the HLC.
 2. **Catch up** (state ``catching-up``): bind the sockets, meet the peers and
-   fetch what they have that this node lacks (:mod:`mesh.peering`); data ops
+   fetch what they have that this node lacks (:mod:`mesh.roles.peering`); data ops
    get NOT_READY meanwhile.  Then state ``ready``.
 3. **Serve**: await readability of the client ROUTER socket, then drain it with
    non-blocking receives (up to ``batch_max`` requests: one await per batch,
@@ -14,7 +14,7 @@ One asyncio loop (``zmq.asyncio``) does everything:
    the log with one write and one fsync (group commit), PUBlish them to the
    peers, and only then send the replies.  No reply, for a read or a write,
    leaves before the fsync of every write that came before it in the batch.
-   A write asked with ``w`` > 1 waits for that many nodes (:mod:`mesh.acks`).
+   A write asked with ``w`` > 1 waits for that many nodes (:mod:`mesh.core.acks`).
 4. **Housekeeping** timers: active TTL sweep, ``interval`` fsync, snapshots
    plus log compaction every ``snapshot_every`` entries.
 
@@ -39,25 +39,25 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mesh import wire
-from mesh.acks import PendingAcks, Waiting, nodes_needed
-from mesh.clock import HybridClock, wall_ms
-from mesh.commands import Commands
-from mesh.config import DEFAULT_EDGE_TIMEOUT, HTTP_PORT_ANY, NodeConfig
-from mesh.datadir import (
+from mesh.core import wire
+from mesh.core.acks import PendingAcks, Waiting, nodes_needed
+from mesh.core.clock import HybridClock, wall_ms
+from mesh.core.commands import CommandExecutor
+from mesh.core.errors import ProtocolError
+from mesh.core.mutation import Mutation, encode_records
+from mesh.core.replication import READY, Replica
+from mesh.core.store import Store
+from mesh.roles.config import DEFAULT_EDGE_TIMEOUT, HTTP_PORT_ANY, NodeConfig
+from mesh.roles.peering import Peering, now_ms
+from mesh.roles.zsock import drain, readable, send_frames, socket_fd
+from mesh.storage.datadir import (
     lock_data_dir,
     mark_clean_shutdown,
     open_identity,
     take_clean_shutdown,
     write_atomically,
 )
-from mesh.errors import ProtocolError
-from mesh.log import Log
-from mesh.mutation import Mutation, encode_records
-from mesh.peering import Peering, now_ms
-from mesh.replication import READY, Replica
-from mesh.store import Store
-from mesh.zsock import drain, readable, send_frames, socket_fd
+from mesh.storage.log import Log
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class Node:
             retention_bytes=config.retention_bytes,
         )
         self.clock = HybridClock()
-        self.commands = Commands(
+        self.commands = CommandExecutor(
             self.store, self.clock, self.origin, 0, wall_ms, self.stats, self.health, self.cluster
         )
         self.replica = Replica(config.node_id, self.origin, self.store, self.log, self.clock)
@@ -124,7 +124,7 @@ class Node:
         self._gc_paused = False
         self._commits = 0  # group commits (batches with writes) so far
         self.endpoint = config.api
-        self._http: Any = None  # mesh.edge.HttpServer with --http-port
+        self._http: Any = None  # mesh.roles.edge.HttpServer with --http-port
 
     # ------------------------------------------------------------------ recovery
 
@@ -266,7 +266,7 @@ class Node:
         """
         if not self.config.http_port:
             return
-        from mesh.edge import serve  # tornado is loaded only by nodes that serve HTTP
+        from mesh.roles.edge import serve  # tornado is loaded only by nodes that serve HTTP
 
         port = 0 if self.config.http_port == HTTP_PORT_ANY else self.config.http_port
         self._http = serve(

@@ -45,9 +45,9 @@ from typing import NamedTuple
 import msgpack
 from xxhash import xxh3_64_intdigest as _xxh3_64
 
-from mesh.clock import LOGICAL_BITS, wall_ms
-from mesh.errors import ConfigError
-from mesh.mutation import Mutation, Record
+from mesh.core.clock import LOGICAL_BITS, wall_ms
+from mesh.core.errors import ConfigError
+from mesh.core.mutation import Mutation, Record
 
 ENTRY_OVERHEAD = 300
 """Estimated bytes a live key costs beyond its key and value (objects, map slots)."""
@@ -101,7 +101,7 @@ class Store:
     bound the live data, 0 meaning unlimited; least recently used keys are
     evicted past either.  ``now_ms`` is the wall clock and ``seed`` seeds the
     expiry sampling (inject both in tests).  Bad arguments raise
-    :class:`mesh.errors.ConfigError`, a ValueError.
+    :class:`mesh.core.errors.ConfigError`, a ValueError.
     """
 
     def __init__(

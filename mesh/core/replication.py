@@ -1,7 +1,7 @@
 """The replication core: version vectors, gap repair, catch-up and full-sync decisions.
 
 Pure logic: no sockets, no clock, no randomness of its own.  The node's socket
-loop (:mod:`mesh.peering`) and the seeded simulator (``tests/sim.py``) drive a
+loop (:mod:`mesh.roles.peering`) and the seeded simulator (``tests/sim.py``) drive a
 :class:`Replica` by calling its ``on_*`` methods with what arrived and the
 current time, and by sending what :meth:`Replica.poll` and :meth:`Replica.serve`
 return.  The store, log and clock are injected; the log only needs
@@ -36,9 +36,9 @@ from itertools import groupby
 from operator import itemgetter
 from typing import Any, Protocol
 
-from mesh.clock import HybridClock
-from mesh.mutation import Mutation, Record, raise_seqs
-from mesh.store import Store
+from mesh.core.clock import HybridClock
+from mesh.core.mutation import Mutation, Record, raise_seqs
+from mesh.core.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ READY = "ready"
 
 
 class ReplicaLog(Protocol):
-    """What the core needs from a log (``mesh.log.Log`` and the simulator's)."""
+    """What the core needs from a log (``mesh.storage.log.Log`` and the simulator's)."""
 
     def append(
         self, mutations: Sequence[Record], records: Sequence[bytes] | None = None
@@ -167,7 +167,7 @@ class Replica:
         self.state = CATCHING_UP
         self.fetch_entries = fetch_entries
         self.counters = {"gaps": 0, "repaired": 0, "fetches": 0, "full_syncs": 0}
-        # kept by the socket loop (mesh.peering), which sends what serve() returns:
+        # kept by the socket loop (mesh.roles.peering), which sends what serve() returns:
         # entries sent to peers, fetches answered with the batch prepared ahead
         # for them, and prepared batches thrown away
         self.counters.update(served=0, prepared_used=0, prepared_dropped=0)

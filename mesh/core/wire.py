@@ -53,8 +53,7 @@ from typing import Any
 
 import msgpack
 
-from mesh.config import Limits
-from mesh.errors import (
+from mesh.core.errors import (
     BadRequest,
     DeadlinePassed,
     InternalError,
@@ -64,6 +63,7 @@ from mesh.errors import (
     TooLarge,
     WriteNotAcknowledged,
 )
+from mesh.core.limits import Limits
 
 VERSION = 1
 VERSION_BYTE = bytes([VERSION])

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from mesh.cli_exits import EXIT_MISSING, errors_to_exit_codes, split_csv
-from mesh.config import DEFAULT_API, DEFAULT_FRONT
+from mesh.cli.exits import EXIT_MISSING, errors_to_exit_codes, split_csv
+from mesh.roles.config import DEFAULT_API, DEFAULT_FRONT
 
 connect_option = click.option(
     "--connect",
@@ -34,7 +34,7 @@ timeout_option = click.option(
 
 
 def _client_call(connect: str, timeout: float, call: Callable[[Any], Any]) -> Any:
-    from mesh.client import Client
+    from mesh.roles.client import Client
 
     with Client(split_csv(connect), timeout=timeout) as client:
         return call(client)

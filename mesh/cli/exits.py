@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from mesh.errors import ConnectionFailed, PyCacheError, Timeout
+from mesh.core.errors import ConnectionFailed, PyCacheError, Timeout
 
 EXIT_MISSING = 1
 EXIT_ERROR = 2

@@ -2,7 +2,7 @@
 
 Process roles: ``pycache node`` (one node), ``balancer``, ``edge`` and ``up``
 (a local cluster).  The client commands (``get``, ``set``, ``status``, ...)
-live in :mod:`mesh.cli_client`; exit codes in :mod:`mesh.cli_exits`.
+live in :mod:`mesh.cli.client_commands`; exit codes in :mod:`mesh.cli.exits`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from typing import Any
 
 import click
 
-from mesh.cli_client import COMMANDS
-from mesh.cli_exits import EXIT_ERROR, errors_to_exit_codes, fail, split_csv
-from mesh.config import (
+from mesh.cli.client_commands import COMMANDS
+from mesh.cli.exits import EXIT_ERROR, errors_to_exit_codes, fail, split_csv
+from mesh.core.errors import ConfigError
+from mesh.core.limits import MIB, Limits
+from mesh.roles.config import (
     DEFAULT_API,
     DEFAULT_EDGE_HOST,
     DEFAULT_EDGE_PORT,
@@ -27,13 +29,10 @@ from mesh.config import (
     DEFAULT_PUB,
     DEFAULT_REPL,
     HTTP_PORT_ANY,
-    MIB,
     BalancerConfig,
     EdgeConfig,
-    Limits,
     NodeConfig,
 )
-from mesh.errors import ConfigError
 
 
 def _valid(make_config: Callable[[], Any]) -> Any:
@@ -275,7 +274,7 @@ def node(
     log_level: str,
 ) -> None:
     """Run one node until SIGTERM or Ctrl-C (then fsync and exit 0)."""
-    from mesh.node import run_node
+    from mesh.roles.node import run_node
 
     _setup_logging(log_level, node_id)
     config = _valid(
@@ -371,7 +370,7 @@ def balancer(
     log_level: str,
 ) -> None:
     """Run a balancer in front of the nodes until SIGTERM or Ctrl-C."""
-    from mesh.balancer import run_balancer
+    from mesh.roles.balancer import run_balancer
 
     _setup_logging(log_level, "balancer")
     config = _valid(
@@ -488,7 +487,7 @@ def up(
     With --api-port 0 the OS picks every port (handy for scripts: read
     <data-dir>/cluster.json).
     """
-    from mesh.supervisor import Cluster, Ports
+    from mesh.roles.supervisor import Cluster, Ports
 
     _setup_logging("INFO", "up")
     ports = Ports(api_port, repl_port, pub_port, http_port, balancer_port, edge_port)
@@ -558,7 +557,7 @@ def edge(
     log_level: str,
 ) -> None:
     """Run the HTTP edge (the seed's REST API) until SIGTERM or Ctrl-C (then exit 0)."""
-    from mesh.edge import run_edge
+    from mesh.roles.edge import run_edge
 
     _setup_logging(log_level, "edge")
     config = _valid(

@@ -1,4 +1,4 @@
-"""One segment of the log (:mod:`mesh.log`) and its index file: their formats,
+"""One segment of the log (:mod:`mesh.storage.log`) and its index file: their formats,
 the scan that rebuilds what the log knows of a segment, and index I/O.
 
 All integers are big-endian.
@@ -14,7 +14,7 @@ Segment (``.log``)::
     segment, the zero bytes of its preallocated tail:
         0   4  u32 payload length N (N > 0)
         4   4  u32 CRC32C (Castagnoli) of the payload
-        8   N  payload: msgpack of Mutation.to_record(), see mesh.mutation
+        8   N  payload: msgpack of Mutation.to_record(), see mesh.core.mutation
 
 Index (``.idx``)::
 
@@ -33,7 +33,7 @@ Index (``.idx``)::
            end_seqs: {origin: highest seq} up to the segment's end (when sealed)
            marks:    [[offset, file position, {origin: highest seq before offset}], ...]
                      the first mark is the segment's first record; then one
-                     about every mesh.log.MARK_BYTES of records
+                     about every mesh.storage.log.MARK_BYTES of records
 
 Recovery on open: the active (last) segment is scanned record by record.  A
 torn or corrupt tail (short header, short payload, CRC mismatch, undecodable
@@ -41,7 +41,7 @@ payload) is truncated to the end of the last good record and fsynced, with a
 warning; so is a last segment whose header was torn while it was created.
 Corruption inside a sealed segment raises :class:`LogCorruptError` naming the
 file and byte position, when found: on open if its index must be rebuilt,
-otherwise when :meth:`mesh.log.Log.replay` or ``read_from`` reads it.
+otherwise when :meth:`mesh.storage.log.Log.replay` or ``read_from`` reads it.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ from typing import Any
 
 import msgpack
 
-from mesh import snapshot as _snapshot
-from mesh.checksum import crc32c
-from mesh.datadir import write_atomically
-from mesh.snapshot import LogCorruptError
+from mesh.storage import snapshot as _snapshot
+from mesh.storage.checksum import crc32c
+from mesh.storage.datadir import write_atomically
+from mesh.storage.snapshot import LogCorruptError
 
 logger = logging.getLogger(__name__)
 

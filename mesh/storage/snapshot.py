@@ -3,10 +3,10 @@
 A snapshot holds one mutation per key (the store's state) as of a log offset:
 every log record below that offset was applied before it was taken, so a node
 loads the latest snapshot and replays the log from its offset.  Snapshots are
-written and chosen by :class:`mesh.log.Log`; this module is their file format,
+written and chosen by :class:`mesh.storage.log.Log`; this module is their file format,
 plus what segments and snapshots share: the record frame, the record readers
-(replay's hot path), :class:`LogCorruptError` (re-exported by :mod:`mesh.log`)
-and the fsync helpers.  It sits below :mod:`mesh.log`, so imports point one way.
+(replay's hot path), :class:`LogCorruptError` (re-exported by :mod:`mesh.storage.log`)
+and the fsync helpers.  It sits below :mod:`mesh.storage.log`, so imports point one way.
 
 File ``<data dir>/snapshots/<offset, 20 digits>.snap``; integers big-endian::
 
@@ -42,10 +42,10 @@ from typing import Any
 
 import msgpack
 
-from mesh.checksum import crc32c
-from mesh.datadir import fsync_dir
-from mesh.errors import PyCacheError
-from mesh.mutation import Mutation, Record
+from mesh.core.errors import PyCacheError
+from mesh.core.mutation import Mutation, Record
+from mesh.storage.checksum import crc32c
+from mesh.storage.datadir import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def read_records(plan: Plan, skip: int = 0) -> Iterator[Mutation]:
 
 def read_origin(plan: Plan, prefix: bytes, seq: int) -> Iterator[Mutation]:
     """Like :func:`read_records`, keeping the records whose payload starts with
-    ``prefix`` (an origin's, see :meth:`mesh.log.Log.read_from`) and whose seq is
+    ``prefix`` (an origin's, see :meth:`mesh.storage.log.Log.read_from`) and whose seq is
     at least ``seq``; the others are CRC-checked but not decoded."""
     new, mutation = tuple.__new__, Mutation
     for record, _ in _origin_records(plan, prefix, CHUNK):

@@ -2,18 +2,18 @@
 
 Every mutation a node applies is appended here before it is acknowledged, so
 that the node can rebuild its store after a restart and serve catch-up to its
-peers.  Snapshots (see :mod:`mesh.snapshot`) bound replay time and disk use.
+peers.  Snapshots (see :mod:`mesh.storage.snapshot`) bound replay time and disk use.
 
 Files under a node's data directory::
 
     log/<first offset>.log      segments, named by the offset of their first record
     log/<first offset>.idx      the sparse index of each segment (rebuildable)
-    snapshots/<offset>.snap     snapshots, see mesh.snapshot
+    snapshots/<offset>.snap     snapshots, see mesh.storage.snapshot
 
 ``<first offset>`` and ``<offset>`` are 20 decimal digits, zero-padded, so that
 names sort like numbers.  An *offset* numbers records 0, 1, 2, ... across the
 whole log.  The formats of segments and indexes, and how opening the log
-scans and repairs a segment, are :mod:`mesh.segment`'s.
+scans and repairs a segment, are :mod:`mesh.storage.segment`'s.
 
 A segment is rolled (sealed, and a new one started) before a record that would
 take it past ``segment_bytes``; a record is never split, and a segment always
@@ -52,12 +52,12 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from mesh import snapshot as _snapshot
-from mesh.checksum import crc32c
-from mesh.datadir import fsync_dir
-from mesh.errors import ConfigError
-from mesh.mutation import Mutation, Record, encode_records, raise_seqs, record_prefix
-from mesh.segment import (
+from mesh.core.errors import ConfigError
+from mesh.core.mutation import Mutation, Record, encode_records, raise_seqs, record_prefix
+from mesh.storage import snapshot as _snapshot
+from mesh.storage.checksum import crc32c
+from mesh.storage.datadir import fsync_dir
+from mesh.storage.segment import (
     FORMAT_VERSION,
     HEADER,
     SEGMENT_MAGIC,
@@ -68,7 +68,7 @@ from mesh.segment import (
     write_at,
     write_index,
 )
-from mesh.snapshot import LogCorruptError
+from mesh.storage.snapshot import LogCorruptError
 
 __all__ = ["FSYNC_POLICIES", "Log", "LogCorruptError"]
 
@@ -97,7 +97,7 @@ class Log:
     ``segment_bytes``; :meth:`compact` keeps at least the newest
     ``retention_bytes`` of segments for catch-up.  Opening recovers the log
     (see the module docstring); bad arguments raise
-    :class:`~mesh.errors.ConfigError`, a ``ValueError``.
+    :class:`~mesh.core.errors.ConfigError`, a ``ValueError``.
     """
 
     _mark_bytes = MARK_BYTES
@@ -183,7 +183,7 @@ class Log:
         """Append a batch; return the offset of its last record.
 
         ``records``, when given, are the mutations already encoded
-        (:func:`mesh.mutation.encode_records`), one each, and are written as
+        (:func:`mesh.core.mutation.encode_records`), one each, and are written as
         they are.
 
         The batch is encoded first and written with one ``write`` call per

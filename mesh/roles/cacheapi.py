@@ -1,6 +1,6 @@
 """The seed API's cache operations, whatever serves the HTTP.
 
-:mod:`mesh.edge` answers requests two ways (a lean delegate for plain cache
+:mod:`mesh.roles.edge` answers requests two ways (a lean delegate for plain cache
 requests, the Tornado application for the rest); both call the functions
 here, so statuses and bodies are the same.  Each returns an :data:`Answer`
 or raises :class:`ApiError`.
@@ -29,8 +29,7 @@ from typing import Any
 import tornado.web
 import zmq.asyncio
 
-from mesh.client import AsyncClient
-from mesh.errors import (
+from mesh.core.errors import (
     BadRequest,
     ConnectionFailed,
     InternalError,
@@ -40,7 +39,8 @@ from mesh.errors import (
     TooLarge,
     WriteNotAcknowledged,
 )
-from mesh.wire import MAX_TTL_MS
+from mesh.core.wire import MAX_TTL_MS
+from mesh.roles.client import AsyncClient
 
 INVALID_VALUE = "Invalid value: send a non-empty string, a number, a non-empty list or an object"
 

@@ -1,11 +1,11 @@
 """What each client op does to the store: pure logic, no sockets, no disk.
 
-The node decodes a request (:mod:`mesh.wire`), hands it to
-:meth:`Commands.execute`, and gets the op's result back.  Every write is turned
-into full-state :class:`~mesh.mutation.Mutation` objects (see that module for
+The node decodes a request (:mod:`mesh.core.wire`), hands it to
+:meth:`CommandExecutor.execute`, and gets the op's result back.  Every write is turned
+into full-state :class:`~mesh.core.mutation.Mutation` objects (see that module for
 why), stamped with this origin's next ``seq`` and a fresh HLC timestamp, applied
 to the store at once (so later requests in the same batch see it) and queued in
-:attr:`Commands.pending` for the node to log, fsync and only then acknowledge.
+:attr:`CommandExecutor.pending` for the node to log, fsync and only then acknowledge.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mesh.clock import HybridClock, physical_ms
-from mesh.mutation import Mutation
-from mesh.store import Store
-from mesh.wire import Request
+from mesh.core.clock import HybridClock, physical_ms
+from mesh.core.mutation import Mutation
+from mesh.core.store import Store
+from mesh.core.wire import Request
 
 _new = tuple.__new__
 
 
-class Commands:
+class CommandExecutor:
     """Executes validated requests for one origin (``"<node id>/<incarnation>"``)."""
 
     def __init__(

@@ -16,8 +16,8 @@ its node id and PUB endpoint; a HELLO *from* an unknown node makes it a peer
 too, so a node started later only needs to name the earlier ones.  Known peers
 are kept in ``<data-dir>/peers.json`` so that a restarted node finds them.
 
-The protocol logic itself lives in :mod:`mesh.replication`; message layouts in
-:mod:`mesh.peerwire`.
+The protocol logic itself lives in :mod:`mesh.core.replication`; message layouts in
+:mod:`mesh.core.peerwire`.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mesh import peerwire
-from mesh.datadir import write_atomically
-from mesh.errors import ProtocolError
-from mesh.log import Log
-from mesh.mutation import raise_seqs
-from mesh.replication import READY, Batch, Fetch, Replica
-from mesh.zsock import drain, readable, send_frames, socket_fd
+from mesh.core import peerwire
+from mesh.core.errors import ProtocolError
+from mesh.core.mutation import raise_seqs
+from mesh.core.replication import READY, Batch, Fetch, Replica
+from mesh.roles.zsock import drain, readable, send_frames, socket_fd
+from mesh.storage.datadir import write_atomically
+from mesh.storage.log import Log
 
 log = logging.getLogger(__name__)
 
@@ -345,7 +345,7 @@ class Peering:
         here loses nothing that a catch-up does not bring back.  During a
         start-up catch-up (batches are not urgent then) no fsync is scheduled
         at all: the turn to ready fsyncs what it brought, most of it already
-        written back by then (:meth:`mesh.log.Log.write_back`).
+        written back by then (:meth:`mesh.storage.log.Log.write_back`).
         """
         if applied:
             if urgent:

@@ -19,7 +19,7 @@
 
 Library code translates zmq and msgpack errors into these at the boundary
 (``raise Timeout(...) from exc``); no zmq or msgpack exception escapes the
-client.  Wire codes are defined in :mod:`mesh.wire`.
+client.  Wire codes are defined in :mod:`mesh.core.wire`.
 """
 
 from __future__ import annotations

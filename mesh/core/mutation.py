@@ -14,7 +14,7 @@ a replication batch)::
 ``value`` nil is a tombstone (a DEL).  ``deadline`` is an absolute wall-clock
 time in milliseconds since the epoch, 0 for "no TTL".  ``origin`` is
 ``"<node id>/<incarnation>"``.  ``hlc`` is a packed hybrid logical clock value
-(see :mod:`mesh.clock`).
+(see :mod:`mesh.core.clock`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class Mutation(NamedTuple):
 
 Record = tuple[str, int, int, str, "bytes | None", int]
 """A mutation's fields as a plain tuple, in :class:`Mutation`'s order (every
-Mutation is one): how entries from peers arrive (:mod:`mesh.peerwire`), since
+Mutation is one): how entries from peers arrive (:mod:`mesh.core.peerwire`), since
 decoding straight into tuples skips a copy of each.  Code that takes entries
 from peers indexes them (``m[1]`` is the seq) instead of naming fields."""
 
@@ -101,6 +101,6 @@ def raise_seqs(seqs: dict[str, int], entries: Iterable[Record]) -> dict[str, int
 def encode_records(mutations: Sequence[Record]) -> list[bytes]:
     """Each mutation's record as msgpack bytes: the payload of its log record.
     An origin encodes its own writes once, for its log and its PUB messages
-    (:func:`mesh.peerwire.encode_entries` puts these bytes inline)."""
+    (:func:`mesh.core.peerwire.encode_entries` puts these bytes inline)."""
     pack = _pack_record
     return [pack(m) for m in mutations]  # a Mutation packs as its record array
