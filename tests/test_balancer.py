@@ -31,8 +31,8 @@ import zmq
 from mesh.client import Client
 from mesh.core import wire
 from mesh.core.errors import ConfigError, NotReady, Timeout
-from mesh.roles.balancer import Link, Pending, Pool, _messages
 from mesh.roles.config import BalancerConfig
+from mesh.roles.routing import Link, Pending, Pool, bundle_messages
 from tests.conftest import BalancerProcess, NodeProcess, Processes, wait_for
 from tests.test_protocol_doc import run_complete_script
 
@@ -119,11 +119,11 @@ def sent(messages: list[tuple[int, list[bytes]]]) -> list[list[list[bytes]]]:
 
 def test_held_requests_go_as_bundles_within_the_nodes_limit():
     items = held(*([100] * 10))
-    messages = list(_messages(items, bundle_bytes=10_000))
+    messages = list(bundle_messages(items, bundle_bytes=10_000))
     assert [start for start, _ in messages] == [0]
     assert sent(messages) == [[frames for frames, _ in items]], "one bundle, in order"
     # each request is counted at its bytes plus generous framing (142 here): 4 fit in 600
-    messages = list(_messages(items, bundle_bytes=600))
+    messages = list(bundle_messages(items, bundle_bytes=600))
     carried = sent(messages)
     assert [len(c) for c in carried] == [4, 4, 2]
     assert [start for start, _ in messages] == [0, 4, 8]
@@ -134,10 +134,10 @@ def test_held_requests_go_as_bundles_within_the_nodes_limit():
 
 def test_a_lone_request_a_large_one_and_a_node_without_bundles_go_plain():
     items = held(100, 5_000, 100, 100)
-    plain = list(_messages(items, bundle_bytes=0))  # the node's HEALTH offered none
+    plain = list(bundle_messages(items, bundle_bytes=0))  # the node's HEALTH offered none
     assert [frames for _, frames in plain] == [frames for frames, _ in items]
-    assert list(_messages(held(100), bundle_bytes=10_000)) == [(0, held(100)[0][0])]
-    messages = list(_messages(items, bundle_bytes=1_000))
+    assert list(bundle_messages(held(100), bundle_bytes=10_000)) == [(0, held(100)[0][0])]
+    messages = list(bundle_messages(items, bundle_bytes=1_000))
     assert [start for start, _ in messages] == [0, 1, 2]
     assert messages[0][1] == items[0][0] and messages[1][1] == items[1][0], "sent as they are"
     assert sent(messages)[2] == [items[2][0], items[3][0]]
@@ -145,7 +145,7 @@ def test_a_lone_request_a_large_one_and_a_node_without_bundles_go_plain():
 
 def test_bundles_hold_at_most_bundle_max_requests():
     items = held(*([1] * (wire.BUNDLE_MAX + 5)))
-    counts = [len(c) for c in sent(list(_messages(items, bundle_bytes=1 << 30)))]
+    counts = [len(c) for c in sent(list(bundle_messages(items, bundle_bytes=1 << 30)))]
     assert counts == [wire.BUNDLE_MAX, 5]
 
 

@@ -59,6 +59,11 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def monotonic_ms() -> int:
+    """Milliseconds of a clock that never steps: for timeouts, periods and lag ages."""
+    return time.monotonic_ns() // 1_000_000
+
+
 def _check_hlc(value: object, what: str) -> int:
     # bool is an int subclass; a True timestamp is a bug, not a 1.
     if type(value) is not int or not 0 <= value <= MAX_HLC:

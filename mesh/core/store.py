@@ -55,6 +55,9 @@ ENTRY_OVERHEAD = 300
 TOMBSTONE_OVERHEAD = 240
 """Estimated bytes a tombstone costs beyond its key."""
 
+DEFAULT_TOMBSTONE_HORIZON_MS = 24 * 3600 * 1000
+"""How long a tombstone is kept by default (a SET older than it could revive its key)."""
+
 _pack = msgpack.Packer().pack
 _new_tuple = tuple.__new__
 
@@ -109,7 +112,7 @@ class Store:
         *,
         max_keys: int = 0,
         max_memory: int = 0,
-        tombstone_horizon_ms: int = 3_600_000,
+        tombstone_horizon_ms: int = DEFAULT_TOMBSTONE_HORIZON_MS,
         now_ms: Callable[[], int] = wall_ms,
         seed: int | None = None,
     ) -> None:

@@ -52,10 +52,8 @@ import json
 import logging
 import os
 import signal
-import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +61,11 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from mesh.core import wire
+from mesh.core.clock import monotonic_ms, wall_ms
 from mesh.core.errors import ProtocolError
 from mesh.roles.config import BalancerConfig
+from mesh.roles.routing import Link, Pending, Pool, bundle_messages, inflight_key
+from mesh.roles.tuning import tune_gc
 from mesh.roles.zsock import recv_frames, send_frames, socket_fd
 from mesh.storage.datadir import write_atomically
 
@@ -79,126 +80,10 @@ CLUSTER_WAIT_MS = 500
 DRAIN_MAX = 2048
 #: Held sends go out at the end of a loop turn, or once this many are waiting.
 HELD_MAX = 256
-#: Bytes allowed for the msgpack framing of one request in a bundle, and of the bundle.
-BUNDLE_SLACK = 16
 #: Most frames in one reply inside a bundle (envelope included).
 MAX_REPLY_FRAMES = 64
 #: Slack for clock differences between the balancer and the nodes.
 CLOCK_MARGIN_MS = 50
-
-
-def now_ms() -> int:
-    """Monotonic milliseconds."""
-    return time.monotonic_ns() // 1_000_000
-
-
-def wall_ms() -> int:
-    """Wall-clock milliseconds: deadlines are compared with the node's clock."""
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(slots=True)
-class Pending:
-    """A client request in flight (or waiting for a ready node)."""
-
-    frames: list[bytes]
-    request_id: int | None = None
-    write: bool = True  # reads carry no deadline: one running late changes nothing
-    attempts: int = 0
-    waiting_since: int = 0
-    run_by_ms: int = 0  # wall-clock deadline of the latest send (see wire.DEADLINE_MAGIC)
-
-
-@dataclass
-class Link:
-    """One node as the balancer sees it."""
-
-    endpoint: str
-    sock: Any = None
-    raw: Any = None
-    monitor: Any = None
-    raw_monitor: Any = None
-    node_id: str = ""
-    connected: bool = False
-    state: str = "unknown"
-    probe_sent_ms: int = 0
-    awaiting_since: int = 0  # oldest unanswered probe; 0 when the node answers
-    bundle_bytes: int = 0  # largest bundle the node takes (its HEALTH says); 0: none
-    inflight: dict[tuple[bytes, int | None], Pending] = field(default_factory=dict)
-
-    @property
-    def usable(self) -> bool:
-        """Connected, answering and ready."""
-        return self.connected and self.state == "ready"
-
-
-class Pool:
-    """Which node gets the next request: round-robin over usable links (no I/O)."""
-
-    def __init__(self, links: list[Link], batch: int = 32) -> None:
-        self.links = links
-        self._turn = itertools.cycle(range(len(links))) if links else None
-        self._batch = batch
-        self._current: Link | None = None
-        self._left = 0
-
-    def pick(self, exclude: Link | None = None) -> Link | None:
-        """The next usable link, preferring one other than ``exclude``."""
-        if self._turn is None:
-            return None
-        fallback = None
-        for _ in range(len(self.links)):
-            link = self.links[next(self._turn)]
-            if link.usable:
-                if link is not exclude:
-                    return link
-                fallback = link
-        return fallback
-
-    def pick_in_batch(self) -> Link | None:
-        """The last link picked, while usable and for ``batch`` picks in a row; else the next."""
-        link = self._current
-        if link is None or self._left <= 0 or not link.usable:
-            link = self._current = self.pick()
-            self._left = self._batch
-        self._left -= 1
-        return link
-
-    def any_ready(self) -> bool:
-        """True when at least one node can take traffic."""
-        return any(link.usable for link in self.links)
-
-
-def _key(pending: Pending) -> tuple[bytes, int | None]:
-    """A request's key in ``Link.inflight``: (client routing id, request id)."""
-    return pending.frames[0], pending.request_id
-
-
-def _messages(
-    items: list[tuple[list[bytes], Pending]], bundle_bytes: int
-) -> Iterator[tuple[int, list[bytes]]]:
-    """The messages that carry ``items`` to one node: (index of the first item, frames).
-
-    With ``bundle_bytes`` (the node takes bundles that large), consecutive
-    requests go as bundles (see :data:`mesh.core.wire.BUNDLE_MAGIC`) of at most
-    that many bytes and ``wire.BUNDLE_MAX`` requests; a lone or larger one
-    goes as it is.
-    """
-    if bundle_bytes <= 0 or len(items) < 2:
-        for i, (frames, _) in enumerate(items):
-            yield i, frames
-        return
-    limit = bundle_bytes - BUNDLE_SLACK
-    first, size = 0, 0
-    bundle: list[list[bytes]] = []
-    for i, (frames, _) in enumerate(items):
-        cost = BUNDLE_SLACK + sum(len(f) + 9 for f in frames)  # msgpack headers, generously
-        if bundle and (size + cost > limit or len(bundle) >= wire.BUNDLE_MAX):
-            yield first, bundle[0] if len(bundle) == 1 else wire.pack_bundle(bundle)
-            first, bundle, size = i, [], 0
-        bundle.append(frames)
-        size += cost
-    yield first, bundle[0] if len(bundle) == 1 else wire.pack_bundle(bundle)
 
 
 class Balancer:
@@ -224,12 +109,13 @@ class Balancer:
         self.front.setsockopt(zmq.SNDHWM, 100_000)
         self.front.bind(config.front)
         self.endpoint = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._raw_front = self.front
         # A plain zmq.Poller in a plain loop: the balancer only moves frames,
         # and asyncio's per-wait poller set-up cost more than the forwarding.
         self.poller = zmq.Poller()
         self.poller.register(self.front, zmq.POLLIN)
-        self._handlers: dict[Any, Callable[[int], None]] = {self.front: self._drain_front}
+        self._handlers: dict[zmq.Socket | int, Callable[[int], None]] = {
+            self.front: self._drain_front
+        }
         for link in self.links:
             self._connect(link)
 
@@ -246,8 +132,7 @@ class Balancer:
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
         sock.connect(link.endpoint)
-        link.sock = link.raw = sock
-        link.raw_monitor = link.monitor
+        link.sock = sock
         self.poller.register(sock, zmq.POLLIN)
         self._handlers[sock] = lambda now: self._drain_replies(link, now)
         # The monitor is polled by its raw file descriptor (ZMQ_FD), which
@@ -257,7 +142,8 @@ class Balancer:
         monitor_fd = socket_fd(link.monitor)
         self.poller.register(monitor_fd, zmq.POLLIN)
         self._handlers[monitor_fd] = lambda now: self._drain_monitor(link, now)
-        self._drain_monitor(link, now_ms())  # arms the fd: it fires only after a read found none
+        # Arms the fd: it fires only after a read found the queue empty.
+        self._drain_monitor(link, monotonic_ms())
 
     # ------------------------------------------------------------------ loop
 
@@ -268,7 +154,7 @@ class Balancer:
             self._holding = True
             while not self._stopped:
                 events = self.poller.poll(TICK_MS)
-                now = now_ms()
+                now = monotonic_ms()
                 for sock, _ in events:
                     self._handlers[sock](now)
                 if now >= next_tick:  # timers have ms resolution: once per ms is enough
@@ -297,7 +183,7 @@ class Balancer:
     def _probe(self, link: Link, op: str, now: int, token: int = 0) -> None:
         frame = wire.encode_request(next(self._probe_ids), op)
         try:
-            link.raw.send_multipart([PROBE, token.to_bytes(8, "big"), frame], NOBLOCK)
+            link.sock.send_multipart([PROBE, token.to_bytes(8, "big"), frame], NOBLOCK)
         except zmq.ZMQError:
             return
         if op == "HEALTH":
@@ -307,10 +193,10 @@ class Balancer:
     # ------------------------------------------------------------------ clients
 
     def _drain_front(self, now: int) -> None:
-        raw = self._raw_front
+        front = self.front
         for _ in range(DRAIN_MAX):
             try:
-                frames = recv_frames(raw)
+                frames = recv_frames(front)
             except zmq.Again:
                 return
             self.counters["requests"] += 1
@@ -335,17 +221,17 @@ class Balancer:
                 pending.run_by_ms = wall_ms() + self.config.deadline_ms
                 frames = [*frames[:-1], wire.deadline_frame(pending.run_by_ms), frames[-1]]
             if pending.request_id is not None:
-                link.inflight[_key(pending)] = pending
+                link.inflight[inflight_key(pending)] = pending
             if self._holding:
                 self._held.append((link, frames, pending))
                 if len(self._held) >= HELD_MAX:
                     self._send_held(now)
                 return
             try:
-                send_frames(link.raw, frames)
+                send_frames(link.sock, frames)
                 return
             except zmq.ZMQError:
-                link.inflight.pop(_key(pending), None)  # never sent
+                link.inflight.pop(inflight_key(pending), None)  # never sent
                 self._drop(link, now, "unreachable")
         if pending.attempts >= self.config.max_attempts:
             self._reply_error(pending, wire.E_NOT_READY, "no node answered the request")
@@ -359,14 +245,19 @@ class Balancer:
         held, self._held = self._held, []
         per_link: dict[int, tuple[Link, list[tuple[list[bytes], Pending]]]] = {}
         for link, frames, pending in held:
-            if pending.request_id is not None and link.inflight.get(_key(pending)) is not pending:
+            if (
+                pending.request_id is not None
+                and link.inflight.get(inflight_key(pending)) is not pending
+            ):
                 continue  # its node was dropped since, and _drop has rescheduled it
             per_link.setdefault(id(link), (link, []))[1].append((frames, pending))
         retry: list[Pending] = []
         for link, items in per_link.values():
             unsent, failed = self._send_items(link, items)
             for pending in unsent:
-                link.inflight.pop(_key(pending), None)  # never sent: safe to send elsewhere now
+                link.inflight.pop(
+                    inflight_key(pending), None
+                )  # never sent: safe to send elsewhere now
             retry += unsent
             if failed:
                 self._drop(link, now, "unreachable")
@@ -383,9 +274,9 @@ class Balancer:
         """Send ``items`` to ``link``: (the requests not sent, whether a send failed)."""
         if not link.usable:  # out of rotation since they were routed
             return [pending for _, pending in items], False
-        for start, message in _messages(items, link.bundle_bytes):
+        for start, message in bundle_messages(items, link.bundle_bytes):
             try:
-                send_frames(link.raw, message)
+                send_frames(link.sock, message)
             except zmq.ZMQError:
                 return [pending for _, pending in items[start:]], True
         return [], False
@@ -411,10 +302,10 @@ class Balancer:
         if self._holding:
             self._held_replies.append(frames)
             if len(self._held_replies) >= HELD_MAX:
-                self._send_held(now_ms())
+                self._send_held(monotonic_ms())
             return
         try:
-            send_frames(self._raw_front, frames)
+            send_frames(self.front, frames)
         except zmq.ZMQError:
             pass  # the client is gone
 
@@ -423,7 +314,7 @@ class Balancer:
     def _drain_replies(self, link: Link, now: int) -> None:
         for _ in range(DRAIN_MAX):
             try:
-                frames = recv_frames(link.raw)
+                frames = recv_frames(link.sock)
             except zmq.Again:
                 return
             link.awaiting_since = 0
@@ -484,7 +375,7 @@ class Balancer:
     def _drain_monitor(self, link: Link, now: int) -> None:
         while True:
             try:
-                event = parse_monitor_message(link.raw_monitor.recv_multipart(NOBLOCK))
+                event = parse_monitor_message(link.monitor.recv_multipart(NOBLOCK))
             except zmq.Again:
                 return
             if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
@@ -555,7 +446,7 @@ class Balancer:
     def close(self) -> None:
         """Close every socket."""
         for link in self.links:
-            if link.sock is not None:
+            if hasattr(link, "sock"):  # connected in __init__ (unless it failed half-way)
                 link.sock.disable_monitor()
                 link.monitor.close(0)
                 link.sock.close(0)
@@ -568,7 +459,7 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
     ``status_file`` gets ``{"pid", "state", "front"}`` once the front is bound
     (with a ``*`` port, the port the OS picked).
     """
-
+    tune_gc()
     ctx = zmq.Context()
     try:
         balancer = Balancer(config, ctx)

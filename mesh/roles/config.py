@@ -1,8 +1,10 @@
 """One config object per process role, with named defaults and ``validate()``.
 
-Every field has a CLI flag and an environment variable ``PYCACHE_<FIELD>``
-(see :mod:`mesh.cli`).  ``validate()`` raises :class:`mesh.core.errors.ConfigError`
-(a ``ValueError``) rather than asserting, so ``python -O`` keeps the checks.
+Every field has a flag of its ``pycache`` command and a ``PYCACHE_...``
+environment variable (:mod:`mesh.cli`; sizes are in MiB there, bytes here),
+and the flags' defaults are read from here.  ``validate()`` raises
+:class:`mesh.core.errors.ConfigError` (a ``ValueError``) rather than
+asserting, so ``python -O`` keeps the checks.
 """
 
 from __future__ import annotations
@@ -18,13 +20,17 @@ from mesh.core.limits import (
     Limits,
     check_range,
 )
+from mesh.core.store import DEFAULT_TOMBSTONE_HORIZON_MS
 
-DEFAULT_API = "tcp://127.0.0.1:7001"
-DEFAULT_REPL = "tcp://127.0.0.1:7101"
-DEFAULT_PUB = "tcp://127.0.0.1:7201"
-DEFAULT_FRONT = "tcp://127.0.0.1:7000"
-DEFAULT_EDGE_HOST = "127.0.0.1"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_API = f"tcp://{DEFAULT_HOST}:7001"
+DEFAULT_REPL = f"tcp://{DEFAULT_HOST}:7101"
+DEFAULT_PUB = f"tcp://{DEFAULT_HOST}:7201"
+DEFAULT_FRONT = f"tcp://{DEFAULT_HOST}:7000"
+DEFAULT_EDGE_HOST = DEFAULT_HOST
 DEFAULT_EDGE_PORT = 5000
+#: The first node's HTTP port in a local cluster (``pycache up``).
+DEFAULT_NODE_HTTP_PORT = 8001
 DEFAULT_EDGE_TIMEOUT = 5.0
 #: ``NodeConfig.http_port`` value asking the OS for a free port (0 means no HTTP API).
 HTTP_PORT_ANY = -1
@@ -79,7 +85,7 @@ class NodeConfig:
     snapshot_every: int = 1_000_000
     max_keys: int = 0
     max_memory: int = 0
-    tombstone_horizon_ms: int = 24 * 3600 * 1000
+    tombstone_horizon_ms: int = DEFAULT_TOMBSTONE_HORIZON_MS
     sweep_interval_ms: int = 100
     batch_max: int = 1024
     limits: Limits = field(default_factory=Limits)
@@ -200,6 +206,26 @@ class EdgeConfig:
             raise ConfigError(f"timeout must be in (0, 3600] seconds, not {timeout!r}")
         check_range("max_body_bytes", self.max_body_bytes, 1, 1024 * MIB)
         return self
+
+
+def _port(endpoint: str) -> int:
+    """The port of a ``tcp://host:port`` endpoint."""
+    return int(endpoint.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True)
+class Ports:
+    """First ports of each kind in a local cluster (``pycache up``).
+
+    Node i gets first + i - 1.  0 everywhere: the OS picks every port.
+    """
+
+    api: int = _port(DEFAULT_API)
+    repl: int = _port(DEFAULT_REPL)
+    pub: int = _port(DEFAULT_PUB)
+    http: int = DEFAULT_NODE_HTTP_PORT
+    balancer: int = _port(DEFAULT_FRONT)
+    edge: int = DEFAULT_EDGE_PORT
 
 
 def check_endpoint(name: str, endpoint: str) -> None:

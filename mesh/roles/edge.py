@@ -56,6 +56,7 @@ from mesh.roles.cacheapi import (
     translate_error,
 )
 from mesh.roles.config import EdgeConfig
+from mesh.roles.tuning import tune_gc
 from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
@@ -462,6 +463,7 @@ def run_edge(config: EdgeConfig) -> None:
     once listening (the bound port, when the OS picked it).
     """
     config.validate()
+    tune_gc()
 
     async def main() -> None:
         stopped = asyncio.Event()

@@ -25,15 +25,11 @@ exits 0.
 from __future__ import annotations
 
 import asyncio
-import gc
-import json
 import logging
 import os
 import signal
 import time
-from collections.abc import Iterable
-from itertools import islice
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 import zmq
@@ -41,29 +37,28 @@ import zmq.asyncio
 
 from mesh.core import wire
 from mesh.core.acks import PendingAcks, Waiting, nodes_needed
-from mesh.core.clock import HybridClock, wall_ms
+from mesh.core.clock import HybridClock, monotonic_ms, wall_ms
 from mesh.core.commands import CommandExecutor
 from mesh.core.errors import ProtocolError
-from mesh.core.mutation import Mutation, encode_records
+from mesh.core.mutation import encode_records
 from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
 from mesh.roles.config import DEFAULT_EDGE_TIMEOUT, HTTP_PORT_ANY, NodeConfig
-from mesh.roles.peering import Peering, now_ms
+from mesh.roles.node_status import cluster, health, stats, write_status_file
+from mesh.roles.peering import Peering
+from mesh.roles.tuning import pause_gc, resume_gc, tune_gc, tune_malloc
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
 from mesh.storage.datadir import (
     lock_data_dir,
     mark_clean_shutdown,
     open_identity,
     take_clean_shutdown,
-    write_atomically,
 )
 from mesh.storage.log import Log
+from mesh.storage.recovery import recover
 
 log = logging.getLogger(__name__)
 
-PROGRESS_EVERY = 250_000
-APPLY_CHUNK = 64
-STATUS_FILE = "node.json"
 REPLY_HWM = 100_000
 ACK_CHECK_MS = 5
 #: longest _serve runs read-only batches back to back without letting other tasks
@@ -104,7 +99,14 @@ class Node:
         )
         self.clock = HybridClock()
         self.commands = CommandExecutor(
-            self.store, self.clock, self.origin, 0, wall_ms, self.stats, self.health, self.cluster
+            self.store,
+            self.clock,
+            self.origin,
+            0,
+            wall_ms,
+            partial(stats, self),
+            partial(health, self),
+            partial(cluster, self),
         )
         self.replica = Replica(config.node_id, self.origin, self.store, self.log, self.clock)
         self.peering: Peering | None = None
@@ -115,7 +117,7 @@ class Node:
             "dropped_replies": 0,
             "expired_requests": 0,
         }
-        self._started = time.monotonic()
+        self.started = time.monotonic()
         self._snapshot_offset = 0
         self._stopped = asyncio.Event()
         self._api: zmq.asyncio.Socket | None = None
@@ -124,64 +126,36 @@ class Node:
         self._gc_paused = False
         self._commits = 0  # group commits (batches with writes) so far
         self.endpoint = config.api
-        self._http: Any = None  # mesh.roles.edge.HttpServer with --http-port
+        self.http: Any = None  # mesh.roles.edge.HttpServer with --http-port
 
     # ------------------------------------------------------------------ recovery
 
     def recover(self) -> int:
         """Rebuild memory from the latest snapshot plus the log tail; return entries applied."""
         self.state = "replaying"
-        started = time.perf_counter()
-        applied, start_offset, max_hlc, vv, floor = 0, 0, 0, {}, {}
-        snapshot = self.log.load_snapshot()
-        if snapshot is not None:
-            meta, entries = snapshot
-            start_offset = int(meta.get("offset", 0))
-            max_hlc = int(meta.get("max_hlc", 0))
-            vv, floor = dict(meta.get("vv", {})), dict(meta.get("floor", {}))
-            applied = self._apply_all(entries, "loading the snapshot")
-            log.info("loaded snapshot at offset %d: %d entries", start_offset, applied)
-        applied += self._apply_all(self.log.replay(start_offset), "replaying")
-        # The log holds each origin's entries contiguously, so its highest seq
-        # per origin is the version vector.
-        for origin, seq in self.log.max_seqs().items():
-            vv[origin] = max(seq, vv.get(origin, 0))
+        found = recover(self.log, self.store)
         self.replica = Replica(
             self.config.node_id,
             self.origin,
             self.store,
             self.log,
             self.clock,
-            vv=vv,
-            floor=floor,
-            now_ms=now_ms(),
+            vv=found.vv,
+            floor=found.floor,
+            now_ms=monotonic_ms(),
         )
-        self.commands.seq = vv.get(self.origin, 0)
-        self.clock.observe(max(max_hlc, self.log.max_hlc))
-        self._snapshot_offset = start_offset
-        elapsed = time.perf_counter() - started
+        self.commands.seq = found.vv.get(self.origin, 0)
+        self.clock.observe(found.max_hlc)
+        self._snapshot_offset = found.snapshot_offset
         log.info(
             "recovered %d entries in %.2f s (%.0f entries/s); %d live keys; seq %d",
-            applied,
-            elapsed,
-            applied / elapsed if elapsed > 0 else 0.0,
+            found.applied,
+            found.seconds,
+            found.applied / found.seconds if found.seconds > 0 else 0.0,
             len(self.store),
             self.commands.seq,
         )
-        return applied
-
-    def _apply_all(self, entries: Iterable[Mutation], doing: str) -> int:
-        """Apply ``entries`` to the store in chunks, logging progress; return how many."""
-        applied, entries = 0, iter(entries)
-        # Small chunks, applied while their entries are fresh: with chunks of
-        # 1,024 or more bench/replay_bench.py recovered 25-30% slower than
-        # one entry at a time; 64 was 5-10% faster.
-        while chunk := list(islice(entries, APPLY_CHUNK)):
-            self.store.apply_many(chunk)
-            applied += len(chunk)
-            if applied % PROGRESS_EVERY < len(chunk):
-                log.info("%s: %d entries applied", doing, applied)
-        return applied
+        return found.applied
 
     # ------------------------------------------------------------------ serving
 
@@ -193,7 +167,7 @@ class Node:
             self._start_http()
             self.state = "catching-up"
             self._pause_gc()
-            self._write_status()
+            write_status_file(self)
             log.info(
                 "node %s catching up; api %s; origin %s",
                 self.config.node_id,
@@ -222,8 +196,8 @@ class Node:
         finally:
             self._resume_gc()
             try:
-                if self._http is not None:
-                    await self._http.stop()
+                if self.http is not None:
+                    await self.http.stop()
             finally:
                 self._shutdown()
 
@@ -269,7 +243,7 @@ class Node:
         from mesh.roles.edge import serve  # tornado is loaded only by nodes that serve HTTP
 
         port = 0 if self.config.http_port == HTTP_PORT_ANY else self.config.http_port
-        self._http = serve(
+        self.http = serve(
             self.endpoint,
             self.config.http_host,
             port,
@@ -277,52 +251,22 @@ class Node:
             max_body_bytes=self.config.limits.request_bytes,
             context=self.ctx,
         )
-        log.info("node %s serves HTTP on %s", self.config.node_id, self._http.url)
+        log.info("node %s serves HTTP on %s", self.config.node_id, self.http.url)
 
     def _pause_gc(self) -> None:
-        """No cyclic garbage collection while catching up.
-
-        A catch-up adds hundreds of thousands of long-lived entries, which the
-        collector would keep traversing (about 7% of a catch-up here); the
-        catch-up path makes no reference cycles.  Resumed once ready.
-        """
-        if gc.isenabled():
-            gc.disable()
-            self._gc_paused = True
+        """No cyclic garbage collection while catching up (resumed once ready)."""
+        self._gc_paused = pause_gc() or self._gc_paused
 
     def _resume_gc(self) -> None:
-        """Collect again, leaving out every object that exists now (``gc.freeze``).
-
-        All that the catch-up allocated sat in the youngest generation, so the
-        first collections after it would each traverse the whole store (about
-        50 ms for 200,000 entries here, right when the node turns ready); and
-        the entries, which form no cycles, would be traversed again by every
-        full collection after that.
-        """
         if self._gc_paused:
             self._gc_paused = False
-            gc.freeze()
-            gc.enable()
-
-    def _write_status(self) -> None:
-        """Write ``<data-dir>/node.json``: pid, state and the endpoints actually bound.
-
-        With ``tcp://127.0.0.1:*`` endpoints the OS picks the ports; tests and
-        tools read them from here.
-        """
-        status = {"pid": os.getpid(), "state": self.state, "api": self.endpoint}
-        if self._http is not None:
-            status["http"] = self._http.url
-        if self.peering is not None:
-            status.update(self.peering.endpoints)
-        path = Path(self.config.data_dir) / STATUS_FILE
-        write_atomically(path, json.dumps(status).encode(), durable=False)
+            resume_gc()
 
     def _on_replication(self) -> None:
         if self.state == "catching-up" and self.replica.state == READY:
             self.state = "ready"
             self._resume_gc()
-            self._write_status()
+            write_status_file(self)
             log.info("node %s ready (%d live keys)", self.config.node_id, len(self.store))
         self.commands.seq = max(self.commands.seq, self.replica.vv.get(self.origin, 0))
         self._check_acks()
@@ -454,7 +398,7 @@ class Node:
         if self.commands.seq > seq_before:
             w = request.w or self.config.w
             if w != 1 and (needed := nodes_needed(w, 1 + len(self.replica.peers))) > 1:
-                deadline = now_ms() + self.config.ack_timeout_ms
+                deadline = monotonic_ms() + self.config.ack_timeout_ms
                 held.append(
                     Waiting(self.commands.seq, needed, deadline, frames[:-1], request.id, result)
                 )
@@ -465,7 +409,7 @@ class Node:
     def _check_acks(self) -> None:
         if not len(self.acks):
             return
-        done, expired = self.acks.resolve(self.replica.logged_by, now_ms())
+        done, expired = self.acks.resolve(self.replica.logged_by, monotonic_ms())
         replies = [[*w.envelope, wire.encode_reply(w.request_id, w.result)] for w in done]
         for w, have in expired:
             reason = f"logged on {have} of the {w.needed} nodes required before the timeout"
@@ -510,53 +454,6 @@ class Node:
             len(removed),
         )
 
-    def health(self) -> dict:
-        """The HEALTH reply: who this is and whether it serves."""
-        return {
-            "node_id": self.config.node_id,
-            "state": self.state,
-            "bundle_bytes": self.config.limits.request_bytes,
-        }
-
-    def cluster(self) -> dict:
-        """The CLUSTER reply: this node in full, its peers as it sees them."""
-        me = {
-            "node_id": self.config.node_id,
-            "state": self.state,
-            "keys": len(self.store),
-            "digest": self.store.digest(),
-            "endpoint": self.endpoint,
-            "lag": {"entries": 0, "ms": 0},
-        }
-        peers = [
-            {"node_id": node_id, "state": lag.pop("state"), "lag": lag}
-            for node_id, lag in self.replica.lag(now_ms()).items()
-        ]
-        return {"nodes": [me, *peers]}
-
-    def stats(self) -> dict:
-        """The STATS reply: identity, state, replication, store, log and counters."""
-        now = now_ms()
-        return {
-            "node_id": self.config.node_id,
-            "origin": self.origin,
-            "state": self.state,
-            "seq": self.commands.seq,
-            "uptime_ms": int((time.monotonic() - self._started) * 1000),
-            "digest": self.store.digest(),
-            **self.store.stats(),
-            **self.counters,
-            "vv": dict(self.replica.vv),
-            "lag": self.replica.lag(now),
-            "replication": dict(self.replica.counters),
-            "endpoints": {"api": self.endpoint, **(self.peering.endpoints if self.peering else {})},
-            "log": {
-                "fsync": self.config.fsync,
-                "next_offset": self.log.next_offset,
-                "first_offset": self.log.first_offset(),
-            },
-        }
-
     def _shutdown(self) -> None:
         try:
             self.log.sync()
@@ -582,6 +479,9 @@ class Node:
 
 def run_node(config: NodeConfig) -> None:
     """Run a node in this process until SIGTERM or SIGINT; returns after a clean stop."""
+
+    tune_gc()
+    tune_malloc()
 
     async def main() -> None:
         ctx = zmq.asyncio.Context()

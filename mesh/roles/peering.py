@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from functools import partial
@@ -36,9 +35,10 @@ import zmq
 import zmq.asyncio
 
 from mesh.core import peerwire
+from mesh.core.clock import monotonic_ms
 from mesh.core.errors import ProtocolError
 from mesh.core.mutation import raise_seqs
-from mesh.core.replication import READY, Batch, Fetch, Replica
+from mesh.core.replication import READY, STARTUP_TIMEOUT_MS, Batch, Fetch, Replica
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
 from mesh.storage.datadir import write_atomically
 from mesh.storage.log import Log
@@ -58,11 +58,6 @@ ZMTP_HEARTBEAT_MS = 500
 #: Entries taken from peers' PUB that no origin waits on are fsynced within
 #: about this long (or sooner, by the node's own next fsync or heartbeat).
 REPLICA_SYNC_MS = 20
-
-
-def now_ms() -> int:
-    """Monotonic milliseconds: the core's notion of time in a real node."""
-    return time.monotonic_ns() // 1_000_000
 
 
 class Peering:
@@ -122,7 +117,7 @@ class Peering:
         self._sync_due: int | None = None  # fsync received entries by then (monotonic ms)
         self._tick_now = False  # run _tick in this loop turn, not at the next ms
         self._load_peers(peers)
-        self._startup_until = now_ms() + 1500
+        self._startup_until = monotonic_ms() + STARTUP_TIMEOUT_MS
         self._next_beat = 0
         # node id -> (key of the fetch it is for, batch, its entries packed)
         self._prepared: dict[str, tuple[tuple, Batch, bytes]] = {}
@@ -209,7 +204,7 @@ class Peering:
         try:
             next_tick = 0
             while True:
-                now = now_ms()
+                now = monotonic_ms()
                 for raw, handle in list(self._watched):
                     if readable(raw):
                         handle(now)

@@ -26,12 +26,14 @@ from pathlib import Path
 
 from mesh.core.errors import PyCacheError, Timeout
 from mesh.roles.client import Client
+from mesh.roles.config import DEFAULT_HOST, NodeConfig, Ports
 from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 10.0
+DEFAULT_PORTS = Ports()
 
 
 def die_with_parent() -> None:
@@ -64,18 +66,6 @@ class Child:
         }
 
 
-@dataclass(frozen=True)
-class Ports:
-    """First ports of each kind; node i gets first + i - 1.  0 everywhere: OS-picked."""
-
-    api: int = 7001
-    repl: int = 7101
-    pub: int = 7201
-    http: int = 8001
-    balancer: int = 7000
-    edge: int = 5000
-
-
 class Cluster:
     """Local nodes, a balancer in front of them and an HTTP edge, under one folder.
 
@@ -91,9 +81,9 @@ class Cluster:
         data_dir: str,
         *,
         nodes: int = 3,
-        host: str = "127.0.0.1",
-        ports: Ports = Ports(),
-        fsync: str = "always",
+        host: str = DEFAULT_HOST,
+        ports: Ports = DEFAULT_PORTS,
+        fsync: str = NodeConfig.fsync,
         front_doors: bool = True,
     ) -> None:
         if not 1 <= nodes <= 64:

@@ -1,0 +1,236 @@
+"""``pycache node``: run one node; every :class:`~mesh.roles.config.NodeConfig` field is a flag.
+
+Each flag has an environment variable ``PYCACHE_<FLAG>``; sizes in MiB are
+converted to the config's bytes here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mesh.cli.exits import errors_to_exit_codes, split_csv
+from mesh.cli.options import int_option, log_level_option, setup_logging, valid_config
+from mesh.core.limits import MIB, Limits
+from mesh.roles.config import (
+    DEFAULT_API,
+    DEFAULT_EDGE_HOST,
+    DEFAULT_PUB,
+    DEFAULT_REPL,
+    FSYNC_POLICIES,
+    HTTP_PORT_ANY,
+    W_LEVELS,
+    NodeConfig,
+)
+
+_W_HELP = f"Default write acknowledgement: a node count, {' or '.join(map(repr, W_LEVELS))}."
+
+
+def _http_port(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """``--http-port``: a port number, or ``*`` for one the OS picks."""
+    if value.strip() == "*":
+        return HTTP_PORT_ANY
+    if value.strip().isdigit() and int(value) <= 65535:
+        return int(value)
+    raise click.BadParameter(f"{value!r} is not a port number (0-65535) or '*'")
+
+
+def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]:
+    envvar = "PYCACHE_" + flag.lstrip("-").upper()
+    return click.option(flag, default=default, show_default=True, envvar=envvar, help=help)
+
+
+@click.command()
+@click.option("--id", "node_id", required=True, envvar="PYCACHE_NODE_ID", help="Node id.")
+@click.option("--data-dir", required=True, envvar="PYCACHE_DATA_DIR", help="Data folder.")
+@_endpoint_option("--api", DEFAULT_API, "Client ROUTER endpoint to bind.")
+@_endpoint_option(
+    "--repl", DEFAULT_REPL, "Replication ROUTER endpoint to bind (peers fetch from it)."
+)
+@_endpoint_option("--pub", DEFAULT_PUB, "PUB endpoint to bind (this node's writes go out on it).")
+@click.option(
+    "--peers",
+    default="",
+    envvar="PYCACHE_PEERS",
+    help="Comma-separated repl endpoints of other nodes.",
+)
+@click.option(
+    "--w", "w", default=str(NodeConfig.w), show_default=True, envvar="PYCACHE_W", help=_W_HELP
+)
+@int_option(
+    "--ack-timeout-ms",
+    NodeConfig.ack_timeout_ms,
+    "PYCACHE_ACK_TIMEOUT_MS",
+    "How long a write waits for w nodes.",
+)
+@int_option(
+    "--pub-hwm",
+    NodeConfig.pub_hwm,
+    "PYCACHE_PUB_HWM",
+    "PUB send high-water mark in messages (tiny values force loss, for tests).",
+)
+@click.option(
+    "--fsync",
+    type=click.Choice(FSYNC_POLICIES),
+    default=NodeConfig.fsync,
+    show_default=True,
+    envvar="PYCACHE_FSYNC",
+    help="Log fsync policy.",
+)
+@int_option(
+    "--fsync-interval-ms",
+    NodeConfig.fsync_interval_ms,
+    "PYCACHE_FSYNC_INTERVAL_MS",
+    "Period of the interval policy.",
+)
+@int_option(
+    "--segment-mib", NodeConfig.segment_bytes // MIB, "PYCACHE_SEGMENT_MIB", "Log segment size."
+)
+@int_option(
+    "--retention-mib",
+    NodeConfig.retention_bytes // MIB,
+    "PYCACHE_RETENTION_MIB",
+    "Log kept after a snapshot covers it.",
+)
+@int_option(
+    "--snapshot-every",
+    NodeConfig.snapshot_every,
+    "PYCACHE_SNAPSHOT_EVERY",
+    "Entries between snapshots (0: never).",
+)
+@int_option(
+    "--max-keys",
+    NodeConfig.max_keys,
+    "PYCACHE_MAX_KEYS",
+    "LRU eviction above this many keys (0: no limit).",
+)
+@int_option(
+    "--max-memory-mib",
+    NodeConfig.max_memory // MIB,
+    "PYCACHE_MAX_MEMORY_MIB",
+    "LRU eviction above this much data.",
+)
+@int_option(
+    "--tombstone-horizon-ms",
+    NodeConfig.tombstone_horizon_ms,
+    "PYCACHE_TOMBSTONE_HORIZON_MS",
+    "How long a deleted key's tombstone is kept.",
+)
+@int_option(
+    "--sweep-interval-ms",
+    NodeConfig.sweep_interval_ms,
+    "PYCACHE_SWEEP_INTERVAL_MS",
+    "Period of the active TTL sweep.",
+)
+@int_option(
+    "--batch-max",
+    NodeConfig.batch_max,
+    "PYCACHE_BATCH_MAX",
+    "Most requests handled in one event-loop turn.",
+)
+@int_option(
+    "--max-key-bytes", Limits.max_key_bytes, "PYCACHE_MAX_KEY_BYTES", "Longest key accepted."
+)
+@int_option(
+    "--max-value-mib",
+    Limits.max_value_bytes // MIB,
+    "PYCACHE_MAX_VALUE_MIB",
+    "Largest value accepted.",
+)
+@int_option(
+    "--max-request-bytes",
+    Limits.max_request_bytes,
+    "PYCACHE_MAX_REQUEST_BYTES",
+    "Largest request frame (0: the largest value plus 64 KiB).",
+)
+@int_option(
+    "--max-frames",
+    Limits.max_frames,
+    "PYCACHE_MAX_FRAMES",
+    "Most frames in one message, routing id included.",
+)
+@int_option(
+    "--max-items",
+    Limits.max_items,
+    "PYCACHE_MAX_ITEMS",
+    "Most keys in one MGET, MSET or DEL.",
+)
+@click.option(
+    "--http-port",
+    default=str(NodeConfig.http_port),
+    show_default=True,
+    envvar="PYCACHE_HTTP_PORT",
+    callback=_http_port,
+    help="Serve the HTTP API on this port too (0: no HTTP; '*': the OS picks, see node.json).",
+)
+@_endpoint_option("--http-host", DEFAULT_EDGE_HOST, "Address the HTTP API listens on.")
+@log_level_option
+def node(
+    node_id: str,
+    data_dir: str,
+    api: str,
+    repl: str,
+    pub: str,
+    peers: str,
+    w: str,
+    ack_timeout_ms: int,
+    pub_hwm: int,
+    fsync: str,
+    fsync_interval_ms: int,
+    segment_mib: int,
+    retention_mib: int,
+    snapshot_every: int,
+    max_keys: int,
+    max_memory_mib: int,
+    tombstone_horizon_ms: int,
+    sweep_interval_ms: int,
+    batch_max: int,
+    max_key_bytes: int,
+    max_value_mib: int,
+    max_request_bytes: int,
+    max_frames: int,
+    max_items: int,
+    http_port: int,
+    http_host: str,
+    log_level: str,
+) -> None:
+    """Run one node until SIGTERM or Ctrl-C (then fsync and exit 0)."""
+    from mesh.roles.node import run_node
+
+    setup_logging(log_level, node_id)
+    limits = Limits(
+        max_key_bytes=max_key_bytes,
+        max_value_bytes=max_value_mib * MIB,
+        max_request_bytes=max_request_bytes,
+        max_frames=max_frames,
+        max_items=max_items,
+    )
+    config = valid_config(
+        lambda: NodeConfig(
+            node_id=node_id,
+            data_dir=data_dir,
+            api=api,
+            repl=repl,
+            pub=pub,
+            peers=split_csv(peers),
+            w=int(w) if w.isdigit() else w,
+            ack_timeout_ms=ack_timeout_ms,
+            pub_hwm=pub_hwm,
+            fsync=fsync,
+            fsync_interval_ms=fsync_interval_ms,
+            segment_bytes=segment_mib * MIB,
+            retention_bytes=retention_mib * MIB,
+            snapshot_every=snapshot_every,
+            max_keys=max_keys,
+            max_memory=max_memory_mib * MIB,
+            tombstone_horizon_ms=tombstone_horizon_ms,
+            sweep_interval_ms=sweep_interval_ms,
+            batch_max=batch_max,
+            limits=limits,
+            http_port=http_port,
+            http_host=http_host,
+        )
+    )
+    errors_to_exit_codes(run_node)(config)

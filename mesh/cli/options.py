@@ -1,0 +1,47 @@
+"""What the process-role commands share: config validation, logging, option helpers.
+
+Each option's default is read from the config class that owns it (the
+``defaults`` of :mod:`mesh.roles.config` and :mod:`mesh.core.limits`), never
+typed again here.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mesh.cli.exits import EXIT_ERROR, fail
+from mesh.core.errors import ConfigError
+
+
+def valid_config(make_config: Callable[[], Any]) -> Any:
+    """Build and validate a config (``validate()`` returns it); a bad value exits 2."""
+    try:
+        return make_config().validate()
+    except ConfigError as exc:
+        fail(str(exc), EXIT_ERROR)
+
+
+def setup_logging(level: str, name: str) -> None:
+    """Log to stderr as ``<time> <name> <level> <logger>: <message>``."""
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def int_option(flag: str, default: int, envvar: str, help: str) -> Callable[[Any], Any]:
+    """An integer option with its default shown and its environment variable."""
+    return click.option(
+        flag, type=int, default=default, show_default=True, envvar=envvar, help=help
+    )
+
+
+log_level_option = click.option(
+    "--log-level", default="INFO", show_default=True, envvar="PYCACHE_LOG_LEVEL"
+)

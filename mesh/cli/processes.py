@@ -1,0 +1,265 @@
+"""``pycache balancer``, ``pycache edge`` and ``pycache up``: the front doors and a local cluster.
+
+Every option has an environment variable; defaults are read from
+:mod:`mesh.roles.config`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mesh.cli.exits import errors_to_exit_codes, split_csv
+from mesh.cli.options import int_option, log_level_option, setup_logging, valid_config
+from mesh.roles.config import (
+    DEFAULT_EDGE_HOST,
+    DEFAULT_FRONT,
+    FSYNC_POLICIES,
+    BalancerConfig,
+    EdgeConfig,
+    NodeConfig,
+    Ports,
+)
+
+
+@click.command()
+@click.option(
+    "--front",
+    default=DEFAULT_FRONT,
+    show_default=True,
+    envvar="PYCACHE_FRONT",
+    help="ROUTER endpoint clients connect to.",
+)
+@click.option(
+    "--nodes",
+    "nodes",
+    required=True,
+    envvar="PYCACHE_NODES_API",
+    help="Comma-separated client API endpoints of the nodes.",
+)
+@int_option("--health-ms", BalancerConfig.health_ms, "PYCACHE_HEALTH_MS", "HEALTH probe period.")
+@int_option(
+    "--hang-ms",
+    BalancerConfig.hang_ms,
+    "PYCACHE_HANG_MS",
+    "Silence that takes a node out of rotation.",
+)
+@int_option(
+    "--wait-ms",
+    BalancerConfig.wait_ms,
+    "PYCACHE_WAIT_MS",
+    "Wait for a ready node before NOT_READY.",
+)
+@int_option(
+    "--max-attempts",
+    BalancerConfig.max_attempts,
+    "PYCACHE_MAX_ATTEMPTS",
+    "Sends of one request, retries on failover included.",
+)
+@int_option(
+    "--deadline-ms",
+    BalancerConfig.deadline_ms,
+    "PYCACHE_DEADLINE_MS",
+    "A node must start a forwarded request within this long, else it is resent elsewhere.",
+)
+@int_option(
+    "--batch-per-node",
+    BalancerConfig.batch_per_node,
+    "PYCACHE_BATCH_PER_NODE",
+    "Requests in a row to one node before the next (1: strict round robin).",
+)
+@click.option(
+    "--status-file",
+    default=None,
+    envvar="PYCACHE_STATUS_FILE",
+    help="Write {pid, state, front} JSON here once bound.",
+)
+@log_level_option
+def balancer(
+    front: str,
+    nodes: str,
+    health_ms: int,
+    hang_ms: int,
+    wait_ms: int,
+    max_attempts: int,
+    deadline_ms: int,
+    batch_per_node: int,
+    status_file: str | None,
+    log_level: str,
+) -> None:
+    """Run a balancer in front of the nodes until SIGTERM or Ctrl-C."""
+    from mesh.roles.balancer import run_balancer
+
+    setup_logging(log_level, "balancer")
+    config = valid_config(
+        lambda: BalancerConfig(
+            front=front,
+            nodes=split_csv(nodes),
+            health_ms=health_ms,
+            hang_ms=hang_ms,
+            wait_ms=wait_ms,
+            max_attempts=max_attempts,
+            deadline_ms=deadline_ms,
+            batch_per_node=batch_per_node,
+        )
+    )
+    errors_to_exit_codes(run_balancer)(config, status_file)
+
+
+@click.command()
+@click.option(
+    "--host",
+    default=EdgeConfig.host,
+    show_default=True,
+    envvar="PYCACHE_EDGE_HOST",
+    help="Address to listen on.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=EdgeConfig.port,
+    show_default=True,
+    envvar="PYCACHE_EDGE_PORT",
+    help="Port to listen on (0: the OS picks; see --status-file).",
+)
+@click.option(
+    "--backend",
+    default=",".join(EdgeConfig.backend),
+    show_default=True,
+    envvar="PYCACHE_BACKEND",
+    help="Balancer front to forward to (or node API endpoints), comma-separated.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=EdgeConfig.timeout,
+    show_default=True,
+    envvar="PYCACHE_EDGE_TIMEOUT",
+    help="Seconds a backend request may take before the answer is 503.",
+)
+@int_option(
+    "--max-body-bytes",
+    EdgeConfig.max_body_bytes,
+    "PYCACHE_EDGE_MAX_BODY_BYTES",
+    "Largest request body; a larger one is answered 413.",
+)
+@click.option(
+    "--status-file",
+    default=EdgeConfig.status_file,
+    envvar="PYCACHE_EDGE_STATUS_FILE",
+    help="Write {pid, http, backend} JSON here once listening.",
+)
+@log_level_option
+def edge(
+    host: str,
+    port: int,
+    backend: str,
+    timeout: float,
+    max_body_bytes: int,
+    status_file: str,
+    log_level: str,
+) -> None:
+    """Run the HTTP edge (the seed's REST API) until SIGTERM or Ctrl-C (then exit 0)."""
+    from mesh.roles.edge import run_edge
+
+    setup_logging(log_level, "edge")
+    config = valid_config(
+        lambda: EdgeConfig(
+            host=host,
+            port=port,
+            backend=split_csv(backend),
+            timeout=timeout,
+            max_body_bytes=max_body_bytes,
+            status_file=status_file,
+        )
+    )
+    errors_to_exit_codes(run_edge)(config)
+
+
+@click.command()
+@click.option(
+    "--nodes",
+    type=int,
+    default=3,
+    show_default=True,
+    envvar="PYCACHE_NODES",
+    help="How many nodes to start.",
+)
+@click.option(
+    "--data-dir",
+    default="./pycache-data",
+    show_default=True,
+    envvar="PYCACHE_DATA_DIR",
+    help="Parent folder of every node's data.",
+)
+@click.option("--host", default=DEFAULT_EDGE_HOST, show_default=True, envvar="PYCACHE_HOST")
+@int_option(
+    "--api-port",
+    Ports.api,
+    "PYCACHE_API_PORT",
+    "First node's API port; the next get +1 (0: the OS picks every port).",
+)
+@int_option(
+    "--repl-port",
+    Ports.repl,
+    "PYCACHE_REPL_PORT",
+    "First node's replication port; the next get +1.",
+)
+@int_option("--pub-port", Ports.pub, "PYCACHE_PUB_PORT", "First node's PUB port; the next get +1.")
+@int_option(
+    "--http-port", Ports.http, "PYCACHE_HTTP_PORT", "First node's HTTP API port; the next get +1."
+)
+@int_option(
+    "--balancer-port", Ports.balancer, "PYCACHE_BALANCER_PORT", "The balancer's front port."
+)
+@int_option("--edge-port", Ports.edge, "PYCACHE_EDGE_PORT", "The HTTP edge's port.")
+@click.option(
+    "--fsync",
+    type=click.Choice(FSYNC_POLICIES),
+    default=NodeConfig.fsync,
+    show_default=True,
+    envvar="PYCACHE_FSYNC",
+)
+@click.option(
+    "--ready-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    envvar="PYCACHE_READY_TIMEOUT",
+    help="Seconds to wait for every node.",
+)
+@errors_to_exit_codes
+def up(
+    nodes: int,
+    data_dir: str,
+    host: str,
+    api_port: int,
+    repl_port: int,
+    pub_port: int,
+    http_port: int,
+    balancer_port: int,
+    edge_port: int,
+    fsync: str,
+    ready_timeout: float,
+) -> None:
+    """Start nodes, a balancer and the HTTP edge; print the endpoints; Ctrl-C stops all.
+
+    With --api-port 0 the OS picks every port (handy for scripts: read
+    <data-dir>/cluster.json).
+    """
+    from mesh.roles.supervisor import Cluster
+
+    setup_logging("INFO", "up")
+    ports = Ports(api_port, repl_port, pub_port, http_port, balancer_port, edge_port)
+    cluster = Cluster(
+        data_dir,
+        nodes=nodes,
+        host=host,
+        ports=ports if api_port else Ports(0, 0, 0, 0, 0, 0),
+        fsync=fsync,
+    )
+    sys.exit(cluster.run(ready_timeout, echo=click.echo))
+
+
+COMMANDS = (balancer, edge, up)
