@@ -1,6 +1,6 @@
 """Network namespaces for partition tests: a bridge, hosts on it, faults, client agents.
 
-Topology (the "Network namespaces" recipe of the shared TESTING.md)::
+Topology: one switch namespace and one namespace per host, joined by veth pairs::
 
     pc<pid>sw   the switch: bridge ``br0`` with one port ``p<i>`` per host
     pc<pid>h<i> host i: ``eth0`` (the other end of ``p<i>``) at 198.18.0.<i>/24, ``lo`` up

@@ -1,4 +1,4 @@
-"""Deterministic simulation of PyCache replication (the "simulation" tier of TESTING.md).
+"""Deterministic simulation of PyCache replication, as FoundationDB and TigerBeetle test theirs.
 
 The whole cluster runs in one process on a virtual clock: 3 to 5 nodes, each a
 real :class:`mesh.core.store.Store`, :class:`mesh.core.clock.HybridClock` and

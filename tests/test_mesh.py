@@ -3,8 +3,8 @@
 Every test starts its own node processes through the ``procs`` fixture (which
 kills them all at teardown), drives them through the Python client, injects
 faults with real signals (SIGKILL + restart on the same ports, SIGSTOP /
-SIGCONT) or with a tiny PUB high-water mark, and checks what the trusted
-stores check (see ``/work/shared/TESTING.md``):
+SIGCONT) or with a tiny PUB high-water mark, and checks three things (the
+first two are what Jepsen and the Redis replication tests check):
 
 - no acknowledged write is lost: writers record every write that was
   acknowledged, and each one is read back from every node afterwards;
