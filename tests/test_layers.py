@@ -109,3 +109,31 @@ def test_the_checker_sees_an_upward_arrow(tmp_path: Path):
     targets = [resolve(imported) for _, imported in imports(bad)]
     assert targets == ["mesh.roles.node", "mesh.core.wire"]
     assert layer("mesh.roles.node") > layer("mesh.core.store")
+
+
+def documented_modules() -> set[str]:
+    """The modules docs/architecture.md's module map lists, as ``mesh.<layer>.<module>``."""
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    section = doc.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    listed, layer_name = set(), ""
+    for row in section.splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[1].startswith("`"):
+            continue
+        if cells[0]:
+            layer_name = cells[0].split("`")[1].replace("/", ".")
+        listed |= {f"{layer_name}.{name}" for name in cells[1].split("`")[1::2]}
+    return listed
+
+
+def test_the_architecture_page_maps_every_module():
+    on_disk = {
+        module_name(path)
+        for path in MODULES
+        if path.name != "__init__.py" and path.parent != PACKAGE
+    }
+    listed = documented_modules()
+    assert listed == on_disk, (
+        f"in the folders but not in docs/architecture.md: {sorted(on_disk - listed)}; "
+        f"listed but not in the folders: {sorted(listed - on_disk)}"
+    )
