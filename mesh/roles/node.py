@@ -55,7 +55,7 @@ from mesh.storage.datadir import (
     take_clean_shutdown,
 )
 from mesh.storage.log import Log
-from mesh.storage.recovery import recover
+from mesh.storage.replay import recover
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Recovery: rebuild a node's memory from its data folder at start-up.
+"""Replay: rebuild a node's store from its data folder at start-up.
 
 Load the latest snapshot, replay the log after it into the store, and work
 out what the node had: the version vector (the log holds each origin's
