@@ -57,6 +57,14 @@ from mesh.core.mutation import Mutation, Record, encode_records, raise_seqs, rec
 from mesh.storage import snapshot as _snapshot
 from mesh.storage.checksum import crc32c
 from mesh.storage.datadir import fsync_dir
+from mesh.storage.records import (
+    FRAME,
+    LogCorruptError,
+    Plan,
+    read_origin,
+    read_origin_range,
+    read_records,
+)
 from mesh.storage.segment import (
     FORMAT_VERSION,
     HEADER,
@@ -68,7 +76,6 @@ from mesh.storage.segment import (
     write_at,
     write_index,
 )
-from mesh.storage.snapshot import LogCorruptError
 
 __all__ = ["FSYNC_POLICIES", "Log", "LogCorruptError"]
 
@@ -82,8 +89,6 @@ MARK_BYTES = 256 * 1024
 #: the active segment is kept filled with zeros about this far past its last
 #: record (see "Preallocation" above)
 PREFILL_BYTES = 1024 * 1024
-
-_FRAME = _snapshot.FRAME
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 _now = time.monotonic
@@ -206,7 +211,7 @@ class Log:
         seqs = raise_seqs(self._seqs, mutations)
         hlc = max(self._max_hlc, max(map(itemgetter(2), mutations)))
         # one C-level pass per step (a Python loop per record cost twice as much)
-        frames = list(map(_FRAME.pack, map(len, records), map(crc32c, records)))
+        frames = list(map(FRAME.pack, map(len, records), map(crc32c, records)))
         parts = list(chain.from_iterable(zip(frames, records, strict=True)))
         seg = self._segments[-1]
         data = b"".join(parts)
@@ -349,7 +354,7 @@ class Log:
         offset, pos, _seqs = segs[i].marks[j]
         plan = [(segs[i].path, pos, segs[i].size)]
         plan += [(s.path, HEADER.size, s.size) for s in segs[i + 1 :]]
-        return _snapshot.read_records(plan, start_offset - offset)
+        return read_records(plan, start_offset - offset)
 
     def read_from(self, origin: str, seq: int) -> Iterator[Mutation]:
         """The records of ``origin`` with ``seq >= seq``, in log order (for catch-up).
@@ -360,9 +365,9 @@ class Log:
         the caller checks that the seqs it gets are the ones it needs.
         """
         plan, prefix = self._origin_plan(origin, seq)
-        return _snapshot.read_origin(plan, prefix, seq)
+        return read_origin(plan, prefix, seq)
 
-    def _origin_plan(self, origin: str, seq: int) -> tuple[_snapshot.Plan, bytes]:
+    def _origin_plan(self, origin: str, seq: int) -> tuple[Plan, bytes]:
         """Where to read ``origin``'s records from ``seq`` on, and their payload prefix."""
         segs = self._segments
 
@@ -386,7 +391,7 @@ class Log:
         (a node logs each origin's records in seq order).
         """
         plan, prefix = self._origin_plan(origin, first)
-        return _snapshot.read_origin_range(plan, prefix, first, last, max_bytes)
+        return read_origin_range(plan, prefix, first, last, max_bytes)
 
     # -------------------------------------------------------------- snapshots
 

@@ -55,10 +55,9 @@ from typing import Any
 
 import msgpack
 
-from mesh.storage import snapshot as _snapshot
 from mesh.storage.checksum import crc32c
 from mesh.storage.datadir import write_atomically
-from mesh.storage.snapshot import LogCorruptError
+from mesh.storage.records import CHUNK, DECODE_ERRORS, FRAME, LogCorruptError
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +66,6 @@ SEGMENT_MAGIC = b"PCLG"
 INDEX_MAGIC = b"PCIX"
 HEADER = struct.Struct(">4sHHQ")
 INDEX_HEADER = struct.Struct(">4sHHII")
-_FRAME = _snapshot.FRAME
-_CHUNK = _snapshot.CHUNK
-_DECODE_ERRORS = _snapshot.DECODE_ERRORS
 
 Mark = tuple[int, int, dict[str, int]]  # (offset, file position, {origin: max seq before})
 
@@ -119,9 +115,9 @@ def scan(seg: Segment, last: bool, seqs: dict[str, int], hlc: int, mark_bytes: i
         buf, i, base = b"", 0, HEADER.size
         file_size = f.seek(0, os.SEEK_END)
         f.seek(base)
-        unpack, unpackb = _FRAME.unpack_from, msgpack.unpackb
+        unpack, unpackb = FRAME.unpack_from, msgpack.unpackb
         while not reason:
-            data = f.read(_CHUNK)
+            data = f.read(CHUNK)
             if not data:
                 break
             buf, base, i = buf[i:] + data, base + i, 0
@@ -146,7 +142,7 @@ def scan(seg: Segment, last: bool, seqs: dict[str, int], hlc: int, mark_bytes: i
                         seqs[origin] = s
                     if h > hlc:
                         hlc = h
-                except _DECODE_ERRORS:
+                except DECODE_ERRORS:
                     reason = "undecodable record"
                     break
                 count += 1
@@ -198,7 +194,7 @@ def read_index(seg: Segment) -> dict[str, Any] | None:
         return dict(index)
     except FileNotFoundError:
         logger.info("%s: no index, rebuilding it", path)
-    except (*_DECODE_ERRORS, struct.error, KeyError, IndexError) as exc:
+    except (*DECODE_ERRORS, struct.error, KeyError, IndexError) as exc:
         logger.warning("%s: bad index (%s), rebuilding it", path, exc)
     return None
 
@@ -206,7 +202,7 @@ def read_index(seg: Segment) -> dict[str, Any] | None:
 def zeros_from(f: Any, pos: int) -> bool:
     """Whether the file ``f`` holds only zero bytes from ``pos`` to its end."""
     f.seek(pos)
-    while chunk := f.read(_CHUNK):
+    while chunk := f.read(CHUNK):
         if chunk.strip(b"\0"):
             return False
     return True
