@@ -1,5 +1,6 @@
 """One segment of the log (:mod:`mesh.storage.log`) and its index file: their formats,
-the scan that rebuilds what the log knows of a segment, and index I/O.
+the scan that rebuilds what the log knows of a segment, index I/O, and where
+the index marks say a read of the segments starts.
 
 All integers are big-endian.
 
@@ -46,6 +47,7 @@ otherwise when :meth:`mesh.storage.log.Log.replay` or ``read_from`` reads it.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import struct
@@ -57,7 +59,7 @@ import msgpack
 
 from mesh.storage.checksum import crc32c
 from mesh.storage.datadir import write_atomically
-from mesh.storage.records import CHUNK, DECODE_ERRORS, FRAME, LogCorruptError
+from mesh.storage.records import CHUNK, DECODE_ERRORS, FRAME, LogCorruptError, Plan
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +199,31 @@ def read_index(seg: Segment) -> dict[str, Any] | None:
     except (*DECODE_ERRORS, struct.error, KeyError, IndexError) as exc:
         logger.warning("%s: bad index (%s), rebuilding it", path, exc)
     return None
+
+
+def offset_plan(segs: list[Segment], offset: int) -> tuple[Plan, int]:
+    """Where to read ``segs`` from to reach the record at ``offset``: the byte ranges
+    from the index mark at or before it, and how many records to skip first."""
+    i = max(bisect.bisect_right(segs, offset, key=lambda s: s.first) - 1, 0)
+    j = bisect.bisect_right(segs[i].marks, offset, key=lambda mk: mk[0]) - 1
+    first, pos, _seqs = segs[i].marks[j]
+    plan = [(segs[i].path, pos, segs[i].size)]
+    plan += [(s.path, HEADER.size, s.size) for s in segs[i + 1 :]]
+    return plan, offset - first
+
+
+def origin_plan(segs: list[Segment], origin: str, seq: int) -> Plan:
+    """Where to read ``segs`` from to find ``origin``'s records from ``seq`` on: the
+    byte ranges from the last index mark before which the origin is below ``seq``."""
+
+    def key(mark: Mark) -> int:
+        return mark[2].get(origin, -1)
+
+    i = max(bisect.bisect_left(segs, seq, key=lambda s: key(s.marks[0])) - 1, 0)
+    j = max(bisect.bisect_left(segs[i].marks, seq, key=key) - 1, 0)
+    plan = [(segs[i].path, segs[i].marks[j][1], segs[i].size)]
+    plan += [(s.path, HEADER.size, s.size) for s in segs[i + 1 :]]
+    return plan
 
 
 def zeros_from(f: Any, pos: int) -> bool:
