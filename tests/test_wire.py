@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.core import wire
+from mesh.core import envelope, wire
 from mesh.core.errors import BadRequest, NotReady, ProtocolError, ServerError, TooLarge
 from mesh.core.limits import Limits
 
@@ -196,16 +196,17 @@ def test_decode_reply_rejects_garbage():
 
 @given(st.integers(0, 2**64 - 1), st.sampled_from(sorted(wire.OPS)), st.binary(max_size=300))
 def test_peek_head_reads_id_and_op_or_code(request_id, op, value):
-    assert wire.peek_head(wire.encode_request(request_id, op, value)) == (request_id, op.encode())
-    assert wire.peek_head(wire.encode_reply(request_id, value)) == (request_id, wire.OK)
+    request = wire.encode_request(request_id, op, value)
+    assert envelope.peek_head(request) == (request_id, op.encode())
+    assert envelope.peek_head(wire.encode_reply(request_id, value)) == (request_id, wire.OK)
     error = wire.encode_error(request_id, wire.E_NOT_READY, "x")
-    assert wire.peek_head(error) == (request_id, wire.E_NOT_READY)
+    assert envelope.peek_head(error) == (request_id, wire.E_NOT_READY)
 
 
 @given(st.binary(max_size=40))
 def test_peek_head_never_raises(data):
     for frame in (data, wire.VERSION_BYTE + data):
-        request_id, _ = wire.peek_head(frame)
+        request_id, _ = envelope.peek_head(frame)
         assert request_id is None or 0 <= request_id < 2**64
 
 
@@ -214,9 +215,9 @@ def test_peek_head_never_raises(data):
 
 @given(st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=15), min_size=1, max_size=50))
 def test_bundle_round_trip(messages):
-    frames = wire.pack_bundle(messages)
-    assert frames[0] == wire.BUNDLE_MAGIC and len(frames) == 2
-    assert wire.unpack_bundle(frames[1], max_frames=15) == messages
+    frames = envelope.pack_bundle(messages)
+    assert frames[0] == envelope.BUNDLE_MAGIC and len(frames) == 2
+    assert envelope.unpack_bundle(frames[1], max_frames=15) == messages
 
 
 @pytest.mark.parametrize(
@@ -232,21 +233,21 @@ def test_bundle_round_trip(messages):
         msgpack.packb([[b"x", "str"]]),
         msgpack.packb([b"x"]),
         msgpack.packb([[b"x"] * 16]),  # over max_frames
-        msgpack.packb([[b"x"]] * (wire.BUNDLE_MAX + 1)),
+        msgpack.packb([[b"x"]] * (envelope.BUNDLE_MAX + 1)),
         msgpack.packb([[b"x"]])[:-1],  # truncated
         msgpack.packb([[b"x"]]) + b"\x00",  # trailing bytes
     ],
 )
 def test_malformed_bundles_raise_protocol_error(body):
     with pytest.raises(ProtocolError) as info:
-        wire.unpack_bundle(body, max_frames=15)
+        envelope.unpack_bundle(body, max_frames=15)
     assert info.value.code == wire.E_MALFORMED
 
 
 @given(st.binary(max_size=300))
 def test_random_bundle_bytes_only_ever_raise_protocol_error(data):
     try:
-        messages = wire.unpack_bundle(data, max_frames=15)
+        messages = envelope.unpack_bundle(data, max_frames=15)
     except ProtocolError:
         return
     assert all(type(f) is bytes for m in messages for f in m)
