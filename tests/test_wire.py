@@ -8,8 +8,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.core import envelope, wire
-from mesh.core.errors import BadRequest, NotReady, ProtocolError, ServerError, TooLarge
+from mesh.core.acks import parse_w
+from mesh.core.errors import (
+    BadRequest,
+    ConfigError,
+    NotReady,
+    ProtocolError,
+    ServerError,
+    TooLarge,
+)
 from mesh.core.limits import Limits
+from mesh.roles.config import NodeConfig
 
 LIMITS = Limits(max_key_bytes=16, max_value_bytes=64, max_items=4)
 
@@ -83,6 +92,44 @@ def test_write_options_carry_w():
         with pytest.raises(ProtocolError) as info:
             decode(wire.encode_request(9, "DEL", "a", bad), LIMITS)
         assert (info.value.code, info.value.request_id) == (wire.E_BAD_ARGS, 9)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (1, 1),
+        (64, 64),
+        ("quorum", "quorum"),
+        ("QUORUM", "quorum"),
+        (b"Quorum", "quorum"),
+        ("all", "all"),
+        (b"ALL", "all"),
+    ],
+)
+def test_parse_w_accepts_counts_and_levels_in_any_case(raw, expected):
+    assert parse_w(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [0, 65, -1, True, False, 2.0, "2", "most", b"", None, ["all"]])
+def test_parse_w_refuses_anything_else(raw):
+    with pytest.raises(ValueError, match='w must be 1..64, "quorum" or "all"'):
+        parse_w(raw)
+
+
+@pytest.mark.parametrize("level", ["QUORUM", "Quorum", "quorum", "ALL", 3])
+def test_wire_and_config_accept_a_w_level_the_same_way(level):
+    on_wire = wire.decode_request(wire.encode_request(1, "DEL", "a", {"w": level}), LIMITS).w
+    config = NodeConfig(node_id="n1", data_dir="data", w=level).validate()
+    assert on_wire == config.w == parse_w(level)
+
+
+@pytest.mark.parametrize("level", ["MOST", 0, 65, True])
+def test_wire_and_config_refuse_a_bad_w_the_same_way(level):
+    with pytest.raises(ProtocolError, match='w must be 1..64, "quorum" or "all"') as info:
+        wire.decode_request(wire.encode_request(1, "DEL", "a", {"w": level}), LIMITS)
+    assert info.value.code == wire.E_BAD_ARGS
+    with pytest.raises(ConfigError, match='w must be 1..64, "quorum" or "all", not '):
+        NodeConfig(node_id="n1", data_dir="data", w=level).validate()
 
 
 def test_op_names_are_case_insensitive():

@@ -54,6 +54,7 @@ from typing import Any
 
 import msgpack
 
+from mesh.core.acks import parse_w
 from mesh.core.errors import (
     BadRequest,
     DeadlinePassed,
@@ -113,9 +114,6 @@ MAX_ID = 2**64 - 1
 MAX_TTL_MS = 2**47
 WRITE_OPS = frozenset({"SET", "DEL", "EXPIRE", "PERSIST", "MSET"})
 SET_OPTIONS = frozenset({"ttl_ms", "nx", "xx", "w"})
-#: Acknowledgement levels a write may ask for besides a node count.
-W_LEVELS = {b"quorum": "quorum", b"all": "all"}
-MAX_W = 64
 #: Write ops (SET aside) whose last argument may be an options map, with the
 #: fewest arguments they take before it: a map in a key's place stays a key.
 _MIN_ARGS = {"DEL": 1, "EXPIRE": 2, "PERSIST": 1, "MSET": 2}
@@ -382,11 +380,10 @@ def _v_set(args: list, limits: Limits) -> tuple:
 
 
 def _w(raw: Any) -> int | str:
-    if type(raw) is int and 1 <= raw <= MAX_W:
-        return raw
-    if isinstance(raw, bytes) and raw.lower() in W_LEVELS:
-        return W_LEVELS[raw.lower()]
-    raise _fail(E_BAD_ARGS, f'w must be 1..{MAX_W}, "quorum" or "all"')
+    try:
+        return parse_w(raw)
+    except ValueError as exc:
+        raise _fail(E_BAD_ARGS, str(exc)) from None
 
 
 def _write_options(options: _Pairs) -> int | str | None:
