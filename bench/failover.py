@@ -69,7 +69,7 @@ from common import (  # noqa: E402
 )
 from throughput import fill  # noqa: E402  (the key space of bench/throughput.py)
 
-from mesh.core import wire  # noqa: E402
+from mesh.core import envelope, wire  # noqa: E402
 
 try:
     from tqdm import tqdm
@@ -175,7 +175,7 @@ def write_many(front: str, count: int, prefix: str) -> tuple[float, int]:
 
     def receive() -> None:
         nonlocal failures, done
-        failures += wire.peek_head(sock.recv())[1] != wire.OK
+        failures += envelope.peek_head(sock.recv())[1] != wire.OK
         done += 1
         if bar is not None and not done % 2000:
             bar.update(2000)

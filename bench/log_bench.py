@@ -37,7 +37,7 @@ from crc32c import crc32c
 
 from mesh.core.mutation import Mutation
 from mesh.storage.log import Log
-from mesh.storage.snapshot import FRAME
+from mesh.storage.records import FRAME
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INTERVAL_S = 0.1

@@ -76,7 +76,7 @@ from common import (  # noqa: E402
     write_json,
 )
 
-from mesh.core import wire  # noqa: E402
+from mesh.core import envelope, wire  # noqa: E402
 
 try:
     from tqdm import tqdm
@@ -196,7 +196,7 @@ def zmq_load(endpoint: str, frames: list[bytes], window: int, seconds: float) ->
     sock.setsockopt(zmq.RCVTIMEO, 10_000)
     sock.setsockopt(zmq.RCVHWM, 100_000)
     sock.connect(endpoint)
-    perf, peek, send, recv = time.perf_counter, wire.peek_head, sock.send, sock.recv
+    perf, peek, send, recv = time.perf_counter, envelope.peek_head, sock.send, sock.recv
     sent_at = [0.0] * (len(frames) + 1)
     latencies: list[float] = []
     errors = done = 0
@@ -268,7 +268,7 @@ def fill(endpoint: str) -> None:
             for frame in batch:
                 sock.send(frame)
             for _ in batch:
-                if wire.peek_head(sock.recv())[1] != wire.OK:
+                if envelope.peek_head(sock.recv())[1] != wire.OK:
                     raise SystemExit("filling the key space failed")
     finally:
         sock.close()

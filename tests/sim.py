@@ -78,9 +78,10 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
+from mesh.core.catchup import Batch, Fetch
 from mesh.core.clock import HybridClock
 from mesh.core.mutation import Mutation, encode_records
-from mesh.core.replication import READY, Batch, Fetch, Replica
+from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
 
 WALL_EPOCH_MS = 1_700_000_000_000
@@ -185,7 +186,7 @@ class Snapshot(NamedTuple):
 
 
 class SimLog:
-    """The model log (``mesh.core.replication.ReplicaLog``): a synced prefix, compaction.
+    """The model log (``mesh.core.catchup.ReplicaLog``): a synced prefix, compaction.
 
     ``base`` is the absolute position of ``records[0]``; ``synced`` the absolute
     end of what survives a crash.

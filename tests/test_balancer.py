@@ -29,7 +29,7 @@ import pytest
 import zmq
 
 from mesh.client import Client
-from mesh.core import wire
+from mesh.core import envelope, wire
 from mesh.core.errors import ConfigError, NotReady, Timeout
 from mesh.roles.config import BalancerConfig
 from mesh.roles.routing import Link, Pending, Pool, bundle_messages
@@ -110,8 +110,8 @@ def sent(messages: list[tuple[int, list[bytes]]]) -> list[list[list[bytes]]]:
     """What each message carries: its requests' frames (one for a plain message)."""
     out = []
     for _, frames in messages:
-        if frames[0] == wire.BUNDLE_MAGIC:
-            out.append(wire.unpack_bundle(frames[1], 15))
+        if frames[0] == envelope.BUNDLE_MAGIC:
+            out.append(envelope.unpack_bundle(frames[1], 15))
         else:
             out.append([frames])
     return out
@@ -144,9 +144,9 @@ def test_a_lone_request_a_large_one_and_a_node_without_bundles_go_plain():
 
 
 def test_bundles_hold_at_most_bundle_max_requests():
-    items = held(*([1] * (wire.BUNDLE_MAX + 5)))
+    items = held(*([1] * (envelope.BUNDLE_MAX + 5)))
     counts = [len(c) for c in sent(list(bundle_messages(items, bundle_bytes=1 << 30)))]
-    assert counts == [wire.BUNDLE_MAX, 5]
+    assert counts == [envelope.BUNDLE_MAX, 5]
 
 
 @pytest.mark.parametrize("batch", [0, -1, 5000])

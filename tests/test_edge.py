@@ -41,9 +41,9 @@ from click.testing import CliRunner
 from mesh.cli import main
 from mesh.client import Client
 from mesh.core import peerwire, wire
+from mesh.core.catchup import Batch
 from mesh.core.errors import ConfigError
 from mesh.core.limits import Limits
-from mesh.core.replication import Batch
 from mesh.roles import cacheapi, edge
 from mesh.roles.config import EdgeConfig
 from mesh.roles.supervisor import die_with_parent

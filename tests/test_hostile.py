@@ -36,7 +36,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-from mesh.core import wire
+from mesh.core import envelope, wire
 from mesh.core.errors import ProtocolError
 from mesh.core.limits import Limits
 from tests.conftest import NodeProcess
@@ -818,7 +818,7 @@ def test_a_bundle_runs_each_request_as_if_it_came_alone(cache):
     ]
     replies = probe.exchange([BUNDLE, msgpack.packb(messages)], "a bundle")
     assert len(replies) == 1 and replies[0][0] == BUNDLE, describe(replies[0])
-    inner = wire.unpack_bundle(replies[0][1], MAX_FRAMES)
+    inner = envelope.unpack_bundle(replies[0][1], MAX_FRAMES)
     decoded = [decode(m, "bundled reply") for m in inner]
     assert [r.envelope for r in decoded] == [[b"a"], [b"b"], [b"c"], [b"d", b"e"]]
     assert [NAMES[r.code] for r in decoded] == ["OK", "VERSION", "OK", "UNKNOWN_OP"]

@@ -30,7 +30,7 @@ import pytest
 import zmq
 
 from mesh.client import Client
-from mesh.core import wire
+from mesh.core import envelope, wire
 from mesh.core.errors import PyCacheError, WriteNotAcknowledged
 from tests.conftest import NodeProcess, wait_for
 
@@ -707,14 +707,14 @@ def test_a_write_waiting_for_acks_in_a_bundle_is_answered_on_its_own(procs):
     with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
         sock.setsockopt(zmq.LINGER, 0)
         sock.connect(n1.endpoint)
-        sock.send_multipart(wire.pack_bundle(messages))
+        sock.send_multipart(envelope.pack_bundle(messages))
         got = []
         while len(got) < 2 and sock.poll(5000):
             got.append(sock.recv_multipart())
     assert len(got) == 2, got
-    bundled = next(m for m in got if m[0] == wire.BUNDLE_MAGIC)
-    alone = next(m for m in got if m[0] != wire.BUNDLE_MAGIC)
-    inner = wire.unpack_bundle(bundled[1], 16)
+    bundled = next(m for m in got if m[0] == envelope.BUNDLE_MAGIC)
+    alone = next(m for m in got if m[0] != envelope.BUNDLE_MAGIC)
+    inner = envelope.unpack_bundle(bundled[1], 16)
     assert [(m[0], wire.decode_reply(m[1])) for m in inner] == [
         (b"b", (2, wire.OK, b"v0")),
         (b"c", (3, wire.OK, True)),

@@ -8,9 +8,9 @@ import msgpack
 import pytest
 
 from mesh.core import peerwire
+from mesh.core.catchup import Batch
 from mesh.core.errors import ProtocolError
 from mesh.core.mutation import Mutation, encode_records
-from mesh.core.replication import Batch
 from mesh.storage.log import Log
 
 MUTATIONS = [

@@ -23,9 +23,10 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
+from mesh.core.catchup import Batch
 from mesh.core.clock import HybridClock, pack
 from mesh.core.mutation import Mutation
-from mesh.core.replication import FETCH_TIMEOUT_MS, Batch, Replica
+from mesh.core.replication import FETCH_TIMEOUT_MS, Replica
 from mesh.core.store import Store
 from tests import sim
 

@@ -7,9 +7,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.core import wire
-from mesh.core.errors import BadRequest, NotReady, ProtocolError, ServerError, TooLarge
+from mesh.core import envelope, wire
+from mesh.core.acks import parse_w
+from mesh.core.errors import (
+    BadRequest,
+    ConfigError,
+    NotReady,
+    ProtocolError,
+    ServerError,
+    TooLarge,
+)
 from mesh.core.limits import Limits
+from mesh.roles.config import NodeConfig
 
 LIMITS = Limits(max_key_bytes=16, max_value_bytes=64, max_items=4)
 
@@ -83,6 +92,44 @@ def test_write_options_carry_w():
         with pytest.raises(ProtocolError) as info:
             decode(wire.encode_request(9, "DEL", "a", bad), LIMITS)
         assert (info.value.code, info.value.request_id) == (wire.E_BAD_ARGS, 9)
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        (1, 1),
+        (64, 64),
+        ("quorum", "quorum"),
+        ("QUORUM", "quorum"),
+        (b"Quorum", "quorum"),
+        ("all", "all"),
+        (b"ALL", "all"),
+    ],
+)
+def test_parse_w_accepts_counts_and_levels_in_any_case(raw, expected):
+    assert parse_w(raw) == expected
+
+
+@pytest.mark.parametrize("raw", [0, 65, -1, True, False, 2.0, "2", "most", b"", None, ["all"]])
+def test_parse_w_refuses_anything_else(raw):
+    with pytest.raises(ValueError, match='w must be 1..64, "quorum" or "all"'):
+        parse_w(raw)
+
+
+@pytest.mark.parametrize("level", ["QUORUM", "Quorum", "quorum", "ALL", 3])
+def test_wire_and_config_accept_a_w_level_the_same_way(level):
+    on_wire = wire.decode_request(wire.encode_request(1, "DEL", "a", {"w": level}), LIMITS).w
+    config = NodeConfig(node_id="n1", data_dir="data", w=level).validate()
+    assert on_wire == config.w == parse_w(level)
+
+
+@pytest.mark.parametrize("level", ["MOST", 0, 65, True])
+def test_wire_and_config_refuse_a_bad_w_the_same_way(level):
+    with pytest.raises(ProtocolError, match='w must be 1..64, "quorum" or "all"') as info:
+        wire.decode_request(wire.encode_request(1, "DEL", "a", {"w": level}), LIMITS)
+    assert info.value.code == wire.E_BAD_ARGS
+    with pytest.raises(ConfigError, match='w must be 1..64, "quorum" or "all", not '):
+        NodeConfig(node_id="n1", data_dir="data", w=level).validate()
 
 
 def test_op_names_are_case_insensitive():
@@ -196,16 +243,17 @@ def test_decode_reply_rejects_garbage():
 
 @given(st.integers(0, 2**64 - 1), st.sampled_from(sorted(wire.OPS)), st.binary(max_size=300))
 def test_peek_head_reads_id_and_op_or_code(request_id, op, value):
-    assert wire.peek_head(wire.encode_request(request_id, op, value)) == (request_id, op.encode())
-    assert wire.peek_head(wire.encode_reply(request_id, value)) == (request_id, wire.OK)
+    request = wire.encode_request(request_id, op, value)
+    assert envelope.peek_head(request) == (request_id, op.encode())
+    assert envelope.peek_head(wire.encode_reply(request_id, value)) == (request_id, wire.OK)
     error = wire.encode_error(request_id, wire.E_NOT_READY, "x")
-    assert wire.peek_head(error) == (request_id, wire.E_NOT_READY)
+    assert envelope.peek_head(error) == (request_id, wire.E_NOT_READY)
 
 
 @given(st.binary(max_size=40))
 def test_peek_head_never_raises(data):
     for frame in (data, wire.VERSION_BYTE + data):
-        request_id, _ = wire.peek_head(frame)
+        request_id, _ = envelope.peek_head(frame)
         assert request_id is None or 0 <= request_id < 2**64
 
 
@@ -214,9 +262,9 @@ def test_peek_head_never_raises(data):
 
 @given(st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=15), min_size=1, max_size=50))
 def test_bundle_round_trip(messages):
-    frames = wire.pack_bundle(messages)
-    assert frames[0] == wire.BUNDLE_MAGIC and len(frames) == 2
-    assert wire.unpack_bundle(frames[1], max_frames=15) == messages
+    frames = envelope.pack_bundle(messages)
+    assert frames[0] == envelope.BUNDLE_MAGIC and len(frames) == 2
+    assert envelope.unpack_bundle(frames[1], max_frames=15) == messages
 
 
 @pytest.mark.parametrize(
@@ -232,21 +280,21 @@ def test_bundle_round_trip(messages):
         msgpack.packb([[b"x", "str"]]),
         msgpack.packb([b"x"]),
         msgpack.packb([[b"x"] * 16]),  # over max_frames
-        msgpack.packb([[b"x"]] * (wire.BUNDLE_MAX + 1)),
+        msgpack.packb([[b"x"]] * (envelope.BUNDLE_MAX + 1)),
         msgpack.packb([[b"x"]])[:-1],  # truncated
         msgpack.packb([[b"x"]]) + b"\x00",  # trailing bytes
     ],
 )
 def test_malformed_bundles_raise_protocol_error(body):
     with pytest.raises(ProtocolError) as info:
-        wire.unpack_bundle(body, max_frames=15)
+        envelope.unpack_bundle(body, max_frames=15)
     assert info.value.code == wire.E_MALFORMED
 
 
 @given(st.binary(max_size=300))
 def test_random_bundle_bytes_only_ever_raise_protocol_error(data):
     try:
-        messages = wire.unpack_bundle(data, max_frames=15)
+        messages = envelope.unpack_bundle(data, max_frames=15)
     except ProtocolError:
         return
     assert all(type(f) is bytes for m in messages for f in m)

@@ -13,17 +13,17 @@ import click
 
 from mesh.cli.exits import errors_to_exit_codes, split_csv
 from mesh.cli.options import int_option, log_level_option, setup_logging, valid_config
+from mesh.core.acks import W_LEVELS
 from mesh.core.limits import MIB, Limits
 from mesh.roles.config import (
     DEFAULT_API,
     DEFAULT_EDGE_HOST,
     DEFAULT_PUB,
     DEFAULT_REPL,
-    FSYNC_POLICIES,
     HTTP_PORT_ANY,
-    W_LEVELS,
     NodeConfig,
 )
+from mesh.storage.log import FSYNC_POLICIES
 
 _W_HELP = f"Default write acknowledgement: a node count, {' or '.join(map(repr, W_LEVELS))}."
 

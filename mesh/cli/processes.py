@@ -15,12 +15,12 @@ from mesh.cli.options import int_option, log_level_option, setup_logging, valid_
 from mesh.roles.config import (
     DEFAULT_EDGE_HOST,
     DEFAULT_FRONT,
-    FSYNC_POLICIES,
     BalancerConfig,
     EdgeConfig,
     NodeConfig,
     Ports,
 )
+from mesh.storage.log import FSYNC_POLICIES
 
 
 @click.command()

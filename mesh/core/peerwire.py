@@ -44,9 +44,9 @@ from typing import Any
 
 import msgpack
 
+from mesh.core.catchup import Batch, Fetch
 from mesh.core.errors import ProtocolError
 from mesh.core.mutation import Record
-from mesh.core.replication import Batch, Fetch
 from mesh.core.wire import E_MALFORMED
 
 PEER_VERSION = 2

@@ -5,7 +5,9 @@ loop (:mod:`mesh.roles.peering`) and the seeded simulator (``tests/sim.py``) dri
 :class:`Replica` by calling its ``on_*`` methods with what arrived and the
 current time, and by sending what :meth:`Replica.poll` and :meth:`Replica.serve`
 return.  The store, log and clock are injected; the log only needs
-``append``, ``read_range`` and ``floor`` (see :class:`ReplicaLog`).
+``append``, ``read_range`` and ``floor`` (see :class:`~mesh.core.catchup.ReplicaLog`).
+The messages, and the answers this node serves to its peers' fetches, are
+:mod:`mesh.core.catchup`'s; this module makes the decisions.
 
 The protocol, in one paragraph: every node applies its own writes and
 PUBlishes them in batches; every node SUBscribes to every peer.  A receiver
@@ -13,9 +15,10 @@ keeps, per origin, the highest contiguous ``seq`` it has applied (its version
 vector, ``vv``) and applies entries strictly in ``seq`` order per origin,
 buffering what arrives past a hole.  Heartbeats carry each sender's ``vv``, so
 a lost tail is noticed too.  A hole, or a peer that is ahead, makes the
-receiver send that peer a :class:`Fetch` ("here is my vv"); the peer answers
-with a bounded :class:`Batch` of what the requester lacks, read from its log
-(any node can serve any origin, since every node logs what it applies).  The
+receiver send that peer a :class:`~mesh.core.catchup.Fetch` ("here is my
+vv"); the peer answers with a bounded :class:`~mesh.core.catchup.Batch` of
+what the requester lacks, read from its log (any node can serve any origin,
+since every node logs what it applies).  The
 requester asks again while ``more`` is set, and asks for the next batch as soon
 as one arrives, before applying it (:meth:`Replica.prefetch`): two batches in
 flight per peer are the credit that keeps a slow receiver from being flooded
@@ -30,22 +33,26 @@ duplicates and any order of application harmless.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import itemgetter
-from typing import Any, Protocol
+from typing import Any
 
+from mesh.core.catchup import (
+    FETCH_ENTRIES,
+    Batch,
+    Fetch,
+    ReplicaLog,
+    SnapshotSessions,
+    read_batch,
+)
 from mesh.core.clock import HybridClock
 from mesh.core.mutation import Mutation, Record, raise_seqs
 from mesh.core.store import Store
 
 log = logging.getLogger(__name__)
 
-FETCH_ENTRIES = 16384
-"""Most entries in one catch-up batch."""
-FETCH_BYTES = 4 * 1024 * 1024
-"""Most record bytes in one catch-up batch (at least one entry is always sent)."""
 FETCH_TIMEOUT_MS = 1000
 """A fetch unanswered this long is abandoned and may go to another peer."""
 LAG_GRACE_MS = 300
@@ -54,60 +61,11 @@ STARTUP_TIMEOUT_MS = 1500
 """A peer silent this long after start is unreachable: do not wait for it."""
 READY_DEADLINE_MS = 15_000
 """Ready after this long whatever the peers do (a warning is logged)."""
-SESSION_IDLE_MS = 30_000
-"""A snapshot session nobody read for this long is dropped."""
 BUFFER_LIMIT = 100_000
 """Most out-of-order entries buffered; past it, new ones wait for catch-up."""
 
 CATCHING_UP = "catching-up"
 READY = "ready"
-
-
-class ReplicaLog(Protocol):
-    """What the core needs from a log (``mesh.storage.log.Log`` and the simulator's)."""
-
-    def append(
-        self, mutations: Sequence[Record], records: Sequence[bytes] | None = None
-    ) -> int: ...
-
-    def read_range(
-        self, origin: str, first: int, last: int, max_bytes: int
-    ) -> tuple[list[Record], int]: ...
-
-    def floor(self) -> dict[str, int]: ...
-
-
-@dataclass(frozen=True)
-class Fetch:
-    """A catch-up request: here is my version vector, send me what I miss.
-
-    ``full`` asks for a snapshot; ``session``/``cursor`` continue one (0: start).
-    """
-
-    request_id: int
-    vv: dict[str, int]
-    full: bool = False
-    session: int = 0
-    cursor: int = 0
-
-
-@dataclass(frozen=True)
-class Batch:
-    """A catch-up reply: entries the requester lacks, or a snapshot chunk.
-
-    ``vv`` is the server's version vector (for a snapshot: as of the
-    snapshot).  ``more`` says the server has more; ``need_full`` that its log
-    cannot serve the request and a snapshot is needed.
-    """
-
-    request_id: int
-    entries: Sequence[Record]
-    vv: dict[str, int]
-    more: bool = False
-    snapshot: bool = False
-    session: int = 0
-    cursor: int = 0
-    need_full: bool = False
 
 
 @dataclass
@@ -127,16 +85,6 @@ class PeerView:
     want_full: bool = False
     synced: bool = False  # answered "nothing more" since we started
     staged: list[Record] = field(default_factory=list)  # snapshot chunks not yet applied
-
-
-@dataclass
-class _Session:
-    node_id: str  # the requester: session ids restart with the process, so check whose
-    entries: Iterator[Mutation]  # captured when the session starts, read chunk by chunk
-    vv: dict[str, int]
-    used_ms: int
-    position: int = 0  # entries handed out so far
-    last: tuple[int, list[Mutation], bool] = (-1, [], False)  # (start, chunk, more) resent on retry
 
 
 class Replica:
@@ -175,7 +123,7 @@ class Replica:
         self._buffer: dict[str, dict[int, Record]] = {}
         self._buffered = 0
         self._lagging: dict[str, tuple[int, int]] = {}  # origin -> (target seq, since ms)
-        self._sessions: dict[int, _Session] = {}
+        self._sessions = SnapshotSessions()
         # Request and session ids start from the clock, so that a restarted
         # process does not reuse the ids its previous incarnation handed out.
         self._ids = now_ms * 1000
@@ -384,10 +332,7 @@ class Replica:
             if peer.fetching is not None and now_ms - peer.fetch_sent_ms >= limit:
                 peer.fetching = peer.ahead = None
                 self.peers[node_id] = self.peers.pop(node_id)  # try the others first next
-        for sid in [
-            s for s, sess in self._sessions.items() if now_ms - sess.used_ms > SESSION_IDLE_MS
-        ]:
-            del self._sessions[sid]
+        self._sessions.expire(now_ms)
 
     def _check_ready(self, now_ms: int) -> None:
         elapsed = now_ms - self._started_ms
@@ -505,69 +450,15 @@ class Replica:
         """Answer a peer's fetch from the log, or with a snapshot chunk."""
         self.add_peer(node_id)
         if fetch.full:
-            return self._serve_snapshot(node_id, fetch, now_ms)
-        floor = {
-            **self.floor,
-            **{o: max(s, self.floor.get(o, 0)) for o, s in self.log.floor().items()},
-        }
-        entries: list[Record] = []
-        more = False
-        budget = FETCH_BYTES
-        for origin, mine in self.vv.items():
-            theirs = fetch.vv.get(origin, 0)
-            if theirs >= mine:
-                continue
-            if theirs < floor.get(origin, 0):
-                return Batch(fetch.request_id, [], dict(self.vv), need_full=True)
-            room = self.fetch_entries - len(entries)
-            if room <= 0 or budget <= 0:
-                more = True
-                break
-            got, size = self.log.read_range(origin, theirs + 1, min(mine, theirs + room), budget)
-            if not got or got[0][1] != theirs + 1:
-                return Batch(fetch.request_id, [], dict(self.vv), need_full=True)
-            entries += got
-            budget -= size
-            more = more or got[-1][1] < mine
-        return Batch(fetch.request_id, entries, dict(self.vv), more=more)
-
-    def _serve_snapshot(self, node_id: str, fetch: Fetch, now_ms: int) -> Batch:
-        session = self._sessions.get(fetch.session)
-        sid = fetch.session
-        if (
-            session is None
-            or fetch.cursor == 0
-            or session.node_id != node_id
-            or fetch.cursor not in (session.position, session.last[0])
-        ):
-            # A new session starts at 0, even when its id is the one asked for
-            # (ids restart with the process: the request was for the last one's).
-            self._ids += 1
-            sid = self._ids
-            session = self._sessions[sid] = _Session(
-                node_id, self.store.entries(), dict(self.vv), now_ms
+            return self._sessions.serve(
+                node_id, fetch, now_ms, self.store, self.vv, self._next_id, self.fetch_entries
             )
-        session.used_ms = now_ms
-        if session.last[0] == fetch.cursor and fetch.cursor != session.position:
-            start, chunk, more = session.last  # the reply to this was lost: send it again
-        else:
-            start, chunk, more = session.position, *self._chunk(session.entries)
-            session.position += len(chunk)
-            session.last = (start, chunk, more)
-        return Batch(fetch.request_id, chunk, session.vv, more, True, sid, start + len(chunk))
+        return read_batch(self.log, fetch, self.vv, self.floor, self.fetch_entries)
 
-    def _chunk(self, entries: Iterator[Mutation]) -> tuple[list[Mutation], bool]:
-        """The next snapshot chunk (bounded in entries and bytes) and whether more follow."""
-        chunk: list[Mutation] = []
-        budget = FETCH_BYTES
-        for m in entries:
-            chunk.append(m)
-            budget -= len(m.value or b"") + len(m.key)
-            if budget <= 0 or len(chunk) >= self.fetch_entries:
-                break
-        else:
-            return chunk, False
-        return chunk, True
+    def _next_id(self) -> int:
+        """A new request or session id."""
+        self._ids += 1
+        return self._ids
 
     # ------------------------------------------------------------------ reporting
 

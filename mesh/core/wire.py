@@ -43,7 +43,8 @@ bin, or str taken as its UTF-8 bytes)::
 Limits are checked before decoding (the frame size) and while decoding (the
 msgpack reader's own length limits), so a hostile frame costs at most one
 bounded allocation.  The full description, with a request and reply shown
-byte by byte, is ``docs/protocol.md``.
+byte by byte, is ``docs/protocol.md``.  The frames a balancer adds around a
+request or reply (deadline frames, bundles) are :mod:`mesh.core.envelope`'s.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from typing import Any
 
 import msgpack
 
+from mesh.core.acks import parse_w
 from mesh.core.errors import (
     BadRequest,
     DeadlinePassed,
@@ -112,9 +114,6 @@ MAX_ID = 2**64 - 1
 MAX_TTL_MS = 2**47
 WRITE_OPS = frozenset({"SET", "DEL", "EXPIRE", "PERSIST", "MSET"})
 SET_OPTIONS = frozenset({"ttl_ms", "nx", "xx", "w"})
-#: Acknowledgement levels a write may ask for besides a node count.
-W_LEVELS = {b"quorum": "quorum", b"all": "all"}
-MAX_W = 64
 #: Write ops (SET aside) whose last argument may be an options map, with the
 #: fewest arguments they take before it: a map in a key's place stays a key.
 _MIN_ARGS = {"DEL": 1, "EXPIRE": 2, "PERSIST": 1, "MSET": 2}
@@ -285,54 +284,6 @@ def _reject_extension(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack extension type {code} is not part of the protocol")
 
 
-#: An envelope frame a balancer puts right before the payload: magic + u64 BE
-#: wall-clock ms.  A node that gets the request after that time does not run it
-#: and answers DEADLINE, so the balancer may safely send it elsewhere.
-DEADLINE_MAGIC = b"\x00dl:"
-
-
-#: First frame of a bundle: several requests (or replies) in one message, each
-#: as the list of its frames (envelope and body), msgpack-packed in the next frame.
-BUNDLE_MAGIC = b"\x00bundle"
-#: Most requests in one bundle.
-BUNDLE_MAX = 4096
-
-
-def pack_bundle(messages: list[list[bytes]]) -> list[bytes]:
-    """The two frames of a bundle carrying ``messages``."""
-    return [BUNDLE_MAGIC, msgpack.packb(messages)]
-
-
-def unpack_bundle(frame: bytes, max_frames: int) -> list[list[bytes]]:
-    """The messages in a bundle's second frame; raises ProtocolError if malformed."""
-    try:
-        messages = msgpack.unpackb(frame, max_bin_len=len(frame), max_str_len=0, max_ext_len=0)
-    except Exception as exc:  # msgpack raises several unrelated types
-        raise ProtocolError(E_MALFORMED, f"undecodable bundle: {exc}") from None
-    if (
-        type(messages) is not list
-        or not 0 < len(messages) <= BUNDLE_MAX
-        or not all(
-            type(m) is list and 0 < len(m) <= max_frames and all(type(f) is bytes for f in m)
-            for m in messages
-        )
-    ):
-        raise ProtocolError(E_MALFORMED, f"a bundle is a list of 1 to {BUNDLE_MAX} lists of frames")
-    return messages
-
-
-def deadline_frame(deadline_ms: int) -> bytes:
-    """The envelope frame carrying a run-by deadline (wall-clock ms)."""
-    return DEADLINE_MAGIC + deadline_ms.to_bytes(8, "big")
-
-
-def frame_deadline(frame: bytes) -> int | None:
-    """The deadline in a deadline frame, or None for any other frame."""
-    if len(frame) == 12 and frame[:4] == DEADLINE_MAGIC:
-        return int.from_bytes(frame[4:], "big")
-    return None
-
-
 def peek_id(frame: bytes) -> int | None:
     """The request id of a frame too large to decode whole, read from its first bytes."""
     try:
@@ -344,49 +295,6 @@ def peek_id(frame: bytes) -> int | None:
     except Exception:  # any malformed prefix simply has no readable id
         return None
     return request_id if type(request_id) is int and 0 <= request_id <= MAX_ID else None
-
-
-_UINT = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}
-
-
-def peek_head(frame: bytes) -> tuple[int | None, Any]:
-    """``(id, second element)`` of a request or reply frame, without decoding the rest.
-
-    The second element is the op (bytes) of a request or the code (int) of a
-    reply.  Used by the balancer on every message, so the common encodings
-    (fixarray, an unsigned id, a fixstr op or a small code) are read by hand;
-    anything else goes through msgpack.  ``(None, None)`` when unreadable.
-    """
-    if len(frame) > 3 and frame[0] == VERSION and 0x92 <= frame[1] <= 0x9F:
-        marker, pos = frame[2], 3
-        if marker < 0x80:
-            request_id = marker
-        elif marker in _UINT:
-            size = _UINT[marker]
-            request_id, pos = int.from_bytes(frame[3 : 3 + size], "big"), 3 + size
-        else:
-            return _peek_slow(frame)
-        if pos < len(frame):
-            second = frame[pos]
-            if second < 0x80:
-                return request_id, second
-            if 0xA0 <= second <= 0xBF:
-                return request_id, frame[pos + 1 : pos + 1 + (second & 0x1F)]
-    return _peek_slow(frame)
-
-
-def _peek_slow(frame: bytes) -> tuple[int | None, Any]:
-    try:
-        unpacker = msgpack.Unpacker(raw=True, max_buffer_size=128)
-        unpacker.feed(frame[1:129])
-        if unpacker.read_array_header() < 2:
-            return None, None
-        request_id, second = unpacker.unpack(), unpacker.unpack()
-    except Exception:  # an unreadable head simply has no id
-        return None, None
-    if type(request_id) is not int or not 0 <= request_id <= MAX_ID:
-        return None, None
-    return request_id, second
 
 
 def _fail(code: int, reason: str) -> ProtocolError:
@@ -472,11 +380,10 @@ def _v_set(args: list, limits: Limits) -> tuple:
 
 
 def _w(raw: Any) -> int | str:
-    if type(raw) is int and 1 <= raw <= MAX_W:
-        return raw
-    if isinstance(raw, bytes) and raw.lower() in W_LEVELS:
-        return W_LEVELS[raw.lower()]
-    raise _fail(E_BAD_ARGS, f'w must be 1..{MAX_W}, "quorum" or "all"')
+    try:
+        return parse_w(raw)
+    except ValueError as exc:
+        raise _fail(E_BAD_ARGS, str(exc)) from None
 
 
 def _write_options(options: _Pairs) -> int | str | None:

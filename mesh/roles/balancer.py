@@ -9,7 +9,7 @@ handles several in one turn of its own loop (one fsync, one publish for a
 batch of writes) instead of one each.  For the same reason sends are held
 until the end of a loop turn and then made back to back: libzmq's I/O thread
 then writes several messages per system call.  The requests held for one
-node go as one message, a bundle (see :data:`mesh.core.wire.BUNDLE_MAGIC`), when
+node go as one message, a bundle (see :data:`mesh.core.envelope.BUNDLE_MAGIC`), when
 the node's HEALTH offers ``bundle_bytes``; its replies come back as one
 bundle too.
 
@@ -25,7 +25,7 @@ Liveness and readiness, per node:
 
 Every request in flight is tracked by ``(client id, request id)``; a write is
 sent with a run-by deadline (``deadline_ms``, 400 ms, in an envelope frame, see
-:data:`mesh.core.wire.DEADLINE_MAGIC`): a node that gets it later does not run it
+:data:`mesh.core.envelope.DEADLINE_MAGIC`): a node that gets it later does not run it
 and answers DEADLINE.  Reads carry none: one running late changes nothing, so
 a read on a failed node is resent at once.  When a node answers NOT_READY or DEADLINE, the request
 goes at once to another ready node; when a node is dropped, its requests go
@@ -60,7 +60,7 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from mesh.core import wire
+from mesh.core import envelope, wire
 from mesh.core.clock import monotonic_ms, wall_ms
 from mesh.core.errors import ProtocolError
 from mesh.roles.config import BalancerConfig
@@ -202,7 +202,7 @@ class Balancer:
             self.counters["requests"] += 1
             if len(frames) < 2:
                 continue
-            request_id, op = wire.peek_head(frames[-1])
+            request_id, op = envelope.peek_head(frames[-1])
             if op in (b"HEALTH", b"CLUSTER"):
                 self._answer_locally(frames, op, now)
             else:
@@ -219,7 +219,7 @@ class Balancer:
             frames = pending.frames
             if pending.write:
                 pending.run_by_ms = wall_ms() + self.config.deadline_ms
-                frames = [*frames[:-1], wire.deadline_frame(pending.run_by_ms), frames[-1]]
+                frames = [*frames[:-1], envelope.deadline_frame(pending.run_by_ms), frames[-1]]
             if pending.request_id is not None:
                 link.inflight[inflight_key(pending)] = pending
             if self._holding:
@@ -320,9 +320,9 @@ class Balancer:
             link.awaiting_since = 0
             if frames[0] == PROBE:
                 self._on_probe_reply(link, frames, now)
-            elif frames[0] == wire.BUNDLE_MAGIC and len(frames) == 2:
+            elif frames[0] == envelope.BUNDLE_MAGIC and len(frames) == 2:
                 try:
-                    replies = wire.unpack_bundle(frames[1], MAX_REPLY_FRAMES)
+                    replies = envelope.unpack_bundle(frames[1], MAX_REPLY_FRAMES)
                 except ProtocolError:
                     log.warning("node %s sent a malformed bundle", link.endpoint)
                     continue
@@ -333,9 +333,9 @@ class Balancer:
 
     def _on_reply(self, link: Link, frames: list[bytes], now: int) -> None:
         """Pass a node's reply to its client, or resend a request the node did not run."""
-        if len(frames) > 2 and wire.frame_deadline(frames[-2]) is not None:
+        if len(frames) > 2 and envelope.frame_deadline(frames[-2]) is not None:
             frames = [*frames[:-2], frames[-1]]
-        request_id, code = wire.peek_head(frames[-1])
+        request_id, code = envelope.peek_head(frames[-1])
         if request_id is None:
             self._to_client(frames)
             return
@@ -412,7 +412,7 @@ class Balancer:
     # ------------------------------------------------------------------ local ops
 
     def _answer_locally(self, frames: list[bytes], op: bytes, now: int) -> None:
-        request_id, _ = wire.peek_head(frames[-1])
+        request_id, _ = envelope.peek_head(frames[-1])
         if op == b"HEALTH":
             state = "ready" if self.pool.any_ready() else "no-ready-node"
             reply = wire.encode_reply(request_id, {"node_id": "balancer", "state": state})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from mesh.core.acks import parse_w
 from mesh.core.errors import ConfigError
 from mesh.core.limits import (
     DEFAULT_MAX_VALUE_BYTES,
@@ -21,6 +22,7 @@ from mesh.core.limits import (
     check_range,
 )
 from mesh.core.store import DEFAULT_TOMBSTONE_HORIZON_MS
+from mesh.storage.log import FSYNC_POLICIES
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_API = f"tcp://{DEFAULT_HOST}:7001"
@@ -34,8 +36,6 @@ DEFAULT_NODE_HTTP_PORT = 8001
 DEFAULT_EDGE_TIMEOUT = 5.0
 #: ``NodeConfig.http_port`` value asking the OS for a free port (0 means no HTTP API).
 HTTP_PORT_ANY = -1
-W_LEVELS = ("quorum", "all")
-FSYNC_POLICIES = ("always", "interval", "never")
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:(\d{1,5}|\*)|ipc://\S+|inproc://\S+)$")
 
@@ -104,8 +104,11 @@ class NodeConfig:
             check_endpoint("peer", peer)
             if peer.endswith(":*"):
                 raise ConfigError(f"peer {peer!r}: name the port the peer bound, not '*'")
-        if self.w not in W_LEVELS and not (type(self.w) is int and 1 <= self.w <= 64):
-            raise ConfigError(f'w must be 1..64, "quorum" or "all", not {self.w!r}')
+        try:
+            w = parse_w(self.w)
+        except ValueError as exc:
+            raise ConfigError(f"{exc}, not {self.w!r}") from None
+        object.__setattr__(self, "w", w)  # frozen; "QUORUM" is kept as "quorum", like the wire's
         check_range("ack_timeout_ms", self.ack_timeout_ms, 1, 600_000)
         check_range("pub_hwm", self.pub_hwm, 0, 10_000_000)
         if self.fsync not in FSYNC_POLICIES:

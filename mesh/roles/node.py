@@ -35,7 +35,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mesh.core import wire
+from mesh.core import envelope, wire
 from mesh.core.acks import PendingAcks, Waiting, nodes_needed
 from mesh.core.clock import HybridClock, monotonic_ms, wall_ms
 from mesh.core.commands import CommandExecutor
@@ -318,7 +318,7 @@ class Node:
         replies = []
         held: list[Waiting] = []
         for frames in batch:
-            if len(frames) == 3 and frames[1] == wire.BUNDLE_MAGIC:
+            if len(frames) == 3 and frames[1] == envelope.BUNDLE_MAGIC:
                 reply = self._handle_bundle(frames, held)
             else:
                 reply = self._handle_one(frames, held)
@@ -347,7 +347,7 @@ class Node:
         """
         routing = frames[0]
         try:
-            messages = wire.unpack_bundle(frames[2], self.config.limits.max_frames - 1)
+            messages = envelope.unpack_bundle(frames[2], self.config.limits.max_frames - 1)
         except ProtocolError as exc:
             self.counters["bad_requests"] += 1
             return [routing, wire.encode_error(None, exc.code, exc.reason)]
@@ -357,7 +357,7 @@ class Node:
             reply = self._handle_one([routing, *message], held)
             if reply is not None:
                 replies.append(reply[1:])
-        return [routing, *wire.pack_bundle(replies)] if replies else None
+        return [routing, *envelope.pack_bundle(replies)] if replies else None
 
     def _handle_one(self, frames: list[bytes], held: list[Waiting]) -> list[bytes] | None:
         """Run one request; return its reply (``frames`` reused), or None when there is none yet."""
@@ -378,7 +378,7 @@ class Node:
             self.counters["bad_requests"] += 1
             frames[-1] = wire.encode_error(exc.request_id, exc.code, exc.reason)
             return frames
-        deadline = wire.frame_deadline(frames[-2])
+        deadline = envelope.frame_deadline(frames[-2])
         if deadline is not None and wall_ms() > deadline:
             self.counters["expired_requests"] += 1
             reason = "the balancer's deadline passed before the node could run the request"

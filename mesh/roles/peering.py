@@ -35,10 +35,11 @@ import zmq
 import zmq.asyncio
 
 from mesh.core import peerwire
+from mesh.core.catchup import Batch, Fetch
 from mesh.core.clock import monotonic_ms
 from mesh.core.errors import ProtocolError
 from mesh.core.mutation import raise_seqs
-from mesh.core.replication import READY, STARTUP_TIMEOUT_MS, Batch, Fetch, Replica
+from mesh.core.replication import READY, STARTUP_TIMEOUT_MS, Replica
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
 from mesh.storage.datadir import write_atomically
 from mesh.storage.log import Log

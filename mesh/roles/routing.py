@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from mesh.core import wire
+from mesh.core import envelope
 
 #: Bytes allowed for the msgpack framing of one request in a bundle, and of the bundle.
 BUNDLE_SLACK = 16
@@ -29,7 +29,7 @@ class Pending:
     write: bool = True  # reads carry no deadline: one running late changes nothing
     attempts: int = 0
     waiting_since: int = 0
-    run_by_ms: int = 0  # wall-clock deadline of the latest send (see wire.DEADLINE_MAGIC)
+    run_by_ms: int = 0  # wall-clock deadline of the latest send (see envelope.DEADLINE_MAGIC)
 
 
 @dataclass
@@ -102,8 +102,8 @@ def bundle_messages(
     """The messages that carry ``items`` to one node: (index of the first item, frames).
 
     With ``bundle_bytes`` (the node takes bundles that large), consecutive
-    requests go as bundles (see :data:`mesh.core.wire.BUNDLE_MAGIC`) of at most
-    that many bytes and ``wire.BUNDLE_MAX`` requests; a lone or larger one
+    requests go as bundles (see :data:`mesh.core.envelope.BUNDLE_MAGIC`) of at most
+    that many bytes and ``envelope.BUNDLE_MAX`` requests; a lone or larger one
     goes as it is.
     """
     if bundle_bytes <= 0 or len(items) < 2:
@@ -115,9 +115,9 @@ def bundle_messages(
     bundle: list[list[bytes]] = []
     for i, (frames, _) in enumerate(items):
         cost = BUNDLE_SLACK + sum(len(f) + 9 for f in frames)  # msgpack headers, generously
-        if bundle and (size + cost > limit or len(bundle) >= wire.BUNDLE_MAX):
-            yield first, bundle[0] if len(bundle) == 1 else wire.pack_bundle(bundle)
+        if bundle and (size + cost > limit or len(bundle) >= envelope.BUNDLE_MAX):
+            yield first, bundle[0] if len(bundle) == 1 else envelope.pack_bundle(bundle)
             first, bundle, size = i, [], 0
         bundle.append(frames)
         size += cost
-    yield first, bundle[0] if len(bundle) == 1 else wire.pack_bundle(bundle)
+    yield first, bundle[0] if len(bundle) == 1 else envelope.pack_bundle(bundle)

@@ -1,4 +1,4 @@
-"""The segmented append-only log: framing, CRC, fsync policy, recovery, index, retention.
+"""The segmented append-only log: appending, fsync policy, reading, snapshots, retention.
 
 Every mutation a node applies is appended here before it is acknowledged, so
 that the node can rebuild its store after a restart and serve catch-up to its
@@ -12,8 +12,9 @@ Files under a node's data directory::
 
 ``<first offset>`` and ``<offset>`` are 20 decimal digits, zero-padded, so that
 names sort like numbers.  An *offset* numbers records 0, 1, 2, ... across the
-whole log.  The formats of segments and indexes, and how opening the log
-scans and repairs a segment, are :mod:`mesh.storage.segment`'s.
+whole log.  The record frame and its readers are :mod:`mesh.storage.records`'s;
+the formats of segments and indexes, and how a segment is scanned and repaired,
+:mod:`mesh.storage.segment`'s; opening the log, :mod:`mesh.storage.recovery`'s.
 
 A segment is rolled (sealed, and a new one started) before a record that would
 take it past ``segment_bytes``; a record is never split, and a segment always
@@ -41,7 +42,6 @@ A :class:`Log` is not thread-safe: one thread (the node's event loop) calls it.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import threading
@@ -57,18 +57,24 @@ from mesh.core.mutation import Mutation, Record, encode_records, raise_seqs, rec
 from mesh.storage import snapshot as _snapshot
 from mesh.storage.checksum import crc32c
 from mesh.storage.datadir import fsync_dir
+from mesh.storage.records import (
+    FRAME,
+    LogCorruptError,
+    read_origin,
+    read_origin_range,
+    read_records,
+)
+from mesh.storage.recovery import recover
 from mesh.storage.segment import (
     FORMAT_VERSION,
     HEADER,
     SEGMENT_MAGIC,
-    Mark,
     Segment,
-    read_index,
-    scan,
+    offset_plan,
+    origin_plan,
     write_at,
     write_index,
 )
-from mesh.storage.snapshot import LogCorruptError
 
 __all__ = ["FSYNC_POLICIES", "Log", "LogCorruptError"]
 
@@ -82,8 +88,6 @@ MARK_BYTES = 256 * 1024
 #: the active segment is kept filled with zeros about this far past its last
 #: record (see "Preallocation" above)
 PREFILL_BYTES = 1024 * 1024
-
-_FRAME = _snapshot.FRAME
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 _now = time.monotonic
@@ -206,7 +210,7 @@ class Log:
         seqs = raise_seqs(self._seqs, mutations)
         hlc = max(self._max_hlc, max(map(itemgetter(2), mutations)))
         # one C-level pass per step (a Python loop per record cost twice as much)
-        frames = list(map(_FRAME.pack, map(len, records), map(crc32c, records)))
+        frames = list(map(FRAME.pack, map(len, records), map(crc32c, records)))
         parts = list(chain.from_iterable(zip(frames, records, strict=True)))
         seg = self._segments[-1]
         data = b"".join(parts)
@@ -343,13 +347,8 @@ class Log:
                 f"start_offset {start_offset} is outside the log "
                 f"[{self.first_offset()}, {self.next_offset}]"
             )
-        segs = self._segments
-        i = max(bisect.bisect_right(segs, start_offset, key=lambda s: s.first) - 1, 0)
-        j = bisect.bisect_right(segs[i].marks, start_offset, key=lambda mk: mk[0]) - 1
-        offset, pos, _seqs = segs[i].marks[j]
-        plan = [(segs[i].path, pos, segs[i].size)]
-        plan += [(s.path, HEADER.size, s.size) for s in segs[i + 1 :]]
-        return _snapshot.read_records(plan, start_offset - offset)
+        plan, skip = offset_plan(self._segments, start_offset)
+        return read_records(plan, skip)
 
     def read_from(self, origin: str, seq: int) -> Iterator[Mutation]:
         """The records of ``origin`` with ``seq >= seq``, in log order (for catch-up).
@@ -359,21 +358,7 @@ class Log:
         is in the log when called.  Records compacted away are not yielded:
         the caller checks that the seqs it gets are the ones it needs.
         """
-        plan, prefix = self._origin_plan(origin, seq)
-        return _snapshot.read_origin(plan, prefix, seq)
-
-    def _origin_plan(self, origin: str, seq: int) -> tuple[_snapshot.Plan, bytes]:
-        """Where to read ``origin``'s records from ``seq`` on, and their payload prefix."""
-        segs = self._segments
-
-        def key(mark: Mark) -> int:
-            return mark[2].get(origin, -1)
-
-        i = max(bisect.bisect_left(segs, seq, key=lambda s: key(s.marks[0])) - 1, 0)
-        j = max(bisect.bisect_left(segs[i].marks, seq, key=key) - 1, 0)
-        plan = [(segs[i].path, segs[i].marks[j][1], segs[i].size)]
-        plan += [(s.path, HEADER.size, s.size) for s in segs[i + 1 :]]
-        return plan, record_prefix(origin)
+        return read_origin(origin_plan(self._segments, origin, seq), record_prefix(origin), seq)
 
     def read_range(
         self, origin: str, first: int, last: int, max_bytes: int
@@ -385,8 +370,8 @@ class Log:
         reading once it has what was asked, at the first record past ``last``
         (a node logs each origin's records in seq order).
         """
-        plan, prefix = self._origin_plan(origin, first)
-        return _snapshot.read_origin_range(plan, prefix, first, last, max_bytes)
+        plan, prefix = origin_plan(self._segments, origin, first), record_prefix(origin)
+        return read_origin_range(plan, prefix, first, last, max_bytes)
 
     # -------------------------------------------------------------- snapshots
 
@@ -446,55 +431,16 @@ class Log:
     # --------------------------------------------------------------- recovery
 
     def _recover(self) -> None:
-        for tmp in [*self._dir.glob("*.tmp"), *self._snap_dir.glob("*.tmp")]:
-            tmp.unlink()
-        paths = sorted(p for p in self._dir.glob("*.log") if len(p.stem) == 20 and p.stem.isdigit())
-        for idx in self._dir.glob("*.idx"):
-            if not idx.with_suffix(".log").exists():
-                idx.unlink()
-        if not paths:
-            found = _snapshot.latest(self._snap_dir)
-            self._create_segment(found.offset if found else 0)
+        found = recover(self._dir, self._snap_dir, self._mark_bytes)
+        self._segments, self._seqs, self._max_hlc = found.segments, found.seqs, found.max_hlc
+        if not self._segments:
+            snap = _snapshot.latest(self._snap_dir)
+            self._create_segment(snap.offset if snap else 0)
             self._last_sync = _now()
             return
-        for n, path in enumerate(paths):
-            last = n == len(paths) - 1
-            seg = Segment(int(path.stem), path)
-            if self._segments and seg.first != self._segments[-1].end:
-                prev = self._segments[-1]
-                raise LogCorruptError(
-                    prev.path, prev.size, f"holds {prev.count} records but {path.name} follows"
-                )
-            index = read_index(seg)
-            if index is not None:
-                _merge(self._seqs, index["marks"][0][2])
-                self._max_hlc = max(self._max_hlc, index["hlc"])
-            following = None if last else int(paths[n + 1].stem)
-            if (
-                index is not None
-                and following is not None
-                and index.get("sealed")
-                and index["size"] == path.stat().st_size
-                and index["first"] + index["count"] == following
-            ):
-                self._load_index(seg, index)
-            else:
-                self._max_hlc = scan(seg, last, self._seqs, self._max_hlc, self._mark_bytes)
-                if not last or index is None:
-                    write_index(seg, not last, self._seqs, self._max_hlc)
-            self._segments.append(seg)
         self._fd = os.open(self._segments[-1].path, os.O_WRONLY)
         self._filled = self._segments[-1].size
         fsync_dir(self._dir)
-
-    def _load_index(self, seg: Segment, index: dict[str, Any]) -> None:
-        base = self._seqs
-        seg.marks = [
-            (offset, pos, _merge(dict(seqs), base)) for offset, pos, seqs in index["marks"]
-        ]
-        seg.size, seg.count, seg.start_hlc = index["size"], index["count"], index["hlc"]
-        _merge(self._seqs, index["end_seqs"])
-        self._max_hlc = max(self._max_hlc, index["end_hlc"])
 
     def _create_segment(self, first: int) -> None:
         path = self._dir / f"{first:020d}.log"
@@ -537,11 +483,3 @@ def _fdatasync_and_close(fd: int) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def _merge(into: dict[str, int], other: dict[str, int]) -> dict[str, int]:
-    """Raise each of ``into``'s seqs to ``other``'s where higher; return ``into``."""
-    for origin, seq in other.items():
-        if seq > into.get(origin, -1):
-            into[origin] = seq
-    return into

@@ -1,5 +1,6 @@
 """One segment of the log (:mod:`mesh.storage.log`) and its index file: their formats,
-the scan that rebuilds what the log knows of a segment, and index I/O.
+the scan that rebuilds what the log knows of a segment, index I/O, and where
+the index marks say a read of the segments starts.
 
 All integers are big-endian.
 
@@ -46,6 +47,7 @@ otherwise when :meth:`mesh.storage.log.Log.replay` or ``read_from`` reads it.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import struct
@@ -55,10 +57,9 @@ from typing import Any
 
 import msgpack
 
-from mesh.storage import snapshot as _snapshot
 from mesh.storage.checksum import crc32c
 from mesh.storage.datadir import write_atomically
-from mesh.storage.snapshot import LogCorruptError
+from mesh.storage.records import CHUNK, DECODE_ERRORS, FRAME, LogCorruptError, Plan
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +68,6 @@ SEGMENT_MAGIC = b"PCLG"
 INDEX_MAGIC = b"PCIX"
 HEADER = struct.Struct(">4sHHQ")
 INDEX_HEADER = struct.Struct(">4sHHII")
-_FRAME = _snapshot.FRAME
-_CHUNK = _snapshot.CHUNK
-_DECODE_ERRORS = _snapshot.DECODE_ERRORS
 
 Mark = tuple[int, int, dict[str, int]]  # (offset, file position, {origin: max seq before})
 
@@ -119,9 +117,9 @@ def scan(seg: Segment, last: bool, seqs: dict[str, int], hlc: int, mark_bytes: i
         buf, i, base = b"", 0, HEADER.size
         file_size = f.seek(0, os.SEEK_END)
         f.seek(base)
-        unpack, unpackb = _FRAME.unpack_from, msgpack.unpackb
+        unpack, unpackb = FRAME.unpack_from, msgpack.unpackb
         while not reason:
-            data = f.read(_CHUNK)
+            data = f.read(CHUNK)
             if not data:
                 break
             buf, base, i = buf[i:] + data, base + i, 0
@@ -146,7 +144,7 @@ def scan(seg: Segment, last: bool, seqs: dict[str, int], hlc: int, mark_bytes: i
                         seqs[origin] = s
                     if h > hlc:
                         hlc = h
-                except _DECODE_ERRORS:
+                except DECODE_ERRORS:
                     reason = "undecodable record"
                     break
                 count += 1
@@ -198,15 +196,40 @@ def read_index(seg: Segment) -> dict[str, Any] | None:
         return dict(index)
     except FileNotFoundError:
         logger.info("%s: no index, rebuilding it", path)
-    except (*_DECODE_ERRORS, struct.error, KeyError, IndexError) as exc:
+    except (*DECODE_ERRORS, struct.error, KeyError, IndexError) as exc:
         logger.warning("%s: bad index (%s), rebuilding it", path, exc)
     return None
+
+
+def offset_plan(segs: list[Segment], offset: int) -> tuple[Plan, int]:
+    """Where to read ``segs`` from to reach the record at ``offset``: the byte ranges
+    from the index mark at or before it, and how many records to skip first."""
+    i = max(bisect.bisect_right(segs, offset, key=lambda s: s.first) - 1, 0)
+    j = bisect.bisect_right(segs[i].marks, offset, key=lambda mk: mk[0]) - 1
+    first, pos, _seqs = segs[i].marks[j]
+    plan = [(segs[i].path, pos, segs[i].size)]
+    plan += [(s.path, HEADER.size, s.size) for s in segs[i + 1 :]]
+    return plan, offset - first
+
+
+def origin_plan(segs: list[Segment], origin: str, seq: int) -> Plan:
+    """Where to read ``segs`` from to find ``origin``'s records from ``seq`` on: the
+    byte ranges from the last index mark before which the origin is below ``seq``."""
+
+    def key(mark: Mark) -> int:
+        return mark[2].get(origin, -1)
+
+    i = max(bisect.bisect_left(segs, seq, key=lambda s: key(s.marks[0])) - 1, 0)
+    j = max(bisect.bisect_left(segs[i].marks, seq, key=key) - 1, 0)
+    plan = [(segs[i].path, segs[i].marks[j][1], segs[i].size)]
+    plan += [(s.path, HEADER.size, s.size) for s in segs[i + 1 :]]
+    return plan
 
 
 def zeros_from(f: Any, pos: int) -> bool:
     """Whether the file ``f`` holds only zero bytes from ``pos`` to its end."""
     f.seek(pos)
-    while chunk := f.read(_CHUNK):
+    while chunk := f.read(CHUNK):
         if chunk.strip(b"\0"):
             return False
     return True
