@@ -89,7 +89,7 @@ from common import compile_mesh, cpu_seconds, median_of, print_table, write_json
 from mesh.client import Client  # noqa: E402
 from mesh.core import peerwire, wire  # noqa: E402
 from mesh.core.errors import PyCacheError  # noqa: E402
-from mesh.roles.supervisor import die_with_parent  # noqa: E402
+from mesh.roles.launcher import die_with_parent  # noqa: E402
 
 VALUE = b"v" * 100
 ANY = "tcp://127.0.0.1:*"

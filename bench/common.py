@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mesh.roles.supervisor import die_with_parent
+from mesh.roles.launcher import die_with_parent
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

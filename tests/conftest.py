@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from mesh.client import Client
-from mesh.roles.supervisor import die_with_parent
+from mesh.roles.launcher import die_with_parent
 
 
 def wait_for(

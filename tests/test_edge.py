@@ -46,7 +46,7 @@ from mesh.core.limits import Limits
 from mesh.core.replication import Batch
 from mesh.roles import cacheapi, edge
 from mesh.roles.config import EdgeConfig
-from mesh.roles.supervisor import die_with_parent
+from mesh.roles.launcher import die_with_parent
 from tests.conftest import NodeProcess, Processes, wait_for
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
