@@ -89,7 +89,7 @@ from common import compile_mesh, cpu_seconds, median_of, print_table, write_json
 from mesh.client import Client  # noqa: E402
 from mesh.core import peerwire, wire  # noqa: E402
 from mesh.core.errors import PyCacheError  # noqa: E402
-from mesh.roles.supervisor import die_with_parent  # noqa: E402
+from mesh.roles.launcher import ChildProcess, die_with_parent, mesh_argv  # noqa: E402
 
 VALUE = b"v" * 100
 ANY = "tcp://127.0.0.1:*"
@@ -177,55 +177,56 @@ class NodeProc:
         self.log_path = root / f"{node_id}.log"
         self.log_level = log_level
         self.endpoints = {"api": ANY, "repl": ANY, "pub": ANY}
+        self.child = ChildProcess(
+            node_id, self.data_dir / "node.json", self.log_path, stdout_to_log=True
+        )
         self.proc: subprocess.Popen | None = None
-        self.started = 0.0
         self._log_from = 0
 
     @property
     def api(self) -> str:
         return self.endpoints["api"]
 
+    @property
+    def started(self) -> float:
+        """perf_counter() at the last start."""
+        return self.child.started
+
     def start(self, peers: list[str]) -> None:
         """Start the process (on the endpoints of its last run, if any)."""
-        argv = [sys.executable, "-m", "mesh", "node", "--id", self.node_id]
+        argv = mesh_argv("node", "--id", self.node_id)
         argv += ["--data-dir", str(self.data_dir), "--log-level", self.log_level]
         argv += ["--fsync", self.fsync]
         for name in ("api", "repl", "pub"):
             argv += [f"--{name}", self.endpoints[name]]
         if peers:
             argv += ["--peers", ",".join(peers)]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_from = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as err:
-            self.started = time.perf_counter()
-            self.proc = _spawn(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+        self.child.start(argv)
+        self.proc = self.child.process
+        assert self.proc is not None
+        _CHILDREN[self.proc.pid] = self.proc
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> dict[str, float | None]:
         """Poll ``node.json``; return seconds from process start to catching-up and ready."""
         assert self.proc is not None
-        status = self.data_dir / "node.json"
         seen: dict[str, float | None] = {"catching-up": None, "ready": None}
-        deadline = self.started + timeout
-        while time.perf_counter() < deadline:
-            try:
-                info = json.loads(status.read_text())
-            except (OSError, ValueError):
-                info = {}
+
+        def ready(info: dict) -> bool:
             now = time.perf_counter() - self.started
-            if info.get("pid") == self.proc.pid:
-                state = info.get("state")
-                if state in seen and seen[state] is None:
-                    seen[state] = now
-                if state == "ready":
-                    seen["cpu_s"] = cpu_seconds(self.proc.pid)
-                    self.endpoints = {k: info[k] for k in ("api", "repl", "pub")}
-                    return seen
-            if self.proc.poll() is not None:
-                raise SystemExit(
-                    f"{self.node_id} exited with {self.proc.returncode}; see {self.log_path}"
-                )
-            time.sleep(POLL_S)
-        raise SystemExit(f"{self.node_id} not ready within {timeout:.0f} s; see {self.log_path}")
+            state = info.get("state")
+            if state in seen and seen[state] is None:
+                seen[state] = now
+            return state == "ready"
+
+        remaining = self.started + timeout - time.perf_counter()
+        try:
+            info = self.child.wait_status(ready, remaining, interval=POLL_S)
+        except PyCacheError as exc:  # it exited, or it was not ready in time
+            raise SystemExit(f"{exc}; see {self.log_path}") from None
+        seen["cpu_s"] = cpu_seconds(self.proc.pid)
+        self.endpoints = {k: info[k] for k in ("api", "repl", "pub")}
+        return seen
 
     def stop(self, how: str = "term") -> None:
         if self.proc is not None:

@@ -1,7 +1,8 @@
 """Shared plumbing for the benchmark scripts: medians, a table, JSON output.
 
-Also percentiles, and child processes (nodes, a balancer, an edge) that die
-with the script and are ended by pid (``spawn``, ``end_all``).
+Also percentiles, and child processes (nodes, a balancer, an edge; started
+and waited for by :mod:`mesh.roles.launcher`) that die with the script and are
+ended by pid (``spawn``, ``end_all``).
 
 Benchmarks quote medians of several runs and put each figure next to a
 ceiling measured in the same run, as a ratio: absolute numbers drift from
@@ -17,13 +18,13 @@ import platform
 import signal
 import statistics
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from mesh.roles.supervisor import die_with_parent
+from mesh.core.errors import PyCacheError
+from mesh.roles.launcher import ChildProcess, die_with_parent, mesh_argv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -156,22 +157,20 @@ def end_all(timeout: float = 5.0) -> None:
         end(proc, signal.SIGTERM, timeout)
 
 
-def wait_json(
-    path: Path, proc: subprocess.Popen, done: Callable[[dict], bool], timeout: float, what: str
-) -> dict:
-    """Poll the JSON status file ``path`` written by ``proc`` until ``done(info)``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            info = {}
-        if info.get("pid") == proc.pid and done(info):
-            return info
-        if proc.poll() is not None:
-            raise SystemExit(f"{what} exited with {proc.returncode}")
-        time.sleep(0.002)
-    raise SystemExit(f"{what} not up within {timeout:.0f} s")
+def _launch(child: ChildProcess, argv: Sequence[str]) -> subprocess.Popen:
+    """Start ``child`` with ``argv`` and track it like :func:`spawn` does."""
+    child.start(argv)
+    assert child.process is not None
+    _CHILDREN[child.process.pid] = child.process
+    return child.process
+
+
+def _wait_status(child: ChildProcess, done: Callable[[dict], bool], timeout: float) -> dict:
+    """Poll ``child``'s status file until ``done(info)``; exit the script if it never is."""
+    try:
+        return child.wait_status(done, timeout, interval=0.002)
+    except PyCacheError as exc:  # it exited, or the wait timed out
+        raise SystemExit(str(exc)) from None
 
 
 class NodeProc:
@@ -183,8 +182,18 @@ class NodeProc:
         self.log_path = root / f"{node_id}.log"
         self.extra = list(extra)
         self.endpoints = {"api": ANY, "repl": ANY, "pub": ANY}
-        self.proc: subprocess.Popen | None = None
-        self.started = 0.0  # perf_counter() at the last start
+        self.child = ChildProcess(
+            f"node {node_id} (log {self.log_path})", self.data_dir / "node.json", self.log_path
+        )
+
+    @property
+    def proc(self) -> subprocess.Popen | None:
+        return self.child.process
+
+    @property
+    def started(self) -> float:
+        """perf_counter() at the last start."""
+        return self.child.started
 
     @property
     def api(self) -> str:
@@ -195,27 +204,16 @@ class NodeProc:
         return self.endpoints["repl"]
 
     def start(self, peers: Sequence[str] = ()) -> NodeProc:
-        argv = [sys.executable, "-m", "mesh", "node", "--id", self.node_id]
-        argv += ["--data-dir", str(self.data_dir), "--peers", ",".join(peers), *self.extra]
+        argv = mesh_argv("node", "--id", self.node_id, "--data-dir", str(self.data_dir))
+        argv += ["--peers", ",".join(peers), *self.extra]
         for name, endpoint in self.endpoints.items():
             argv += [f"--{name}", endpoint]
-        (self.data_dir / "node.json").unlink(missing_ok=True)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.started = time.perf_counter()
-            self.proc = spawn(argv, stdout=subprocess.DEVNULL, stderr=log)
+        _launch(self.child, argv)
         return self
 
     def wait_ready(self, timeout: float = 60.0) -> float:
         """Wait for ``node.json`` to say ready; seconds since :meth:`start`."""
-        assert self.proc is not None
-        info = wait_json(
-            self.data_dir / "node.json",
-            self.proc,
-            lambda i: i.get("state") == "ready",
-            timeout,
-            f"node {self.node_id} (log {self.log_path})",
-        )
+        info = _wait_status(self.child, lambda i: i.get("state") == "ready", timeout)
         took = time.perf_counter() - self.started
         self.endpoints = {name: info[name] for name in self.endpoints}
         return took
@@ -241,20 +239,20 @@ def start_balancer(
 ) -> tuple[subprocess.Popen, str, Path]:
     """A ``pycache balancer`` child in front of ``apis``: (process, front endpoint, log path)."""
     status, log_path = root / "balancer.json", root / "balancer.log"
-    argv = [sys.executable, "-m", "mesh", "balancer", "--front", ANY, "--nodes", ",".join(apis)]
+    argv = mesh_argv("balancer", "--front", ANY, "--nodes", ",".join(apis))
     argv += ["--status-file", str(status), "--log-level", log_level, *extra]
-    with open(log_path, "ab") as log:
-        proc = spawn(argv, stdout=subprocess.DEVNULL, stderr=log)
-    info = wait_json(status, proc, lambda i: "front" in i, 30, "balancer")
+    child = ChildProcess("balancer", status, log_path)
+    proc = _launch(child, argv)
+    info = _wait_status(child, lambda i: "front" in i, 30)
     return proc, info["front"], log_path
 
 
 def start_edge(root: Path, backend: str, extra: Sequence[str] = ()) -> tuple[subprocess.Popen, str]:
     """A ``pycache edge`` child on an OS-picked port: (process, base URL)."""
     status = root / "edge.json"
-    argv = [sys.executable, "-m", "mesh", "edge", "--host", "127.0.0.1", "--port", "0"]
+    argv = mesh_argv("edge", "--host", "127.0.0.1", "--port", "0")
     argv += ["--backend", backend, "--status-file", str(status), "--log-level", "WARNING", *extra]
-    with open(root / "edge.log", "ab") as log:
-        proc = spawn(argv, stdout=subprocess.DEVNULL, stderr=log)
-    info = wait_json(status, proc, lambda i: "http" in i, 30, "edge")
+    child = ChildProcess("edge", status, root / "edge.log")
+    proc = _launch(child, argv)
+    info = _wait_status(child, lambda i: "http" in i, 30)
     return proc, info["http"]

@@ -1,45 +1,63 @@
 """Fixtures that start real PyCache processes on OS-picked loopback ports.
 
-Every process is started in its own session with ``PR_SET_PDEATHSIG`` and is
-tracked by the ``procs`` fixture, which kills every process group it started
-when the test ends, also when it fails.  Waits poll with a deadline and say
-what they saw when they give up.
+Every process is started by :class:`mesh.roles.launcher.ChildProcess` (its
+own session, ``PR_SET_PDEATHSIG``, stderr to a log file) and is tracked by the
+``procs`` fixture, which kills every process it started when the test ends,
+also when it fails, and then fails the test if one of them printed a
+``Traceback`` (a process that died of a bug must not pass silently).  Waits
+poll with a deadline and say what they saw when they give up.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from mesh.client import Client
-from mesh.roles.supervisor import die_with_parent
+from mesh.core.errors import PyCacheError, Timeout
+from mesh.roles import launcher
+from mesh.roles.launcher import ChildExited, ChildProcess, mesh_argv
+
+ANY = "tcp://127.0.0.1:*"
+CONVERGE_S = 15.0
+"""Deadline for convergence after a fault heals (the healthy case is asserted tighter)."""
 
 
 def wait_for(
-    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.02
+    condition: Callable[[], Any],
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+    describe: Callable[[], object] | None = None,
 ) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = condition()
-        except Exception as exc:  # keep polling; report the last failure
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}; last saw {last!r}")
+    """Poll ``condition`` until it returns something truthy; fail naming ``what``.
+
+    An exception raised by ``condition`` counts as "not yet" (and is reported
+    as what was last seen); ``pytest.fail`` inside it fails at once.  On
+    failure the message also holds ``describe()``, when given.
+    """
+    try:
+        return launcher.wait_for(condition, timeout, what, interval, retry_on=Exception)
+    except Timeout as exc:
+        message = str(exc) if describe is None else f"{exc}\n{describe()}"
+    pytest.fail(message)
+
+
+@contextmanager
+def failing_the_test() -> Iterator[None]:
+    """Turn a launcher error (a child exited, a wait timed out) into a test failure."""
+    try:
+        yield
+    except (ChildExited, Timeout) as exc:
+        message = str(exc)
+    else:
+        return
+    pytest.fail(message)
 
 
 class NodeProcess:
@@ -49,19 +67,16 @@ class NodeProcess:
         self.data_dir = data_dir
         self.node_id = node_id
         self.extra = extra or []
-        self.api = "tcp://127.0.0.1:*"
-        self.repl = "tcp://127.0.0.1:*"
-        self.pub = "tcp://127.0.0.1:*"
+        self.api = ANY
+        self.repl = ANY
+        self.pub = ANY
         self.peers: list[str] = []
-        self.process: subprocess.Popen | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}.stderr.log"
+        self.child = ChildProcess(f"node {node_id}", data_dir / "node.json", self.log_path)
 
     @property
     def argv(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "mesh",
+        return mesh_argv(
             "node",
             "--id",
             self.node_id,
@@ -76,41 +91,23 @@ class NodeProcess:
             "--peers",
             ",".join(self.peers),
             *self.extra,
-        ]
+        )
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.child.process
 
     def start(self, wait: bool = True) -> NodeProcess:
-        status = self.data_dir / "node.json"
-        if status.exists():
-            status.unlink()
-        with open(self.log_path, "ab") as err:
-            self.process = subprocess.Popen(
-                self.argv,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
+        self.child.start(self.argv)
         if wait:
             self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        status = self.data_dir / "node.json"
-
-        def ready() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"node exited with {self.process.returncode}: {self.stderr()[-2000:]}")
-            if not status.exists():
-                return False
-            info = json.loads(status.read_text())
-            if info["pid"] != self.process.pid or info["state"] != "ready":
-                return False
-            # keep the OS-picked ports across restarts
-            self.api, self.repl, self.pub = info["api"], info["repl"], info["pub"]
-            return True
-
-        wait_for(ready, timeout, f"node {self.node_id} to be ready")
+        with failing_the_test():
+            info = self.child.wait_status(lambda i: i.get("state") == "ready", timeout)
+        # keep the OS-picked ports across restarts
+        self.api, self.repl, self.pub = info["api"], info["repl"], info["pub"]
 
     @property
     def endpoint(self) -> str:
@@ -120,24 +117,18 @@ class NodeProcess:
         return Client(self.endpoint, timeout=timeout)
 
     def signal(self, sig: int) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, sig)
+        self.child.signal(sig)
 
     def kill(self) -> None:
         """SIGKILL and reap."""
-        if self.process and self.process.poll() is None:
-            self.signal(signal.SIGKILL)
-            self.process.wait(10)
+        self.child.kill()
 
     def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
+        return self.child.stop(timeout)
 
     def stderr(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.child.stderr()
 
 
 class BalancerProcess:
@@ -149,15 +140,15 @@ class BalancerProcess:
         self.log_path = folder / "balancer.stderr.log"
         self.nodes = nodes
         self.extra = extra or []
-        self.front = "tcp://127.0.0.1:*"
-        self.process: subprocess.Popen | None = None
+        self.front = ANY
+        self.child = ChildProcess("balancer", self.status, self.log_path)
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.child.process
 
     def start(self) -> BalancerProcess:
-        self.status.unlink(missing_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "mesh",
+        argv = mesh_argv(
             "balancer",
             "--front",
             self.front,
@@ -166,27 +157,10 @@ class BalancerProcess:
             "--status-file",
             str(self.status),
             *self.extra,
-        ]
-        with open(self.log_path, "ab") as err:
-            self.process = subprocess.Popen(
-                argv,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-
-        def bound() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"balancer exited: {self.stderr()[-2000:]}")
-            if not self.status.exists():
-                return False
-            info = json.loads(self.status.read_text())
-            self.front = info["front"]
-            return info["pid"] == self.process.pid
-
-        wait_for(bound, 15, "the balancer to bind")
+        )
+        self.child.start(argv)
+        with failing_the_test():
+            self.front = self.child.wait_status(lambda i: "front" in i, 15)["front"]
         return self
 
     @property
@@ -203,21 +177,27 @@ class BalancerProcess:
             )
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        self.child.kill()
 
     def stderr(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.child.stderr()
+
+
+class Tracked(Protocol):
+    """What :class:`Processes` needs of a process wrapper."""
+
+    child: ChildProcess
 
 
 class Processes:
-    """Tracks every process a test starts and kills them all at teardown."""
+    """Tracks every process a test starts, kills them all at teardown, reads their stderr."""
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.nodes: list[NodeProcess] = []
         self.balancers: list[BalancerProcess] = []
+        self.others: list[Tracked] = []
+        self._may_crash: list[ChildProcess] = []
 
     def node(
         self,
@@ -248,25 +228,94 @@ class Processes:
         proc.wait_ready()
         return proc
 
+    def track(self, proc: Tracked) -> None:
+        """Kill ``proc`` at teardown and check its stderr, like the processes started here."""
+        self.others.append(proc)
+
+    def expect_traceback(self, proc: Tracked) -> None:
+        """Mark ``proc`` as expected to crash: a Traceback in its stderr fails nothing."""
+        self._may_crash.append(proc.child)
+
+    def _all(self) -> list[ChildProcess]:
+        return [p.child for p in [*self.others, *self.balancers, *self.nodes]]
+
     def cleanup(self) -> None:
-        for proc in [*self.balancers, *self.nodes]:
+        for child in self._all():
             try:
-                proc.kill()
+                child.kill()
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
+
+    def unexpected_tracebacks(self) -> list[str]:
+        """For each process that printed a Traceback it was not expected to: who, and its stderr."""
+        return [
+            f"{child.name} printed a Traceback; its stderr ends:\n{child.stderr_tail(3000)}"
+            for child in self._all()
+            if child not in self._may_crash and "Traceback" in child.stderr()
+        ]
 
 
 @pytest.fixture
 def procs(tmp_path: Path) -> Iterator[Processes]:
-    """Start real processes with ``procs.node(...)``; all are killed at teardown."""
+    """Start real processes with ``procs.node(...)``; all are killed at teardown.
+
+    The test then fails if any of them printed a ``Traceback`` on stderr
+    (unless marked with :meth:`Processes.expect_traceback`).
+    """
     tracker = Processes(tmp_path)
     try:
         yield tracker
     finally:
         tracker.cleanup()
+    crashed = tracker.unexpected_tracebacks()
+    if crashed:
+        pytest.fail("\n\n".join(crashed))
 
 
 @pytest.fixture
 def node(procs: Processes) -> NodeProcess:
     """One running node on an OS-picked loopback port, fsync=always."""
     return procs.node()
+
+
+# ---------------------------------------------------------------------- convergence
+
+
+def stats_of(node: NodeProcess) -> dict:
+    """The node's STATS."""
+    with node.client(timeout=2.0) as c:
+        return c.stats()
+
+
+def converged(nodes: Sequence[NodeProcess]) -> list[dict] | None:
+    """Every node ready with the same digest, live keys and version vector; else None."""
+    stats = [stats_of(n) for n in nodes]
+    same = (
+        all(s["state"] == "ready" for s in stats)
+        and len({s["digest"] for s in stats}) == 1
+        and len({s["keys"] for s in stats}) == 1
+        and all(s["vv"] == stats[0]["vv"] for s in stats)
+    )
+    return stats if same else None
+
+
+def convergence_summary(nodes: Sequence[NodeProcess]) -> list[tuple]:
+    """What a failed convergence wait reports: per node its state, digest, keys, vv."""
+    out = []
+    for n in nodes:
+        try:
+            s = stats_of(n)
+            out.append((n.node_id, s["state"], s["digest"], s["keys"], s["vv"], s["replication"]))
+        except PyCacheError as exc:
+            out.append((n.node_id, repr(exc)))
+    return out
+
+
+def wait_converged(nodes: Sequence[NodeProcess], timeout: float = CONVERGE_S) -> list[dict]:
+    """Wait until every node is ready with equal digests, keys and version vectors."""
+    return wait_for(
+        lambda: converged(nodes),
+        timeout,
+        "every node ready with equal digests, keys and version vectors",
+        describe=lambda: convergence_summary(nodes),
+    )

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mesh.roles.supervisor import die_with_parent
+from mesh.roles.launcher import die_with_parent
 
 SUBNET = "198.18.0"
 PREFIX = "pc"

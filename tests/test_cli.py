@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from mesh.cli import main
 from mesh.client import Client
-from mesh.roles.supervisor import die_with_parent
+from mesh.roles.launcher import die_with_parent
 from tests.conftest import wait_for
 
 

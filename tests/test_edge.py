@@ -18,12 +18,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import os
 import re
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -46,8 +43,8 @@ from mesh.core.errors import ConfigError
 from mesh.core.limits import Limits
 from mesh.roles import cacheapi, edge
 from mesh.roles.config import EdgeConfig
-from mesh.roles.supervisor import die_with_parent
-from tests.conftest import NodeProcess, Processes, wait_for
+from mesh.roles.launcher import ChildProcess, mesh_argv
+from tests.conftest import NodeProcess, Processes, failing_the_test, wait_for
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 MIB = 1024 * 1024
@@ -430,10 +427,7 @@ class EdgeProcess:
         folder.mkdir(parents=True, exist_ok=True)
         self.status = folder / "edge.json"
         self.log_path = folder / "edge.stderr.log"
-        self.argv = [
-            sys.executable,
-            "-m",
-            "mesh",
+        self.argv = mesh_argv(
             "edge",
             "--port",
             "0",
@@ -442,64 +436,43 @@ class EdgeProcess:
             "--status-file",
             str(self.status),
             *(extra or []),
-        ]
-        self.process: subprocess.Popen | None = None
+        )
+        self.child = ChildProcess("edge", self.status, self.log_path)
         self.url = ""
 
+    @property
+    def process(self) -> subprocess.Popen | None:
+        return self.child.process
+
     def start(self) -> EdgeProcess:
-        with open(self.log_path, "ab") as err:
-            self.process = subprocess.Popen(
-                self.argv,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-
-        def listening() -> bool:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                pytest.fail(f"edge exited with {self.process.returncode}: {self.stderr()}")
-            if not self.status.exists():
-                return False
-            info = json.loads(self.status.read_text())
-            self.url = info["http"]
-            return info["pid"] == self.process.pid
-
-        wait_for(listening, 15, "the edge to listen")
+        self.child.start(self.argv)
+        with failing_the_test():
+            self.url = self.child.wait_status(lambda i: "http" in i, 15)["http"]
         return self
 
     def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM and wait; returns the exit code."""
-        assert self.process is not None
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-        return self.process.wait(timeout)
+        """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
+        return self.child.stop(timeout)
 
     def kill(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
+        self.child.kill()
 
     def stderr(self) -> str:
-        return self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+        return self.child.stderr_tail()
 
 
 @pytest.fixture
 def edges(procs: Processes) -> Iterator[Callable[..., EdgeProcess]]:
-    """``edges(backend, extra)`` starts a ``pycache edge``; all are killed at teardown."""
+    """``edges(backend, extra)`` starts a ``pycache edge``; ``procs`` kills all at teardown."""
     started: list[EdgeProcess] = []
 
     def start(backend: str, extra: list[str] | None = None) -> EdgeProcess:
         proc = EdgeProcess(procs.tmp_path / f"edge{len(started)}", backend, extra)
         started.append(proc)
+        procs.track(proc)
         return proc.start()
 
-    try:
-        yield start
-    finally:
-        for proc in started:
-            proc.kill()
+    yield start
 
 
 def http_url(node: NodeProcess) -> str:

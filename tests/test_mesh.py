@@ -32,61 +32,21 @@ import zmq
 from mesh.client import Client
 from mesh.core import envelope, wire
 from mesh.core.errors import PyCacheError, WriteNotAcknowledged
-from tests.conftest import NodeProcess, wait_for
+from tests.conftest import (
+    NodeProcess,
+    convergence_summary,
+    stats_of,
+    wait_converged,
+    wait_for,
+)
 
 pytestmark = pytest.mark.processes
-
-CONVERGE_S = 15.0
-"""Deadline for convergence after a fault heals (the healthy case is asserted tighter)."""
-
 
 # ---------------------------------------------------------------------- helpers
 
 
-def stats_of(node: NodeProcess) -> dict:
-    with node.client(timeout=2.0) as c:
-        return c.stats()
-
-
 def all_stats(nodes: Sequence[NodeProcess]) -> list[dict]:
     return [stats_of(n) for n in nodes]
-
-
-def converged(nodes: Sequence[NodeProcess]) -> list[dict] | None:
-    """Every node ready with the same digest, live keys and version vector; else None."""
-    stats = all_stats(nodes)
-    same = (
-        all(s["state"] == "ready" for s in stats)
-        and len({s["digest"] for s in stats}) == 1
-        and len({s["keys"] for s in stats}) == 1
-        and all(s["vv"] == stats[0]["vv"] for s in stats)
-    )
-    return stats if same else None
-
-
-def summary(nodes: Sequence[NodeProcess]) -> list[tuple]:
-    """What a failed convergence wait reports: per node its state, digest, keys, vv."""
-    out = []
-    for n in nodes:
-        try:
-            s = stats_of(n)
-            out.append((n.node_id, s["state"], s["digest"], s["keys"], s["vv"], s["replication"]))
-        except PyCacheError as exc:
-            out.append((n.node_id, repr(exc)))
-    return out
-
-
-def wait_converged(nodes: Sequence[NodeProcess], timeout: float = CONVERGE_S) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            stats = converged(nodes)
-        except PyCacheError:
-            stats = None
-        if stats:
-            return stats
-        time.sleep(0.02)
-    pytest.fail(f"no convergence within {timeout} s: {summary(nodes)}")
 
 
 def wait_mesh(nodes: Sequence[NodeProcess], timeout: float = 10.0) -> None:
@@ -264,7 +224,7 @@ def test_concurrent_writes_on_all_nodes_converge_within_2_s(procs):
     last_write = max(finished)
     stats = wait_converged(nodes, timeout=10.0)
     took = time.monotonic() - last_write
-    assert took < 2.0, f"converged {took:.2f} s after the last write: {summary(nodes)}"
+    assert took < 2.0, f"converged {took:.2f} s after the last write: {convergence_summary(nodes)}"
     assert stats[0]["keys"] > 0
     # every node applied every write of every origin (the vvs are equal, see converged)
     assert len(stats[0]["vv"]) == 3

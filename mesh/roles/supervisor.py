@@ -1,8 +1,9 @@
 """``pycache up``: start a local cluster as child processes and watch it.
 
-Each child is started with its own session (so a terminal Ctrl-C reaches only
-this supervisor, which then stops the children in order) and with
-``PR_SET_PDEATHSIG`` so that no child outlives a supervisor that was killed.
+Each child is started by :mod:`mesh.roles.launcher`: in its own session (so a
+terminal Ctrl-C reaches only this supervisor, which then stops the children in
+order) and with ``PR_SET_PDEATHSIG`` so that no child outlives a supervisor
+that was killed.  The children share the supervisor's stdout and stderr.
 A child that dies is reported, not restarted: the others keep running.  The
 layout is written to ``<data-dir>/cluster.json`` so that a user or a script can
 kill one process and start it again with its own ``argv``.
@@ -10,13 +11,9 @@ kill one process and start it again with its own ``argv``.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -27,21 +24,12 @@ from pathlib import Path
 from mesh.core.errors import PyCacheError, Timeout
 from mesh.roles.client import Client
 from mesh.roles.config import DEFAULT_HOST, NodeConfig, Ports
+from mesh.roles.launcher import STOP_GRACE_S, ChildProcess, mesh_argv, wait_for
 from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
 
-PR_SET_PDEATHSIG = 1
-STOP_GRACE_S = 10.0
 DEFAULT_PORTS = Ports()
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for children: the kernel SIGKILLs them when their parent dies.
-
-    Runs in the child between fork and exec (Linux ``PR_SET_PDEATHSIG``).
-    """
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @dataclass
@@ -52,7 +40,7 @@ class Child:
     id: str
     argv: list[str]
     endpoints: dict[str, str]
-    process: subprocess.Popen | None = field(default=None, repr=False)
+    process: ChildProcess | None = field(default=None, repr=False)
 
     def describe(self) -> dict:
         """The cluster.json entry for this child."""
@@ -112,10 +100,7 @@ class Cluster:
             "pub": self._endpoint(self.ports.pub, index),
         }
         http = str(self.ports.http + index - 1) if self.ports.http else "*"
-        argv = [
-            sys.executable,
-            "-m",
-            "mesh",
+        argv = mesh_argv(
             "node",
             "--id",
             node_id,
@@ -133,15 +118,12 @@ class Cluster:
             self.host,
             "--fsync",
             fsync,
-        ]
+        )
         return Child("node", node_id, argv, ends)
 
     def _balancer(self) -> Child:
         front = self._endpoint(self.ports.balancer)
-        argv = [
-            sys.executable,
-            "-m",
-            "mesh",
+        argv = mesh_argv(
             "balancer",
             "--front",
             front,
@@ -149,14 +131,11 @@ class Cluster:
             ",".join(c.endpoints["api"] for c in self.nodes),
             "--status-file",
             str(self.data_dir / "balancer.json"),
-        ]
+        )
         return Child("balancer", "balancer", argv, {"front": front})
 
     def _edge(self, backend: str) -> Child:
-        argv = [
-            sys.executable,
-            "-m",
-            "mesh",
+        argv = mesh_argv(
             "edge",
             "--host",
             self.host,
@@ -166,7 +145,7 @@ class Cluster:
             backend,
             "--status-file",
             str(self.data_dir / "edge.json"),
-        ]
+        )
         return Child("edge", "edge", argv, {"http": f"http://{self.host}:{self.ports.edge}"})
 
     def start(self, timeout: float = 60.0) -> None:
@@ -187,39 +166,35 @@ class Cluster:
             balancer = self._balancer()
             self.children.append(balancer)
             self._spawn(balancer, self.data_dir / "balancer.json")
-            info = self._wait_status(balancer, self.data_dir / "balancer.json", deadline)
+            info = self._wait_status(balancer, deadline)
             self._pin(balancer, "front", info["front"])
             edge = self._edge(balancer.endpoints["front"])
             self.children.append(edge)
             self._spawn(edge, self.data_dir / "edge.json")
-            info = self._wait_status(edge, self.data_dir / "edge.json", deadline)
+            info = self._wait_status(edge, deadline)
             edge.endpoints["http"] = info["http"]
             edge.argv[edge.argv.index("--port") + 1] = info["http"].rsplit(":", 1)[1]
             self._wait_http_ready(edge, deadline)
         self.write_layout()
 
-    def _spawn(self, child: Child, status: Path) -> None:
-        status.unlink(missing_ok=True)
-        child.process = subprocess.Popen(
-            child.argv, start_new_session=True, preexec_fn=die_with_parent
-        )
+    @staticmethod
+    def _spawn(child: Child, status: Path) -> None:
+        child.process = ChildProcess(child.id, status_path=status).start(child.argv)
 
     def write_layout(self) -> None:
         """Write ``<data-dir>/cluster.json`` (see the module docstring)."""
         layout = {"processes": [child.describe() for child in self.children]}
         write_atomically(self.data_dir / "cluster.json", json.dumps(layout, indent=2).encode())
 
-    def _wait_status(self, child: Child, status: Path, deadline: float, state: str = "") -> dict:
-        """Wait until ``status`` (a JSON file the child writes) is this child's."""
-        while True:
-            try:
-                info = json.loads(status.read_text())
-                if info["pid"] == child.process.pid and (not state or info["state"] == state):  # type: ignore[union-attr]
-                    return info
-            except (OSError, ValueError, KeyError):
-                pass  # not written yet
-            self._check_deadline(child, deadline)
-            time.sleep(0.05)
+    @staticmethod
+    def _wait_status(child: Child, deadline: float, state: str = "") -> dict:
+        """Wait until the child's status file is its own (and says ``state``, if given)."""
+        assert child.process is not None
+        return child.process.wait_status(
+            lambda info: not state or info.get("state") == state,
+            timeout=max(0.0, deadline - time.monotonic()),
+            interval=0.05,
+        )
 
     def _pin(self, child: Child, name: str, endpoint: str) -> None:
         """Record the endpoint bound and put it in the child's argv instead of ``*``."""
@@ -228,51 +203,52 @@ class Cluster:
 
     def _wait_node(self, child: Child, deadline: float) -> None:
         """Wait for ``state: ready`` in the node's node.json and a PING answer."""
-        info = self._wait_status(child, self.data_dir / child.id / "node.json", deadline, "ready")
+        info = self._wait_status(child, deadline, "ready")
         for name in ("api", "repl", "pub"):
             self._pin(child, name, str(info[name]))
         if info.get("http"):
             child.endpoints["http"] = str(info["http"])
             child.argv[child.argv.index("--http-port") + 1] = str(info["http"]).rsplit(":", 1)[1]
         with Client(child.endpoints["api"], timeout=0.5) as client:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except Timeout:
-                    self._check_deadline(child, deadline)
+            self._wait_until(child, deadline, "a PING answer", client.ping, retry_on=Timeout)
 
     def _wait_http_ready(self, child: Child, deadline: float) -> None:
         url = child.endpoints["http"].rstrip("/") + "/api/ready/"
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                pass  # not listening or not ready yet (HTTPError is an OSError)
-            self._check_deadline(child, deadline)
-            time.sleep(0.05)
+
+        def ready() -> bool:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                return reply.status == 200
+
+        # OSError: not listening or not ready yet (HTTPError is an OSError)
+        self._wait_until(child, deadline, f"{url} to say 200", ready, retry_on=OSError)
 
     @staticmethod
-    def _check_deadline(child: Child, deadline: float) -> None:
-        if child.process is not None and child.process.poll() is not None:
-            raise PyCacheError(f"{child.id} exited with code {child.process.returncode}")
-        if time.monotonic() > deadline:
-            raise Timeout(f"{child.id} was not ready in time")
+    def _wait_until(
+        child: Child,
+        deadline: float,
+        what: str,
+        condition: Callable[[], object],
+        retry_on: type[Exception],
+    ) -> None:
+        """Poll ``condition`` until it holds; fail at once if the child exits."""
+        process = child.process
+        assert process is not None
+
+        def holds() -> object:
+            process.check_running()
+            return condition() is not False
+
+        timeout = max(0.0, deadline - time.monotonic())
+        wait_for(holds, timeout, f"{child.id}: {what}", interval=0.05, retry_on=retry_on)
 
     def stop(self) -> None:
         """SIGTERM every live child, then SIGKILL what is left after a grace period."""
-        live = [c.process for c in self.children if c.process and c.process.poll() is None]
+        live = [c.process for c in self.children if c.process and c.process.alive()]
         for process in live:
-            os.killpg(process.pid, signal.SIGTERM)
+            process.terminate()
         deadline = time.monotonic() + STOP_GRACE_S
         for process in live:
-            try:
-                process.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            process.reap(deadline - time.monotonic())
 
     def run(self, ready_timeout: float, echo: Callable[[str], None]) -> int:
         """Start, report endpoints, watch until a signal; return the exit code."""
