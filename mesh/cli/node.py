@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from mesh.cli.exits import errors_to_exit_codes, split_csv
-from mesh.cli.options import int_option, log_level_option, setup_logging, valid_config
+from mesh.cli.options import fsync_option, int_option, log_level_option, setup_logging, valid_config
 from mesh.core.acks import W_LEVELS
 from mesh.core.limits import MIB, Limits
 from mesh.roles.config import (
@@ -23,7 +23,6 @@ from mesh.roles.config import (
     HTTP_PORT_ANY,
     NodeConfig,
 )
-from mesh.storage.log import FSYNC_POLICIES
 
 _W_HELP = f"Default write acknowledgement: a node count, {' or '.join(map(repr, W_LEVELS))}."
 
@@ -71,14 +70,7 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     "PYCACHE_PUB_HWM",
     "PUB send high-water mark in messages (tiny values force loss, for tests).",
 )
-@click.option(
-    "--fsync",
-    type=click.Choice(FSYNC_POLICIES),
-    default=NodeConfig.fsync,
-    show_default=True,
-    envvar="PYCACHE_FSYNC",
-    help="Log fsync policy.",
-)
+@fsync_option
 @int_option(
     "--fsync-interval-ms",
     NodeConfig.fsync_interval_ms,

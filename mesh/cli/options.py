@@ -16,6 +16,8 @@ import click
 
 from mesh.cli.exits import EXIT_ERROR, fail
 from mesh.core.errors import ConfigError
+from mesh.roles.config import NodeConfig
+from mesh.storage.log import FSYNC_POLICIES
 
 
 def valid_config(make_config: Callable[[], Any]) -> Any:
@@ -42,6 +44,14 @@ def int_option(flag: str, default: int, envvar: str, help: str) -> Callable[[Any
     )
 
 
+fsync_option = click.option(
+    "--fsync",
+    type=click.Choice(FSYNC_POLICIES),
+    default=NodeConfig.fsync,
+    show_default=True,
+    envvar="PYCACHE_FSYNC",
+    help="Log fsync policy.",
+)
 log_level_option = click.option(
     "--log-level", default="INFO", show_default=True, envvar="PYCACHE_LOG_LEVEL"
 )

@@ -11,16 +11,14 @@ import sys
 import click
 
 from mesh.cli.exits import errors_to_exit_codes, split_csv
-from mesh.cli.options import int_option, log_level_option, setup_logging, valid_config
+from mesh.cli.options import fsync_option, int_option, log_level_option, setup_logging, valid_config
 from mesh.roles.config import (
     DEFAULT_EDGE_HOST,
     DEFAULT_FRONT,
     BalancerConfig,
     EdgeConfig,
-    NodeConfig,
     Ports,
 )
-from mesh.storage.log import FSYNC_POLICIES
 
 
 @click.command()
@@ -214,13 +212,7 @@ def edge(
     "--balancer-port", Ports.balancer, "PYCACHE_BALANCER_PORT", "The balancer's front port."
 )
 @int_option("--edge-port", Ports.edge, "PYCACHE_EDGE_PORT", "The HTTP edge's port.")
-@click.option(
-    "--fsync",
-    type=click.Choice(FSYNC_POLICIES),
-    default=NodeConfig.fsync,
-    show_default=True,
-    envvar="PYCACHE_FSYNC",
-)
+@fsync_option
 @click.option(
     "--ready-timeout",
     type=float,
