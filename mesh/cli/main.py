@@ -1,7 +1,8 @@
 """The ``pycache`` group: the process roles and the client commands under one name.
 
 Process roles: ``pycache node`` (:mod:`mesh.cli.node`), ``balancer``,
-``edge`` and ``up`` (:mod:`mesh.cli.processes`).  The client commands
+``edge`` and ``up`` (:mod:`mesh.cli.processes`); the peer plane's keys,
+``keygen`` and ``forget`` (:mod:`mesh.cli.keys`).  The client commands
 (``get``, ``set``, ``status``, ...) live in :mod:`mesh.cli.client_commands`;
 exit codes in :mod:`mesh.cli.exits`.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import click
 
-from mesh.cli import client_commands, processes
+from mesh.cli import client_commands, keys, processes
 from mesh.cli.node import node
 
 
@@ -20,7 +21,7 @@ def main() -> None:
     """PyCache: a brokerless ZeroMQ mesh of in-memory key-value cache nodes."""
 
 
-for _command in (node, *processes.COMMANDS, *client_commands.COMMANDS):
+for _command in (node, *processes.COMMANDS, *keys.COMMANDS, *client_commands.COMMANDS):
     main.add_command(_command)
 
 

@@ -12,7 +12,14 @@ from typing import Any
 import click
 
 from mesh.cli.exits import errors_to_exit_codes, split_csv
-from mesh.cli.options import fsync_option, int_option, log_level_option, setup_logging, valid_config
+from mesh.cli.options import (
+    fsync_option,
+    insecure_option,
+    int_option,
+    log_level_option,
+    setup_logging,
+    valid_config,
+)
 from mesh.core.acks import W_LEVELS
 from mesh.core.limits import MIB, Limits
 from mesh.roles.config import (
@@ -158,6 +165,19 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     help="Serve the HTTP API on this port too (0: no HTTP; '*': the OS picks, see node.json).",
 )
 @_endpoint_option("--http-host", DEFAULT_EDGE_HOST, "Address the HTTP API listens on.")
+@click.option(
+    "--keys",
+    default=NodeConfig.keys,
+    envvar="PYCACHE_KEYS",
+    help="The peer plane's keys folder (create it with `pycache keygen`).",
+)
+@insecure_option
+@int_option(
+    "--max-clock-offset-ms",
+    NodeConfig.max_clock_offset_ms,
+    "PYCACHE_MAX_CLOCK_OFFSET_MS",
+    "Stop serving when this node's clock is further than this from its peers'.",
+)
 @log_level_option
 def node(
     node_id: str,
@@ -186,6 +206,9 @@ def node(
     max_items: int,
     http_port: int,
     http_host: str,
+    keys: str,
+    insecure: bool,
+    max_clock_offset_ms: int,
     log_level: str,
 ) -> None:
     """Run one node until SIGTERM or Ctrl-C (then fsync and exit 0)."""
@@ -223,6 +246,9 @@ def node(
             limits=limits,
             http_port=http_port,
             http_host=http_host,
+            keys=keys,
+            insecure=insecure,
+            max_clock_offset_ms=max_clock_offset_ms,
         )
     )
     errors_to_exit_codes(run_node)(config)

@@ -52,6 +52,12 @@ fsync_option = click.option(
     envvar="PYCACHE_FSYNC",
     help="Log fsync policy.",
 )
+insecure_option = click.option(
+    "--insecure",
+    is_flag=True,
+    envvar="PYCACHE_INSECURE",
+    help="No authentication or encryption where credentials are missing (tests only).",
+)
 log_level_option = click.option(
     "--log-level", default="INFO", show_default=True, envvar="PYCACHE_LOG_LEVEL"
 )

@@ -11,7 +11,14 @@ import sys
 import click
 
 from mesh.cli.exits import errors_to_exit_codes, split_csv
-from mesh.cli.options import fsync_option, int_option, log_level_option, setup_logging, valid_config
+from mesh.cli.options import (
+    fsync_option,
+    insecure_option,
+    int_option,
+    log_level_option,
+    setup_logging,
+    valid_config,
+)
 from mesh.roles.config import (
     DEFAULT_EDGE_HOST,
     DEFAULT_FRONT,
@@ -73,6 +80,7 @@ from mesh.roles.config import (
     envvar="PYCACHE_STATUS_FILE",
     help="Write {pid, state, front} JSON here once bound.",
 )
+@insecure_option
 @log_level_option
 def balancer(
     front: str,
@@ -84,6 +92,7 @@ def balancer(
     deadline_ms: int,
     batch_per_node: int,
     status_file: str | None,
+    insecure: bool,
     log_level: str,
 ) -> None:
     """Run a balancer in front of the nodes until SIGTERM or Ctrl-C."""
@@ -100,6 +109,7 @@ def balancer(
             max_attempts=max_attempts,
             deadline_ms=deadline_ms,
             batch_per_node=batch_per_node,
+            insecure=insecure,
         )
     )
     errors_to_exit_codes(run_balancer)(config, status_file)
@@ -148,6 +158,7 @@ def balancer(
     envvar="PYCACHE_EDGE_STATUS_FILE",
     help="Write {pid, http, backend} JSON here once listening.",
 )
+@insecure_option
 @log_level_option
 def edge(
     host: str,
@@ -156,6 +167,7 @@ def edge(
     timeout: float,
     max_body_bytes: int,
     status_file: str,
+    insecure: bool,
     log_level: str,
 ) -> None:
     """Run the HTTP edge (the seed's REST API) until SIGTERM or Ctrl-C (then exit 0)."""
@@ -170,6 +182,7 @@ def edge(
             timeout=timeout,
             max_body_bytes=max_body_bytes,
             status_file=status_file,
+            insecure=insecure,
         )
     )
     errors_to_exit_codes(run_edge)(config)

@@ -36,6 +36,8 @@ DEFAULT_NODE_HTTP_PORT = 8001
 DEFAULT_EDGE_TIMEOUT = 5.0
 #: ``NodeConfig.http_port`` value asking the OS for a free port (0 means no HTTP API).
 HTTP_PORT_ANY = -1
+#: How far a node's wall clock may drift from its peers' (as CockroachDB's --max-offset).
+DEFAULT_MAX_CLOCK_OFFSET_MS = 1000
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:(\d{1,5}|\*)|ipc://\S+|inproc://\S+)$")
 
@@ -67,6 +69,13 @@ class NodeConfig:
         http_port: port of the node's own HTTP API (0: none, as Redis's ``port 0``;
             ``HTTP_PORT_ANY``: the OS picks, and ``node.json`` says which).
         http_host: address the HTTP API listens on.
+        keys: the peer plane's keys folder (``pycache keygen``; see
+            :mod:`mesh.roles.trust`): required unless ``insecure``.
+        insecure: run the peer plane without authentication or encryption, and
+            let the client plane listen beyond loopback without credentials
+            (tests only; logged loudly).
+        max_clock_offset_ms: how far this node's wall clock may be from the
+            majority of its peers' before it stops serving.
     """
 
     node_id: str
@@ -91,6 +100,9 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     http_port: int = 0
     http_host: str = DEFAULT_EDGE_HOST
+    keys: str = ""
+    insecure: bool = False
+    max_clock_offset_ms: int = DEFAULT_MAX_CLOCK_OFFSET_MS
 
     def validate(self) -> NodeConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -126,6 +138,7 @@ class NodeConfig:
         check_range("http_port", self.http_port, HTTP_PORT_ANY, 65535)
         if self.http_port and not self.http_host:
             raise ConfigError("http_host is required with http_port")
+        check_range("max_clock_offset_ms", self.max_clock_offset_ms, 1, 3_600_000)
         self.limits.validate()
         return self
 
@@ -145,6 +158,8 @@ class BalancerConfig:
             else it refuses it; a failed node's requests are resent after it.
         batch_per_node: requests in a row sent to one node before the turn
             moves on (1: strict round robin, request by request).
+        insecure: let the front listen beyond loopback without client
+            credentials (tests only; logged loudly).
     """
 
     front: str = DEFAULT_FRONT
@@ -155,6 +170,7 @@ class BalancerConfig:
     max_attempts: int = 3
     deadline_ms: int = 400
     batch_per_node: int = 32
+    insecure: bool = False
 
     def validate(self) -> BalancerConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -184,6 +200,8 @@ class EdgeConfig:
         max_body_bytes: largest request body; a larger one is answered 413.
         status_file: where to write ``{"pid", "http", "backend"}`` once listening
             (empty: nowhere).
+        insecure: listen beyond loopback without client credentials (tests
+            only; logged loudly).
     """
 
     host: str = DEFAULT_EDGE_HOST
@@ -192,6 +210,7 @@ class EdgeConfig:
     timeout: float = DEFAULT_EDGE_TIMEOUT
     max_body_bytes: int = DEFAULT_MAX_VALUE_BYTES + REQUEST_OVERHEAD_BYTES
     status_file: str = ""
+    insecure: bool = False
 
     def validate(self) -> EdgeConfig:
         """Raise ConfigError naming the first invalid field; return self."""

@@ -1,0 +1,232 @@
+"""The peer plane's trust: the cluster's keys, who is a member, and the ZAP handler.
+
+Every node's repl ROUTER and PUB socket is a CURVE server with the cluster's
+**server key**, shared by the members; every member connects (its DEALERs
+and its SUB) with a **member key** of its own.  A ZAP handler admits a
+connection only when its member key is in the admitted set, so a node's
+identity is its key, never what a message claims: the handler names the
+member as the connection's ``User-Id``, which every message on it carries.
+
+A keys folder (``pycache keygen``, ``pycache node --keys DIR``)::
+
+    server.key, server.key_secret   the cluster's server key (every member needs both)
+    members/<id>.key                the admitted set: one public key per member
+    secrets/<id>.key_secret         each member's own key (a node needs only its own)
+    observers/<name>.key            read-only subscribers (monitoring): admitted on PUB only
+    retired/<id>.key                forgotten members (``pycache forget``): never admitted again
+
+Files are ZeroMQ's certificate format (``zmq.auth``); secret files are mode
+0600.  A node re-reads ``members/`` when it changes, so a member created or
+forgotten while the cluster runs is admitted or dropped within a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.asyncio import AsyncioAuthenticator
+
+from mesh.core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+SERVER = "server"
+MEMBERS, SECRETS, OBSERVERS, RETIRED = "members", "secrets", "observers", "retired"
+#: ZAP domains of the two peer-plane server sockets.
+REPL_DOMAIN, PUB_DOMAIN = "repl", "pub"
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+
+
+@dataclass(frozen=True)
+class PeerKeys:
+    """What one member needs to join the peer plane (Z85 keys, as pyzmq takes them)."""
+
+    node_id: str
+    server_public: bytes
+    server_secret: bytes
+    public: bytes
+    secret: bytes
+    folder: Path
+
+
+def keygen(
+    folder: str | Path, node_ids: Sequence[str], observers: Sequence[str] = ()
+) -> list[Path]:
+    """Create what is missing of a keys folder for ``node_ids``; return the files written.
+
+    Existing keys are kept (running it again for a new member adds only that
+    member); a retired member gets a new key, since its old one stays retired.
+    """
+    root = Path(folder)
+    for sub in (MEMBERS, SECRETS, OBSERVERS, RETIRED):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / SECRETS, 0o700)
+    written = []
+    if not (root / f"{SERVER}.key_secret").exists():
+        written += _create(root, SERVER)
+    for node_id in node_ids:
+        _check_name(node_id)
+        if not (root / MEMBERS / f"{node_id}.key").exists():
+            public, secret = _create(root / SECRETS, node_id)
+            written += [_publish(public, root / MEMBERS), secret]
+    for name in observers:
+        _check_name(name)
+        if not (root / SECRETS / f"{name}.key_secret").exists():
+            public, secret = _create(root / SECRETS, name)
+            written += [_publish(public, root / OBSERVERS), secret]
+    return written
+
+
+def forget(folder: str | Path, node_id: str) -> Path:
+    """Retire a member for good: its key moves to ``retired/``; return where it went."""
+    root = Path(folder)
+    public = root / MEMBERS / f"{node_id}.key"
+    if not public.exists():
+        raise ConfigError(f"{node_id!r} is not a member in {root / MEMBERS}")
+    (root / RETIRED).mkdir(exist_ok=True)
+    target = root / RETIRED / f"{node_id}.key"
+    os.replace(public, target)
+    return target
+
+
+def load_peer_keys(folder: str | Path, node_id: str) -> PeerKeys:
+    """The keys of member ``node_id`` from a keys folder; ConfigError naming what is missing."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ConfigError(f"keys folder {root} does not exist (create it with `pycache keygen`)")
+    if not (root / MEMBERS / f"{node_id}.key").exists():
+        raise ConfigError(f"{node_id!r} is not a member in {root / MEMBERS} (run `pycache keygen`)")
+    server_public, server_secret = _load_pair(root / f"{SERVER}.key_secret")
+    public, secret = _load_pair(root / SECRETS / f"{node_id}.key_secret")
+    return PeerKeys(node_id, server_public, server_secret, public, secret, root)
+
+
+def load_observer_keys(folder: str | Path, name: str) -> tuple[bytes, bytes, bytes]:
+    """An observer's ``(public, secret, server public)`` keys, to SUBscribe to members' PUB."""
+    root = Path(folder)
+    public, secret = _load_pair(root / SECRETS / f"{name}.key_secret")
+    server_public, _ = zmq.auth.load_certificate(root / f"{SERVER}.key")
+    return public, secret, server_public
+
+
+class Membership:
+    """The admitted set, read from ``members/`` and ``observers/``, re-read when they change."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._stamp: tuple[float, float] | None = None
+        self.members: dict[bytes, str] = {}  # Z85 public key -> node id
+        self.observers: dict[bytes, str] = {}
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Re-read the folders if they changed since the last read; return whether they had."""
+        stamp = (_mtime(self.folder / MEMBERS), _mtime(self.folder / OBSERVERS))
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        self.members = _public_keys(self.folder / MEMBERS)
+        self.observers = _public_keys(self.folder / OBSERVERS)
+        return True
+
+    def ids(self) -> set[str]:
+        """The node ids of the members."""
+        return set(self.members.values())
+
+    def admits(self, domain: str, key: bytes) -> str | None:
+        """Who ``key`` is on ``domain``'s socket: a member (or on PUB an observer), or None."""
+        name = self.members.get(key)
+        if name is None and domain == PUB_DOMAIN:
+            name = self.observers.get(key)
+        return name
+
+
+class PeerAuthenticator(AsyncioAuthenticator):
+    """pyzmq's ZAP handler, admitting by :class:`Membership`, naming each connection's member."""
+
+    def __init__(self, context: zmq.Context, membership: Membership, on_refused: Callable) -> None:
+        super().__init__(context)
+        self.membership = membership
+        self._on_refused = on_refused
+        for domain in (REPL_DOMAIN, PUB_DOMAIN):
+            self.configure_curve_callback(domain=domain, credentials_provider=self)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        """ZAP's question for a CURVE handshake: is ``key`` (Z85) admitted on ``domain``?"""
+        if self.membership.admits(domain, key) is not None:
+            return True
+        self._on_refused(domain, key)
+        return False
+
+    def curve_user_id(self, client_public_key: bytes) -> str:
+        """The ``User-Id`` of an admitted connection: the member's (or observer's) name."""
+        key = zmq.utils.z85.encode(client_public_key)
+        return self.membership.admits(PUB_DOMAIN, key) or ""
+
+
+def curve_server(sock: zmq.Socket, keys: PeerKeys, domain: str) -> None:
+    """Make ``sock`` (before it binds) a CURVE server of the peer plane."""
+    sock.curve_secretkey = keys.server_secret
+    sock.curve_publickey = keys.server_public
+    sock.curve_server = True
+    sock.zap_domain = domain.encode()
+
+
+def curve_client(sock: zmq.Socket, keys: PeerKeys) -> None:
+    """Make ``sock`` (before it connects) a CURVE client of the peer plane, as this member."""
+    sock.curve_secretkey = keys.secret
+    sock.curve_publickey = keys.public
+    sock.curve_serverkey = keys.server_public
+
+
+def _create(folder: Path, name: str) -> list[Path]:
+    public, secret = zmq.auth.create_certificates(str(folder), name)
+    os.chmod(secret, 0o600)
+    return [Path(public), Path(secret)]
+
+
+def _publish(public: Path, folder: Path) -> Path:
+    target = folder / public.name
+    shutil.move(str(public), str(target))
+    return target
+
+
+def _load_pair(path: Path) -> tuple[bytes, bytes]:
+    try:
+        public, secret = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the key {path}: {exc}") from None
+    if secret is None:
+        raise ConfigError(f"{path} holds no secret key")
+    return public, secret
+
+
+def _public_keys(folder: Path) -> dict[bytes, str]:
+    keys = {}
+    for path in sorted(folder.glob("*.key")):
+        try:
+            public, _ = zmq.auth.load_certificate(path)
+        except (OSError, ValueError) as exc:
+            log.warning("ignoring unreadable key %s: %s", path, exc)
+            continue
+        keys[public] = path.stem
+    return keys
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return -1.0
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
+        raise ConfigError(f"{name!r}: use 1-64 letters, digits, '_', '.', '-'")
