@@ -1,4 +1,4 @@
-"""``pycache keygen`` and ``pycache forget``: the keys folder of the peer plane (mesh.roles.trust)."""
+"""``pycache keygen`` and ``pycache forget``: the peer plane's keys (mesh.roles.trust)."""
 
 from __future__ import annotations
 
