@@ -32,6 +32,7 @@ from pathlib import Path
 import zmq
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
+from zmq.auth.thread import ThreadAuthenticator
 
 from mesh.core.errors import ConfigError
 
@@ -148,27 +149,57 @@ class Membership:
         return name
 
 
-class PeerAuthenticator(AsyncioAuthenticator):
-    """pyzmq's ZAP handler, admitting by :class:`Membership`, naming each connection's member."""
+class _Admission:
+    """ZAP decisions by domain: each domain's rule names who a CURVE key is, or refuses it.
 
-    def __init__(self, context: zmq.Context, membership: Membership, on_refused: Callable) -> None:
-        super().__init__(context)
-        self.membership = membership
+    pyzmq's authenticator asks :meth:`callback` and then :meth:`curve_user_id`
+    for one handshake at a time, so the name found by the first is what the
+    second returns: the connection's ``User-Id``, carried by every message.
+    """
+
+    def _init_admission(self, on_refused: Callable[[str, bytes], None]) -> None:
+        self._rules: dict[str, Callable[[bytes], str | None]] = {}
         self._on_refused = on_refused
-        for domain in (REPL_DOMAIN, PUB_DOMAIN):
-            self.configure_curve_callback(domain=domain, credentials_provider=self)
+        self._name = ""
+
+    def admit(self, domain: str, who: Callable[[bytes], str | None]) -> None:
+        """Admit on ``domain`` the CURVE keys (Z85) that ``who`` names."""
+        self._rules[domain] = who
+        self.configure_curve_callback(domain=domain, credentials_provider=self)  # type: ignore[attr-defined]
 
     def callback(self, domain: str, key: bytes) -> bool:
         """ZAP's question for a CURVE handshake: is ``key`` (Z85) admitted on ``domain``?"""
-        if self.membership.admits(domain, key) is not None:
-            return True
-        self._on_refused(domain, key)
-        return False
+        rule = self._rules.get(domain)
+        self._name = (rule(key) if rule is not None else None) or ""
+        if not self._name:
+            self._on_refused(domain, key)
+        return bool(self._name)
 
     def curve_user_id(self, client_public_key: bytes) -> str:
-        """The ``User-Id`` of an admitted connection: the member's (or observer's) name."""
-        key = zmq.utils.z85.encode(client_public_key)
-        return self.membership.admits(PUB_DOMAIN, key) or ""
+        """The ``User-Id`` of the connection just admitted: the name its key has."""
+        return self._name
+
+
+class ZapHandler(_Admission, AsyncioAuthenticator):
+    """The ZAP handler of a process whose sockets live in an asyncio loop (a node)."""
+
+    def __init__(self, context: zmq.Context, on_refused: Callable[[str, bytes], None]) -> None:
+        super().__init__(context)
+        self._init_admission(on_refused)
+
+
+class ThreadZapHandler(_Admission, ThreadAuthenticator):
+    """The ZAP handler of a process with plain sockets (the balancer): runs in a thread."""
+
+    def __init__(self, context: zmq.Context, on_refused: Callable[[str, bytes], None]) -> None:
+        super().__init__(context)
+        self._init_admission(on_refused)
+
+
+def admit_peers(handler: _Admission, membership: Membership) -> None:
+    """Admit members on the repl sockets, and members and observers on the PUB sockets."""
+    handler.admit(REPL_DOMAIN, lambda key: membership.members.get(key))
+    handler.admit(PUB_DOMAIN, lambda key: membership.admits(PUB_DOMAIN, key))
 
 
 def curve_server(sock: zmq.Socket, keys: PeerKeys, domain: str) -> None:
