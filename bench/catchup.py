@@ -90,8 +90,11 @@ from mesh.client import Client  # noqa: E402
 from mesh.core import peerwire, wire  # noqa: E402
 from mesh.core.errors import PyCacheError  # noqa: E402
 from mesh.roles.launcher import ChildProcess, die_with_parent, mesh_argv  # noqa: E402
+from mesh.roles.trust import keygen, load_observer_keys  # noqa: E402
 
 VALUE = b"v" * 100
+#: The observer key the lag meter subscribes to the nodes' PUB sockets with.
+LAG_METER = "lag-meter"
 ANY = "tcp://127.0.0.1:*"
 WARMUP_PER_NODE = 1000
 POLL_S = 0.002
@@ -170,8 +173,9 @@ def _percentile(samples: list[float], q: float) -> float:
 class NodeProc:
     """One ``python -m mesh node`` process, restartable on the endpoints it bound."""
 
-    def __init__(self, node_id: str, root: Path, log_level: str, fsync: str) -> None:
+    def __init__(self, node_id: str, root: Path, log_level: str, fsync: str, keys: Path) -> None:
         self.node_id = node_id
+        self.keys = keys
         self.fsync = fsync
         self.data_dir = root / node_id
         self.log_path = root / f"{node_id}.log"
@@ -196,7 +200,7 @@ class NodeProc:
         """Start the process (on the endpoints of its last run, if any)."""
         argv = mesh_argv("node", "--id", self.node_id)
         argv += ["--data-dir", str(self.data_dir), "--log-level", self.log_level]
-        argv += ["--fsync", self.fsync]
+        argv += ["--fsync", self.fsync, "--keys", str(self.keys)]
         for name in ("api", "repl", "pub"):
             argv += [f"--{name}", self.endpoints[name]]
         if peers:
@@ -253,7 +257,10 @@ class Mesh:
     """Three nodes; node i names the repl endpoints of the nodes before it."""
 
     def __init__(self, root: Path, args: argparse.Namespace, size: int = 3) -> None:
-        self.nodes = [NodeProc(f"n{i + 1}", root, args.log_level, args.fsync) for i in range(size)]
+        self.keys = root / "keys"
+        ids = [f"n{i + 1}" for i in range(size)]
+        keygen(self.keys, ids, observers=[LAG_METER])
+        self.nodes = [NodeProc(i, root, args.log_level, args.fsync, self.keys) for i in ids]
 
     def start(self) -> None:
         for i, node in enumerate(self.nodes):
@@ -499,8 +506,14 @@ def run_load(apis: list[str], rate: float, seconds: float, keyspace: int) -> Non
 class LagObserver:
     """Subscribes to every node's PUB; turns batches and heartbeats into per-write lags."""
 
-    def __init__(self, ctx: zmq.Context, pubs: list[str], apis: list[str], warmup_s: float) -> None:
+    def __init__(
+        self, ctx: zmq.Context, pubs: list[str], apis: list[str], warmup_s: float, keys: Path
+    ) -> None:
         self.sub = ctx.socket(zmq.SUB)
+        # The PUB sockets admit members and observers only (mesh.roles.trust).
+        public, secret, server = load_observer_keys(keys, LAG_METER)
+        self.sub.curve_publickey, self.sub.curve_secretkey = public, secret
+        self.sub.curve_serverkey = server
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.setsockopt(zmq.RCVHWM, 1_000_000)
         self.sub.setsockopt(zmq.LINGER, 0)
@@ -647,7 +660,7 @@ def lag_run(root: Path, args: argparse.Namespace, run: int) -> dict:
         mesh.check_converged("start", settle_s=10)
         apis = [n.api for n in mesh.nodes]
         pubs = [n.endpoints["pub"] for n in mesh.nodes]
-        observer = LagObserver(ctx, pubs, apis, args.lag_warmup)
+        observer = LagObserver(ctx, pubs, apis, args.lag_warmup, mesh.keys)
         observer.learn()
         seconds = args.lag_seconds + args.lag_warmup
         argv = [sys.executable, __file__, "--load", json.dumps(apis)]

@@ -25,6 +25,7 @@ from typing import Any
 
 from mesh.core.errors import PyCacheError
 from mesh.roles.launcher import ChildProcess, die_with_parent, mesh_argv
+from mesh.roles.trust import keygen
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -206,6 +207,10 @@ class NodeProc:
     def start(self, peers: Sequence[str] = ()) -> NodeProc:
         argv = mesh_argv("node", "--id", self.node_id, "--data-dir", str(self.data_dir))
         argv += ["--peers", ",".join(peers), *self.extra]
+        if "--insecure" not in self.extra:  # the peer plane's keys: one folder per mesh
+            keys = self.data_dir.parent / "keys"
+            keygen(keys, [self.node_id])
+            argv += ["--keys", str(keys)]
         for name, endpoint in self.endpoints.items():
             argv += [f"--{name}", endpoint]
         _launch(self.child, argv)

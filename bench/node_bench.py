@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json  # noqa: E402
 
 from mesh.core import wire  # noqa: E402
+from mesh.roles.trust import keygen  # noqa: E402
 
 VALUE = b"v" * 100
 KEYS = 10_000
@@ -64,6 +65,13 @@ def start_echo() -> tuple[subprocess.Popen, str]:
     return proc, proc.stdout.readline().strip()
 
 
+def keygen_for(data_dir: str) -> Path:
+    """The peer plane's keys of the one-node mesh, beside its data folder."""
+    keys = Path(data_dir).parent / "keys"
+    keygen(keys, ["bench"])
+    return keys
+
+
 def start_node(data_dir: str) -> tuple[subprocess.Popen, str]:
     argv = [
         sys.executable,
@@ -78,6 +86,8 @@ def start_node(data_dir: str) -> tuple[subprocess.Popen, str]:
         "tcp://127.0.0.1:*",
         "--log-level",
         "WARNING",
+        "--keys",
+        str(keygen_for(data_dir)),
     ]
     proc = subprocess.Popen(argv)
     status = Path(data_dir) / "node.json"

@@ -68,7 +68,9 @@ def time_node_recover(data_dir: str) -> float:
     gc.collect()
     ctx = zmq.asyncio.Context()
     try:
-        node = Node(NodeConfig(node_id="bench", data_dir=data_dir, snapshot_every=0), ctx)
+        node = Node(
+            NodeConfig(node_id="bench", data_dir=data_dir, snapshot_every=0, insecure=True), ctx
+        )
         started = time.perf_counter()
         count = node.recover()
         rate = count / (time.perf_counter() - started)

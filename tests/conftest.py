@@ -17,11 +17,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+import zmq
+import zmq.auth
 
 from mesh.client import Client
 from mesh.core.errors import PyCacheError, Timeout
 from mesh.roles import launcher
 from mesh.roles.launcher import ChildExited, ChildProcess, mesh_argv
+from mesh.roles.trust import curve_client, keygen, load_peer_keys
 
 ANY = "tcp://127.0.0.1:*"
 CONVERGE_S = 15.0
@@ -63,10 +66,17 @@ def failing_the_test() -> Iterator[None]:
 class NodeProcess:
     """A ``pycache node`` child: start, kill, pause, stop, restart on the same port."""
 
-    def __init__(self, data_dir: Path, node_id: str = "n1", extra: list[str] | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        node_id: str = "n1",
+        extra: list[str] | None = None,
+        keys: Path | None = None,
+    ):
         self.data_dir = data_dir
         self.node_id = node_id
         self.extra = extra or []
+        self.keys = keys
         self.api = ANY
         self.repl = ANY
         self.pub = ANY
@@ -90,6 +100,7 @@ class NodeProcess:
             self.pub,
             "--peers",
             ",".join(self.peers),
+            *(["--keys", str(self.keys)] if self.keys else []),
             *self.extra,
         )
 
@@ -194,6 +205,8 @@ class Processes:
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
+        self.keys = tmp_path / "keys"
+        self.sockets: list[zmq.Socket] = []
         self.nodes: list[NodeProcess] = []
         self.balancers: list[BalancerProcess] = []
         self.others: list[Tracked] = []
@@ -206,7 +219,8 @@ class Processes:
         start: bool = True,
         peers: list[str] | None = None,
     ) -> NodeProcess:
-        proc = NodeProcess(self.tmp_path / node_id, node_id, extra)
+        keys = None if "--insecure" in (extra or []) else self.member_keys(node_id)
+        proc = NodeProcess(self.tmp_path / node_id, node_id, extra, keys)
         proc.peers = list(peers or [])
         self.nodes.append(proc)
         return proc.start() if start else proc
@@ -228,6 +242,27 @@ class Processes:
         proc.wait_ready()
         return proc
 
+    def member_keys(self, *node_ids: str) -> Path:
+        """The keys folder of this test's cluster, with a member key for each of ``node_ids``."""
+        keygen(self.keys, list(node_ids))
+        return self.keys
+
+    def peer_socket(
+        self, ctx: zmq.Context, kind: int, as_member: str | None = None, curve: bool = True
+    ) -> zmq.Socket:
+        """A raw socket onto the nodes' peer plane, closed at teardown: as member
+        ``as_member`` (admitted, like a member with a bug), else as a stranger, with
+        a key of no member (``curve``) or with no CURVE at all."""
+        sock = ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        self.sockets.append(sock)
+        if as_member is not None:
+            curve_client(sock, load_peer_keys(self.member_keys(as_member), as_member))
+        elif curve:
+            sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+            sock.curve_serverkey = zmq.auth.load_certificate(self.member_keys() / "server.key")[0]
+        return sock
+
     def track(self, proc: Tracked) -> None:
         """Kill ``proc`` at teardown and check its stderr, like the processes started here."""
         self.others.append(proc)
@@ -240,6 +275,8 @@ class Processes:
         return [p.child for p in [*self.others, *self.balancers, *self.nodes]]
 
     def cleanup(self) -> None:
+        for sock in self.sockets:
+            sock.close(0)
         for child in self._all():
             try:
                 child.kill()

@@ -239,6 +239,8 @@ def test_a_second_node_on_the_same_data_folder_is_refused(node):
             str(node.data_dir),
             "--api",
             "tcp://127.0.0.1:*",
+            "--keys",
+            str(node.keys),
         ],
         capture_output=True,
         text=True,

@@ -38,6 +38,7 @@ from typing import Any
 import pytest
 
 from mesh.core.mutation import Mutation
+from mesh.roles.trust import keygen
 from mesh.storage.log import Log
 from tests.conftest import NodeProcess, Processes, wait_for
 from tests.netns import Agent, Network, nft_command, sweep_stale, unavailable_reason
@@ -77,8 +78,11 @@ def net(namespaces_usable: None) -> Iterator[Network]:
 class NetnsNode(NodeProcess):
     """A node process inside host ``index``'s namespace, on that host's address."""
 
-    def __init__(self, net: Network, index: int, data_dir: Path) -> None:
-        super().__init__(data_dir, f"n{index}")
+    def __init__(self, net: Network, index: int, data_dir: Path, keys: Path) -> None:
+        # The api listens on the host's address, beyond loopback: the agents in
+        # the namespaces are its clients, with no credentials (--insecure); the
+        # peer plane has its keys.
+        super().__init__(data_dir, f"n{index}", ["--insecure"], keys)
         self.net, self.index = net, index
         address = net.address(index)
         self.api = f"tcp://{address}:{API_PORT}"
@@ -133,7 +137,9 @@ class Cluster:
 @pytest.fixture
 def cluster(net: Network, procs: Processes, tmp_path: Path) -> Iterator[Cluster]:
     """A node and an agent in each host; all killed at teardown."""
-    nodes = [NetnsNode(net, i, tmp_path / f"n{i}") for i in range(1, HOSTS + 1)]
+    keys = tmp_path / "keys"
+    keygen(keys, [f"n{i}" for i in range(1, HOSTS + 1)])
+    nodes = [NetnsNode(net, i, tmp_path / f"n{i}", keys) for i in range(1, HOSTS + 1)]
     for node in nodes:
         node.peers = [other.repl for other in nodes if other is not node]
         procs.nodes.append(node)  # killed by the procs fixture too

@@ -119,7 +119,7 @@ def test_parse_w_refuses_anything_else(raw):
 @pytest.mark.parametrize("level", ["QUORUM", "Quorum", "quorum", "ALL", 3])
 def test_wire_and_config_accept_a_w_level_the_same_way(level):
     on_wire = wire.decode_request(wire.encode_request(1, "DEL", "a", {"w": level}), LIMITS).w
-    config = NodeConfig(node_id="n1", data_dir="data", w=level).validate()
+    config = NodeConfig(node_id="n1", data_dir="data", w=level, insecure=True).validate()
     assert on_wire == config.w == parse_w(level)
 
 
@@ -129,7 +129,7 @@ def test_wire_and_config_refuse_a_bad_w_the_same_way(level):
         wire.decode_request(wire.encode_request(1, "DEL", "a", {"w": level}), LIMITS)
     assert info.value.code == wire.E_BAD_ARGS
     with pytest.raises(ConfigError, match='w must be 1..64, "quorum" or "all", not '):
-        NodeConfig(node_id="n1", data_dir="data", w=level).validate()
+        NodeConfig(node_id="n1", data_dir="data", w=level, insecure=True).validate()
 
 
 def test_op_names_are_case_insensitive():

@@ -145,6 +145,10 @@ class Replica:
             view = self.peers[node_id] = PeerView(node_id, synced=self.state == READY)
         return view  # type: ignore[return-value]
 
+    def remove_peer(self, node_id: str) -> None:
+        """Forget ``node_id`` (no longer a member): no fetches, waits or acks count it."""
+        self.peers.pop(node_id, None)
+
     # ------------------------------------------------------------------ local writes
 
     def commit_local(

@@ -140,6 +140,11 @@ class NodeConfig:
             raise ConfigError("http_host is required with http_port")
         check_range("max_clock_offset_ms", self.max_clock_offset_ms, 1, 3_600_000)
         self.limits.validate()
+        if not self.keys and not self.insecure:
+            raise ConfigError(
+                "no peer credentials: give --keys DIR (create it with `pycache keygen`), "
+                "or --insecure (tests only)"
+            )
         return self
 
 

@@ -46,7 +46,8 @@ from mesh.core.store import Store
 from mesh.roles.config import DEFAULT_EDGE_TIMEOUT, HTTP_PORT_ANY, NodeConfig
 from mesh.roles.node_status import cluster, health, stats, write_status_file
 from mesh.roles.peering import Peering
-from mesh.roles.tuning import pause_gc, resume_gc, tune_gc, tune_malloc
+from mesh.roles.trust import ZapHandler, peer_trust, start_peer_zap
+from mesh.roles.tuning import CatchUpGc, tune_gc, tune_malloc
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
 from mesh.storage.datadir import (
     lock_data_dir,
@@ -55,7 +56,7 @@ from mesh.storage.datadir import (
     take_clean_shutdown,
 )
 from mesh.storage.log import Log
-from mesh.storage.replay import recover
+from mesh.storage.replay import recover, take_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -111,19 +112,17 @@ class Node:
         self.replica = Replica(config.node_id, self.origin, self.store, self.log, self.clock)
         self.peering: Peering | None = None
         self.acks = PendingAcks()
-        self.counters = {
-            "requests": 0,
-            "bad_requests": 0,
-            "dropped_replies": 0,
-            "expired_requests": 0,
-        }
+        self.keys, self.membership = peer_trust(config)
+        self._zap: ZapHandler | None = None
+        counted = ("requests", "bad_requests", "dropped_replies", "expired_requests")
+        self.counters = dict.fromkeys((*counted, "refused_handshakes"), 0)
         self.started = time.monotonic()
         self._snapshot_offset = 0
         self._stopped = asyncio.Event()
         self._api: zmq.asyncio.Socket | None = None
         self._raw_api: zmq.Socket | None = None
         self._wakeup: asyncio.Future | None = None
-        self._gc_paused = False
+        self._gc = CatchUpGc()
         self._commits = 0  # group commits (batches with writes) so far
         self.endpoint = config.api
         self.http: Any = None  # mesh.roles.edge.HttpServer with --http-port
@@ -163,10 +162,11 @@ class Node:
         """Recover, bind, catch up, and serve until :meth:`stop`; always closes the log."""
         try:
             self.recover()
+            self._start_zap()
             self._bind()
             self._start_http()
             self.state = "catching-up"
-            self._pause_gc()
+            self._gc.pause()
             write_status_file(self)
             log.info(
                 "node %s catching up; api %s; origin %s",
@@ -194,7 +194,7 @@ class Node:
                 if task is not stop and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
         finally:
-            self._resume_gc()
+            self._gc.resume()
             try:
                 if self.http is not None:
                     await self.http.stop()
@@ -229,7 +229,21 @@ class Node:
             pub_hwm=self.config.pub_hwm,
             on_change=self._on_replication,
             on_full_sync=self.snapshot,
+            keys=self.keys,
+            membership=self.membership,
         )
+
+    def _start_zap(self) -> None:
+        def refused(domain: str, key: bytes) -> None:
+            self.counters["refused_handshakes"] += 1
+
+        self._zap = start_peer_zap(self.ctx, self.membership, refused)
+
+    def cluster_size(self) -> int:
+        """The nodes ``w=quorum`` and ``w=all`` count: the members, or all known (insecure)."""
+        if self.membership is not None:
+            return len(self.membership.ids() | {self.config.node_id})
+        return 1 + len(self.replica.peers)
 
     def _start_http(self) -> None:
         """With ``http_port``, serve the HTTP API in this loop through this node's own API.
@@ -253,19 +267,10 @@ class Node:
         )
         log.info("node %s serves HTTP on %s", self.config.node_id, self.http.url)
 
-    def _pause_gc(self) -> None:
-        """No cyclic garbage collection while catching up (resumed once ready)."""
-        self._gc_paused = pause_gc() or self._gc_paused
-
-    def _resume_gc(self) -> None:
-        if self._gc_paused:
-            self._gc_paused = False
-            resume_gc()
-
     def _on_replication(self) -> None:
         if self.state == "catching-up" and self.replica.state == READY:
             self.state = "ready"
-            self._resume_gc()
+            self._gc.resume()
             write_status_file(self)
             log.info("node %s ready (%d live keys)", self.config.node_id, len(self.store))
         self.commands.seq = max(self.commands.seq, self.replica.vv.get(self.origin, 0))
@@ -397,7 +402,7 @@ class Node:
             return frames
         if self.commands.seq > seq_before:
             w = request.w or self.config.w
-            if w != 1 and (needed := nodes_needed(w, 1 + len(self.replica.peers))) > 1:
+            if w != 1 and (needed := nodes_needed(w, self.cluster_size())) > 1:
                 deadline = monotonic_ms() + self.config.ack_timeout_ms
                 held.append(
                     Waiting(self.commands.seq, needed, deadline, frames[:-1], request.id, result)
@@ -442,17 +447,9 @@ class Node:
 
     def snapshot(self) -> None:
         """Write a snapshot of the store and drop the log segments it covers."""
-        started = time.perf_counter()
         meta = {"vv": self.replica.vv, "floor": self.replica.floor, "max_hlc": self.clock.last}
-        path = self.log.write_snapshot(self.store.entries(), meta)
+        take_snapshot(self.log, self.store, meta)
         self._snapshot_offset = self.log.next_offset
-        removed = self.log.compact()
-        log.info(
-            "snapshot %s in %.2f s; %d files removed",
-            path.name,
-            time.perf_counter() - started,
-            len(removed),
-        )
 
     def _shutdown(self) -> None:
         try:
@@ -465,6 +462,9 @@ class Node:
     def close(self) -> None:
         """Close the log and sockets and release the data folder (idempotent)."""
         self.log.close()
+        if self._zap is not None:
+            self._zap.stop()
+            self._zap = None
         if self.peering is not None:
             self.peering.close()
             self.peering = None

@@ -77,6 +77,7 @@ def stats(node: Node) -> dict:
         "vv": dict(node.replica.vv),
         "lag": node.replica.lag(now),
         "replication": dict(node.replica.counters),
+        "peering": dict(node.peering.counters) if node.peering else {},
         "endpoints": {"api": node.endpoint, **(node.peering.endpoints if node.peering else {})},
         "log": {
             "fsync": node.config.fsync,

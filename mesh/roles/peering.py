@@ -26,7 +26,6 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -35,12 +34,18 @@ import zmq
 import zmq.asyncio
 
 from mesh.core import peerwire
-from mesh.core.catchup import Batch, Fetch
 from mesh.core.clock import monotonic_ms
-from mesh.core.errors import ProtocolError
-from mesh.core.mutation import raise_seqs
 from mesh.core.replication import READY, STARTUP_TIMEOUT_MS, Replica
-from mesh.roles.zsock import drain, readable, send_frames, socket_fd
+from mesh.roles.repl_server import ReplServer, read_message
+from mesh.roles.trust import (
+    PUB_DOMAIN,
+    REPL_DOMAIN,
+    Membership,
+    PeerKeys,
+    curve_client,
+    curve_server,
+)
+from mesh.roles.zsock import drain, readable, socket_fd
 from mesh.storage.datadir import write_atomically
 from mesh.storage.log import Log
 
@@ -56,6 +61,8 @@ TICK_MS = 20
 PUB_BATCH_BYTES = 1024 * 1024
 DRAIN_MAX = 4096
 ZMTP_HEARTBEAT_MS = 500
+#: How often the admitted set is looked at again (a member added or forgotten).
+MEMBERS_REFRESH_MS = 1000
 #: Entries taken from peers' PUB that no origin waits on are fsynced within
 #: about this long (or sooner, by the node's own next fsync or heartbeat).
 REPLICA_SYNC_MS = 20
@@ -78,8 +85,13 @@ class Peering:
         pub_hwm: int = 10_000,
         on_change: Callable[[], None] = lambda: None,
         on_full_sync: Callable[[], None] = lambda: None,
+        keys: PeerKeys | None = None,
+        membership: Membership | None = None,
     ) -> None:
         self.replica = replica
+        self.keys = keys
+        self.membership = membership
+        self.counters = {"dropped_messages": 0, "impostors": 0}
         self.log = log_
         self.ctx = ctx
         self.max_frame = max_frame
@@ -88,11 +100,14 @@ class Peering:
         self._on_full_sync = on_full_sync
         self.pub = self._socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
+        self._secure(self.pub, PUB_DOMAIN)
         self.pub.bind(pub)
         self.repl = self._socket(zmq.ROUTER)
         self.repl.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._secure(self.repl, REPL_DOMAIN)
         self.repl.bind(repl)
         self.sub = self._socket(zmq.SUB)
+        self._secure(self.sub)
         for prefix in peerwire.PEER_SUBSCRIPTIONS:  # not progress beats: PUB drops them
             self.sub.setsockopt(zmq.SUBSCRIBE, prefix)
         self.endpoints = {
@@ -111,17 +126,24 @@ class Peering:
         # The sockets run() drains, each with its handler; dealers join as peers do.
         self._watched: list[tuple[zmq.Socket, Callable[[int], None]]] = [
             (self._raw[self.sub], self._drain_sub),
-            (self._raw[self.repl], self._drain_repl),
+            (self._raw[self.repl], lambda now: self.server.drain(now)),
         ]
         self._loop: asyncio.AbstractEventLoop | None = None  # set while run() runs
         self._wakeup: asyncio.Future | None = None
         self._sync_due: int | None = None  # fsync received entries by then (monotonic ms)
         self._tick_now = False  # run _tick in this loop turn, not at the next ms
+        self.server = ReplServer(
+            replica,
+            self._raw[self.repl],
+            authenticated=keys is not None,
+            max_frame=max_frame,
+            on_hello=self._on_hello,
+            counters=self.counters,
+        )
         self._load_peers(peers)
         self._startup_until = monotonic_ms() + STARTUP_TIMEOUT_MS
         self._next_beat = 0
-        # node id -> (key of the fetch it is for, batch, its entries packed)
-        self._prepared: dict[str, tuple[tuple, Batch, bytes]] = {}
+        self._next_refresh = 0
 
     def _socket(self, kind: int) -> zmq.asyncio.Socket:
         sock = self.ctx.socket(kind)
@@ -134,6 +156,15 @@ class Peering:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ZMTP_HEARTBEAT_MS)
         sock.setsockopt(zmq.HEARTBEAT_TTL, 4 * ZMTP_HEARTBEAT_MS)
         return sock
+
+    def _secure(self, sock: zmq.Socket, server_domain: str = "") -> None:
+        """With keys, make ``sock`` a CURVE server of ``server_domain``, or else a client."""
+        if self.keys is None:
+            return
+        if server_domain:
+            curve_server(sock, self.keys, server_domain)
+        else:
+            curve_client(sock, self.keys)
 
     # ------------------------------------------------------------------ membership
 
@@ -156,6 +187,7 @@ class Peering:
         if sock is None:
             sock = self._socket(zmq.DEALER)
             sock.setsockopt(zmq.IMMEDIATE, 1)
+            self._secure(sock)
             sock.connect(endpoint)
             self._dealers[endpoint] = sock
             raw = self._raw[sock] = zmq.Socket.shadow(sock.underlying)
@@ -166,6 +198,9 @@ class Peering:
 
     def _add(self, node_id: str, repl: str, pub: str, *, persist: bool = True) -> None:
         if node_id == self.replica.node_id:
+            return
+        if self.membership is not None and node_id not in self.membership.ids():
+            log.warning("ignored %s at %s: not a member", node_id, repl)
             return
         changed = self._by_node.get(node_id) != repl
         self._by_node[node_id] = repl
@@ -178,6 +213,39 @@ class Peering:
         self._pubs[node_id] = pub
         if changed and persist:
             self._save_peers()
+
+    def _remove(self, node_id: str) -> None:
+        """Forget a peer that is no longer a member: its sockets, its view, its entry on disk."""
+        repl, pub = self._by_node.pop(node_id, None), self._pubs.pop(node_id, None)
+        if pub is not None and pub in self._subscribed:
+            self._subscribed.discard(pub)
+            self.sub.disconnect(pub)
+        sock = self._dealers.pop(repl, None) if repl is not None else None
+        if sock is not None:
+            raw = self._raw.pop(sock)
+            self._watched = [(r, h) for r, h in self._watched if r is not raw]
+            if self._loop is not None:
+                self._loop.remove_reader(socket_fd(raw))
+            sock.close(0)
+            self._unanswered.pop(repl, None)  # type: ignore[arg-type]
+        self.server.forget(node_id)
+        self.replica.remove_peer(node_id)
+        self._save_peers()
+        log.warning("peer %s is no longer a member: dropped", node_id)
+
+    def _refresh_members(self) -> None:
+        """Drop the peers whose keys left the admitted set (``pycache forget``)."""
+        if self.membership is not None and self.membership.refresh():
+            for node_id in set(self._by_node) - self.membership.ids():
+                self._remove(node_id)
+
+    def _on_hello(self, node_id: str, repl: str, pub: str) -> bytes:
+        """A peer said HELLO: know it (if a member), and answer with who this node is."""
+        self._add(node_id, repl, pub)
+        ends = self.endpoints
+        return peerwire.encode_hello(
+            self.replica.node_id, ends["repl"], ends["pub"], self.replica.origin
+        )
 
     def _hello_again(self, node_id: str) -> None:
         """Say HELLO to a peer that does not know us (it lost its disk, say)."""
@@ -240,6 +308,9 @@ class Peering:
             self._wakeup.set_result(None)
 
     def _tick(self, now: int) -> None:
+        if now >= self._next_refresh:
+            self._refresh_members()
+            self._next_refresh = now + MEMBERS_REFRESH_MS
         if self._sync_due is not None and now >= self._sync_due:
             self._flush()
         for endpoint, due in list(self._unanswered.items()):
@@ -306,12 +377,9 @@ class Peering:
     ) -> Iterator[tuple[list[bytes], str, Any]]:
         """Drain ``sock``; yield ``(frames, kind, payload)``; log and skip bad messages."""
         for frames in self._frames(sock):
-            try:
-                kind, payload = parse(peerwire.decode(frames[-1], self.max_frame))
-            except ProtocolError as exc:
-                log.warning("dropped a peer message: %s", exc.reason)
-                continue
-            yield frames, kind, payload
+            parsed = read_message(frames, parse, self.max_frame, self.counters)
+            if parsed is not None:
+                yield frames, *parsed
 
     def _drain_sub(self, now: int) -> None:
         applied, ack = 0, False
@@ -358,63 +426,6 @@ class Peering:
     def _flush(self) -> None:
         self.log.flush()
         self._sync_due = None
-
-    def _drain_repl(self, now: int) -> None:
-        answered: list[tuple[str, Fetch, Batch]] = []
-        for frames, kind, payload in self._messages(self.repl, peerwire.parse_request):
-            if len(frames) != 2:
-                continue
-            if kind == peerwire.HELLO:
-                node_id, repl, pub = payload
-                self._add(node_id, repl, pub)
-                reply = peerwire.encode_hello(
-                    self.replica.node_id,
-                    self.endpoints["repl"],
-                    self.endpoints["pub"],
-                    self.replica.origin,
-                )
-            else:
-                node_id, fetch = payload
-                batch, packed = self._answer_fetch(node_id, fetch, now)
-                self.replica.counters["served"] += len(batch.entries)
-                reply = peerwire.encode_batch(batch, packed)
-                if batch.more and not batch.need_full:
-                    answered.append((node_id, fetch, batch))
-            try:
-                send_frames(self._raw[self.repl], (frames[0], reply))
-            except zmq.ZMQError:
-                pass  # the peer went away; it will ask again
-        for node_id, fetch, batch in answered:
-            self._prepare_next(node_id, fetch, batch, now)
-
-    def _answer_fetch(self, node_id: str, fetch: Fetch, now: int) -> tuple[Batch, bytes | None]:
-        """The reply to a FETCH: the batch prepared for it, if it is the one predicted."""
-        prepared = self._prepared.pop(node_id, None)
-        counters = self.replica.counters
-        if prepared is not None:
-            key, batch, packed = prepared
-            if key == _fetch_key(fetch):
-                counters["prepared_used"] += 1
-                return replace(batch, request_id=fetch.request_id), packed
-            counters["prepared_dropped"] += 1
-        return self.replica.serve(node_id, fetch, now), None
-
-    def _prepare_next(self, node_id: str, fetch: Fetch, batch: Batch, now: int) -> None:
-        """Read and encode the batch a peer will ask for next, while it applies this one.
-
-        A peer catching up asks for the next batch only once it has applied
-        the last, so the two nodes would take turns; preparing the likely next
-        reply now lets them work at once.  The guess is the fetch the peer
-        sends if it applies exactly this batch: its version vector advanced
-        by the batch's entries, or the snapshot session's next cursor.  A
-        wrong guess is dropped and costs one read of the log.
-        """
-        if batch.snapshot:
-            guess = Fetch(0, fetch.vv, True, batch.session, batch.cursor)
-        else:
-            guess = Fetch(0, raise_seqs(fetch.vv, batch.entries))
-        ahead = self.replica.serve(node_id, guess, now)
-        self._prepared[node_id] = (_fetch_key(guess), ahead, peerwire.pack_entries(ahead.entries))
 
     def _drain_dealer(self, sock: zmq.asyncio.Socket, now: int) -> None:
         endpoint = next(e for e, s in self._dealers.items() if s is sock)
@@ -472,10 +483,3 @@ class Peering:
         """Close every socket."""
         for sock in (self.pub, self.repl, self.sub, *self._dealers.values()):
             sock.close(0)
-
-
-def _fetch_key(fetch: Fetch) -> tuple:
-    """What makes two fetches ask for the same batch (their request ids aside)."""
-    if fetch.full:
-        return (True, fetch.session, fetch.cursor)
-    return (False, tuple(sorted(fetch.vv.items())))

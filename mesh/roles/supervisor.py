@@ -25,6 +25,7 @@ from mesh.core.errors import PyCacheError, Timeout
 from mesh.roles.client import Client
 from mesh.roles.config import DEFAULT_HOST, NodeConfig, Ports
 from mesh.roles.launcher import STOP_GRACE_S, ChildProcess, mesh_argv, wait_for
+from mesh.roles.trust import keygen
 from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Cluster:
         if not 1 <= nodes <= 64:
             raise PyCacheError(f"--nodes must be in 1..64, not {nodes}")
         self.data_dir = Path(data_dir).resolve()
+        self.keys = self.data_dir / "keys"
         self.host = host
         self.ports = ports
         self.fixed_ports = bool(ports.api)
@@ -118,6 +120,8 @@ class Cluster:
             self.host,
             "--fsync",
             fsync,
+            "--keys",
+            str(self.keys),
         )
         return Child("node", node_id, argv, ends)
 
@@ -151,6 +155,8 @@ class Cluster:
     def start(self, timeout: float = 60.0) -> None:
         """Start the nodes, then the balancer and the edge; wait for each; write cluster.json."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The peer plane's keys: made on the first start, the same ones ever after.
+        keygen(self.keys, [child.id for child in self.nodes])
         deadline = time.monotonic() + timeout
         started: list[Child] = []
         for child in self.nodes:
@@ -261,6 +267,7 @@ class Cluster:
                 endpoints = ", ".join(f"{k} {v}" for k, v in child.endpoints.items())
                 pid = child.process.pid  # type: ignore[union-attr]
                 echo(f"  {child.role} {child.id}: pid {pid}, {endpoints}")
+            echo(f"peer plane: CURVE, members' keys in {self.keys}")
             echo(f"layout: {self.data_dir / 'cluster.json'}; Ctrl-C stops everything")
             self._watch(echo)
             return 0

@@ -35,6 +35,7 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.auth.thread import ThreadAuthenticator
 
 from mesh.core.errors import ConfigError
+from mesh.roles.config import NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +143,38 @@ class Membership:
         return set(self.members.values())
 
     def admits(self, domain: str, key: bytes) -> str | None:
-        """Who ``key`` is on ``domain``'s socket: a member (or on PUB an observer), or None."""
+        """Who ``key`` is on ``domain``'s socket: a member (or on PUB an observer), or None.
+
+        An unknown key makes the folders be read again first: a member created
+        a moment ago is admitted (libzmq never retries a refused connection).
+        """
+        name = self._lookup(domain, key)
+        if name is None and self.refresh():
+            name = self._lookup(domain, key)
+        return name
+
+    def _lookup(self, domain: str, key: bytes) -> str | None:
         name = self.members.get(key)
         if name is None and domain == PUB_DOMAIN:
             name = self.observers.get(key)
         return name
+
+
+def peer_trust(config: NodeConfig) -> tuple[PeerKeys | None, Membership | None]:
+    """A node's keys and the admitted set, from ``--keys``; (None, None) with ``--insecure``.
+
+    Without either the node does not start (``NodeConfig.validate``).
+    """
+    if not config.keys:
+        log.warning(
+            "node %s runs with --insecure: its peer plane is NOT authenticated or "
+            "encrypted; anyone who reaches its repl or PUB port can read and change "
+            "every key. For tests only.",
+            config.node_id,
+        )
+        return None, None
+    keys = load_peer_keys(config.keys, config.node_id)
+    return keys, Membership(keys.folder)
 
 
 class _Admission:
@@ -198,8 +226,25 @@ class ThreadZapHandler(_Admission, ThreadAuthenticator):
 
 def admit_peers(handler: _Admission, membership: Membership) -> None:
     """Admit members on the repl sockets, and members and observers on the PUB sockets."""
-    handler.admit(REPL_DOMAIN, lambda key: membership.members.get(key))
+    handler.admit(REPL_DOMAIN, lambda key: membership.admits(REPL_DOMAIN, key))
     handler.admit(PUB_DOMAIN, lambda key: membership.admits(PUB_DOMAIN, key))
+
+
+def start_peer_zap(
+    context: zmq.Context, membership: Membership | None, on_refused: Callable[[str, bytes], None]
+) -> ZapHandler | None:
+    """Start the ZAP handler admitting ``membership`` to the peer plane (None: insecure)."""
+    if membership is None:
+        return None
+
+    def refused(domain: str, key: bytes) -> None:
+        log.warning("refused a %s connection with an unknown key %s", domain, key.decode())
+        on_refused(domain, key)
+
+    handler = ZapHandler(context, refused)
+    handler.start()
+    admit_peers(handler, membership)
+    return handler
 
 
 def curve_server(sock: zmq.Socket, keys: PeerKeys, domain: str) -> None:

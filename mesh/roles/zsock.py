@@ -48,6 +48,25 @@ def drain(sock: zmq.Socket, limit: int) -> list[list[bytes]]:
     return messages
 
 
+def drain_with_user_ids(sock: zmq.Socket, limit: int) -> list[tuple[list[bytes], str]]:
+    """Like :func:`drain`, each message with the ``User-Id`` its connection's ZAP gave.
+
+    Only for sockets whose every connection went through ZAP (a CURVE server).
+    """
+    messages: list[tuple[list[bytes], str]] = []
+    while len(messages) < limit:
+        try:
+            frame = _recv(sock, NOBLOCK, False)
+        except zmq.Again:
+            break
+        frames = [frame.bytes]
+        while frame.more:
+            frame = _recv(sock, NOBLOCK, False)
+            frames.append(frame.bytes)
+        messages.append((frames, str(frame.get("User-Id"))))
+    return messages
+
+
 def send_frames(sock: zmq.Socket, frames: Sequence[bytes]) -> None:
     """Send ``frames`` (bytes, at least one) as one message without blocking.
 
