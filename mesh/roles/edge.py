@@ -5,7 +5,7 @@ Endpoints (``docs/api.md`` has every status and body)::
     POST   /api/cache/<key>/[?ttl=S]  body: the JSON value   201 | 400 | 413 | 503
     GET    /api/cache/<key>/                                200 | 404 | 400 | 503
     DELETE /api/cache/<key>/                                200 (missing keys too) | 400 | 503
-    GET    /api/health/                                     200 while the process runs
+    GET    /api/health/ (or /api/live/)                     200 while the process runs
     GET    /api/ready/                                      200 when the backend serves, else 503
     GET    /api/cluster/                                    200 every node's state | 503
 
@@ -19,6 +19,12 @@ Every handler awaits one request on ONE shared :class:`mesh.roles.client.AsyncCl
 requests over a single DEALER socket.  The backend is the balancer for
 ``pycache edge``, or the node's own API endpoint when a node serves HTTP
 itself (``pycache node --http-port``).  A 503 carries ``Retry-After: 1``.
+
+Protected mode (:mod:`mesh.roles.protected`): with bearer tokens configured
+(``--token-file``), every request but the probes (``/api/health/``,
+``/api/live/``, ``/api/ready/``) needs ``Authorization: Bearer <token>``, else
+401 with ``WWW-Authenticate: Bearer``; the check runs on the connection, before
+the request reaches any handler.  ``--tls-cert``/``--tls-key`` serve HTTPS.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
@@ -55,7 +62,15 @@ from mesh.roles.cacheapi import (
     response_body,
     translate_error,
 )
+from mesh.roles.clientplane import Credentials, optional_credentials
 from mesh.roles.config import EdgeConfig
+from mesh.roles.protected import (
+    bearer_ok,
+    host_is_loopback,
+    is_open_path,
+    load_tokens,
+    tls_context,
+)
 from mesh.roles.tuning import tune_gc
 from mesh.storage.datadir import write_atomically
 
@@ -245,8 +260,9 @@ _FAST_METHODS = frozenset(("GET", "POST", "DELETE"))
 _SERVER = f"TornadoServer/{tornado.version}"
 _STATUS_LINES = {
     code: tornado.httputil.ResponseStartLine("HTTP/1.1", code, HTTPStatus(code).phrase)
-    for code in (200, 201, 400, 404, 413, 500, 503)
+    for code in (200, 201, 400, 401, 404, 413, 500, 503)
 }
+_UNAUTHORIZED = "Unauthorized: send Authorization: Bearer <token>"
 
 
 @functools.lru_cache(maxsize=4)
@@ -290,6 +306,7 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
         self.chunks: list[bytes] = []
         self.method = self.key = self.uri = ""
         self.started = 0.0
+        self.denied = False  # no valid token: answered 401 once the request is in
 
     def headers_received(
         self,
@@ -297,6 +314,15 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
         headers: tornado.httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
         assert isinstance(start_line, tornado.httputil.RequestStartLine)
+        tokens = self.app.tokens
+        if (
+            tokens
+            and not is_open_path(start_line.path)
+            and not bearer_ok(headers.get("Authorization"), tokens)
+        ):
+            self.method, self.uri, self.denied = start_line.method, start_line.path, True
+            self.started = time.perf_counter()
+            return None
         key = self._plain_key(start_line, headers)
         if key is None:
             self.other = self.app.start_request(self.server_conn, self.conn)
@@ -319,12 +345,15 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         if self.other is not None:
             return self.other.data_received(chunk)
-        self.chunks.append(chunk)
+        if not self.denied:
+            self.chunks.append(chunk)
         return None
 
     def finish(self) -> None:
         if self.other is not None:
             self.other.finish()
+        elif self.denied:
+            self._write(401, _UNAUTHORIZED, "{}")
         else:
             asyncio.get_running_loop().create_task(self._answer())
 
@@ -365,6 +394,8 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
         )
         if status == 503:
             headers["Retry-After"] = "1"
+        elif status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="pycache"'
         self.conn.write_headers(_STATUS_LINES[status], headers, body)
         self.conn.finish()
         _log_access(status, self._summary, lambda: 1000.0 * (time.perf_counter() - self.started))
@@ -378,11 +409,15 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
 
 
 class EdgeApp(tornado.web.Application):
-    """The Tornado application; ``backend`` is the shared client it forwards to."""
+    """The Tornado application; ``backend`` is the shared client it forwards to.
 
-    def __init__(self, backend: Backend, max_body_bytes: int) -> None:
+    ``tokens``: the bearer tokens a request needs (none: no token needed).
+    """
+
+    def __init__(self, backend: Backend, max_body_bytes: int, tokens: Sequence[bytes] = ()) -> None:
         self.backend = backend
         self.max_body_bytes = max_body_bytes
+        self.tokens = tuple(tokens)
         common = {"backend": backend}
         super().__init__(
             [
@@ -391,7 +426,7 @@ class EdgeApp(tornado.web.Application):
                     CacheHandler,
                     {**common, "max_body_bytes": max_body_bytes},
                 ),
-                (r"/api/health/?", HealthHandler, common),
+                (r"/api/(?:health|live)/?", HealthHandler, common),
                 (r"/api/ready/?", ReadyHandler, common),
                 (r"/api/cluster/?", ClusterHandler, common),
             ],
@@ -406,31 +441,41 @@ def make_app(
     timeout: float,
     max_body_bytes: int,
     context: zmq.asyncio.Context | None = None,
+    tokens: Sequence[bytes] = (),
+    credentials: Credentials | None = None,
 ) -> EdgeApp:
     """The HTTP API forwarding to ``backend_endpoint`` (a balancer's front or a node's API).
 
     ``timeout`` bounds every backend request (seconds); ``context`` lets a node
-    share its own ZeroMQ context (so ``inproc://`` endpoints work too).
+    share its own ZeroMQ context (so ``inproc://`` endpoints work too);
+    ``tokens`` are the bearer tokens requests need (none: open);
+    ``credentials`` the CURVE key toward a backend that requires one.
     """
-    return EdgeApp(Backend(backend_endpoint, timeout, context), max_body_bytes)
+    return EdgeApp(Backend(backend_endpoint, timeout, context, credentials), max_body_bytes, tokens)
 
 
 class HttpServer:
-    """A listening HTTP API: ``url`` once bound; ``await stop()`` closes it all."""
+    """A listening HTTP API: ``url`` once bound; ``await stop()`` closes it all.
 
-    def __init__(self, app: EdgeApp, host: str, port: int) -> None:
+    ``ssl_options`` (an :class:`ssl.SSLContext`) serves HTTPS.
+    """
+
+    def __init__(
+        self, app: EdgeApp, host: str, port: int, ssl_options: ssl.SSLContext | None = None
+    ) -> None:
         self.app = app
         self.server = tornado.httpserver.HTTPServer(
-            EdgeServer(app), max_body_size=app.max_body_bytes
+            EdgeServer(app), max_body_size=app.max_body_bytes, ssl_options=ssl_options
         )
         sockets = tornado.netutil.bind_sockets(port, host)
         self.server.add_sockets(sockets)
         self.port: int = sockets[0].getsockname()[1]
         family = sockets[0].family
+        scheme = "http" if ssl_options is None else "https"
         self.url = (
-            f"http://[{host}]:{self.port}"
+            f"{scheme}://[{host}]:{self.port}"
             if family == socket.AF_INET6
-            else f"http://{host}:{self.port}"
+            else f"{scheme}://{host}:{self.port}"
         )
 
     async def stop(self) -> None:
@@ -448,12 +493,36 @@ def serve(
     timeout: float,
     max_body_bytes: int,
     context: zmq.asyncio.Context | None = None,
+    token_file: str = "",
+    tls_cert: str = "",
+    tls_key: str = "",
+    credentials: Credentials | None = None,
 ) -> HttpServer:
-    """Start the HTTP API on ``host:port`` (0: the OS picks) in the running loop."""
+    """Start the HTTP API on ``host:port`` (0: the OS picks) in the running loop.
+
+    ``token_file``: require its bearer tokens; ``tls_cert``/``tls_key``: serve
+    HTTPS; ``credentials``: the CURVE key toward the backend (see :func:`make_app`).
+    """
     app = make_app(
-        backend_endpoint, timeout=timeout, max_body_bytes=max_body_bytes, context=context
+        backend_endpoint,
+        timeout=timeout,
+        max_body_bytes=max_body_bytes,
+        context=context,
+        tokens=load_tokens(token_file) if token_file else (),
+        credentials=credentials,
     )
-    return HttpServer(app, host, port)
+    ssl_options = tls_context(tls_cert, tls_key) if tls_cert else None
+    return HttpServer(app, host, port, ssl_options)
+
+
+def warn_if_open(host: str, token_file: str, what: str) -> None:
+    """The loud line of ``--insecure``: HTTP beyond loopback that anyone may use."""
+    if not token_file and not host_is_loopback(host):
+        log.warning(
+            "INSECURE: %s on %s serves anyone who can reach it, with no token (--insecure)",
+            what,
+            host,
+        )
 
 
 def run_edge(config: EdgeConfig) -> None:
@@ -476,7 +545,12 @@ def run_edge(config: EdgeConfig) -> None:
             config.port,
             timeout=config.timeout,
             max_body_bytes=config.max_body_bytes,
+            token_file=config.token_file,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            credentials=optional_credentials(config.client_key, config.server_key),
         )
+        warn_if_open(config.host, config.token_file, "the edge")
         try:
             log.info("edge on %s forwarding to %s", server.url, ", ".join(config.backend))
             if config.status_file:

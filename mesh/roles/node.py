@@ -43,9 +43,12 @@ from mesh.core.errors import ProtocolError
 from mesh.core.mutation import encode_records
 from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
+from mesh.roles.clientplane import admit_clients, load_server_keys, log_refused, serve_clients
 from mesh.roles.config import DEFAULT_EDGE_TIMEOUT, HTTP_PORT_ANY, NodeConfig
 from mesh.roles.node_status import cluster, health, stats, write_status_file
 from mesh.roles.peering import Peering
+from mesh.roles.protected import endpoint_is_local
+from mesh.roles.trust import ZapHandler
 from mesh.roles.tuning import pause_gc, resume_gc, tune_gc, tune_malloc
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
 from mesh.storage.datadir import (
@@ -214,9 +217,16 @@ class Node:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         max_frame = self.config.limits.request_bytes * ZMQ_FRAME_CEILING_FACTOR
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+        self._protect_api(sock)
         sock.bind(self.config.api)
         self._api, self._raw_api = sock, zmq.Socket.shadow(sock.underlying)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._http_backend = self.endpoint
+        if self.config.client_keys:
+            # The node's own HTTP API (authenticated by its tokens) reaches this
+            # socket in-process: inproc connections skip CURVE and ZAP.
+            self._http_backend = f"inproc://api-{self.config.node_id}-{id(self):x}"
+            sock.bind(self._http_backend)
         self.peering = Peering(
             self.replica,
             self.log,
@@ -231,6 +241,28 @@ class Node:
             on_full_sync=self.snapshot,
         )
 
+    def _protect_api(self, sock: zmq.Socket) -> None:
+        """With ``client_keys``, make the api socket a CURVE server admitting those clients.
+
+        The ``clients`` ZAP domain goes on the process's one ZAP handler
+        (``self.zap``, made by the peer plane before binding), or on a new one.
+        """
+        if not self.config.client_keys:
+            if not endpoint_is_local(self.config.api):
+                log.warning(
+                    "INSECURE: api %s serves any client that can reach it (--insecure)",
+                    self.config.api,
+                )
+            return
+        keys = load_server_keys(self.config.client_keys)
+        zap: ZapHandler | None = getattr(self, "zap", None)
+        if zap is None:
+            zap = ZapHandler(self.ctx, log_refused())
+            zap.start()
+            self.zap: ZapHandler | None = zap
+        admit_clients(zap, keys)
+        serve_clients(sock, keys)
+
     def _start_http(self) -> None:
         """With ``http_port``, serve the HTTP API in this loop through this node's own API.
 
@@ -240,17 +272,22 @@ class Node:
         """
         if not self.config.http_port:
             return
-        from mesh.roles.edge import serve  # tornado is loaded only by nodes that serve HTTP
+        # tornado is loaded only by nodes that serve HTTP
+        from mesh.roles.edge import serve, warn_if_open
 
         port = 0 if self.config.http_port == HTTP_PORT_ANY else self.config.http_port
         self.http = serve(
-            self.endpoint,
+            self._http_backend,
             self.config.http_host,
             port,
             timeout=max(DEFAULT_EDGE_TIMEOUT, self.config.ack_timeout_ms / 1000 + 1),
             max_body_bytes=self.config.limits.request_bytes,
             context=self.ctx,
+            token_file=self.config.token_file,
+            tls_cert=self.config.tls_cert,
+            tls_key=self.config.tls_key,
         )
+        warn_if_open(self.config.http_host, self.config.token_file, "the HTTP API")
         log.info("node %s serves HTTP on %s", self.config.node_id, self.http.url)
 
     def _pause_gc(self) -> None:
@@ -471,6 +508,10 @@ class Node:
         if self._api is not None:
             self._api.close()
             self._api = None
+        zap: ZapHandler | None = getattr(self, "zap", None)
+        if zap is not None:  # the process's ZAP handler
+            zap.stop()
+            self.zap = None
         if self._lock >= 0:
             os.close(self._lock)
             self._lock = -1
