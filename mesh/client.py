@@ -5,5 +5,6 @@ this module is the stable, documented import path for users' code.
 """
 
 from mesh.roles.client import AsyncClient, Client, Pipeline
+from mesh.roles.clientplane import Credentials
 
-__all__ = ["AsyncClient", "Client", "Pipeline"]
+__all__ = ["AsyncClient", "Client", "Credentials", "Pipeline"]

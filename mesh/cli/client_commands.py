@@ -1,6 +1,8 @@
 """The ``pycache`` client commands: ``get``, ``set``, ``del``, ``expire``,
 ``persist``, ``ttl``, ``stats`` (all with ``--connect``, env ``PYCACHE_CONNECT``)
-and ``status`` (a table of the cluster).  :mod:`mesh.cli` adds them to the
+and ``status`` (a table of the cluster).  Toward a node or balancer that
+admits only known clients, each takes ``--client-key FILE --server-key FILE``
+(env ``PYCACHE_CLIENT_KEY``, ``PYCACHE_SERVER_KEY``).  :mod:`mesh.cli` adds them to the
 ``pycache`` group (:data:`COMMANDS`).
 """
 
@@ -13,6 +15,7 @@ from typing import Any
 
 import click
 
+from mesh.cli.credentials import client_key_option, server_key_option
 from mesh.cli.exits import EXIT_MISSING, errors_to_exit_codes, split_csv
 from mesh.roles.config import DEFAULT_API, DEFAULT_FRONT
 
@@ -23,7 +26,7 @@ connect_option = click.option(
     envvar="PYCACHE_CONNECT",
     help="Endpoint(s) to talk to, comma-separated.",
 )
-timeout_option = click.option(
+_timeout_option = click.option(
     "--timeout",
     type=float,
     default=5.0,
@@ -33,10 +36,19 @@ timeout_option = click.option(
 )
 
 
-def _client_call(connect: str, timeout: float, call: Callable[[Any], Any]) -> Any:
-    from mesh.roles.client import Client
+def timeout_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--timeout`` and the client's credentials (``--client-key``, ``--server-key``)."""
+    return _timeout_option(client_key_option(server_key_option(command)))
 
-    with Client(split_csv(connect), timeout=timeout) as client:
+
+def _client_call(
+    connect: str, timeout: float, call: Callable[[Any], Any], client_key: str, server_key: str
+) -> Any:
+    from mesh.roles.client import Client
+    from mesh.roles.clientplane import optional_credentials
+
+    credentials = optional_credentials(client_key, server_key)
+    with Client(split_csv(connect), timeout=timeout, credentials=credentials) as client:
         return call(client)
 
 
@@ -45,9 +57,9 @@ def _client_call(connect: str, timeout: float, call: Callable[[Any], Any]) -> An
 @connect_option
 @timeout_option
 @errors_to_exit_codes
-def get(key: str, connect: str, timeout: float) -> None:
+def get(key: str, connect: str, timeout: float, **credentials: str) -> None:
     """Print the value of KEY; exit 1 with no output when it is missing."""
-    value = _client_call(connect, timeout, lambda c: c.get(key))
+    value = _client_call(connect, timeout, lambda c: c.get(key), **credentials)
     if value is None:
         sys.exit(EXIT_MISSING)
     sys.stdout.buffer.write(value + b"\n")
@@ -63,12 +75,21 @@ def get(key: str, connect: str, timeout: float) -> None:
 @timeout_option
 @errors_to_exit_codes
 def set_(
-    key: str, value: str, ttl: float | None, nx: bool, xx: bool, connect: str, timeout: float
+    key: str,
+    value: str,
+    ttl: float | None,
+    nx: bool,
+    xx: bool,
+    connect: str,
+    timeout: float,
+    **credentials: str,
 ) -> None:
     """Set KEY to VALUE; prints OK, or (nil) when --nx/--xx was not met."""
     if ttl is not None and ttl <= 0:
         raise click.BadParameter("must be positive", param_hint="--ttl")
-    done = _client_call(connect, timeout, lambda c: c.set(key, value, ttl=ttl, nx=nx, xx=xx))
+    done = _client_call(
+        connect, timeout, lambda c: c.set(key, value, ttl=ttl, nx=nx, xx=xx), **credentials
+    )
     click.echo("OK" if done else "(nil)")
 
 
@@ -77,9 +98,9 @@ def set_(
 @connect_option
 @timeout_option
 @errors_to_exit_codes
-def del_(keys: tuple[str, ...], connect: str, timeout: float) -> None:
+def del_(keys: tuple[str, ...], connect: str, timeout: float, **credentials: str) -> None:
     """Delete KEYS; prints how many existed."""
-    click.echo(_client_call(connect, timeout, lambda c: c.delete(*keys)))
+    click.echo(_client_call(connect, timeout, lambda c: c.delete(*keys), **credentials))
 
 
 @click.command()
@@ -88,11 +109,11 @@ def del_(keys: tuple[str, ...], connect: str, timeout: float) -> None:
 @connect_option
 @timeout_option
 @errors_to_exit_codes
-def expire(key: str, seconds: float, connect: str, timeout: float) -> None:
+def expire(key: str, seconds: float, connect: str, timeout: float, **credentials: str) -> None:
     """Expire KEY after SECONDS; prints 1, or 0 when KEY does not exist."""
     if seconds <= 0:
         raise click.BadParameter("must be positive", param_hint="SECONDS")
-    click.echo(int(_client_call(connect, timeout, lambda c: c.expire(key, seconds))))
+    click.echo(int(_client_call(connect, timeout, lambda c: c.expire(key, seconds), **credentials)))
 
 
 @click.command()
@@ -100,9 +121,9 @@ def expire(key: str, seconds: float, connect: str, timeout: float) -> None:
 @connect_option
 @timeout_option
 @errors_to_exit_codes
-def persist(key: str, connect: str, timeout: float) -> None:
+def persist(key: str, connect: str, timeout: float, **credentials: str) -> None:
     """Remove the TTL of KEY; prints 1, or 0 when it had none."""
-    click.echo(int(_client_call(connect, timeout, lambda c: c.persist(key))))
+    click.echo(int(_client_call(connect, timeout, lambda c: c.persist(key), **credentials)))
 
 
 @click.command()
@@ -110,18 +131,20 @@ def persist(key: str, connect: str, timeout: float) -> None:
 @connect_option
 @timeout_option
 @errors_to_exit_codes
-def ttl(key: str, connect: str, timeout: float) -> None:
+def ttl(key: str, connect: str, timeout: float, **credentials: str) -> None:
     """Print the seconds KEY has left: -1 no TTL, -2 no such key."""
-    click.echo(_client_call(connect, timeout, lambda c: c.ttl(key)))
+    click.echo(_client_call(connect, timeout, lambda c: c.ttl(key), **credentials))
 
 
 @click.command()
 @connect_option
 @timeout_option
 @errors_to_exit_codes
-def stats(connect: str, timeout: float) -> None:
+def stats(connect: str, timeout: float, **credentials: str) -> None:
     """Print the node's statistics as JSON."""
-    click.echo(json.dumps(_client_call(connect, timeout, lambda c: c.stats()), indent=2))
+    click.echo(
+        json.dumps(_client_call(connect, timeout, lambda c: c.stats(), **credentials), indent=2)
+    )
 
 
 @click.command()
@@ -134,9 +157,9 @@ def stats(connect: str, timeout: float) -> None:
 )
 @timeout_option
 @errors_to_exit_codes
-def status(connect: str, timeout: float) -> None:
+def status(connect: str, timeout: float, **credentials: str) -> None:
     """Print the cluster as a table: state, lag, keys and digest of every node."""
-    nodes = _client_call(connect, timeout, lambda c: c.cluster())["nodes"]
+    nodes = _client_call(connect, timeout, lambda c: c.cluster(), **credentials)["nodes"]
     columns = ["node_id", "state", "in_rotation", "lag_entries", "lag_ms", "keys", "digest"]
     rows = []
     for node in nodes:

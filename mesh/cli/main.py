@@ -2,7 +2,8 @@
 
 Process roles: ``pycache node`` (:mod:`mesh.cli.node`), ``balancer``,
 ``edge`` and ``up`` (:mod:`mesh.cli.processes`); the peer plane's keys,
-``keygen`` and ``forget`` (:mod:`mesh.cli.keys`).  The client commands
+``keygen`` and ``forget`` (:mod:`mesh.cli.keys`); the client plane's keys,
+``client-keygen`` (:mod:`mesh.cli.credentials`).  The client commands
 (``get``, ``set``, ``status``, ...) live in :mod:`mesh.cli.client_commands`;
 exit codes in :mod:`mesh.cli.exits`.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from mesh.cli import client_commands, keys, processes
+from mesh.cli import client_commands, credentials, keys, processes
 from mesh.cli.node import node
 
 
@@ -21,7 +22,13 @@ def main() -> None:
     """PyCache: a brokerless ZeroMQ mesh of in-memory key-value cache nodes."""
 
 
-for _command in (node, *processes.COMMANDS, *keys.COMMANDS, *client_commands.COMMANDS):
+for _command in (
+    node,
+    *processes.COMMANDS,
+    *keys.COMMANDS,
+    *credentials.COMMANDS,
+    *client_commands.COMMANDS,
+):
     main.add_command(_command)
 
 

@@ -11,6 +11,12 @@ from typing import Any
 
 import click
 
+from mesh.cli.credentials import (
+    client_keys_option,
+    tls_cert_option,
+    tls_key_option,
+    token_file_option,
+)
 from mesh.cli.exits import errors_to_exit_codes, split_csv
 from mesh.cli.options import (
     fsync_option,
@@ -178,6 +184,10 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     "PYCACHE_MAX_CLOCK_OFFSET_MS",
     "Stop serving when this node's clock is further than this from its peers'.",
 )
+@client_keys_option
+@token_file_option
+@tls_cert_option
+@tls_key_option
 @log_level_option
 def node(
     node_id: str,
@@ -209,6 +219,10 @@ def node(
     keys: str,
     insecure: bool,
     max_clock_offset_ms: int,
+    client_keys: str,
+    token_file: str,
+    tls_cert: str,
+    tls_key: str,
     log_level: str,
 ) -> None:
     """Run one node until SIGTERM or Ctrl-C (then fsync and exit 0)."""
@@ -249,6 +263,10 @@ def node(
             keys=keys,
             insecure=insecure,
             max_clock_offset_ms=max_clock_offset_ms,
+            client_keys=client_keys,
+            token_file=token_file,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
     )
     errors_to_exit_codes(run_node)(config)

@@ -10,6 +10,14 @@ import sys
 
 import click
 
+from mesh.cli.credentials import (
+    client_key_option,
+    client_keys_option,
+    server_key_option,
+    tls_cert_option,
+    tls_key_option,
+    token_file_option,
+)
 from mesh.cli.exits import errors_to_exit_codes, split_csv
 from mesh.cli.options import (
     fsync_option,
@@ -81,6 +89,9 @@ from mesh.roles.config import (
     help="Write {pid, state, front} JSON here once bound.",
 )
 @insecure_option
+@client_keys_option
+@client_key_option
+@server_key_option
 @log_level_option
 def balancer(
     front: str,
@@ -93,6 +104,9 @@ def balancer(
     batch_per_node: int,
     status_file: str | None,
     insecure: bool,
+    client_keys: str,
+    client_key: str,
+    server_key: str,
     log_level: str,
 ) -> None:
     """Run a balancer in front of the nodes until SIGTERM or Ctrl-C."""
@@ -110,6 +124,9 @@ def balancer(
             deadline_ms=deadline_ms,
             batch_per_node=batch_per_node,
             insecure=insecure,
+            client_keys=client_keys,
+            client_key=client_key,
+            server_key=server_key,
         )
     )
     errors_to_exit_codes(run_balancer)(config, status_file)
@@ -159,6 +176,11 @@ def balancer(
     help="Write {pid, http, backend} JSON here once listening.",
 )
 @insecure_option
+@token_file_option
+@tls_cert_option
+@tls_key_option
+@client_key_option
+@server_key_option
 @log_level_option
 def edge(
     host: str,
@@ -168,6 +190,11 @@ def edge(
     max_body_bytes: int,
     status_file: str,
     insecure: bool,
+    token_file: str,
+    tls_cert: str,
+    tls_key: str,
+    client_key: str,
+    server_key: str,
     log_level: str,
 ) -> None:
     """Run the HTTP edge (the seed's REST API) until SIGTERM or Ctrl-C (then exit 0)."""
@@ -183,6 +210,11 @@ def edge(
             max_body_bytes=max_body_bytes,
             status_file=status_file,
             insecure=insecure,
+            token_file=token_file,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            client_key=client_key,
+            server_key=server_key,
         )
     )
     errors_to_exit_codes(run_edge)(config)

@@ -42,6 +42,11 @@ non-blocking.
 HEALTH and CLUSTER sent to the balancer are answered by the balancer itself:
 HEALTH says ``ready`` while at least one node is; CLUSTER gathers every
 node's own CLUSTER entry.
+
+With ``client_keys`` the front is a CURVE server admitting only those
+clients (:mod:`mesh.roles.clientplane`, through a :class:`ThreadZapHandler`);
+with ``client_key`` the DEALERs toward the nodes connect with that CURVE key,
+for nodes whose api sockets require one.
 """
 
 from __future__ import annotations
@@ -63,8 +68,10 @@ from zmq.utils.monitor import parse_monitor_message
 from mesh.core import envelope, wire
 from mesh.core.clock import monotonic_ms, wall_ms
 from mesh.core.errors import ProtocolError
+from mesh.roles.clientplane import connect_as, optional_credentials, protect
 from mesh.roles.config import BalancerConfig
 from mesh.roles.routing import Link, Pending, Pool, bundle_messages, inflight_key
+from mesh.roles.trust import AnyZapHandler, ThreadZapHandler, log_refused
 from mesh.roles.tuning import tune_gc
 from mesh.roles.zsock import recv_frames, send_frames, socket_fd
 from mesh.storage.datadir import write_atomically
@@ -103,11 +110,27 @@ class Balancer:
         self._probe_ids = itertools.count(1)
         self._gathers: dict[int, dict[str, Any]] = {}
         self._delayed: list[tuple[int, int, Pending]] = []  # (resend at wall ms, tie, request)
+        self.zap: AnyZapHandler | None = None
+        self.credentials = optional_credentials(
+            config.client_key, config.server_key, config.client_keys
+        )
         self.front = ctx.socket(zmq.ROUTER)
+        self.zap = protect(
+            self.front,
+            "front",
+            config.front,
+            config.client_keys,
+            None,
+            lambda: ThreadZapHandler(self.ctx, log_refused()),
+        )
         self.front.setsockopt(zmq.LINGER, 0)
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.front.setsockopt(zmq.SNDHWM, 100_000)
-        self.front.bind(config.front)
+        try:
+            self.front.bind(config.front)
+        except zmq.ZMQError:
+            self.close()  # stops the ZAP handler's thread, which would hold the context
+            raise
         self.endpoint = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
         # A plain zmq.Poller in a plain loop: the balancer only moves frames,
         # and asyncio's per-wait poller set-up cost more than the forwarding.
@@ -121,6 +144,8 @@ class Balancer:
 
     def _connect(self, link: Link) -> None:
         sock = self.ctx.socket(zmq.DEALER)
+        if self.credentials is not None:
+            connect_as(sock, self.credentials)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue toward a node that is not there
         # ZMTP heartbeats notice a node whose host vanished without closing.
@@ -451,6 +476,9 @@ class Balancer:
                 link.monitor.close(0)
                 link.sock.close(0)
         self.front.close(0)
+        if self.zap is not None:
+            self.zap.stop()
+            self.zap = None
 
 
 def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None:

@@ -41,6 +41,7 @@ from mesh.core.errors import (
 )
 from mesh.core.wire import MAX_TTL_MS
 from mesh.roles.client import AsyncClient
+from mesh.roles.clientplane import Credentials
 
 INVALID_VALUE = "Invalid value: send a non-empty string, a number, a non-empty list or an object"
 
@@ -147,16 +148,23 @@ class Backend:
         endpoints: str | Sequence[str],
         timeout: float,
         context: zmq.asyncio.Context | None = None,
+        credentials: Credentials | None = None,
     ) -> None:
         self.endpoints = [endpoints] if isinstance(endpoints, str) else list(endpoints)
         self.timeout = timeout
         self._context = context
+        self._credentials = credentials
         self._client: AsyncClient | None = None
 
     @property
     def client(self) -> AsyncClient:
         if self._client is None:
-            self._client = AsyncClient(self.endpoints, timeout=self.timeout, context=self._context)
+            self._client = AsyncClient(
+                self.endpoints,
+                timeout=self.timeout,
+                context=self._context,
+                credentials=self._credentials,
+            )
         return self._client
 
     async def close(self) -> None:

@@ -13,6 +13,13 @@ raises :class:`mesh.core.errors.Timeout` when it passes; an error reply raises t
 typed exception for its code (:func:`mesh.core.wire.error_for`).  No zmq or msgpack
 exception escapes: they are translated at this boundary.
 
+On loopback no credentials are needed.  A node or balancer that admits only
+known clients (``--client-keys``, see :mod:`mesh.roles.clientplane`) needs a
+CURVE key: ``Client(endpoint, client_key="alice.key_secret",
+server_key="server.key")`` (``server_key`` may also be the key in Z85), or
+``credentials=Credentials.load(...)``.  A client without an admitted key gets
+no connection, so its calls time out.
+
 Values go out as bytes (``str`` is encoded as UTF-8, numbers as their decimal
 text, as redis-py does) and come back as ``bytes``.  TTLs are in seconds
 (``ttl``, ``expire``) or milliseconds (``px``, ``pexpire``, ``pttl``).
@@ -31,6 +38,7 @@ import zmq.asyncio
 
 from mesh.core import wire
 from mesh.core.errors import ConnectionFailed, ProtocolError, PyCacheError, Timeout
+from mesh.roles.clientplane import Credentials, connect_as
 from mesh.roles.config import DEFAULT_API
 from mesh.roles.zsock import drain, send_frames, socket_events, socket_fd
 
@@ -178,8 +186,23 @@ def _result(code: int, result: Any, convert: Callable[[Any], Any] | None) -> Any
     return convert(result) if convert is not None else result
 
 
-def _dealer(ctx: zmq.Context, endpoints: Sequence[str]) -> zmq.Socket:
+def _credentials(
+    credentials: Credentials | None, client_key: str | None, server_key: str | bytes | None
+) -> Credentials | None:
+    """One set of credentials from ``credentials=`` or ``client_key=`` + ``server_key=``."""
+    if client_key is None and server_key is None:
+        return credentials
+    if credentials is not None or client_key is None or server_key is None:
+        raise ValueError("give credentials=, or both client_key= and server_key=")
+    return Credentials.load(client_key, server_key)
+
+
+def _dealer(
+    ctx: zmq.Context, endpoints: Sequence[str], credentials: Credentials | None = None
+) -> zmq.Socket:
     sock = ctx.socket(zmq.DEALER)
+    if credentials is not None:
+        connect_as(sock, credentials)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on live connections
     sock.setsockopt(zmq.RCVHWM, REPLY_HWM)  # room for every reply of a long pipeline
@@ -205,12 +228,16 @@ class Client(CommandMethods):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         context: zmq.Context | None = None,
+        credentials: Credentials | None = None,
+        client_key: str | None = None,
+        server_key: str | bytes | None = None,
     ) -> None:
         self.endpoints = _endpoints(endpoint)
         self.timeout = timeout
+        self.credentials = _credentials(credentials, client_key, server_key)
         self._own_ctx = context is None
         self._ctx = context or zmq.Context()
-        self._sock = _dealer(self._ctx, self.endpoints)
+        self._sock = _dealer(self._ctx, self.endpoints, self.credentials)
         self._ids = itertools.count(1)
 
     def _call(self, op: str, *args: Any, convert: Callable[[Any], Any] | None = None) -> Any:
@@ -336,12 +363,16 @@ class AsyncClient(CommandMethods):
         *,
         timeout: float = DEFAULT_TIMEOUT,
         context: zmq.asyncio.Context | None = None,
+        credentials: Credentials | None = None,
+        client_key: str | None = None,
+        server_key: str | bytes | None = None,
     ) -> None:
         self.endpoints = _endpoints(endpoint)
         self.timeout = timeout
+        self.credentials = _credentials(credentials, client_key, server_key)
         self._own_ctx = context is None
         self._ctx = context or zmq.asyncio.Context()
-        self._sock = _dealer(self._ctx, self.endpoints)
+        self._sock = _dealer(self._ctx, self.endpoints, self.credentials)
         self._raw: zmq.Socket = zmq.Socket.shadow(self._sock.underlying)
         self._fd = socket_fd(self._raw)
         self._ids = itertools.count(1)

@@ -22,6 +22,14 @@ from mesh.core.limits import (
     check_range,
 )
 from mesh.core.store import DEFAULT_TOMBSTONE_HORIZON_MS
+from mesh.roles.clientplane import load_server_keys, optional_credentials
+from mesh.roles.protected import (
+    check_protected,
+    check_tls,
+    endpoint_is_local,
+    host_is_loopback,
+    load_tokens,
+)
 from mesh.storage.log import FSYNC_POLICIES
 
 DEFAULT_HOST = "127.0.0.1"
@@ -76,6 +84,13 @@ class NodeConfig:
             (tests only; logged loudly).
         max_clock_offset_ms: how far this node's wall clock may be from the
             majority of its peers' before it stops serving.
+        client_keys: the client plane's keys folder (``pycache client-keygen``;
+            see :mod:`mesh.roles.clientplane`): the api socket admits only
+            those clients' CURVE keys.  Required for an api beyond loopback
+            unless ``insecure``.
+        token_file: bearer tokens of the HTTP API (one per line); required
+            for HTTP beyond loopback unless ``insecure``.
+        tls_cert / tls_key: serve the HTTP API over TLS (PEM files, both or neither).
     """
 
     node_id: str
@@ -103,6 +118,10 @@ class NodeConfig:
     keys: str = ""
     insecure: bool = False
     max_clock_offset_ms: int = DEFAULT_MAX_CLOCK_OFFSET_MS
+    client_keys: str = ""
+    token_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def validate(self) -> NodeConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -140,12 +159,35 @@ class NodeConfig:
             raise ConfigError("http_host is required with http_port")
         check_range("max_clock_offset_ms", self.max_clock_offset_ms, 1, 3_600_000)
         self.limits.validate()
+        self._validate_client_plane()
         if not self.keys and not self.insecure:
             raise ConfigError(
                 "no peer credentials: give --keys DIR (create it with `pycache keygen`), "
                 "or --insecure (tests only)"
             )
         return self
+
+    def _validate_client_plane(self) -> None:
+        if self.client_keys:
+            load_server_keys(self.client_keys)
+        check_protected(
+            "api",
+            self.api,
+            endpoint_is_local(self.api),
+            bool(self.client_keys) or self.insecure,
+            "--client-keys DIR",
+        )
+        if self.token_file:
+            load_tokens(self.token_file)
+        check_tls(self.tls_cert, self.tls_key)
+        if self.http_port:
+            check_protected(
+                "HTTP on",
+                self.http_host,
+                host_is_loopback(self.http_host),
+                bool(self.token_file) or self.insecure,
+                "--token-file FILE",
+            )
 
 
 @dataclass(frozen=True)
@@ -165,6 +207,12 @@ class BalancerConfig:
             moves on (1: strict round robin, request by request).
         insecure: let the front listen beyond loopback without client
             credentials (tests only; logged loudly).
+        client_keys: the client plane's keys folder: the front admits only
+            those clients' CURVE keys (required beyond loopback unless ``insecure``).
+        client_key / server_key: the balancer's own client key (a
+            ``.key_secret`` file) and the nodes' server key (file or Z85), when
+            the nodes' api sockets require CURVE (``server_key`` defaults to
+            ``client_keys``'s server key).
     """
 
     front: str = DEFAULT_FRONT
@@ -176,6 +224,9 @@ class BalancerConfig:
     deadline_ms: int = 400
     batch_per_node: int = 32
     insecure: bool = False
+    client_keys: str = ""
+    client_key: str = ""
+    server_key: str = ""
 
     def validate(self) -> BalancerConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -190,6 +241,16 @@ class BalancerConfig:
         check_range("max_attempts", self.max_attempts, 1, 100)
         check_range("deadline_ms", self.deadline_ms, 10, 600_000)
         check_range("batch_per_node", self.batch_per_node, 1, 4096)
+        if self.client_keys:
+            load_server_keys(self.client_keys)
+        check_protected(
+            "front",
+            self.front,
+            endpoint_is_local(self.front),
+            bool(self.client_keys) or self.insecure,
+            "--client-keys DIR",
+        )
+        optional_credentials(self.client_key, self.server_key, self.client_keys)
         return self
 
 
@@ -207,6 +268,12 @@ class EdgeConfig:
             (empty: nowhere).
         insecure: listen beyond loopback without client credentials (tests
             only; logged loudly).
+        token_file: bearer tokens (one per line); required beyond loopback
+            unless ``insecure``.
+        tls_cert / tls_key: serve HTTPS (PEM files, both or neither).
+        client_key / server_key: the edge's client key (a ``.key_secret``
+            file) and the backend's server key (file or Z85), when the backend
+            requires CURVE.
     """
 
     host: str = DEFAULT_EDGE_HOST
@@ -216,6 +283,11 @@ class EdgeConfig:
     max_body_bytes: int = DEFAULT_MAX_VALUE_BYTES + REQUEST_OVERHEAD_BYTES
     status_file: str = ""
     insecure: bool = False
+    token_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    client_key: str = ""
+    server_key: str = ""
 
     def validate(self) -> EdgeConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -232,6 +304,17 @@ class EdgeConfig:
         if not 0 < timeout <= 3600:
             raise ConfigError(f"timeout must be in (0, 3600] seconds, not {timeout!r}")
         check_range("max_body_bytes", self.max_body_bytes, 1, 1024 * MIB)
+        if self.token_file:
+            load_tokens(self.token_file)
+        check_tls(self.tls_cert, self.tls_key)
+        check_protected(
+            "HTTP on",
+            self.host,
+            host_is_loopback(self.host),
+            bool(self.token_file) or self.insecure,
+            "--token-file FILE",
+        )
+        optional_credentials(self.client_key, self.server_key)
         return self
 
 

@@ -5,7 +5,7 @@ Endpoints (``docs/api.md`` has every status and body)::
     POST   /api/cache/<key>/[?ttl=S]  body: the JSON value   201 | 400 | 413 | 503
     GET    /api/cache/<key>/                                200 | 404 | 400 | 503
     DELETE /api/cache/<key>/                                200 (missing keys too) | 400 | 503
-    GET    /api/health/                                     200 while the process runs
+    GET    /api/health/ (or /api/live/)                     200 while the process runs
     GET    /api/ready/                                      200 when the backend serves, else 503
     GET    /api/cluster/                                    200 every node's state | 503
 
@@ -19,23 +19,28 @@ Every handler awaits one request on ONE shared :class:`mesh.roles.client.AsyncCl
 requests over a single DEALER socket.  The backend is the balancer for
 ``pycache edge``, or the node's own API endpoint when a node serves HTTP
 itself (``pycache node --http-port``).  A 503 carries ``Retry-After: 1``.
+
+Protected mode (:mod:`mesh.roles.protected`): with bearer tokens configured
+(``--token-file``), every request but the probes (``/api/health/``,
+``/api/live/``, ``/api/ready/``) needs ``Authorization: Bearer <token>``, else
+401 with ``WWW-Authenticate: Bearer``; the check runs on the connection, before
+the request reaches any handler.  ``--tls-cert``/``--tls-key`` serve HTTPS.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 import os
 import re
 import signal
 import socket
+import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any
 
 import tornado
 import tornado.httpserver
@@ -45,7 +50,6 @@ import tornado.web
 import zmq.asyncio
 from tornado.log import app_log, gen_log
 
-from mesh.core.errors import PyCacheError
 from mesh.roles.cacheapi import (
     ApiError,
     Backend,
@@ -53,191 +57,32 @@ from mesh.roles.cacheapi import (
     cache_get,
     cache_set,
     response_body,
-    translate_error,
 )
-from mesh.roles.config import EdgeConfig
+from mesh.roles.clientplane import Credentials, optional_credentials
+from mesh.roles.config import DEFAULT_EDGE_TIMEOUT, HTTP_PORT_ANY, EdgeConfig, NodeConfig
+from mesh.roles.http_handlers import (
+    JSON_TYPE,
+    CacheHandler,
+    ClusterHandler,
+    HealthHandler,
+    NotFoundHandler,
+    ReadyHandler,
+    http_date,
+    log_access,
+    log_request,
+)
+from mesh.roles.protected import (
+    bearer_ok,
+    host_is_loopback,
+    is_open_path,
+    load_tokens,
+    tls_context,
+)
 from mesh.roles.tuning import tune_gc
 from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
-access_log = logging.getLogger("mesh.roles.edge.access")
 
-JSON_TYPE = "application/json; charset=UTF-8"
-#: Per-connection body ceiling once a request is refused: Tornado then drains
-#: the rest quietly until the 413 is sent and the connection closes.
-_DRAIN_CEILING = 1 << 62
-
-
-# --------------------------------------------------------------------------- handlers
-
-
-class JsonHandler(tornado.web.RequestHandler):
-    """Answers ``{"message", "payload"}`` JSON, errors included; no ETag work."""
-
-    backend: Backend
-
-    def initialize(self, backend: Backend) -> None:
-        self.backend = backend
-
-    def set_default_headers(self) -> None:
-        self.set_header("Content-Type", JSON_TYPE)
-
-    def compute_etag(self) -> str | None:
-        return None  # hashing every value for If-None-Match is not worth it for a cache
-
-    def reply(self, status: int, message: str, payload: str = "{}") -> None:
-        """Finish with ``payload`` given as JSON text."""
-        self.set_status(status)
-        if status == 503:
-            self.set_header("Retry-After", "1")
-        self.finish(response_body(message, payload))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, ApiError):
-            message = exc.message
-        elif status_code >= 500:
-            message = "Internal server error"
-        else:
-            message = self._reason
-        self.reply(status_code, message)
-
-
-@tornado.web.stream_request_body
-class CacheHandler(JsonHandler):
-    """``/api/cache/<key>/``: POST a JSON value, GET it with its metadata, DELETE it.
-
-    The body is streamed in so that one over the limit gets a 413 as soon as
-    its Content-Length (or its running size, when chunked) shows it, instead
-    of being read whole first.
-    """
-
-    def initialize(self, backend: Backend, max_body_bytes: int) -> None:  # type: ignore[override]
-        self.backend = backend
-        self.max_body_bytes = max_body_bytes
-        self._chunks: list[bytes] = []
-        self._size = 0
-
-    def prepare(self) -> None:
-        declared = self.request.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            self._refuse_body(f"Request body of {declared} bytes")
-        else:
-            self.request.connection.set_max_body_size(_DRAIN_CEILING)  # type: ignore[union-attr]
-
-    def data_received(self, chunk: bytes) -> None:
-        if self._finished:
-            return
-        self._size += len(chunk)
-        if self._size > self.max_body_bytes:
-            self._chunks = []
-            self._refuse_body("Request body")
-        else:
-            self._chunks.append(chunk)
-
-    def _refuse_body(self, what: str) -> None:
-        # Tornado keeps reading (and dropping) the body until the answer is out,
-        # then closes the connection: the only way not to read it all.
-        self.request.connection.set_max_body_size(_DRAIN_CEILING)  # type: ignore[union-attr]
-        self.set_header("Connection", "close")
-        self.reply(413, f"{what} is over the limit of {self.max_body_bytes} bytes")
-
-    async def post(self, key: str) -> None:
-        if self._finished:
-            return  # refused while the body streamed in
-        body, ttl = b"".join(self._chunks), self.get_query_argument("ttl", None)
-        self.reply(*await cache_set(self.backend, key, body, ttl))
-
-    async def get(self, key: str) -> None:
-        if not self._finished:
-            self.reply(*await cache_get(self.backend, key))
-
-    async def delete(self, key: str) -> None:
-        if not self._finished:
-            self.reply(*await cache_delete(self.backend, key))
-
-
-class HealthHandler(JsonHandler):
-    """``/api/health/``: the process is alive (liveness; never asks the backend)."""
-
-    def get(self) -> None:
-        self.reply(200, "alive")
-
-
-class ReadyHandler(JsonHandler):
-    """``/api/ready/``: 200 when the backend's HEALTH says ``ready``, else 503."""
-
-    async def get(self) -> None:
-        try:
-            health = await self.backend.client.health()
-        except PyCacheError as exc:
-            self.reply(503, f"not ready: {translate_error(exc).message}")
-            return
-        if not isinstance(health, dict):
-            raise ApiError(500, "Internal server error", "HEALTH gave %r", health)
-        ready = health.get("state") == "ready"
-        shown = {k: health[k] for k in ("node_id", "state") if k in health}  # the API's fields
-        self.reply(200 if ready else 503, "ready" if ready else "not ready", _dumps(shown))
-
-
-class ClusterHandler(JsonHandler):
-    """``/api/cluster/``: every node as the backend sees it: state, lag, keys, digest."""
-
-    async def get(self) -> None:
-        try:
-            cluster = await self.backend.client.cluster()
-        except PyCacheError as exc:
-            raise translate_error(exc) from exc
-        nodes = cluster.get("nodes") if isinstance(cluster, dict) else None
-        if not isinstance(nodes, list):
-            raise ApiError(500, "Internal server error", "CLUSTER gave %r", cluster)
-        for node in nodes:
-            if isinstance(node, dict):
-                for field in ("node_id", "state", "lag", "keys", "digest"):
-                    node.setdefault(field, None)  # a node a peer only heard of
-        self.reply(200, "cluster", _dumps({"nodes": nodes}))
-
-
-class NotFoundHandler(JsonHandler):
-    """Any other path: a JSON 404."""
-
-    def initialize(self) -> None:  # type: ignore[override]
-        pass
-
-    def prepare(self) -> None:
-        raise ApiError(404, "No such endpoint")
-
-
-def _dumps(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"), default=_bytes_as_text)
-
-
-def _bytes_as_text(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _log_request(handler: tornado.web.RequestHandler) -> None:
-    """The Tornado application's access log (see :func:`_log_access`)."""
-    _log_access(
-        handler.get_status(),
-        handler._request_summary,
-        lambda: 1000.0 * handler.request.request_time(),
-    )
-
-
-def _log_access(status: int, summary: Callable[[], str], took_ms: Callable[[], float]) -> None:
-    """Access log: server errors at INFO, everything else at DEBUG (thousands a second).
-
-    ``summary`` and ``took_ms`` are called only when the line is logged.
-    """
-    level = logging.INFO if status >= 500 else logging.DEBUG
-    if access_log.isEnabledFor(level):
-        access_log.log(level, "%d %s %.2fms", status, summary(), took_ms())
-
-
-# --------------------------------------------------------------------------- fast path
 
 #: ``/api/cache/<key>/`` with a plain key (printable ASCII, no escapes) and no query string.
 _PLAIN_CACHE_PATH = re.compile(r"/api/cache/([!-$&-.0->@-~]+)/?")
@@ -245,14 +90,9 @@ _FAST_METHODS = frozenset(("GET", "POST", "DELETE"))
 _SERVER = f"TornadoServer/{tornado.version}"
 _STATUS_LINES = {
     code: tornado.httputil.ResponseStartLine("HTTP/1.1", code, HTTPStatus(code).phrase)
-    for code in (200, 201, 400, 404, 413, 500, 503)
+    for code in (200, 201, 400, 401, 404, 413, 500, 503)
 }
-
-
-@functools.lru_cache(maxsize=4)
-def _http_date(second: int) -> str:
-    """The ``Date`` header for ``second``: formatted once a second, not per response."""
-    return tornado.httputil.format_timestamp(second)
+_UNAUTHORIZED = "Unauthorized: send Authorization: Bearer <token>"
 
 
 class EdgeServer(tornado.httputil.HTTPServerConnectionDelegate):
@@ -290,6 +130,7 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
         self.chunks: list[bytes] = []
         self.method = self.key = self.uri = ""
         self.started = 0.0
+        self.denied = False  # no valid token: answered 401 once the request is in
 
     def headers_received(
         self,
@@ -297,6 +138,15 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
         headers: tornado.httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
         assert isinstance(start_line, tornado.httputil.RequestStartLine)
+        tokens = self.app.tokens
+        if (
+            tokens
+            and not is_open_path(start_line.path)
+            and not bearer_ok(headers.get("Authorization"), tokens)
+        ):
+            self.method, self.uri, self.denied = start_line.method, start_line.path, True
+            self.started = time.perf_counter()
+            return None
         key = self._plain_key(start_line, headers)
         if key is None:
             self.other = self.app.start_request(self.server_conn, self.conn)
@@ -319,12 +169,15 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
     def data_received(self, chunk: bytes) -> Awaitable[None] | None:
         if self.other is not None:
             return self.other.data_received(chunk)
-        self.chunks.append(chunk)
+        if not self.denied:
+            self.chunks.append(chunk)
         return None
 
     def finish(self) -> None:
         if self.other is not None:
             self.other.finish()
+        elif self.denied:
+            self._write(401, _UNAUTHORIZED, "{}")
         else:
             asyncio.get_running_loop().create_task(self._answer())
 
@@ -359,15 +212,17 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
             {
                 "Server": _SERVER,
                 "Content-Type": JSON_TYPE,
-                "Date": _http_date(int(time.time())),
+                "Date": http_date(int(time.time())),
                 "Content-Length": str(len(body)),
             }
         )
         if status == 503:
             headers["Retry-After"] = "1"
+        elif status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="pycache"'
         self.conn.write_headers(_STATUS_LINES[status], headers, body)
         self.conn.finish()
-        _log_access(status, self._summary, lambda: 1000.0 * (time.perf_counter() - self.started))
+        log_access(status, self._summary, lambda: 1000.0 * (time.perf_counter() - self.started))
 
     def _summary(self) -> str:
         remote_ip = getattr(getattr(self.conn, "context", None), "remote_ip", None)
@@ -378,11 +233,15 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
 
 
 class EdgeApp(tornado.web.Application):
-    """The Tornado application; ``backend`` is the shared client it forwards to."""
+    """The Tornado application; ``backend`` is the shared client it forwards to.
 
-    def __init__(self, backend: Backend, max_body_bytes: int) -> None:
+    ``tokens``: the bearer tokens a request needs (none: no token needed).
+    """
+
+    def __init__(self, backend: Backend, max_body_bytes: int, tokens: Sequence[bytes] = ()) -> None:
         self.backend = backend
         self.max_body_bytes = max_body_bytes
+        self.tokens = tuple(tokens)
         common = {"backend": backend}
         super().__init__(
             [
@@ -391,12 +250,12 @@ class EdgeApp(tornado.web.Application):
                     CacheHandler,
                     {**common, "max_body_bytes": max_body_bytes},
                 ),
-                (r"/api/health/?", HealthHandler, common),
+                (r"/api/(?:health|live)/?", HealthHandler, common),
                 (r"/api/ready/?", ReadyHandler, common),
                 (r"/api/cluster/?", ClusterHandler, common),
             ],
             default_handler_class=NotFoundHandler,
-            log_function=_log_request,
+            log_function=log_request,
         )
 
 
@@ -406,31 +265,41 @@ def make_app(
     timeout: float,
     max_body_bytes: int,
     context: zmq.asyncio.Context | None = None,
+    tokens: Sequence[bytes] = (),
+    credentials: Credentials | None = None,
 ) -> EdgeApp:
     """The HTTP API forwarding to ``backend_endpoint`` (a balancer's front or a node's API).
 
     ``timeout`` bounds every backend request (seconds); ``context`` lets a node
-    share its own ZeroMQ context (so ``inproc://`` endpoints work too).
+    share its own ZeroMQ context (so ``inproc://`` endpoints work too);
+    ``tokens`` are the bearer tokens requests need (none: open);
+    ``credentials`` the CURVE key toward a backend that requires one.
     """
-    return EdgeApp(Backend(backend_endpoint, timeout, context), max_body_bytes)
+    return EdgeApp(Backend(backend_endpoint, timeout, context, credentials), max_body_bytes, tokens)
 
 
 class HttpServer:
-    """A listening HTTP API: ``url`` once bound; ``await stop()`` closes it all."""
+    """A listening HTTP API: ``url`` once bound; ``await stop()`` closes it all.
 
-    def __init__(self, app: EdgeApp, host: str, port: int) -> None:
+    ``ssl_options`` (an :class:`ssl.SSLContext`) serves HTTPS.
+    """
+
+    def __init__(
+        self, app: EdgeApp, host: str, port: int, ssl_options: ssl.SSLContext | None = None
+    ) -> None:
         self.app = app
         self.server = tornado.httpserver.HTTPServer(
-            EdgeServer(app), max_body_size=app.max_body_bytes
+            EdgeServer(app), max_body_size=app.max_body_bytes, ssl_options=ssl_options
         )
         sockets = tornado.netutil.bind_sockets(port, host)
         self.server.add_sockets(sockets)
         self.port: int = sockets[0].getsockname()[1]
         family = sockets[0].family
+        scheme = "http" if ssl_options is None else "https"
         self.url = (
-            f"http://[{host}]:{self.port}"
+            f"{scheme}://[{host}]:{self.port}"
             if family == socket.AF_INET6
-            else f"http://{host}:{self.port}"
+            else f"{scheme}://{host}:{self.port}"
         )
 
     async def stop(self) -> None:
@@ -448,12 +317,60 @@ def serve(
     timeout: float,
     max_body_bytes: int,
     context: zmq.asyncio.Context | None = None,
+    token_file: str = "",
+    tls_cert: str = "",
+    tls_key: str = "",
+    credentials: Credentials | None = None,
 ) -> HttpServer:
-    """Start the HTTP API on ``host:port`` (0: the OS picks) in the running loop."""
+    """Start the HTTP API on ``host:port`` (0: the OS picks) in the running loop.
+
+    ``token_file``: require its bearer tokens; ``tls_cert``/``tls_key``: serve
+    HTTPS; ``credentials``: the CURVE key toward the backend (see :func:`make_app`).
+    """
     app = make_app(
-        backend_endpoint, timeout=timeout, max_body_bytes=max_body_bytes, context=context
+        backend_endpoint,
+        timeout=timeout,
+        max_body_bytes=max_body_bytes,
+        context=context,
+        tokens=load_tokens(token_file) if token_file else (),
+        credentials=credentials,
     )
-    return HttpServer(app, host, port)
+    ssl_options = tls_context(tls_cert, tls_key) if tls_cert else None
+    return HttpServer(app, host, port, ssl_options)
+
+
+def warn_if_open(host: str, token_file: str, what: str) -> None:
+    """The loud line of ``--insecure``: HTTP beyond loopback that anyone may use."""
+    if not token_file and not host_is_loopback(host):
+        log.warning(
+            "INSECURE: %s on %s serves anyone who can reach it, with no token (--insecure)",
+            what,
+            host,
+        )
+
+
+def serve_node_http(config: NodeConfig, backend: str, context: zmq.asyncio.Context) -> HttpServer:
+    """A node's own HTTP API (``--http-port``), in its loop, through its api socket.
+
+    Requests go over ZeroMQ to the node's ROUTER like any client's, so writes
+    take the same group-commit path; ``/api/ready/`` is 503 until the node is
+    ready (HEALTH is answered in every state).
+    """
+    port = 0 if config.http_port == HTTP_PORT_ANY else config.http_port
+    http = serve(
+        backend,
+        config.http_host,
+        port,
+        timeout=max(DEFAULT_EDGE_TIMEOUT, config.ack_timeout_ms / 1000 + 1),
+        max_body_bytes=config.limits.request_bytes,
+        context=context,
+        token_file=config.token_file,
+        tls_cert=config.tls_cert,
+        tls_key=config.tls_key,
+    )
+    warn_if_open(config.http_host, config.token_file, "the HTTP API")
+    log.info("node %s serves HTTP on %s", config.node_id, http.url)
+    return http
 
 
 def run_edge(config: EdgeConfig) -> None:
@@ -476,7 +393,12 @@ def run_edge(config: EdgeConfig) -> None:
             config.port,
             timeout=config.timeout,
             max_body_bytes=config.max_body_bytes,
+            token_file=config.token_file,
+            tls_cert=config.tls_cert,
+            tls_key=config.tls_key,
+            credentials=optional_credentials(config.client_key, config.server_key),
         )
+        warn_if_open(config.host, config.token_file, "the edge")
         try:
             log.info("edge on %s forwarding to %s", server.url, ", ".join(config.backend))
             if config.status_file:

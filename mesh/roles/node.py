@@ -43,10 +43,11 @@ from mesh.core.errors import ProtocolError
 from mesh.core.mutation import encode_records
 from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
-from mesh.roles.config import DEFAULT_EDGE_TIMEOUT, HTTP_PORT_ANY, NodeConfig
+from mesh.roles.clientplane import protect
+from mesh.roles.config import NodeConfig
 from mesh.roles.node_status import cluster, health, stats, write_status_file
 from mesh.roles.peering import Peering
-from mesh.roles.trust import ZapHandler, peer_trust, start_peer_zap
+from mesh.roles.trust import AnyZapHandler, ZapHandler, log_refused, peer_trust, start_peer_zap
 from mesh.roles.tuning import CatchUpGc, tune_gc, tune_malloc
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
 from mesh.storage.datadir import (
@@ -113,7 +114,7 @@ class Node:
         self.peering: Peering | None = None
         self.acks = PendingAcks()
         self.keys, self.membership = peer_trust(config)
-        self._zap: ZapHandler | None = None
+        self._zap: AnyZapHandler | None = None
         counted = ("requests", "bad_requests", "dropped_replies", "expired_requests")
         self.counters = dict.fromkeys((*counted, "refused_handshakes"), 0)
         self.started = time.monotonic()
@@ -214,9 +215,23 @@ class Node:
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         max_frame = self.config.limits.request_bytes * ZMQ_FRAME_CEILING_FACTOR
         sock.setsockopt(zmq.MAXMSGSIZE, max_frame)
+        self._zap = protect(
+            sock,
+            "api",
+            self.config.api,
+            self.config.client_keys,
+            self._zap,
+            lambda: ZapHandler(self.ctx, log_refused()),
+        )
         sock.bind(self.config.api)
         self._api, self._raw_api = sock, zmq.Socket.shadow(sock.underlying)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._http_backend = self.endpoint
+        if self.config.client_keys:
+            # The node's own HTTP API (authenticated by its tokens) reaches this
+            # socket in-process: inproc connections skip CURVE and ZAP.
+            self._http_backend = f"inproc://api-{self.config.node_id}-{id(self):x}"
+            sock.bind(self._http_backend)
         self.peering = Peering(
             self.replica,
             self.log,
@@ -246,26 +261,11 @@ class Node:
         return 1 + len(self.replica.peers)
 
     def _start_http(self) -> None:
-        """With ``http_port``, serve the HTTP API in this loop through this node's own API.
+        """With ``http_port``, serve the HTTP API in this loop through this node's own API."""
+        if self.config.http_port:
+            from mesh.roles.edge import serve_node_http  # tornado only where HTTP is served
 
-        Requests go over ZeroMQ to the node's ROUTER like any client's, so writes
-        take the same group-commit path; ``/api/ready/`` is 503 until the node is
-        ready (HEALTH is answered in every state).
-        """
-        if not self.config.http_port:
-            return
-        from mesh.roles.edge import serve  # tornado is loaded only by nodes that serve HTTP
-
-        port = 0 if self.config.http_port == HTTP_PORT_ANY else self.config.http_port
-        self.http = serve(
-            self.endpoint,
-            self.config.http_host,
-            port,
-            timeout=max(DEFAULT_EDGE_TIMEOUT, self.config.ack_timeout_ms / 1000 + 1),
-            max_body_bytes=self.config.limits.request_bytes,
-            context=self.ctx,
-        )
-        log.info("node %s serves HTTP on %s", self.config.node_id, self.http.url)
+            self.http = serve_node_http(self.config, self._http_backend, self.ctx)
 
     def _on_replication(self) -> None:
         if self.state == "catching-up" and self.replica.state == READY:
@@ -462,15 +462,15 @@ class Node:
     def close(self) -> None:
         """Close the log and sockets and release the data folder (idempotent)."""
         self.log.close()
-        if self._zap is not None:
-            self._zap.stop()
-            self._zap = None
         if self.peering is not None:
             self.peering.close()
             self.peering = None
         if self._api is not None:
             self._api.close()
             self._api = None
+        if self._zap is not None:  # after its sockets: the process's one ZAP handler
+            self._zap.stop()
+            self._zap = None
         if self._lock >= 0:
             os.close(self._lock)
             self._lock = -1

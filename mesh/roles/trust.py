@@ -28,6 +28,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
@@ -35,7 +36,9 @@ from zmq.auth.asyncio import AsyncioAuthenticator
 from zmq.auth.thread import ThreadAuthenticator
 
 from mesh.core.errors import ConfigError
-from mesh.roles.config import NodeConfig
+
+if TYPE_CHECKING:
+    from mesh.roles.config import NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,8 @@ SERVER = "server"
 MEMBERS, SECRETS, OBSERVERS, RETIRED = "members", "secrets", "observers", "retired"
 #: ZAP domains of the two peer-plane server sockets.
 REPL_DOMAIN, PUB_DOMAIN = "repl", "pub"
+#: Refused keys logged by name, at most (a flood of new keys logs no more).
+REFUSED_LOGGED_MAX = 1000
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -74,12 +79,12 @@ def keygen(
     if not (root / f"{SERVER}.key_secret").exists():
         written += _create(root, SERVER)
     for node_id in node_ids:
-        _check_name(node_id)
+        check_name(node_id)
         if not (root / MEMBERS / f"{node_id}.key").exists():
             public, secret = _create(root / SECRETS, node_id)
             written += [_publish(public, root / MEMBERS), secret]
     for name in observers:
-        _check_name(name)
+        check_name(name)
         if not (root / SECRETS / f"{name}.key_secret").exists():
             public, secret = _create(root / SECRETS, name)
             written += [_publish(public, root / OBSERVERS), secret]
@@ -177,7 +182,7 @@ def peer_trust(config: NodeConfig) -> tuple[PeerKeys | None, Membership | None]:
     return keys, Membership(keys.folder)
 
 
-class _Admission:
+class Admission:
     """ZAP decisions by domain: each domain's rule names who a CURVE key is, or refuses it.
 
     pyzmq's authenticator asks :meth:`callback` and then :meth:`curve_user_id`
@@ -208,7 +213,7 @@ class _Admission:
         return self._name
 
 
-class ZapHandler(_Admission, AsyncioAuthenticator):
+class ZapHandler(Admission, AsyncioAuthenticator):
     """The ZAP handler of a process whose sockets live in an asyncio loop (a node)."""
 
     def __init__(self, context: zmq.Context, on_refused: Callable[[str, bytes], None]) -> None:
@@ -216,7 +221,7 @@ class ZapHandler(_Admission, AsyncioAuthenticator):
         self._init_admission(on_refused)
 
 
-class ThreadZapHandler(_Admission, ThreadAuthenticator):
+class ThreadZapHandler(Admission, ThreadAuthenticator):
     """The ZAP handler of a process with plain sockets (the balancer): runs in a thread."""
 
     def __init__(self, context: zmq.Context, on_refused: Callable[[str, bytes], None]) -> None:
@@ -224,7 +229,11 @@ class ThreadZapHandler(_Admission, ThreadAuthenticator):
         self._init_admission(on_refused)
 
 
-def admit_peers(handler: _Admission, membership: Membership) -> None:
+#: Either kind of ZAP handler a process runs (one per process).
+AnyZapHandler = ZapHandler | ThreadZapHandler
+
+
+def admit_peers(handler: Admission, membership: Membership) -> None:
     """Admit members on the repl sockets, and members and observers on the PUB sockets."""
     handler.admit(REPL_DOMAIN, lambda key: membership.admits(REPL_DOMAIN, key))
     handler.admit(PUB_DOMAIN, lambda key: membership.admits(PUB_DOMAIN, key))
@@ -237,14 +246,27 @@ def start_peer_zap(
     if membership is None:
         return None
 
-    def refused(domain: str, key: bytes) -> None:
-        log.warning("refused a %s connection with an unknown key %s", domain, key.decode())
-        on_refused(domain, key)
-
-    handler = ZapHandler(context, refused)
+    handler = ZapHandler(context, log_refused(on_refused))
     handler.start()
     admit_peers(handler, membership)
     return handler
+
+
+def log_refused(
+    counted: Callable[[str, bytes], None] | None = None,
+) -> Callable[[str, bytes], None]:
+    """A ZAP handler's ``on_refused``: log each refused key once, and pass every refusal
+    to ``counted``."""
+    seen: set[bytes] = set()
+
+    def refused(domain: str, key: bytes) -> None:
+        if key not in seen and len(seen) < REFUSED_LOGGED_MAX:
+            seen.add(key)
+            log.warning("refused a connection on %s: key %s is not admitted", domain, key.decode())
+        if counted is not None:
+            counted(domain, key)
+
+    return refused
 
 
 def curve_server(sock: zmq.Socket, keys: PeerKeys, domain: str) -> None:
@@ -303,6 +325,7 @@ def _mtime(path: Path) -> float:
         return -1.0
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
+    """Raise ConfigError unless ``name`` can name a key file (a member, observer or client)."""
     if not name or len(name) > 64 or not set(name) <= _NAME_CHARS:
         raise ConfigError(f"{name!r}: use 1-64 letters, digits, '_', '.', '-'")
