@@ -16,11 +16,12 @@ COPY mesh ./mesh
 RUN python -m pip install . \
     && rm -rf /src
 
-# An unprivileged user owns /data, so a named volume mounted there starts out
-# writable by it (Docker copies the mount point's owner into a new volume).
+# An unprivileged user owns /data and /keys, so a named volume mounted there
+# starts out writable by it (Docker copies the mount point's owner into a new
+# volume); docker-compose.yml's keygen service writes the credentials to /keys.
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/pycache pycache \
-    && mkdir /data \
-    && chown pycache:pycache /data
+    && mkdir /data /keys \
+    && chown pycache:pycache /data /keys
 USER pycache
 WORKDIR /home/pycache
 VOLUME ["/data"]

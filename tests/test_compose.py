@@ -45,6 +45,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 
 NODES = {"n1": 8001, "n2": 8002, "n3": 8003}  # service -> published HTTP port (the seed's)
 EDGE_PORT = 5000
+KEYGEN = "keygen"  # the one-shot service that makes the credentials
 
 
 @pytest.fixture(autouse=True)
@@ -175,14 +176,14 @@ def test_no_host_port_is_published_twice(services):
 
 
 def test_services_are_the_local_topology_without_a_broker(services):
-    assert set(services) == {*NODES, "balancer", "edge"}
+    assert set(services) == {*NODES, "balancer", "edge", KEYGEN}
     for name, service in services.items():
         for word in ("kafka", "zookeeper"):
             assert word not in repr(service).lower(), name
 
 
 def test_every_service_restarts_and_has_a_readiness_healthcheck(services):
-    for name, service in services.items():
+    for name, service in long_running(services).items():
         assert service.get("restart") == "unless-stopped", name
         assert service.get("build") == ".", name
         healthcheck_code(service)
@@ -198,7 +199,7 @@ def test_nodes(services):
         assert command == "node"
         assert params["node_id"] == name
         assert params["data_dir"] == "/data"
-        assert service["volumes"] == [f"{name}-data:/data"], "a volume of its own on /data"
+        assert service["volumes"][0] == f"{name}-data:/data", "a volume of its own on /data"
         # HELLO tells peers the endpoints a node bound: bind them on a name the
         # peers resolve to this container, never on 0.0.0.0.
         for socket in ("repl", "pub"):
@@ -223,7 +224,7 @@ def test_balancer(services):
     host, port = endpoint(params["front"])
     assert host == "0.0.0.0"
     assert published(service) == {port: port}
-    assert set(service["depends_on"]) == set(NODES)
+    assert set(service["depends_on"]) == {*NODES, KEYGEN}
     assert f"tcp://127.0.0.1:{port}" in healthcheck_code(service)
 
 
@@ -238,6 +239,36 @@ def test_edge_waits_for_healthy_nodes(services):
     assert ready_url_port(service) == EDGE_PORT
     conditions = {dep: spec["condition"] for dep, spec in service["depends_on"].items()}
     assert {n: conditions.get(n) for n in NODES} == dict.fromkeys(NODES, "service_healthy")
+
+
+def long_running(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every service but the one-shot that makes the credentials."""
+    return {name: service for name, service in services.items() if name != KEYGEN}
+
+
+def test_credentials_are_made_once_before_anything_starts(services):
+    keygen = services[KEYGEN]
+    assert keygen.get("restart") == "no" and keygen["volumes"] == ["keys:/keys"]
+    script = " ".join(keygen["command"])
+    for words in ("pycache keygen --keys /keys/peers n1 n2 n3", "pycache client-keygen"):
+        assert words in " ".join(script.split()), script
+    for name, service in long_running(services).items():
+        assert service["depends_on"][KEYGEN] == {"condition": "service_completed_successfully"}
+        assert "keys:/keys:ro" in service["volumes"], name
+
+
+def test_everything_runs_with_credentials_and_publishes_on_loopback(services):
+    for name, service in long_running(services).items():
+        command, params = parse_command(service)
+        assert not params.get("insecure"), f"{name} runs --insecure"
+        for mapping in service.get("ports", []):
+            assert str(mapping).startswith("127.0.0.1:"), f"{name} publishes {mapping}"
+        if command == "node":
+            assert params["keys"] == "/keys/peers"
+            assert params["client_keys"] == "/keys/clients"
+            assert params["token_file"] == "/keys/clients/tokens"
+    assert parse_command(services["balancer"])[1]["client_keys"] == "/keys/clients"
+    assert parse_command(services["edge"])[1]["token_file"] == "/keys/clients/tokens"
 
 
 # ---------------------------------------------------------------------- the image

@@ -54,18 +54,26 @@ tls_key_option = click.option(
     envvar="PYCACHE_CLIENT_KEYS",
     help="The client keys folder (given to nodes and balancers as --client-keys).",
 )
+@click.option(
+    "--token-file",
+    default="",
+    help="Also write a bearer token for HTTP to this file, unless it exists.",
+)
 @click.argument("names", nargs=-1)
 @errors_to_exit_codes
-def client_keygen(folder: str, names: tuple[str, ...]) -> None:
+def client_keygen(folder: str, token_file: str, names: tuple[str, ...]) -> None:
     """Create the client plane's server key and a key for each client NAME that has none.
 
     Hand secrets/NAME.key_secret and server.key to that client (--client-key,
     --server-key); run it again with a new name to admit another client.
     """
     from mesh.roles.clientplane import client_keygen as make_keys
+    from mesh.roles.protected import make_token_file
 
     for path in make_keys(folder, list(names)):
         click.echo(f"wrote {path}")
+    if token_file and make_token_file(token_file):
+        click.echo(f"wrote {token_file}")
 
 
 COMMANDS = (client_keygen,)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import os
+import secrets
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,6 +93,19 @@ def load_tokens(path: str | Path) -> tuple[bytes, ...]:
     if not tokens:
         raise ConfigError(f"token file {path} holds no token")
     return tuple(tokens)
+
+
+def make_token_file(path: str | Path) -> bool:
+    """Write a token file with one new random token, unless ``path`` exists; return
+    whether it wrote one.  The file is readable by its owner only."""
+    target = Path(path)
+    if target.exists():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(secrets.token_urlsafe(32) + "\n")
+    return True
 
 
 def bearer_ok(authorization: str | None, tokens: Sequence[bytes]) -> bool:
