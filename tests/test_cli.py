@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,10 +11,14 @@ import sys
 import urllib.request
 
 import pytest
+import zmq
+import zmq.auth
 from click.testing import CliRunner
 
 from mesh.cli import main
 from mesh.client import Client
+from mesh.core import peerwire
+from mesh.core.catchup import Fetch
 from mesh.roles.launcher import die_with_parent
 from tests.conftest import wait_for
 
@@ -182,3 +187,48 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(120)
+def test_up_makes_the_peer_keys_once_and_strangers_get_nothing(tmp_path):
+    """The attacks of issue 17 against a default ``pycache up``: a stranger's SUB on a
+    PUB socket and a FETCH to a repl socket get nothing; restarts keep the keys."""
+    data = tmp_path / "cluster"
+    up, procs = _start_up(data)
+    try:
+        server_key = (data / "keys" / "server.key_secret").read_text()
+        assert sorted(p.stem for p in (data / "keys" / "members").glob("*.key")) == [
+            "n1",
+            "n2",
+            "n3",
+        ]
+        n1 = next(p for p in procs if p["id"] == "n1")["endpoints"]
+        node_status = json.loads((data / "n1" / "node.json").read_text())
+        ctx = zmq.Context()
+        try:
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            dealer = ctx.socket(zmq.DEALER)
+            for sock in (sub, dealer):
+                sock.setsockopt(zmq.LINGER, 0)
+                sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+                sock.curve_serverkey = zmq.auth.load_certificate(data / "keys" / "server.key")[0]
+            sub.connect(node_status["pub"])
+            dealer.connect(node_status["repl"])
+            with Client(n1["api"]) as c:
+                c.set("secret", b"value")
+            with contextlib.suppress(zmq.Again):
+                dealer.send(peerwire.encode_fetch("n2", Fetch(1, {}, True)), zmq.NOBLOCK)
+            assert not sub.poll(1000) and not dealer.poll(100)
+            sub.close(0)
+            dealer.close(0)
+        finally:
+            ctx.term()
+    finally:
+        assert _stop_up(up) == 0
+    up, _ = _start_up(data)
+    try:
+        assert (data / "keys" / "server.key_secret").read_text() == server_key
+    finally:
+        assert _stop_up(up) == 0
