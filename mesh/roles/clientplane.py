@@ -33,7 +33,15 @@ import zmq.utils.z85
 
 from mesh.core.errors import ConfigError
 from mesh.roles.protected import endpoint_is_local
-from mesh.roles.trust import Admission, AnyZapHandler, check_name
+from mesh.roles.trust import (
+    Admission,
+    AnyZapHandler,
+    check_name,
+    connect_curve,
+    create_key_pair,
+    load_key_pair,
+    serve_curve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +75,7 @@ class Credentials:
         ``server_key`` is a ``server.key`` file (or ``server.key_secret``) or
         the public key itself as 40 Z85 characters.
         """
-        public, secret = _load_pair(Path(client_key))
+        public, secret = load_key_pair(Path(client_key))
         return cls(public, secret, server_public_key(server_key))
 
 
@@ -113,11 +121,11 @@ def client_keygen(folder: str | Path, names: Sequence[str]) -> list[Path]:
     os.chmod(root / SECRETS, 0o700)
     written = []
     if not (root / f"{SERVER}.key_secret").exists():
-        written += _create(root, SERVER)
+        written += create_key_pair(root, SERVER)
     for name in names:
         check_name(name)
         if not (root / CLIENTS / f"{name}.key").exists():
-            public, secret = _create(root / SECRETS, name)
+            public, secret = create_key_pair(root / SECRETS, name)
             target = root / CLIENTS / public.name
             os.replace(public, target)
             written += [target, secret]
@@ -131,7 +139,7 @@ def load_server_keys(folder: str | Path) -> ServerKeys:
         raise ConfigError(
             f"client keys folder {root} does not exist (create it with `pycache client-keygen`)"
         )
-    public, secret = _load_pair(root / f"{SERVER}.key_secret")
+    public, secret = load_key_pair(root / f"{SERVER}.key_secret")
     return ServerKeys(public, secret, root)
 
 
@@ -172,17 +180,12 @@ class ClientSet:
 
 def serve_clients(sock: zmq.Socket, keys: ServerKeys) -> None:
     """Make ``sock`` (before it binds) a CURVE server of the client plane."""
-    sock.curve_secretkey = keys.secret
-    sock.curve_publickey = keys.public
-    sock.curve_server = True
-    sock.zap_domain = CLIENTS_DOMAIN.encode()
+    serve_curve(sock, keys.public, keys.secret, CLIENTS_DOMAIN)
 
 
 def connect_as(sock: zmq.Socket, credentials: Credentials) -> None:
     """Make ``sock`` (before it connects) a CURVE client with ``credentials``."""
-    sock.curve_secretkey = credentials.secret
-    sock.curve_publickey = credentials.public
-    sock.curve_serverkey = credentials.server_public
+    connect_curve(sock, credentials.public, credentials.secret, credentials.server_public)
 
 
 def admit_clients(handler: Admission, keys: ServerKeys) -> None:
@@ -194,22 +197,6 @@ def admit_clients(handler: Admission, keys: ServerKeys) -> None:
     started before the socket binds and stopped when the process ends.
     """
     handler.admit(CLIENTS_DOMAIN, ClientSet(keys.folder).admits)
-
-
-def _create(folder: Path, name: str) -> list[Path]:
-    public, secret = zmq.auth.create_certificates(str(folder), name)
-    os.chmod(secret, 0o600)
-    return [Path(public), Path(secret)]
-
-
-def _load_pair(path: Path) -> tuple[bytes, bytes]:
-    try:
-        public, secret = zmq.auth.load_certificate(path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the key {path}: {exc}") from None
-    if secret is None:
-        raise ConfigError(f"{path} holds no secret key (give the .key_secret file)")
-    return public, secret
 
 
 def protect(

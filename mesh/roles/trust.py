@@ -77,16 +77,16 @@ def keygen(
     os.chmod(root / SECRETS, 0o700)
     written = []
     if not (root / f"{SERVER}.key_secret").exists():
-        written += _create(root, SERVER)
+        written += create_key_pair(root, SERVER)
     for node_id in node_ids:
         check_name(node_id)
         if not (root / MEMBERS / f"{node_id}.key").exists():
-            public, secret = _create(root / SECRETS, node_id)
+            public, secret = create_key_pair(root / SECRETS, node_id)
             written += [_publish(public, root / MEMBERS), secret]
     for name in observers:
         check_name(name)
         if not (root / SECRETS / f"{name}.key_secret").exists():
-            public, secret = _create(root / SECRETS, name)
+            public, secret = create_key_pair(root / SECRETS, name)
             written += [_publish(public, root / OBSERVERS), secret]
     return written
 
@@ -110,15 +110,15 @@ def load_peer_keys(folder: str | Path, node_id: str) -> PeerKeys:
         raise ConfigError(f"keys folder {root} does not exist (create it with `pycache keygen`)")
     if not (root / MEMBERS / f"{node_id}.key").exists():
         raise ConfigError(f"{node_id!r} is not a member in {root / MEMBERS} (run `pycache keygen`)")
-    server_public, server_secret = _load_pair(root / f"{SERVER}.key_secret")
-    public, secret = _load_pair(root / SECRETS / f"{node_id}.key_secret")
+    server_public, server_secret = load_key_pair(root / f"{SERVER}.key_secret")
+    public, secret = load_key_pair(root / SECRETS / f"{node_id}.key_secret")
     return PeerKeys(node_id, server_public, server_secret, public, secret, root)
 
 
 def load_observer_keys(folder: str | Path, name: str) -> tuple[bytes, bytes, bytes]:
     """An observer's ``(public, secret, server public)`` keys, to SUBscribe to members' PUB."""
     root = Path(folder)
-    public, secret = _load_pair(root / SECRETS / f"{name}.key_secret")
+    public, secret = load_key_pair(root / SECRETS / f"{name}.key_secret")
     server_public, _ = zmq.auth.load_certificate(root / f"{SERVER}.key")
     return public, secret, server_public
 
@@ -269,22 +269,33 @@ def log_refused(
     return refused
 
 
-def curve_server(sock: zmq.Socket, keys: PeerKeys, domain: str) -> None:
-    """Make ``sock`` (before it binds) a CURVE server of the peer plane."""
-    sock.curve_secretkey = keys.server_secret
-    sock.curve_publickey = keys.server_public
+def serve_curve(sock: zmq.Socket, public: bytes, secret: bytes, domain: str) -> None:
+    """Make ``sock`` (before it binds) a CURVE server whose handshakes ZAP checks on ``domain``."""
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
     sock.curve_server = True
     sock.zap_domain = domain.encode()
 
 
+def connect_curve(sock: zmq.Socket, public: bytes, secret: bytes, server_public: bytes) -> None:
+    """Make ``sock`` (before it connects) a CURVE client with this key pair."""
+    sock.curve_secretkey = secret
+    sock.curve_publickey = public
+    sock.curve_serverkey = server_public
+
+
+def curve_server(sock: zmq.Socket, keys: PeerKeys, domain: str) -> None:
+    """Make ``sock`` (before it binds) a CURVE server of the peer plane."""
+    serve_curve(sock, keys.server_public, keys.server_secret, domain)
+
+
 def curve_client(sock: zmq.Socket, keys: PeerKeys) -> None:
     """Make ``sock`` (before it connects) a CURVE client of the peer plane, as this member."""
-    sock.curve_secretkey = keys.secret
-    sock.curve_publickey = keys.public
-    sock.curve_serverkey = keys.server_public
+    connect_curve(sock, keys.public, keys.secret, keys.server_public)
 
 
-def _create(folder: Path, name: str) -> list[Path]:
+def create_key_pair(folder: Path, name: str) -> list[Path]:
+    """Write ``<name>.key`` and ``<name>.key_secret`` (mode 0600) in ``folder``."""
     public, secret = zmq.auth.create_certificates(str(folder), name)
     os.chmod(secret, 0o600)
     return [Path(public), Path(secret)]
@@ -296,13 +307,14 @@ def _publish(public: Path, folder: Path) -> Path:
     return target
 
 
-def _load_pair(path: Path) -> tuple[bytes, bytes]:
+def load_key_pair(path: Path) -> tuple[bytes, bytes]:
+    """The ``(public, secret)`` Z85 keys of a ``.key_secret`` file; ConfigError if it has none."""
     try:
         public, secret = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the key {path}: {exc}") from None
     if secret is None:
-        raise ConfigError(f"{path} holds no secret key")
+        raise ConfigError(f"{path} holds no secret key (give the .key_secret file)")
     return public, secret
 
 
