@@ -76,6 +76,18 @@ def test_a_wait_that_times_out_names_what_it_saw_and_the_stderr(tmp_path, childr
         child.wait_status(timeout=0.2)
 
 
+def test_a_teed_child_shares_our_stderr_and_its_last_lines_are_kept(capfd, children):
+    """``tee_stderr`` (``pycache up``): the child's stderr reaches ours, and is kept too."""
+    script = "import sys; print('loading', file=sys.stderr); sys.exit('error: port taken')"
+    child = ChildProcess("fake", tee_stderr=True)
+    children.append(child)
+    child.start(python(script))
+    with pytest.raises(ChildExited, match=r"fake exited with code 1: loading\nerror: port taken"):
+        child.wait_status(timeout=15)
+    assert child.stderr() == "loading\nerror: port taken\n"
+    assert capfd.readouterr().err == "loading\nerror: port taken\n"
+
+
 def test_stop_ends_a_paused_child(tmp_path, children):
     child = launch(children, tmp_path, python("import time; time.sleep(60)"))
     child.signal(signal.SIGSTOP)

@@ -58,6 +58,12 @@ insecure_option = click.option(
     envvar="PYCACHE_INSECURE",
     help="No authentication or encryption where credentials are missing (tests only).",
 )
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 log_level_option = click.option(
-    "--log-level", default="INFO", show_default=True, envvar="PYCACHE_LOG_LEVEL"
+    "--log-level",
+    type=click.Choice(LOG_LEVELS, case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    envvar="PYCACHE_LOG_LEVEL",
+    help="Least severe log level printed on stderr.",
 )

@@ -68,6 +68,7 @@ from zmq.utils.monitor import parse_monitor_message
 from mesh.core import envelope, wire
 from mesh.core.clock import monotonic_ms, wall_ms
 from mesh.core.errors import ProtocolError
+from mesh.roles.binding import bind
 from mesh.roles.clientplane import connect_as, optional_credentials, protect
 from mesh.roles.config import BalancerConfig
 from mesh.roles.routing import Link, Pending, Pool, bundle_messages, inflight_key
@@ -126,11 +127,7 @@ class Balancer:
         self.front.setsockopt(zmq.LINGER, 0)
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.front.setsockopt(zmq.SNDHWM, 100_000)
-        try:
-            self.front.bind(config.front)
-        except zmq.ZMQError:
-            self.close()  # stops the ZAP handler's thread, which would hold the context
-            raise
+        bind(self.front, "front", config.front, on_error=self.close)
         self.endpoint = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
         # A plain zmq.Poller in a plain loop: the balancer only moves frames,
         # and asyncio's per-wait poller set-up cost more than the forwarding.

@@ -50,6 +50,7 @@ import tornado.web
 import zmq.asyncio
 from tornado.log import app_log, gen_log
 
+from mesh.roles.binding import address_error
 from mesh.roles.cacheapi import (
     ApiError,
     Backend,
@@ -336,7 +337,10 @@ def serve(
         credentials=credentials,
     )
     ssl_options = tls_context(tls_cert, tls_key) if tls_cert else None
-    return HttpServer(app, host, port, ssl_options)
+    try:
+        return HttpServer(app, host, port, ssl_options)
+    except OSError as exc:
+        raise address_error("http", f"{host}:{port}", exc) from None
 
 
 def warn_if_open(host: str, token_file: str, what: str) -> None:

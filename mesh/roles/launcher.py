@@ -19,7 +19,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -29,6 +31,8 @@ from mesh.core.errors import PyCacheError, Timeout
 PR_SET_PDEATHSIG = 1
 STOP_GRACE_S = 10.0
 STDERR_TAIL_CHARS = 2000
+TEE_LINES = 50
+TEE_JOIN_S = 1.0
 
 
 def die_with_parent() -> None:
@@ -82,7 +86,10 @@ class ChildProcess:
     ``status_path`` is the JSON file the child writes (with its ``pid``);
     ``log_path`` receives its stderr (appended across restarts; with
     ``stdout_to_log`` its stdout too, else stdout is discarded).  Without a
-    ``log_path`` the child shares this process's stdout and stderr.
+    ``log_path`` the child shares this process's stdout and stderr; with
+    ``tee_stderr`` too, its stderr is copied to ours line by line by a thread
+    that keeps the last lines for :meth:`stderr` (so ``pycache up`` can say why
+    a child exited).
     """
 
     def __init__(
@@ -91,11 +98,15 @@ class ChildProcess:
         status_path: Path | None = None,
         log_path: Path | None = None,
         stdout_to_log: bool = False,
+        tee_stderr: bool = False,
     ) -> None:
         self.name = name
         self.status_path = status_path
         self.log_path = log_path
         self.stdout_to_log = stdout_to_log
+        self.tee_stderr = tee_stderr and log_path is None
+        self._tail: deque[str] = deque(maxlen=TEE_LINES)
+        self._tee: threading.Thread | None = None
         self.process: subprocess.Popen | None = None
         self.started = 0.0  # perf_counter() at the last start
 
@@ -122,10 +133,24 @@ class ChildProcess:
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
-            stderr=log,
+            stderr=subprocess.PIPE if self.tee_stderr else log,
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
+        if self.tee_stderr:
+            self._tail.clear()
+            self._tee = threading.Thread(
+                target=self._copy_stderr, args=(self.process.stderr,), daemon=True
+            )
+            self._tee.start()
+
+    def _copy_stderr(self, pipe: IO[bytes]) -> None:
+        """The tee thread: copy the child's stderr to ours, keeping the last lines."""
+        with pipe:
+            for line in pipe:
+                self._tail.append(line.decode(errors="replace"))
+                sys.stderr.buffer.write(line)
+                sys.stderr.flush()
 
     # ------------------------------------------------------------------ state
 
@@ -220,7 +245,14 @@ class ChildProcess:
     # ------------------------------------------------------------------ stderr
 
     def stderr(self) -> str:
-        """Everything the process (and its earlier runs) wrote to the log file."""
+        """Everything the process (and its earlier runs) wrote to the log file.
+
+        With ``tee_stderr``: the last lines of this run (all of them once it exited).
+        """
+        if self._tee is not None:
+            if self.poll() is not None:
+                self._tee.join(TEE_JOIN_S)  # the last lines may still be in the pipe
+            return "".join(self._tail)
         if self.log_path is None or not self.log_path.exists():
             return ""
         return self.log_path.read_text(errors="replace")

@@ -43,6 +43,7 @@ from mesh.core.errors import ProtocolError
 from mesh.core.mutation import encode_records
 from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
+from mesh.roles.binding import bind
 from mesh.roles.clientplane import protect
 from mesh.roles.config import NodeConfig
 from mesh.roles.node_status import cluster, health, stats, write_status_file
@@ -223,7 +224,7 @@ class Node:
             self._zap,
             lambda: ZapHandler(self.ctx, log_refused()),
         )
-        sock.bind(self.config.api)
+        bind(sock, "api", self.config.api)
         self._api, self._raw_api = sock, zmq.Socket.shadow(sock.underlying)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._http_backend = self.endpoint

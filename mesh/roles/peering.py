@@ -36,6 +36,7 @@ import zmq.asyncio
 from mesh.core import peerwire
 from mesh.core.clock import monotonic_ms
 from mesh.core.replication import READY, STARTUP_TIMEOUT_MS, Replica
+from mesh.roles.binding import bind
 from mesh.roles.repl_server import ReplServer, read_message
 from mesh.roles.trust import (
     PUB_DOMAIN,
@@ -101,11 +102,11 @@ class Peering:
         self.pub = self._socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
         self._secure(self.pub, PUB_DOMAIN)
-        self.pub.bind(pub)
+        bind(self.pub, "pub", pub)
         self.repl = self._socket(zmq.ROUTER)
         self.repl.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._secure(self.repl, REPL_DOMAIN)
-        self.repl.bind(repl)
+        bind(self.repl, "repl", repl, on_error=self.pub.close)
         self.sub = self._socket(zmq.SUB)
         self._secure(self.sub)
         for prefix in peerwire.PEER_SUBSCRIPTIONS:  # not progress beats: PUB drops them

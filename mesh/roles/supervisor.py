@@ -24,7 +24,7 @@ from pathlib import Path
 from mesh.core.errors import PyCacheError, Timeout
 from mesh.roles.client import Client
 from mesh.roles.config import DEFAULT_HOST, NodeConfig, Ports
-from mesh.roles.launcher import STOP_GRACE_S, ChildProcess, mesh_argv, wait_for
+from mesh.roles.launcher import STOP_GRACE_S, ChildExited, ChildProcess, mesh_argv, wait_for
 from mesh.roles.trust import keygen
 from mesh.storage.datadir import write_atomically
 
@@ -42,6 +42,16 @@ class Child:
     argv: list[str]
     endpoints: dict[str, str]
     process: ChildProcess | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        """``node n2``, ``balancer``, ``edge``: how messages name it."""
+        return self.role if self.id == self.role else f"{self.role} {self.id}"
+
+    def exit_reason(self) -> str:
+        """The last line the child wrote on stderr, without its ``error:`` prefix."""
+        lines = self.process.stderr().strip().splitlines() if self.process else []
+        return lines[-1].removeprefix("error: ").strip() if lines else ""
 
     def describe(self) -> dict:
         """The cluster.json entry for this child."""
@@ -153,7 +163,28 @@ class Cluster:
         return Child("edge", "edge", argv, {"http": f"http://{self.host}:{self.ports.edge}"})
 
     def start(self, timeout: float = 60.0) -> None:
-        """Start the nodes, then the balancer and the edge; wait for each; write cluster.json."""
+        """Start the nodes, then the balancer and the edge; wait for each; write cluster.json.
+
+        A child that exits meanwhile ends the start at once: the error names it
+        and the last line of its stderr (a port taken, say).
+        """
+        try:
+            self._start(timeout)
+        except ChildExited:
+            raise self._start_failure() from None
+
+    def _start_failure(self) -> PyCacheError:
+        for child in self.children:
+            code = child.process.poll() if child.process else None
+            if code is not None:
+                reason = child.exit_reason()
+                return PyCacheError(
+                    f"{child.name} exited with code {code} during start"
+                    + (f": {reason}" if reason else "")
+                )
+        return PyCacheError("a child exited during start")
+
+    def _start(self, timeout: float) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # The peer plane's keys: made on the first start, the same ones ever after.
         keygen(self.keys, [child.id for child in self.nodes])
@@ -185,7 +216,8 @@ class Cluster:
 
     @staticmethod
     def _spawn(child: Child, status: Path) -> None:
-        child.process = ChildProcess(child.id, status_path=status).start(child.argv)
+        child.process = ChildProcess(child.name, status_path=status, tee_stderr=True)
+        child.process.start(child.argv)
 
     def write_layout(self) -> None:
         """Write ``<data-dir>/cluster.json`` (see the module docstring)."""
