@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -131,12 +134,41 @@ def _stop_up(up) -> int:
         up.stdout.close()
 
 
+def _follow(up) -> queue.Queue:
+    """The lines ``up`` prints from now on, each with when it came, read by a thread."""
+    lines: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        for line in up.stdout:
+            lines.put((time.monotonic(), line))
+        lines.put(None)  # the end
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _expect_line(lines: queue.Queue, text: str, timeout: float) -> float:
+    """When the next line holding ``text`` came, within ``timeout`` s (others are skipped)."""
+    deadline = time.monotonic() + timeout
+    seen = []
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            item = lines.get(timeout=left)
+        except queue.Empty:
+            break
+        if item is None:
+            break
+        seen.append(item[1])
+        if text in item[1]:
+            return item[0]
+    pytest.fail(f"up did not print {text!r} within {timeout} s; it printed {seen}")
+
+
 @pytest.mark.processes
 @pytest.mark.timeout(180)
-def test_up_starts_reports_survives_a_dead_child_and_comes_back(tmp_path):
+def test_up_starts_reports_restarts_a_dead_child_and_comes_back(tmp_path):
     data = tmp_path / "cluster"
     up, procs = _start_up(data)
-    restarted = None
     try:
         assert [p["role"] for p in procs] == ["node"] * 3 + ["balancer", "edge"]
         assert all(p["argv"][:3] == [sys.executable, "-m", "mesh"] for p in procs)
@@ -148,30 +180,42 @@ def test_up_starts_reports_survives_a_dead_child_and_comes_back(tmp_path):
         edge = procs[4]["endpoints"]["http"]
         with urllib.request.urlopen(f"{edge}/api/cache/k/", timeout=5) as reply:
             assert json.loads(reply.read())["payload"]["value"] == "v"
-        # A child that dies is reported, not restarted; the rest keeps serving.
+        lines = _follow(up)
+        # A node that dies is started again within 2 s, with its own argv; it catches up.
+        killed = time.monotonic()
         os.kill(procs[1]["pid"], signal.SIGKILL)
-        assert "n2 exited" in next(line for line in up.stdout if "exited" in line)
+        _expect_line(lines, "node n2 exited with code -9; restarting (attempt 1)", 5)
         with Client(procs[3]["endpoints"]["front"], timeout=5) as c:
             assert c.set("k2", "v2") is True
-            # Started again by hand with its own argv, it catches up.
-            restarted = subprocess.Popen(
-                procs[1]["argv"],
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-            with Client(procs[1]["endpoints"]["api"], timeout=1) as n2:
-                wait_for(lambda: n2.get("k2") == b"v2", 15, "the restarted n2 to catch up")
-        assert _stop_up(up) == 0
-        for p in procs:
-            if p["id"] != "n2":
-                wait_for(lambda p=p: not _alive(p["pid"]), 10, f"{p['id']} to be gone")
+        assert _expect_line(lines, "node n2 restarted: pid", 5) - killed <= 2.0
+        with Client(procs[1]["endpoints"]["api"], timeout=1) as n2:
+            wait_for(lambda: n2.get("k2") == b"v2", 15, "the restarted n2 to catch up")
+        # So is the balancer, on its port: the edge serves again.
+        killed = time.monotonic()
+        os.kill(procs[3]["pid"], signal.SIGKILL)
+        _expect_line(lines, "balancer exited with code -9; restarting (attempt 1)", 5)
+        assert _expect_line(lines, "balancer restarted: pid", 5) - killed <= 2.0
+
+        def edge_serves() -> bool:
+            with urllib.request.urlopen(f"{edge}/api/cache/k2/", timeout=2) as reply:
+                return json.loads(reply.read())["payload"]["value"] == "v2"
+
+        wait_for(edge_serves, 15, "the edge to serve again through the restarted balancer")
+        now = json.loads((data / "cluster.json").read_text())["processes"]
+        assert [p["argv"] for p in now] == [p["argv"] for p in procs]
+        assert [p["pid"] == q["pid"] for p, q in zip(now, procs, strict=True)] == [
+            True,
+            False,
+            True,
+            False,
+            True,
+        ]
+        assert _stop_up(up) == 0  # a clean stop restarts nothing
+        for p in now:
+            wait_for(lambda p=p: not _alive(p["pid"]), 10, f"{p['id']} to be gone")
     finally:
         if up.poll() is None:
             _stop_up(up)
-        if restarted is not None:
-            restarted.send_signal(signal.SIGTERM)
-            restarted.wait(15)
     # The same data folder comes back with the data.
     up, procs = _start_up(data)
     try:

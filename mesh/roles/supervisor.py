@@ -3,10 +3,14 @@
 Each child is started by :mod:`mesh.roles.launcher`: in its own session (so a
 terminal Ctrl-C reaches only this supervisor, which then stops the children in
 order) and with ``PR_SET_PDEATHSIG`` so that no child outlives a supervisor
-that was killed.  The children share the supervisor's stdout and stderr.
-A child that dies is reported, not restarted: the others keep running.  The
-layout is written to ``<data-dir>/cluster.json`` so that a user or a script can
-kill one process and start it again with its own ``argv``.
+that was killed.  The children share the supervisor's stdout, and their
+stderr is copied to its stderr line by line (so that a child that exits
+during the start is named with the last line it wrote: ``up`` then stops the
+others and fails at once).  Once up, a child that exits is started again with
+its own ``argv`` (its ports, its data folder: a node catches up as usual),
+after a backoff (:mod:`mesh.roles.restarts`: 1 s, then 2, 4, ... 30 s, reset
+once it ran 30 s), each restart printed; a clean stop restarts nothing.  The
+layout (with the current pids) is written to ``<data-dir>/cluster.json``.
 """
 
 from __future__ import annotations
@@ -25,12 +29,15 @@ from mesh.core.errors import PyCacheError, Timeout
 from mesh.roles.client import Client
 from mesh.roles.config import DEFAULT_HOST, NodeConfig, Ports
 from mesh.roles.launcher import STOP_GRACE_S, ChildExited, ChildProcess, mesh_argv, wait_for
+from mesh.roles.restarts import Backoff
 from mesh.roles.trust import keygen
 from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORTS = Ports()
+#: How often the children are looked at once the cluster is up.
+WATCH_S = 0.2
 
 
 @dataclass
@@ -42,6 +49,7 @@ class Child:
     argv: list[str]
     endpoints: dict[str, str]
     process: ChildProcess | None = field(default=None, repr=False)
+    backoff: Backoff = field(default_factory=Backoff, repr=False)
 
     @property
     def name(self) -> str:
@@ -218,6 +226,7 @@ class Cluster:
     def _spawn(child: Child, status: Path) -> None:
         child.process = ChildProcess(child.name, status_path=status, tee_stderr=True)
         child.process.start(child.argv)
+        child.backoff.started(time.monotonic())
 
     def write_layout(self) -> None:
         """Write ``<data-dir>/cluster.json`` (see the module docstring)."""
@@ -308,10 +317,30 @@ class Cluster:
             echo("stopped")
 
     def _watch(self, echo: Callable[[str], None]) -> None:
-        reported: set[str] = set()
-        while not self._stop.wait(0.2):
+        """Until a signal: start again every child that exited, when its backoff allows."""
+        while not self._stop.wait(WATCH_S):
             for child in self.children:
-                code = child.process.poll() if child.process else None
-                if code is not None and child.id not in reported:
-                    reported.add(child.id)
-                    echo(f"{child.role} {child.id} exited with code {code}; not restarted")
+                self._supervise(child, echo)
+
+    def _supervise(self, child: Child, echo: Callable[[str], None]) -> None:
+        process = child.process
+        assert process is not None
+        now = time.monotonic()
+        if child.backoff.due_at is None:
+            code = process.poll()
+            if code is not None:
+                attempt, delay = child.backoff.exited(now)
+                echo(
+                    f"{child.name} exited with code {code}; "
+                    f"restarting (attempt {attempt}) in {delay:g} s"
+                )
+        elif child.backoff.due(now) and not self._stop.is_set():
+            try:
+                process.start(child.argv)
+            except OSError as exc:  # could not even run it: try again later
+                child.backoff.exited(now)
+                echo(f"{child.name} could not be restarted: {exc}")
+                return
+            child.backoff.started(now)
+            echo(f"{child.name} restarted: pid {process.pid}")
+            self.write_layout()
