@@ -72,7 +72,7 @@ from mesh.roles.clientplane import connect_as, optional_credentials, protect
 from mesh.roles.config import BalancerConfig
 from mesh.roles.routing import Link, Pending, Pool, bundle_messages, inflight_key
 from mesh.roles.trust import AnyZapHandler, ThreadZapHandler, log_refused
-from mesh.roles.tuning import tune_gc
+from mesh.roles.tuning import raise_fd_limit, tune_gc
 from mesh.roles.zsock import recv_frames, send_frames, socket_fd
 from mesh.storage.datadir import write_atomically
 
@@ -487,6 +487,7 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
     ``status_file`` gets ``{"pid", "state", "front"}`` once the front is bound
     (with a ``*`` port, the port the OS picked).
     """
+    raise_fd_limit()
     tune_gc()
     ctx = zmq.Context()
     try:
