@@ -23,6 +23,7 @@ from mesh.cli.options import (
     insecure_option,
     int_option,
     log_level_option,
+    seconds_option,
     setup_logging,
     valid_config,
 )
@@ -188,6 +189,26 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
 @token_file_option
 @tls_cert_option
 @tls_key_option
+@int_option(
+    "--http-max-connections",
+    NodeConfig.http_max_connections,
+    "PYCACHE_HTTP_MAX_CONNECTIONS",
+    "Most open HTTP connections; past it the longest idle are closed"
+    " (0: the open-file limit less 128).",
+)
+@seconds_option(
+    "--http-idle-timeout",
+    NodeConfig.http_idle_timeout,
+    "PYCACHE_HTTP_IDLE_TIMEOUT",
+    "Seconds a connection may wait for a request's complete headers"
+    " (idle keep-alive, or slowloris).",
+)
+@seconds_option(
+    "--http-body-timeout",
+    NodeConfig.http_body_timeout,
+    "PYCACHE_HTTP_BODY_TIMEOUT",
+    "Seconds a request's body may take to arrive after its headers.",
+)
 @log_level_option
 def node(
     node_id: str,
@@ -223,6 +244,9 @@ def node(
     token_file: str,
     tls_cert: str,
     tls_key: str,
+    http_max_connections: int,
+    http_idle_timeout: float,
+    http_body_timeout: float,
     log_level: str,
 ) -> None:
     """Run one node until SIGTERM or Ctrl-C (then fsync and exit 0)."""
@@ -267,6 +291,9 @@ def node(
             token_file=token_file,
             tls_cert=tls_cert,
             tls_key=tls_key,
+            http_max_connections=http_max_connections,
+            http_idle_timeout=http_idle_timeout,
+            http_body_timeout=http_body_timeout,
         )
     )
     errors_to_exit_codes(run_node)(config)

@@ -17,6 +17,7 @@ import click
 from mesh.cli.exits import EXIT_ERROR, fail
 from mesh.core.errors import ConfigError
 from mesh.roles.config import NodeConfig
+from mesh.roles.tuning import RepeatFilter
 from mesh.storage.log import FSYNC_POLICIES
 
 
@@ -29,11 +30,24 @@ def valid_config(make_config: Callable[[], Any]) -> Any:
 
 
 def setup_logging(level: str, name: str) -> None:
-    """Log to stderr as ``<time> <name> <level> <logger>: <message>``."""
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
+    """Log to stderr as ``<time> <name> <level> <logger>: <message>``.
+
+    A warning or error repeated within 10 s is logged once, then with a count
+    (:class:`mesh.roles.tuning.RepeatFilter`): a failure in a loop cannot flood
+    the log.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+    )
+    handler.addFilter(RepeatFilter())
+    logging.basicConfig(level=level.upper(), handlers=[handler])
+
+
+def seconds_option(flag: str, default: float, envvar: str, help: str) -> Callable[[Any], Any]:
+    """A number of seconds with its default shown and its environment variable."""
+    return click.option(
+        flag, type=float, default=default, show_default=True, envvar=envvar, help=help
     )
 
 

@@ -24,6 +24,7 @@ from mesh.cli.options import (
     insecure_option,
     int_option,
     log_level_option,
+    seconds_option,
     setup_logging,
     valid_config,
 )
@@ -181,6 +182,26 @@ def balancer(
 @tls_key_option
 @client_key_option
 @server_key_option
+@int_option(
+    "--max-connections",
+    EdgeConfig.max_connections,
+    "PYCACHE_EDGE_MAX_CONNECTIONS",
+    "Most open HTTP connections; past it the longest idle are closed"
+    " (0: the open-file limit less 128).",
+)
+@seconds_option(
+    "--idle-timeout",
+    EdgeConfig.idle_timeout,
+    "PYCACHE_EDGE_IDLE_TIMEOUT",
+    "Seconds a connection may wait for a request's complete headers"
+    " (idle keep-alive, or slowloris).",
+)
+@seconds_option(
+    "--body-timeout",
+    EdgeConfig.body_timeout,
+    "PYCACHE_EDGE_BODY_TIMEOUT",
+    "Seconds a request's body may take to arrive after its headers.",
+)
 @log_level_option
 def edge(
     host: str,
@@ -195,6 +216,9 @@ def edge(
     tls_key: str,
     client_key: str,
     server_key: str,
+    max_connections: int,
+    idle_timeout: float,
+    body_timeout: float,
     log_level: str,
 ) -> None:
     """Run the HTTP edge (the seed's REST API) until SIGTERM or Ctrl-C (then exit 0)."""
@@ -215,6 +239,9 @@ def edge(
             tls_key=tls_key,
             client_key=client_key,
             server_key=server_key,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            body_timeout=body_timeout,
         )
     )
     errors_to_exit_codes(run_edge)(config)

@@ -73,7 +73,7 @@ from mesh.roles.clientplane import connect_as, optional_credentials, protect
 from mesh.roles.config import BalancerConfig
 from mesh.roles.routing import Link, Pending, Pool, bundle_messages, inflight_key
 from mesh.roles.trust import AnyZapHandler, ThreadZapHandler, log_refused
-from mesh.roles.tuning import tune_gc
+from mesh.roles.tuning import raise_fd_limit, tune_gc
 from mesh.roles.zsock import recv_frames, send_frames, socket_fd
 from mesh.storage.datadir import write_atomically
 
@@ -276,10 +276,8 @@ class Balancer:
         retry: list[Pending] = []
         for link, items in per_link.values():
             unsent, failed = self._send_items(link, items)
-            for pending in unsent:
-                link.inflight.pop(
-                    inflight_key(pending), None
-                )  # never sent: safe to send elsewhere now
+            for pending in unsent:  # never sent: safe to send elsewhere now
+                link.inflight.pop(inflight_key(pending), None)
             retry += unsent
             if failed:
                 self._drop(link, now, "unreachable")
@@ -484,6 +482,7 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
     ``status_file`` gets ``{"pid", "state", "front"}`` once the front is bound
     (with a ``*`` port, the port the OS picked).
     """
+    raise_fd_limit()
     tune_gc()
     ctx = zmq.Context()
     try:

@@ -42,6 +42,10 @@ DEFAULT_EDGE_PORT = 5000
 #: The first node's HTTP port in a local cluster (``pycache up``).
 DEFAULT_NODE_HTTP_PORT = 8001
 DEFAULT_EDGE_TIMEOUT = 5.0
+#: Seconds an HTTP connection may wait for a request's complete headers (idle or slowloris).
+DEFAULT_HTTP_IDLE_TIMEOUT = 60.0
+#: Seconds an HTTP request's body may take to arrive after its headers.
+DEFAULT_HTTP_BODY_TIMEOUT = 60.0
 #: ``NodeConfig.http_port`` value asking the OS for a free port (0 means no HTTP API).
 HTTP_PORT_ANY = -1
 #: How far a node's wall clock may drift from its peers' (as CockroachDB's --max-offset).
@@ -91,6 +95,9 @@ class NodeConfig:
         token_file: bearer tokens of the HTTP API (one per line); required
             for HTTP beyond loopback unless ``insecure``.
         tls_cert / tls_key: serve the HTTP API over TLS (PEM files, both or neither).
+        http_max_connections / http_idle_timeout / http_body_timeout: the HTTP
+            API's connection limits, as ``EdgeConfig``'s ``max_connections``,
+            ``idle_timeout`` and ``body_timeout``.
     """
 
     node_id: str
@@ -122,6 +129,9 @@ class NodeConfig:
     token_file: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    http_max_connections: int = 0
+    http_idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT
+    http_body_timeout: float = DEFAULT_HTTP_BODY_TIMEOUT
 
     def validate(self) -> NodeConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -158,6 +168,9 @@ class NodeConfig:
         if self.http_port and not self.http_host:
             raise ConfigError("http_host is required with http_port")
         check_range("max_clock_offset_ms", self.max_clock_offset_ms, 1, 3_600_000)
+        check_http_limits(
+            "http_", self.http_max_connections, self.http_idle_timeout, self.http_body_timeout
+        )
         self.limits.validate()
         self._validate_client_plane()
         if not self.keys and not self.insecure:
@@ -274,6 +287,11 @@ class EdgeConfig:
         client_key / server_key: the edge's client key (a ``.key_secret``
             file) and the backend's server key (file or Z85), when the backend
             requires CURVE.
+        max_connections: most open HTTP connections (0: the open-file limit
+            less 128; a larger value is lowered to that, with a warning).
+        idle_timeout: seconds a connection may wait for a request's complete
+            headers (an idle keep-alive connection, or slowloris headers).
+        body_timeout: seconds a request's body may take after its headers.
     """
 
     host: str = DEFAULT_EDGE_HOST
@@ -288,6 +306,9 @@ class EdgeConfig:
     tls_key: str = ""
     client_key: str = ""
     server_key: str = ""
+    max_connections: int = 0
+    idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT
+    body_timeout: float = DEFAULT_HTTP_BODY_TIMEOUT
 
     def validate(self) -> EdgeConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -298,11 +319,8 @@ class EdgeConfig:
             raise ConfigError("an edge needs a backend endpoint")
         for endpoint in self.backend:
             check_endpoint("backend", endpoint)
-        timeout = self.timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-            raise ConfigError(f"timeout must be a number of seconds, not {timeout!r}")
-        if not 0 < timeout <= 3600:
-            raise ConfigError(f"timeout must be in (0, 3600] seconds, not {timeout!r}")
+        check_seconds("timeout", self.timeout)
+        check_http_limits("", self.max_connections, self.idle_timeout, self.body_timeout)
         check_range("max_body_bytes", self.max_body_bytes, 1, 1024 * MIB)
         if self.token_file:
             load_tokens(self.token_file)
@@ -342,3 +360,18 @@ def check_endpoint(name: str, endpoint: str) -> None:
     """Raise ConfigError unless ``endpoint`` looks like a ZeroMQ endpoint."""
     if not isinstance(endpoint, str) or not ENDPOINT_RE.match(endpoint):
         raise ConfigError(f"{name} {endpoint!r} is not an endpoint like tcp://127.0.0.1:7001")
+
+
+def check_seconds(name: str, seconds: object) -> None:
+    """Raise ConfigError unless ``seconds`` is a number in (0, 3600]."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise ConfigError(f"{name} must be a number of seconds, not {seconds!r}")
+    if not 0 < seconds <= 3600:
+        raise ConfigError(f"{name} must be in (0, 3600] seconds, not {seconds!r}")
+
+
+def check_http_limits(prefix: str, max_connections: int, idle: float, body: float) -> None:
+    """Raise ConfigError on an HTTP connection cap or timeout out of range."""
+    check_range(prefix + "max_connections", max_connections, 0, 1 << 24)
+    check_seconds(prefix + "idle_timeout", idle)
+    check_seconds(prefix + "body_timeout", body)

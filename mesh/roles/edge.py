@@ -25,6 +25,10 @@ Protected mode (:mod:`mesh.roles.protected`): with bearer tokens configured
 ``/api/live/``, ``/api/ready/``) needs ``Authorization: Bearer <token>``, else
 401 with ``WWW-Authenticate: Bearer``; the check runs on the connection, before
 the request reaches any handler.  ``--tls-cert``/``--tls-key`` serve HTTPS.
+
+Connection limits (:mod:`mesh.roles.http_limits`): at most ``--max-connections``
+open (the longest idle closed to make room), ``--idle-timeout`` for a request's
+headers (idle keep-alive and slowloris alike), ``--body-timeout`` for its body.
 """
 
 from __future__ import annotations
@@ -38,12 +42,11 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from http import HTTPStatus
 from pathlib import Path
 
 import tornado
-import tornado.httpserver
 import tornado.httputil
 import tornado.netutil
 import tornado.web
@@ -60,7 +63,14 @@ from mesh.roles.cacheapi import (
     response_body,
 )
 from mesh.roles.clientplane import Credentials, optional_credentials
-from mesh.roles.config import DEFAULT_EDGE_TIMEOUT, HTTP_PORT_ANY, EdgeConfig, NodeConfig
+from mesh.roles.config import (
+    DEFAULT_EDGE_TIMEOUT,
+    DEFAULT_HTTP_BODY_TIMEOUT,
+    DEFAULT_HTTP_IDLE_TIMEOUT,
+    HTTP_PORT_ANY,
+    EdgeConfig,
+    NodeConfig,
+)
 from mesh.roles.http_handlers import (
     JSON_TYPE,
     CacheHandler,
@@ -72,6 +82,7 @@ from mesh.roles.http_handlers import (
     log_access,
     log_request,
 )
+from mesh.roles.http_limits import CappedHTTPServer, effective_max_connections
 from mesh.roles.protected import (
     bearer_ok,
     host_is_loopback,
@@ -79,7 +90,7 @@ from mesh.roles.protected import (
     load_tokens,
     tls_context,
 )
-from mesh.roles.tuning import tune_gc
+from mesh.roles.tuning import raise_fd_limit, tune_gc
 from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
@@ -139,6 +150,7 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
         headers: tornado.httputil.HTTPHeaders,
     ) -> Awaitable[None] | None:
         assert isinstance(start_line, tornado.httputil.RequestStartLine)
+        self.app.got_headers(self.server_conn)
         tokens = self.app.tokens
         if (
             tokens
@@ -243,6 +255,8 @@ class EdgeApp(tornado.web.Application):
         self.backend = backend
         self.max_body_bytes = max_body_bytes
         self.tokens = tuple(tokens)
+        #: told of each request whose headers are in (:meth:`CappedHTTPServer.got_headers`)
+        self.got_headers: Callable[[object], None] = lambda server_conn: None
         common = {"backend": backend}
         super().__init__(
             [
@@ -282,16 +296,38 @@ def make_app(
 class HttpServer:
     """A listening HTTP API: ``url`` once bound; ``await stop()`` closes it all.
 
-    ``ssl_options`` (an :class:`ssl.SSLContext`) serves HTTPS.
+    ``ssl_options`` (an :class:`ssl.SSLContext`) serves HTTPS; ``max_connections``
+    (0: the open-file limit's), ``idle_timeout`` and ``body_timeout``: see
+    :mod:`mesh.roles.http_limits`.
     """
 
     def __init__(
-        self, app: EdgeApp, host: str, port: int, ssl_options: ssl.SSLContext | None = None
+        self,
+        app: EdgeApp,
+        host: str,
+        port: int,
+        ssl_options: ssl.SSLContext | None = None,
+        *,
+        max_connections: int = 0,
+        idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT,
+        body_timeout: float = DEFAULT_HTTP_BODY_TIMEOUT,
     ) -> None:
         self.app = app
-        self.server = tornado.httpserver.HTTPServer(
-            EdgeServer(app), max_body_size=app.max_body_bytes, ssl_options=ssl_options
+        self.server = CappedHTTPServer(
+            EdgeServer(app),
+            max_body_size=app.max_body_bytes,
+            ssl_options=ssl_options,
+            idle_connection_timeout=idle_timeout,
+            body_timeout=body_timeout,
         )
+        self.server.max_connections = effective_max_connections(max_connections)
+        log.info(
+            "HTTP: at most %d connections, idle timeout %g s, body timeout %g s",
+            self.server.max_connections,
+            idle_timeout,
+            body_timeout,
+        )
+        app.got_headers = self.server.got_headers
         sockets = tornado.netutil.bind_sockets(port, host)
         self.server.add_sockets(sockets)
         self.port: int = sockets[0].getsockname()[1]
@@ -322,11 +358,15 @@ def serve(
     tls_cert: str = "",
     tls_key: str = "",
     credentials: Credentials | None = None,
+    max_connections: int = 0,
+    idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT,
+    body_timeout: float = DEFAULT_HTTP_BODY_TIMEOUT,
 ) -> HttpServer:
     """Start the HTTP API on ``host:port`` (0: the OS picks) in the running loop.
 
     ``token_file``: require its bearer tokens; ``tls_cert``/``tls_key``: serve
-    HTTPS; ``credentials``: the CURVE key toward the backend (see :func:`make_app`).
+    HTTPS; ``credentials``: the CURVE key toward the backend (see :func:`make_app`);
+    ``max_connections``, ``idle_timeout``, ``body_timeout``: see :class:`HttpServer`.
     """
     app = make_app(
         backend_endpoint,
@@ -338,7 +378,15 @@ def serve(
     )
     ssl_options = tls_context(tls_cert, tls_key) if tls_cert else None
     try:
-        return HttpServer(app, host, port, ssl_options)
+        return HttpServer(
+            app,
+            host,
+            port,
+            ssl_options,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            body_timeout=body_timeout,
+        )
     except OSError as exc:
         raise address_error("http", f"{host}:{port}", exc) from None
 
@@ -371,6 +419,9 @@ def serve_node_http(config: NodeConfig, backend: str, context: zmq.asyncio.Conte
         token_file=config.token_file,
         tls_cert=config.tls_cert,
         tls_key=config.tls_key,
+        max_connections=config.http_max_connections,
+        idle_timeout=config.http_idle_timeout,
+        body_timeout=config.http_body_timeout,
     )
     warn_if_open(config.http_host, config.token_file, "the HTTP API")
     log.info("node %s serves HTTP on %s", config.node_id, http.url)
@@ -384,6 +435,7 @@ def run_edge(config: EdgeConfig) -> None:
     once listening (the bound port, when the OS picked it).
     """
     config.validate()
+    raise_fd_limit()
     tune_gc()
 
     async def main() -> None:
@@ -401,6 +453,9 @@ def run_edge(config: EdgeConfig) -> None:
             tls_cert=config.tls_cert,
             tls_key=config.tls_key,
             credentials=optional_credentials(config.client_key, config.server_key),
+            max_connections=config.max_connections,
+            idle_timeout=config.idle_timeout,
+            body_timeout=config.body_timeout,
         )
         warn_if_open(config.host, config.token_file, "the edge")
         try:

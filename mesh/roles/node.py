@@ -49,7 +49,7 @@ from mesh.roles.config import NodeConfig
 from mesh.roles.node_status import cluster, health, stats, write_status_file
 from mesh.roles.peering import Peering
 from mesh.roles.trust import AnyZapHandler, ZapHandler, log_refused, peer_trust, start_peer_zap
-from mesh.roles.tuning import CatchUpGc, tune_gc, tune_malloc
+from mesh.roles.tuning import CatchUpGc, raise_fd_limit, tune_gc, tune_malloc
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
 from mesh.storage.datadir import (
     lock_data_dir,
@@ -481,6 +481,7 @@ class Node:
 def run_node(config: NodeConfig) -> None:
     """Run a node in this process until SIGTERM or SIGINT; returns after a clean stop."""
 
+    raise_fd_limit()
     tune_gc()
     tune_malloc()
 

@@ -1,16 +1,29 @@
-"""Process tuning of the serving roles: the cyclic garbage collector and glibc's malloc.
+"""Process tuning of the serving roles: the garbage collector, glibc's malloc, open files, logs.
 
-Each role's ``run_*`` calls :func:`tune_gc` (and a node :func:`tune_malloc`)
-at start-up; a node pauses the collector while it catches up
-(:class:`CatchUpGc`).
+Each role's ``run_*`` calls :func:`tune_gc` and :func:`raise_fd_limit` (and a
+node :func:`tune_malloc`) at start-up; a node pauses the collector while it
+catches up (:class:`CatchUpGc`).  The command line puts a :class:`RepeatFilter`
+on the log handler, so that a warning or error repeated in a loop cannot flood
+the log.
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import logging
+import resource
+import time
+from collections.abc import Callable
 
 from mesh.core.limits import MIB
+
+log = logging.getLogger(__name__)
+
+#: the soft open-file limit is raised to the hard one, but not past this (when the hard is huge)
+FD_LIMIT_CAP = 65_536
+#: a warning or error line repeated within this many seconds is held back (and counted)
+LOG_REPEAT_INTERVAL_S = 10.0
 
 #: the collector's generation-0 threshold in the serving roles (CPython's default: 700)
 GC_GEN0_THRESHOLD = 5_000
@@ -83,3 +96,67 @@ class CatchUpGc:
             self._paused = False
             gc.freeze()
             gc.enable()
+
+
+def raise_fd_limit(cap: int = FD_LIMIT_CAP) -> int:
+    """Raise the soft RLIMIT_NOFILE toward the hard limit (at most ``cap``); the soft limit now.
+
+    As Redis and nginx do: the usual soft limit of 1024 is a few hundred
+    clients on the HTTP port.  A soft limit already above ``cap`` is kept.
+    The result is logged; the HTTP servers cap their connections below it
+    (:func:`mesh.roles.http_limits.default_max_connections`).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            log.warning(
+                "open files: soft limit %d kept, raising it to %d failed: %s", soft, target, exc
+            )
+            return soft
+        log.info("open files: soft limit raised from %d to %d (hard limit %s)", soft, target, hard)
+        return target
+    log.info("open files: soft limit %s (hard limit %s)", soft, hard)
+    return soft
+
+
+class RepeatFilter(logging.Filter):
+    """Let a repeated warning or error through at most once per ``interval`` seconds.
+
+    A line counts as repeated when its logger, level and formatted message
+    are the same (its traceback is not compared).  The first one passes;
+    the next ones within ``interval`` s are dropped and counted; the first
+    one after it passes with ``(N more like it suppressed in the last S s)``.
+    Lines below WARNING (the access log among them) always pass, unread.
+    """
+
+    def __init__(
+        self, interval: float = LOG_REPEAT_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._seen: dict[tuple[str, int, str], list[float]] = {}  # key: [passed at, suppressed]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        key = (record.name, record.levelno, message)
+        now = self.clock()
+        seen = self._seen.get(key)
+        if seen is not None and now - seen[0] < self.interval:
+            seen[1] += 1
+            return False
+        if seen is not None and seen[1]:
+            record.msg = (
+                f"{message} ({int(seen[1])} more like it suppressed in the last "
+                f"{self.interval:g} s)"
+            )
+            record.args = None
+        if len(self._seen) >= 1024:  # forget lines not seen for an interval
+            self._seen = {k: v for k, v in self._seen.items() if now - v[0] < self.interval}
+        self._seen[key] = [now, 0]
+        return True
