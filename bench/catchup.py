@@ -3,6 +3,7 @@
     python bench/catchup.py [--mutations 200000] [--runs 5] [--json PATH]
         [--stop term|kill] [--fsync always|interval|never] [--lag-rate 10000]
         [--lag-seconds 10] [--lag-runs 1] [--redis-runs N] [--skip idle,catchup,lag]
+        [--peer-plane curve|insecure|curve,insecure]
 
 Every run starts a fresh three-node mesh (separate ``python -m mesh node``
 processes on 127.0.0.1, ``--fsync always`` by default) and writes 1,000 keys
@@ -55,6 +56,16 @@ backlog) of a replica restarted after missing ``--mutations`` writes, and the
 full sync of a replica with an empty folder, both timed from process start
 to in sync.  Otherwise the quoted Redis figures are shown.
 
+The nodes' peer plane runs on CURVE (``--peer-plane curve``, the default: what
+users get; the lag observer subscribes with an observer key) or without it
+(``--peer-plane insecure``: the nodes get ``--insecure``, the observer a plain
+SUB).  With both, ``--peer-plane curve,insecure``, every catch-up run and every
+lag run is made once per side, the sides alternating (A B, B A, A B, ...),
+each on a fresh mesh; the first side's table is printed as usual, then one
+comparing the two (medians, min and max per side, and the ratio CURVE /
+insecure of the medians; issue 17: goal >= 0.9x).  The idle restart and Redis
+are measured on the first side only.
+
 Targets (issue 3, item 10): catch-up >= 200,000 entries/s, full sync >=
 150,000 entries/s, lag p99 < 10 ms at 10,000 writes/s over three nodes.  For
 reference, a Redis replica measured when the targets were set resyncs 1M keys
@@ -105,6 +116,8 @@ STATS_TIMEOUT_S = 10.0
 TARGET_CATCHUP = 200_000
 TARGET_FULL = 150_000
 TARGET_LAG_P99_MS = 10.0
+TARGET_CURVE = 0.9  # issue 17: with CURVE on the peer plane / without
+PLANES = ("curve", "insecure")
 REDIS_REFERENCE = {"partial": 900_000, "full": 500_000}
 
 RECOVERED_RE = re.compile(r"recovered (\d+) entries in ([0-9.]+) s")
@@ -173,7 +186,9 @@ def _percentile(samples: list[float], q: float) -> float:
 class NodeProc:
     """One ``python -m mesh node`` process, restartable on the endpoints it bound."""
 
-    def __init__(self, node_id: str, root: Path, log_level: str, fsync: str, keys: Path) -> None:
+    def __init__(
+        self, node_id: str, root: Path, log_level: str, fsync: str, keys: Path | None
+    ) -> None:
         self.node_id = node_id
         self.keys = keys
         self.fsync = fsync
@@ -200,7 +215,8 @@ class NodeProc:
         """Start the process (on the endpoints of its last run, if any)."""
         argv = mesh_argv("node", "--id", self.node_id)
         argv += ["--data-dir", str(self.data_dir), "--log-level", self.log_level]
-        argv += ["--fsync", self.fsync, "--keys", str(self.keys)]
+        argv += ["--fsync", self.fsync]
+        argv += ["--keys", str(self.keys)] if self.keys is not None else ["--insecure"]
         for name in ("api", "repl", "pub"):
             argv += [f"--{name}", self.endpoints[name]]
         if peers:
@@ -254,12 +270,20 @@ class NodeProc:
 
 
 class Mesh:
-    """Three nodes; node i names the repl endpoints of the nodes before it."""
+    """Three nodes; node i names the repl endpoints of the nodes before it.
 
-    def __init__(self, root: Path, args: argparse.Namespace, size: int = 3) -> None:
-        self.keys = root / "keys"
+    Their peer plane is CURVE with a keys folder of the mesh's own, or, with
+    ``plane="insecure"``, unauthenticated and plain (``keys`` is then None).
+    """
+
+    def __init__(
+        self, root: Path, args: argparse.Namespace, size: int = 3, plane: str = "curve"
+    ) -> None:
         ids = [f"n{i + 1}" for i in range(size)]
-        keygen(self.keys, ids, observers=[LAG_METER])
+        self.keys: Path | None = None
+        if plane == "curve":
+            self.keys = root / "keys"
+            keygen(self.keys, ids, observers=[LAG_METER])
         self.nodes = [NodeProc(i, root, args.log_level, args.fsync, self.keys) for i in ids]
 
     def start(self) -> None:
@@ -347,12 +371,16 @@ def write_mutations(apis: list[str], count: int, batch: int, prefix: str) -> flo
 # ---------------------------------------------------------------------- catch-up and full sync
 
 
-def one_run(root: Path, args: argparse.Namespace, run: int) -> dict:
+def _folder(name: str, plane: str) -> str:
+    return name if plane == "curve" else f"{name}-{plane}"
+
+
+def one_run(root: Path, args: argparse.Namespace, run: int, plane: str = "curve") -> dict:
     """A fresh mesh: warm up, catch-up of node 3, then a full sync of node 3.
 
     A phase after which the nodes do not converge is recorded as ``{"error": ...}``.
     """
-    mesh = Mesh(root / f"run{run}", args)
+    mesh = Mesh(root / _folder(f"run{run}", plane), args, plane=plane)
     result: dict[str, dict] = {}
     try:
         mesh.start()
@@ -419,9 +447,9 @@ def restart_timed(mesh: Mesh, what: str, entries: int) -> dict:
     }
 
 
-def idle_restart(root: Path, args: argparse.Namespace) -> dict:
+def idle_restart(root: Path, args: argparse.Namespace, plane: str = "curve") -> dict:
     """The fixed cost: restart a node that missed nothing (interpreter, imports, HELLOs)."""
-    mesh = Mesh(root / "idle", args)
+    mesh = Mesh(root / _folder("idle", plane), args, plane=plane)
     try:
         mesh.start()
         for i, node in enumerate(mesh.nodes):
@@ -507,13 +535,19 @@ class LagObserver:
     """Subscribes to every node's PUB; turns batches and heartbeats into per-write lags."""
 
     def __init__(
-        self, ctx: zmq.Context, pubs: list[str], apis: list[str], warmup_s: float, keys: Path
+        self,
+        ctx: zmq.Context,
+        pubs: list[str],
+        apis: list[str],
+        warmup_s: float,
+        keys: Path | None,
     ) -> None:
         self.sub = ctx.socket(zmq.SUB)
-        # The PUB sockets admit members and observers only (mesh.roles.trust).
-        public, secret, server = load_observer_keys(keys, LAG_METER)
-        self.sub.curve_publickey, self.sub.curve_secretkey = public, secret
-        self.sub.curve_serverkey = server
+        if keys is not None:  # a plain SUB for a mesh started with --insecure
+            # The PUB sockets admit members and observers only (mesh.roles.trust).
+            public, secret, server = load_observer_keys(keys, LAG_METER)
+            self.sub.curve_publickey, self.sub.curve_secretkey = public, secret
+            self.sub.curve_serverkey = server
         self.sub.setsockopt(zmq.SUBSCRIBE, b"")
         self.sub.setsockopt(zmq.RCVHWM, 1_000_000)
         self.sub.setsockopt(zmq.LINGER, 0)
@@ -650,8 +684,8 @@ class LagObserver:
             sock.close()
 
 
-def lag_run(root: Path, args: argparse.Namespace, run: int) -> dict:
-    mesh = Mesh(root / f"lag{run}", args)
+def lag_run(root: Path, args: argparse.Namespace, run: int, plane: str = "curve") -> dict:
+    mesh = Mesh(root / _folder(f"lag{run}", plane), args, plane=plane)
     ctx = zmq.Context()
     load = None
     observer = None
@@ -910,6 +944,11 @@ def main() -> None:
     parser.add_argument("--log-level", default="INFO", help="of the nodes")
     parser.add_argument("--keep", action="store_true", help="keep the data folders and logs")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--peer-plane",
+        default="curve",
+        help="the nodes' peer plane: curve (default), insecure, or curve,insecure (A/B)",
+    )
     parser.add_argument("--load", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.load:
@@ -918,6 +957,19 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that finally: runs
     skip = set(filter(None, args.skip.split(",")))
+    planes = [p.strip() for p in args.peer_plane.split(",") if p.strip()]
+    if not planes or len(set(planes)) != len(planes) or not set(planes) <= set(PLANES):
+        raise SystemExit("--peer-plane: curve, insecure, or both (comma-separated)")
+    ab = len(planes) > 1
+    first = planes[0]
+
+    def turn(n: int) -> list[str]:
+        """The sides' order in round ``n``: A B, B A, A B, ..."""
+        return planes if n % 2 == 0 else planes[::-1]
+
+    def tag(plane: str) -> str:
+        return f" [{plane}]" if ab else ""
+
     root = Path(tempfile.mkdtemp(prefix="pycache-catchup-"))
     began = time.perf_counter()
     results: dict[str, Any] = {
@@ -927,7 +979,9 @@ def main() -> None:
         "stop": args.stop,
         "fsync": args.fsync,
         "loadavg_at_start": os.getloadavg(),
+        "peer_plane": first,
     }
+    by_plane: dict[str, dict[str, Any]] = {plane: {} for plane in planes[1:]}
     use_redis = args.redis_runs != 0 and shutil.which("redis-server") is not None
     redis_runs = args.runs if args.redis_runs is None else args.redis_runs
     redis: list[dict] = []
@@ -946,57 +1000,69 @@ def main() -> None:
     try:
         results["fsync_ms"] = fsync_latency_ms(root)
         if "idle" not in skip:
-            results["idle_restart"] = idle_restart(root, args)
+            results["idle_restart"] = idle_restart(root, args, first)
             print(
                 f"restart with nothing missed: ready in {results['idle_restart']['ready_s']:.3f} s"
             )
         if "catchup" not in skip:
-            runs: list[dict] = []
+            runs_of: dict[str, list[dict]] = {plane: [] for plane in planes}
 
-            def catchup_run() -> float:
-                runs.append(one_run(root, args, len(runs)))
+            def catchup_run(plane: str) -> None:
+                runs = runs_of[plane]
+                runs.append(one_run(root, args, len(runs), plane))
                 c, f = runs[-1].get("catchup", {}), runs[-1].get("full", {})
                 if "ready_s" in c:
                     print(
-                        f"run {len(runs)}/{args.runs}: wrote {c['write_ops_s']:,.0f} SETs/s; "
+                        f"run {len(runs)}/{args.runs}{tag(plane)}: wrote "
+                        f"{c['write_ops_s']:,.0f} SETs/s; "
                         f"catch-up {c['ready_s']:.2f} s = {c['entries_s']:,.0f}/s (replay "
                         f"{c['replay_s']} s, peers sent {c['served']})",
                         flush=True,
                     )
                 if "ready_s" in f:
                     print(
-                        f"run {len(runs)}/{args.runs}: full sync {f['ready_s']:.2f} s = "
-                        f"{f['entries_s']:,.0f}/s (peers sent {f['served']})",
+                        f"run {len(runs)}/{args.runs}{tag(plane)}: full sync "
+                        f"{f['ready_s']:.2f} s = {f['entries_s']:,.0f}/s "
+                        f"(peers sent {f['served']})",
                         flush=True,
                     )
-                if use_redis and len(redis) < redis_runs:  # interleaved: same machine load
+                # interleaved: same machine load
+                if plane == first and use_redis and len(redis) < redis_runs:
                     redis_once()
-                return c.get("entries_s", float("nan"))
 
-            median_of(args.runs, catchup_run)
-            results["catchup_runs"] = runs
+            for n in range(args.runs):
+                for plane in turn(n):
+                    catchup_run(plane)
+            results["catchup_runs"] = runs_of[first]
+            for plane in planes[1:]:
+                by_plane[plane]["catchup_runs"] = runs_of[plane]
         if "lag" not in skip:
-            lags: list[dict] = []
+            lags_of: dict[str, list[dict]] = {plane: [] for plane in planes}
 
-            def lag_once() -> float:
+            def lag_once(plane: str) -> None:
+                lags = lags_of[plane]
                 try:
-                    lags.append(lag_run(root, args, len(lags)))
+                    lags.append(lag_run(root, args, len(lags), plane))
                 except Diverged as exc:
-                    print(f"lag run {len(lags) + 1}: {exc}", flush=True)
+                    print(f"lag run {len(lags) + 1}{tag(plane)}: {exc}", flush=True)
                     lags.append({"error": str(exc)})
-                    return float("nan")
+                    return
                 lr = lags[-1]
                 print(
-                    f"lag run {len(lags)}/{args.lag_runs}: {lr['achieved_writes_s']:,.0f} "
+                    f"lag run {len(lags)}/{args.lag_runs}{tag(plane)}: "
+                    f"{lr['achieved_writes_s']:,.0f} "
                     f"writes/s; p50 {lr['p50_ms']:.2f} ms, p99 {lr['p99_ms']:.2f} ms, max "
                     f"{lr['max_ms']:.1f} ms ({lr['samples']:,} samples); probe p50 "
                     f"{lr['probe_p50_ms']:.2f} ms, p99 {lr['probe_p99_ms']:.2f} ms",
                     flush=True,
                 )
-                return lr["p99_ms"]
 
-            median_of(args.lag_runs, lag_once)
-            results["lag_runs"] = lags
+            for n in range(args.lag_runs):
+                for plane in turn(n):
+                    lag_once(plane)
+            results["lag_runs"] = lags_of[first]
+            for plane in planes[1:]:
+                by_plane[plane]["lag_runs"] = lags_of[plane]
             results["fsync_ms_after_lag"] = fsync_latency_ms(root)
         if use_redis and len(redis) < redis_runs:
             median_of(redis_runs - len(redis), redis_once)
@@ -1010,6 +1076,12 @@ def main() -> None:
             print(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+    if ab:
+        results["ab"] = {
+            "planes": planes,
+            "order": [turn(n) for n in range(max(args.runs, args.lag_runs))],
+            "by_plane": by_plane,
+        }
     results["runtime_s"] = time.perf_counter() - began
     results["loadavg_at_end"] = os.getloadavg()
     if report(results, args):
@@ -1030,7 +1102,52 @@ def _verdict(ok: bool) -> str:
 
 
 def report(results: dict, args: argparse.Namespace) -> list[str]:
-    """Print the table (mesh beside target and Redis), write the JSON; return the failures."""
+    """Print the table (mesh beside target and Redis), write the JSON; return the failures.
+
+    With two peer planes, the first's table, then one comparing the two.
+    """
+    rows, summary, failures = plane_rows(results, args)
+    disk = results["fsync_ms"]
+    rows.insert(0, ("disk: fdatasync p50 / p99 ms", f"{disk['p50']:.2f} / {disk['p99']:.2f}"))
+    load = results["loadavg_at_start"][0]
+    ab = results.get("ab")
+    plane = f", peer plane {results['peer_plane']}" if ab else ""
+    print_table(
+        f"catch-up, full sync, lag: medians of {args.runs} runs (lag: {args.lag_runs} x "
+        f"{args.lag_seconds:g} s), {len(VALUE)}-byte values, fsync={args.fsync}, {os.cpu_count()} "
+        f"CPUs, load average {load:.1f} at start, runtime {results['runtime_s']:.0f} s{plane}",
+        ["measure", "mesh", "target", "mesh/target", "verdict", "Redis", "mesh/Redis"],
+        [tuple(r) + ("",) * (7 - len(r)) for r in rows],
+    )
+    redis = results.get("redis_runs")
+    if redis:
+        kinds = ", ".join(r["partial_was"] for r in redis)
+        print(f"(Redis: {len(redis)} runs; the restarted replica's resyncs were: {kinds})")
+    if ab:
+        sides = {results["peer_plane"]: results, **ab["by_plane"]}
+        for name, side in ab["by_plane"].items():
+            _, side["summary"], side_failures = plane_rows(side, args)
+            failures += [f"{name}: {f}" for f in side_failures]
+        ab["comparison"] = compare_planes(sides, args, ab["order"])
+    results["summary"] = summary
+    results["failures"] = failures
+    results["targets"] = {
+        "catchup_entries_s": TARGET_CATCHUP,
+        "full_entries_s": TARGET_FULL,
+        "lag_p99_ms": TARGET_LAG_P99_MS,
+        "lag_writes_s": args.lag_rate,
+        "redis_quoted": REDIS_REFERENCE,
+    }
+    if ab:
+        results["targets"]["curve_over_insecure"] = TARGET_CURVE
+    write_json("catchup", results, args.json)
+    for failure in failures:
+        print(f"FAILED {failure}")
+    return failures
+
+
+def plane_rows(results: dict, args: argparse.Namespace) -> tuple[list[tuple], dict, list[str]]:
+    """The table's rows for one peer plane's runs, their summary, and what failed."""
     rows: list[tuple] = []
     summary: dict[str, Any] = {}
     failures: list[str] = []
@@ -1042,8 +1159,6 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
             return value, value
         return f"~{REDIS_REFERENCE[quoted]:,} (quoted)", REDIS_REFERENCE[quoted]
 
-    disk = results["fsync_ms"]
-    rows.append(("disk: fdatasync p50 / p99 ms", f"{disk['p50']:.2f} / {disk['p99']:.2f}"))
     if "idle_restart" in results:
         rows.append(("restart, nothing missed: s to ready", results["idle_restart"]["ready_s"]))
     runs = results.get("catchup_runs", [])
@@ -1125,30 +1240,87 @@ def report(results: dict, args: argparse.Namespace) -> list[str]:
                 ("  p50 ms, probe SET ack -> GET", _median(lags, "probe_p50_ms")),
                 ("  p99 ms, probe SET ack -> GET", _median(lags, "probe_p99_ms")),
             ]
-    load = results["loadavg_at_start"][0]
+    return rows, summary, failures
+
+
+def compare_planes(sides: dict[str, dict], args: argparse.Namespace, order: list) -> dict:
+    """Print each figure's median, min and max per peer plane and CURVE / insecure; return them.
+
+    The ratio is of the medians.  For the entries/s (wall clock), >= 0.9x is
+    issue 17's goal; the entries per CPU-second show where the cost lands, and
+    lags (lower is better) are shown without a verdict.
+    """
+    figures: list[tuple[str, str, Any]] = []  # (label, kind, value of one run or None)
+
+    def ok_runs(side: dict, key: str) -> list[dict]:
+        return [r[key] for r in side.get("catchup_runs", []) if "ready_s" in r.get(key, {})]
+
+    for key, label in (("catchup", f"catch-up of {args.mutations:,}"), ("full", "full sync")):
+        figures += [
+            (f"{label}: entries/s", "rate", lambda r, k=key: _phase(r, k, "entries_s")),
+            (
+                f"{label}: entries per CPU-s of node 3",
+                "cpu",
+                lambda r, k=key: _phase(r, k, "entries", "cpu_s"),
+            ),
+            (
+                f"{label}: entries per CPU-s of the 2 peers",
+                "cpu",
+                lambda r, k=key: _phase(r, k, "entries", "peer_cpu_s"),
+            ),
+        ]
+    figures += [
+        ("lag p50 ms (lower is better)", "lag", lambda r: r.get("p50_ms")),
+        ("lag p99 ms (lower is better)", "lag", lambda r: r.get("p99_ms")),
+    ]
+    rows: list[tuple] = []
+    out: dict[str, Any] = {}
+    a, b = "curve", "insecure"
+    for label, kind, value in figures:
+        per: dict[str, list[float]] = {}
+        for name, side in sides.items():
+            runs = side.get("lag_runs", []) if kind == "lag" else side.get("catchup_runs", [])
+            per[name] = [v for v in (value(r) for r in runs) if v is not None]
+        if not all(per.get(name) for name in (a, b)):
+            continue
+        med = {name: statistics.median(per[name]) for name in (a, b)}
+        ratio = med[a] / med[b]
+        verdict = f">= {TARGET_CURVE}x {_verdict(ratio >= TARGET_CURVE)}" if kind == "rate" else ""
+        out[label] = {
+            "ratio": ratio,
+            **{name: {"median": med[name], "runs": per[name]} for name in (a, b)},
+        }
+        rows.append(
+            (
+                label,
+                med[a],
+                min(per[a]),
+                max(per[a]),
+                med[b],
+                min(per[b]),
+                max(per[b]),
+                ratio,
+                verdict,
+            )
+        )
     print_table(
-        f"catch-up, full sync, lag: medians of {args.runs} runs (lag: {args.lag_runs} x "
-        f"{args.lag_seconds:g} s), {len(VALUE)}-byte values, fsync={args.fsync}, {os.cpu_count()} "
-        f"CPUs, load average {load:.1f} at start, runtime {results['runtime_s']:.0f} s",
-        ["measure", "mesh", "target", "mesh/target", "verdict", "Redis", "mesh/Redis"],
-        [tuple(r) + ("",) * (7 - len(r)) for r in rows],
+        f"peer plane A/B (issue 17): CURVE against --insecure, fresh mesh per run, "
+        f"sides alternating ({' '.join('/'.join(o) for o in order)})",
+        ["measure", "CURVE", "min", "max", "insecure", "min", "max", "CURVE/insecure", "goal"],
+        rows,
     )
-    if redis:
-        kinds = ", ".join(r["partial_was"] for r in redis)
-        print(f"(Redis: {len(redis)} runs; the restarted replica's resyncs were: {kinds})")
-    results["summary"] = summary
-    results["failures"] = failures
-    results["targets"] = {
-        "catchup_entries_s": TARGET_CATCHUP,
-        "full_entries_s": TARGET_FULL,
-        "lag_p99_ms": TARGET_LAG_P99_MS,
-        "lag_writes_s": args.lag_rate,
-        "redis_quoted": REDIS_REFERENCE,
-    }
-    write_json("catchup", results, args.json)
-    for failure in failures:
-        print(f"FAILED {failure}")
-    return failures
+    return out
+
+
+def _phase(run: dict, phase: str, numerator: str, cpu: str | None = None) -> float | None:
+    """One run's ``phase`` figure: ``numerator`` itself, or per CPU-second of ``cpu``."""
+    part = run.get(phase, {})
+    if "ready_s" not in part:
+        return None
+    if cpu is None:
+        return part[numerator]
+    seconds = part[cpu] if isinstance(part[cpu], float) else sum(part[cpu])
+    return part[numerator] / seconds if seconds else None
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python bench/throughput.py [--runs 3] [--seconds 4] [--connections 64] [--window 64]
         [--http-client auto|wrk|python] [--skip http,zmq,redis] [--json PATH]
+        [--peer-plane curve|insecure|curve,insecure]
 
 One run of the script starts, as separate processes on 127.0.0.1 (OS-picked
 ports): three replicating nodes (``fsync=always``, the default), a balancer
@@ -28,6 +29,16 @@ Every figure is the median of ``--runs`` runs of ``--seconds`` each; ours and
 its ceiling are measured alternately within each run and the ratio is the
 median of the per-run ratios.  Latency p50/p99 are medians over runs of each
 run's percentiles (client-side, from send to reply).
+
+The nodes' peer plane (replication: repl ROUTER/DEALER and PUB/SUB) runs on
+CURVE, as users get it (``--peer-plane curve``, the default), or without it
+(``--peer-plane insecure``: the nodes get ``--insecure``).  With both,
+``--peer-plane curve,insecure``, the figures above are measured on the
+first's mesh, and a second mesh with its own balancer runs beside it: the
+replicated SET through the balancer is then measured ``--runs`` times on each,
+the two sides alternating (A B, B A, A B, ...), and the table adds their ratio
+of medians (issue 17: goal >= 0.9x).  ``--skip http,zmq,redis --peer-plane
+curve,insecure`` measures that alone.
 
 Targets (issue 4, item 7): the edge >= 0.8x the bare Tornado handler; the
 balancer >= 0.6x ``zmq.proxy``; replicated SETs through the balancer with 64
@@ -90,6 +101,8 @@ REDIS_CLIENTS = 50
 TARGET_EDGE = 0.8
 TARGET_BALANCER = 0.6
 TARGET_REDIS = 0.2
+TARGET_CURVE = 0.9  # issue 17: replicated SETs with CURVE on the peer plane / without
+PLANES = ("curve", "insecure")
 HERE = Path(__file__).resolve().parent
 
 # ---------------------------------------------------------------------- ceilings (child modes)
@@ -509,6 +522,11 @@ def main() -> None:
     parser.add_argument("--http-client", choices=["auto", "wrk", "python"], default="auto")
     parser.add_argument("--skip", default="", help="comma-separated: http, zmq, redis")
     parser.add_argument("--json", default=None, help="output (default bench/results/...)")
+    parser.add_argument(
+        "--peer-plane",
+        default="curve",
+        help="the nodes' peer plane: curve (default), insecure, or curve,insecure (A/B)",
+    )
     parser.add_argument("--serve-proxy", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--serve-tornado", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -518,6 +536,9 @@ def main() -> None:
         return serve_tornado(args.serve_tornado)
 
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
+    planes = [p.strip() for p in args.peer_plane.split(",") if p.strip()]
+    if not planes or len(set(planes)) != len(planes) or not set(planes) <= set(PLANES):
+        raise SystemExit("--peer-plane: curve, insecure, or both (comma-separated)")
     client = args.http_client
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "python"
@@ -529,21 +550,24 @@ def main() -> None:
     do_redis = "redis" not in skip and redis_ok and "zmq" not in skip
 
     measurements = 4 * ("http" not in skip) + 6 * ("zmq" not in skip) + 2 * do_redis
+    measurements += len(planes) * (len(planes) > 1)
     planned = measurements * args.runs * args.seconds + 2 * ("http" not in skip)  # + warm-ups
     print(
         f"{measurements} figures x {args.runs} runs x {args.seconds:g} s "
-        f"(about {planned / 60:.1f} min of load); {os.cpu_count()} CPUs, HTTP load: {client}"
+        f"(about {planned / 60:.1f} min of load); {os.cpu_count()} CPUs, HTTP load: {client}; "
+        f"peer plane: {' and '.join(planes)}"
     )
     wall = time.perf_counter()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="pycache-throughput-") as tmp:
         root = Path(tmp)
         try:
-            nodes = start_mesh(root, 3, ["--log-level", "WARNING"])
+            meshes = {plane: start_plane(root, plane, len(planes) > 1) for plane in planes}
+            nodes, balancer, front = meshes[planes[0]]
             apis = [n.api for n in nodes]
-            balancer, front, _ = start_balancer(root, apis)
-            fill(front)
             progress = Progress(planned)
+            if len(planes) > 1:
+                results["peer_plane"] = peer_plane_part(meshes, args, progress)
             if "http" not in skip:
                 results["http"] = http_part(root, front, args, client, progress)
             if "zmq" not in skip:
@@ -562,6 +586,7 @@ def main() -> None:
             "connections": args.connections,
             "window": args.window,
             "http_client": client,
+            "peer_plane": planes[0] if len(planes) == 1 else planes,
             "value_bytes": len(VALUE),
             "keys": KEYS,
             "wall_s": time.perf_counter() - wall,
@@ -570,6 +595,57 @@ def main() -> None:
         args.json,
     )
     print(f"total {time.perf_counter() - wall:.0f} s")
+
+
+def start_plane(
+    root: Path, plane: str, own_folder: bool
+) -> tuple[list[NodeProc], subprocess.Popen, str]:
+    """Three nodes with ``plane`` as their peer plane, a balancer, every key filled."""
+    if own_folder:  # two meshes side by side
+        root = root / plane
+        root.mkdir()
+    extra = ["--log-level", "WARNING"] + (["--insecure"] if plane == "insecure" else [])
+    nodes = start_mesh(root, 3, extra)
+    balancer, front, _ = start_balancer(root, [n.api for n in nodes])
+    fill(front)
+    return nodes, balancer, front
+
+
+def peer_plane_part(
+    meshes: dict[str, tuple[list[NodeProc], subprocess.Popen, str]],
+    args: argparse.Namespace,
+    progress: Progress,
+) -> dict:
+    """Replicated SETs through each mesh's balancer, the meshes taking turns (A B, B A, ...).
+
+    Besides the balancer's CPU per request, the three nodes' CPU per request
+    (summed): where the peer plane's cost shows.
+    """
+    frames = frames_for("SET", seed=7)
+    planes = list(meshes)
+    samples: dict[str, list[dict]] = {plane: [] for plane in planes}
+    for run in range(args.runs):
+        for plane in planes if run % 2 == 0 else planes[::-1]:
+            nodes, balancer, front = meshes[plane]
+            pids = [n.proc.pid for n in nodes if n.proc is not None]
+            before = [cpu_seconds(pid) for pid in pids]
+            sample = with_cpu(
+                balancer.pid, lambda f=front: zmq_load(f, frames, args.window, args.seconds)
+            )
+            used = sum(cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True))
+            sample["nodes_cpu_us_per_op"] = used / max(1, sample["requests"]) * 1e6
+            samples[plane].append(sample)
+            progress.step(f"replicated SET, {plane}", args.seconds)
+    out: dict[str, Any] = {plane: summary(samples[plane]) for plane in planes}
+    for plane in planes:
+        out[plane]["nodes_cpu_us_per_op"] = statistics.median(
+            s["nodes_cpu_us_per_op"] for s in samples[plane]
+        )
+    curve, insecure = samples["curve"], samples["insecure"]
+    out["ratio"] = out["curve"]["ops_s"] / out["insecure"]["ops_s"]  # CURVE / insecure, of medians
+    out["ratios"] = [c["ops_s"] / i["ops_s"] for c, i in zip(curve, insecure, strict=True)]
+    out["order"] = [planes if run % 2 == 0 else planes[::-1] for run in range(args.runs)]
+    return out
 
 
 def http_part(
@@ -729,6 +805,25 @@ def report(results: dict, args: argparse.Namespace, client: str) -> None:
                 target,
                 "balancer / redis master",
             )
+    peer = results.get("peer_plane")
+    ab_rows: list[list[object]] = []
+    if peer:
+        for plane in PLANES:
+            ours = peer[plane]
+            rows.append([f"balancer ({args.window} in flight), peer plane {plane}", "SET"])
+            rows[-1] += [ours["ops_s"], ours["p50_ms"], ours["p99_ms"], ours["errors"]]
+            rows[-1] += ["-", "-", "-", "-", "-", "-", "-"]
+            where = f"balancer, peer plane {plane}"
+            cpu_rows.append([where, "SET", "balancer", ours["cpu_us_per_op"], "-", "-"])
+            cpu_rows.append([where, "SET", "3 nodes", ours["nodes_cpu_us_per_op"], "-", "-"])
+            ops = [r["ops_s"] for r in ours["runs"]]
+            ab_rows.append([plane, ours["ops_s"], min(ops), max(ops), ours["nodes_cpu_us_per_op"]])
+        rows.append(["CURVE / insecure (ratio of medians)", "SET", "-", "-", "-", "-", "-", "-"])
+        rows[-1] += ["-", "-", "-", peer["ratio"], verdict(peer["ratio"], TARGET_CURVE)]
+        ratios = peer["ratios"]
+        ab_rows.append(
+            ["CURVE / insecure", peer["ratio"], min(ratios), max(ratios), "per-run ratios"]
+        )
     print_table(
         f"throughput: medians of {args.runs} runs x {args.seconds:g} s, {len(VALUE)}-byte values, "
         f"{KEYS:,} keys, 3 nodes fsync=always, HTTP load {client}, {os.cpu_count()} CPUs",
@@ -741,6 +836,13 @@ def report(results: dict, args: argparse.Namespace, client: str) -> None:
         ["path", "op", "process (ours / ceiling)", "ours us/op", "ceiling us/op", "ratio"],
         cpu_rows,
     )
+    if ab_rows:
+        print_table(
+            f"peer plane A/B (issue 17): replicated SETs through the balancer, {args.runs} runs "
+            f"per side, alternating; order {' '.join('/'.join(o) for o in peer['order'])}",
+            ["peer plane", "median ops/s", "min", "max", "3 nodes' CPU us/op"],
+            ab_rows,
+        )
 
 
 if __name__ == "__main__":
