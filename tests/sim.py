@@ -139,6 +139,7 @@ class Params:
     compactions: int = 0
     clock_steps: int = 0
     fetch_entries: int = 4096
+    max_offset_ms: int = 0  # the clock guard's bound; 0: wider than any skew drawn
 
 
 def random_params(rng: random.Random) -> Params:
@@ -655,6 +656,7 @@ class Sim:
             peers=[n for n in self.nodes if n != node.id],
             now_ms=self.now,
             fetch_entries=self.p.fetch_entries,
+            max_offset_ms=self.p.max_offset_ms or 1000 + 2 * self.p.skew_ms,
         )
         node.up = True
         node.life += 1
