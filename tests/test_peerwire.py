@@ -150,7 +150,6 @@ def frame_of(body: list) -> bytes:
 @pytest.mark.parametrize(
     "record",
     [
-        ["n1/1", 0, 5, "k", b"v", 0],  # seq 0
         ["n1/1", -1, 5, "k", b"v", 0],  # negative seq
         ["n1/1", BIG, 5, "k", b"v", 0],  # seq 2**63
         ["n1/1", 1, BIG, "k", b"v", 0],  # hlc 2**63
@@ -281,3 +280,11 @@ def test_fetches_out_of_range_are_refused(fields) -> None:
     with pytest.raises(ProtocolError, match="malformed"):
         body = [peerwire.FETCH, "n2", *fields]
         peerwire.parse_request(peerwire.decode(frame_of(body), LIMIT))
+
+
+def test_snapshot_entries_carry_seq_0() -> None:
+    """A full sync streams the store's entries, which know no seq."""
+    record = ("n1/abc", 0, 5 << 16, "k", b"v", 0)
+    body = [peerwire.BATCH, 1, [record], {"n1/abc": 9}, True, True, 2, 1, False]
+    _, batch = peerwire.parse_reply(peerwire.decode(frame_of(body), LIMIT))
+    assert list(batch.entries) == [record]

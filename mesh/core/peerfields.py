@@ -104,7 +104,8 @@ def entries(raw: Any) -> tuple:
     """The entries of a message, every field's type and range checked: plain tuples
     in :class:`~mesh.core.mutation.Mutation`'s field order, as decoded.
 
-    ``seq`` in 1..2**63-1, ``hlc`` and ``deadline`` in 0..2**63-1, a key of
+    ``seq``, ``hlc`` and ``deadline`` in 0..2**63-1 (a snapshot's entries have
+    seq 0; elsewhere an entry at or below the vv is a duplicate), a key of
     1..MAX_KEY_CHARS characters, a value of bytes or nil, an origin of the
     right shape.  (How far ahead of this node's clock an hlc may be is the
     replica's call: :meth:`mesh.core.replication.Replica.receive`.)
@@ -121,7 +122,7 @@ def entries(raw: Any) -> tuple:
             if (
                 type(o) is not str
                 or type(s) is not int
-                or not 0 < s <= top
+                or not 0 <= s <= top
                 or type(h) is not int
                 or not 0 <= h <= top
                 or type(k) is not str
