@@ -349,10 +349,13 @@ def test_garbage_heartbeats_achieve_nothing(rogue) -> None:
         ("heartbeat wall -1", heartbeat(wall=-1)),
         ("heartbeat wall 2**63", heartbeat(wall=BIG)),
         ("heartbeat wall a float", heartbeat(wall=1.5)),
-        ("heartbeat no wall", frame(peerwire.HEARTBEAT, ROGUE, ORIGIN, "ready", {}, [], True)),
         ("heartbeat bad node id", heartbeat(node="n 9")),
     ]
     attack(nodes, r.publish, cases)
+    # Without the wall time (7 fields) it does not match the nodes' subscriptions:
+    # their PUB filters it out before it is sent.
+    r.publish(frame(peerwire.HEARTBEAT, ROGUE, ORIGIN, "ready", {}, [], True))
+    serving(nodes, "a heartbeat without a wall time")
     # In range: one member's clock in 2100 and a vv it cannot serve move nobody.
     r.publish(heartbeat(wall=YEAR_2100_MS, vv={ORIGIN: BIG - 1}))
     serving(nodes, "a heartbeat from 2100 claiming seq 2**63-1")
@@ -369,8 +372,9 @@ def test_random_frames_and_oversized_frames_achieve_nothing(rogue) -> None:
     for message in garbage(rng, ("E", "H", "P", "X")):
         r.publish(message)
     serving(nodes, "random frames")
-    assert dropped(nodes) >= 3 * 50  # every one of them, on every node, in each path
-    wait_for(lambda: dropped(nodes) >= 3 * 100, 2.0, "every random frame counted")
+    # On the repl path nearly all are counted (one could name a node: an impostor);
+    # on the PUB path most do not match the subscriptions and are never sent.
+    wait_for(lambda: dropped(nodes) >= 3 * 50, 2.0, "the random frames counted")
     big = peerwire.PEER_VERSION_BYTE + b"\x00" * (20 * 1024 * 1024)  # over max_frame
     r.to_repl(big)
     r.publish(big)
