@@ -332,6 +332,10 @@ class Sim:
         self.trace: list[tuple] | None = [] if trace else None
         self.rules: list[Rule] = []
         self.hooks: list[Callable[[Sim, str, str, str], None]] = []
+        # Participants that are no SimNode (tests/byzantine.py): messages to them go
+        # to their handler; message kinds of their own are delivered by theirs.
+        self.outsiders: dict[str, Callable[[str, str, Any], None]] = {}
+        self.handlers: dict[str, Callable[[SimNode, str, Any], None]] = {}
         self.stats: dict[str, int] = dict.fromkeys(STATS, 0)
         self.acked: list[Write] = []
         self.required: list[Write] = []
@@ -391,6 +395,9 @@ class Sim:
         """Send one message; ``life`` binds it to a receiver process (default: the current)."""
         p, rng = self.p, self.rng
         self.stats["sent"] += 1
+        if dst in self.outsiders:
+            self.at(self.now + rng.randint(1, p.delay_ms), self.outsiders[dst], kind, src, payload)
+            return
         if life is None:
             life = self.nodes[dst].life
         delay = None
@@ -432,6 +439,8 @@ class Sim:
             self._poll(node)
         elif kind == FETCH:
             self._on_fetch(node, src, *payload)
+        elif kind in self.handlers:
+            self.handlers[kind](node, src, payload)
         else:
             self._on_batch(node, src, payload)
         for hook in self.hooks:
