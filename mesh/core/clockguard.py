@@ -20,6 +20,7 @@ Two halves, both pure (the wall clock and the time are passed in):
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from dataclasses import dataclass
 from statistics import median_low
 
@@ -125,9 +126,9 @@ class FutureGate:
             wait = min(2 * wait, REFUSE_BACKOFF_MAX_MS)
         self._refusing[origin] = (now_ms + wait, wait)
 
-    def accepted(self, origins: object) -> None:
+    def accepted(self, origins: Container[str]) -> None:
         """Entries of ``origins`` were applied: those refused before are taken again."""
-        for origin in [o for o in self._refusing if o in origins]:  # type: ignore[operator]
+        for origin in [o for o in self._refusing if o in origins]:
             del self._refusing[origin]
             log.warning("accepting entries of %s again", origin)
 
