@@ -28,7 +28,7 @@ from mesh.core.clock import HybridClock, pack
 from mesh.core.mutation import Mutation
 from mesh.core.replication import FETCH_TIMEOUT_MS, Replica
 from mesh.core.store import Store
-from tests import sim
+from tests import byzantine, sim
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "3000"))
 EXPLORE = os.environ.get("SIM_EXPLORE") == "1"
@@ -179,7 +179,7 @@ def test_crash_loses_the_unsynced_tail_and_catches_up() -> None:
 
 
 def test_clock_skew_keeps_last_writer_wins_causal() -> None:
-    s = sim.scripted(nodes=3)
+    s = sim.scripted(nodes=3, max_offset_ms=20_000)  # the clock guard is not what this tests
     s.nodes["n1"].skew_ms = -5000
     s.nodes["n2"].skew_ms = 5000
     write(s, 100, "n2", ("k", b"from the fast clock"))
@@ -448,3 +448,58 @@ def test_a_fetch_ahead_that_times_out_is_dropped_with_the_current_one() -> None:
     assert x.on_batch("s", s.serve("x", fetch, later), later) == [], "a late reply is dropped"
     x.on_batch("s", s.serve("x", again, later), later)
     assert x.vv == {"o/1": 4}
+
+
+# -- a byzantine-but-admitted peer and a bad clock (issue 17) -----------------
+
+
+def test_a_byzantine_member_moves_nothing() -> None:
+    """Member nb sends out-of-range and future hlcs, bad HELLOs, garbage heartbeats
+    and batches from 2100: the honest nodes drop or refuse all of it, converge,
+    and their clocks stay near their walls."""
+    s = sim.scripted(nodes=3, max_offset_ms=1000)
+    attacker = byzantine.Byzantine(s)
+    for i, t in enumerate(range(50, 1400, 90)):
+        write(s, t, f"n{i % 3 + 1}", (f"k{i % 4}", f"v{i}".encode()))
+    s.at(1000, lambda: [checked(byzantine.clock_sane(s, n)) for n in s.nodes.values()])
+    result = s.run()
+    assert attacker.turn > 20 and result.stats["dropped_frames"] > 100
+    assert result.counters["refused"] > 0
+    for node in s.nodes.values():
+        assert byzantine.clock_sane(s, node)
+        assert all(m.value != b"evil" for m in node.store.entries())
+        assert byzantine.ORIGIN not in {o for o, seq in node.replica.vv.items() if seq}
+
+
+def checked(ok: bool) -> None:
+    assert ok
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_runs_with_a_byzantine_member(seed: int) -> None:
+    s = sim.make(seed)
+    byzantine.Byzantine(s)
+    s.random_schedule()
+    s.run()
+    for node in s.nodes.values():
+        assert byzantine.clock_sane(s, node)
+
+
+def test_entries_from_a_clock_ahead_are_refused_then_taken_once_it_is_back() -> None:
+    """n3's clock runs 5 s ahead for a while (max offset 1 s): n1 and n2 refuse its
+    writes (no tight fetch loop: they back off), and take them once their own
+    clocks have passed those stamps; then all converge."""
+    s = sim.scripted(nodes=3, max_offset_ms=1000)
+    s.at(100, s.step_clock, "n3", 5000)
+    write(s, 200, "n3", ("k", b"from the future"))
+    write(s, 300, "n3", ("j", b"also"))
+    s.at(600, s.step_clock, "n3", 0)
+    write(s, 700, "n1", ("other", b"now"))
+    fetches: list[int] = []
+    s.hooks.append(lambda sim_, kind, src, dst: kind == "fetch" and fetches.append(sim_.now))
+    result = s.run()
+    assert result.counters["refused"] >= 2
+    assert len(fetches) < 200, "fetched the refused entries in a loop"
+    for node in s.nodes.values():
+        entry = node.store.get("k")
+        assert entry is not None and entry.value == b"from the future"

@@ -95,6 +95,10 @@ class HybridClock:
         """The highest timestamp this clock has issued or merged."""
         return self._last
 
+    def wall(self) -> int:
+        """The wall-clock milliseconds this clock reads now."""
+        return self._wall()
+
     def now(self) -> int:
         """A new timestamp for a local event, greater than any seen before."""
         ts = self._wall() << LOGICAL_BITS
@@ -109,7 +113,9 @@ class HybridClock:
     def observe(self, remote: int) -> None:
         """Merge a timestamp carried by a received message (HLC receive rule).
 
-        Raises ValueError when ``remote`` is not an int in 0..2**63-1.
+        Raises ValueError when ``remote`` is not an int in 0..2**63-1: peer
+        input is range-checked before (:mod:`mesh.core.peerfields`,
+        :class:`mesh.core.clockguard.FutureGate`), so this never raises on it.
         """
         _check_hlc(remote, "remote timestamp")
         ts = self._wall() << LOGICAL_BITS

@@ -15,12 +15,12 @@ On each node's PUB socket (peers SUBscribe to the "E" and "H" kinds only,
 
     ["E", origin, [entry, ...], ack]                a batch of the sender's own writes;
                                                     ack: its origin holds a reply (w > 1)
-    ["H", node_id, origin, state, vv, [peer id, ...], logged]
+    ["H", node_id, origin, state, vv, [peer id, ...], logged, wall]
                                                     heartbeat, ~every 100 ms and at once
                                                     after logging entries that wanted an
                                                     ack; a node not in the peer list
                                                     says HELLO
-    ["P", node_id, origin, state, vv, [peer id, ...], false]
+    ["P", node_id, origin, state, vv, [peer id, ...], false, wall]
                                                     progress beat, right after applying
                                                     other entries (for observers)
 
@@ -33,8 +33,12 @@ On each node's ROUTER "repl" socket (peers connect a DEALER)::
     reply    ["BATCH", request_id, [entry, ...], vv, more, snapshot, session,
               cursor, need_full]
 
-Peers are trusted to be PyCache nodes, but a malformed message is still only
-logged and dropped (:class:`~mesh.core.errors.ProtocolError`), never fatal.
+Peers are admitted members, but a member may have a bug: every field is
+type- and range-checked (:mod:`mesh.core.peerfields`) before anything uses it,
+and a malformed message is only logged, counted and dropped
+(:class:`~mesh.core.errors.ProtocolError`), never fatal.  A heartbeat's ``wall``
+is its sender's wall clock (ms), for the receivers' clock guard
+(:mod:`mesh.core.clockguard`).
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ from typing import Any
 
 import msgpack
 
+from mesh.core import peerfields
 from mesh.core.catchup import Batch, Fetch
+from mesh.core.clock import wall_ms
 from mesh.core.errors import ProtocolError
 from mesh.core.mutation import Record
 from mesh.core.wire import E_MALFORMED
@@ -82,43 +88,9 @@ def decode(frame: bytes, max_bytes: int) -> tuple:
     return body
 
 
-def _check(condition: bool, what: str) -> None:
-    if not condition:
-        raise ProtocolError(E_MALFORMED, f"malformed {what}")
-
-
-ENTRY_SHAPE = "malformed entry: not [str, uint, uint, str, bin|nil, int]"
-
-
-def _entries(raw: Any) -> tuple[Record, ...]:
-    """The entries of a message, every field's type checked: plain tuples in
-    :class:`~mesh.core.mutation.Mutation`'s field order, as decoded."""
-    _check(type(raw) is tuple, "entry list")
-    for r in raw:  # the replication hot path: a copy per entry would cost more than the checks
-        if (
-            type(r) is not tuple
-            or len(r) != 6
-            or type(r[0]) is not str
-            or type(r[1]) is not int
-            or type(r[2]) is not int
-            or r[2] < 0
-            or type(r[3]) is not str
-            or (r[4] is not None and type(r[4]) is not bytes)
-            or type(r[5]) is not int
-        ):
-            raise ProtocolError(
-                E_MALFORMED, "malformed entry: not [str, uint, uint, str, bin|nil, int]"
-            )
-    return raw
-
-
-def _vv(vv: Any) -> dict[str, int]:
-    _check(
-        isinstance(vv, dict)
-        and all(isinstance(o, str) and type(s) is int and s >= 0 for o, s in vv.items()),
-        "version vector",
-    )
-    return vv
+_check = peerfields.check
+_entries = peerfields.entries
+_vv = peerfields.vv
 
 
 # --------------------------------------------------------------------- PUB / SUB
@@ -136,14 +108,18 @@ def encode_entries(origin: str, records: Sequence[bytes], ack: bool = False) -> 
     return b"".join([*head, _packer.pack_array_header(len(records)), *records, pack(ack)])
 
 
-def encode_heartbeat(beat: dict[str, Any], peers: list[str], logged: bool = True) -> bytes:
+def encode_heartbeat(
+    beat: dict[str, Any], peers: list[str], logged: bool = True, wall: int | None = None
+) -> bytes:
     """A PUB heartbeat from :meth:`mesh.core.replication.Replica.heartbeat` and known peers.
 
     ``logged``: every entry the vv counts is logged as the sender's fsync
-    policy requires, so it counts toward w > 1 acknowledgements.
+    policy requires, so it counts toward w > 1 acknowledgements.  ``wall``:
+    the sender's wall clock in ms (default: now), for its peers' clock guard.
     """
-    vv = beat["vv"]
-    return _pack([HEARTBEAT, beat["node"], beat["origin"], beat["state"], vv, peers, logged])
+    vv, wall = beat["vv"], wall_ms() if wall is None else wall
+    body = [HEARTBEAT, beat["node"], beat["origin"], beat["state"], vv, peers, logged, wall]
+    return _pack(body)
 
 
 def encode_progress(beat: dict[str, Any], peers: list[str]) -> bytes:
@@ -154,35 +130,42 @@ def encode_progress(beat: dict[str, Any], peers: list[str]) -> bytes:
     subscribe to everything (monitoring, ``bench/catchup.py``'s lag meter).
     """
     vv = beat["vv"]
-    return _pack([PROGRESS, beat["node"], beat["origin"], beat["state"], vv, peers, False])
+    body = [PROGRESS, beat["node"], beat["origin"], beat["state"], vv, peers, False, wall_ms()]
+    return _pack(body)
 
 
 #: What a node's SUB subscribes to: its peers' entries and heartbeats (each
 #: message's first bytes: the version byte, the array header, the kind).
 PEER_SUBSCRIPTIONS = (
     PEER_VERSION_BYTE + _packer.pack([ENTRIES, "", [], False])[:3],
-    PEER_VERSION_BYTE + _packer.pack([HEARTBEAT, "", "", "", {}, [], False])[:3],
+    PEER_VERSION_BYTE + _packer.pack([HEARTBEAT, "", "", "", {}, [], False, 0])[:3],
 )
 
 
 def parse_published(body: tuple) -> tuple[str, Any]:
     """``("E", (entries, ack))``
-    or ``("H", (node, origin, state, vv, peers, logged))`` (a progress beat too,
-    with ``logged`` False, should one arrive)."""
+    or ``("H", (node, origin, state, vv, peers, logged, wall))`` (a progress beat
+    too, with ``logged`` False, should one arrive)."""
     kind = body[0]
     if kind == ENTRIES:
         _check(len(body) == 4 and type(body[3]) is bool, "entries message")
+        peerfields.origin(body[1])
         return ENTRIES, (_entries(body[2]), body[3])
     if kind in (HEARTBEAT, PROGRESS):
-        _check(
-            len(body) == 7
-            and all(isinstance(x, str) for x in body[1:4])
-            and type(body[5]) is tuple
-            and all(isinstance(x, str) for x in body[5])
-            and type(body[6]) is bool,
-            "heartbeat",
+        _check(len(body) == 8 and type(body[6]) is bool, "heartbeat")
+        state = body[3]
+        _check(type(state) is str and state in peerfields.NODE_STATES, f"state {state!r:.40}")
+        beat = (
+            peerfields.node_id(body[1]),
+            peerfields.origin(body[2]),
+            body[3],
+            _vv(body[4]),
+            peerfields.peer_ids(body[5]),
+            body[6],
+            peerfields.int63(body[7], "heartbeat wall time", 1),
         )
-        return HEARTBEAT, (body[1], body[2], body[3], _vv(body[4]), body[5], body[6])
+        _check(beat[6] <= peerfields.MAX_WALL_MS, "heartbeat wall time")
+        return HEARTBEAT, beat
     raise ProtocolError(E_MALFORMED, f"unknown published kind {kind[:16]!r}")
 
 
@@ -231,21 +214,22 @@ def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
     )
 
 
+_FETCH_INTS = ((2, "request id"), (5, "session"), (6, "cursor"))
+_BATCH_INTS = ((1, "request id"), (6, "session"), (7, "cursor"))
+
+
 def parse_request(body: tuple) -> tuple[str, Any]:
     """``("HELLO", (node, repl, pub))`` or ``("FETCH", (node, Fetch))``."""
     kind = body[0]
     if kind == HELLO:
-        _check(len(body) == 4 and all(isinstance(x, str) for x in body[1:]), "HELLO")
-        return HELLO, (body[1], body[2], body[3])
+        _check(len(body) == 4, "HELLO")
+        node = peerfields.node_id(body[1])
+        return HELLO, (node, peerfields.endpoint(body[2]), peerfields.endpoint(body[3]))
     if kind == FETCH:
-        _check(
-            len(body) == 7
-            and isinstance(body[1], str)
-            and all(type(x) is int for x in (body[2], body[5], body[6]))
-            and isinstance(body[4], bool),
-            "FETCH",
-        )
-        return FETCH, (body[1], Fetch(body[2], _vv(body[3]), body[4], body[5], body[6]))
+        _check(len(body) == 7 and type(body[4]) is bool, "FETCH")
+        node = peerfields.node_id(body[1])
+        ids = [peerfields.int63(body[i], f"FETCH {name}") for i, name in _FETCH_INTS]
+        return FETCH, (node, Fetch(ids[0], _vv(body[3]), body[4], ids[1], ids[2]))
     raise ProtocolError(E_MALFORMED, f"unknown request kind {kind[:16]!r}")
 
 
@@ -253,18 +237,17 @@ def parse_reply(body: tuple) -> tuple[str, Any]:
     """``("HELLO", (node, origin, repl, pub))`` or ``("BATCH", Batch)``."""
     kind = body[0]
     if kind == HELLO:
-        _check(len(body) == 5 and all(isinstance(x, str) for x in body[1:]), "HELLO reply")
-        return HELLO, (body[1], body[2], body[3], body[4])
+        _check(len(body) == 5, "HELLO reply")
+        node, origin = peerfields.node_id(body[1]), peerfields.origin(body[2])
+        return HELLO, (node, origin, peerfields.endpoint(body[3]), peerfields.endpoint(body[4]))
     if kind == BATCH:
         _check(
-            len(body) == 9
-            and type(body[1]) is int
-            and all(isinstance(x, bool) for x in (body[4], body[5], body[8]))
-            and all(type(x) is int for x in (body[6], body[7])),
+            len(body) == 9 and all(type(x) is bool for x in (body[4], body[5], body[8])),
             "BATCH",
         )
+        ids = [peerfields.int63(body[i], f"BATCH {name}") for i, name in _BATCH_INTS]
         batch = Batch(
-            body[1], _entries(body[2]), _vv(body[3]), body[4], body[5], body[6], body[7], body[8]
+            ids[0], _entries(body[2]), _vv(body[3]), body[4], body[5], ids[1], ids[2], body[8]
         )
         return BATCH, batch
     raise ProtocolError(E_MALFORMED, f"unknown reply kind {kind[:16]!r}")

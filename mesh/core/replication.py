@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -48,43 +47,24 @@ from mesh.core.catchup import (
     read_batch,
 )
 from mesh.core.clock import HybridClock
+from mesh.core.clockguard import REFUSE_BACKOFF_MS, FutureGate
 from mesh.core.mutation import Mutation, Record, raise_seqs
+from mesh.core.peerview import (
+    BUFFER_LIMIT,
+    CATCHING_UP,
+    DEFAULT_MAX_OFFSET_MS,
+    EMPTY_BACKOFF_MS,
+    FETCH_TIMEOUT_MS,
+    LAG_GRACE_MS,
+    READY,
+    READY_DEADLINE_MS,
+    STARTUP_TIMEOUT_MS,
+    PeerView,
+    lag_report,
+)
 from mesh.core.store import Store
 
 log = logging.getLogger(__name__)
-
-FETCH_TIMEOUT_MS = 1000
-"""A fetch unanswered this long is abandoned and may go to another peer."""
-LAG_GRACE_MS = 300
-"""How long a third party may be ahead of us before we fetch from it."""
-STARTUP_TIMEOUT_MS = 1500
-"""A peer silent this long after start is unreachable: do not wait for it."""
-READY_DEADLINE_MS = 15_000
-"""Ready after this long whatever the peers do (a warning is logged)."""
-BUFFER_LIMIT = 100_000
-"""Most out-of-order entries buffered; past it, new ones wait for catch-up."""
-
-CATCHING_UP = "catching-up"
-READY = "ready"
-
-
-@dataclass
-class PeerView:
-    """What this node knows about one peer."""
-
-    node_id: str
-    origin: str = ""
-    state: str = "unknown"
-    vv: dict[str, int] = field(default_factory=dict)
-    logged: dict[str, int] = field(default_factory=dict)  # vv of its last logged-vv heartbeat
-    heard_ms: int = -1
-    fetching: Fetch | None = None
-    fetch_sent_ms: int = 0
-    next_fetch: Fetch | None = None  # continuation to send as soon as possible
-    ahead: Fetch | None = None  # sent (prefetch) while the reply to ``fetching`` is applied
-    want_full: bool = False
-    synced: bool = False  # answered "nothing more" since we started
-    staged: list[Record] = field(default_factory=list)  # snapshot chunks not yet applied
 
 
 class Replica:
@@ -103,6 +83,7 @@ class Replica:
         peers: Iterable[str] = (),
         now_ms: int = 0,
         fetch_entries: int = FETCH_ENTRIES,
+        max_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
     ) -> None:
         self.node_id = node_id
         self.origin = origin
@@ -114,11 +95,14 @@ class Replica:
         self.peers: dict[str, PeerView] = {p: PeerView(p) for p in peers if p != node_id}
         self.state = CATCHING_UP
         self.fetch_entries = fetch_entries
-        self.counters = {"gaps": 0, "repaired": 0, "fetches": 0, "full_syncs": 0}
+        self.counters = {"gaps": 0, "repaired": 0, "fetches": 0, "full_syncs": 0, "refused": 0}
         # kept by the socket loop (mesh.roles.peering), which sends what serve() returns:
         # entries sent to peers, fetches answered with the batch prepared ahead
         # for them, and prepared batches thrown away
         self.counters.update(served=0, prepared_used=0, prepared_dropped=0)
+        # entries refused for an hlc too far ahead of this node's clock (clockguard)
+        self.gate = FutureGate(max_offset_ms)
+        self._refused_now = False
         self._started_ms = now_ms
         self._buffer: dict[str, dict[int, Record]] = {}
         self._buffered = 0
@@ -165,19 +149,33 @@ class Replica:
     def receive(self, mutations: Sequence[Record], now_ms: int) -> list[Record]:
         """Apply, log and return what is next in line per origin; buffer the rest.
 
-        Duplicates (``seq`` at or below the version vector) are dropped.
+        Duplicates (``seq`` at or below the version vector) are dropped, and so
+        are entries stamped too far ahead of this node's clock
+        (:class:`~mesh.core.clockguard.FutureGate`).
         """
+        if not mutations:
+            return []
+        top = max(map(itemgetter(2), mutations))  # -1 below: not known
+        if top > self.gate.limit(self.clock.wall()):
+            mutations, top, self._refused_now = self._refuse(mutations, now_ms), -1, True
         after = self._next_in_line(mutations)
         if after is not None:  # the usual case, checked without a Python loop per entry
             applied = list(mutations)
             self.vv.update(after)
         else:
-            applied = self._sort_out(mutations)
+            applied, top = self._sort_out(mutations), -1
         if applied:
-            self._apply(applied)
+            self._apply(applied, top)
             self.log.append(applied)
             self._clear_lag(now_ms)
+            if self.gate.active:
+                self.gate.accepted(set(map(itemgetter(0), applied)))
         return applied
+
+    def _refuse(self, mutations: Sequence[Record], now_ms: int) -> list[Record]:
+        kept = self.gate.split(list(mutations), self.gate.limit(self.clock.wall()), now_ms)
+        self.counters["refused"] = self.gate.refused
+        return kept
 
     def _next_in_line(self, mutations: Sequence[Record]) -> dict[str, int] | None:
         """The vv entries that applying all of ``mutations`` gives, when each is
@@ -211,10 +209,10 @@ class Replica:
                 self._hold(m)
         return applied
 
-    def _apply(self, accepted: list[Record]) -> None:
-        """Apply entries already counted in the vv: one store call, one clock merge."""
+    def _apply(self, accepted: list[Record], top: int = -1) -> None:
+        """Apply entries counted in the vv: one store call, one clock merge (``top``: max hlc)."""
         self.store.apply_many(accepted)
-        self.clock.observe(max(map(itemgetter(2), accepted)))  # the newest is as good as each
+        self.clock.observe(top if top >= 0 else max(map(itemgetter(2), accepted)))
 
     def _drain(self, origin: str, applied: list[Record]) -> None:
         held = self._buffer.get(origin)
@@ -292,7 +290,7 @@ class Replica:
             for p in self.peers.values()
         )
         for peer in self.peers.values():
-            if peer.fetching is not None:
+            if peer.fetching is not None or now_ms < peer.retry_ms:
                 continue
             fetch = peer.next_fetch
             if fetch is None and self._should_fetch(peer, now_ms):
@@ -313,11 +311,16 @@ class Replica:
             return not peer.synced
         if peer.heard_ms < 0:
             return False
+        holding = self.gate.holding
         for o, held in self._buffer.items():
-            if held and peer.vv.get(o, 0) > self.vv.get(o, 0):
+            if held and peer.vv.get(o, 0) > self.vv.get(o, 0) and not holding(o, now_ms):
                 return True
         for o, (_, since) in self._lagging.items():
-            if now_ms - since >= LAG_GRACE_MS and peer.vv.get(o, 0) > self.vv.get(o, 0):
+            if (
+                now_ms - since >= LAG_GRACE_MS
+                and peer.vv.get(o, 0) > self.vv.get(o, 0)
+                and not holding(o, now_ms)
+            ):
                 return self._best_source(o) is peer
         return False
 
@@ -366,7 +369,15 @@ class Replica:
             return []
         if batch.snapshot:
             return self._on_snapshot(peer, batch, now_ms)
+        self._refused_now = False
         applied = self.receive(batch.entries, now_ms)
+        if self._refused_now or (not applied and not batch.more and self.state == READY):
+            # Refused (or nothing new from a peer that claimed more): do not ask
+            # again at once, nor follow up the fetch already sent ahead.
+            peer.ahead = peer.next_fetch = None
+            peer.synced = True
+            peer.retry_ms = now_ms + EMPTY_BACKOFF_MS
+            return applied
         if batch.more and peer.ahead is not None:  # the next one is on its way already
             peer.fetching, peer.ahead, peer.fetch_sent_ms = peer.ahead, None, now_ms
         elif batch.more:
@@ -420,6 +431,13 @@ class Replica:
         peer.staged += batch.entries
         if batch.more:
             peer.next_fetch = self._new_fetch(full=True, session=batch.session, cursor=batch.cursor)
+            return []
+        top = max(map(itemgetter(2), peer.staged), default=0)
+        if top > self.gate.limit(self.clock.wall()):
+            # Not a snapshot to apply in part: its vv covers what is refused.
+            self._refuse(peer.staged, now_ms)
+            peer.staged, peer.synced = [], True
+            peer.retry_ms = now_ms + REFUSE_BACKOFF_MS
             return []
         if peer.staged:
             self._apply(peer.staged)
@@ -476,13 +494,4 @@ class Replica:
 
     def lag(self, now_ms: int) -> dict[str, dict[str, Any]]:
         """Per peer: entries of its origin we lack, and for how long (ms)."""
-        out = {}
-        for peer in self.peers.values():
-            behind = max(0, peer.vv.get(peer.origin, 0) - self.vv.get(peer.origin, 0))
-            since = self._lagging.get(peer.origin, (0, now_ms))[1] if behind else now_ms
-            out[peer.node_id] = {
-                "entries": behind,
-                "ms": max(0, now_ms - since),
-                "state": peer.state,
-            }
-        return out
+        return lag_report(self.peers.values(), self.vv, self._lagging, now_ms)

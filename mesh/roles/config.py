@@ -21,6 +21,7 @@ from mesh.core.limits import (
     Limits,
     check_range,
 )
+from mesh.core.peerfields import NODE_ID_RE
 from mesh.core.store import DEFAULT_TOMBSTONE_HORIZON_MS
 from mesh.roles.clientplane import load_server_keys, optional_credentials
 from mesh.roles.protected import (
@@ -50,7 +51,6 @@ DEFAULT_HTTP_BODY_TIMEOUT = 60.0
 HTTP_PORT_ANY = -1
 #: How far a node's wall clock may drift from its peers' (as CockroachDB's --max-offset).
 DEFAULT_MAX_CLOCK_OFFSET_MS = 1000
-NODE_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 ENDPOINT_RE = re.compile(r"^(tcp://[^\s:]+:(\d{1,5}|\*)|ipc://\S+|inproc://\S+)$")
 
 
@@ -135,7 +135,7 @@ class NodeConfig:
 
     def validate(self) -> NodeConfig:
         """Raise ConfigError naming the first invalid field; return self."""
-        if not NODE_ID_RE.match(self.node_id or ""):
+        if not NODE_ID_RE.fullmatch(self.node_id or ""):
             raise ConfigError(f"node_id {self.node_id!r}: use 1-64 letters, digits, '_', '.', '-'")
         if not self.data_dir:
             raise ConfigError("data_dir is required")

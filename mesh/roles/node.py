@@ -46,7 +46,7 @@ from mesh.core.store import Store
 from mesh.roles.binding import bind
 from mesh.roles.clientplane import protect
 from mesh.roles.config import NodeConfig
-from mesh.roles.node_status import cluster, health, stats, write_status_file
+from mesh.roles.node_status import ClockWatch, cluster, health, stats, write_status_file
 from mesh.roles.peering import Peering
 from mesh.roles.trust import AnyZapHandler, ZapHandler, log_refused, peer_trust, start_peer_zap
 from mesh.roles.tuning import CatchUpGc, raise_fd_limit, tune_gc, tune_malloc
@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 REPLY_HWM = 100_000
 ACK_CHECK_MS = 5
+CLOCK_CHECK_MS = 100
 #: longest _serve runs read-only batches back to back without letting other tasks
 #: run (after a batch of writes it always lets them: see _serve)
 SERVE_YIELD_S = 0.002
@@ -101,17 +102,10 @@ class Node:
             retention_bytes=config.retention_bytes,
         )
         self.clock = HybridClock()
-        self.commands = CommandExecutor(
-            self.store,
-            self.clock,
-            self.origin,
-            0,
-            wall_ms,
-            partial(stats, self),
-            partial(health, self),
-            partial(cluster, self),
-        )
+        reports = (partial(report, self) for report in (stats, health, cluster))
+        self.commands = CommandExecutor(self.store, self.clock, self.origin, 0, wall_ms, *reports)
         self.replica = Replica(config.node_id, self.origin, self.store, self.log, self.clock)
+        self.clockwatch = ClockWatch(self)
         self.peering: Peering | None = None
         self.acks = PendingAcks()
         self.keys, self.membership = peer_trust(config)
@@ -144,6 +138,7 @@ class Node:
             vv=found.vv,
             floor=found.floor,
             now_ms=monotonic_ms(),
+            max_offset_ms=self.config.max_clock_offset_ms,
         )
         self.commands.seq = found.vv.get(self.origin, 0)
         self.clock.observe(found.max_hlc)
@@ -182,6 +177,7 @@ class Node:
                 asyncio.create_task(self.peering.run()),
                 asyncio.create_task(self._every(self.config.sweep_interval_ms, self.store.sweep)),
                 asyncio.create_task(self._every(ACK_CHECK_MS, self._check_acks)),
+                asyncio.create_task(self._every(CLOCK_CHECK_MS, self.clockwatch.check)),
             ]
             if self.config.fsync == "interval":
                 tasks.append(
@@ -247,6 +243,7 @@ class Node:
             on_full_sync=self.snapshot,
             keys=self.keys,
             membership=self.membership,
+            on_clock=self.clockwatch.heard,
         )
 
     def _start_zap(self) -> None:
@@ -272,6 +269,7 @@ class Node:
         if self.state == "catching-up" and self.replica.state == READY:
             self.state = "ready"
             self._gc.resume()
+            self.clockwatch.check()  # clock-offset instead, when the peers say so
             write_status_file(self)
             log.info("node %s ready (%d live keys)", self.config.node_id, len(self.store))
         self.commands.seq = max(self.commands.seq, self.replica.vv.get(self.origin, 0))
@@ -391,7 +389,7 @@ class Node:
             frames[-1] = wire.encode_error(request.id, wire.E_DEADLINE, reason)
             return frames
         if self.state != "ready" and request.op not in ALWAYS_SERVED:
-            reason = f"node {self.config.node_id} is {self.state}"
+            reason = self.clockwatch.reason()
             frames[-1] = wire.encode_error(request.id, wire.E_NOT_READY, reason)
             return frames
         seq_before = self.commands.seq

@@ -1,4 +1,4 @@
-"""What a node reports about itself: ``node.json``, HEALTH, CLUSTER and STATS.
+"""What a node reports about itself: ``node.json``, HEALTH, CLUSTER and STATS; its clock guard.
 
 Read-only views of a running :class:`~mesh.roles.node.Node`, kept apart from
 the request and replication paths.
@@ -7,16 +7,21 @@ the request and replication paths.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mesh.core.clock import monotonic_ms
+from mesh.core.clock import monotonic_ms, physical_ms, wall_ms
+from mesh.core.clockguard import CLOCK_OFFSET, ClockGuard, Verdict
+from mesh.core.replication import READY
 from mesh.storage.datadir import write_atomically
 
 if TYPE_CHECKING:
     from mesh.roles.node import Node
+
+log = logging.getLogger("mesh.roles.node")
 
 STATUS_FILE = "node.json"
 
@@ -77,6 +82,7 @@ def stats(node: Node) -> dict:
         "vv": dict(node.replica.vv),
         "lag": node.replica.lag(now),
         "replication": dict(node.replica.counters),
+        "clock": node.clockwatch.report(),
         "peering": dict(node.peering.counters) if node.peering else {},
         "endpoints": {"api": node.endpoint, **(node.peering.endpoints if node.peering else {})},
         "log": {
@@ -85,3 +91,60 @@ def stats(node: Node) -> dict:
             "first_offset": node.log.first_offset(),
         },
     }
+
+
+class ClockWatch:
+    """The clock offset guard of a node (:mod:`mesh.core.clockguard`): measures each
+    peer's clock from its heartbeats, and turns the node from ``ready`` to
+    ``clock-offset`` and back (logged once per change)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.guard = ClockGuard(node.config.max_clock_offset_ms)
+        self.verdict = Verdict(False, 0, 0, 0)
+
+    def heard(self, peer: str, their_wall: int) -> None:
+        """A heartbeat of ``peer`` said its wall clock reads ``their_wall`` (ms)."""
+        self.guard.observe(peer, their_wall, wall_ms(), monotonic_ms())
+
+    def check(self) -> None:
+        """Judge this node's clock; move the node between ``ready`` and ``clock-offset``."""
+        node = self.node
+        self.verdict = verdict = self.guard.judge(node.cluster_size(), monotonic_ms())
+        if node.state not in (READY, CLOCK_OFFSET):
+            return
+        state = CLOCK_OFFSET if verdict.bad else READY
+        if state == node.state:
+            return
+        node.state = state
+        if node.peering is not None:
+            node.peering.beat_overrides = {"state": state} if verdict.bad else {}
+        write_status_file(node)
+        if verdict.bad:
+            log.error("%s: not serving data until it is back within bounds", self.reason())
+        else:
+            log.warning("clock back within %d ms of the peers': serving", self.guard.max_offset_ms)
+
+    def reason(self) -> str:
+        """Why the node does not serve data ops (its NOT_READY reason)."""
+        node = self.node
+        if node.state != CLOCK_OFFSET:
+            return f"node {node.config.node_id} is {node.state}"
+        v = self.verdict
+        return (
+            f"node {node.config.node_id} is {CLOCK_OFFSET}: its wall clock is {v.offset_ms} ms "
+            f"off {v.far} of its {v.heard} peers heard (max {self.guard.max_offset_ms} ms)"
+        )
+
+    def report(self) -> dict:
+        """The ``clock`` section of STATS."""
+        node = self.node
+        return {
+            "wall_ms": wall_ms(),
+            "hlc_ms": physical_ms(node.clock.last),
+            "offset_ms": self.verdict.offset_ms,
+            "max_offset_ms": self.guard.max_offset_ms,
+            "peers": self.guard.offsets(monotonic_ms()),
+            "refused_entries": node.replica.gate.refused,
+            "refusing": node.replica.gate.refusing(),
+        }

@@ -88,11 +88,14 @@ class Peering:
         on_full_sync: Callable[[], None] = lambda: None,
         keys: PeerKeys | None = None,
         membership: Membership | None = None,
+        on_clock: Callable[[str, int], None] = lambda node_id, wall: None,
     ) -> None:
         self.replica = replica
         self.keys = keys
         self.membership = membership
-        self.counters = {"dropped_messages": 0, "impostors": 0}
+        self.counters = {"dropped_messages": 0, "impostors": 0, "bad_endpoints": 0}
+        self._on_clock = on_clock  # a peer's heartbeat said its wall clock reads this
+        self.beat_overrides: dict[str, str] = {}  # e.g. the clock guard's state
         self.log = log_
         self.ctx = ctx
         self.max_frame = max_frame
@@ -189,7 +192,11 @@ class Peering:
             sock = self._socket(zmq.DEALER)
             sock.setsockopt(zmq.IMMEDIATE, 1)
             self._secure(sock)
-            sock.connect(endpoint)
+            try:
+                sock.connect(endpoint)
+            except zmq.ZMQError:
+                sock.close(0)
+                raise
             self._dealers[endpoint] = sock
             raw = self._raw[sock] = zmq.Socket.shadow(sock.underlying)
             self._watched.append((raw, partial(self._drain_dealer, sock)))
@@ -204,12 +211,17 @@ class Peering:
             log.warning("ignored %s at %s: not a member", node_id, repl)
             return
         changed = self._by_node.get(node_id) != repl
+        try:  # endpoints are checked when parsed: this is the last line of defence
+            self._dealer(repl)
+            if pub not in self._subscribed:
+                self.sub.connect(pub)
+                self._subscribed.add(pub)
+                changed = True
+        except zmq.ZMQError as exc:
+            self.counters["bad_endpoints"] += 1
+            log.warning("ignored %s at %s / %s: %s", node_id, repl, pub, exc)
+            return
         self._by_node[node_id] = repl
-        self._dealer(repl)
-        if pub not in self._subscribed:
-            self.sub.connect(pub)
-            self._subscribed.add(pub)
-            changed = True
         self.replica.add_peer(node_id)
         self._pubs[node_id] = pub
         if changed and persist:
@@ -390,8 +402,9 @@ class Peering:
                 applied += len(self.replica.receive(entries, now))
                 ack = ack or wanted
             else:
-                node_id, origin, state, vv, peers, logged = payload
+                node_id, origin, state, vv, peers, logged, wall = payload
                 self.replica.on_heartbeat(node_id, origin, state, vv, now, logged)
+                self._on_clock(node_id, wall)
                 if self.replica.node_id not in peers:
                     self._hello_again(node_id)
         self._after_apply(applied, now, urgent=ack)
@@ -477,8 +490,8 @@ class Peering:
         """
         if flush:
             self._flush()
-        beat = peerwire.encode_heartbeat(self.replica.heartbeat(), list(self._by_node), flush)
-        self._send(self.pub, beat)
+        beat = {**self.replica.heartbeat(), **self.beat_overrides}
+        self._send(self.pub, peerwire.encode_heartbeat(beat, list(self._by_node), flush))
 
     def close(self) -> None:
         """Close every socket."""

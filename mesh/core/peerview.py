@@ -1,0 +1,68 @@
+"""What a node knows about each peer, and the replication core's timings and states.
+
+Kept apart from :mod:`mesh.core.replication` (which re-exports the names its
+callers use) so that the core's decisions read on their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.core.catchup import Fetch
+from mesh.core.mutation import Record
+
+FETCH_TIMEOUT_MS = 1000
+"""A fetch unanswered this long is abandoned and may go to another peer."""
+LAG_GRACE_MS = 300
+"""How long a third party may be ahead of us before we fetch from it."""
+STARTUP_TIMEOUT_MS = 1500
+"""A peer silent this long after start is unreachable: do not wait for it."""
+READY_DEADLINE_MS = 15_000
+"""Ready after this long whatever the peers do (a warning is logged)."""
+BUFFER_LIMIT = 100_000
+"""Most out-of-order entries buffered; past it, new ones wait for catch-up."""
+EMPTY_BACKOFF_MS = 300
+"""A ready node's fetch that brought nothing new waits this long before the next
+to that peer (one whose heartbeats claim more than it serves is not asked in a loop)."""
+DEFAULT_MAX_OFFSET_MS = 1000
+"""How far ahead of this node's clock an entry's hlc may be (``--max-clock-offset-ms``)."""
+
+CATCHING_UP = "catching-up"
+READY = "ready"
+
+
+@dataclass
+class PeerView:
+    """What this node knows about one peer."""
+
+    node_id: str
+    origin: str = ""
+    state: str = "unknown"
+    vv: dict[str, int] = field(default_factory=dict)
+    logged: dict[str, int] = field(default_factory=dict)  # vv of its last logged-vv heartbeat
+    heard_ms: int = -1
+    fetching: Fetch | None = None
+    fetch_sent_ms: int = 0
+    next_fetch: Fetch | None = None  # continuation to send as soon as possible
+    ahead: Fetch | None = None  # sent (prefetch) while the reply to ``fetching`` is applied
+    want_full: bool = False
+    synced: bool = False  # answered "nothing more" since we started
+    staged: list[Record] = field(default_factory=list)  # snapshot chunks not yet applied
+    retry_ms: int = 0  # no fetch to this peer before then (monotonic ms)
+
+
+def lag_report(
+    peers: Iterable[PeerView],
+    vv: dict[str, int],
+    lagging: dict[str, tuple[int, int]],
+    now_ms: int,
+) -> dict[str, dict[str, Any]]:
+    """Per peer: entries of its origin ``vv`` lacks, for how long (ms), and its state."""
+    out = {}
+    for peer in peers:
+        behind = max(0, peer.vv.get(peer.origin, 0) - vv.get(peer.origin, 0))
+        since = lagging.get(peer.origin, (0, now_ms))[1] if behind else now_ms
+        out[peer.node_id] = {"entries": behind, "ms": max(0, now_ms - since), "state": peer.state}
+    return out
