@@ -83,6 +83,13 @@ from mesh.roles.config import (
     "PYCACHE_BATCH_PER_NODE",
     "Requests in a row to one node before the next (1: strict round robin).",
 )
+@int_option(
+    "--max-request-bytes",
+    BalancerConfig.max_request_bytes,
+    "PYCACHE_MAX_REQUEST_BYTES",
+    "Largest frame passed on (0: a node's default, the largest value plus 64 KiB); "
+    "the nodes' own limit applies when lower.",
+)
 @click.option(
     "--status-file",
     default=None,
@@ -103,6 +110,7 @@ def balancer(
     max_attempts: int,
     deadline_ms: int,
     batch_per_node: int,
+    max_request_bytes: int,
     status_file: str | None,
     insecure: bool,
     client_keys: str,
@@ -124,6 +132,7 @@ def balancer(
             max_attempts=max_attempts,
             deadline_ms=deadline_ms,
             batch_per_node=batch_per_node,
+            max_request_bytes=max_request_bytes,
             insecure=insecure,
             client_keys=client_keys,
             client_key=client_key,

@@ -1,8 +1,11 @@
 """The balancer: one ROUTER front for clients, a DEALER toward each node.
 
 Clients speak the node protocol (:mod:`mesh.core.wire`) to the front socket; the
-balancer forwards each request, envelope and all, to a **ready** node in
-turn, and each reply back the same way, so clients cannot tell it from a node.
+balancer forwards each request to a **ready** node in turn and each reply back,
+so clients cannot tell it from a node; what a node would refuse as a whole
+(too many frames, a frame over the request limit) the front answers itself
+(:mod:`mesh.roles.admission`).  A node gets a request under a tag new for each
+send, not the client's envelope (:class:`mesh.roles.routing.Pending`).
 The turn moves once per run of requests, not once per request: up to
 ``batch_per_node`` (32) requests in a row go to the same node, which then
 handles several in one turn of its own loop (one fsync, one publish for a
@@ -23,10 +26,9 @@ Liveness and readiness, per node:
   restarted node gets none until it has caught up;
 - a node that answers NOT_READY is taken out of rotation on the spot.
 
-Every request in flight is tracked by ``(client id, request id)``; a write is
-sent with a run-by deadline (``deadline_ms``, 400 ms, in an envelope frame, see
-:data:`mesh.core.envelope.DEADLINE_MAGIC`): a node that gets it later does not run it
-and answers DEADLINE.  Reads carry none: one running late changes nothing, so
+A write is sent with a run-by deadline (``deadline_ms``, 400 ms, in an envelope
+frame, see :data:`mesh.core.envelope.DEADLINE_MAGIC`): a node that gets it later does
+not run it and answers DEADLINE.  Reads carry none: one running late changes nothing, so
 a read on a failed node is resent at once.  When a node answers NOT_READY or DEADLINE, the request
 goes at once to another ready node; when a node is dropped, its requests go
 elsewhere once their deadline has passed, so that a copy stuck on a hung node
@@ -68,10 +70,11 @@ from zmq.utils.monitor import parse_monitor_message
 from mesh.core import envelope, wire
 from mesh.core.clock import monotonic_ms, wall_ms
 from mesh.core.errors import ProtocolError
+from mesh.roles import admission
 from mesh.roles.binding import bind
 from mesh.roles.clientplane import connect_as, optional_credentials, protect
 from mesh.roles.config import BalancerConfig
-from mesh.roles.routing import Link, Pending, Pool, bundle_messages, inflight_key
+from mesh.roles.routing import Link, Pending, Pool, bundle_messages, client_reply, forwarded
 from mesh.roles.trust import AnyZapHandler, ThreadZapHandler, log_refused
 from mesh.roles.tuning import raise_fd_limit, tune_gc
 from mesh.roles.zsock import recv_frames, send_frames, socket_fd
@@ -103,12 +106,17 @@ class Balancer:
         self.links = [Link(endpoint) for endpoint in config.nodes]
         self.pool = Pool(self.links, config.batch_per_node)
         self.waiting: deque[Pending] = deque()
-        self.counters = {"requests": 0, "retries": 0, "no_ready_node": 0, "failovers": 0}
+        names = ("requests", "retries", "no_ready_node", "failovers", "refused")
+        self.counters = dict.fromkeys(names, 0)
         self._stopped = False
         self._holding = False  # True inside run(): sends wait for _send_held
         self._held: list[tuple[Link, list[bytes], Pending]] = []
         self._held_replies: list[list[bytes]] = []
         self._probe_ids = itertools.count(1)
+        self._tags = itertools.count(1)
+        # A frame over request_bytes gets TOO_LARGE; over twice the front's, a drop.
+        self._front_limit = admission.request_limit(config.max_request_bytes)
+        self.request_bytes = self._front_limit
         self._gathers: dict[int, dict[str, Any]] = {}
         self._delayed: list[tuple[int, int, Pending]] = []  # (resend at wall ms, tie, request)
         self.zap: AnyZapHandler | None = None
@@ -127,6 +135,7 @@ class Balancer:
         self.front.setsockopt(zmq.LINGER, 0)
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.front.setsockopt(zmq.SNDHWM, 100_000)
+        self.front.setsockopt(zmq.MAXMSGSIZE, admission.CEILING_FACTOR * self._front_limit)
         bind(self.front, "front", config.front, on_error=self.close)
         self.endpoint = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
         # A plain zmq.Poller in a plain loop: the balancer only moves frames,
@@ -222,8 +231,15 @@ class Balancer:
             except zmq.Again:
                 return
             self.counters["requests"] += 1
-            if len(frames) < 2:
-                continue
+            count = len(frames)
+            if count != 2 or len(frames[1]) > self.request_bytes:
+                if count < 2:
+                    continue
+                refusal = admission.refusal(frames, self.request_bytes)
+                if refusal is not None:
+                    self.counters["refused"] += 1
+                    self._to_client(refusal)
+                    continue
             request_id, op = envelope.peek_head(frames[-1])
             if op in (b"HEALTH", b"CLUSTER"):
                 self._answer_locally(frames, op, now)
@@ -238,12 +254,9 @@ class Balancer:
             if link is None:
                 break
             pending.attempts += 1
-            frames = pending.frames
-            if pending.write:
-                pending.run_by_ms = wall_ms() + self.config.deadline_ms
-                frames = [*frames[:-1], envelope.deadline_frame(pending.run_by_ms), frames[-1]]
-            if pending.request_id is not None:
-                link.inflight[inflight_key(pending)] = pending
+            run_by = wall_ms() + self.config.deadline_ms if pending.write else 0
+            frames = forwarded(pending, next(self._tags).to_bytes(8, "big"), run_by)
+            link.inflight[pending.tag] = pending
             if self._holding:
                 self._held.append((link, frames, pending))
                 if len(self._held) >= HELD_MAX:
@@ -253,7 +266,7 @@ class Balancer:
                 send_frames(link.sock, frames)
                 return
             except zmq.ZMQError:
-                link.inflight.pop(inflight_key(pending), None)  # never sent
+                link.inflight.pop(pending.tag, None)  # never sent
                 self._drop(link, now, "unreachable")
         if pending.attempts >= self.config.max_attempts:
             self._reply_error(pending, wire.E_NOT_READY, "no node answered the request")
@@ -267,17 +280,14 @@ class Balancer:
         held, self._held = self._held, []
         per_link: dict[int, tuple[Link, list[tuple[list[bytes], Pending]]]] = {}
         for link, frames, pending in held:
-            if (
-                pending.request_id is not None
-                and link.inflight.get(inflight_key(pending)) is not pending
-            ):
+            if link.inflight.get(pending.tag) is not pending:
                 continue  # its node was dropped since, and _drop has rescheduled it
             per_link.setdefault(id(link), (link, []))[1].append((frames, pending))
         retry: list[Pending] = []
         for link, items in per_link.values():
             unsent, failed = self._send_items(link, items)
             for pending in unsent:  # never sent: safe to send elsewhere now
-                link.inflight.pop(inflight_key(pending), None)
+                link.inflight.pop(pending.tag, None)
             retry += unsent
             if failed:
                 self._drop(link, now, "unreachable")
@@ -353,22 +363,19 @@ class Balancer:
 
     def _on_reply(self, link: Link, frames: list[bytes], now: int) -> None:
         """Pass a node's reply to its client, or resend a request the node did not run."""
-        if len(frames) > 2 and envelope.frame_deadline(frames[-2]) is not None:
-            frames = [*frames[:-2], frames[-1]]
-        request_id, code = envelope.peek_head(frames[-1])
-        if request_id is None:
-            self._to_client(frames)
+        pending = link.inflight.pop(frames[0], None)
+        if pending is None:  # a late reply to a request already retried elsewhere
+            if len(frames) == 1:  # a node refused a whole message: a bug here
+                log.warning("node %s refused a message: %r", link.endpoint, frames[0][:200])
             return
-        pending = link.inflight.pop((frames[0], request_id), None)
-        if pending is None:
-            return  # a late reply to a request already retried elsewhere
+        _, code = envelope.peek_head(frames[-1])
         if code in (wire.E_NOT_READY, wire.E_DEADLINE):  # not run there: safe to resend
             if code == wire.E_NOT_READY:
                 link.state = "not-ready"
             self.counters["retries"] += 1
             self._route(pending, now, exclude=link)
             return
-        self._to_client(frames)
+        self._to_client(client_reply(pending, frames[-1]))
 
     def _on_probe_reply(self, link: Link, frames: list[bytes], now: int) -> None:
         try:
@@ -386,9 +393,8 @@ class Balancer:
             return
         if code == wire.OK and isinstance(result, dict):
             was = link.usable
-            link.node_id, link.state = str(result.get("node_id", "")), str(result.get("state"))
-            bundle_bytes = result.get("bundle_bytes")
-            link.bundle_bytes = bundle_bytes if type(bundle_bytes) is int else 0
+            link.take_health(result)
+            self.request_bytes = self.pool.request_limit(self._front_limit)
             if link.usable and not was:
                 log.info("node %s (%s) in rotation", link.node_id, link.endpoint)
 
@@ -454,12 +460,7 @@ class Balancer:
 
     def _finish_gather(self, token: int) -> None:
         gather = self._gathers.pop(token)
-        nodes = []
-        for link in self.links:
-            entry = dict(gather["replies"].get(link.endpoint) or {"state": link.state})
-            entry.update(endpoint=link.endpoint, in_rotation=link.usable)
-            entry.setdefault("node_id", link.node_id)
-            nodes.append(entry)
+        nodes = [link.cluster_entry(gather["replies"].get(link.endpoint)) for link in self.links]
         reply = wire.encode_reply(gather["id"], {"nodes": nodes})
         self._to_client([*gather["frames"][:-1], reply])
 

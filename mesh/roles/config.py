@@ -218,6 +218,9 @@ class BalancerConfig:
             else it refuses it; a failed node's requests are resent after it.
         batch_per_node: requests in a row sent to one node before the turn
             moves on (1: strict round robin, request by request).
+        max_request_bytes: the front's request limit (0: a node's default,
+            8 MiB + 64 KiB); the nodes' own, when lower, applies; a frame over
+            twice it drops the sender's connection.
         insecure: let the front listen beyond loopback without client
             credentials (tests only; logged loudly).
         client_keys: the client plane's keys folder: the front admits only
@@ -236,6 +239,7 @@ class BalancerConfig:
     max_attempts: int = 3
     deadline_ms: int = 400
     batch_per_node: int = 32
+    max_request_bytes: int = 0  # 0: a node's default request limit
     insecure: bool = False
     client_keys: str = ""
     client_key: str = ""
@@ -254,6 +258,7 @@ class BalancerConfig:
         check_range("max_attempts", self.max_attempts, 1, 100)
         check_range("deadline_ms", self.deadline_ms, 10, 600_000)
         check_range("batch_per_node", self.batch_per_node, 1, 4096)
+        check_range("max_request_bytes", self.max_request_bytes, 0, 1024 * MIB)
         if self.client_keys:
             load_server_keys(self.client_keys)
         check_protected(

@@ -22,7 +22,12 @@ BUNDLE_SLACK = 16
 
 @dataclass(slots=True)
 class Pending:
-    """A client request in flight (or waiting for a ready node)."""
+    """A client request in flight (or waiting for a ready node).
+
+    ``frames`` are the client's (routing id, envelope, request); a node gets
+    only ``tag``, the balancer's own name for this send, (a deadline) and the
+    request, and answers with the tag, by which the reply finds its client.
+    """
 
     frames: list[bytes]
     request_id: int | None = None
@@ -30,6 +35,9 @@ class Pending:
     attempts: int = 0
     waiting_since: int = 0
     run_by_ms: int = 0  # wall-clock deadline of the latest send (see envelope.DEADLINE_MAGIC)
+    #: The key in ``Link.inflight``: new for each send, so a stale reply matches
+    #: none, and two requests in flight with one id (one client's or two) are apart.
+    tag: bytes = b""
 
 
 @dataclass
@@ -46,7 +54,20 @@ class Link:
     probe_sent_ms: int = 0
     awaiting_since: int = 0  # oldest unanswered probe; 0 when the node answers
     bundle_bytes: int = 0  # largest bundle the node takes (its HEALTH says); 0: none
-    inflight: dict[tuple[bytes, int | None], Pending] = field(default_factory=dict)
+    inflight: dict[bytes, Pending] = field(default_factory=dict)  # by tag
+
+    def take_health(self, result: dict) -> None:
+        """What the node's HEALTH reply says: its id, state, and the bundles it takes."""
+        self.node_id, self.state = str(result.get("node_id", "")), str(result.get("state"))
+        bundle_bytes = result.get("bundle_bytes")
+        self.bundle_bytes = bundle_bytes if type(bundle_bytes) is int else 0
+
+    def cluster_entry(self, reply: dict | None) -> dict:
+        """The node's entry in the balancer's CLUSTER: its own (``reply``), or what is known."""
+        entry = dict(reply or {"state": self.state})
+        entry.update(endpoint=self.endpoint, in_rotation=self.usable)
+        entry.setdefault("node_id", self.node_id)
+        return entry
 
     @property
     def usable(self) -> bool:
@@ -86,14 +107,35 @@ class Pool:
         self._left -= 1
         return link
 
+    def request_limit(self, ceiling: int) -> int:
+        """The smallest request limit among the nodes that told theirs, at most ``ceiling``.
+
+        A node's ``bundle_bytes`` is its request limit (docs/protocol.md, HEALTH).
+        """
+        return min([ceiling, *(link.bundle_bytes for link in self.links if link.bundle_bytes > 0)])
+
     def any_ready(self) -> bool:
         """True when at least one node can take traffic."""
         return any(link.usable for link in self.links)
 
 
-def inflight_key(pending: Pending) -> tuple[bytes, int | None]:
-    """A request's key in ``Link.inflight``: (client routing id, request id)."""
-    return pending.frames[0], pending.request_id
+def forwarded(pending: Pending, tag: bytes, run_by_ms: int) -> list[bytes]:
+    """The frames that carry ``pending`` to a node: ``tag``, a deadline if any, the request.
+
+    The client's routing id and envelope stay with the balancer (``pending.frames``),
+    so what a node gets is always 2 or 3 frames, whatever envelope the client sent.
+    """
+    pending.tag = tag
+    if run_by_ms:
+        pending.run_by_ms = run_by_ms
+        return [tag, envelope.deadline_frame(run_by_ms), pending.frames[-1]]
+    return [tag, pending.frames[-1]]
+
+
+def client_reply(pending: Pending, reply: bytes) -> list[bytes]:
+    """A node's reply frame on its way back to the client: with the client's envelope."""
+    frames = pending.frames
+    return [frames[0], reply] if len(frames) == 2 else [*frames[:-1], reply]
 
 
 def bundle_messages(
