@@ -37,6 +37,7 @@ from mesh.core import peerwire
 from mesh.core.clock import monotonic_ms
 from mesh.core.replication import READY, STARTUP_TIMEOUT_MS, Replica
 from mesh.roles.binding import bind
+from mesh.roles.liveness import detect_dead_hosts
 from mesh.roles.repl_server import ReplServer, read_message
 from mesh.roles.trust import (
     PUB_DOMAIN,
@@ -61,7 +62,6 @@ CONNECT_RETRY_MS = 2
 TICK_MS = 20
 PUB_BATCH_BYTES = 1024 * 1024
 DRAIN_MAX = 4096
-ZMTP_HEARTBEAT_MS = 500
 #: How often the admitted set is looked at again (a member added or forgotten).
 MEMBERS_REFRESH_MS = 1000
 #: Entries taken from peers' PUB that no origin waits on are fsynced within
@@ -153,12 +153,9 @@ class Peering:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame)
-        # ZMTP heartbeats: a connection whose other end vanished without a word
-        # (a host cut off or powered down) is noticed and redialled; a SUB
-        # never sends anything otherwise, and would wait on it forever.
-        sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ZMTP_HEARTBEAT_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, 4 * ZMTP_HEARTBEAT_MS)
+        # A host that vanished without a word is noticed by TCP keepalive, not
+        # ZMTP heartbeats: they can abort libzmq 4.3 (see mesh.roles.liveness).
+        detect_dead_hosts(sock)
         return sock
 
     def _secure(self, sock: zmq.Socket, server_domain: str = "") -> None:
