@@ -32,6 +32,8 @@ CLOCK_OFFSET = "clock-offset"
 """A node's state when its wall clock is beyond the max offset from the majority's."""
 HEARD_WINDOW_MS = 3000
 """Only peers heard this recently count."""
+STALL_MS = 1000
+"""A gap this long between two judgements means this node was stalled (paused, say)."""
 REFUSE_BACKOFF_MS = 1000
 """First wait before fetching an origin's refused entries again (doubles)."""
 REFUSE_BACKOFF_MAX_MS = 8000
@@ -60,6 +62,8 @@ class ClockGuard:
         self.max_offset_ms = max_offset_ms
         self.window_ms = window_ms
         self._seen: dict[str, tuple[int, int]] = {}  # peer -> (their wall - ours, when: mono ms)
+        self._judged_ms: int | None = None
+        self._quiet_until = 0
 
     def observe(self, peer: str, their_wall: int, our_wall: int, now_ms: int) -> None:
         """A heartbeat of ``peer`` stamped ``their_wall`` arrived at ``our_wall`` (``now_ms``
@@ -76,10 +80,20 @@ class ClockGuard:
 
     def judge(self, members: int, now_ms: int) -> Verdict:
         """Whether this node's clock is off: a majority of ``members`` (itself
-        included) are recently heard peers beyond the max offset."""
+        included) are recently heard peers beyond the max offset.
+
+        After this node was stalled (judgements ``STALL_MS`` or more apart: a
+        SIGSTOP, a long block), the heartbeats that queued meanwhile arrive
+        late and make every peer look behind by the stall: no verdict of
+        ``bad`` is given until the stall's length (at most 10 s) has passed
+        again, by when the queue has drained and fresh beats count.
+        """
+        if self._judged_ms is not None and now_ms - self._judged_ms >= STALL_MS:
+            self._quiet_until = now_ms + min(now_ms - self._judged_ms, 10_000)
+        self._judged_ms = now_ms
         heard = list(self.offsets(now_ms).values())
         far = [off for off in heard if abs(off) > self.max_offset_ms]
-        bad = 2 * len(far) > members
+        bad = 2 * len(far) > members and now_ms >= self._quiet_until
         basis = far if bad else heard
         offset = -median_low(basis) if basis else 0
         return Verdict(bad, offset, len(far), len(heard))

@@ -74,6 +74,7 @@ from mesh.roles import admission
 from mesh.roles.binding import bind
 from mesh.roles.clientplane import connect_as, optional_credentials, protect
 from mesh.roles.config import BalancerConfig
+from mesh.roles.liveness import detect_dead_hosts
 from mesh.roles.routing import Link, Pending, Pool, bundle_messages, client_reply, forwarded
 from mesh.roles.trust import AnyZapHandler, ThreadZapHandler, log_refused
 from mesh.roles.tuning import raise_fd_limit, tune_gc
@@ -154,9 +155,7 @@ class Balancer:
             connect_as(sock, self.credentials)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue toward a node that is not there
-        # ZMTP heartbeats notice a node whose host vanished without closing.
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 500)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 1500)
+        detect_dead_hosts(sock)  # TCP keepalive, not ZMTP heartbeats (mesh.roles.liveness)
         sock.setsockopt(zmq.SNDHWM, 100_000)
         sock.setsockopt(zmq.RCVHWM, 100_000)
         link.monitor = sock.get_monitor_socket(

@@ -37,6 +37,8 @@ from mesh.core import peerwire
 from mesh.core.clock import monotonic_ms
 from mesh.core.replication import READY, STARTUP_TIMEOUT_MS, Replica
 from mesh.roles.binding import bind
+from mesh.roles.dialer import Dialer
+from mesh.roles.liveness import detect_dead_hosts
 from mesh.roles.repl_server import ReplServer, read_message
 from mesh.roles.trust import (
     PUB_DOMAIN,
@@ -61,7 +63,6 @@ CONNECT_RETRY_MS = 2
 TICK_MS = 20
 PUB_BATCH_BYTES = 1024 * 1024
 DRAIN_MAX = 4096
-ZMTP_HEARTBEAT_MS = 500
 #: How often the admitted set is looked at again (a member added or forgotten).
 MEMBERS_REFRESH_MS = 1000
 #: Entries taken from peers' PUB that no origin waits on are fsynced within
@@ -144,6 +145,7 @@ class Peering:
             on_hello=self._on_hello,
             counters=self.counters,
         )
+        self.dialer = Dialer()  # peers' names are resolved off libzmq's I/O thread
         self._load_peers(peers)
         self._startup_until = monotonic_ms() + STARTUP_TIMEOUT_MS
         self._next_beat = 0
@@ -153,12 +155,9 @@ class Peering:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_frame)
-        # ZMTP heartbeats: a connection whose other end vanished without a word
-        # (a host cut off or powered down) is noticed and redialled; a SUB
-        # never sends anything otherwise, and would wait on it forever.
-        sock.setsockopt(zmq.HEARTBEAT_IVL, ZMTP_HEARTBEAT_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * ZMTP_HEARTBEAT_MS)
-        sock.setsockopt(zmq.HEARTBEAT_TTL, 4 * ZMTP_HEARTBEAT_MS)
+        # A host that vanished without a word is noticed by TCP keepalive, not
+        # ZMTP heartbeats: they can abort libzmq 4.3 (see mesh.roles.liveness).
+        detect_dead_hosts(sock)
         return sock
 
     def _secure(self, sock: zmq.Socket, server_domain: str = "") -> None:
@@ -193,7 +192,7 @@ class Peering:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             self._secure(sock)
             try:
-                sock.connect(endpoint)
+                self.dialer.connect(sock, endpoint, monotonic_ms())
             except zmq.ZMQError:
                 sock.close(0)
                 raise
@@ -214,7 +213,7 @@ class Peering:
         try:  # endpoints are checked when parsed: this is the last line of defence
             self._dealer(repl)
             if pub not in self._subscribed:
-                self.sub.connect(pub)
+                self.dialer.connect(self.sub, pub, monotonic_ms())
                 self._subscribed.add(pub)
                 changed = True
         except zmq.ZMQError as exc:
@@ -232,13 +231,14 @@ class Peering:
         repl, pub = self._by_node.pop(node_id, None), self._pubs.pop(node_id, None)
         if pub is not None and pub in self._subscribed:
             self._subscribed.discard(pub)
-            self.sub.disconnect(pub)
+            self.dialer.disconnect(self.sub, pub)
         sock = self._dealers.pop(repl, None) if repl is not None else None
         if sock is not None:
             raw = self._raw.pop(sock)
             self._watched = [(r, h) for r, h in self._watched if r is not raw]
             if self._loop is not None:
                 self._loop.remove_reader(socket_fd(raw))
+            self.dialer.forget(sock)
             sock.close(0)
             self._unanswered.pop(repl, None)  # type: ignore[arg-type]
         self.server.forget(node_id)
@@ -321,6 +321,7 @@ class Peering:
             self._wakeup.set_result(None)
 
     def _tick(self, now: int) -> None:
+        self.dialer.poll(now)
         if now >= self._next_refresh:
             self._refresh_members()
             self._next_refresh = now + MEMBERS_REFRESH_MS
@@ -367,8 +368,7 @@ class Peering:
         self._unanswered[endpoint] = now + wait
 
     def _idle_ms(self, now: int) -> int:
-        """How long the loop may wait for its sockets: TICK_MS, or less when a
-        HELLO is due sooner."""
+        """How long the loop may wait: TICK_MS, or less when a HELLO is due sooner."""
         due = min(self._unanswered.values(), default=now + TICK_MS)
         return max(1, min(TICK_MS, due - now))
 
@@ -382,14 +382,11 @@ class Peering:
             if sock is not self.pub:
                 self._wake()  # a send may use up ZMQ_FD's edge: look at the sockets again
 
-    def _frames(self, sock: zmq.asyncio.Socket) -> list[list[bytes]]:
-        return drain(self._raw[sock], DRAIN_MAX)
-
     def _messages(
         self, sock: zmq.asyncio.Socket, parse: Callable[[tuple], tuple[str, Any]]
     ) -> Iterator[tuple[list[bytes], str, Any]]:
         """Drain ``sock``; yield ``(frames, kind, payload)``; log and skip bad messages."""
-        for frames in self._frames(sock):
+        for frames in drain(self._raw[sock], DRAIN_MAX):
             parsed = read_message(frames, parse, self.max_frame, self.counters)
             if parsed is not None:
                 yield frames, *parsed
@@ -495,5 +492,6 @@ class Peering:
 
     def close(self) -> None:
         """Close every socket."""
+        self.dialer.close()
         for sock in (self.pub, self.repl, self.sub, *self._dealers.values()):
             sock.close(0)
