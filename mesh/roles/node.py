@@ -16,7 +16,8 @@ One asyncio loop (``zmq.asyncio``) does everything:
    leaves before the fsync of every write that came before it in the batch.
    A write asked with ``w`` > 1 waits for that many nodes (:mod:`mesh.core.acks`).
 4. **Housekeeping** timers: active TTL sweep, ``interval`` fsync, snapshots
-   plus log compaction every ``snapshot_every`` entries.
+   plus log compaction after ``snapshot_every`` entries or enough log bytes
+   (:mod:`mesh.storage.compaction`).
 
 SIGTERM or SIGINT stops serving, fsyncs the log and returns, so the process
 exits 0.
@@ -51,6 +52,7 @@ from mesh.roles.peering import Peering
 from mesh.roles.trust import AnyZapHandler, ZapHandler, log_refused, peer_trust, start_peer_zap
 from mesh.roles.tuning import CatchUpGc, raise_fd_limit, tune_gc, tune_malloc
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
+from mesh.storage.compaction import SnapshotPolicy
 from mesh.storage.datadir import (
     lock_data_dir,
     mark_clean_shutdown,
@@ -58,7 +60,7 @@ from mesh.storage.datadir import (
     take_clean_shutdown,
 )
 from mesh.storage.log import Log
-from mesh.storage.replay import recover, take_snapshot
+from mesh.storage.replay import recover
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +115,9 @@ class Node:
         counted = ("requests", "bad_requests", "dropped_replies", "expired_requests")
         self.counters = dict.fromkeys((*counted, "refused_handshakes"), 0)
         self.started = time.monotonic()
-        self._snapshot_offset = 0
+        self.snapshots = SnapshotPolicy(
+            self.log, config.snapshot_every, config.snapshot_bytes, config.retention_bytes
+        )
         self._stopped = asyncio.Event()
         self._api: zmq.asyncio.Socket | None = None
         self._raw_api: zmq.Socket | None = None
@@ -142,7 +146,7 @@ class Node:
         )
         self.commands.seq = found.vv.get(self.origin, 0)
         self.clock.observe(found.max_hlc)
-        self._snapshot_offset = found.snapshot_offset
+        self.snapshots.start(found.snapshot_offset)
         log.info(
             "recovered %d entries in %.2f s (%.0f entries/s); %d live keys; seq %d",
             found.applied,
@@ -337,7 +341,8 @@ class Node:
             self._commits += 1
             if self.peering is not None and self.replica.peers:  # nobody to tell otherwise
                 self.peering.publish(self.origin, records, ack=bool(held))
-            self._maybe_snapshot()
+            if self.snapshots.due():
+                self.snapshot()
         for waiting in held:
             self.acks.hold(waiting)
         return replies
@@ -439,16 +444,10 @@ class Node:
             await asyncio.sleep(period_ms / 1000)
             action()
 
-    def _maybe_snapshot(self) -> None:
-        every = self.config.snapshot_every
-        if every and self.log.next_offset - self._snapshot_offset >= every:
-            self.snapshot()
-
     def snapshot(self) -> None:
         """Write a snapshot of the store and drop the log segments it covers."""
         meta = {"vv": self.replica.vv, "floor": self.replica.floor, "max_hlc": self.clock.last}
-        take_snapshot(self.log, self.store, meta)
-        self._snapshot_offset = self.log.next_offset
+        self.snapshots.take(self.store, meta)
 
     def _shutdown(self) -> None:
         try:
