@@ -26,6 +26,7 @@ after ``max(min_bytes, S * GROWTH)`` more bytes of log.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from pathlib import Path
@@ -75,11 +76,19 @@ class SnapshotPolicy:
         """At most this much of the log a snapshot covers is kept for catch-up."""
         return min(self.retention_bytes, int(self.size * KEEP))
 
-    def take(self, store: Store, meta: dict[str, Any]) -> Path:
-        """Seal the active segment, snapshot ``store`` (with ``meta``) and compact."""
+    def take(self, store: Store, meta: dict[str, Any]) -> Path | None:
+        """Seal the active segment, snapshot ``store`` (with ``meta``) and compact;
+        None when the disk had no room for the snapshot (it is tried again later)."""
         started = time.perf_counter()
-        self.log.seal()
-        path = self.log.write_snapshot(store.entries(), meta)
+        try:
+            self.log.seal()
+            path = self.log.write_snapshot(store.entries(), meta)
+        except OSError as exc:  # no room for it: try again after as much log again
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._mark = self.log.appended
+            log.error("no snapshot: %s", exc)
+            return None
         self.offset, self.size = self.log.next_offset, path.stat().st_size
         self._mark = self.log.appended
         removed = self.log.compact(self.keep_bytes() if self.min_bytes else None)

@@ -28,9 +28,10 @@ missing or bad index of a sealed segment is rebuilt by scanning the segment.
 Preallocation: the active segment's file is kept filled with zeros about
 ``PREFILL_BYTES`` past its last record (never past ``segment_bytes``, unless
 one record is larger), because an fdatasync that need not also commit a new
-file size costs about 40% less here.  Recovery takes a zero length followed
-only by zero bytes as the end of the records and cuts the file there without
-a warning; sealing a segment and closing the log cut it there too.
+file size costs about 40% less here (on a disk with no room for it, records
+are written without).  Recovery takes a zero length followed only by zero
+bytes as the end of the records and cuts the file there without a warning;
+sealing a segment and closing the log cut it there too.
 
 Durability: the data of every segment is fsynced before it is sealed and the
 directory is fsynced whenever a file is created, renamed or deleted,
@@ -388,10 +389,8 @@ class Log:
         return _snapshot.write(self._snap_dir, self.next_offset, entries, meta)
 
     def seal(self) -> None:
-        """Seal the active segment and start a new one, unless it holds no record yet.
-
-        Before a snapshot, so that compaction can delete all the log it covers.
-        """
+        """Seal the active segment, unless empty, and start a new one (before a
+        snapshot: compaction can then delete all the log the snapshot covers)."""
         if self._segments[-1].count:
             self._roll()
 
@@ -401,8 +400,7 @@ class Log:
 
     def snapshot_bytes(self) -> int:
         """The size of the newest snapshot file (0 when there is none)."""
-        found = _snapshot.paths(self._snap_dir)
-        return found[0].stat().st_size if found else 0
+        return next((p.stat().st_size for p in _snapshot.paths(self._snap_dir)), 0)
 
     def load_snapshot(self) -> tuple[dict[str, Any], Iterator[Mutation]] | None:
         """The latest valid snapshot as ``(meta, entries)``, or None.
@@ -421,10 +419,9 @@ class Log:
         Deletes, oldest first, the segments whose records are all below the
         latest snapshot's offset and that lie outside the retention window
         (the newest ``retention_bytes`` of segments are kept; the active one
-        always is), then every snapshot but the latest valid one.  With
-        ``keep_bytes``, the window is instead at most that many bytes of
-        segments (whole ones, the newest).  Fsyncs the directories; returns
-        the deleted segment and snapshot paths.
+        always is; with ``keep_bytes``, at most that many bytes of whole
+        segments), then every snapshot but the latest valid one.  Fsyncs the
+        directories; returns the deleted segment and snapshot paths.
         """
         found = _snapshot.latest(self._snap_dir)
         if found is None:
@@ -481,9 +478,14 @@ class Log:
         fsync_dir(self._dir)
 
     def _prefill(self, end: int) -> None:
-        """Zero-fill the active segment's file from its end to at least ``end``."""
+        """Zero-fill the active segment's file from its end to past ``end``; when the
+        disk has no room for that, leave it to the records' write (ending at ``end``)."""
         target = max(end, min(end + PREFILL_BYTES, self.segment_bytes))
-        write_at(self._fd, bytes(target - self._filled), self._filled)
+        try:
+            write_at(self._fd, bytes(target - self._filled), self._filled)
+        except OSError:  # ENOSPC, EDQUOT: a write that fits must not fail for the zeros
+            os.ftruncate(self._fd, self._filled)
+            target = end
         self._filled = target
 
     def _roll(self) -> None:

@@ -35,6 +35,10 @@ class Recovered:
     floor: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def __str__(self) -> str:
+        rate = self.applied / self.seconds if self.seconds > 0 else 0.0
+        return f"recovered {self.applied} entries in {self.seconds:.2f} s ({rate:.0f} entries/s)"
+
 
 def recover(log_: Log, store: Store) -> Recovered:
     """Apply the latest snapshot and the log after it to ``store``; say what was found."""
