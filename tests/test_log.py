@@ -776,3 +776,21 @@ def test_append_of_encoded_records_writes_the_same_bytes(tmp_path: Path) -> None
         with pytest.raises(ValueError):
             given.append(records[:2], encode_records(records[:1]))
     assert segments(tmp_path / "a")[0].read_bytes() == segments(tmp_path / "b")[0].read_bytes()
+
+
+def test_seal_then_compact_keeps_at_most_keep_bytes(tmp_path: Path) -> None:
+    with Log(tmp_path, segment_bytes=4096) as log:
+        records = fill(log, 200)
+        log.seal()
+        log.seal()  # the new active segment holds nothing yet: no roll
+        assert log.bytes_from(log.next_offset) == 16  # its header
+        log.write_snapshot([], {})
+        assert log.snapshot_bytes() > 0
+        kept = 3000
+        deleted = log.compact(keep_bytes=kept)
+        assert deleted
+        assert sum(p.stat().st_size for p in segments(tmp_path)) <= kept
+        assert list(log.replay(log.first_offset())) == records[log.first_offset() :]
+        log.compact(keep_bytes=0)
+        assert len(segments(tmp_path)) == 1 and log.first_offset() == 200
+        assert log.appended > 0

@@ -98,13 +98,19 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     "--retention-mib",
     NodeConfig.retention_bytes // MIB,
     "PYCACHE_RETENTION_MIB",
-    "Log kept after a snapshot covers it.",
+    "At most this much log kept for peers after a snapshot covers it.",
 )
 @int_option(
     "--snapshot-every",
     NodeConfig.snapshot_every,
     "PYCACHE_SNAPSHOT_EVERY",
     "Entries between snapshots (0: never).",
+)
+@int_option(
+    "--snapshot-mib",
+    NodeConfig.snapshot_bytes // MIB,
+    "PYCACHE_SNAPSHOT_MIB",
+    "Also snapshot after this much log (or half the last snapshot, if more; 0: never).",
 )
 @int_option(
     "--max-keys",
@@ -225,6 +231,7 @@ def node(
     segment_mib: int,
     retention_mib: int,
     snapshot_every: int,
+    snapshot_mib: int,
     max_keys: int,
     max_memory_mib: int,
     tombstone_horizon_ms: int,
@@ -276,6 +283,7 @@ def node(
             segment_bytes=segment_mib * MIB,
             retention_bytes=retention_mib * MIB,
             snapshot_every=snapshot_every,
+            snapshot_bytes=snapshot_mib * MIB,
             max_keys=max_keys,
             max_memory=max_memory_mib * MIB,
             tombstone_horizon_ms=tombstone_horizon_ms,

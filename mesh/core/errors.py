@@ -15,6 +15,7 @@
         ├── WriteNotAcknowledged code 9: the requested ack level was not met
         ├── DeadlinePassed     code 10: not run before the balancer's deadline
         │                      (also a Timeout)
+        ├── NoSpace            code 11: the node's disk is full; the write was not applied
         └── InternalError      code 99: a bug on the server side
 
 Library code translates zmq and msgpack errors into these at the boundary
@@ -82,6 +83,10 @@ class WriteNotAcknowledged(ServerError):
 
 class DeadlinePassed(ServerError, Timeout):
     """A balancer's run-by deadline passed before a node ran the request (not run)."""
+
+
+class NoSpace(ServerError):
+    """The node could not log the write (its disk is full): nothing was applied."""
 
 
 class InternalError(ServerError):

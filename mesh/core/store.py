@@ -156,6 +156,13 @@ class Store:
 
     # -- writes -------------------------------------------------------------
 
+    def take_contents(self, other: Store) -> None:
+        """Hold ``other``'s data from now on (a store rebuilt from disk), keeping
+        this store's limits and counters (hits, misses, expired, ...)."""
+        for name in ("_live", "_tombs", "_ttl_keys", "_ttl_count", "_origins", "_digest"):
+            setattr(self, name, getattr(other, name))
+        self._dirty, self._bytes = other._dirty, other._bytes
+
     def apply(self, m: Mutation) -> bool:
         """Apply one mutation by last-writer-wins; True when the held version changed.
 

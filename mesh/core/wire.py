@@ -59,6 +59,7 @@ from mesh.core.errors import (
     BadRequest,
     DeadlinePassed,
     InternalError,
+    NoSpace,
     NotReady,
     ProtocolError,
     ServerError,
@@ -81,6 +82,7 @@ E_TOO_LARGE = 6  # value, frame or item count over its limit
 E_NOT_READY = 8  # the node cannot serve yet
 E_NOT_ACKNOWLEDGED = 9  # requested write acknowledgement not met
 E_DEADLINE = 10  # a balancer's deadline passed before the node ran the request
+E_NO_SPACE = 11  # the node's disk is full: the write was not applied
 E_INTERNAL = 99  # a server bug; the request may or may not have been applied
 
 ERROR_NAMES = {
@@ -93,6 +95,7 @@ ERROR_NAMES = {
     E_NOT_READY: "NOT_READY",
     E_NOT_ACKNOWLEDGED: "NOT_ACKNOWLEDGED",
     E_DEADLINE: "DEADLINE",
+    E_NO_SPACE: "NO_SPACE",
     E_INTERNAL: "INTERNAL",
 }
 
@@ -106,6 +109,7 @@ _EXCEPTIONS: dict[int, type[ServerError]] = {
     E_NOT_READY: NotReady,
     E_NOT_ACKNOWLEDGED: WriteNotAcknowledged,
     E_DEADLINE: DeadlinePassed,
+    E_NO_SPACE: NoSpace,
     E_INTERNAL: InternalError,
 }
 

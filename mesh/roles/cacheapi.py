@@ -12,7 +12,7 @@ over ZeroMQ) reads back over HTTP as a JSON string (invalid UTF-8 replaced by
 U+FFFD).  Every response body is JSON ``{"message": str, "payload": object}``.
 
 Backend errors map to statuses here: BadRequest 400, TooLarge 413,
-NotReady / Timeout / ConnectionFailed / WriteNotAcknowledged 503, anything
+NotReady / Timeout / ConnectionFailed / WriteNotAcknowledged 503, NoSpace 507, anything
 else 500 with a generic message (the cause goes to the log, never to the
 client).
 """
@@ -33,6 +33,7 @@ from mesh.core.errors import (
     BadRequest,
     ConnectionFailed,
     InternalError,
+    NoSpace,
     NotReady,
     PyCacheError,
     Timeout,
@@ -187,6 +188,8 @@ def translate_error(exc: PyCacheError) -> ApiError:
         return ApiError(400, exc.reason)
     if isinstance(exc, TooLarge):
         return ApiError(413, exc.reason)
+    if isinstance(exc, NoSpace):
+        return ApiError(507, f"Insufficient storage: {exc.reason}")
     what = "internal error" if isinstance(exc, InternalError) else "unexpected error"
     return ApiError(500, "Internal server error", "backend %s: %r", what, exc)
 

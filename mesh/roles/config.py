@@ -71,8 +71,12 @@ class NodeConfig:
         fsync: ``always`` (group commit, ack after fsync), ``interval``, ``never``.
         fsync_interval_ms: period of the ``interval`` policy.
         segment_bytes: a log segment is rolled past this size.
-        retention_bytes: newest log bytes kept after a snapshot covers them.
+        retention_bytes: at most this much log is kept, for peers' catch-up,
+            once a snapshot covers it (and at most half the snapshot's size,
+            when ``snapshot_bytes`` is set: :mod:`mesh.storage.compaction`).
         snapshot_every: write a snapshot (and compact) after this many entries.
+        snapshot_bytes: ... or after this many bytes of log (or half the last
+            snapshot's size, when more); 0: by entries only.
         max_keys / max_memory: LRU eviction limits (0: unlimited).
         tombstone_horizon_ms: how long a DEL's tombstone is kept.
         sweep_interval_ms: period of the active TTL sweep.
@@ -114,6 +118,7 @@ class NodeConfig:
     segment_bytes: int = 64 * MIB
     retention_bytes: int = 1024 * MIB
     snapshot_every: int = 1_000_000
+    snapshot_bytes: int = 8 * MIB
     max_keys: int = 0
     max_memory: int = 0
     tombstone_horizon_ms: int = DEFAULT_TOMBSTONE_HORIZON_MS
@@ -159,6 +164,7 @@ class NodeConfig:
         check_range("segment_bytes", self.segment_bytes, 4096, 4096 * MIB)
         check_range("retention_bytes", self.retention_bytes, 0, 1 << 50)
         check_range("snapshot_every", self.snapshot_every, 0, 1 << 40)
+        check_range("snapshot_bytes", self.snapshot_bytes, 0, 1 << 50)
         check_range("max_keys", self.max_keys, 0, 1 << 40)
         check_range("max_memory", self.max_memory, 0, 1 << 50)
         check_range("tombstone_horizon_ms", self.tombstone_horizon_ms, 1000, 1 << 40)

@@ -15,8 +15,8 @@ One asyncio loop (``zmq.asyncio``) does everything:
    peers, and only then send the replies.  No reply, for a read or a write,
    leaves before the fsync of every write that came before it in the batch.
    A write asked with ``w`` > 1 waits for that many nodes (:mod:`mesh.core.acks`).
-4. **Housekeeping** timers: active TTL sweep, ``interval`` fsync, snapshots
-   plus log compaction every ``snapshot_every`` entries.
+4. **Housekeeping**: TTL sweep, ``interval`` fsync, snapshots and compaction
+   (:mod:`mesh.storage.compaction`), a full disk (:mod:`mesh.roles.diskfull`).
 
 SIGTERM or SIGINT stops serving, fsyncs the log and returns, so the process
 exits 0.
@@ -46,11 +46,13 @@ from mesh.core.store import Store
 from mesh.roles.binding import bind
 from mesh.roles.clientplane import protect
 from mesh.roles.config import NodeConfig
+from mesh.roles.diskfull import RETRY_MS, DiskGuard
 from mesh.roles.node_status import ClockWatch, cluster, health, stats, write_status_file
 from mesh.roles.peering import Peering
 from mesh.roles.trust import AnyZapHandler, ZapHandler, log_refused, peer_trust, start_peer_zap
 from mesh.roles.tuning import CatchUpGc, raise_fd_limit, tune_gc, tune_malloc
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
+from mesh.storage.compaction import SnapshotPolicy
 from mesh.storage.datadir import (
     lock_data_dir,
     mark_clean_shutdown,
@@ -58,7 +60,7 @@ from mesh.storage.datadir import (
     take_clean_shutdown,
 )
 from mesh.storage.log import Log
-from mesh.storage.replay import recover, take_snapshot
+from mesh.storage.replay import recover
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +108,7 @@ class Node:
         self.commands = CommandExecutor(self.store, self.clock, self.origin, 0, wall_ms, *reports)
         self.replica = Replica(config.node_id, self.origin, self.store, self.log, self.clock)
         self.clockwatch = ClockWatch(self)
+        self.disk = DiskGuard(self)
         self.peering: Peering | None = None
         self.acks = PendingAcks()
         self.keys, self.membership = peer_trust(config)
@@ -113,7 +116,9 @@ class Node:
         counted = ("requests", "bad_requests", "dropped_replies", "expired_requests")
         self.counters = dict.fromkeys((*counted, "refused_handshakes"), 0)
         self.started = time.monotonic()
-        self._snapshot_offset = 0
+        self.snapshots = SnapshotPolicy(
+            self.log, config.snapshot_every, config.snapshot_bytes, config.retention_bytes
+        )
         self._stopped = asyncio.Event()
         self._api: zmq.asyncio.Socket | None = None
         self._raw_api: zmq.Socket | None = None
@@ -142,15 +147,8 @@ class Node:
         )
         self.commands.seq = found.vv.get(self.origin, 0)
         self.clock.observe(found.max_hlc)
-        self._snapshot_offset = found.snapshot_offset
-        log.info(
-            "recovered %d entries in %.2f s (%.0f entries/s); %d live keys; seq %d",
-            found.applied,
-            found.seconds,
-            found.applied / found.seconds if found.seconds > 0 else 0.0,
-            len(self.store),
-            self.commands.seq,
-        )
+        self.snapshots.start(found.snapshot_offset)
+        log.info("%s; %d live keys; seq %d", found, len(self.store), self.commands.seq)
         return found.applied
 
     # ------------------------------------------------------------------ serving
@@ -178,6 +176,7 @@ class Node:
                 asyncio.create_task(self._every(self.config.sweep_interval_ms, self.store.sweep)),
                 asyncio.create_task(self._every(ACK_CHECK_MS, self._check_acks)),
                 asyncio.create_task(self._every(CLOCK_CHECK_MS, self.clockwatch.check)),
+                asyncio.create_task(self._every(RETRY_MS, self.disk.check)),
             ]
             if self.config.fsync == "interval":
                 tasks.append(
@@ -247,10 +246,10 @@ class Node:
         )
 
     def _start_zap(self) -> None:
-        def refused(domain: str, key: bytes) -> None:
-            self.counters["refused_handshakes"] += 1
+        self._zap = start_peer_zap(self.ctx, self.membership, self._refused_handshake)
 
-        self._zap = start_peer_zap(self.ctx, self.membership, refused)
+    def _refused_handshake(self, domain: str, key: bytes) -> None:
+        self.counters["refused_handshakes"] += 1
 
     def cluster_size(self) -> int:
         """The nodes ``w=quorum`` and ``w=all`` count: the members, or all known (insecure)."""
@@ -319,7 +318,7 @@ class Node:
 
     def handle_batch(self, batch: list[list[bytes]]) -> list[list[bytes]]:
         """Execute a batch of requests; log, fsync and publish its writes; return replies."""
-        replies = []
+        replies, lasts = [], [frames[-1] for frames in batch]  # lasts: see DiskGuard
         held: list[Waiting] = []
         for frames in batch:
             if len(frames) == 3 and frames[1] == envelope.BUNDLE_MAGIC:
@@ -332,12 +331,16 @@ class Node:
         pending = self.commands.take_pending()
         if pending:
             records = encode_records(pending)  # logged, then published, as they are
-            self.replica.commit_local(pending, records)
-            self.log.flush()
+            try:
+                self.replica.commit_local(pending, records)
+                self.log.flush()
+            except OSError as exc:  # ENOSPC: nothing of this batch may be seen or acked
+                return self.disk.failed(exc, batch, lasts)
             self._commits += 1
             if self.peering is not None and self.replica.peers:  # nobody to tell otherwise
                 self.peering.publish(self.origin, records, ack=bool(held))
-            self._maybe_snapshot()
+            if self.snapshots.due():
+                self.snapshot()
         for waiting in held:
             self.acks.hold(waiting)
         return replies
@@ -389,9 +392,10 @@ class Node:
             frames[-1] = wire.encode_error(request.id, wire.E_DEADLINE, reason)
             return frames
         if self.state != "ready" and request.op not in ALWAYS_SERVED:
-            reason = self.clockwatch.reason()
-            frames[-1] = wire.encode_error(request.id, wire.E_NOT_READY, reason)
-            return frames
+            refusal = self.disk.refusal(request)  # None: a read on a disk-full node
+            if refusal is not None:
+                frames[-1] = refusal
+                return frames
         seq_before = self.commands.seq
         try:
             result = self.commands.execute(request)
@@ -439,16 +443,10 @@ class Node:
             await asyncio.sleep(period_ms / 1000)
             action()
 
-    def _maybe_snapshot(self) -> None:
-        every = self.config.snapshot_every
-        if every and self.log.next_offset - self._snapshot_offset >= every:
-            self.snapshot()
-
     def snapshot(self) -> None:
         """Write a snapshot of the store and drop the log segments it covers."""
         meta = {"vv": self.replica.vv, "floor": self.replica.floor, "max_hlc": self.clock.last}
-        take_snapshot(self.log, self.store, meta)
-        self._snapshot_offset = self.log.next_offset
+        self.snapshots.take(self.store, meta)
 
     def _shutdown(self) -> None:
         try:

@@ -28,9 +28,10 @@ missing or bad index of a sealed segment is rebuilt by scanning the segment.
 Preallocation: the active segment's file is kept filled with zeros about
 ``PREFILL_BYTES`` past its last record (never past ``segment_bytes``, unless
 one record is larger), because an fdatasync that need not also commit a new
-file size costs about 40% less here.  Recovery takes a zero length followed
-only by zero bytes as the end of the records and cuts the file there without
-a warning; sealing a segment and closing the log cut it there too.
+file size costs about 40% less here (on a disk with no room for it, records
+are written without).  Recovery takes a zero length followed only by zero
+bytes as the end of the records and cuts the file there without a warning;
+sealing a segment and closing the log cut it there too.
 
 Durability: the data of every segment is fsynced before it is sealed and the
 directory is fsynced whenever a file is created, renamed or deleted,
@@ -72,6 +73,7 @@ from mesh.storage.segment import (
     Segment,
     offset_plan,
     origin_plan,
+    start_write_back,
     write_at,
     write_index,
 )
@@ -141,6 +143,7 @@ class Log:
         self._failed: OSError | None = None
         self._last_sync = _now()
         self._writing_back: threading.Thread | None = None
+        self.appended = 0  # bytes of records appended since opened (the snapshot policy's clock)
         for folder in (self._dir, self._snap_dir):
             if not folder.is_dir():
                 folder.mkdir(parents=True, exist_ok=True)
@@ -253,6 +256,7 @@ class Log:
             raise
         seg.size += len(data)
         seg.count += count
+        self.appended += len(data)
         self._unsynced = True
 
     def flush(self) -> None:
@@ -279,20 +283,16 @@ class Log:
         """Start writing the active segment's unsynced data to disk, without waiting.
 
         For a writer that fsyncs only once at the end of a long run of appends
-        (a start-up catch-up): a thread fdatasyncs the segment meanwhile, so
-        that the final :meth:`flush` has little left to write.  It uses a file
-        description of its own: an error it meets is still reported to the
-        log's own fsync (Linux reports a writeback error once per open file
-        description), and it stays valid if the log rolls or closes.  Nothing
-        is promised durable by it; at most one runs at a time.
+        (a start-up catch-up): a thread fdatasyncs the segment meanwhile
+        (:func:`~mesh.storage.segment.start_write_back`), so that the final
+        :meth:`flush` has little left to write.  Nothing is promised durable
+        by it; at most one runs at a time.
         """
         if not self._unsynced or self._closed or self._fd < 0:
             return
         if self._writing_back is not None and self._writing_back.is_alive():
             return
-        fd = os.open(self._segments[-1].path, os.O_RDONLY)
-        self._writing_back = threading.Thread(target=_fdatasync_and_close, args=(fd,), daemon=True)
-        self._writing_back.start()
+        self._writing_back = start_write_back(self._segments[-1].path, _fdatasync)
 
     def sync(self) -> None:
         """Fsync whatever is unsynced, whatever the policy (on SIGTERM and close)."""
@@ -388,6 +388,20 @@ class Log:
         self.sync()
         return _snapshot.write(self._snap_dir, self.next_offset, entries, meta)
 
+    def seal(self) -> None:
+        """Seal the active segment, unless empty, and start a new one (before a
+        snapshot: compaction can then delete all the log the snapshot covers)."""
+        if self._segments[-1].count:
+            self._roll()
+
+    def bytes_from(self, offset: int) -> int:
+        """Bytes of the segments that start at or past ``offset`` (headers included)."""
+        return sum(seg.size for seg in self._segments if seg.first >= offset)
+
+    def snapshot_bytes(self) -> int:
+        """The size of the newest snapshot file (0 when there is none)."""
+        return next((p.stat().st_size for p in _snapshot.paths(self._snap_dir)), 0)
+
     def load_snapshot(self) -> tuple[dict[str, Any], Iterator[Mutation]] | None:
         """The latest valid snapshot as ``(meta, entries)``, or None.
 
@@ -399,13 +413,14 @@ class Log:
             return None
         return found.meta, found.entries()
 
-    def compact(self) -> list[Path]:
+    def compact(self, keep_bytes: int | None = None) -> list[Path]:
         """Delete what the latest valid snapshot and the retention window make useless.
 
         Deletes, oldest first, the segments whose records are all below the
         latest snapshot's offset and that lie outside the retention window
         (the newest ``retention_bytes`` of segments are kept; the active one
-        always is), then every snapshot but the latest valid one.  Fsyncs the
+        always is; with ``keep_bytes``, at most that many bytes of whole
+        segments), then every snapshot but the latest valid one.  Fsyncs the
         directories; returns the deleted segment and snapshot paths.
         """
         found = _snapshot.latest(self._snap_dir)
@@ -417,7 +432,11 @@ class Log:
         while (
             len(segs) > 1
             and segs[0].end <= found.offset
-            and total - segs[0].size >= self.retention_bytes
+            and (
+                total > keep_bytes
+                if keep_bytes is not None
+                else total - segs[0].size >= self.retention_bytes
+            )
         ):
             seg = segs.pop(0)
             total -= seg.size
@@ -459,9 +478,14 @@ class Log:
         fsync_dir(self._dir)
 
     def _prefill(self, end: int) -> None:
-        """Zero-fill the active segment's file from its end to at least ``end``."""
+        """Zero-fill the active segment's file from its end to past ``end``; when the
+        disk has no room for that, leave it to the records' write (ending at ``end``)."""
         target = max(end, min(end + PREFILL_BYTES, self.segment_bytes))
-        write_at(self._fd, bytes(target - self._filled), self._filled)
+        try:
+            write_at(self._fd, bytes(target - self._filled), self._filled)
+        except OSError:  # ENOSPC, EDQUOT: a write that fits must not fail for the zeros
+            os.ftruncate(self._fd, self._filled)
+            target = end
         self._filled = target
 
     def _roll(self) -> None:
@@ -473,13 +497,3 @@ class Log:
         self._unsynced = False
         write_index(seg, True, self._seqs, self._max_hlc)
         self._create_segment(seg.end)
-
-
-def _fdatasync_and_close(fd: int) -> None:
-    """The body of :meth:`Log.write_back`'s thread: errors are the log's own fsync's to report."""
-    try:
-        _fdatasync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

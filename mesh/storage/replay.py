@@ -1,4 +1,4 @@
-"""Replay: rebuild a node's store from its data folder at start-up; snapshot it.
+"""Replay: rebuild a node's store from its data folder at start-up.
 
 Load the latest snapshot, replay the log after it into the store, and work
 out what the node had: the version vector (the log holds each origin's
@@ -35,6 +35,10 @@ class Recovered:
     floor: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
+    def __str__(self) -> str:
+        rate = self.applied / self.seconds if self.seconds > 0 else 0.0
+        return f"recovered {self.applied} entries in {self.seconds:.2f} s ({rate:.0f} entries/s)"
+
 
 def recover(log_: Log, store: Store) -> Recovered:
     """Apply the latest snapshot and the log after it to ``store``; say what was found."""
@@ -68,16 +72,3 @@ def apply_all(store: Store, entries: Iterable[Mutation], doing: str) -> int:
         if applied % PROGRESS_EVERY < len(chunk):
             log.info("%s: %d entries applied", doing, applied)
     return applied
-
-
-def take_snapshot(log_: Log, store: Store, meta: dict) -> None:
-    """Write a snapshot of ``store`` (with ``meta``) and drop the log segments it covers."""
-    started = time.perf_counter()
-    path = log_.write_snapshot(store.entries(), meta)
-    removed = log_.compact()
-    log.info(
-        "snapshot %s in %.2f s; %d files removed",
-        path.name,
-        time.perf_counter() - started,
-        len(removed),
-    )

@@ -51,6 +51,8 @@ import bisect
 import logging
 import os
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,25 @@ def write_at(fd: int, data: bytes, pos: int) -> None:
     while view:
         written = os.pwrite(fd, view, pos)
         view, pos = view[written:], pos + written
+
+
+def start_write_back(path: Path, sync: Callable[[int], None]) -> threading.Thread:
+    """Start a thread that ``sync``s (fdatasync) ``path`` through a file description of its own.
+
+    For :meth:`mesh.storage.log.Log.write_back`: an error it meets is the log's
+    own fsync's to report (Linux reports a writeback error once per open file
+    description), so it is swallowed here.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    thread = threading.Thread(target=_sync_and_close, args=(fd, sync), daemon=True)
+    thread.start()
+    return thread
+
+
+def _sync_and_close(fd: int, sync: Callable[[int], None]) -> None:
+    try:
+        sync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,67 @@
+"""Issue 13, point 3: a node whose disk fills up stays up, refuses writes with
+NO_SPACE, serves reads, says why, and takes writes again once space returns."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mesh.core import errors
+from tests.conftest import NodeProcess, wait_for
+
+pytestmark = pytest.mark.processes
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if done.returncode:
+        pytest.skip(f"cannot mount a 4 MiB tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_full_disk_refuses_writes_keeps_reads_and_recovers(procs, tmpfs: Path) -> None:
+    node = NodeProcess(tmpfs / "n1", "n1", ["--insecure"])
+    procs.nodes.append(node)  # killed at teardown, whatever happens
+    node.start()
+    filler = tmpfs / "filler"
+    filler.write_bytes(b"\1" * (2 * 1024 * 1024 + 512 * 1024))
+    value = b"v" * (100 * 1024)
+    with node.client() as c:
+        assert c.set("before", "kept") is True
+        written = []
+        with pytest.raises(errors.NoSpace):
+            for i in range(100):
+                c.set(f"k{i}", value)
+                written.append(f"k{i}")
+        failed = f"k{len(written)}"
+        assert written  # some fitted, then the disk was full
+        assert node.process is not None and node.process.poll() is None  # the node is still up
+        assert c.get("before") == b"kept"  # reads keep working
+        assert c.get(failed) is None  # the refused write is not visible
+        assert all(c.get(k) == value for k in written[-3:])
+        with pytest.raises(errors.NoSpace):
+            c.set("small", "x")
+        assert c.stats()["state"] == "disk-full"
+        assert c.health()["state"] == "disk-full"
+        filler.unlink()  # space returns
+        wait_for(lambda: c.stats()["state"] == "ready", 10, "the node to take writes again")
+        assert c.set(failed, "now") is True and c.get(failed) == b"now"
+    assert node.stop() == 0
+
+
+def test_no_space_is_http_507() -> None:
+    from mesh.roles.cacheapi import translate_error
+
+    answer = translate_error(errors.NoSpace(11, "the disk of node n1 is full"))
+    assert answer.status_code == 507 and "n1 is full" in answer.message
