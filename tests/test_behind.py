@@ -235,11 +235,26 @@ def test_a_stall_is_behind_until_news_sent_after_it():
     assert not g.judge({}, beats({"a": {}, "b": {}}, 8_230), 8_240).behind
 
 
-def test_a_stall_waits_at_most_fresh_timeout_for_a_silent_peer():
+def test_a_stall_waits_for_a_peer_still_sending_old_news_but_not_for_a_silent_one():
+    g = LagGuard(1000, 1000, hold_ms=0, live_ms=1500, fresh_timeout_ms=30_000)
+    g.heard("a", 0, 0)
+    g.heard("b", 0, 0)
+    g.touch(5_000)
+    for t in range(5_000, 8_000, 100):  # a's old beats drain from the socket; b is silent
+        g.heard("a", t - 5_000, t)
+        v = g.judge({}, {}, t)
+        assert v.behind and "a" in v.stale
+        assert ("b" in v.stale) == (t - 5_000 <= 1500)
+    g.heard("a", 5_100, 8_000)  # a's first beat sent after the stall
+    assert not g.judge({}, {}, 8_000).behind
+
+
+def test_a_stall_waits_at_most_fresh_timeout():
     g = LagGuard(1000, 1000, hold_ms=0, fresh_timeout_ms=2000)
     g.heard("a", 0, 0)
     g.touch(5_000)
     for t in range(5_000, 7_000, 100):  # a node judges every 100 ms
+        g.heard("a", 1, t)  # a's clock stepped back: its news never looks fresh
         assert g.judge({}, {}, t).behind
     assert not g.judge({}, {}, 7_000).behind
 

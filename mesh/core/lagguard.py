@@ -14,8 +14,10 @@ heartbeats say they hold, whether this node is too far behind to serve:
   it is behind at once, and stays so until every peer it knew has sent a
   heartbeat stamped after the stall (the peer's wall clock, in the
   heartbeat, past the one of its last heartbeat before the stall plus the
-  stall's length: no comparison of two machines' clocks), or
-  :data:`FRESH_TIMEOUT_MS` passed.
+  stall's length: no comparison of two machines' clocks).  Old heartbeats
+  drain from the sockets first (a long pause queues many); a peer that sends
+  nothing at all for :data:`LIVE_MS` after the stall is not waited for (it
+  died meanwhile), nor anyone after :data:`FRESH_TIMEOUT_MS`.
 
 Back to serving once within a tenth of ``max_entries`` and a quarter of
 ``max_ms`` (hysteresis), with fresh news from every peer, for :data:`HOLD_MS`.
@@ -37,8 +39,8 @@ DEFAULT_MAX_LAG_MS = 1000
 """How long a claimed entry may go missing before the node stops serving (``--max-lag-ms``)."""
 STALL_MS = 300
 """A loop that did not run this long was stalled: what it heard before is old."""
-FRESH_TIMEOUT_MS = 2000
-"""After a stall, wait at most this long for fresh heartbeats (a peer may have died)."""
+FRESH_TIMEOUT_MS = 30_000
+"""After a stall, wait at most this long for fresh heartbeats (a peer's clock stepped back)."""
 LIVE_MS = 1500
 """Only peers heard this recently count (as :data:`mesh.core.peerview.STARTUP_TIMEOUT_MS`)."""
 HOLD_MS = 200
@@ -84,6 +86,7 @@ class LagGuard:
         self.verdict = LagVerdict(False, 0, 0)
         self._touched: int | None = None  # when the loop last ran (monotonic ms)
         self._walls: dict[str, int] = {}  # peer -> wall clock of its last heartbeat
+        self._heard: dict[str, int] = {}  # peer -> when its last heartbeat arrived (monotonic)
         self._waiting: dict[str, int] = {}  # peer -> wall its next news must be stamped past
         self._resumed = 0
         self._gap = 0
@@ -106,7 +109,7 @@ class LagGuard:
         """A heartbeat of ``peer`` stamped ``their_wall`` (its wall clock) arrived; False
         when it is old news (sent before the end of this node's last stall)."""
         self.touch(now_ms)  # first: a stall ends before anything queued during it counts
-        self._walls[peer] = their_wall
+        self._walls[peer], self._heard[peer] = their_wall, now_ms
         need = self._waiting.get(peer)
         if need is None:
             return True
@@ -123,6 +126,7 @@ class LagGuard:
     def forget(self, peer: str) -> None:
         """Drop a peer that left."""
         self._walls.pop(peer, None)
+        self._heard.pop(peer, None)
         self._waiting.pop(peer, None)
 
     def judge(
@@ -137,6 +141,9 @@ class LagGuard:
         self.touch(now_ms)
         if self._waiting and now_ms - self._resumed >= self.fresh_timeout_ms:
             self._waiting.clear()
+        for peer in list(self._waiting):  # silent since the stall: it died meanwhile
+            if now_ms - max(self._heard.get(peer, 0), self._resumed) > self.live_ms:
+                del self._waiting[peer]
         best: dict[str, int] = {}
         for pvv, heard in peers.values():
             if heard >= 0 and now_ms - heard <= self.live_ms:
