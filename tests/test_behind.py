@@ -269,6 +269,13 @@ def test_short_pauses_and_a_disabled_guard_are_not_stalls():
     assert not off.judge({}, beats({"a": {"a/1": 10**6}}, 60_000), 60_000).behind
 
 
+def test_a_node_with_no_peer_heard_is_not_behind_after_a_stall():
+    g = LagGuard(1000, 1000)
+    g.touch(0)
+    assert not g.touch(10_000) and not g.behind
+    assert g.stalls == 1
+
+
 def test_reset_forgets_a_stall():
     g = LagGuard(1000, 1000)
     g.heard("a", 0, 0)

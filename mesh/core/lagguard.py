@@ -102,6 +102,8 @@ class LagGuard:
         self.stalls += 1
         self._resumed, self._gap = now_ms, now_ms - last
         self._waiting = {peer: wall + self._gap for peer, wall in self._walls.items()}
+        if not self._waiting:
+            return False  # a node that never heard a peer has nobody to be behind
         self.behind, self._within_since = True, None
         return True
 
