@@ -39,8 +39,11 @@ Faults (until the heal)
     heartbeat already advertised; crash losing the whole disk (a new
     incarnation, empty store); per-node clock skew of up to ``skew_ms`` either
     way, and clock steps (a wall clock jumping to another skew, backwards
-    too).  Messages are bound to the receiver's process (its ``life``): as
-    with TCP connections, nothing sent to a process reaches its successor.
+    too).  Scripted only: a pause (``pause``, a SIGSTOP: the node's timers and
+    the messages to it wait, then run in order); every node runs its lag guard
+    (:mod:`mesh.core.lagguard`) on its ticks and heartbeats.  Messages are
+    bound to the receiver's process (its ``life``): as with TCP connections,
+    nothing sent to a process reaches its successor.
 Heal and settle
     At ``duration_ms`` every partition heals, every down node restarts, drops,
     duplicates and long delays stop (short random delays stay) and clients
@@ -80,6 +83,7 @@ from typing import Any, NamedTuple
 
 from mesh.core.catchup import Batch, Fetch
 from mesh.core.clock import HybridClock
+from mesh.core.lagguard import DEFAULT_MAX_LAG_ENTRIES, DEFAULT_MAX_LAG_MS, LagGuard
 from mesh.core.mutation import Mutation, encode_records
 from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
@@ -140,6 +144,8 @@ class Params:
     clock_steps: int = 0
     fetch_entries: int = 4096
     max_offset_ms: int = 0  # the clock guard's bound; 0: wider than any skew drawn
+    max_lag_entries: int = DEFAULT_MAX_LAG_ENTRIES  # the lag guard's bounds
+    max_lag_ms: int = DEFAULT_MAX_LAG_MS
 
 
 def random_params(rng: random.Random) -> Params:
@@ -276,6 +282,8 @@ class SimNode:
         self.armed: tuple[int, int] | None = None  # crash (down ms, keep) after a deferred fsync
         self.high: dict[str, Version] = {}  # the version watermark per key (checker 3)
         self.totals: dict[str, int] = {}  # replica counters of past lives
+        self.lag: LagGuard  # the lag guard, as mesh.roles.node_status drives it
+        self.paused_until = 0  # a SIGSTOP: nothing runs, messages queue, until then
 
     @property
     def origin(self) -> str:
@@ -430,12 +438,17 @@ class Sim:
         if not node.up or node.life != life or self.blocked.get((src, dst)):
             self.stats["lost"] += 1
             return
+        if self.now < node.paused_until:  # queued in its socket, in order, until it resumes
+            self.at(node.paused_until, self._deliver, kind, src, dst, life, payload)
+            return
         self.note(kind, src, dst)
+        node.lag.touch(self.now)
         if kind == PUB:
             self._on_pub(node, payload)
         elif kind == HB:
-            hb_node, origin, state, vv = payload
+            hb_node, origin, state, vv, wall = payload
             node.replica.on_heartbeat(hb_node, origin, state, vv, self.now)
+            node.lag.heard(hb_node, wall, self.now)
             self._poll(node)
         elif kind == FETCH:
             self._on_fetch(node, src, *payload)
@@ -453,7 +466,8 @@ class Sim:
 
     def heartbeat(self, node: SimNode) -> None:
         hb = node.replica.heartbeat()
-        payload = (hb["node"], hb["origin"], hb["state"], dict(hb["vv"]))  # as if serialized
+        wall = WALL_EPOCH_MS + self.now + node.skew_ms
+        payload = (hb["node"], hb["origin"], hb["state"], dict(hb["vv"]), wall)  # as if serialized
         self.broadcast(HB, node, payload)
 
     # ------------------------------------------------------------------ node events
@@ -509,12 +523,22 @@ class Sim:
     def _tick(self, node: SimNode, life: int) -> None:
         if not node.up or node.life != life:
             return
+        if self.now < node.paused_until:
+            self.at(node.paused_until, self._tick, node, life)
+            return
+        replica = node.replica
+        peers = {p.node_id: (p.vv, p.heard_ms) for p in replica.peers.values()}
+        node.lag.judge(replica.vv, peers, self.now, replica.gate.refusing())
         self._poll(node)
         self.at(self.now + node.tick_ms, self._tick, node, life)
 
     def _beat(self, node: SimNode, life: int) -> None:
         if not node.up or node.life != life:
             return
+        if self.now < node.paused_until:
+            self.at(node.paused_until, self._beat, node, life)
+            return
+        node.lag.touch(self.now)
         if node.unsynced:  # the deferred fsync of replicated records (``torn``)
             node.log.sync()
             node.unsynced = False
@@ -597,6 +621,11 @@ class Sim:
         self.note("crash", node_id, lose_disk)
         self.at(self.now + down_ms, self._restart, node, node.life)
 
+    def pause(self, node_id: str, ms: int) -> None:
+        """SIGSTOP ``node_id`` for ``ms``: its timers and messages wait, then run in order."""
+        self.nodes[node_id].paused_until = self.now + ms
+        self.note("pause", node_id, ms)
+
     def arm_crash(self, node_id: str, down_ms: int, keep: int = -1) -> None:
         """Crash ``node_id`` right after it next defers the fsync of replicated records."""
         node = self.nodes[node_id]
@@ -667,6 +696,8 @@ class Sim:
             fetch_entries=self.p.fetch_entries,
             max_offset_ms=self.p.max_offset_ms or 1000 + 2 * self.p.skew_ms,
         )
+        node.lag = LagGuard(self.p.max_lag_entries, self.p.max_lag_ms)
+        node.paused_until = 0
         node.up = True
         node.life += 1
         # Checker 3 across the restart: only unacknowledged replicated state may be lost.

@@ -503,3 +503,37 @@ def test_entries_from_a_clock_ahead_are_refused_then_taken_once_it_is_back() -> 
     for node in s.nodes.values():
         entry = node.store.get("k")
         assert entry is not None and entry.value == b"from the future"
+
+
+def test_a_paused_node_stays_out_of_ready_until_caught_up() -> None:
+    """A SIGSTOP of 2 s under writes: from its first event after resuming, n2's lag guard
+    holds it out of ``ready`` until it lacks at most its bound of what the others hold."""
+    s = sim.scripted(duration_ms=5000, max_lag_entries=50, max_lag_ms=500)
+    for i in range(2400):  # a write every 2 ms on n1 or n3
+        write(s, 100 + 2 * i, "n1" if i % 2 else "n3", (f"k{i % 40}", str(i).encode()))
+    s.at(1000, s.pause, "n2", 2000)
+    seen: list[tuple[int, bool, int]] = []
+
+    def lacking(s: sim.Sim) -> int:
+        mine = s.nodes["n2"].replica.vv
+        others = [s.nodes[n].replica.vv for n in ("n1", "n3")]
+        origins = {o for vv in others for o in vv}
+        return sum(max(0, max(vv.get(o, 0) for vv in others) - mine.get(o, 0)) for o in origins)
+
+    def watch(s: sim.Sim, kind: str, src: str, dst: str) -> None:
+        if dst == "n2" and s.now >= 1000:
+            seen.append((s.now, s.nodes["n2"].lag.behind, lacking(s)))
+
+    s.hooks.append(watch)
+    s.run()
+    during = [e for e in seen if e[0] < 3000]
+    after = [e for e in seen if 3000 <= e[0] < 5000]
+    assert not during, "n2 ran while paused"
+    assert after[0][1], f"n2 was ready on its first event after the pause: {after[0]}"
+    assert after[0][2] > 500, f"the pause left n2 only {after[0][2]} entries behind"
+    ready = [e for e in after if not e[1]]
+    assert ready, "n2 never came back to ready"
+    assert all(e[2] <= 50 + 10 for e in ready), [e for e in ready if e[2] > 60][:5]
+    back = ready[0][0]
+    assert back - 3000 < 1000, f"n2 took {back - 3000} ms to come back"
+    assert s.nodes["n2"].lag.stalls == 1

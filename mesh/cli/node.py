@@ -191,6 +191,18 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     "PYCACHE_MAX_CLOCK_OFFSET_MS",
     "Stop serving when this node's clock is further than this from its peers'.",
 )
+@int_option(
+    "--max-lag-entries",
+    NodeConfig.max_lag_entries,
+    "PYCACHE_MAX_LAG_ENTRIES",
+    "Stop serving while lacking more entries than this that live peers hold (0: off).",
+)
+@int_option(
+    "--max-lag-ms",
+    NodeConfig.max_lag_ms,
+    "PYCACHE_MAX_LAG_MS",
+    "Stop serving while an entry live peers hold has been missing longer than this (0: off).",
+)
 @client_keys_option
 @token_file_option
 @tls_cert_option
@@ -247,6 +259,8 @@ def node(
     keys: str,
     insecure: bool,
     max_clock_offset_ms: int,
+    max_lag_entries: int,
+    max_lag_ms: int,
     client_keys: str,
     token_file: str,
     tls_cert: str,
@@ -295,6 +309,8 @@ def node(
             keys=keys,
             insecure=insecure,
             max_clock_offset_ms=max_clock_offset_ms,
+            max_lag_entries=max_lag_entries,
+            max_lag_ms=max_lag_ms,
             client_keys=client_keys,
             token_file=token_file,
             tls_cert=tls_cert,

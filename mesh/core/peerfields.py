@@ -16,6 +16,7 @@ from typing import Any
 
 from mesh.core.clockguard import CLOCK_OFFSET
 from mesh.core.errors import ProtocolError
+from mesh.core.lagguard import BEHIND
 from mesh.core.peerview import CATCHING_UP, READY
 from mesh.core.wire import E_MALFORMED
 
@@ -28,7 +29,7 @@ TCP_ENDPOINT_RE = re.compile(
 )
 """A peer's repl or PUB endpoint: ``tcp://host:port``, a name, IPv4 or [IPv6], no ``*``."""
 
-NODE_STATES = frozenset({"replaying", CATCHING_UP, READY, CLOCK_OFFSET})
+NODE_STATES = frozenset({"replaying", CATCHING_UP, READY, CLOCK_OFFSET, BEHIND})
 """The states a node may report in a heartbeat."""
 MAX_INT63 = (1 << 63) - 1
 """Sequence numbers, HLCs, deadlines, ids and cursors all fit in 0..2**63-1."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from mesh.core.acks import parse_w
 from mesh.core.errors import ConfigError
+from mesh.core.lagguard import DEFAULT_MAX_LAG_ENTRIES, DEFAULT_MAX_LAG_MS
 from mesh.core.limits import (
     DEFAULT_MAX_VALUE_BYTES,
     MIB,
@@ -92,6 +93,10 @@ class NodeConfig:
             (tests only; logged loudly).
         max_clock_offset_ms: how far this node's wall clock may be from the
             majority of its peers' before it stops serving.
+        max_lag_entries, max_lag_ms: a node lacking more entries than this
+            that its live peers hold, or missing one of them longer than this,
+            is ``behind``: it stops serving data until it has caught up
+            (:mod:`mesh.core.lagguard`; 0 turns a check off).
         client_keys: the client plane's keys folder (``pycache client-keygen``;
             see :mod:`mesh.roles.clientplane`): the api socket admits only
             those clients' CURVE keys.  Required for an api beyond loopback
@@ -130,6 +135,8 @@ class NodeConfig:
     keys: str = ""
     insecure: bool = False
     max_clock_offset_ms: int = DEFAULT_MAX_CLOCK_OFFSET_MS
+    max_lag_entries: int = DEFAULT_MAX_LAG_ENTRIES
+    max_lag_ms: int = DEFAULT_MAX_LAG_MS
     client_keys: str = ""
     token_file: str = ""
     tls_cert: str = ""
@@ -174,6 +181,8 @@ class NodeConfig:
         if self.http_port and not self.http_host:
             raise ConfigError("http_host is required with http_port")
         check_range("max_clock_offset_ms", self.max_clock_offset_ms, 1, 3_600_000)
+        check_range("max_lag_entries", self.max_lag_entries, 0, 1 << 40)
+        check_range("max_lag_ms", self.max_lag_ms, 0, 3_600_000)
         check_http_limits(
             "http_", self.http_max_connections, self.http_idle_timeout, self.http_body_timeout
         )

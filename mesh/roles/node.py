@@ -318,6 +318,7 @@ class Node:
 
     def handle_batch(self, batch: list[list[bytes]]) -> list[list[bytes]]:
         """Execute a batch of requests; log, fsync and publish its writes; return replies."""
+        self.clockwatch.touch()  # after a stall (SIGSTOP) not ready before answering anything
         replies, lasts = [], [frames[-1] for frames in batch]  # lasts: see DiskGuard
         held: list[Waiting] = []
         for frames in batch:
