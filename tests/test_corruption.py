@@ -77,6 +77,6 @@ def test_corrupt_sealed_segment_moved_aside_and_refetched(procs: Processes) -> N
     # 3,000 values of 1 KiB over 1 MiB segments: n1's log has sealed segments
     nodes = _run(procs, ["--segment-mib", "1"], b"s" * 1024, 0)
     n1 = nodes[0]
-    assert list((n1.data_dir / "log").glob("*.corrupt")), "the bad segment was not moved aside"
+    assert list((n1.data_dir / "log").glob("*-*.corrupt")), "the bad segment was not moved aside"
     log_text = n1.stderr()
     wait_for(lambda: "moved aside" in log_text, 1.0, "a warning naming the moved segment")
