@@ -22,7 +22,11 @@ from hypothesis import strategies as st
 import mesh.storage.log
 from mesh.core.errors import ConfigError
 from mesh.core.mutation import Mutation, encode_records
+from mesh.core.store import Store
+from mesh.storage.datadir import open_identity
 from mesh.storage.log import Log, LogCorruptError
+from mesh.storage.replay import recover as replay_recover
+from mesh.storage.salvage import read_damage, rotate_if_damaged
 from tests.log_writer_child import record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -364,9 +368,11 @@ def test_fresh_log_with_torn_header(tmp_path: Path) -> None:
 
 
 def test_sealed_segment_corruption(tmp_path: Path) -> None:
+    """A bad record in a sealed segment: found on read (raised) when its index is
+    intact; on open when not, and the segment is then moved aside."""
     with Log(tmp_path, segment_bytes=300) as log:
-        fill(log, 30)
-    first = segments(tmp_path)[0]
+        records = fill(log, 30)
+    first, second = segments(tmp_path)[:2]
     flip(first, 16 + 8 + 2)  # inside the first record's payload
     with Log(tmp_path, segment_bytes=300) as log:  # its index is intact: found on read
         with pytest.raises(LogCorruptError) as info:
@@ -376,21 +382,100 @@ def test_sealed_segment_corruption(tmp_path: Path) -> None:
         with pytest.raises(LogCorruptError):
             list(log.read_from(record(0).origin, 0))
     first.with_suffix(".idx").unlink()
-    with pytest.raises(LogCorruptError) as info:  # no index: found on open
-        Log(tmp_path, segment_bytes=300)
-    assert info.value.path == first and info.value.position == 16
+    with Log(tmp_path, segment_bytes=300) as log:  # no index: found on open, moved aside
+        assert log.first_offset() == int(second.stem)
+        assert list(log.replay(log.first_offset())) == records[int(second.stem) :]
+    assert not first.exists()
+    assert (tmp_path / "log" / f"{first.stem}-{second.stem}.corrupt").exists()
+    assert read_damage(tmp_path / "log") is not None
+    with Log(tmp_path, segment_bytes=300) as log:  # the hole it left is accepted
+        assert log.first_offset() == int(second.stem)
 
 
 def test_sealed_segment_truncated_or_missing(tmp_path: Path) -> None:
     with Log(tmp_path, segment_bytes=300) as log:
         fill(log, 30)
     paths = segments(tmp_path)
-    os.truncate(paths[1], paths[1].stat().st_size - 3)
-    with pytest.raises(LogCorruptError, match="torn record"):
+    os.truncate(paths[1], paths[1].stat().st_size - 3)  # torn: moved aside on open
+    Log(tmp_path, segment_bytes=300).close()
+    assert (tmp_path / "log" / f"{paths[1].stem}-{paths[2].stem}.corrupt").exists()
+    paths[2].unlink()  # missing, not moved aside: refused
+    with pytest.raises(LogCorruptError, match=paths[3].name):
         Log(tmp_path, segment_bytes=300)
-    paths[1].unlink()
-    with pytest.raises(LogCorruptError, match=paths[2].name):
-        Log(tmp_path, segment_bytes=300)
+
+
+def test_corrupt_record_mid_segment_keeps_every_record_after_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Any flipped byte of a record amid the active segment loses that record
+    only: every complete record after it is kept, and the damage is marked."""
+    records = [record(i) for i in range(40)]
+    with Log(tmp_path / "orig") as log:
+        log.append(records[:20])
+        (segment,) = segments(tmp_path / "orig")
+        start = segment.stat().st_size
+        log.append(records[20:21])
+        end = segment.stat().st_size
+        log.append(records[21:])
+    original = segment.read_bytes()
+    for position in range(start, end):
+        folder = tmp_path / f"flip{position}"
+        (folder / "log").mkdir(parents=True)
+        damaged = bytearray(original)
+        damaged[position] ^= 0xFF
+        (folder / "log" / segment.name).write_bytes(bytes(damaged))
+        caplog.clear()
+        with Log(folder) as log:
+            assert list(log.replay()) == records[:20] + records[21:], position
+            assert log.next_offset == 39
+            log.append(records[20:21])
+        assert "39 valid records after them kept" not in caplog.text
+        assert "19 valid records after them kept" in caplog.text, position
+        assert read_damage(folder / "log") is not None
+        with Log(folder) as log:  # clean now
+            assert list(log.replay()) == records[:20] + records[21:] + records[20:21]
+
+
+def test_several_corrupt_stretches_and_a_zero_tail(tmp_path: Path) -> None:
+    records = [record(i) for i in range(60)]
+    with Log(tmp_path) as log:
+        ends = []
+        for m in records:
+            log.append([m])
+            ends.append(log.bytes_from(0))
+    path = segments(tmp_path)[0]
+    data = bytearray(path.read_bytes())
+    for k in (10, 11, 30, 45):  # records 10, 11, 30 and 45 (starting at ends[k - 1])
+        data[ends[k - 1] + 5 : ends[k - 1] + 30] = os.urandom(25)
+    path.write_bytes(bytes(data) + bytes(5000))
+    lost = {10, 11, 30, 45}
+    with Log(tmp_path) as log:
+        assert list(log.replay()) == [m for i, m in enumerate(records) if i not in lost]
+
+
+def test_replay_of_a_damaged_log_fetches_the_holes(tmp_path: Path) -> None:
+    """The vv after damage is each origin's contiguous run of seqs, and a new
+    incarnation is drawn once; the mark goes once a start finds no hole."""
+    records = [record(i) for i in range(30)]  # origins node-0..2, seqs 1..10 each
+    with Log(tmp_path) as log:
+        for m in records:
+            log.append([m])
+        size_before_13 = log.bytes_from(0) - sum(len(r) + 8 for r in encode_records(records[13:]))
+    flip(segments(tmp_path)[0], size_before_13 + 12)  # record 13: node-1, seq 5
+    with Log(tmp_path) as log:
+        store = Store()
+        found = replay_recover(log, store)
+        assert found.vv == {"node-0/inc": 10, "node-1/inc": 4, "node-2/inc": 10}
+        assert found.applied == 29
+        origin = open_identity(tmp_path, "n1")
+        new = rotate_if_damaged(tmp_path, "n1", origin)
+        assert new != origin and rotate_if_damaged(tmp_path, "n1", new) == new
+        log.append([record(13)])  # fetched from a peer
+        log.append(records[16::3])  # node-1's 6..10 again
+    with Log(tmp_path) as log:
+        found = replay_recover(log, Store())
+        assert found.vv == {"node-0/inc": 10, "node-1/inc": 10, "node-2/inc": 10}
+    assert read_damage(tmp_path / "log") is None
 
 
 @pytest.mark.parametrize("damage", ["delete", "corrupt"])
@@ -727,9 +812,10 @@ def test_undecodable_record_with_a_good_crc(tmp_path: Path) -> None:
         assert (info.value.path, info.value.position) == (first, second)
         kept = log.next_offset
     reframe(last, 16, lambda n: b"\x91" + b"\xc0" * (n - 1))  # an array, then extra data
-    with Log(tmp_path, segment_bytes=300) as log:  # last segment: truncated
-        assert log.next_offset == int(last.stem) < kept
-        assert list(log.replay(int(last.stem) - 1)) == records[int(last.stem) - 1 : int(last.stem)]
+    start = int(last.stem)
+    with Log(tmp_path, segment_bytes=300) as log:  # last segment: that record lost, no other
+        assert log.next_offset == kept - 1
+        assert list(log.replay(start - 1)) == records[start - 1 : start] + records[start + 1 :]
 
 
 def test_iterators_yield_what_was_there_when_called(tmp_path: Path) -> None:

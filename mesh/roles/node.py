@@ -61,6 +61,7 @@ from mesh.storage.datadir import (
 )
 from mesh.storage.log import Log
 from mesh.storage.replay import recover
+from mesh.storage.salvage import rotate_if_damaged
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,9 @@ class Node:
         """Rebuild memory from the latest snapshot plus the log tail; return entries applied."""
         self.state = "replaying"
         found = recover(self.log, self.store)
+        # A damaged log may have lost this origin's published seqs: never reuse them.
+        self.origin = rotate_if_damaged(self.config.data_dir, self.config.node_id, self.origin)
+        self.commands.origin = self.origin
         self.replica = Replica(
             self.config.node_id,
             self.origin,

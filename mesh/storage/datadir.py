@@ -7,7 +7,8 @@ Layout::
     <data-dir>/clean-shutdown  present only while the node is stopped cleanly
     <data-dir>/node.json       pid, state and bound endpoints of the running node
     <data-dir>/peers.json      peers learned by HELLO (see mesh.roles.peering)
-    <data-dir>/log/            segments (see mesh.storage.log)
+    <data-dir>/log/            segments (see mesh.storage.log); damage.json and
+                               *.corrupt after a corrupt log (mesh.storage.salvage)
     <data-dir>/snapshots/      snapshots (see mesh.storage.log)
 
 The *incarnation* is drawn once, when the folder is created.  A node that lost

@@ -6,8 +6,9 @@ segment whose index checks out (its size and record count match the file and
 the next segment's name) is loaded from the index alone; any other segment,
 the active (last) one always, is scanned (:func:`mesh.storage.segment.scan`,
 which truncates a torn tail of the active segment) and its index rewritten
-when it was missing or the segment is sealed.  Segments that do not follow
-one another raise :class:`~mesh.storage.records.LogCorruptError`.
+when it was missing or the segment is sealed.  A sealed segment found
+corrupt is moved aside (:mod:`mesh.storage.salvage`); other segments that do
+not follow one another raise :class:`~mesh.storage.records.LogCorruptError`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.storage.records import LogCorruptError
+from mesh.storage.salvage import move_aside, moved_aside
 from mesh.storage.segment import Segment, read_index, scan, write_index
 
 
@@ -44,7 +46,8 @@ def recover(log_dir: Path, snap_dir: Path, mark_bytes: int) -> Recovered:
     for n, path in enumerate(paths):
         last = n == len(paths) - 1
         seg = Segment(int(path.stem), path)
-        if segments and seg.first != segments[-1].end:
+        start = segments[-1].end if segments else seg.first
+        if seg.first != start and not moved_aside(log_dir, start, seg.first):
             prev = segments[-1]
             raise LogCorruptError(
                 prev.path, prev.size, f"holds {prev.count} records but {path.name} follows"
@@ -63,7 +66,14 @@ def recover(log_dir: Path, snap_dir: Path, mark_bytes: int) -> Recovered:
         ):
             found.max_hlc = _load_index(seg, index, seqs, found.max_hlc)
         else:
-            found.max_hlc = scan(seg, last, seqs, found.max_hlc, mark_bytes)
+            try:
+                found.max_hlc = scan(seg, last, seqs, found.max_hlc, mark_bytes)
+            except LogCorruptError as exc:
+                if last:
+                    raise
+                reason = f"{exc.reason} at byte {exc.position}"
+                move_aside(log_dir, seg, int(paths[n + 1].stem), reason)
+                continue
             if not last or index is None:
                 write_index(seg, not last, seqs, found.max_hlc)
         segments.append(seg)

@@ -2,8 +2,9 @@
 
 Load the latest snapshot, replay the log after it into the store, and work
 out what the node had: the version vector (the log holds each origin's
-entries contiguously, so its highest seq per origin is the vector), the
-snapshot's floors, and the highest HLC on disk (the clock's floor).
+entries contiguously, so its highest seq per origin is the vector; after
+damage, :mod:`mesh.storage.salvage`, each origin's contiguous run of seqs),
+the snapshot's floors, and the highest HLC on disk (the clock's floor).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from itertools import islice
 
 from mesh.core.mutation import Mutation
 from mesh.core.store import Store
-from mesh.storage.log import Log
+from mesh.storage.log import Log, LogCorruptError
+from mesh.storage.salvage import Contiguity, clear_damage, quarantine, read_damage
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +54,50 @@ def recover(log_: Log, store: Store) -> Recovered:
         found.vv, found.floor = dict(meta.get("vv", {})), dict(meta.get("floor", {}))
         found.applied = apply_all(store, entries, "loading the snapshot")
         log.info("loaded snapshot at offset %d: %d entries", found.snapshot_offset, found.applied)
-    found.applied += apply_all(store, log_.replay(found.snapshot_offset), "replaying")
-    for origin, seq in log_.max_seqs().items():
-        found.vv[origin] = max(seq, found.vv.get(origin, 0))
+    log_dir = log_.data_dir / "log"
+    mark = read_damage(log_dir)
+    if mark is None:  # the usual case: each origin's records are contiguous in the log
+        try:
+            found.applied += apply_all(store, log_.replay(found.snapshot_offset), "replaying")
+            for origin, seq in log_.max_seqs().items():
+                found.vv[origin] = max(seq, found.vv.get(origin, 0))
+        except LogCorruptError as exc:
+            mark = _move_aside(log_, exc)
+    if mark is not None:
+        _replay_damaged(log_, store, found, mark)
     found.max_hlc = max(found.max_hlc, log_.max_hlc)
     found.seconds = time.perf_counter() - started
     return found
+
+
+def _replay_damaged(log_: Log, store: Store, found: Recovered, mark: dict) -> None:
+    """Replay a log that lost records (:mod:`mesh.storage.salvage`): the vv is each
+    origin's contiguous run of seqs, so that its holes are fetched from the peers;
+    a sealed segment found corrupt is moved aside and the replay run again
+    (applying an entry twice changes nothing)."""
+    log_dir, snapshot_applied = log_.data_dir / "log", found.applied
+    while True:
+        start = max(found.snapshot_offset, log_.first_offset())
+        seen = Contiguity(found.vv)
+        try:
+            applied = apply_all(store, seen.watch(log_.replay(start)), "replaying")
+            break
+        except LogCorruptError as exc:
+            mark = _move_aside(log_, exc)
+    found.applied = snapshot_applied + applied
+    found.vv = seen.vv
+    holes = seen.holes(log_.max_seqs())
+    for origin, (have, top) in holes.items():
+        log.warning("%s: entries %d..%d or some of them lost; fetching them", origin, have + 1, top)
+    if not holes and mark.get("rotated_to"):
+        clear_damage(log_dir)
+
+
+def _move_aside(log_: Log, exc: LogCorruptError) -> dict:
+    """Move aside the sealed segment ``exc`` names (else raise it); the damage mark."""
+    if not quarantine(log_, exc.path, f"{exc.reason} at byte {exc.position}"):
+        raise exc
+    return read_damage(log_.data_dir / "log") or {"found": []}
 
 
 def apply_all(store: Store, entries: Iterable[Mutation], doing: str) -> int:

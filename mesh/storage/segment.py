@@ -37,12 +37,15 @@ Index (``.idx``)::
                      about every mesh.storage.log.MARK_BYTES of records
 
 Recovery on open: the active (last) segment is scanned record by record.  A
-torn or corrupt tail (short header, short payload, CRC mismatch, undecodable
-payload) is truncated to the end of the last good record and fsynced, with a
-warning; so is a last segment whose header was torn while it was created.
-Corruption inside a sealed segment raises :class:`LogCorruptError` naming the
-file and byte position, when found: on open if its index must be rebuilt,
-otherwise when :meth:`mesh.storage.log.Log.replay` or ``read_from`` reads it.
+torn tail (short header, short payload) is truncated to the end of the last
+good record and fsynced, with a warning; so is a last segment whose header
+was torn while it was created.  After a corrupt record (CRC mismatch,
+undecodable payload) every valid record that follows is kept
+(:func:`mesh.storage.salvage.salvage_tail`).  Corruption inside a sealed
+segment raises :class:`LogCorruptError` naming the file and byte position,
+when found: on open if its index must be rebuilt, otherwise when
+:meth:`mesh.storage.log.Log.replay` or ``read_from`` reads it; recovery and
+replay then move the segment aside (:mod:`mesh.storage.salvage`).
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ import msgpack
 from mesh.storage.checksum import crc32c
 from mesh.storage.datadir import write_atomically
 from mesh.storage.records import CHUNK, DECODE_ERRORS, FRAME, LogCorruptError, Plan
+from mesh.storage.salvage import salvage_tail
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +96,11 @@ class Segment:
 
 
 def scan(seg: Segment, last: bool, seqs: dict[str, int], hlc: int, mark_bytes: int) -> int:
-    """Rebuild ``seg``'s size, count and marks by reading it; truncate a bad tail
+    """Rebuild ``seg``'s size, count and marks by reading it; repair a bad tail
     if ``last`` (see the module docstring).  ``seqs`` (origin -> highest seq) and
     ``hlc`` are what the records before the segment hold: ``seqs`` is raised in
     place past its records; returns the highest hlc up to its end."""
-    path = seg.path
+    path, start_hlc, kept = seg.path, hlc, 0
     with open(path, "r+b" if last else "rb") as f:
         head = f.read(HEADER.size)
         if len(head) < HEADER.size or (last and not any(head) and not any(f.read())):
@@ -159,12 +163,9 @@ def scan(seg: Segment, last: bool, seqs: dict[str, int], hlc: int, mark_bytes: i
         elif reason:
             if not last:
                 raise LogCorruptError(path, good, reason)
-            logger.warning(
-                "%s: %s at byte %d, truncating %d bytes", path, reason, good, file_size - good
-            )
-            f.truncate(good)
-            f.flush()
-            os.fsync(f.fileno())
+            kept = salvage_tail(f, path, good, file_size, reason)
+    if kept:  # records past bad bytes were kept: the rewritten segment is clean
+        return scan(seg, last, seqs, start_hlc, mark_bytes)
     seg.size, seg.count, seg.marks = good, count, marks
     return hlc
 
@@ -207,6 +208,8 @@ def offset_plan(segs: list[Segment], offset: int) -> tuple[Plan, int]:
     """Where to read ``segs`` from to reach the record at ``offset``: the byte ranges
     from the index mark at or before it, and how many records to skip first."""
     i = max(bisect.bisect_right(segs, offset, key=lambda s: s.first) - 1, 0)
+    if offset >= segs[i].end and i + 1 < len(segs):  # in the hole of a segment moved aside
+        i, offset = i + 1, segs[i + 1].first
     j = bisect.bisect_right(segs[i].marks, offset, key=lambda mk: mk[0]) - 1
     first, pos, _seqs = segs[i].marks[j]
     plan = [(segs[i].path, pos, segs[i].size)]
