@@ -91,6 +91,10 @@ CHECK_MS = 50
 """How often the settle phase checks for convergence."""
 SETTLE_MS = 40_000
 """Virtual ms after the heal by which the cluster must have converged."""
+WRITE_TRIES = 60
+"""How often a scheduled write that finds no ready node is tried again (every
+WRITE_RETRY_MS, past the heal if need be) before the run fails."""
+WRITE_RETRY_MS = (200, 400)
 
 PUB, HB, FETCH, BATCH = "pub", "hb", "fetch", "batch"
 
@@ -109,6 +113,8 @@ STATS = (
     "excused",  # acknowledged writes lost with their origin's disk, held nowhere else
     "partitions",
     "writes_at_catching_up",  # client writes taken by a node not yet ready
+    "writes_deferred",  # scheduled writes that found no ready node: tried again later
+    "writes_given_up",  # scheduled writes that found no ready node WRITE_TRIES times
 )
 
 Version = tuple[int, str]
@@ -344,6 +350,8 @@ class Sim:
         self._counter = 0
         self._values = 0
         self.settled_ms = -1
+        self.scheduled = 0  # client writes of the random schedule
+        self.unwritten = 0  # ... not yet written (retrying) nor given up
         ids = [f"n{i + 1}" for i in range(params.nodes)]
         self.nodes: dict[str, SimNode] = {
             i: SimNode(i, rng.randint(-params.skew_ms, params.skew_ms), rng.randint(20, 50))
@@ -758,7 +766,7 @@ class Sim:
         return True
 
     def _settle_check(self, heal_ms: int) -> None:
-        if self.converged():
+        if not self.unwritten and self.converged():
             self.done = True
             self.settled_ms = self.now - heal_ms
             return
@@ -799,6 +807,20 @@ class Sim:
         if len(set(digests.values())) != 1:
             self.fail(f"digests differ after the heal: {digests}\n{self.describe()}")
 
+    def check_writes(self) -> None:
+        """The run tested acknowledged writes, not just convergence: every scheduled
+        write reached a node, and at least one was acknowledged."""
+        if not self.scheduled:
+            return
+        given_up = self.stats["writes_given_up"]
+        if given_up:
+            self.fail(
+                f"{given_up} of the {self.scheduled} scheduled writes found no ready node "
+                f"in {WRITE_TRIES} tries over {WRITE_TRIES * WRITE_RETRY_MS[0]} ms or more"
+            )
+        if not self.acked:
+            self.fail(f"no write acknowledged of the {self.scheduled} scheduled")
+
     # ------------------------------------------------------------------ running
 
     def random_schedule(self) -> None:
@@ -815,6 +837,8 @@ class Sim:
             else:
                 ops = [(k, b"") for k in rng.sample(keys, min(len(keys), rng.randint(2, 3)))]
             self.at(t, self._random_write, node_id, ops)
+        self.scheduled += p.writes
+        self.unwritten += p.writes
         for _ in range(p.partitions):
             group = rng.sample(ids, rng.randint(1, len(ids) - 1))
             self.at(
@@ -839,13 +863,29 @@ class Sim:
             skew = rng.randint(-p.skew_ms, p.skew_ms)
             self.at(rng.randint(0, p.duration_ms), self.step_clock, rng.choice(ids), skew)
 
-    def _random_write(self, node_id: str, ops: list[tuple[str, bytes | None]]) -> None:
+    def _random_write(
+        self, node_id: str, ops: list[tuple[str, bytes | None]], tries: int = 0
+    ) -> None:
+        """A client write: to ``node_id`` if ready, else to a ready node (as the balancer
+        does; now and then to ``node_id`` still catching up).  With no node ready
+        (or up) the client tries again later, up to WRITE_TRIES times, past the
+        heal if need be: a write is never dropped silently."""
         node = self.nodes[node_id]
-        if not (node.up and node.replica.state == READY) and self.rng.random() < 0.9:
+        if not (node.up and node.replica.state == READY) and (
+            self.rng.random() < 0.9 or not node.up
+        ):
             ready = [n for n in self.nodes.values() if n.up and n.replica.state == READY]
             if not ready:
+                if tries >= WRITE_TRIES:
+                    self.stats["writes_given_up"] += 1
+                    self.unwritten -= 1
+                    return
+                self.stats["writes_deferred"] += 1
+                retry = self.now + self.rng.randint(*WRITE_RETRY_MS)
+                self.at(retry, self._random_write, node_id, ops, tries + 1)
                 return
             node = self.rng.choice(ready)
+        self.unwritten -= 1
         values = [(k, None if v is None else self.value(node.id)) for k, v in ops]
         self.client_write(node.id, values)
 
@@ -869,6 +909,7 @@ class Sim:
         if not self.done:
             self.fail("the event queue ran dry before convergence")
         self.check()
+        self.check_writes()
         counters: dict[str, int] = {}
         for n in self.nodes.values():
             for k, v in n.counters().items():

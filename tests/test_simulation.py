@@ -503,3 +503,21 @@ def test_entries_from_a_clock_ahead_are_refused_then_taken_once_it_is_back() -> 
     for node in s.nodes.values():
         entry = node.store.get("k")
         assert entry is not None and entry.value == b"from the future"
+
+
+# -- the simulation checks what it claims (issue 13, point 6) -----------------
+
+
+@pytest.mark.parametrize("seed", [1, 54, 124, 145, 234, 280])
+def test_seeds_that_acknowledged_no_write(seed: int) -> None:
+    """These seeds found no ready node for any scheduled write, which was dropped:
+    they tested convergence only.  A write now waits for a ready node."""
+    result = sim.run(seed)
+    assert result.acked > 0 and result.stats["writes_given_up"] == 0
+    assert result.stats["writes_deferred"] > 0
+
+
+def test_a_seed_whose_writes_find_no_ready_node_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim, "WRITE_TRIES", 0)
+    with pytest.raises(sim.SimFailure, match=r"seed=1 .*scheduled writes found no ready node"):
+        sim.run(1)
