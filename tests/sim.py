@@ -78,6 +78,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
+from mesh.core.acks import PendingAcks, Waiting, nodes_needed
 from mesh.core.catchup import Batch, Fetch
 from mesh.core.clock import HybridClock
 from mesh.core.mutation import Mutation, encode_records
@@ -96,7 +97,12 @@ WRITE_TRIES = 60
 WRITE_RETRY_MS, past the heal if need be) before the run fails."""
 WRITE_RETRY_MS = (200, 400)
 
+ACK_TIMEOUT_MS = 2000
+"""A w > 1 write not logged by enough nodes by then is NOT_ACKNOWLEDGED (``ack_timeout_ms``)."""
+
 PUB, HB, FETCH, BATCH = "pub", "hb", "fetch", "batch"
+PUB_ACK = "pub_ack"
+"""A PUB whose origin holds a reply until others log it (``["E", ..., ack=True]``)."""
 
 STATS = (
     "sent",  # messages handed to the network
@@ -115,6 +121,8 @@ STATS = (
     "writes_at_catching_up",  # client writes taken by a node not yet ready
     "writes_deferred",  # scheduled writes that found no ready node: tried again later
     "writes_given_up",  # scheduled writes that found no ready node WRITE_TRIES times
+    "acked_w",  # writes acknowledged once w > 1 nodes logged them
+    "not_acknowledged",  # w > 1 writes that timed out (applied, not acknowledged)
 )
 
 Version = tuple[int, str]
@@ -146,6 +154,9 @@ class Params:
     clock_steps: int = 0
     fetch_entries: int = 4096
     max_offset_ms: int = 0  # the clock guard's bound; 0: wider than any skew drawn
+    # Drawn from a second stream (:func:`more_params`), so that the draws above,
+    # and the runs of seeds with these off, are those of before they existed.
+    w_share: float = 0.0  # share of client writes asking w = 2, quorum or all
 
 
 def random_params(rng: random.Random) -> Params:
@@ -171,12 +182,19 @@ def random_params(rng: random.Random) -> Params:
     )
 
 
+def more_params(rng: random.Random) -> dict[str, Any]:
+    """The params added since: drawn from their own stream (see :func:`make`)."""
+    return {"w_share": rng.choice((0.0, 0.0, 0.3, 1.0))}
+
+
 class Write(NamedTuple):
-    """An acknowledged mutation."""
+    """An acknowledged mutation; ``logged_on``: the nodes that had logged it then (w > 1)."""
 
     node: str
     at_ms: int
     mutation: Mutation
+    needed: int = 1
+    logged_on: tuple[str, ...] = ()
 
     @property
     def version(self) -> Version:
@@ -282,6 +300,7 @@ class SimNode:
         self.armed: tuple[int, int] | None = None  # crash (down ms, keep) after a deferred fsync
         self.high: dict[str, Version] = {}  # the version watermark per key (checker 3)
         self.totals: dict[str, int] = {}  # replica counters of past lives
+        self.acks = PendingAcks()  # replies held for w > 1 (lost with the process)
 
     @property
     def origin(self) -> str:
@@ -326,9 +345,12 @@ class Sim:
         *,
         trace: bool = False,
         replay: str = "",
+        xrng: random.Random | None = None,
     ) -> None:
         self.seed = seed
         self.p = params
+        self.xrng = xrng or random.Random(seed)  # the features' own stream (see make)
+        self.wiped: dict[str, int] = {}  # node -> virtual ms it last lost (part of) its disk
         self.replay = replay or f"`python tests/sim.py --seed {seed} --trace`"
         self.rng = rng
         self.now = 0
@@ -439,11 +461,12 @@ class Sim:
             self.stats["lost"] += 1
             return
         self.note(kind, src, dst)
-        if kind == PUB:
-            self._on_pub(node, payload)
+        if kind in (PUB, PUB_ACK):
+            self._on_pub(node, payload, kind == PUB_ACK)
         elif kind == HB:
-            hb_node, origin, state, vv = payload
-            node.replica.on_heartbeat(hb_node, origin, state, vv, self.now)
+            hb_node, origin, state, vv, logged = payload
+            node.replica.on_heartbeat(hb_node, origin, state, vv, self.now, logged)
+            self._check_acks(node)
             self._poll(node)
         elif kind == FETCH:
             self._on_fetch(node, src, *payload)
@@ -461,15 +484,16 @@ class Sim:
 
     def heartbeat(self, node: SimNode) -> None:
         hb = node.replica.heartbeat()
-        payload = (hb["node"], hb["origin"], hb["state"], dict(hb["vv"]))  # as if serialized
+        logged = node.log.synced >= node.log.end  # only such beats count toward w > 1
+        payload = (hb["node"], hb["origin"], hb["state"], dict(hb["vv"]), logged)
         self.broadcast(HB, node, payload)
 
     # ------------------------------------------------------------------ node events
 
-    def _on_pub(self, node: SimNode, entries: list[Mutation]) -> None:
+    def _on_pub(self, node: SimNode, entries: list[Mutation], ack: bool = False) -> None:
         applied = node.replica.receive(entries, self.now)
         if applied:
-            self._after_apply(node)
+            self._after_apply(node, urgent=ack)
         self._watch(node, entries)
         self._poll(node)
 
@@ -496,12 +520,13 @@ class Sim:
         self._watch(node, batch.entries)
         self._poll(node)
 
-    def _after_apply(self, node: SimNode) -> None:
+    def _after_apply(self, node: SimNode, urgent: bool = False) -> None:
         """As ``Peering._after_apply`` for entries that want acks.
 
-        Fsync now (or at the next beat: torn), then heartbeat.
+        Fsync now (or at the next beat: torn, unless an origin waits for
+        acks: ``urgent``), then heartbeat (saying whether all is logged).
         """
-        if self.p.torn and not self.quiet and self.rng.random() < self.p.torn:
+        if not urgent and self.p.torn and not self.quiet and self.rng.random() < self.p.torn:
             node.unsynced = True
         else:
             node.log.sync()
@@ -517,6 +542,7 @@ class Sim:
     def _tick(self, node: SimNode, life: int) -> None:
         if not node.up or node.life != life:
             return
+        self._check_acks(node)
         self._poll(node)
         self.at(self.now + node.tick_ms, self._tick, node, life)
 
@@ -543,8 +569,21 @@ class Sim:
 
     # ------------------------------------------------------------------ clients
 
-    def client_write(self, node_id: str, ops: Sequence[tuple[str, bytes | None]]) -> None:
-        """A client op at ``node_id`` (one write or an MSET; value None is a DEL)."""
+    def client_write(
+        self,
+        node_id: str,
+        ops: Sequence[tuple[str, bytes | None]],
+        w: int | str = 1,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        """A client op at ``node_id`` (one write or an MSET; value None is a DEL).
+
+        ``w`` > 1: the reply waits until that many nodes logged it, as
+        ``mesh.roles.node`` holds it (:class:`~mesh.core.acks.PendingAcks`,
+        :meth:`Replica.logged_by`); the write is acknowledged then, or never:
+        NOT_ACKNOWLEDGED, or the node crashed; then ``on_failure`` runs (the
+        client tries again).
+        """
         node = self.nodes[node_id]
         if not node.up:
             return
@@ -566,14 +605,48 @@ class Sim:
         replica.commit_local(mutations)
         node.log.sync()
         node.unsynced = False
-        for m in mutations:
-            w = Write(node.id, self.now, m)
-            self.acked.append(w)
-            self.required.append(w)
-        self.note("write", node.id, tuple((m.key, m.seq, m.value) for m in mutations))
-        self.broadcast(PUB, node, mutations)
+        needed = 1 if w == 1 else nodes_needed(w, 1 + len(replica.peers))  # as Node does
+        self.note("write", node.id, tuple((m.key, m.seq, m.value) for m in mutations), w)
+        if needed > 1:
+            deadline = self.now + ACK_TIMEOUT_MS
+            waiting = (mutations, on_failure)
+            node.acks.hold(Waiting(mutations[-1].seq, needed, deadline, [], 0, waiting))
+            self.broadcast(PUB_ACK, node, mutations)
+        else:
+            self._acknowledge(node, mutations, 1)
+            self.broadcast(PUB, node, mutations)
         self._watch(node, mutations)
         self._poll(node)
+
+    def _acknowledge(self, node: SimNode, mutations: list[Mutation], needed: int) -> None:
+        logged_on: tuple[str, ...] = ()
+        if needed > 1:
+            seq, origin = mutations[-1].seq, node.origin
+            peers = node.replica.peers.items()
+            logged_on = (node.id, *(p for p, v in peers if v.logged.get(origin, 0) >= seq))
+            self.stats["acked_w"] += len(mutations)
+            self.note("acked", node.id, seq, logged_on)
+        for m in mutations:
+            write = Write(node.id, self.now, m, needed, logged_on)
+            self.acked.append(write)
+            self.required.append(write)
+
+    def _check_acks(self, node: SimNode) -> None:
+        """Answer the held w > 1 writes that enough nodes logged (``Node._check_acks``)."""
+        if not len(node.acks):
+            return
+        done, expired = node.acks.resolve(node.replica.logged_by, self.now)
+        for waiting in done:
+            self._acknowledge(node, waiting.result[0], waiting.needed)
+        self._fail_writes(node, expired)
+
+    def _fail_writes(self, node: SimNode, failed: list[tuple[Waiting, int]]) -> None:
+        for waiting, have in failed:
+            self.stats["not_acknowledged"] += 1
+            self.note("not acknowledged", node.id, waiting.seq, have, waiting.needed)
+            on_failure = waiting.result[1]
+            if on_failure is not None:
+                on_failure()
 
     def value(self, node_id: str) -> bytes:
         self._values += 1
@@ -590,6 +663,7 @@ class Sim:
         if not node.up or self.quiet:
             return
         self.stats["crashes"] += 1
+        self._fail_writes(node, node.acks.resolve(lambda seq: 0, 1 << 62)[1])  # no reply
         node.life += 1
         node.totals = node.counters()
         node.up = False
@@ -616,14 +690,26 @@ class Sim:
             self._boot(node)
 
     def _lose_disk(self, node: SimNode) -> None:
-        """The disk is gone: excuse the writes no other node holds durably (w=1)."""
+        """The disk is gone: excuse the w=1 writes no other node holds durably.
+
+        A write acknowledged with w > 1 was logged by other nodes too: unless
+        each of those has lost its disk since, losing it is a failure.
+        """
         durable = [self._durable(n) for n in self.nodes.values() if n is not node]
+        self.wiped[node.id] = self.now
         keep = []
         for w in self.required:
             if any(d.get(w.mutation.key, (-1, "")) >= w.version for d in durable):
                 keep.append(w)
-            else:
-                self.stats["excused"] += 1
+                continue
+            holders = [h for h in w.logged_on if self.wiped.get(h, -1) < w.at_ms]
+            if w.needed > 1 and holders:
+                self.fail(
+                    f"{node.id} lost its disk and with it {w.mutation}, acknowledged with "
+                    f"{w.needed} nodes logging it ({w.logged_on} at {w.at_ms} ms), though "
+                    f"{holders} kept their disks: none holds it durably"
+                )
+            self.stats["excused"] += 1
         self.required = keep
         node.log = SimLog()
         node.snapshot = None
@@ -677,6 +763,7 @@ class Sim:
         )
         node.up = True
         node.life += 1
+        node.acks = PendingAcks()  # replies held by the last process are gone with it
         # Checker 3 across the restart: only unacknowledged replicated state may be lost.
         for w in self.acked:
             m = w.mutation
@@ -815,8 +902,9 @@ class Sim:
         given_up = self.stats["writes_given_up"]
         if given_up:
             self.fail(
-                f"{given_up} of the {self.scheduled} scheduled writes found no ready node "
-                f"in {WRITE_TRIES} tries over {WRITE_TRIES * WRITE_RETRY_MS[0]} ms or more"
+                f"{given_up} of the {self.scheduled} scheduled writes given up after "
+                f"{WRITE_TRIES} tries (no ready node, or w > 1 not acknowledged), over "
+                f"{WRITE_TRIES * WRITE_RETRY_MS[0]} ms or more"
             )
         if not self.acked:
             self.fail(f"no write acknowledged of the {self.scheduled} scheduled")
@@ -836,7 +924,10 @@ class Sim:
                 ops = [(rng.choice(keys), None)]
             else:
                 ops = [(k, b"") for k in rng.sample(keys, min(len(keys), rng.randint(2, 3)))]
-            self.at(t, self._random_write, node_id, ops)
+            w: int | str = 1
+            if p.w_share and self.xrng.random() < p.w_share:
+                w = self.xrng.choice((2, "quorum", "all"))
+            self.at(t, self._random_write, node_id, ops, w)
         self.scheduled += p.writes
         self.unwritten += p.writes
         for _ in range(p.partitions):
@@ -864,30 +955,36 @@ class Sim:
             self.at(rng.randint(0, p.duration_ms), self.step_clock, rng.choice(ids), skew)
 
     def _random_write(
-        self, node_id: str, ops: list[tuple[str, bytes | None]], tries: int = 0
+        self, node_id: str, ops: list[tuple[str, bytes | None]], w: int | str = 1, tries: int = 0
     ) -> None:
         """A client write: to ``node_id`` if ready, else to a ready node (as the balancer
         does; now and then to ``node_id`` still catching up).  With no node ready
         (or up) the client tries again later, up to WRITE_TRIES times, past the
         heal if need be: a write is never dropped silently."""
+        if tries > WRITE_TRIES:
+            self.stats["writes_given_up"] += 1
+            self.unwritten -= 1
+            return
         node = self.nodes[node_id]
         if not (node.up and node.replica.state == READY) and (
             self.rng.random() < 0.9 or not node.up
         ):
             ready = [n for n in self.nodes.values() if n.up and n.replica.state == READY]
             if not ready:
-                if tries >= WRITE_TRIES:
-                    self.stats["writes_given_up"] += 1
-                    self.unwritten -= 1
-                    return
                 self.stats["writes_deferred"] += 1
                 retry = self.now + self.rng.randint(*WRITE_RETRY_MS)
-                self.at(retry, self._random_write, node_id, ops, tries + 1)
+                self.at(retry, self._random_write, node_id, ops, w, tries + 1)
                 return
             node = self.rng.choice(ready)
         self.unwritten -= 1
         values = [(k, None if v is None else self.value(node.id)) for k, v in ops]
-        self.client_write(node.id, values)
+
+        def again() -> None:  # NOT_ACKNOWLEDGED (w > 1), or no reply: try again
+            self.unwritten += 1
+            retry = self.now + self.rng.randint(*WRITE_RETRY_MS)
+            self.at(retry, self._random_write, node_id, ops, w, tries + 1)
+
+        self.client_write(node.id, values, w, again)
 
     def heal(self) -> None:
         """End the faults: heal partitions, restart down nodes, stop drops and clients."""
@@ -931,10 +1028,14 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
     """A simulator with random params for ``seed``, overridden by ``params``, no schedule."""
     rng = random.Random(seed)
     drawn = random_params(rng)  # drawn even when overridden: the same seed, the same run
+    xrng = random.Random(f"sim-features/{seed}")  # str seeds hash the same in every process
+    drawn = dataclasses.replace(drawn, **more_params(xrng))
     flags = "".join(f" --set {k}={v}" for k, v in params.items())
     args = "".join(f", {k}={v!r}" for k, v in params.items())
     replay = f"`python tests/sim.py --seed {seed}{flags} --trace` or tests/sim.py run({seed}{args})"
-    return Sim(seed, dataclasses.replace(drawn, **params), rng, trace=trace, replay=replay)
+    return Sim(
+        seed, dataclasses.replace(drawn, **params), rng, trace=trace, replay=replay, xrng=xrng
+    )
 
 
 QUIET = {"drop": 0.0, "dup": 0.0, "slow": 0.0, "torn": 0.0, "skew_ms": 0, "delay_ms": 5}
