@@ -42,8 +42,8 @@ Faults (until the heal)
     too).  Scripted only: a pause (``pause``, a SIGSTOP: the node's timers and
     the messages to it wait, then run in order); every node runs its lag guard
     (:mod:`mesh.core.lagguard`) on its ticks and heartbeats.  Messages are
-    bound to the receiver's process (its ``life``): as with TCP connections,
-    nothing sent to a process reaches its successor.
+    bound to the receiver's process (its ``life``): as
+    with TCP connections, nothing sent to a process reaches its successor.
 Heal and settle
     At ``duration_ms`` every partition heals, every down node restarts, drops,
     duplicates and long delays stop (short random delays stay) and clients
@@ -79,14 +79,32 @@ import heapq
 import random
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any
 
+from mesh.core.acks import PendingAcks, Waiting, nodes_needed
 from mesh.core.catchup import Batch, Fetch
 from mesh.core.clock import HybridClock
-from mesh.core.lagguard import DEFAULT_MAX_LAG_ENTRIES, DEFAULT_MAX_LAG_MS, LagGuard
-from mesh.core.mutation import Mutation, encode_records
+from mesh.core.lagguard import LagGuard
+from mesh.core.mutation import Mutation
 from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
+
+if __package__ in (None, ""):  # run as a script (``python tests/sim.py --seed N``)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.simmodel import (  # noqa: E402
+    Params,
+    Result,
+    SimFailure,
+    SimLog,
+    SimNode,
+    Snapshot,
+    Version,
+    Write,
+    held,
+    more_params,
+    random_params,
+)
 
 WALL_EPOCH_MS = 1_700_000_000_000
 """Wall-clock ms at virtual time 0 (skew moves each node's wall off it)."""
@@ -95,8 +113,17 @@ CHECK_MS = 50
 """How often the settle phase checks for convergence."""
 SETTLE_MS = 40_000
 """Virtual ms after the heal by which the cluster must have converged."""
+WRITE_TRIES = 60
+"""How often a scheduled write that finds no ready node is tried again (every
+WRITE_RETRY_MS, past the heal if need be) before the run fails."""
+WRITE_RETRY_MS = (200, 400)
+
+ACK_TIMEOUT_MS = 2000
+"""A w > 1 write not logged by enough nodes by then is NOT_ACKNOWLEDGED (``ack_timeout_ms``)."""
 
 PUB, HB, FETCH, BATCH = "pub", "hb", "fetch", "batch"
+PUB_ACK = "pub_ack"
+"""A PUB whose origin holds a reply until others log it (``["E", ..., ack=True]``)."""
 
 STATS = (
     "sent",  # messages handed to the network
@@ -113,205 +140,11 @@ STATS = (
     "excused",  # acknowledged writes lost with their origin's disk, held nowhere else
     "partitions",
     "writes_at_catching_up",  # client writes taken by a node not yet ready
+    "writes_deferred",  # scheduled writes that found no ready node: tried again later
+    "writes_given_up",  # scheduled writes that found no ready node WRITE_TRIES times
+    "acked_w",  # writes acknowledged once w > 1 nodes logged them
+    "not_acknowledged",  # w > 1 writes that timed out (applied, not acknowledged)
 )
-
-Version = tuple[int, str]
-
-
-class SimFailure(AssertionError):
-    """A checker failed; the message names the seed that replays it."""
-
-
-@dataclasses.dataclass
-class Params:
-    """One run's shape; :func:`random_params` draws one per seed."""
-
-    nodes: int = 3
-    keys: int = 6
-    writes: int = 20
-    duration_ms: int = 1500
-    drop: float = 0.0
-    dup: float = 0.0
-    delay_ms: int = 5
-    slow: float = 0.0
-    slow_ms: int = 300
-    partitions: int = 0
-    crashes: int = 0
-    disk_loss: float = 0.0
-    torn: float = 0.0
-    skew_ms: int = 0
-    compactions: int = 0
-    clock_steps: int = 0
-    fetch_entries: int = 4096
-    max_offset_ms: int = 0  # the clock guard's bound; 0: wider than any skew drawn
-    max_lag_entries: int = DEFAULT_MAX_LAG_ENTRIES  # the lag guard's bounds
-    max_lag_ms: int = DEFAULT_MAX_LAG_MS
-
-
-def random_params(rng: random.Random) -> Params:
-    """Draw a small run: a few nodes, a few dozen writes on a few keys, some faults."""
-    return Params(
-        nodes=rng.randint(3, 5),
-        keys=rng.randint(2, 10),
-        writes=rng.randint(5, 40),
-        duration_ms=rng.randint(300, 2500),
-        drop=rng.choice((0.0, 0.02, 0.1, 0.3)),
-        dup=rng.choice((0.0, 0.05, 0.2)),
-        delay_ms=rng.choice((1, 5, 20, 60)),
-        slow=rng.choice((0.0, 0.02, 0.1)),
-        slow_ms=rng.choice((100, 400, 1500)),
-        partitions=rng.randint(0, 3),
-        crashes=rng.randint(0, 3),
-        disk_loss=rng.choice((0.0, 0.0, 0.3, 1.0)),
-        torn=rng.choice((0.0, 0.3, 1.0)),
-        skew_ms=rng.choice((0, 50, 1000, 5000)),
-        compactions=rng.randint(0, 3),
-        clock_steps=rng.randint(0, 2),
-        fetch_entries=rng.choice((1, 3, 16, 4096)),
-    )
-
-
-class Write(NamedTuple):
-    """An acknowledged mutation."""
-
-    node: str
-    at_ms: int
-    mutation: Mutation
-
-    @property
-    def version(self) -> Version:
-        return self.mutation.version()
-
-
-class Snapshot(NamedTuple):
-    """A durable snapshot: the store's entries, vv and floor, and the log position."""
-
-    entries: list[Mutation]
-    vv: dict[str, int]
-    floor: dict[str, int]
-    pos: int
-
-
-class SimLog:
-    """The model log (``mesh.core.catchup.ReplicaLog``): a synced prefix, compaction.
-
-    ``base`` is the absolute position of ``records[0]``; ``synced`` the absolute
-    end of what survives a crash.
-    """
-
-    def __init__(self) -> None:
-        self.records: list[Mutation] = []
-        self.base = 0
-        self.synced = 0
-        self._floor: dict[str, int] = {}
-
-    @property
-    def end(self) -> int:
-        return self.base + len(self.records)
-
-    def append(self, mutations: Sequence[Mutation], records: Sequence[bytes] | None = None) -> int:
-        if records is not None:
-            assert records == encode_records(mutations), "records that are not the mutations"
-        self.records.extend(mutations)
-        return self.end - 1
-
-    def read_range(
-        self, origin: str, first: int, last: int, max_bytes: int
-    ) -> tuple[list[Mutation], int]:
-        out, size = [], 0
-        for m in self.records:
-            if m[0] == origin and first <= m[1] <= last:
-                out.append(m)
-                size += len(m.key) + len(m.value or b"") + 32
-                if size >= max_bytes:
-                    break
-        return out, size
-
-    def floor(self) -> dict[str, int]:
-        return dict(self._floor)
-
-    def sync(self) -> None:
-        self.synced = self.end
-
-    def crash(self, keep: int) -> int:
-        """Lose the unsynced tail but its first ``keep`` records; returns how many were lost."""
-        cut = self.synced + keep
-        lost = self.end - cut
-        del self.records[cut - self.base :]
-        self.synced = self.end
-        return lost
-
-    def compact(self, upto: int) -> int:
-        """Drop the records before absolute position ``upto``; returns how many."""
-        drop = self.records[: upto - self.base]
-        for m in drop:
-            if m[1] > self._floor.get(m[0], 0):
-                self._floor[m[0]] = m[1]
-        del self.records[: len(drop)]
-        self.base += len(drop)
-        return len(drop)
-
-
-def held(store: Store, key: str) -> Version | None:
-    """The version ``store`` holds for ``key``, live or tombstone.
-
-    Reads the store's two maps directly: the public API has no per-key view of
-    tombstones, and :meth:`Store.entries` is O(keys) (the final checks use it).
-    """
-    t = store._live.get(key) or store._tombs.get(key)
-    return None if t is None else (t[1], t[2])
-
-
-class SimNode:
-    """One simulated node: its disk (log, snapshot) survives crashes, the rest does not."""
-
-    def __init__(self, node_id: str, skew_ms: int, tick_ms: int) -> None:
-        self.id = node_id
-        self.skew_ms = skew_ms
-        self.tick_ms = tick_ms
-        self.incarnation = 1
-        self.life = 0  # bumped on every crash and boot: messages are bound to one life
-        self.up = False
-        self.log = SimLog()
-        self.snapshot: Snapshot | None = None
-        # The process: set by Sim._boot, stale (and unused) while the node is down.
-        self.store: Store
-        self.clock: HybridClock
-        self.replica: Replica
-        self.unsynced = False  # replicated records appended, fsync deferred to the beat
-        self.armed: tuple[int, int] | None = None  # crash (down ms, keep) after a deferred fsync
-        self.high: dict[str, Version] = {}  # the version watermark per key (checker 3)
-        self.totals: dict[str, int] = {}  # replica counters of past lives
-        self.lag: LagGuard  # the lag guard, as mesh.roles.node_status drives it
-        self.paused_until = 0  # a SIGSTOP: nothing runs, messages queue, until then
-
-    @property
-    def origin(self) -> str:
-        return f"{self.id}/{self.incarnation}"
-
-    def counters(self) -> dict[str, int]:
-        """The replica counters summed over this node's lives."""
-        out = dict(self.totals)
-        if self.up:
-            for k, v in self.replica.counters.items():
-                out[k] = out.get(k, 0) + v
-        return out
-
-
-@dataclasses.dataclass
-class Result:
-    """What one run did and ended with."""
-
-    seed: int
-    params: Params
-    settled_ms: int
-    events: int
-    acked: int
-    stats: dict[str, int]
-    counters: dict[str, int]
-    digests: dict[str, str]
-    trace: list[tuple] | None = None
-
 
 Rule = Callable[[str, str, str, Any], "int | None"]
 """``rule(kind, src, dst, payload)``: None no opinion, -1 drop, else the delay in ms."""
@@ -328,9 +161,12 @@ class Sim:
         *,
         trace: bool = False,
         replay: str = "",
+        xrng: random.Random | None = None,
     ) -> None:
         self.seed = seed
         self.p = params
+        self.xrng = xrng or random.Random(seed)  # the features' own stream (see make)
+        self.wiped: dict[str, int] = {}  # node -> virtual ms it last lost (part of) its disk
         self.replay = replay or f"`python tests/sim.py --seed {seed} --trace`"
         self.rng = rng
         self.now = 0
@@ -352,6 +188,8 @@ class Sim:
         self._counter = 0
         self._values = 0
         self.settled_ms = -1
+        self.scheduled = 0  # client writes of the random schedule
+        self.unwritten = 0  # ... not yet written (retrying) nor given up
         ids = [f"n{i + 1}" for i in range(params.nodes)]
         self.nodes: dict[str, SimNode] = {
             i: SimNode(i, rng.randint(-params.skew_ms, params.skew_ms), rng.randint(20, 50))
@@ -443,12 +281,13 @@ class Sim:
             return
         self.note(kind, src, dst)
         node.lag.touch(self.now)
-        if kind == PUB:
-            self._on_pub(node, payload)
+        if kind in (PUB, PUB_ACK):
+            self._on_pub(node, payload, kind == PUB_ACK)
         elif kind == HB:
-            hb_node, origin, state, vv, wall = payload
-            node.replica.on_heartbeat(hb_node, origin, state, vv, self.now)
+            hb_node, origin, state, vv, logged, wall = payload
+            node.replica.on_heartbeat(hb_node, origin, state, vv, self.now, logged)
             node.lag.heard(hb_node, wall, self.now)
+            self._check_acks(node)
             self._poll(node)
         elif kind == FETCH:
             self._on_fetch(node, src, *payload)
@@ -466,16 +305,17 @@ class Sim:
 
     def heartbeat(self, node: SimNode) -> None:
         hb = node.replica.heartbeat()
+        logged = node.log.synced >= node.log.end  # only such beats count toward w > 1
         wall = WALL_EPOCH_MS + self.now + node.skew_ms
-        payload = (hb["node"], hb["origin"], hb["state"], dict(hb["vv"]), wall)  # as if serialized
+        payload = (hb["node"], hb["origin"], hb["state"], dict(hb["vv"]), logged, wall)
         self.broadcast(HB, node, payload)
 
     # ------------------------------------------------------------------ node events
 
-    def _on_pub(self, node: SimNode, entries: list[Mutation]) -> None:
+    def _on_pub(self, node: SimNode, entries: list[Mutation], ack: bool = False) -> None:
         applied = node.replica.receive(entries, self.now)
         if applied:
-            self._after_apply(node)
+            self._after_apply(node, urgent=ack)
         self._watch(node, entries)
         self._poll(node)
 
@@ -502,12 +342,13 @@ class Sim:
         self._watch(node, batch.entries)
         self._poll(node)
 
-    def _after_apply(self, node: SimNode) -> None:
+    def _after_apply(self, node: SimNode, urgent: bool = False) -> None:
         """As ``Peering._after_apply`` for entries that want acks.
 
-        Fsync now (or at the next beat: torn), then heartbeat.
+        Fsync now (or at the next beat: torn, unless an origin waits for
+        acks: ``urgent``), then heartbeat (saying whether all is logged).
         """
-        if self.p.torn and not self.quiet and self.rng.random() < self.p.torn:
+        if not urgent and self.p.torn and not self.quiet and self.rng.random() < self.p.torn:
             node.unsynced = True
         else:
             node.log.sync()
@@ -529,6 +370,7 @@ class Sim:
         replica = node.replica
         peers = {p.node_id: (p.vv, p.heard_ms) for p in replica.peers.values()}
         node.lag.judge(replica.vv, peers, self.now, replica.gate.refusing())
+        self._check_acks(node)
         self._poll(node)
         self.at(self.now + node.tick_ms, self._tick, node, life)
 
@@ -559,8 +401,21 @@ class Sim:
 
     # ------------------------------------------------------------------ clients
 
-    def client_write(self, node_id: str, ops: Sequence[tuple[str, bytes | None]]) -> None:
-        """A client op at ``node_id`` (one write or an MSET; value None is a DEL)."""
+    def client_write(
+        self,
+        node_id: str,
+        ops: Sequence[tuple[str, bytes | None]],
+        w: int | str = 1,
+        on_failure: Callable[[], None] | None = None,
+    ) -> None:
+        """A client op at ``node_id`` (one write or an MSET; value None is a DEL).
+
+        ``w`` > 1: the reply waits until that many nodes logged it, as
+        ``mesh.roles.node`` holds it (:class:`~mesh.core.acks.PendingAcks`,
+        :meth:`Replica.logged_by`); the write is acknowledged then, or never:
+        NOT_ACKNOWLEDGED, or the node crashed; then ``on_failure`` runs (the
+        client tries again).
+        """
         node = self.nodes[node_id]
         if not node.up:
             return
@@ -582,14 +437,48 @@ class Sim:
         replica.commit_local(mutations)
         node.log.sync()
         node.unsynced = False
-        for m in mutations:
-            w = Write(node.id, self.now, m)
-            self.acked.append(w)
-            self.required.append(w)
-        self.note("write", node.id, tuple((m.key, m.seq, m.value) for m in mutations))
-        self.broadcast(PUB, node, mutations)
+        needed = 1 if w == 1 else nodes_needed(w, 1 + len(replica.peers))  # as Node does
+        self.note("write", node.id, tuple((m.key, m.seq, m.value) for m in mutations), w)
+        if needed > 1:
+            deadline = self.now + ACK_TIMEOUT_MS
+            waiting = (mutations, on_failure)
+            node.acks.hold(Waiting(mutations[-1].seq, needed, deadline, [], 0, waiting))
+            self.broadcast(PUB_ACK, node, mutations)
+        else:
+            self._acknowledge(node, mutations, 1)
+            self.broadcast(PUB, node, mutations)
         self._watch(node, mutations)
         self._poll(node)
+
+    def _acknowledge(self, node: SimNode, mutations: list[Mutation], needed: int) -> None:
+        logged_on: tuple[str, ...] = ()
+        if needed > 1:
+            seq, origin = mutations[-1].seq, node.origin
+            peers = node.replica.peers.items()
+            logged_on = (node.id, *(p for p, v in peers if v.logged.get(origin, 0) >= seq))
+            self.stats["acked_w"] += len(mutations)
+            self.note("acked", node.id, seq, logged_on)
+        for m in mutations:
+            write = Write(node.id, self.now, m, needed, logged_on)
+            self.acked.append(write)
+            self.required.append(write)
+
+    def _check_acks(self, node: SimNode) -> None:
+        """Answer the held w > 1 writes that enough nodes logged (``Node._check_acks``)."""
+        if not len(node.acks):
+            return
+        done, expired = node.acks.resolve(node.replica.logged_by, self.now)
+        for waiting in done:
+            self._acknowledge(node, waiting.result[0], waiting.needed)
+        self._fail_writes(node, expired)
+
+    def _fail_writes(self, node: SimNode, failed: list[tuple[Waiting, int]]) -> None:
+        for waiting, have in failed:
+            self.stats["not_acknowledged"] += 1
+            self.note("not acknowledged", node.id, waiting.seq, have, waiting.needed)
+            on_failure = waiting.result[1]
+            if on_failure is not None:
+                on_failure()
 
     def value(self, node_id: str) -> bytes:
         self._values += 1
@@ -606,6 +495,7 @@ class Sim:
         if not node.up or self.quiet:
             return
         self.stats["crashes"] += 1
+        self._fail_writes(node, node.acks.resolve(lambda seq: 0, 1 << 62)[1])  # no reply
         node.life += 1
         node.totals = node.counters()
         node.up = False
@@ -637,14 +527,26 @@ class Sim:
             self._boot(node)
 
     def _lose_disk(self, node: SimNode) -> None:
-        """The disk is gone: excuse the writes no other node holds durably (w=1)."""
+        """The disk is gone: excuse the w=1 writes no other node holds durably.
+
+        A write acknowledged with w > 1 was logged by other nodes too: unless
+        each of those has lost its disk since, losing it is a failure.
+        """
         durable = [self._durable(n) for n in self.nodes.values() if n is not node]
+        self.wiped[node.id] = self.now
         keep = []
         for w in self.required:
             if any(d.get(w.mutation.key, (-1, "")) >= w.version for d in durable):
                 keep.append(w)
-            else:
-                self.stats["excused"] += 1
+                continue
+            holders = [h for h in w.logged_on if self.wiped.get(h, -1) < w.at_ms]
+            if w.needed > 1 and holders:
+                self.fail(
+                    f"{node.id} lost its disk and with it {w.mutation}, acknowledged with "
+                    f"{w.needed} nodes logging it ({w.logged_on} at {w.at_ms} ms), though "
+                    f"{holders} kept their disks: none holds it durably"
+                )
+            self.stats["excused"] += 1
         self.required = keep
         node.log = SimLog()
         node.snapshot = None
@@ -700,6 +602,7 @@ class Sim:
         node.paused_until = 0
         node.up = True
         node.life += 1
+        node.acks = PendingAcks()  # replies held by the last process are gone with it
         # Checker 3 across the restart: only unacknowledged replicated state may be lost.
         for w in self.acked:
             m = w.mutation
@@ -789,7 +692,7 @@ class Sim:
         return True
 
     def _settle_check(self, heal_ms: int) -> None:
-        if self.converged():
+        if not self.unwritten and self.converged():
             self.done = True
             self.settled_ms = self.now - heal_ms
             return
@@ -830,6 +733,21 @@ class Sim:
         if len(set(digests.values())) != 1:
             self.fail(f"digests differ after the heal: {digests}\n{self.describe()}")
 
+    def check_writes(self) -> None:
+        """The run tested acknowledged writes, not just convergence: every scheduled
+        write reached a node, and at least one was acknowledged."""
+        if not self.scheduled:
+            return
+        given_up = self.stats["writes_given_up"]
+        if given_up:
+            self.fail(
+                f"{given_up} of the {self.scheduled} scheduled writes given up after "
+                f"{WRITE_TRIES} tries (no ready node, or w > 1 not acknowledged), over "
+                f"{WRITE_TRIES * WRITE_RETRY_MS[0]} ms or more"
+            )
+        if not self.acked:
+            self.fail(f"no write acknowledged of the {self.scheduled} scheduled")
+
     # ------------------------------------------------------------------ running
 
     def random_schedule(self) -> None:
@@ -845,7 +763,12 @@ class Sim:
                 ops = [(rng.choice(keys), None)]
             else:
                 ops = [(k, b"") for k in rng.sample(keys, min(len(keys), rng.randint(2, 3)))]
-            self.at(t, self._random_write, node_id, ops)
+            w: int | str = 1
+            if p.w_share and self.xrng.random() < p.w_share:
+                w = self.xrng.choice((2, "quorum", "all"))
+            self.at(t, self._random_write, node_id, ops, w)
+        self.scheduled += p.writes
+        self.unwritten += p.writes
         for _ in range(p.partitions):
             group = rng.sample(ids, rng.randint(1, len(ids) - 1))
             self.at(
@@ -870,15 +793,37 @@ class Sim:
             skew = rng.randint(-p.skew_ms, p.skew_ms)
             self.at(rng.randint(0, p.duration_ms), self.step_clock, rng.choice(ids), skew)
 
-    def _random_write(self, node_id: str, ops: list[tuple[str, bytes | None]]) -> None:
+    def _random_write(
+        self, node_id: str, ops: list[tuple[str, bytes | None]], w: int | str = 1, tries: int = 0
+    ) -> None:
+        """A client write: to ``node_id`` if ready, else to a ready node (as the balancer
+        does; now and then to ``node_id`` still catching up).  With no node ready
+        (or up) the client tries again later, up to WRITE_TRIES times, past the
+        heal if need be: a write is never dropped silently."""
+        if tries > WRITE_TRIES:
+            self.stats["writes_given_up"] += 1
+            self.unwritten -= 1
+            return
         node = self.nodes[node_id]
-        if not (node.up and node.replica.state == READY) and self.rng.random() < 0.9:
+        if not (node.up and node.replica.state == READY) and (
+            self.rng.random() < 0.9 or not node.up
+        ):
             ready = [n for n in self.nodes.values() if n.up and n.replica.state == READY]
             if not ready:
+                self.stats["writes_deferred"] += 1
+                retry = self.now + self.rng.randint(*WRITE_RETRY_MS)
+                self.at(retry, self._random_write, node_id, ops, w, tries + 1)
                 return
             node = self.rng.choice(ready)
+        self.unwritten -= 1
         values = [(k, None if v is None else self.value(node.id)) for k, v in ops]
-        self.client_write(node.id, values)
+
+        def again() -> None:  # NOT_ACKNOWLEDGED (w > 1), or no reply: try again
+            self.unwritten += 1
+            retry = self.now + self.rng.randint(*WRITE_RETRY_MS)
+            self.at(retry, self._random_write, node_id, ops, w, tries + 1)
+
+        self.client_write(node.id, values, w, again)
 
     def heal(self) -> None:
         """End the faults: heal partitions, restart down nodes, stop drops and clients."""
@@ -900,6 +845,7 @@ class Sim:
         if not self.done:
             self.fail("the event queue ran dry before convergence")
         self.check()
+        self.check_writes()
         counters: dict[str, int] = {}
         for n in self.nodes.values():
             for k, v in n.counters().items():
@@ -921,10 +867,14 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
     """A simulator with random params for ``seed``, overridden by ``params``, no schedule."""
     rng = random.Random(seed)
     drawn = random_params(rng)  # drawn even when overridden: the same seed, the same run
+    xrng = random.Random(f"sim-features/{seed}")  # str seeds hash the same in every process
+    drawn = dataclasses.replace(drawn, **more_params(xrng))
     flags = "".join(f" --set {k}={v}" for k, v in params.items())
     args = "".join(f", {k}={v!r}" for k, v in params.items())
     replay = f"`python tests/sim.py --seed {seed}{flags} --trace` or tests/sim.py run({seed}{args})"
-    return Sim(seed, dataclasses.replace(drawn, **params), rng, trace=trace, replay=replay)
+    return Sim(
+        seed, dataclasses.replace(drawn, **params), rng, trace=trace, replay=replay, xrng=xrng
+    )
 
 
 QUIET = {"drop": 0.0, "dup": 0.0, "slow": 0.0, "torn": 0.0, "skew_ms": 0, "delay_ms": 5}

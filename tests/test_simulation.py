@@ -537,3 +537,81 @@ def test_a_paused_node_stays_out_of_ready_until_caught_up() -> None:
     back = ready[0][0]
     assert back - 3000 < 1000, f"n2 took {back - 3000} ms to come back"
     assert s.nodes["n2"].lag.stalls == 1
+
+
+# -- the simulation checks what it claims (issue 13, point 6) -----------------
+
+
+@pytest.mark.parametrize("seed", [1, 54, 124, 145, 234, 280])
+def test_seeds_that_acknowledged_no_write(seed: int) -> None:
+    """These seeds found no ready node for any scheduled write, which was dropped:
+    they tested convergence only.  A write now waits for a ready node."""
+    result = sim.run(seed)
+    assert result.acked > 0 and result.stats["writes_given_up"] == 0
+    assert result.stats["writes_deferred"] > 0
+
+
+def test_a_seed_whose_writes_find_no_ready_node_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sim, "WRITE_TRIES", 0)
+    with pytest.raises(sim.SimFailure, match=r"seed=1 .*scheduled writes given up"):
+        sim.run(1)
+
+
+def crash_all_once_acked(s: sim.Sim, lose_disk: str) -> list[int]:
+    """Once a w > 1 write is acknowledged: crash every node, ``lose_disk``'s disk lost."""
+    when: list[int] = []
+
+    def hook(s: sim.Sim, kind: str, src: str, dst: str) -> None:
+        if s.stats["acked_w"] and not when:
+            when.append(s.now)
+            for node_id in s.nodes:
+                s.crash(node_id, 300, lose_disk=node_id == lose_disk, keep=0)
+
+    s.hooks.append(hook)
+    return when
+
+
+def test_a_write_acknowledged_by_all_survives_its_origin_losing_its_disk() -> None:
+    """Receivers defer the fsync of what they apply (torn=1.0), but not of a PUB an
+    origin waits on; once all logged it, every node crashes (losing unsynced
+    tails) and the origin loses its disk: the write is still everywhere."""
+    s = sim.scripted(torn=1.0)
+    s.at(100, s.client_write, "n1", [("k", b"v")], "all")
+    when = crash_all_once_acked(s, "n1")
+    s.run()
+    [w] = s.acked
+    assert when and w.needed == 3 and sorted(w.logged_on) == ["n1", "n2", "n3"]
+    assert s.stats["disk_losses"] == 1 and s.stats["excused"] == 0
+    for node in s.nodes.values():
+        assert sim.held(node.store, "k") == w.version
+
+
+def test_checker_catches_a_w_write_acknowledged_before_it_was_logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A receiver that defers the fsync and says it logged it anyway (a bug in the
+    logged flag) loses the write with its origin's disk: the checker says so."""
+    real_heartbeat = sim.Sim.heartbeat
+
+    def lying(self: sim.Sim, node: sim.SimNode) -> None:
+        synced = node.log.synced
+        node.log.synced = node.log.end  # claims all is logged
+        real_heartbeat(self, node)
+        node.log.synced = synced
+
+    monkeypatch.setattr(sim.Sim, "heartbeat", lying)
+    s = sim.scripted(torn=1.0)
+    monkeypatch.setattr(s, "_after_apply", lambda node, urgent=False: sim.Sim._after_apply(s, node))
+    s.at(100, s.client_write, "n1", [("k", b"v")], 2)
+    crash_all_once_acked(s, "n1")
+    with pytest.raises(sim.SimFailure, match=r"n1 lost its disk and with it .*none holds it"):
+        s.run()
+
+
+def test_a_w_write_not_logged_in_time_is_not_acknowledged() -> None:
+    s = sim.scripted(duration_ms=3000)
+    s.at(50, s.partition, ["n1"], 2500)
+    s.at(100, s.client_write, "n1", [("k", b"v")], "quorum")
+    result = s.run()
+    assert result.stats["not_acknowledged"] == 1 and not s.acked
+    assert all(sim.held(n.store, "k") for n in s.nodes.values())  # applied, and spread later
