@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -173,3 +174,14 @@ def test_dialer_connects_by_address_and_follows_a_name_that_moves(monkeypatch) -
         dialer.close()
         sock.close(0)
         ctx.term()
+
+
+def test_the_balancer_reaches_nodes_named_by_host_name(procs: Processes) -> None:
+    """``--nodes tcp://localhost:PORT``: the balancer's dialer resolves the name (from
+    /etc/hosts, no DNS traffic) in a thread and connects by address."""
+    node = procs.node("n1")
+    port = node.endpoint.rsplit(":", 1)[1]
+    named = SimpleNamespace(endpoint=f"tcp://localhost:{port}")
+    front = procs.balancer([named])  # type: ignore[list-item]
+    with front.client() as c:
+        assert c.set("k", b"v") and c.get("k") == b"v"

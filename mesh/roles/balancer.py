@@ -74,6 +74,7 @@ from mesh.roles import admission
 from mesh.roles.binding import bind
 from mesh.roles.clientplane import connect_as, optional_credentials, protect
 from mesh.roles.config import BalancerConfig
+from mesh.roles.dialer import Dialer
 from mesh.roles.liveness import detect_dead_hosts
 from mesh.roles.routing import Link, Pending, Pool, bundle_messages, client_reply, forwarded
 from mesh.roles.trust import AnyZapHandler, ThreadZapHandler, log_refused
@@ -120,12 +121,11 @@ class Balancer:
         self.request_bytes = self._front_limit
         self._gathers: dict[int, dict[str, Any]] = {}
         self._delayed: list[tuple[int, int, Pending]] = []  # (resend at wall ms, tie, request)
-        self.zap: AnyZapHandler | None = None
         self.credentials = optional_credentials(
             config.client_key, config.server_key, config.client_keys
         )
         self.front = ctx.socket(zmq.ROUTER)
-        self.zap = protect(
+        self.zap: AnyZapHandler | None = protect(
             self.front,
             "front",
             config.front,
@@ -137,15 +137,15 @@ class Balancer:
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.front.setsockopt(zmq.SNDHWM, 100_000)
         self.front.setsockopt(zmq.MAXMSGSIZE, admission.CEILING_FACTOR * self._front_limit)
+        self.dialer = Dialer()  # nodes' names resolved off libzmq's I/O thread
         bind(self.front, "front", config.front, on_error=self.close)
         self.endpoint = self.front.getsockopt_string(zmq.LAST_ENDPOINT)
         # A plain zmq.Poller in a plain loop: the balancer only moves frames,
         # and asyncio's per-wait poller set-up cost more than the forwarding.
         self.poller = zmq.Poller()
         self.poller.register(self.front, zmq.POLLIN)
-        self._handlers: dict[zmq.Socket | int, Callable[[int], None]] = {
-            self.front: self._drain_front
-        }
+        self._handlers: dict[zmq.Socket | int, Callable[[int], None]] = {}
+        self._handlers[self.front] = self._drain_front
         for link in self.links:
             self._connect(link)
 
@@ -156,12 +156,12 @@ class Balancer:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.IMMEDIATE, 1)  # never queue toward a node that is not there
         detect_dead_hosts(sock)  # TCP keepalive, not ZMTP heartbeats (mesh.roles.liveness)
-        sock.setsockopt(zmq.SNDHWM, 100_000)
-        sock.setsockopt(zmq.RCVHWM, 100_000)
+        for high_water_mark in (zmq.SNDHWM, zmq.RCVHWM):
+            sock.setsockopt(high_water_mark, 100_000)
         link.monitor = sock.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
         )
-        sock.connect(link.endpoint)
+        self.dialer.connect(sock, link.endpoint, monotonic_ms())
         link.sock = sock
         self.poller.register(sock, zmq.POLLIN)
         self._handlers[sock] = lambda now: self._drain_replies(link, now)
@@ -199,6 +199,7 @@ class Balancer:
         self._stopped = True
 
     def _tick(self, now: int) -> None:
+        self.dialer.poll(now)
         for link in self.links:
             if link.connected and now - link.probe_sent_ms >= self.config.health_ms:
                 self._probe(link, "HEALTH", now)
@@ -465,6 +466,7 @@ class Balancer:
 
     def close(self) -> None:
         """Close every socket."""
+        self.dialer.close()
         for link in self.links:
             if hasattr(link, "sock"):  # connected in __init__ (unless it failed half-way)
                 link.sock.disable_monitor()
