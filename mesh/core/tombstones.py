@@ -27,11 +27,15 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, MutableMapping
+from typing import TYPE_CHECKING
 
 from mesh.core.clock import LOGICAL_BITS
 
 TOMBSTONE_OVERHEAD = 240
 """Estimated bytes a tombstone costs beyond its key (tracemalloc, CPython 3.11)."""
+
+if TYPE_CHECKING:
+    from mesh.core.replication import Replica
 
 Frontier = dict[str, int]
 """Per origin, the highest seq at or below which tombstones may be dropped."""
@@ -43,6 +47,13 @@ class StableFrontier:
     def __init__(self) -> None:
         self.frontier: Frontier = {}
         self._pending: tuple[Frontier, Frontier] | None = None  # (low, high needed)
+
+    def collect(self, replica: Replica) -> int:
+        """Advance from ``replica``'s vv and its peers' heartbeats (every member's view
+        counts), then drop its store's stable tombstones; return how many."""
+        peers = list(replica.peers.values())
+        frontier = self.advance(replica.vv, [p.logged for p in peers], [p.vv for p in peers])
+        return replica.store.collect_stable(frontier, replica.vv)
 
     def advance(
         self,
