@@ -480,7 +480,11 @@ def test_node_on_an_empty_data_dir_gets_a_full_sync_with_tombstones(procs):
     stats = stats_of(n3)
     assert stats["origin"] != old_origin, "an empty data folder must be a new incarnation"
     assert stats["replication"]["full_syncs"] >= 1, stats["replication"]
-    assert stats["tombstones"] >= len(gone) + 2, "tombstones did not travel in the snapshot"
+    # The older DELs' tombstones were collected once every member had them (n3
+    # included, before it died); the two made while it was gone were kept for
+    # it, so they came in the snapshot (and may be collected since: stable)
+    held = stats["tombstones"] + stats["collected"]
+    assert held >= 2, "tombstones did not travel in the snapshot"
     # the chunks after the first were read while n3 applied the one before
     assert sum(stats_of(n)["replication"]["prepared_used"] for n in (n1, n2)) >= 2
     wait_converged(nodes)

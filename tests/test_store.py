@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from mesh.core.clock import pack
 from mesh.core.errors import ConfigError
 from mesh.core.mutation import Mutation
-from mesh.core.store import ENTRY_OVERHEAD, TOMBSTONE_OVERHEAD, Entry, Store
+from mesh.core.store import ENTRY_OVERHEAD, TOMBSTONE_OVERHEAD, TOMBSTONE_SHARE, Entry, Store
 
 T0 = 1_700_000_000_000  # "now" in ms for most tests
 
@@ -265,7 +265,7 @@ def test_eviction_does_not_let_an_older_write_resurrect() -> None:
     assert store.stats()["evicted"] == 2
 
 
-def test_max_memory_counts_tombstones_and_evicts_until_under() -> None:
+def test_max_memory_bounds_live_data_and_tombstones_have_their_own_budget() -> None:
     value = b"x" * 1_000
     size = live_bytes("a", value)
     store, _ = make(max_memory=3 * size)
@@ -274,12 +274,18 @@ def test_max_memory_counts_tombstones_and_evicts_until_under() -> None:
     assert store.stats()["bytes"] == 3 * size and store.stats()["evicted"] == 0
     store.get("a")
     store.apply(mut("d", value, T0 + 3))
-    # b alone is not enough: its tombstone still costs TOMBSTONE_OVERHEAD
-    assert [k for k in "abcd" if k in store] == ["a", "d"]
+    # b's tombstone does not count against the live data's limit
+    assert [k for k in "abcd" if k in store] == ["a", "c", "d"]
     stats = store.stats()
-    assert stats["evicted"] == 2
-    assert stats["bytes"] == 2 * size + 2 * tomb_bytes("b") <= 3 * size
-    assert stats["bytes"] == expected_bytes(store)
+    assert stats["evicted"] == 1 and stats["tombstones"] == 1
+    assert stats["bytes"] == 3 * size + tomb_bytes("b") == expected_bytes(store)
+    assert stats["tombstone_bytes"] == tomb_bytes("b") <= 3 * size // TOMBSTONE_SHARE
+    store.apply(mut("e", value, T0 + 4))  # evicts c
+    store.apply(mut("f", value, T0 + 5))  # evicts a: over the budget, the oldest are dropped
+    stats = store.stats()  # down to 15/16 of the budget, so that not every write trims
+    assert (stats["tombstones"], stats["tombstones_dropped"]) == (1, 2)
+    assert stats["tombstone_bytes"] == tomb_bytes("a")
+    assert store.apply(mut("b", b"late", T0)) is True  # b's version is forgotten
 
 
 def test_a_value_over_max_memory_evicts_everything_and_terminates() -> None:
@@ -342,6 +348,8 @@ def test_stats_counters_and_bytes() -> None:
         "keys": 1,
         "tombstones": 1,
         "bytes": live_bytes("a", b"12345") + tomb_bytes("b"),
+        "tombstone_bytes": tomb_bytes("b"),
+        "tombstones_dropped": 0,
         "hits": 2,
         "misses": 1,
         "expired": 0,
@@ -570,7 +578,10 @@ def test_property_limits_hold_after_every_write(
         if op == "apply":
             store.apply(arg[0])
             assert len(store) <= max_keys
-            assert not max_memory or store.stats()["bytes"] <= max_memory or len(store) == 0
+            stats = store.stats()
+            live = stats["bytes"] - stats["tombstone_bytes"]
+            assert not max_memory or live <= max_memory or len(store) == 0
+            assert not max_memory or stats["tombstone_bytes"] <= max_memory // TOMBSTONE_SHARE
         elif op == "get":
             store.get(arg)
         elif op == "tick":
@@ -603,3 +614,94 @@ def test_apply_many_is_apply_in_order(mutations: list[Mutation], max_keys: int) 
     assert many.digest() == one.digest() and many.stats() == one.stats()
     for key in "abcd":
         assert many.get(key) == one.get(key)
+
+
+# -- memory limit: tombstones never crowd out live data (issue 13, point 2) ---------
+
+
+KIB = 1024
+
+
+def test_many_sets_under_max_memory_keep_live_data_and_the_last_set() -> None:
+    """Evicted keys' tombstones used to count against the limit and were never
+    evicted: live keys fell to 0 and every later SET vanished at once."""
+    limit = 2 * KIB * KIB
+    store, _ = make(max_memory=limit)
+    value = b"v" * KIB
+    for i in range(10_000):
+        key = f"key:{i:08d}"
+        store.apply(Mutation("o/1", i + 1, pack(T0, i), key, value, 0))
+        assert value_of(store, key) == value, f"SET {i} is not readable right after"
+    stats = store.stats()
+    # the live data fills most of the limit, whatever the tombstones hold
+    assert len(store) >= limit * 3 // 4 // live_bytes("key:00000000", value)
+    assert stats["bytes"] <= limit + limit // 8  # tombstones have their own budget
+
+
+def test_set_then_delete_pairs_leave_room_for_fresh_sets() -> None:
+    """DEL tombstones used to fill max_memory: no fresh SET was readable."""
+    limit = 512 * KIB
+    store, _ = make(max_memory=limit)
+    value = b"v" * KIB
+    seq = 0
+    for i in range(4_000):
+        for v in (value, None):
+            seq += 1
+            store.apply(Mutation("o/1", seq, pack(T0, seq), f"pair:{i}", v, 0))
+    fresh = []
+    for i in range(20):
+        seq += 1
+        store.apply(Mutation("o/1", seq, pack(T0, seq), f"fresh:{i}", value, 0))
+        fresh.append(f"fresh:{i}")
+    assert [k for k in fresh if value_of(store, k) == value] == fresh
+    assert store.stats()["tombstones"] <= limit // 8 // tomb_bytes("pair:0")
+
+
+def test_tombstones_at_or_below_the_stable_frontier_are_collected() -> None:
+    store, _ = make()
+    store.apply(Mutation("o/1", 1, pack(T0, 0), "a", b"v", 0))
+    store.apply(Mutation("o/1", 2, pack(T0 + 1, 0), "a", None, 0))  # DEL a: (o/1, 2)
+    store.apply(Mutation("o/1", 3, pack(T0 + 2, 0), "b", None, 0))  # DEL b: (o/1, 3)
+    store.apply(Mutation("p/1", 1, pack(T0 + 3, 0), "c", None, 0))  # DEL c: (p/1, 1)
+    vv = {"o/1": 3, "p/1": 1}
+    assert store.collect_stable({"o/1": 1}, vv) == 0
+    assert store.collect_stable({"o/1": 2}, vv) == 1
+    assert store.stats()["tombstones"] == 2 and store.stats()["collected"] == 1
+    # b is re-set before it is stable: its live value is never dropped
+    store.apply(Mutation("p/1", 2, pack(T0 + 4, 0), "b", b"back", 0))
+    assert store.collect_stable({"o/1": 3, "p/1": 1}, vv) == 1  # c only
+    assert value_of(store, "b") == b"back"
+    assert store.stats()["tombstones"] == 0 and store.stats()["bytes"] == expected_bytes(store)
+
+
+def test_a_newer_tombstone_is_not_collected_by_an_older_ones_turn() -> None:
+    store, _ = make()
+    store.apply(Mutation("o/1", 1, pack(T0, 0), "k", None, 0))
+    store.apply(Mutation("p/1", 1, pack(T0 + 1, 0), "k", None, 0))  # newer DEL, other origin
+    assert store.collect_stable({"o/1": 1}, {"o/1": 1, "p/1": 1}) == 0
+    assert store.apply(Mutation("q/1", 1, pack(T0, 0), "k", b"old", 0)) is False
+    assert store.collect_stable({"o/1": 1, "p/1": 1}, {"o/1": 1, "p/1": 1}) == 1
+    assert store.stats()["tombstones"] == 0
+
+
+def test_tombstones_without_a_seq_wait_for_the_vv_they_were_seen_under() -> None:
+    """Snapshot and full-sync entries (seq 0), evictions and expiries: their
+    entry's seq is unknown, so the vv at the next collection stands for it."""
+    store, now = make(max_keys=1)
+    store.apply(Mutation("o/1", 0, pack(T0, 0), "snap", None, 0))  # from a snapshot
+    store.apply(Mutation("o/1", 4, pack(T0 + 1, 0), "a", b"v", 0))
+    store.apply(Mutation("o/1", 5, pack(T0 + 2, 0), "b", b"v", 0))  # evicts a
+    assert store.stats()["tombstones"] == 2
+    assert store.collect_stable({"o/1": 4}, {"o/1": 5}) == 0  # both now wait for seq 5
+    assert store.collect_stable({"o/1": 5}, {"o/1": 9}) == 2
+    assert (
+        store.apply(Mutation("o/1", 0, pack(T0, 0), "a", b"stale", 0)) is True
+    )  # a miss, as Memcached
+
+
+def test_tombstone_queue_stays_bounded_without_collection() -> None:
+    store, _ = make()
+    for i in range(20_000):
+        store.apply(Mutation("o/1", 2 * i + 1, pack(T0, 2 * i), "k", None, 0))
+        store.apply(Mutation("o/1", 2 * i + 2, pack(T0, 2 * i + 1), "k", b"v", 0))
+    assert len(store._tq) <= 2 * store.stats()["tombstones"] + 8192

@@ -128,7 +128,7 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     "--tombstone-horizon-ms",
     NodeConfig.tombstone_horizon_ms,
     "PYCACHE_TOMBSTONE_HORIZON_MS",
-    "How long a deleted key's tombstone is kept.",
+    "The longest a tombstone is kept (it goes once every member has moved past it).",
 )
 @int_option(
     "--sweep-interval-ms",

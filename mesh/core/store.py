@@ -10,28 +10,27 @@ Every key the store knows is held in exactly one of two ordered maps:
 ``tombstones``
     keys without a value, in insertion order, keeping only their version:
     DELs, expired keys and evicted keys.  A tombstone stops an older write that
-    arrives late from bringing the key back; :meth:`Store.sweep` collects it
+    arrives late from bringing the key back.  :meth:`Store.collect_stable`
+    drops it once no such write can arrive any more (every member has moved
+    past it: :mod:`mesh.core.tombstones`); :meth:`Store.sweep` drops it anyway
     once its timestamp is older than ``tombstone_horizon_ms``.
 
-Writes resolve by last-writer-wins on ``(hlc, origin)``: a mutation is applied
-only when its version is strictly greater than the one held, so any
-permutation of the same mutations gives the same state and duplicates are
-harmless.
+Writes resolve by last-writer-wins on ``(hlc, origin)`` (strictly greater
+applies), so any permutation of the same mutations gives the same state.
 
 Keys with a deadline are also listed in an array that :meth:`Store.sweep`
-samples at random, as Redis does; reads expire due keys lazily too.  A write
-only appends to the array (no position map on the hot path); stale items are
-dropped when sampled and the array is compacted past twice the keys with a
-deadline, so every operation stays O(1) amortized.
+samples at random, as Redis does (reads expire due keys lazily too); a write
+only appends to it, stale items are dropped when sampled or by compaction.
 
-Both maps hold plain tuples laid out as :class:`Entry`, never changed in place
-(a change stores a new tuple).  The garbage collector stops tracking tuples of
-ints, str and bytes, so millions of keys do not slow every collection.
+Both maps hold plain tuples laid out as :class:`Entry`, never changed in place:
+the garbage collector stops tracking tuples of ints, str and bytes.
 
 ``bytes`` in :meth:`Store.stats` is an estimate: key length + value length +
 :data:`ENTRY_OVERHEAD` per live key, key length + :data:`TOMBSTONE_OVERHEAD`
-per tombstone (both measured on CPython 3.11 with tracemalloc).  ``max_memory``
-is checked against it.
+per tombstone (measured with tracemalloc).  ``max_memory`` bounds the live
+part (LRU eviction); tombstones have a budget of their own, ``max_memory //
+TOMBSTONE_SHARE``, past which the oldest are dropped: they never crowd out
+live data (they once filled the limit and every SET was evicted at once).
 """
 
 from __future__ import annotations
@@ -45,18 +44,21 @@ from typing import NamedTuple
 import msgpack
 from xxhash import xxh3_64_intdigest as _xxh3_64
 
-from mesh.core.clock import LOGICAL_BITS, wall_ms
+from mesh.core.clock import wall_ms
 from mesh.core.errors import ConfigError
 from mesh.core.mutation import Mutation, Record
+from mesh.core.tombstones import TOMBSTONE_OVERHEAD, TombstoneQueue, collect_older, trim_oldest
 
 ENTRY_OVERHEAD = 300
 """Estimated bytes a live key costs beyond its key and value (objects, map slots)."""
 
-TOMBSTONE_OVERHEAD = 240
-"""Estimated bytes a tombstone costs beyond its key."""
-
 DEFAULT_TOMBSTONE_HORIZON_MS = 24 * 3600 * 1000
-"""How long a tombstone is kept by default (a SET older than it could revive its key)."""
+"""The longest a tombstone is kept by default, stable or not (a SET older than
+it could revive its key)."""
+
+TOMBSTONE_SHARE = 8
+"""Under ``max_memory`` M, tombstones may take up to M // TOMBSTONE_SHARE estimated
+bytes besides the live data; past that the oldest are dropped (``tombstones_dropped``)."""
 
 _pack = msgpack.Packer().pack
 _new_tuple = tuple.__new__
@@ -125,11 +127,15 @@ class Store:
         self._bounded = bool(max_keys or max_memory)
         self._key_limit = max_keys or sys.maxsize
         self._byte_limit = max_memory or sys.maxsize
+        self._tomb_limit = max_memory // TOMBSTONE_SHARE if max_memory else sys.maxsize
         self._rng = random.Random(seed)
         # The LRU order is kept only when something can be evicted: a plain
         # dict inserts about a third faster.
         self._live: dict[str, tuple] = OrderedDict() if self._bounded else {}
         self._tombs: OrderedDict[str, tuple] = OrderedDict()
+        self._tq = TombstoneQueue()  # the tombstones by origin and seq, for collect_stable
+        self._tomb_bytes = 0
+        self._dropped = 0  # tombstones dropped over their budget before they were stable
         self._ttl_keys: list[str] = []  # every live key with a deadline, maybe stale ones
         self._ttl_count = 0  # live keys with a deadline
         self._ttl_limit = 4096  # compact _ttl_keys past this length
@@ -159,8 +165,9 @@ class Store:
     def take_contents(self, other: Store) -> None:
         """Hold ``other``'s data from now on (a store rebuilt from disk), keeping
         this store's limits and counters (hits, misses, expired, ...)."""
-        for name in ("_live", "_tombs", "_ttl_keys", "_ttl_count", "_origins", "_digest"):
+        for name in ("_live", "_tombs", "_tq", "_tomb_bytes", "_ttl_count", "_origins"):
             setattr(self, name, getattr(other, name))
+        self._ttl_keys, self._digest = other._ttl_keys, other._digest
         self._dirty, self._bytes = other._dirty, other._bytes
 
     def apply(self, m: Mutation) -> bool:
@@ -187,9 +194,11 @@ class Store:
             self._ttl_keys,
         )
         bounded, now, dirty_limit = self._bounded, 0, self._dirty_limit
-        changed = size = 0
+        inbox, qlimit = self._tq.inbox, self._tq.limit  # the inbox is compacted in place
+        room = self._tomb_limit - self._tomb_bytes  # for tsize, the tombstones' bytes
+        changed = size = tsize = 0
         try:
-            for origin, _, hlc, key, value, deadline in mutations:
+            for origin, seq, hlc, key, value, deadline in mutations:
                 old = live.get(key)
                 if old is not None:
                     if hlc < old[1] or (hlc == old[1] and origin <= old[2]):
@@ -205,7 +214,7 @@ class Store:
                         if hlc < tomb[1] or (hlc == tomb[1] and origin <= tomb[2]):
                             continue
                         del tombs[key]
-                        size -= len(key) + TOMBSTONE_OVERHEAD
+                        tsize -= len(key) + TOMBSTONE_OVERHEAD
                 changed += 1
                 origin = origins.setdefault(origin, origin)
                 if deadline and value is not None:
@@ -217,7 +226,13 @@ class Store:
                     if old is not None:
                         del live[key]
                     tombs[key] = (None, hlc, origin, 0, 0)
-                    size += len(key) + TOMBSTONE_OVERHEAD
+                    tsize += len(key) + TOMBSTONE_OVERHEAD
+                    inbox.append((origin, seq, key, hlc))
+                    if tsize > room or len(inbox) > qlimit:
+                        self._tomb_bytes += tsize
+                        tsize = 0
+                        self._tidy_tombs()
+                        room, qlimit = self._tomb_limit - self._tomb_bytes, self._tq.limit
                 else:
                     live[key] = (value, hlc, origin, deadline, 0)
                     dirty.append(key)
@@ -238,30 +253,54 @@ class Store:
                     size = 0
                     if len(live) > self._key_limit or self._bytes > self._byte_limit:
                         self._evict()
+                        room, qlimit = self._tomb_limit - self._tomb_bytes, self._tq.limit
         finally:
             self._bytes += size
+            self._tomb_bytes += tsize
+        if self._tomb_bytes > self._tomb_limit:
+            self._tidy_tombs()
         return changed
 
     def _evict(self) -> None:
-        live, key_limit, byte_limit = self._live, self._key_limit, self._byte_limit
-        while live and (len(live) > key_limit or self._bytes > byte_limit):
+        """Turn least recently used keys into tombstones while over a limit."""
+        live, tombs, inbox = self._live, self._tombs, self._tq.inbox
+        key_limit, over = self._key_limit, self._bytes - self._byte_limit
+        freed = tsize = evicted = 0
+        while live and (len(live) > key_limit or freed < over):
             key, entry = live.popitem(last=False)  # type: ignore[call-arg]
-            self._bury(key, entry)
-            self._evicted += 1
+            tombs[key] = (None, entry[1], entry[2], 0, 0)
+            freed += len(key) + len(entry[0]) + ENTRY_OVERHEAD
+            tsize += len(key) + TOMBSTONE_OVERHEAD
+            inbox.append((entry[2], 0, key, entry[1]))  # its seq: the vv's, later
+            if entry[4]:
+                self._digest ^= entry[4]
+            if entry[3]:
+                self._ttl_count -= 1
+            evicted += 1
+        self._bytes, self._evicted = self._bytes - freed, self._evicted + evicted
+        self._tomb_bytes += tsize
+        if self._tomb_bytes > self._tomb_limit or len(inbox) > self._tq.limit:
+            self._tidy_tombs()
 
-    def _bury(self, key: str, entry: tuple) -> None:
-        """Turn a live entry already taken out of ``_live`` into a tombstone."""
-        self._tombs[key] = (None, entry[1], entry[2], 0, 0)
-        self._bytes += TOMBSTONE_OVERHEAD - len(entry[0]) - ENTRY_OVERHEAD
-        if entry[4]:
-            self._digest ^= entry[4]
-        if entry[3]:
-            self._ttl_count -= 1
+    def _tidy_tombs(self) -> None:
+        """Drop the oldest tombstones past their budget; compact the queue past its limit."""
+        self._tomb_bytes, dropped = trim_oldest(self._tombs, self._tomb_bytes, self._tomb_limit)
+        self._dropped += dropped
+        if len(self._tq.inbox) > self._tq.limit:
+            self._tq.compact(self._tombs)
 
     def _expire(self, key: str, entry: tuple) -> None:
+        """Turn a due live entry into a tombstone of its version."""
         del self._live[key]
-        self._bury(key, entry)
+        self._tombs[key] = (None, entry[1], entry[2], 0, 0)
+        self._bytes -= len(key) + len(entry[0]) + ENTRY_OVERHEAD
+        self._tomb_bytes += len(key) + TOMBSTONE_OVERHEAD
+        self._tq.inbox.append((entry[2], 0, key, entry[1]))  # its seq: the vv's, later
+        self._digest ^= entry[4]
+        self._ttl_count -= 1
         self._expired += 1
+        if self._tomb_bytes > self._tomb_limit or len(self._tq.inbox) > self._tq.limit:
+            self._tidy_tombs()
 
     def _compact_ttl(self) -> None:
         """Keep ``_ttl_keys`` under twice the keys with a deadline (amortized O(1))."""
@@ -361,19 +400,20 @@ class Store:
             expired += due
             if valid and due * 4 <= valid:
                 break
-        self._collect(now - self.tombstone_horizon_ms, gc_scan)
+        old = collect_older(self._tombs, now - self.tombstone_horizon_ms, gc_scan)
+        self._tomb_bytes -= sum(map(len, old)) + TOMBSTONE_OVERHEAD * len(old)
+        self._collected += len(old)
         self._fold(hash_budget)
         return expired
 
-    def _collect(self, cutoff_ms: int, budget: int) -> None:
-        tombs = self._tombs
-        for _ in range(min(budget, len(tombs))):
-            key, entry = tombs.popitem(last=False)
-            if entry[1] >> LOGICAL_BITS < cutoff_ms:
-                self._bytes -= len(key) + TOMBSTONE_OVERHEAD
-                self._collected += 1
-            else:
-                tombs[key] = entry
+    def collect_stable(self, frontier: dict[str, int], vv: dict[str, int]) -> int:
+        """Drop the tombstones at or below ``frontier`` (from
+        :class:`~mesh.core.tombstones.StableFrontier`); ``vv``: the node's, for the
+        unknown seqs.  Returns how many; O(those + tombstones since the last call)."""
+        dropped = self._tq.collect(self._tombs, frontier, vv)
+        self._tomb_bytes -= sum(map(len, dropped)) + TOMBSTONE_OVERHEAD * len(dropped)
+        self._collected += len(dropped)
+        return len(dropped)
 
     # -- whole-store views --------------------------------------------------
 
@@ -445,7 +485,9 @@ class Store:
         return {
             "keys": len(self._live),
             "tombstones": len(self._tombs),
-            "bytes": self._bytes,
+            "bytes": self._bytes + self._tomb_bytes,
+            "tombstone_bytes": self._tomb_bytes,
+            "tombstones_dropped": self._dropped,
             "hits": self._hits,
             "misses": self._misses,
             "expired": self._expired,

@@ -79,7 +79,8 @@ class NodeConfig:
         snapshot_bytes: ... or after this many bytes of log (or half the last
             snapshot's size, when more); 0: by entries only.
         max_keys / max_memory: LRU eviction limits (0: unlimited).
-        tombstone_horizon_ms: how long a DEL's tombstone is kept.
+        tombstone_horizon_ms: the longest a tombstone is kept (it goes sooner
+            once every member has moved past it).
         sweep_interval_ms: period of the active TTL sweep.
         batch_max: most requests handled in one event-loop turn.
         limits: request size limits.

@@ -43,6 +43,7 @@ from mesh.core.errors import ProtocolError
 from mesh.core.mutation import encode_records
 from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
+from mesh.core.tombstones import StableFrontier
 from mesh.roles.binding import bind
 from mesh.roles.clientplane import protect
 from mesh.roles.config import NodeConfig
@@ -108,6 +109,7 @@ class Node:
         reports = (partial(report, self) for report in (stats, health, cluster))
         self.commands = CommandExecutor(self.store, self.clock, self.origin, 0, wall_ms, *reports)
         self.replica = Replica(config.node_id, self.origin, self.store, self.log, self.clock)
+        self.stable = StableFrontier()  # tombstones go once every member moved past them
         self.clockwatch = ClockWatch(self)
         self.disk = DiskGuard(self)
         self.peering: Peering | None = None
@@ -167,25 +169,20 @@ class Node:
             self.state = "catching-up"
             self._gc.pause()
             write_status_file(self)
-            log.info(
-                "node %s catching up; api %s; origin %s",
-                self.config.node_id,
-                self.endpoint,
-                self.origin,
-            )
+            node_id = self.config.node_id
+            log.info("node %s catching up; api %s; origin %s", node_id, self.endpoint, self.origin)
             assert self.peering is not None
-            tasks: list[asyncio.Task[Any]] = [
-                asyncio.create_task(self._serve()),
-                asyncio.create_task(self.peering.run()),
-                asyncio.create_task(self._every(self.config.sweep_interval_ms, self.store.sweep)),
-                asyncio.create_task(self._every(ACK_CHECK_MS, self._check_acks)),
-                asyncio.create_task(self._every(CLOCK_CHECK_MS, self.clockwatch.check)),
-                asyncio.create_task(self._every(RETRY_MS, self.disk.check)),
+            timers = [
+                (self.config.sweep_interval_ms, self._sweep),
+                (ACK_CHECK_MS, self._check_acks),
+                (CLOCK_CHECK_MS, self.clockwatch.check),
+                (RETRY_MS, self.disk.check),
             ]
             if self.config.fsync == "interval":
-                tasks.append(
-                    asyncio.create_task(self._every(self.config.fsync_interval_ms, self.log.tick))
-                )
+                timers.append((self.config.fsync_interval_ms, self.log.tick))
+            tasks: list[asyncio.Task[Any]] = [asyncio.create_task(self._serve())]
+            tasks.append(asyncio.create_task(self.peering.run()))
+            tasks += [asyncio.create_task(self._every(ms, action)) for ms, action in timers]
             stop = asyncio.create_task(self._stopped.wait())
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
@@ -441,12 +438,14 @@ class Node:
             except zmq.ZMQError:  # peer gone or its queue full: the client times out
                 self.counters["dropped_replies"] += 1
 
-    # ------------------------------------------------------------------ housekeeping
-
     async def _every(self, period_ms: int, action: Any) -> None:
         while True:
             await asyncio.sleep(period_ms / 1000)
             action()
+
+    def _sweep(self) -> None:
+        self.store.sweep()  # TTLs, and tombstones past the horizon
+        self.stable.collect(self.replica)
 
     def snapshot(self) -> None:
         """Write a snapshot of the store and drop the log segments it covers."""

@@ -1,0 +1,59 @@
+"""Unit tests for mesh.core.tombstones: the stable frontier and the tombstone queue."""
+
+from __future__ import annotations
+
+from mesh.core.clock import pack
+from mesh.core.mutation import Mutation
+from mesh.core.store import Store
+from mesh.core.tombstones import StableFrontier
+
+T0 = 1_700_000_000_000
+
+
+def test_a_lone_node_makes_its_vv_stable_one_round_later() -> None:
+    stable = StableFrontier()
+    assert stable.advance({"a/1": 5}, [], []) == {}
+    assert stable.advance({"a/1": 7}, [], []) == {"a/1": 5}
+    assert stable.advance({"a/1": 7}, [], []) == {"a/1": 7}
+
+
+def test_the_frontier_is_what_every_member_logged() -> None:
+    stable = StableFrontier()
+    vv = {"a/1": 10, "b/1": 4}
+    logged = [{"a/1": 8, "b/1": 4}, {"a/1": 9, "b/1": 2}]
+    stable.advance(vv, logged, logged)
+    assert stable.advance(vv, logged, logged) == {"a/1": 8, "b/1": 2}
+
+
+def test_a_member_never_heard_keeps_every_tombstone() -> None:
+    stable = StableFrontier()
+    vv = {"a/1": 10}
+    for _ in range(3):
+        assert stable.advance(vv, [{"a/1": 10}, {}], [{"a/1": 10}, {}]) == {}
+
+
+def test_the_frontier_waits_until_this_node_has_what_the_members_had() -> None:
+    """Writes older than a tombstone may still be on their way from a member
+    that made them before it saw the tombstone: its vv counts them."""
+    stable = StableFrontier()
+    vv = {"o/1": 1}
+    peers = [{"o/1": 1, "x/1": 3}]
+    stable.advance(vv, peers, peers)
+    assert stable.advance(vv, peers, peers) == {}  # x/1's 3 entries are not here yet
+    vv["x/1"] = 3
+    assert stable.advance(vv, peers, peers) == {"o/1": 1}
+
+
+def test_a_late_older_set_cannot_revive_a_key_deleted_before_the_frontier() -> None:
+    store = Store(now_ms=lambda: T0)
+    stable = StableFrontier()
+    vv = {"o/1": 1}
+    store.apply(Mutation("o/1", 1, pack(T0 + 10, 0), "k", None, 0))  # DEL k
+    # x made an older SET of k before it saw the DEL; its heartbeat says so
+    peer = {"o/1": 1, "x/1": 1}
+    for _ in range(3):
+        assert store.collect_stable(stable.advance(vv, [peer], [peer]), vv) == 0
+    assert store.apply(Mutation("x/1", 1, pack(T0 + 5, 0), "k", b"old", 0)) is False
+    vv["x/1"] = 1
+    assert store.collect_stable(stable.advance(vv, [peer], [peer]), vv) == 1
+    assert store.stats()["tombstones"] == 0 and "k" not in store
