@@ -188,10 +188,21 @@ def test_too_many_entries_behind_and_back_with_hysteresis():
 
 
 def test_entries_sum_over_origins_and_count_third_parties():
-    g = LagGuard(900, 0)
-    peers = beats({"a": {"a/1": 600, "c/1": 300}, "b": {"b/1": 10, "c/1": 450}}, 0)
+    """Per origin what a majority of this node and its live peers hold counts (c/1's 300
+    held by both peers, though c is silent); b/1's 10, held by b alone, does not."""
+    g = LagGuard(700, 0)
+    peers = beats({"a": {"a/1": 600, "c/1": 300}, "b": {"a/1": 600, "b/1": 10, "c/1": 450}}, 0)
     v = g.judge({"a/1": 100, "c/1": 0}, peers, 0)
-    assert v.entries == 500 + 10 + 450 and v.behind
+    assert v.entries == 500 + 300 and v.behind
+
+
+def test_one_member_claiming_what_nobody_else_has_moves_nobody():
+    """A member with a bug (its heartbeats claim seq 2**63-1) cannot make the others
+    think they are behind: its word is not corroborated."""
+    g = LagGuard(1000, 1000)
+    for t in range(0, 3000, 100):
+        peers = beats({"bad": {"bad/1": 2**63 - 1, "a/1": 5}, "a": {"a/1": 5}}, t)
+        assert not g.judge({"a/1": 5}, peers, t).behind
 
 
 def test_a_claim_missing_too_long_is_behind():

@@ -3,9 +3,10 @@
 Pure (the time is passed in).  :class:`LagGuard` judges, from what the peers'
 heartbeats say they hold, whether this node is too far behind to serve:
 
-- **Entries.**  For every origin, the highest ``seq`` a live peer (heard
-  within :data:`LIVE_MS`) claims, minus this node's; summed over the origins.
-  Behind past ``max_entries``.
+- **Entries.**  For every origin, the ``seq`` live peers (heard within
+  :data:`LIVE_MS`) claim, corroborated (:func:`corroborated`: not one
+  member's word alone), minus this node's; summed over the origins.  Behind
+  past ``max_entries``.
 - **Age.**  How long the oldest of those claims has gone unmet (a claim is
   met when this node's version vector reaches it).  Behind past ``max_ms``.
 - **A stall.**  When the node's loop did not run for :data:`STALL_MS` (a
@@ -141,17 +142,16 @@ class LagGuard:
         """Judge this node (version vector ``vv``) against ``peers``: per peer id, the
         version vector of its last heartbeat and when it was heard (-1: never)."""
         self.touch(now_ms)
+
+        def live(heard: int) -> bool:
+            return heard >= 0 and now_ms - heard <= self.live_ms
+
         if self._waiting and now_ms - self._resumed >= self.fresh_timeout_ms:
             self._waiting.clear()
         for peer in list(self._waiting):  # silent since the stall: it died meanwhile
             if now_ms - max(self._heard.get(peer, 0), self._resumed) > self.live_ms:
                 del self._waiting[peer]
-        best: dict[str, int] = {}
-        for pvv, heard in peers.values():
-            if heard >= 0 and now_ms - heard <= self.live_ms:
-                for origin, seq in pvv.items():
-                    if seq > best.get(origin, 0) and origin not in ignore:
-                        best[origin] = seq
+        best = corroborated(vv, [pvv for pvv, heard in peers.values() if live(heard)], ignore)
         entries, oldest = 0, now_ms
         for origin in [o for o in self._claims if best.get(o, 0) <= vv.get(o, 0)]:
             del self._claims[origin]
@@ -206,3 +206,21 @@ class LagGuard:
             f"{v.entries} entries behind its peers (max {self.max_entries}), the oldest "
             f"missing for {v.ms} ms (max {self.max_ms} ms)"
         )
+
+
+def corroborated(
+    vv: Mapping[str, int], claims: list[Mapping[str, int]], ignore: Container[str] = ()
+) -> dict[str, int]:
+    """Per origin, the highest seq that the next-to-middle of the claims (this node's
+    ``vv`` among them) reaches: one member claiming entries nobody else has, a
+    member with a bug, cannot make every other node think it is behind.
+
+    With this node and two peers, the second highest claim counts (one peer
+    holding an entry is enough only with one peer: there is nobody to ask).
+    """
+    origins = {o for pvv in claims for o in pvv if o not in ignore}
+    best = {}
+    for origin in origins:
+        seqs = sorted((pvv.get(origin, 0) for pvv in (vv, *claims)), reverse=True)
+        best[origin] = seqs[(len(seqs) - 1) // 2]
+    return best

@@ -22,7 +22,6 @@ but a process has one ZAP handler for both: :func:`admit_clients` adds the
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +35,9 @@ from mesh.roles.protected import endpoint_is_local
 from mesh.roles.trust import (
     Admission,
     AnyZapHandler,
-    check_name,
     connect_curve,
-    create_key_pair,
     load_key_pair,
+    make_keys,
     serve_curve,
 )
 
@@ -115,21 +113,7 @@ def client_keygen(folder: str | Path, names: Sequence[str]) -> list[Path]:
 
     Existing keys are kept: running it again with a new name adds only that client.
     """
-    root = Path(folder)
-    for sub in (CLIENTS, SECRETS):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    os.chmod(root / SECRETS, 0o700)
-    written = []
-    if not (root / f"{SERVER}.key_secret").exists():
-        written += create_key_pair(root, SERVER)
-    for name in names:
-        check_name(name)
-        if not (root / CLIENTS / f"{name}.key").exists():
-            public, secret = create_key_pair(root / SECRETS, name)
-            target = root / CLIENTS / public.name
-            os.replace(public, target)
-            written += [target, secret]
-    return written
+    return make_keys(folder, {CLIENTS: names})
 
 
 def load_server_keys(folder: str | Path) -> ServerKeys:

@@ -71,23 +71,31 @@ def keygen(
     Existing keys are kept (running it again for a new member adds only that
     member); a retired member gets a new key, since its old one stays retired.
     """
+    (Path(folder) / RETIRED).mkdir(parents=True, exist_ok=True)
+    return make_keys(folder, {MEMBERS: node_ids, OBSERVERS: observers})
+
+
+def make_keys(folder: str | Path, names_by_folder: dict[str, Sequence[str]]) -> list[Path]:
+    """Create what is missing of a keys folder; return the files written.
+
+    The server key pair (``server.key*``), and for each public-key folder
+    (``members/``, ``clients/``, ...) a key pair per name that has no public
+    key there yet: its secret in ``secrets/`` (mode 0700), its public key in
+    that folder.  Existing keys are kept.
+    """
     root = Path(folder)
-    for sub in (MEMBERS, SECRETS, OBSERVERS, RETIRED):
-        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / SECRETS).mkdir(parents=True, exist_ok=True)
     os.chmod(root / SECRETS, 0o700)
     written = []
     if not (root / f"{SERVER}.key_secret").exists():
         written += create_key_pair(root, SERVER)
-    for node_id in node_ids:
-        check_name(node_id)
-        if not (root / MEMBERS / f"{node_id}.key").exists():
-            public, secret = create_key_pair(root / SECRETS, node_id)
-            written += [_publish(public, root / MEMBERS), secret]
-    for name in observers:
-        check_name(name)
-        if not (root / SECRETS / f"{name}.key_secret").exists():
-            public, secret = create_key_pair(root / SECRETS, name)
-            written += [_publish(public, root / OBSERVERS), secret]
+    for public_folder, names in names_by_folder.items():
+        (root / public_folder).mkdir(exist_ok=True)
+        for name in names:
+            check_name(name)
+            if not (root / public_folder / f"{name}.key").exists():
+                public, secret = create_key_pair(root / SECRETS, name)
+                written += [_publish(public, root / public_folder), secret]
     return written
 
 
