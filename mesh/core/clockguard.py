@@ -74,6 +74,11 @@ class ClockGuard:
         """Drop a peer that left."""
         self._seen.pop(peer, None)
 
+    def busy(self, now_ms: int) -> None:
+        """The loop was busy (not stopped) until ``now_ms``: that gap is no stall."""
+        if self._judged_ms is not None:
+            self._judged_ms = now_ms
+
     def offsets(self, now_ms: int) -> dict[str, int]:
         """Per peer heard within the window: its clock minus ours (ms)."""
         return {p: off for p, (off, at) in self._seen.items() if now_ms - at <= self.window_ms}

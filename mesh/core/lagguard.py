@@ -108,6 +108,12 @@ class LagGuard:
         self.behind, self._within_since = True, None
         return True
 
+    def busy(self, now_ms: int) -> None:
+        """The loop was busy (a snapshot written in it), not stopped, until ``now_ms``:
+        that gap is no stall.  Its news is as old as the work was long, as before a
+        stall-detecting guard; refusing every op after each snapshot would be worse."""
+        self._touched = now_ms
+
     def heard(self, peer: str, their_wall: int, now_ms: int) -> bool:
         """A heartbeat of ``peer`` stamped ``their_wall`` (its wall clock) arrived; False
         when it is old news (sent before the end of this node's last stall)."""

@@ -116,6 +116,12 @@ class ClockWatch:
         if self.lag.heard(peer, their_wall, now):  # not one queued during a stall
             self.guard.observe(peer, their_wall, wall_ms(), now)
 
+    def busy(self) -> None:
+        """The node's loop was busy until now (a snapshot): not a stall, for both guards."""
+        now = monotonic_ms()
+        self.lag.busy(now)
+        self.guard.busy(now)
+
     def touch(self) -> None:
         """The node's loop runs: after a stall (SIGSTOP), out of ``ready`` at once."""
         if self.lag.touch(monotonic_ms()):
