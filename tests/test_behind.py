@@ -293,3 +293,15 @@ def test_reset_forgets_a_stall():
     g.touch(5_000)
     g.reset()
     assert not g.judge({}, {}, 5_010).behind
+
+
+def test_busy_time_in_the_loop_is_no_stall():
+    """A snapshot written in the loop blocks it for hundreds of ms: the node was busy,
+    not stopped, and must not refuse every op afterwards (as bench/catchup.py's bulk
+    load saw)."""
+    g = LagGuard(1000, 1000)
+    g.heard("a", 1_000, 0)
+    assert not g.touch(100)
+    g.busy(700)  # the snapshot ended at 700 ms
+    assert not g.touch(710) and not g.behind
+    assert g.touch(1_100)  # 390 ms with no run at all: a stall

@@ -81,3 +81,10 @@ def test_future_entries_are_refused_with_their_origin_s_later_ones():
     assert gate.holding("a", REFUSE_BACKOFF_MS - 1) and not gate.holding("a", REFUSE_BACKOFF_MS)
     gate.accepted({"a"})
     assert not gate.active
+
+
+def test_busy_time_is_no_stall_for_the_clock_guard():
+    guard = guard_with({"n2": -3_600_000, "n3": -3_600_000}, now=10_000)
+    guard.judge(3, 10_000)
+    guard.busy(10_000 + 2 * STALL_MS)  # a long snapshot in the loop
+    assert guard.judge(3, 10_000 + 2 * STALL_MS + 100).bad  # judged at once, no quiet
