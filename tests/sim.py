@@ -92,6 +92,7 @@ from mesh.core.store import Store
 
 if __package__ in (None, ""):  # run as a script (``python tests/sim.py --seed N``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests import simfaults  # noqa: E402
 from tests.simmodel import (  # noqa: E402
     Params,
     Result,
@@ -144,6 +145,8 @@ STATS = (
     "writes_given_up",  # scheduled writes that found no ready node WRITE_TRIES times
     "acked_w",  # writes acknowledged once w > 1 nodes logged them
     "not_acknowledged",  # w > 1 writes that timed out (applied, not acknowledged)
+    "cut_records",  # records cut out of the middle of a log (tests/simfaults.py)
+    "excused_cut",  # acknowledged writes whose only durable copy was a cut record
 )
 
 Rule = Callable[[str, str, str, Any], "int | None"]
@@ -162,10 +165,13 @@ class Sim:
         trace: bool = False,
         replay: str = "",
         xrng: random.Random | None = None,
+        frng: random.Random | None = None,
     ) -> None:
         self.seed = seed
         self.p = params
         self.xrng = xrng or random.Random(seed)  # the features' own stream (see make)
+        self.frng = frng or random.Random(seed)  # tests/simfaults.py's own stream
+        self.issued: dict[tuple[str, int], Mutation] = {}  # (origin, seq) -> what it was
         self.wiped: dict[str, int] = {}  # node -> virtual ms it last lost (part of) its disk
         self.replay = replay or f"`python tests/sim.py --seed {seed} --trace`"
         self.rng = rng
@@ -429,6 +435,8 @@ class Sim:
                 continue  # DEL of a missing key: nothing to write (as CommandExecutor)
             seq += 1
             m = Mutation(node.origin, seq, clock.now(), key, value, 0)
+            if self.issued.setdefault((m.origin, seq), m) is not m:
+                self.fail(f"{node.id} reused seq {seq} of {m.origin}: {self.issued[m[:2]]}, {m}")
             if not store.apply(m):
                 self.fail(f"{node.id}'s own write {m} lost to {held(store, key)} locally")
             mutations.append(m)
@@ -583,6 +591,8 @@ class Sim:
             if m[1] > vv.get(m[0], 0):
                 vv[m[0]] = m[1]
             top = max(top, m[2])
+        if node.damaged:  # the log lost records mid-way (tests/simfaults.py)
+            vv = simfaults.damaged_vv(node)
         clock = HybridClock(lambda: WALL_EPOCH_MS + self.now + node.skew_ms, floor=top)
         node.store, node.clock = store, clock
         node.replica = Replica(
@@ -692,7 +702,10 @@ class Sim:
         return True
 
     def _settle_check(self, heal_ms: int) -> None:
-        if not self.unwritten and self.converged():
+        # The w > 1 replies still held are decided first (acknowledged, or tried again),
+        # unless a byzantine member (tests/byzantine.py), which never logs, holds them up.
+        pending = not self.outsiders and any(len(n.acks) for n in self.nodes.values())
+        if not self.unwritten and not pending and self.converged():
             self.done = True
             self.settled_ms = self.now - heal_ms
             return
@@ -792,6 +805,7 @@ class Sim:
         for _ in range(p.clock_steps if p.skew_ms else 0):
             skew = rng.randint(-p.skew_ms, p.skew_ms)
             self.at(rng.randint(0, p.duration_ms), self.step_clock, rng.choice(ids), skew)
+        simfaults.schedule(self)  # draws from self.frng only
 
     def _random_write(
         self, node_id: str, ops: list[tuple[str, bytes | None]], w: int | str = 1, tries: int = 0
@@ -869,11 +883,19 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
     drawn = random_params(rng)  # drawn even when overridden: the same seed, the same run
     xrng = random.Random(f"sim-features/{seed}")  # str seeds hash the same in every process
     drawn = dataclasses.replace(drawn, **more_params(xrng))
+    frng = random.Random(f"sim-faults/{seed}")
+    drawn = dataclasses.replace(drawn, **simfaults.fault_params(frng))
     flags = "".join(f" --set {k}={v}" for k, v in params.items())
     args = "".join(f", {k}={v!r}" for k, v in params.items())
     replay = f"`python tests/sim.py --seed {seed}{flags} --trace` or tests/sim.py run({seed}{args})"
     return Sim(
-        seed, dataclasses.replace(drawn, **params), rng, trace=trace, replay=replay, xrng=xrng
+        seed,
+        dataclasses.replace(drawn, **params),
+        rng,
+        trace=trace,
+        replay=replay,
+        xrng=xrng,
+        frng=frng,
     )
 
 

@@ -52,6 +52,8 @@ class Params:
     # Drawn from a second stream (:func:`more_params`), so that the draws above,
     # and the runs of seeds with these off, are those of before they existed.
     w_share: float = 0.0  # share of client writes asking w = 2, quorum or all
+    cuts: int = 0  # records cut out of the middle of a log (tests/simfaults.py), each a crash
+    cut_any: int = 0  # 1: cut any record, not only its origin's last in the log (a known bug)
 
 
 def random_params(rng: random.Random) -> Params:
@@ -198,6 +200,7 @@ class SimNode:
         self.lag: LagGuard  # the lag guard, as mesh.roles.node_status drives it
         self.paused_until = 0  # a SIGSTOP: nothing runs, messages queue, until then
         self.acks = PendingAcks()  # replies held for w > 1 (lost with the process)
+        self.damaged = False  # its log lost records mid-way: boots with the contiguous vv
 
     @property
     def origin(self) -> str:
