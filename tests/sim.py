@@ -89,6 +89,7 @@ from mesh.core.lagguard import LagGuard
 from mesh.core.mutation import Mutation
 from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
+from mesh.core.tombstones import StableFrontier
 
 if __package__ in (None, ""):  # run as a script (``python tests/sim.py --seed N``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -147,6 +148,7 @@ STATS = (
     "not_acknowledged",  # w > 1 writes that timed out (applied, not acknowledged)
     "cut_records",  # records cut out of the middle of a log (tests/simfaults.py)
     "excused_cut",  # acknowledged writes whose only durable copy was a cut record
+    "budget_resurrections",  # keys back older after the tombstone budget dropped some
 )
 
 Rule = Callable[[str, str, str, Any], "int | None"]
@@ -171,6 +173,7 @@ class Sim:
         self.p = params
         self.xrng = xrng or random.Random(seed)  # the features' own stream (see make)
         self.frng = frng or random.Random(seed)  # tests/simfaults.py's own stream
+        self._budget_dropped = False  # see budget_dropped
         self.issued: dict[tuple[str, int], Mutation] = {}  # (origin, seq) -> what it was
         self.wiped: dict[str, int] = {}  # node -> virtual ms it last lost (part of) its disk
         self.replay = replay or f"`python tests/sim.py --seed {seed} --trace`"
@@ -376,6 +379,8 @@ class Sim:
         replica = node.replica
         peers = {p.node_id: (p.vv, p.heard_ms) for p in replica.peers.values()}
         node.lag.judge(replica.vv, peers, self.now, replica.gate.refusing())
+        if self.p.collect:  # as Node._sweep: drop the tombstones every member moved past
+            node.stable.collect(replica)
         self._check_acks(node)
         self._poll(node)
         self.at(self.now + node.tick_ms, self._tick, node, life)
@@ -503,6 +508,7 @@ class Sim:
         if not node.up or self.quiet:
             return
         self.stats["crashes"] += 1
+        self.budget_dropped()  # its store's count goes with the process
         self._fail_writes(node, node.acks.resolve(lambda seq: 0, 1 << 62)[1])  # no reply
         node.life += 1
         node.totals = node.counters()
@@ -575,7 +581,8 @@ class Sim:
     def _boot(self, node: SimNode) -> None:
         """Start a node process from its disk: snapshot, then the log after it."""
         log, snap = node.log, node.snapshot
-        store = Store(now_ms=lambda: WALL_EPOCH_MS + self.now, seed=0)
+        store = Store(now_ms=lambda: WALL_EPOCH_MS + self.now, seed=0, max_memory=self.p.max_memory)
+        node.stable = StableFrontier()
         vv: dict[str, int] = {}
         floor: dict[str, int] = {}
         top = 0
@@ -616,7 +623,13 @@ class Sim:
         # Checker 3 across the restart: only unacknowledged replicated state may be lost.
         for w in self.acked:
             m = w.mutation
-            if m.origin == node.origin and (held(store, m.key) or (0, "")) < w.version:
+            v = held(store, m.key)
+            if v is None and self.forgets:
+                continue  # evicted and its tombstone dropped, or a collected DEL
+            if m.origin == node.origin and (v or (0, "")) < w.version:
+                if self.forgets and self.budget_dropped():  # replay under the budget
+                    self.stats["budget_resurrections"] += 1
+                    continue
                 self.fail(f"{node.id} restarted without its acknowledged write {m}")
         node.high = {}
         self._scan(node)
@@ -671,7 +684,7 @@ class Sim:
             key = m[3]
             v = held(store, key)
             h = high.get(key)
-            if h is not None and (v is None or v < h):
+            if h is not None and (v is None or v < h) and not self._forgot(node, key, v, h):
                 self.fail(f"{node.id}: version of {key!r} went back from {h} to {v}")
             if v is not None:
                 high[key] = v
@@ -679,13 +692,42 @@ class Sim:
     def _scan(self, node: SimNode) -> None:
         """Checker 3 for all keys of ``node``."""
         store, high = node.store, node.high
-        for key, h in high.items():
+        for key, h in list(high.items()):
             v = held(store, key)
-            if v is None or v < h:
+            if (v is None or v < h) and not self._forgot(node, key, v, h):
                 self.fail(f"{node.id}: version of {key!r} went back from {h} to {v}")
         for part in (store._live, store._tombs):
             for key, t in part.items():
                 high[key] = (t[1], t[2])
+
+    @property
+    def forgets(self) -> bool:
+        """Whether nodes may forget a key's version (tests/simfaults.py: memory)."""
+        return bool(self.p.max_memory or self.p.collect)
+
+    def _forgot(self, node: SimNode, key: str, v: Version | None, h: Version) -> bool:
+        """Checker 3 under a memory limit or tombstone collection: a key may go
+        (evicted, then its tombstone dropped; a DEL collected once stable) but
+        not come back older than it was (``h`` is kept), unless this node's
+        tombstone budget dropped tombstones before they were stable (documented:
+        an older write still on its way may then bring a key back, here or, by a
+        full sync from this node, elsewhere: see :meth:`budget_dropped`)."""
+        if not self.forgets:
+            return False
+        if v is None:
+            return True
+        if self.budget_dropped():
+            self.stats["budget_resurrections"] += 1
+            node.high[key] = v
+            return True
+        return False
+
+    def budget_dropped(self) -> bool:
+        """Whether a node's tombstone budget dropped tombstones before they were
+        stable (any node, any life): from then on the checks let a key be older."""
+        if not self._budget_dropped:
+            self._budget_dropped = any(n.up and n.store._dropped for n in self.nodes.values())
+        return self._budget_dropped
 
     def converged(self) -> bool:
         nodes = list(self.nodes.values())
@@ -695,7 +737,7 @@ class Sim:
         digest = first.store.digest()
         vv = {o: s for o, s in first.replica.vv.items() if s}
         for n in nodes[1:]:
-            if n.store.digest() != digest:
+            if n.store.digest() != digest and not self.p.max_memory:  # eviction is local
                 return False
             if {o: s for o, s in n.replica.vv.items() if s} != vv:
                 return False
@@ -737,11 +779,19 @@ class Sim:
         for w in self.required:
             for node_id, versions in held_by.items():
                 v = versions.get(w.mutation.key)
+                if v is None and self.forgets:
+                    continue  # evicted, its tombstone dropped; or a DEL collected
+                if v is not None and v < w.version and self.budget_dropped():
+                    self.stats["budget_resurrections"] += 1
+                    continue
                 if v is None or v < w.version:
                     self.fail(
                         f"acknowledged write {w.mutation} (at {w.node}, {w.at_ms} ms) "
                         f"missing on {node_id}, which holds {v}\n{self.describe()}"
                     )
+        if self.p.max_memory:  # eviction is local: no live version but the newest
+            simfaults.check_live(self, held_by)
+            return
         digests = {n.id: n.store.digest() for n in self.nodes.values()}
         if len(set(digests.values())) != 1:
             self.fail(f"digests differ after the heal: {digests}\n{self.describe()}")
@@ -885,6 +935,8 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
     drawn = dataclasses.replace(drawn, **more_params(xrng))
     frng = random.Random(f"sim-faults/{seed}")
     drawn = dataclasses.replace(drawn, **simfaults.fault_params(frng))
+    mrng = random.Random(f"sim-memory/{seed}")
+    drawn = dataclasses.replace(drawn, **simfaults.memory_params(mrng))
     flags = "".join(f" --set {k}={v}" for k, v in params.items())
     args = "".join(f", {k}={v!r}" for k, v in params.items())
     replay = f"`python tests/sim.py --seed {seed}{flags} --trace` or tests/sim.py run({seed}{args})"
@@ -900,6 +952,7 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
 
 
 QUIET = {"drop": 0.0, "dup": 0.0, "slow": 0.0, "torn": 0.0, "skew_ms": 0, "delay_ms": 5}
+QUIET |= {"cuts": 0, "max_memory": 0, "collect": 0}  # tests/simfaults.py's: off unless asked
 """Params of a fault-free network, for scripted scenarios."""
 
 
