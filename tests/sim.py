@@ -44,6 +44,10 @@ Faults (until the heal)
     (:mod:`mesh.core.lagguard`) on its ticks and heartbeats.  Messages are
     bound to the receiver's process (its ``life``): as
     with TCP connections, nothing sent to a process reaches its successor.
+    Faults added since, each drawn from a random stream of its own (a seed
+    with them off replays as before): a record cut out of the middle of a
+    log, a memory limit and tombstone collection (``tests/simfaults.py``),
+    peers found by HELLO (``tests/simhello.py``).
 Heal and settle
     At ``duration_ms`` every partition heals, every down node restarts, drops,
     duplicates and long delays stop (short random delays stay) and clients
@@ -62,8 +66,9 @@ What is checked
 2. All ``store.digest()`` equal (and all version vectors, ignoring zeros).
 3. No key's version goes backwards on a node: after every delivery or write,
    for the keys it carried, and on every heartbeat tick for all the node's
-   keys (a key, once held, must stay held: tombstones are never collected
-   here).  Across a crash-restart keeping the disk the node legitimately
+   keys (a key, once held, must stay held, unless a memory limit or tombstone
+   collection, ``tests/simfaults.py``, may drop it: then it must not come back
+   older).  Across a crash-restart keeping the disk the node legitimately
    loses replicated state whose log tail was unsynced: there the check is
    that the rebuilt store holds, for every key, at least the version of the
    last acknowledged write this node originated on it; then the watermarks
@@ -93,7 +98,7 @@ from mesh.core.tombstones import StableFrontier
 
 if __package__ in (None, ""):  # run as a script (``python tests/sim.py --seed N``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests import simfaults  # noqa: E402
+from tests import simfaults, simhello  # noqa: E402
 from tests.simmodel import (  # noqa: E402
     Params,
     Result,
@@ -148,6 +153,7 @@ STATS = (
     "not_acknowledged",  # w > 1 writes that timed out (applied, not acknowledged)
     "cut_records",  # records cut out of the middle of a log (tests/simfaults.py)
     "excused_cut",  # acknowledged writes whose only durable copy was a cut record
+    "unsubscribed",  # PUB and heartbeats from a peer the receiver does not know yet
     "budget_resurrections",  # keys back older after the tombstone budget dropped some
 )
 
@@ -204,6 +210,8 @@ class Sim:
             i: SimNode(i, rng.randint(-params.skew_ms, params.skew_ms), rng.randint(20, 50))
             for i in ids
         }
+        if params.hello:
+            simhello.install(self)
         for node in self.nodes.values():
             self._boot(node)
 
@@ -284,6 +292,9 @@ class Sim:
         node = self.nodes[dst]
         if not node.up or node.life != life or self.blocked.get((src, dst)):
             self.stats["lost"] += 1
+            return
+        if self.p.hello and kind in (PUB, PUB_ACK, HB) and src not in node.known:
+            self.stats["unsubscribed"] += 1  # it subscribes to the peers it knows only
             return
         if self.now < node.paused_until:  # queued in its socket, in order, until it resumes
             self.at(node.paused_until, self._deliver, kind, src, dst, life, payload)
@@ -564,6 +575,8 @@ class Sim:
         self.required = keep
         node.log = SimLog()
         node.snapshot = None
+        if self.p.hello:
+            simhello.lose_disk(node)
         node.incarnation += 1
 
     @staticmethod
@@ -610,7 +623,7 @@ class Sim:
             clock,
             vv=vv,
             floor=floor,
-            peers=[n for n in self.nodes if n != node.id],
+            peers=sorted(node.known) if self.p.hello else [n for n in self.nodes if n != node.id],
             now_ms=self.now,
             fetch_entries=self.p.fetch_entries,
             max_offset_ms=self.p.max_offset_ms or 1000 + 2 * self.p.skew_ms,
@@ -634,6 +647,8 @@ class Sim:
         node.high = {}
         self._scan(node)
         self.note("boot", node.id, node.origin, tuple(sorted(vv.items())))
+        if self.p.hello:
+            simhello.boot(self, node)
         self.at(self.now + self.rng.randint(0, node.tick_ms), self._tick, node, node.life)
         self.at(self.now + self.rng.randint(0, HEARTBEAT_MS), self._beat, node, node.life)
 
@@ -733,6 +748,8 @@ class Sim:
         nodes = list(self.nodes.values())
         if not all(n.up and n.replica.state == READY for n in nodes):
             return False
+        if self.p.hello and not simhello.complete(self):
+            return False
         first = nodes[0]
         digest = first.store.digest()
         vv = {o: s for o, s in first.replica.vv.items() if s}
@@ -789,6 +806,8 @@ class Sim:
                         f"acknowledged write {w.mutation} (at {w.node}, {w.at_ms} ms) "
                         f"missing on {node_id}, which holds {v}\n{self.describe()}"
                     )
+        if self.p.hello:
+            simhello.check(self)
         if self.p.max_memory:  # eviction is local: no live version but the newest
             simfaults.check_live(self, held_by)
             return
@@ -937,6 +956,7 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
     drawn = dataclasses.replace(drawn, **simfaults.fault_params(frng))
     mrng = random.Random(f"sim-memory/{seed}")
     drawn = dataclasses.replace(drawn, **simfaults.memory_params(mrng))
+    drawn.hello = random.Random(f"sim-hello/{seed}").choice((0, 1))
     flags = "".join(f" --set {k}={v}" for k, v in params.items())
     args = "".join(f", {k}={v!r}" for k, v in params.items())
     replay = f"`python tests/sim.py --seed {seed}{flags} --trace` or tests/sim.py run({seed}{args})"
@@ -952,7 +972,12 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
 
 
 QUIET = {"drop": 0.0, "dup": 0.0, "slow": 0.0, "torn": 0.0, "skew_ms": 0, "delay_ms": 5}
-QUIET |= {"cuts": 0, "max_memory": 0, "collect": 0}  # tests/simfaults.py's: off unless asked
+QUIET |= {
+    "cuts": 0,
+    "max_memory": 0,
+    "collect": 0,
+    "hello": 0,
+}  # tests/simfaults.py's: off unless asked
 """Params of a fault-free network, for scripted scenarios."""
 
 

@@ -56,6 +56,7 @@ class Params:
     cuts: int = 0  # records cut out of the middle of a log (tests/simfaults.py), each a crash
     max_memory: int = 0  # each store's max_memory (evictions, the tombstone budget)
     collect: int = 0  # 1: every tick drops the stable tombstones (Node._sweep)
+    hello: int = 0  # 1: node k starts knowing n1..n(k-1), learns the rest by HELLO
     cut_any: int = 0  # 1: cut any record, not only its origin's last in the log (a known bug)
 
 
@@ -204,6 +205,9 @@ class SimNode:
         self.lag: LagGuard  # the lag guard, as mesh.roles.node_status drives it
         self.paused_until = 0  # a SIGSTOP: nothing runs, messages queue, until then
         self.acks = PendingAcks()  # replies held for w > 1 (lost with the process)
+        self.configured: set[str] = set()  # tests/simhello.py: the peers it starts with
+        self.known: set[str] = set()  # ... and those it knows (peers.json)
+        self.unanswered: set[str] = set()  # ... said HELLO to, no answer yet
         self.damaged = False  # its log lost records mid-way: boots with the contiguous vv
 
     @property

@@ -545,8 +545,9 @@ def test_a_paused_node_stays_out_of_ready_until_caught_up() -> None:
 @pytest.mark.parametrize("seed", [1, 54, 124, 145, 234, 280])
 def test_seeds_that_acknowledged_no_write(seed: int) -> None:
     """These seeds found no ready node for any scheduled write, which was dropped:
-    they tested convergence only.  A write now waits for a ready node."""
-    result = sim.run(seed)
+    they tested convergence only.  A write now waits for a ready node.  (The faults
+    of tests/simfaults.py and simhello.py stay off: they change these runs.)"""
+    result = sim.run(seed, cuts=0, max_memory=0, hello=0)
     assert result.acked > 0 and result.stats["writes_given_up"] == 0
     assert result.stats["writes_deferred"] > 0
 
@@ -662,7 +663,7 @@ def test_random_runs_with_logs_cut_mid_way(seed: int) -> None:
     "acknowledged DEL) are never published again; digests differ until it restarts",
 )
 def test_records_past_a_hole_that_only_the_damaged_node_holds() -> None:
-    sim.run(79, cuts=2, cut_any=1, max_memory=0, collect=0)
+    sim.run(79, cuts=2, cut_any=1, max_memory=0, collect=0, hello=0)
 
 
 # -- memory limit and tombstone collection (tests/simfaults.py) ---------------
@@ -713,4 +714,31 @@ def test_random_runs_under_a_memory_limit(seed: int) -> None:
     "node without it; digests differ (the checker first sees k7's version go back on n2)",
 )
 def test_a_collected_del_comes_back_by_a_full_sync() -> None:
-    sim.run(8859, max_memory=2500, collect=1)
+    sim.run(8859, max_memory=2500, collect=1, cuts=0, hello=0)
+
+
+# -- peers found by HELLO (tests/simhello.py) ---------------------------------
+
+
+def test_nodes_started_knowing_only_the_earlier_ones_learn_the_rest_by_hello() -> None:
+    s = sim.scripted(nodes=4, hello=1, trace=True)
+    assert s.nodes["n1"].known == set() and s.nodes["n4"].known == {"n1", "n2", "n3"}
+    write(s, 100, "n4", ("k1", b"a"))
+    write(s, 150, "n1", ("k2", b"b"))
+    s.run()
+    assert all(len(n.known) == 3 for n in s.nodes.values())
+    learned = {(e[2], e[3]) for e in s.trace or () if e[1] == "learn"}
+    assert ("n1", "n4") in learned and ("n3", "n4") in learned
+
+
+def test_a_node_that_lost_its_disk_is_hello_ed_again_by_the_later_ones() -> None:
+    s = sim.scripted(nodes=3, hello=1)
+    s.at(300, s.crash, "n1", 200, True)  # n1 forgets n2 and n3 with its peers.json
+    write(s, 600, "n3", ("k1", b"a"))
+    s.run()
+    assert s.nodes["n1"].known == {"n2", "n3"}
+
+
+@pytest.mark.parametrize("seed", range(3, 300, 13))
+def test_random_runs_with_peers_found_by_hello(seed: int) -> None:
+    sim.run(seed, hello=1)
