@@ -44,6 +44,10 @@ Faults (until the heal)
     (:mod:`mesh.core.lagguard`) on its ticks and heartbeats.  Messages are
     bound to the receiver's process (its ``life``): as
     with TCP connections, nothing sent to a process reaches its successor.
+    Faults added since, each drawn from a random stream of its own (a seed
+    with them off replays as before): a record cut out of the middle of a
+    log, a memory limit and tombstone collection (``tests/simfaults.py``),
+    peers found by HELLO (``tests/simhello.py``).
 Heal and settle
     At ``duration_ms`` every partition heals, every down node restarts, drops,
     duplicates and long delays stop (short random delays stay) and clients
@@ -62,8 +66,9 @@ What is checked
 2. All ``store.digest()`` equal (and all version vectors, ignoring zeros).
 3. No key's version goes backwards on a node: after every delivery or write,
    for the keys it carried, and on every heartbeat tick for all the node's
-   keys (a key, once held, must stay held: tombstones are never collected
-   here).  Across a crash-restart keeping the disk the node legitimately
+   keys (a key, once held, must stay held, unless a memory limit or tombstone
+   collection, ``tests/simfaults.py``, may drop it: then it must not come back
+   older).  Across a crash-restart keeping the disk the node legitimately
    loses replicated state whose log tail was unsynced: there the check is
    that the rebuilt store holds, for every key, at least the version of the
    last acknowledged write this node originated on it; then the watermarks
@@ -89,9 +94,11 @@ from mesh.core.lagguard import LagGuard
 from mesh.core.mutation import Mutation
 from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
+from mesh.core.tombstones import StableFrontier
 
 if __package__ in (None, ""):  # run as a script (``python tests/sim.py --seed N``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests import simfaults, simhello  # noqa: E402
 from tests.simmodel import (  # noqa: E402
     Params,
     Result,
@@ -144,6 +151,10 @@ STATS = (
     "writes_given_up",  # scheduled writes that found no ready node WRITE_TRIES times
     "acked_w",  # writes acknowledged once w > 1 nodes logged them
     "not_acknowledged",  # w > 1 writes that timed out (applied, not acknowledged)
+    "cut_records",  # records cut out of the middle of a log (tests/simfaults.py)
+    "excused_cut",  # acknowledged writes whose only durable copy was a cut record
+    "unsubscribed",  # PUB and heartbeats from a peer the receiver does not know yet
+    "budget_resurrections",  # keys back older after the tombstone budget dropped some
 )
 
 Rule = Callable[[str, str, str, Any], "int | None"]
@@ -162,10 +173,14 @@ class Sim:
         trace: bool = False,
         replay: str = "",
         xrng: random.Random | None = None,
+        frng: random.Random | None = None,
     ) -> None:
         self.seed = seed
         self.p = params
         self.xrng = xrng or random.Random(seed)  # the features' own stream (see make)
+        self.frng = frng or random.Random(seed)  # tests/simfaults.py's own stream
+        self._budget_dropped = False  # see budget_dropped
+        self.issued: dict[tuple[str, int], Mutation] = {}  # (origin, seq) -> what it was
         self.wiped: dict[str, int] = {}  # node -> virtual ms it last lost (part of) its disk
         self.replay = replay or f"`python tests/sim.py --seed {seed} --trace`"
         self.rng = rng
@@ -195,6 +210,8 @@ class Sim:
             i: SimNode(i, rng.randint(-params.skew_ms, params.skew_ms), rng.randint(20, 50))
             for i in ids
         }
+        if params.hello:
+            simhello.install(self)
         for node in self.nodes.values():
             self._boot(node)
 
@@ -275,6 +292,9 @@ class Sim:
         node = self.nodes[dst]
         if not node.up or node.life != life or self.blocked.get((src, dst)):
             self.stats["lost"] += 1
+            return
+        if self.p.hello and kind in (PUB, PUB_ACK, HB) and src not in node.known:
+            self.stats["unsubscribed"] += 1  # it subscribes to the peers it knows only
             return
         if self.now < node.paused_until:  # queued in its socket, in order, until it resumes
             self.at(node.paused_until, self._deliver, kind, src, dst, life, payload)
@@ -370,6 +390,8 @@ class Sim:
         replica = node.replica
         peers = {p.node_id: (p.vv, p.heard_ms) for p in replica.peers.values()}
         node.lag.judge(replica.vv, peers, self.now, replica.gate.refusing())
+        if self.p.collect:  # as Node._sweep: drop the tombstones every member moved past
+            node.stable.collect(replica)
         self._check_acks(node)
         self._poll(node)
         self.at(self.now + node.tick_ms, self._tick, node, life)
@@ -429,6 +451,8 @@ class Sim:
                 continue  # DEL of a missing key: nothing to write (as CommandExecutor)
             seq += 1
             m = Mutation(node.origin, seq, clock.now(), key, value, 0)
+            if self.issued.setdefault((m.origin, seq), m) is not m:
+                self.fail(f"{node.id} reused seq {seq} of {m.origin}: {self.issued[m[:2]]}, {m}")
             if not store.apply(m):
                 self.fail(f"{node.id}'s own write {m} lost to {held(store, key)} locally")
             mutations.append(m)
@@ -495,6 +519,7 @@ class Sim:
         if not node.up or self.quiet:
             return
         self.stats["crashes"] += 1
+        self.budget_dropped()  # its store's count goes with the process
         self._fail_writes(node, node.acks.resolve(lambda seq: 0, 1 << 62)[1])  # no reply
         node.life += 1
         node.totals = node.counters()
@@ -550,6 +575,8 @@ class Sim:
         self.required = keep
         node.log = SimLog()
         node.snapshot = None
+        if self.p.hello:
+            simhello.lose_disk(node)
         node.incarnation += 1
 
     @staticmethod
@@ -567,7 +594,8 @@ class Sim:
     def _boot(self, node: SimNode) -> None:
         """Start a node process from its disk: snapshot, then the log after it."""
         log, snap = node.log, node.snapshot
-        store = Store(now_ms=lambda: WALL_EPOCH_MS + self.now, seed=0)
+        store = Store(now_ms=lambda: WALL_EPOCH_MS + self.now, seed=0, max_memory=self.p.max_memory)
+        node.stable = StableFrontier()
         vv: dict[str, int] = {}
         floor: dict[str, int] = {}
         top = 0
@@ -583,6 +611,8 @@ class Sim:
             if m[1] > vv.get(m[0], 0):
                 vv[m[0]] = m[1]
             top = max(top, m[2])
+        if node.damaged:  # the log lost records mid-way (tests/simfaults.py)
+            vv = simfaults.damaged_vv(node)
         clock = HybridClock(lambda: WALL_EPOCH_MS + self.now + node.skew_ms, floor=top)
         node.store, node.clock = store, clock
         node.replica = Replica(
@@ -593,7 +623,7 @@ class Sim:
             clock,
             vv=vv,
             floor=floor,
-            peers=[n for n in self.nodes if n != node.id],
+            peers=sorted(node.known) if self.p.hello else [n for n in self.nodes if n != node.id],
             now_ms=self.now,
             fetch_entries=self.p.fetch_entries,
             max_offset_ms=self.p.max_offset_ms or 1000 + 2 * self.p.skew_ms,
@@ -606,11 +636,19 @@ class Sim:
         # Checker 3 across the restart: only unacknowledged replicated state may be lost.
         for w in self.acked:
             m = w.mutation
-            if m.origin == node.origin and (held(store, m.key) or (0, "")) < w.version:
+            v = held(store, m.key)
+            if v is None and self.forgets:
+                continue  # evicted and its tombstone dropped, or a collected DEL
+            if m.origin == node.origin and (v or (0, "")) < w.version:
+                if self.forgets and self.budget_dropped():  # replay under the budget
+                    self.stats["budget_resurrections"] += 1
+                    continue
                 self.fail(f"{node.id} restarted without its acknowledged write {m}")
         node.high = {}
         self._scan(node)
         self.note("boot", node.id, node.origin, tuple(sorted(vv.items())))
+        if self.p.hello:
+            simhello.boot(self, node)
         self.at(self.now + self.rng.randint(0, node.tick_ms), self._tick, node, node.life)
         self.at(self.now + self.rng.randint(0, HEARTBEAT_MS), self._beat, node, node.life)
 
@@ -661,7 +699,7 @@ class Sim:
             key = m[3]
             v = held(store, key)
             h = high.get(key)
-            if h is not None and (v is None or v < h):
+            if h is not None and (v is None or v < h) and not self._forgot(node, key, v, h):
                 self.fail(f"{node.id}: version of {key!r} went back from {h} to {v}")
             if v is not None:
                 high[key] = v
@@ -669,30 +707,64 @@ class Sim:
     def _scan(self, node: SimNode) -> None:
         """Checker 3 for all keys of ``node``."""
         store, high = node.store, node.high
-        for key, h in high.items():
+        for key, h in list(high.items()):
             v = held(store, key)
-            if v is None or v < h:
+            if (v is None or v < h) and not self._forgot(node, key, v, h):
                 self.fail(f"{node.id}: version of {key!r} went back from {h} to {v}")
         for part in (store._live, store._tombs):
             for key, t in part.items():
                 high[key] = (t[1], t[2])
 
+    @property
+    def forgets(self) -> bool:
+        """Whether nodes may forget a key's version (tests/simfaults.py: memory)."""
+        return bool(self.p.max_memory or self.p.collect)
+
+    def _forgot(self, node: SimNode, key: str, v: Version | None, h: Version) -> bool:
+        """Checker 3 under a memory limit or tombstone collection: a key may go
+        (evicted, then its tombstone dropped; a DEL collected once stable) but
+        not come back older than it was (``h`` is kept), unless this node's
+        tombstone budget dropped tombstones before they were stable (documented:
+        an older write still on its way may then bring a key back, here or, by a
+        full sync from this node, elsewhere: see :meth:`budget_dropped`)."""
+        if not self.forgets:
+            return False
+        if v is None:
+            return True
+        if self.budget_dropped():
+            self.stats["budget_resurrections"] += 1
+            node.high[key] = v
+            return True
+        return False
+
+    def budget_dropped(self) -> bool:
+        """Whether a node's tombstone budget dropped tombstones before they were
+        stable (any node, any life): from then on the checks let a key be older."""
+        if not self._budget_dropped:
+            self._budget_dropped = any(n.up and n.store._dropped for n in self.nodes.values())
+        return self._budget_dropped
+
     def converged(self) -> bool:
         nodes = list(self.nodes.values())
         if not all(n.up and n.replica.state == READY for n in nodes):
+            return False
+        if self.p.hello and not simhello.complete(self):
             return False
         first = nodes[0]
         digest = first.store.digest()
         vv = {o: s for o, s in first.replica.vv.items() if s}
         for n in nodes[1:]:
-            if n.store.digest() != digest:
+            if n.store.digest() != digest and not self.p.max_memory:  # eviction is local
                 return False
             if {o: s for o, s in n.replica.vv.items() if s} != vv:
                 return False
         return True
 
     def _settle_check(self, heal_ms: int) -> None:
-        if not self.unwritten and self.converged():
+        # The w > 1 replies still held are decided first (acknowledged, or tried again),
+        # unless a byzantine member (tests/byzantine.py), which never logs, holds them up.
+        pending = not self.outsiders and any(len(n.acks) for n in self.nodes.values())
+        if not self.unwritten and not pending and self.converged():
             self.done = True
             self.settled_ms = self.now - heal_ms
             return
@@ -724,11 +796,21 @@ class Sim:
         for w in self.required:
             for node_id, versions in held_by.items():
                 v = versions.get(w.mutation.key)
+                if v is None and self.forgets:
+                    continue  # evicted, its tombstone dropped; or a DEL collected
+                if v is not None and v < w.version and self.budget_dropped():
+                    self.stats["budget_resurrections"] += 1
+                    continue
                 if v is None or v < w.version:
                     self.fail(
                         f"acknowledged write {w.mutation} (at {w.node}, {w.at_ms} ms) "
                         f"missing on {node_id}, which holds {v}\n{self.describe()}"
                     )
+        if self.p.hello:
+            simhello.check(self)
+        if self.p.max_memory:  # eviction is local: no live version but the newest
+            simfaults.check_live(self, held_by)
+            return
         digests = {n.id: n.store.digest() for n in self.nodes.values()}
         if len(set(digests.values())) != 1:
             self.fail(f"digests differ after the heal: {digests}\n{self.describe()}")
@@ -792,6 +874,7 @@ class Sim:
         for _ in range(p.clock_steps if p.skew_ms else 0):
             skew = rng.randint(-p.skew_ms, p.skew_ms)
             self.at(rng.randint(0, p.duration_ms), self.step_clock, rng.choice(ids), skew)
+        simfaults.schedule(self)  # draws from self.frng only
 
     def _random_write(
         self, node_id: str, ops: list[tuple[str, bytes | None]], w: int | str = 1, tries: int = 0
@@ -869,15 +952,32 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
     drawn = random_params(rng)  # drawn even when overridden: the same seed, the same run
     xrng = random.Random(f"sim-features/{seed}")  # str seeds hash the same in every process
     drawn = dataclasses.replace(drawn, **more_params(xrng))
+    frng = random.Random(f"sim-faults/{seed}")
+    drawn = dataclasses.replace(drawn, **simfaults.fault_params(frng))
+    mrng = random.Random(f"sim-memory/{seed}")
+    drawn = dataclasses.replace(drawn, **simfaults.memory_params(mrng))
+    drawn.hello = random.Random(f"sim-hello/{seed}").choice((0, 1))
     flags = "".join(f" --set {k}={v}" for k, v in params.items())
     args = "".join(f", {k}={v!r}" for k, v in params.items())
     replay = f"`python tests/sim.py --seed {seed}{flags} --trace` or tests/sim.py run({seed}{args})"
     return Sim(
-        seed, dataclasses.replace(drawn, **params), rng, trace=trace, replay=replay, xrng=xrng
+        seed,
+        dataclasses.replace(drawn, **params),
+        rng,
+        trace=trace,
+        replay=replay,
+        xrng=xrng,
+        frng=frng,
     )
 
 
 QUIET = {"drop": 0.0, "dup": 0.0, "slow": 0.0, "torn": 0.0, "skew_ms": 0, "delay_ms": 5}
+QUIET |= {
+    "cuts": 0,
+    "max_memory": 0,
+    "collect": 0,
+    "hello": 0,
+}  # tests/simfaults.py's: off unless asked
 """Params of a fault-free network, for scripted scenarios."""
 
 

@@ -17,6 +17,7 @@ from mesh.core.lagguard import DEFAULT_MAX_LAG_ENTRIES, DEFAULT_MAX_LAG_MS, LagG
 from mesh.core.mutation import Mutation, encode_records
 from mesh.core.replication import Replica
 from mesh.core.store import Store
+from mesh.core.tombstones import StableFrontier
 
 Version = tuple[int, str]
 
@@ -52,6 +53,11 @@ class Params:
     # Drawn from a second stream (:func:`more_params`), so that the draws above,
     # and the runs of seeds with these off, are those of before they existed.
     w_share: float = 0.0  # share of client writes asking w = 2, quorum or all
+    cuts: int = 0  # records cut out of the middle of a log (tests/simfaults.py), each a crash
+    max_memory: int = 0  # each store's max_memory (evictions, the tombstone budget)
+    collect: int = 0  # 1: every tick drops the stable tombstones (Node._sweep)
+    hello: int = 0  # 1: node k starts knowing n1..n(k-1), learns the rest by HELLO
+    cut_any: int = 0  # 1: cut any record, not only its origin's last in the log (a known bug)
 
 
 def random_params(rng: random.Random) -> Params:
@@ -195,9 +201,14 @@ class SimNode:
         self.armed: tuple[int, int] | None = None  # crash (down ms, keep) after a deferred fsync
         self.high: dict[str, Version] = {}  # the version watermark per key (checker 3)
         self.totals: dict[str, int] = {}  # replica counters of past lives
+        self.stable: StableFrontier  # the tombstone collection's frontier (per process)
         self.lag: LagGuard  # the lag guard, as mesh.roles.node_status drives it
         self.paused_until = 0  # a SIGSTOP: nothing runs, messages queue, until then
         self.acks = PendingAcks()  # replies held for w > 1 (lost with the process)
+        self.configured: set[str] = set()  # tests/simhello.py: the peers it starts with
+        self.known: set[str] = set()  # ... and those it knows (peers.json)
+        self.unanswered: set[str] = set()  # ... said HELLO to, no answer yet
+        self.damaged = False  # its log lost records mid-way: boots with the contiguous vv
 
     @property
     def origin(self) -> str:

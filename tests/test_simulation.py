@@ -28,7 +28,7 @@ from mesh.core.clock import HybridClock, pack
 from mesh.core.mutation import Mutation
 from mesh.core.replication import FETCH_TIMEOUT_MS, Replica
 from mesh.core.store import Store
-from tests import byzantine, sim
+from tests import byzantine, sim, simfaults
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "3000"))
 EXPLORE = os.environ.get("SIM_EXPLORE") == "1"
@@ -545,8 +545,9 @@ def test_a_paused_node_stays_out_of_ready_until_caught_up() -> None:
 @pytest.mark.parametrize("seed", [1, 54, 124, 145, 234, 280])
 def test_seeds_that_acknowledged_no_write(seed: int) -> None:
     """These seeds found no ready node for any scheduled write, which was dropped:
-    they tested convergence only.  A write now waits for a ready node."""
-    result = sim.run(seed)
+    they tested convergence only.  A write now waits for a ready node.  (The faults
+    of tests/simfaults.py and simhello.py stay off: they change these runs.)"""
+    result = sim.run(seed, cuts=0, max_memory=0, hello=0)
     assert result.acked > 0 and result.stats["writes_given_up"] == 0
     assert result.stats["writes_deferred"] > 0
 
@@ -615,3 +616,129 @@ def test_a_w_write_not_logged_in_time_is_not_acknowledged() -> None:
     result = s.run()
     assert result.stats["not_acknowledged"] == 1 and not s.acked
     assert all(sim.held(n.store, "k") for n in s.nodes.values())  # applied, and spread later
+
+
+# -- corruption mid-log (tests/simfaults.py) ----------------------------------
+
+
+def test_a_log_cut_mid_way_is_refilled_by_peers_under_a_new_incarnation() -> None:
+    s = sim.scripted(cut_any=1)
+    for i in range(5):
+        write(s, 100 + 10 * i, "n1", (f"k{i}", b"v%d" % i))
+    # n1 loses a record amid its log; n2 is down too while n1 restarts.
+    s.at(300, simfaults.cut_log, s, "n1", 200, 0.4, "n2", 400)
+    write(s, 700, "n1", ("k9", b"new"))
+    s.run()
+    n1 = s.nodes["n1"]
+    assert n1.origin == "n1/2"  # the mark stays until a start finds no hole
+    assert s.stats["cut_records"] == 1 and s.stats["excused"] == 0
+    assert n1.replica.vv["n1/1"] == 5  # the hole and what follows fetched again
+    assert [w.mutation[:2] for w in s.acked if w.mutation.key == "k9"] == [("n1/2", 1)]
+
+
+def test_a_write_whose_only_copy_was_cut_is_excused() -> None:
+    s = sim.scripted()
+    s.rules.append(  # nothing n1 writes from 120 ms on leaves it
+        lambda kind, src, dst, p: (
+            -1 if src == "n1" and kind in (sim.PUB, sim.BATCH) and s.now >= 120 else None
+        )
+    )
+    for i in range(3):
+        write(s, 100 + 10 * i, "n1", (f"k{i}", b"v%d" % i))
+    s.at(300, simfaults.cut_log, s, "n1", 200, 0.99)
+    s.run()
+    assert s.stats["cut_records"] == 1 and s.stats["excused_cut"] == 1
+    assert all(sim.held(n.store, "k2") is None for n in s.nodes.values())
+
+
+@pytest.mark.parametrize("seed", range(0, 400, 7))
+def test_random_runs_with_logs_cut_mid_way(seed: int) -> None:
+    sim.run(seed, cuts=2)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="mesh bug: a node whose log lost a record keeps its vv at the hole once peers "
+    "refill it, so the records past the hole that no peer holds (here n1/1 seq 5, an "
+    "acknowledged DEL) are never published again; digests differ until it restarts",
+)
+def test_records_past_a_hole_that_only_the_damaged_node_holds() -> None:
+    sim.run(79, cuts=2, cut_any=1, max_memory=0, collect=0, hello=0)
+
+
+# -- memory limit and tombstone collection (tests/simfaults.py) ---------------
+
+
+def test_a_stable_del_tombstone_is_collected_on_every_node() -> None:
+    s = sim.scripted(collect=1)
+    write(s, 100, "n1", ("k1", b"a"), ("k2", b"b"))
+    write(s, 200, "n2", ("k1", None))
+    s.run_until(1500)
+    assert all(sim.held(n.store, "k1") is None for n in s.nodes.values())
+    assert all(n.store._collected == 1 for n in s.nodes.values())
+    s.run()  # the checks: k1 absent is no acknowledged write lost
+
+
+def test_eviction_under_a_memory_limit_is_local_and_checked() -> None:
+    s = sim.scripted(max_memory=1500, collect=1)
+    for i in range(12):
+        write(s, 100 + 20 * i, f"n{1 + i % 3}", (f"k{i}", b"x" * 40))
+    s.run()
+    assert sum(n.store._evicted for n in s.nodes.values()) > 0
+
+
+def test_checker_catches_a_resurrection_under_a_memory_limit() -> None:
+    s = sim.scripted(max_memory=20000, collect=1)
+    write(s, 100, "n1", ("k1", b"old"))
+    write(s, 200, "n1", ("k1", b"new"))
+
+    def rewind() -> None:  # n2 takes the old value back, no budget having dropped anything
+        n2 = s.nodes["n2"].store
+        old = next(w.mutation for w in s.acked if w.mutation.value == b"old")
+        n2._live["k1"] = (b"old", old.hlc, old.origin, 0, 0)
+
+    s.at(400, rewind)
+    with pytest.raises(sim.SimFailure, match="went back"):
+        s.run()
+
+
+@pytest.mark.parametrize("seed", range(1, 300, 11))
+def test_random_runs_under_a_memory_limit(seed: int) -> None:
+    sim.run(seed, max_memory=(1500, 2500, 4000)[seed % 3], collect=1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="mesh bug: n4's DEL of k7 (n4/1 seq 4) is collected as stable on n2, then a full "
+    "sync from n3 brings n2's own older SET of k7 back: n2 ends holding it live, every other "
+    "node without it; digests differ (the checker first sees k7's version go back on n2)",
+)
+def test_a_collected_del_comes_back_by_a_full_sync() -> None:
+    sim.run(8859, max_memory=2500, collect=1, cuts=0, hello=0)
+
+
+# -- peers found by HELLO (tests/simhello.py) ---------------------------------
+
+
+def test_nodes_started_knowing_only_the_earlier_ones_learn_the_rest_by_hello() -> None:
+    s = sim.scripted(nodes=4, hello=1, trace=True)
+    assert s.nodes["n1"].known == set() and s.nodes["n4"].known == {"n1", "n2", "n3"}
+    write(s, 100, "n4", ("k1", b"a"))
+    write(s, 150, "n1", ("k2", b"b"))
+    s.run()
+    assert all(len(n.known) == 3 for n in s.nodes.values())
+    learned = {(e[2], e[3]) for e in s.trace or () if e[1] == "learn"}
+    assert ("n1", "n4") in learned and ("n3", "n4") in learned
+
+
+def test_a_node_that_lost_its_disk_is_hello_ed_again_by_the_later_ones() -> None:
+    s = sim.scripted(nodes=3, hello=1)
+    s.at(300, s.crash, "n1", 200, True)  # n1 forgets n2 and n3 with its peers.json
+    write(s, 600, "n3", ("k1", b"a"))
+    s.run()
+    assert s.nodes["n1"].known == {"n2", "n3"}
+
+
+@pytest.mark.parametrize("seed", range(3, 300, 13))
+def test_random_runs_with_peers_found_by_hello(seed: int) -> None:
+    sim.run(seed, hello=1)
