@@ -10,6 +10,7 @@ poll with a deadline and say what they saw when they give up.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -307,6 +308,16 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
     crashed = tracker.unexpected_tracebacks()
     if crashed:
         pytest.fail("\n\n".join(crashed))
+
+
+@pytest.fixture
+def paused() -> Iterator[list[NodeProcess]]:
+    """Nodes appended here get SIGCONT at teardown, so a failing test leaves none stopped."""
+    stopped: list[NodeProcess] = []
+    yield stopped
+    for node in stopped:
+        if node.process is not None and node.process.poll() is None:
+            node.signal(signal.SIGCONT)
 
 
 @pytest.fixture

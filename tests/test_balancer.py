@@ -21,7 +21,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -319,16 +319,6 @@ def mesh3(procs: Processes) -> tuple[list[NodeProcess], BalancerProcess]:
     """Three replicating nodes and a ready balancer in front of them."""
     nodes = procs.cluster(3)
     return nodes, procs.balancer(nodes)
-
-
-@pytest.fixture
-def paused() -> Iterator[list[NodeProcess]]:
-    """Nodes appended here get SIGCONT at teardown, so a failing test leaves none stopped."""
-    stopped: list[NodeProcess] = []
-    yield stopped
-    for node in stopped:
-        if node.process is not None and node.process.poll() is None:
-            node.signal(signal.SIGCONT)
 
 
 def pause(node: NodeProcess, paused: list[NodeProcess]) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -24,16 +23,6 @@ PAUSE_S = 8.0
 #: a read counts as stale when a newer value had been acknowledged this long before it
 #: began (a few ms are the asynchronous replication's own delay, documented as such)
 STALE_S = 0.05
-
-
-@pytest.fixture
-def paused() -> Iterator[list[NodeProcess]]:
-    """Nodes appended here get SIGCONT at teardown, so a failing test leaves none stopped."""
-    stopped: list[NodeProcess] = []
-    yield stopped
-    for node in stopped:
-        if node.process is not None and node.process.poll() is None:
-            node.signal(signal.SIGCONT)
 
 
 class Counter:
