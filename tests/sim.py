@@ -391,7 +391,7 @@ class Sim:
         peers = {p.node_id: (p.vv, p.heard_ms) for p in replica.peers.values()}
         node.lag.judge(replica.vv, peers, self.now, replica.gate.refusing())
         if self.p.collect:  # as Node._sweep: drop the tombstones every member moved past
-            node.stable.collect(replica)
+            node.stable.collect(replica, [n for n in self.nodes if n != node.id])
         self._check_acks(node)
         self._poll(node)
         self.at(self.now + node.tick_ms, self._tick, node, life)
@@ -611,8 +611,9 @@ class Sim:
             if m[1] > vv.get(m[0], 0):
                 vv[m[0]] = m[1]
             top = max(top, m[2])
+        past_hole: dict[str, set[int]] = {}
         if node.damaged:  # the log lost records mid-way (tests/simfaults.py)
-            vv = simfaults.damaged_vv(node)
+            vv, past_hole = simfaults.damaged_vv(node)
         clock = HybridClock(lambda: WALL_EPOCH_MS + self.now + node.skew_ms, floor=top)
         node.store, node.clock = store, clock
         node.replica = Replica(
@@ -623,6 +624,7 @@ class Sim:
             clock,
             vv=vv,
             floor=floor,
+            held=past_hole,
             peers=sorted(node.known) if self.p.hello else [n for n in self.nodes if n != node.id],
             now_ms=self.now,
             fetch_entries=self.p.fetch_entries,
@@ -746,7 +748,7 @@ class Sim:
 
     def converged(self) -> bool:
         nodes = list(self.nodes.values())
-        if not all(n.up and n.replica.state == READY for n in nodes):
+        if not all(n.up and n.replica.state == READY and not n.replica._held for n in nodes):
             return False
         if self.p.hello and not simhello.complete(self):
             return False

@@ -6,8 +6,7 @@ so a seed whose params leave them off replays exactly as it did before.
 Corruption mid-log (``cuts``)
     The node crashes; one record at or after its snapshot's position is cut out
     of its log, the records after it kept (a corrupt record that
-    :mod:`mesh.storage.salvage` skipped; unless ``cut_any``, the last record of
-    its origin in the log, see the known bug in :func:`cut_log`); it restarts as a
+    :mod:`mesh.storage.salvage` skipped); it restarts as a
     new incarnation with, per origin, the contiguous prefix of seqs it still holds as its vv
     (:mod:`mesh.storage.replay`), the records past the hole still applied; its
     peers refill the hole.  Half the time another node is down meanwhile.  A
@@ -30,7 +29,7 @@ if TYPE_CHECKING:
 
 def fault_params(rng: random.Random) -> dict[str, Any]:
     """The params of these faults, drawn from their own stream."""
-    return {"cuts": rng.choice((0, 0, 0, 1, 2))}  # cut_any stays 0: see cut_log
+    return {"cuts": rng.choice((0, 0, 0, 1, 2))}
 
 
 def schedule(sim: Sim) -> None:
@@ -58,17 +57,7 @@ def cut_log(
     first = max(log.base, node.snapshot.pos if node.snapshot else 0)
     if first >= log.end:
         return  # the snapshot covers the whole log: nothing to cut
-    recs = log.records
-    # Known bug (seed 79 with cuts=2, cut_any=1): records of the cut record's origin
-    # past the hole that no peer holds are never published again: the node's vv
-    # stays at the hole once it is refilled, until a restart.  Unless ``cut_any``,
-    # cut a record with no later one of its origin in the log.
-    spots = [
-        i
-        for i in range(first, log.end)
-        if sim.p.cut_any or all(m[0] != recs[i - log.base][0] for m in recs[i + 1 - log.base :])
-    ]
-    pos = spots[min(len(spots) - 1, int(where * len(spots)))]
+    pos = first + min(log.end - first - 1, int(where * (log.end - first)))
     cut: Mutation = log.records.pop(pos - log.base)
     log.synced = log.end
     sim.stats["cut_records"] += 1
@@ -102,9 +91,10 @@ def _excuse_cut(sim: Sim, node: SimNode, cut: Mutation) -> None:
     sim.required = keep
 
 
-def damaged_vv(node: SimNode) -> dict[str, int]:
+def damaged_vv(node: SimNode) -> tuple[dict[str, int], dict[str, dict[int, Mutation]]]:
     """The vv a node whose log lost records boots with (``replay._replay_damaged``):
-    from the snapshot's, each origin's contiguous run of seqs in the log after it.
+    from the snapshot's, each origin's contiguous run of seqs in the log after it;
+    and the seqs held past a hole.
     Clears the damage once no origin has a hole (the holes were refilled)."""
     log, snap = node.log, node.snapshot
     start = max(log.base, snap.pos if snap else 0)
@@ -114,15 +104,14 @@ def damaged_vv(node: SimNode) -> dict[str, int]:
         highest[m[0]] = max(m[1], highest.get(m[0], 0))
     if not seen.holes(highest):
         node.damaged = False
-    return seen.vv
+    return seen.vv, seen.held
 
 
 def memory_params(rng: random.Random) -> dict[str, Any]:
     """Memory limit and tombstone collection, drawn from a stream of their own."""
-    # Tombstone collection stays off in random runs (scripted and parametrized tests
-    # turn it on): with it seed 8859 finds a known bug, see test_simulation.py's
-    # test_a_collected_del_comes_back_by_a_full_sync.
-    return {"max_memory": rng.choice((0, 0, 0, 1500, 2500, 4000)), "collect": 0}
+    # As a node does (Node._sweep), tombstones are mostly collected once stable.
+    memory = rng.choice((0, 0, 0, 1500, 2500, 4000))
+    return {"max_memory": memory, "collect": rng.choice((0, 1, 1))}
 
 
 def check_live(sim: Sim, held_by: dict[str, dict[str, Version]]) -> None:

@@ -57,7 +57,6 @@ class Params:
     max_memory: int = 0  # each store's max_memory (evictions, the tombstone budget)
     collect: int = 0  # 1: every tick drops the stable tombstones (Node._sweep)
     hello: int = 0  # 1: node k starts knowing n1..n(k-1), learns the rest by HELLO
-    cut_any: int = 0  # 1: cut any record, not only its origin's last in the log (a known bug)
 
 
 def random_params(rng: random.Random) -> Params:

@@ -6,12 +6,15 @@ callers use) so that the core's decisions read on their own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.core.catchup import Fetch
 from mesh.core.mutation import Record
+
+log = logging.getLogger("mesh.core.replication")
 
 FETCH_TIMEOUT_MS = 1000
 """A fetch unanswered this long is abandoned and may go to another peer."""
@@ -66,3 +69,20 @@ def lag_report(
         since = lagging.get(peer.origin, (0, now_ms))[1] if behind else now_ms
         out[peer.node_id] = {"entries": behind, "ms": max(0, now_ms - since), "state": peer.state}
     return out
+
+
+def ready_due(peers: Iterable[PeerView], started_ms: int, progress_ms: int, now_ms: int) -> bool:
+    """Whether a catching-up node may call itself ready: every peer that is up has
+    answered "nothing more", or the catch-up made no progress for READY_DEADLINE_MS
+    (counted from the last batch received, so a long catch-up that keeps making
+    progress is never cut short)."""
+    elapsed = now_ms - started_ms
+    waiting = [
+        p.node_id
+        for p in peers
+        if not p.synced and (p.heard_ms >= 0 or elapsed < STARTUP_TIMEOUT_MS)
+    ]
+    if waiting and now_ms - max(started_ms, progress_ms) >= READY_DEADLINE_MS:
+        log.warning("ready without a full catch-up from %s", ", ".join(waiting))
+        return True
+    return not waiting

@@ -9,31 +9,26 @@ return.  The store, log and clock are injected; the log only needs
 The messages, and the answers this node serves to its peers' fetches, are
 :mod:`mesh.core.catchup`'s; this module makes the decisions.
 
-The protocol, in one paragraph: every node applies its own writes and
-PUBlishes them in batches; every node SUBscribes to every peer.  A receiver
-keeps, per origin, the highest contiguous ``seq`` it has applied (its version
-vector, ``vv``) and applies entries strictly in ``seq`` order per origin,
-buffering what arrives past a hole.  Heartbeats carry each sender's ``vv``, so
-a lost tail is noticed too.  A hole, or a peer that is ahead, makes the
-receiver send that peer a :class:`~mesh.core.catchup.Fetch` ("here is my
-vv"); the peer answers with a bounded :class:`~mesh.core.catchup.Batch` of
-what the requester lacks, read from its log (any node can serve any origin,
-since every node logs what it applies).  The
-requester asks again while ``more`` is set, and asks for the next batch as soon
-as one arrives, before applying it (:meth:`Replica.prefetch`): two batches in
-flight per peer are the credit that keeps a slow receiver from being flooded
-while the peer reads ahead.  When the peer's log no
-longer reaches back far enough (its ``floor``), or the requester holds nothing
-at all (a new incarnation), the peer streams a snapshot of its store instead,
-in chunks, then the tail.  Tombstones travel in snapshots like any entry, so
-nothing deleted comes back.  Last-writer-wins on ``(hlc, origin)`` makes
-duplicates and any order of application harmless.
+The protocol, in one paragraph: every node applies its own writes and PUBlishes them in batches;
+every node SUBscribes to every peer. A receiver keeps, per origin, the highest contiguous
+``seq`` it has applied (its version vector, ``vv``) and applies entries strictly in ``seq``
+order per origin, buffering what arrives past a hole. Heartbeats carry each sender's ``vv``, so
+a lost tail is noticed too. A hole, or a peer that is ahead, makes the receiver send that peer a
+:class:`~mesh.core.catchup.Fetch` ("here is my vv"); the peer answers with a bounded
+:class:`~mesh.core.catchup.Batch` of what the requester lacks, read from its log (any node can
+serve any origin, since every node logs what it applies). The requester asks again while
+``more`` is set, and asks for the next batch as soon as one arrives, before applying it
+(:meth:`Replica.prefetch`): two batches in flight per peer are the credit that keeps a slow
+receiver from being flooded while the peer reads ahead. When the peer's log no longer reaches
+back far enough (its ``floor``), or the requester holds nothing at all (a new incarnation), the
+peer streams a snapshot of its store instead, in chunks, then the tail. Tombstones travel in
+snapshots like any entry, so nothing deleted comes back. Last-writer-wins on ``(hlc, origin)``
+makes duplicates and any order of application harmless.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -48,6 +43,7 @@ from mesh.core.catchup import (
 )
 from mesh.core.clock import HybridClock
 from mesh.core.clockguard import REFUSE_BACKOFF_MS, FutureGate
+from mesh.core.holes import HeldSeqs
 from mesh.core.mutation import Mutation, Record, raise_seqs
 from mesh.core.peerview import (
     BUFFER_LIMIT,
@@ -57,14 +53,11 @@ from mesh.core.peerview import (
     FETCH_TIMEOUT_MS,
     LAG_GRACE_MS,
     READY,
-    READY_DEADLINE_MS,
-    STARTUP_TIMEOUT_MS,
     PeerView,
     lag_report,
+    ready_due,
 )
 from mesh.core.store import Store
-
-log = logging.getLogger(__name__)
 
 
 class Replica:
@@ -80,6 +73,7 @@ class Replica:
         *,
         vv: dict[str, int] | None = None,
         floor: dict[str, int] | None = None,
+        held: Mapping[str, Iterable[int]] | None = None,
         peers: Iterable[str] = (),
         now_ms: int = 0,
         fetch_entries: int = FETCH_ENTRIES,
@@ -92,13 +86,14 @@ class Replica:
         self.clock = clock
         self.vv: dict[str, int] = dict(vv or {})
         self.floor: dict[str, int] = dict(floor or {})
+        self.collected: dict[str, int] = {}  # tombstones up to this are gone (tombstones.py)
+        self._held = HeldSeqs(held)  # seqs past a hole in a damaged log
         self.peers: dict[str, PeerView] = {p: PeerView(p) for p in peers if p != node_id}
         self.state = CATCHING_UP
         self.fetch_entries = fetch_entries
         self.counters = {"gaps": 0, "repaired": 0, "fetches": 0, "full_syncs": 0, "refused": 0}
         # kept by the socket loop (mesh.roles.peering), which sends what serve() returns:
-        # entries sent to peers, fetches answered with the batch prepared ahead
-        # for them, and prepared batches thrown away
+        # entries served, fetches answered by the batch prepared ahead, those thrown away
         self.counters.update(served=0, prepared_used=0, prepared_dropped=0)
         # entries refused for an hlc too far ahead of this node's clock (clockguard)
         self.gate = FutureGate(max_offset_ms)
@@ -108,8 +103,7 @@ class Replica:
         self._buffered = 0
         self._lagging: dict[str, tuple[int, int]] = {}  # origin -> (target seq, since ms)
         self._sessions = SnapshotSessions()
-        # Request and session ids start from the clock, so that a restarted
-        # process does not reuse the ids its previous incarnation handed out.
+        # Ids start from the clock: a restarted process does not reuse its last one's.
         self._ids = now_ms * 1000
         self._snapshot_due = False
         self._progress_ms = now_ms
@@ -132,6 +126,11 @@ class Replica:
     def remove_peer(self, node_id: str) -> None:
         """Forget ``node_id`` (no longer a member): no fetches, waits or acks count it."""
         self.peers.pop(node_id, None)
+
+    @property
+    def settled(self) -> bool:
+        """Nothing held past a hole: not in the buffer, nor in a damaged log."""
+        return not self._buffered and not self._held
 
     # ------------------------------------------------------------------ local writes
 
@@ -164,6 +163,8 @@ class Replica:
             self.vv.update(after)
         else:
             applied, top = self._sort_out(mutations), -1
+        if self._held and self._count_held(applied):
+            top = -1
         if applied:
             self._apply(applied, top)
             self.log.append(applied)
@@ -232,6 +233,14 @@ class Replica:
         if not held:
             del self._buffer[origin]
 
+    def _count_held(self, applied: list[Record]) -> bool:
+        """Raise the vv over the held seqs (:mod:`mesh.core.holes`) that now carry on
+        from it, draining the buffer past them into ``applied``; whether it drained any."""
+        before = len(applied)
+        for origin in self._held.raise_vv(self.vv):
+            self._drain(origin, applied)
+        return len(applied) > before
+
     def _hold(self, m: Record) -> None:
         held = self._buffer.setdefault(m[0], {})
         if m[1] in held or self._buffered >= BUFFER_LIMIT:
@@ -279,6 +288,8 @@ class Replica:
         self._expire(now_ms)
         if self.state != READY:
             self._check_ready(now_ms)
+        elif self._held:
+            self._held.skip_lost(self.vv, self.peers.values(), self._buffer)
         out = []
         # One snapshot at a time: a new node fetches the whole data set from one
         # peer, then only the tails from the others.  While catching up after a
@@ -342,18 +353,7 @@ class Replica:
         self._sessions.expire(now_ms)
 
     def _check_ready(self, now_ms: int) -> None:
-        elapsed = now_ms - self._started_ms
-        waiting = [
-            p.node_id
-            for p in self.peers.values()
-            if not p.synced and (p.heard_ms >= 0 or elapsed < STARTUP_TIMEOUT_MS)
-        ]
-        # The deadline counts from the last batch received: a long catch-up that
-        # keeps making progress is never cut short.
-        stalled = now_ms - max(self._started_ms, self._progress_ms)
-        if not waiting or stalled >= READY_DEADLINE_MS:
-            if waiting:
-                log.warning("ready without a full catch-up from %s", ", ".join(waiting))
+        if ready_due(self.peers.values(), self._started_ms, self._progress_ms, now_ms):
             self.state = READY
 
     def on_batch(self, node_id: str, batch: Batch, now_ms: int) -> list[Record]:
@@ -433,10 +433,12 @@ class Replica:
             peer.next_fetch = self._new_fetch(full=True, session=batch.session, cursor=batch.cursor)
             return []
         top = max(map(itemgetter(2), peer.staged), default=0)
-        if top > self.gate.limit(self.clock.wall()):
-            # Not a snapshot to apply in part: its vv covers what is refused.
-            self._refuse(peer.staged, now_ms)
-            peer.staged, peer.synced = [], True
+        # An image from before a DEL collected here would bring back what it deleted.
+        stale = any(batch.vv.get(o, 0) < seq for o, seq in self.collected.items())
+        if stale or top > self.gate.limit(self.clock.wall()):
+            if not stale:  # not a snapshot to apply in part: its vv covers what is refused
+                self._refuse(peer.staged, now_ms)
+            peer.staged, peer.synced, peer.want_full = [], True, stale
             peer.retry_ms = now_ms + REFUSE_BACKOFF_MS
             return []
         if peer.staged:
@@ -451,6 +453,7 @@ class Replica:
         applied: list[Record] = []
         for o in list(self._buffer):
             self._drain(o, applied)
+        self._count_held(applied)
         if applied:
             self._apply(applied)
             self.log.append(applied)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, MutableMapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mesh.core.clock import LOGICAL_BITS
 
@@ -48,11 +48,22 @@ class StableFrontier:
         self.frontier: Frontier = {}
         self._pending: tuple[Frontier, Frontier] | None = None  # (low, high needed)
 
-    def collect(self, replica: Replica) -> int:
+    def collect(self, replica: Replica, members: Iterable[str] | None = None) -> int:
         """Advance from ``replica``'s vv and its peers' heartbeats (every member's view
-        counts), then drop its store's stable tombstones; return how many."""
+        counts), then drop its store's stable tombstones; return how many.
+
+        ``members``: every member's id when the membership is known (the trust
+        keys): while one is not among the replica's peers yet (a node that lost
+        its disk learns them again by HELLO), nothing is collected.
+        """
+        if members is not None and any(m not in replica.peers for m in members):
+            return 0
         peers = list(replica.peers.values())
+        if not replica.settled or not _dead_origins_agree(replica.origin, replica.vv, peers):
+            self._pending = None  # not a time to take a frontier, nor to promote one
+            return 0
         frontier = self.advance(replica.vv, [p.logged for p in peers], [p.vv for p in peers])
+        replica.collected = frontier  # full syncs from before it are refused
         return replica.store.collect_stable(frontier, replica.vv)
 
     def advance(
@@ -85,6 +96,16 @@ class StableFrontier:
                         high[o] = seq
             self._pending = (low, high)
         return self.frontier
+
+
+def _dead_origins_agree(origin: str, vv: Mapping[str, int], peers: list[Any]) -> bool:
+    """Whether every peer's vv equals ``vv`` on the origins nobody writes as any more
+    (incarnations that lost their disk or their log, this node's ``origin`` and the
+    peers' being alive): nobody can say how far such an origin got, so its entries
+    past what some member applied may still turn up (held in a buffer, or past a
+    hole in a log) and bring back what a collected tombstone deleted."""
+    alive = {origin, *(p.origin for p in peers)}
+    return all(p.vv.get(o, 0) == seq for o, seq in vv.items() if o not in alive for p in peers)
 
 
 class TombstoneQueue:

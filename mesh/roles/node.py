@@ -141,13 +141,10 @@ class Node:
         self.origin = rotate_if_damaged(self.config.data_dir, self.config.node_id, self.origin)
         self.commands.origin = self.origin
         self.replica = Replica(
-            self.config.node_id,
-            self.origin,
-            self.store,
-            self.log,
-            self.clock,
+            *(self.config.node_id, self.origin, self.store, self.log, self.clock),
             vv=found.vv,
             floor=found.floor,
+            held=found.held,
             now_ms=monotonic_ms(),
             max_offset_ms=self.config.max_clock_offset_ms,
         )
@@ -445,7 +442,8 @@ class Node:
 
     def _sweep(self) -> None:
         self.store.sweep()  # TTLs, and tombstones past the horizon
-        self.stable.collect(self.replica)
+        members = self.membership.ids() - {self.config.node_id} if self.membership else None
+        self.stable.collect(self.replica, members)
 
     def snapshot(self) -> None:
         """Write a snapshot of the store and drop the log segments it covers."""

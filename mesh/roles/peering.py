@@ -35,7 +35,8 @@ import zmq.asyncio
 
 from mesh.core import peerwire
 from mesh.core.clock import monotonic_ms
-from mesh.core.replication import READY, STARTUP_TIMEOUT_MS, Replica
+from mesh.core.peerview import STARTUP_TIMEOUT_MS
+from mesh.core.replication import READY, Replica
 from mesh.roles.binding import bind
 from mesh.roles.dialer import Dialer
 from mesh.roles.liveness import detect_dead_hosts

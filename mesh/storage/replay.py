@@ -35,6 +35,7 @@ class Recovered:
     max_hlc: int = 0
     vv: dict[str, int] = field(default_factory=dict)
     floor: dict[str, int] = field(default_factory=dict)
+    held: dict[str, dict[int, Mutation]] = field(default_factory=dict)  # past a hole (salvage)
     seconds: float = 0.0
 
     def __str__(self) -> str:
@@ -85,7 +86,7 @@ def _replay_damaged(log_: Log, store: Store, found: Recovered, mark: dict) -> No
         except LogCorruptError as exc:
             mark = _move_aside(log_, exc)
     found.applied = snapshot_applied + applied
-    found.vv = seen.vv
+    found.vv, found.held = seen.vv, seen.held
     holes = seen.holes(log_.max_seqs())
     for origin, (have, top) in holes.items():
         log.warning("%s: entries %d..%d or some of them lost; fetching them", origin, have + 1, top)

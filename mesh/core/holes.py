@@ -1,0 +1,73 @@
+"""Seqs held past a hole: what a node whose log lost records still holds beyond the loss.
+
+:mod:`mesh.storage.salvage` keeps every record it can verify after a bad one,
+and replay then counts each origin's version vector as its contiguous run of
+seqs, so that the hole is fetched from the peers.  The seqs the log holds past
+the hole are handed to :class:`HeldSeqs`: once the peers refill the hole, the
+vv carries on over them.  Were it not raised, the records past the hole that
+only this node holds would never be announced in its heartbeats nor fetched by
+its peers, and the digests would differ until the node restarted.
+
+A hole no peer can refill (its record was only ever on this node) is given up
+once every peer has been heard and none holds more of that origin
+(:meth:`HeldSeqs.skip_lost`): the vv then counts the held seqs anyway, and
+peers get them by a full sync from this node (its log cannot serve the hole).
+A peer that is down then and held the lost record keeps it: wait for it, or
+``pycache forget`` it first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable, Mapping
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+
+class _Peer(Protocol):
+    heard_ms: int
+    vv: dict[str, int]
+
+
+class HeldSeqs:
+    """Per origin, the seqs applied from the log past a hole in it."""
+
+    def __init__(self, held: Mapping[str, Iterable[int]] | None = None) -> None:
+        self._held = {origin: set(seqs) for origin, seqs in (held or {}).items() if seqs}
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+    def raise_vv(self, vv: dict[str, int]) -> list[str]:
+        """Raise ``vv`` over the held seqs that now carry on from it; the origins raised."""
+        raised = []
+        for origin, seqs in list(self._held.items()):
+            have = seq = vv.get(origin, 0)
+            while seq + 1 in seqs:
+                seq += 1
+            if seq > have:
+                vv[origin] = seq
+                raised.append(origin)
+            seqs.difference_update([s for s in seqs if s <= seq])
+            if not seqs:
+                del self._held[origin]
+        return raised
+
+    def skip_lost(
+        self, vv: dict[str, int], peers: Collection[_Peer], buffered: Collection[str]
+    ) -> list[str]:
+        """Give up the holes no peer can refill: every peer heard, none past ``vv``
+        for the origin, nothing of it ``buffered``; ``vv`` then counts all the
+        held seqs of those origins, which are returned."""
+        if any(p.heard_ms < 0 for p in peers):
+            return []
+        lost = [
+            origin
+            for origin in self._held
+            if origin not in buffered
+            and all(p.vv.get(origin, 0) <= vv.get(origin, 0) for p in peers)
+        ]
+        for origin in lost:
+            vv[origin] = max(vv.get(origin, 0), *self._held.pop(origin))
+        return lost
