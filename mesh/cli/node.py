@@ -271,7 +271,7 @@ def node(
     log_level: str,
 ) -> None:
     """Run one node until SIGTERM or Ctrl-C (then fsync and exit 0)."""
-    from mesh.roles.node import run_node
+    from mesh.roles.node_main import run_node
 
     setup_logging(log_level, node_id)
     limits = Limits(
