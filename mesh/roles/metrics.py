@@ -78,6 +78,15 @@ def counters(prefix: str, doc: str, values: Mapping[str, int]) -> Iterator[Metri
         yield counter(prefix + key, f"{doc}: {key.replace('_', ' ')}", value)
 
 
+def count_into(values: dict[str, int], name: str) -> Callable[..., None]:
+    """A callback that adds one to ``values[name]`` (a ZAP handler's ``on_refused``)."""
+
+    def count(*_: object) -> None:
+        values[name] += 1
+
+    return count
+
+
 class FamilyCollector(Collector):
     """A collector that calls ``collect`` at every scrape (on the scraping thread)."""
 
