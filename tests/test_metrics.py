@@ -4,6 +4,7 @@ the families of issue 14 checked; the plain-int histogram behind the latencies."
 from __future__ import annotations
 
 import json
+import re
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from mesh.roles.config import BalancerConfig
 from mesh.roles.launcher import ChildProcess, mesh_argv
 from tests.conftest import failing_the_test, wait_for
 
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy/grafana/pycache-dashboard.json"
 NODE_FAMILIES = {
     "pycache_requests": "counter",
     "pycache_request_duration_seconds": "histogram",
@@ -140,8 +142,8 @@ def test_node_metrics_cover_requests_latency_lag_log_store_and_handshakes(procs)
 
 
 @pytest.mark.processes
-def test_balancer_and_edge_metrics(procs):
-    nodes = procs.cluster(2, extra=["--insecure"])
+def test_balancer_and_edge_metrics_and_the_dashboard_asks_for_nothing_else(procs):
+    nodes = procs.cluster(2, extra=["--insecure", "--http-port", "*"])
     balancer = procs.balancer(nodes, extra=["--metrics-port", "*"])
     url = json.loads(balancer.status.read_text())["metrics"]
     assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
@@ -172,6 +174,18 @@ def test_balancer_and_edge_metrics(procs):
     assert value(families, "pycache_http_responses_total", code="200") == 1
     assert value(families, "pycache_http_responses_total", code="404") == 2
     assert value(families, "pycache_http_request_duration_seconds_count") == 3
+
+    # Every series the Grafana dashboard queries is one these processes export.
+    exported = {
+        sample.name
+        for page in (families, scrape(url), scrape(http_of(nodes[0]) + "/metrics"))
+        for family in page.values()
+        for sample in family.samples
+    }
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    asked = {name for expr in exprs for name in re.findall(r"pycache_\w+", expr)}
+    assert asked and asked <= exported, asked - exported
 
 
 def test_balancer_metrics_are_off_by_default_and_a_bad_port_is_one_line():
