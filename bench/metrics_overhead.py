@@ -143,6 +143,16 @@ def measured(
     return rate, cpu_us, int(count), float(ms)
 
 
+def node_ms_per_scrape(node: int, url: str, scrapes: int = 50) -> float:
+    """The node's CPU milliseconds per scrape, measured with no other load on it."""
+    time.sleep(0.5)  # the last SETs' replies and fsyncs are done
+    cpu = cpu_seconds(node)
+    for _ in range(scrapes):
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            reply.read()
+    return (cpu_seconds(node) - cpu) / scrapes * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=4.0)
@@ -191,6 +201,7 @@ def main() -> None:
                     f"of {ms:.1f} ms), ratio {scraped / plain:.3f}",
                     flush=True,
                 )
+            idle_ms = node_ms_per_scrape(node.pid, url)
         finally:
             scraping.communicate("quit\n", timeout=15)
             node.send_signal(signal.SIGTERM)
@@ -223,6 +234,13 @@ def main() -> None:
                 "-",
             ),
             (
+                "node CPU ms/scrape (idle; ratio: 1 - ms/1000)",
+                "-",
+                idle_ms,
+                1 - idle_ms / 1000,
+                "-",
+            ),
+            (
                 "scrapes/run, ms each",
                 "-",
                 scrapes,
@@ -240,6 +258,7 @@ def main() -> None:
             "fsync": args.fsync,
             "ratio": ratio,
             "cpu_ratio": mid("cpu_ratio"),
+            "node_cpu_ms_per_scrape": idle_ms,
             "target": TARGET,
             "runs_detail": runs,
         },
