@@ -66,6 +66,17 @@ def test_a_bad_log_format_is_refused(procs):
     assert result.exit_code == 2 and "--log-format" in result.output
 
 
+def test_an_access_log_line_carries_its_status_and_duration(caplog):
+    from mesh.roles import http_handlers
+
+    caplog.set_level(logging.DEBUG, logger="mesh.roles.edge.access")
+    before = http_handlers.RESPONSES[404]
+    http_handlers.log_access(404, lambda: "GET /nope (127.0.0.1)", lambda: 1.25)
+    record = caplog.records[-1]
+    assert (record.status, record.duration_ms) == (404, 1.25)  # type: ignore[attr-defined]
+    assert http_handlers.RESPONSES[404] == before + 1
+
+
 def fake_node(state: str = "catching-up") -> SimpleNamespace:
     peer = SimpleNamespace(vv={"n2/a": 10_000})
     replica = SimpleNamespace(vv={"n2/a": 0}, peers={"n2": peer})

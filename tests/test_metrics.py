@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +195,23 @@ def test_balancer_metrics_are_off_by_default_and_a_bad_port_is_one_line():
     argv = ["balancer", "--nodes", "tcp://127.0.0.1:1", "--metrics-port", "x"]
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 2 and "is not a port number" in result.output
+
+
+@pytest.mark.processes
+def test_a_taken_metrics_port_is_one_line_and_exit_2():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = mesh_argv("balancer", "--front", "tcp://127.0.0.1:*", "--nodes", "tcp://127.0.0.1:1")
+        done = subprocess.run(
+            [*argv, "--metrics-port", str(port)], capture_output=True, text=True, timeout=30
+        )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: metrics 127.0.0.1:{port}: address already in use"
+    )
+    assert "Traceback" not in done.stderr
 
 
 def test_histogram_buckets_are_cumulative_and_inclusive():

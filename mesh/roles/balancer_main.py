@@ -24,13 +24,11 @@ from mesh.roles import metrics
 from mesh.roles.balancer import Balancer
 from mesh.roles.config import HTTP_PORT_ANY, BalancerConfig
 from mesh.roles.metrics import Families, counter, counters, gauge, labelled
+from mesh.roles.protected import host_is_loopback
 from mesh.roles.tuning import raise_fd_limit, tune_gc
 from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger("mesh.roles.balancer")
-
-#: Node states a balancer reports (any other is shown as it is).
-_STATES = ("ready", "not-ready", "hung", "disconnected", "unknown")
 
 
 def balancer_families(balancer: Balancer) -> Families:
@@ -96,6 +94,12 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
                 raise
             status["metrics"] = server.url
             log.info("balancer metrics on %s", server.url)
+            if not host_is_loopback(config.metrics_host):
+                log.warning(
+                    "/metrics on %s has no authentication: anyone who reaches it reads "
+                    "the balancer's counters and the nodes' endpoints",
+                    config.metrics_host,
+                )
         if status_file:
             write_atomically(Path(status_file), json.dumps(status).encode(), durable=False)
         balancer.run()

@@ -237,7 +237,8 @@ def log_access(status: int, summary: Callable[[], str], took_ms: Callable[[], fl
     LATENCY.observe(took / 1000.0)
     level = logging.INFO if status >= 500 else logging.DEBUG
     if access_log.isEnabledFor(level):
-        access_log.log(level, "%d %s %.2fms", status, summary(), took)
+        fields = {"status": status, "duration_ms": round(took, 3)}
+        access_log.log(level, "%d %s %.2fms", status, summary(), took, extra=fields)
 
 
 @functools.lru_cache(maxsize=4)
