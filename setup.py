@@ -20,6 +20,10 @@ setup(
         "crc32c>=2.3",
         # XXH3 for the per-entry share of the store digest: hashed on every write.
         "xxhash>=3.0",
+        # /metrics in the Prometheus text format (families built at scrape time).
+        "prometheus_client>=0.17",
+        # --log-format json: one JSON object per log line.
+        "python-json-logger>=3.1",
     ],
     extras_require={
         "test": [

@@ -1,6 +1,8 @@
 """The ``pycache`` client commands: ``get``, ``set``, ``del``, ``expire``,
-``persist``, ``ttl``, ``stats`` (all with ``--connect``, env ``PYCACHE_CONNECT``)
-and ``status`` (a table of the cluster).  Toward a node or balancer that
+``persist``, ``ttl``, ``stats`` (``--all``: every process of a ``pycache up``
+cluster) and ``status`` (a table of the cluster, or ``--json``).  All take
+``--connect`` (env ``PYCACHE_CONNECT``) with one default: the balancer's front
+of ``pycache up``, ``tcp://127.0.0.1:7000``.  Toward a node or balancer that
 admits only known clients, each takes ``--client-key FILE --server-key FILE``
 (env ``PYCACHE_CLIENT_KEY``, ``PYCACHE_SERVER_KEY``).  :mod:`mesh.cli` adds them to the
 ``pycache`` group (:data:`COMMANDS`).
@@ -16,15 +18,18 @@ from typing import Any
 import click
 
 from mesh.cli.credentials import client_key_option, server_key_option
-from mesh.cli.exits import EXIT_MISSING, errors_to_exit_codes, split_csv
-from mesh.roles.config import DEFAULT_API, DEFAULT_FRONT
+from mesh.cli.exits import EXIT_MISSING, EXIT_UNREACHABLE, errors_to_exit_codes, split_csv
+from mesh.roles.config import DEFAULT_FRONT
+
+#: Where ``pycache stats --all`` reads the processes: ``pycache up``'s default data folder.
+DEFAULT_CLUSTER_FILE = "./pycache-data/cluster.json"
 
 connect_option = click.option(
     "--connect",
-    default=DEFAULT_API,
+    default=DEFAULT_FRONT,
     show_default=True,
     envvar="PYCACHE_CONNECT",
-    help="Endpoint(s) to talk to, comma-separated.",
+    help="Endpoint(s) to talk to, comma-separated: a balancer's front or nodes' API.",
 )
 _timeout_option = click.option(
     "--timeout",
@@ -137,29 +142,55 @@ def ttl(key: str, connect: str, timeout: float, **credentials: str) -> None:
 
 
 @click.command()
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    envvar="PYCACHE_STATS_ALL",
+    help="Every process of a `pycache up` cluster (see --cluster-file): each node's STATS, "
+    "the balancer's and the edge's /metrics; keyed by process id.",
+)
+@click.option(
+    "--cluster-file",
+    default=DEFAULT_CLUSTER_FILE,
+    show_default=True,
+    envvar="PYCACHE_CLUSTER_FILE",
+    help="The cluster.json `pycache up` wrote (with --all).",
+)
 @connect_option
 @timeout_option
 @errors_to_exit_codes
-def stats(connect: str, timeout: float, **credentials: str) -> None:
-    """Print the node's statistics as JSON."""
+def stats(every: bool, cluster_file: str, connect: str, timeout: float, **credentials: str) -> None:
+    """Print the statistics of one node (through --connect) as JSON, or with --all of
+    every process; with --all, exit 3 when a process could not be read."""
+    if every:
+        from mesh.roles.clientplane import optional_credentials
+        from mesh.roles.scrape import cluster_stats
+
+        keys = optional_credentials(credentials["client_key"], credentials["server_key"])
+        everything = cluster_stats(cluster_file, timeout, keys)
+        click.echo(json.dumps(everything, indent=2))
+        if any("error" in entry for entry in everything.values()):
+            sys.exit(EXIT_UNREACHABLE)
+        return
     click.echo(
         json.dumps(_client_call(connect, timeout, lambda c: c.stats(), **credentials), indent=2)
     )
 
 
 @click.command()
-@click.option(
-    "--connect",
-    default=DEFAULT_FRONT,
-    show_default=True,
-    envvar="PYCACHE_STATUS_CONNECT",
-    help="A balancer (every node) or a node (itself and its peers).",
-)
+@click.option("--json", "as_json", is_flag=True, help="Print the nodes as JSON, not a table.")
+@connect_option
 @timeout_option
 @errors_to_exit_codes
-def status(connect: str, timeout: float, **credentials: str) -> None:
-    """Print the cluster as a table: state, lag, keys and digest of every node."""
+def status(connect: str, timeout: float, as_json: bool, **credentials: str) -> None:
+    """Print the cluster as a table (or --json): state, lag, keys and digest of every node.
+
+    Through a balancer: every node; through a node: itself and its peers."""
     nodes = _client_call(connect, timeout, lambda c: c.cluster(), **credentials)["nodes"]
+    if as_json:
+        click.echo(json.dumps({"nodes": nodes}, indent=2))
+        return
     columns = ["node_id", "state", "in_rotation", "lag_entries", "lag_ms", "keys", "digest"]
     rows = []
     for node in nodes:

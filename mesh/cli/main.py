@@ -22,6 +22,14 @@ def main() -> None:
     """PyCache: a brokerless ZeroMQ mesh of in-memory key-value cache nodes."""
 
 
+def show_envvars(command: click.Command) -> click.Command:
+    """Make ``--help`` show the environment variable of every option that has one."""
+    for param in command.params:
+        if isinstance(param, click.Option) and param.envvar:
+            param.show_envvar = True
+    return command
+
+
 for _command in (
     node,
     *processes.COMMANDS,
@@ -29,7 +37,7 @@ for _command in (
     *credentials.COMMANDS,
     *client_commands.COMMANDS,
 ):
-    main.add_command(_command)
+    main.add_command(show_envvars(_command))
 
 
 if __name__ == "__main__":

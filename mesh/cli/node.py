@@ -22,7 +22,9 @@ from mesh.cli.options import (
     fsync_option,
     insecure_option,
     int_option,
+    log_format_option,
     log_level_option,
+    port_or_any,
     seconds_option,
     setup_logging,
     valid_config,
@@ -34,20 +36,10 @@ from mesh.roles.config import (
     DEFAULT_EDGE_HOST,
     DEFAULT_PUB,
     DEFAULT_REPL,
-    HTTP_PORT_ANY,
     NodeConfig,
 )
 
 _W_HELP = f"Default write acknowledgement: a node count, {' or '.join(map(repr, W_LEVELS))}."
-
-
-def _http_port(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    """``--http-port``: a port number, or ``*`` for one the OS picks."""
-    if value.strip() == "*":
-        return HTTP_PORT_ANY
-    if value.strip().isdigit() and int(value) <= 65535:
-        return int(value)
-    raise click.BadParameter(f"{value!r} is not a port number (0-65535) or '*'")
 
 
 def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]:
@@ -174,7 +166,7 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     default=str(NodeConfig.http_port),
     show_default=True,
     envvar="PYCACHE_HTTP_PORT",
-    callback=_http_port,
+    callback=port_or_any,
     help="Serve the HTTP API on this port too (0: no HTTP; '*': the OS picks, see node.json).",
 )
 @_endpoint_option("--http-host", DEFAULT_EDGE_HOST, "Address the HTTP API listens on.")
@@ -228,6 +220,7 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     "Seconds a request's body may take to arrive after its headers.",
 )
 @log_level_option
+@log_format_option
 def node(
     node_id: str,
     data_dir: str,
@@ -269,11 +262,12 @@ def node(
     http_idle_timeout: float,
     http_body_timeout: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run one node until SIGTERM or Ctrl-C (then fsync and exit 0)."""
-    from mesh.roles.node import run_node
+    from mesh.roles.node_main import run_node
 
-    setup_logging(log_level, node_id)
+    setup_logging(log_level, node_id, log_format)
     limits = Limits(
         max_key_bytes=max_key_bytes,
         max_value_bytes=max_value_mib * MIB,

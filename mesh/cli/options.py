@@ -16,7 +16,7 @@ import click
 
 from mesh.cli.exits import EXIT_ERROR, fail
 from mesh.core.errors import ConfigError
-from mesh.roles.config import NodeConfig
+from mesh.roles.config import HTTP_PORT_ANY, NodeConfig
 from mesh.roles.tuning import RepeatFilter
 from mesh.storage.log import FSYNC_POLICIES
 
@@ -29,19 +29,60 @@ def valid_config(make_config: Callable[[], Any]) -> Any:
         fail(str(exc), EXIT_ERROR)
 
 
-def setup_logging(level: str, name: str) -> None:
-    """Log to stderr as ``<time> <name> <level> <logger>: <message>``.
+LOG_FORMATS = ("text", "json")
+
+
+#: The first keys of a JSON log line, in this order; ``extra=`` fields follow.
+JSON_LOG_KEYS = ("time", "level", "pid", "process_name", "logger", "message")
+
+
+def json_formatter(name: str) -> logging.Formatter:
+    """One JSON object per line: ``time`` (ISO 8601, UTC), ``level``, ``pid``,
+    ``process_name`` (``name``: the node id, ``balancer``, ``edge``, ``up``),
+    ``logger``, ``message``, then every ``extra=`` field of the call (``peer``,
+    ``entries``, ``lag_ms``, ...) and ``exc_info`` with a traceback."""
+    from pythonjsonlogger.json import JsonFormatter
+
+    class _Ordered(JsonFormatter):
+        def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+            first = {key: log_data.pop(key, None) for key in JSON_LOG_KEYS}
+            return {**first, **log_data}
+
+    return _Ordered(
+        "%(levelname)s %(process)d %(name)s %(message)s",
+        rename_fields={"levelname": "level", "process": "pid", "name": "logger"},
+        static_fields={"process_name": name},
+        timestamp="time",
+        json_ensure_ascii=False,
+    )
+
+
+def setup_logging(level: str, name: str, log_format: str = "text") -> None:
+    """Log to stderr as ``<time> <name> <level> <logger>: <message>``, or as JSON lines
+    (``log_format="json"``: :func:`json_formatter`).
 
     A warning or error repeated within 10 s is logged once, then with a count
     (:class:`mesh.roles.tuning.RepeatFilter`): a failure in a loop cannot flood
     the log.
     """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
-    )
+    if log_format == "json":
+        handler.setFormatter(json_formatter(name))
+    else:
+        handler.setFormatter(
+            logging.Formatter(f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+        )
     handler.addFilter(RepeatFilter())
-    logging.basicConfig(level=level.upper(), handlers=[handler])
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def port_or_any(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    """A port number option that also takes ``*``: a port the OS picks (``HTTP_PORT_ANY``)."""
+    if value.strip() == "*":
+        return HTTP_PORT_ANY
+    if value.strip().isdigit() and int(value) <= 65535:
+        return int(value)
+    raise click.BadParameter(f"{value!r} is not a port number (0-65535) or '*'")
 
 
 def seconds_option(flag: str, default: float, envvar: str, help: str) -> Callable[[Any], Any]:
@@ -80,4 +121,12 @@ log_level_option = click.option(
     show_default=True,
     envvar="PYCACHE_LOG_LEVEL",
     help="Least severe log level printed on stderr.",
+)
+log_format_option = click.option(
+    "--log-format",
+    type=click.Choice(LOG_FORMATS, case_sensitive=False),
+    default="text",
+    show_default=True,
+    envvar="PYCACHE_LOG_FORMAT",
+    help="Log lines as text, or as one JSON object per line (time, level, pid, logger, message).",
 )

@@ -23,7 +23,9 @@ from mesh.cli.options import (
     fsync_option,
     insecure_option,
     int_option,
+    log_format_option,
     log_level_option,
+    port_or_any,
     seconds_option,
     setup_logging,
     valid_config,
@@ -94,13 +96,29 @@ from mesh.roles.config import (
     "--status-file",
     default=None,
     envvar="PYCACHE_STATUS_FILE",
-    help="Write {pid, state, front} JSON here once bound.",
+    help="Write {pid, state, front, metrics} JSON here once bound.",
+)
+@click.option(
+    "--metrics-port",
+    default="0",
+    show_default=True,
+    envvar="PYCACHE_METRICS_PORT",
+    callback=port_or_any,
+    help="Serve /metrics on this port (0: not served; '*': the OS picks, see --status-file).",
+)
+@click.option(
+    "--metrics-host",
+    default=DEFAULT_EDGE_HOST,
+    show_default=True,
+    envvar="PYCACHE_METRICS_HOST",
+    help="Address /metrics listens on.",
 )
 @insecure_option
 @client_keys_option
 @client_key_option
 @server_key_option
 @log_level_option
+@log_format_option
 def balancer(
     front: str,
     nodes: str,
@@ -112,16 +130,19 @@ def balancer(
     batch_per_node: int,
     max_request_bytes: int,
     status_file: str | None,
+    metrics_port: int,
+    metrics_host: str,
     insecure: bool,
     client_keys: str,
     client_key: str,
     server_key: str,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run a balancer in front of the nodes until SIGTERM or Ctrl-C."""
-    from mesh.roles.balancer import run_balancer
+    from mesh.roles.balancer_main import run_balancer
 
-    setup_logging(log_level, "balancer")
+    setup_logging(log_level, "balancer", log_format)
     config = valid_config(
         lambda: BalancerConfig(
             front=front,
@@ -137,6 +158,8 @@ def balancer(
             client_keys=client_keys,
             client_key=client_key,
             server_key=server_key,
+            metrics_host=metrics_host,
+            metrics_port=metrics_port,
         )
     )
     errors_to_exit_codes(run_balancer)(config, status_file)
@@ -212,6 +235,7 @@ def balancer(
     "Seconds a request's body may take to arrive after its headers.",
 )
 @log_level_option
+@log_format_option
 def edge(
     host: str,
     port: int,
@@ -229,11 +253,12 @@ def edge(
     idle_timeout: float,
     body_timeout: float,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the HTTP edge (the seed's REST API) until SIGTERM or Ctrl-C (then exit 0)."""
     from mesh.roles.edge import run_edge
 
-    setup_logging(log_level, "edge")
+    setup_logging(log_level, "edge", log_format)
     config = valid_config(
         lambda: EdgeConfig(
             host=host,
@@ -293,6 +318,12 @@ def edge(
     "--balancer-port", Ports.balancer, "PYCACHE_BALANCER_PORT", "The balancer's front port."
 )
 @int_option("--edge-port", Ports.edge, "PYCACHE_EDGE_PORT", "The HTTP edge's port.")
+@int_option(
+    "--balancer-metrics-port",
+    Ports.metrics,
+    "PYCACHE_BALANCER_METRICS_PORT",
+    "The balancer's /metrics port (0: the OS picks).",
+)
 @fsync_option
 @click.option(
     "--ready-timeout",
@@ -302,6 +333,7 @@ def edge(
     envvar="PYCACHE_READY_TIMEOUT",
     help="Seconds to wait for every node.",
 )
+@log_format_option
 @errors_to_exit_codes
 def up(
     nodes: int,
@@ -313,24 +345,30 @@ def up(
     http_port: int,
     balancer_port: int,
     edge_port: int,
+    balancer_metrics_port: int,
     fsync: str,
     ready_timeout: float,
+    log_format: str,
 ) -> None:
     """Start nodes, a balancer and the HTTP edge; print the endpoints; Ctrl-C stops all.
 
     With --api-port 0 the OS picks every port (handy for scripts: read
-    <data-dir>/cluster.json).
+    <data-dir>/cluster.json, which also lists every process's /metrics URL).
+    --log-format is passed on to every process.
     """
     from mesh.roles.supervisor import Cluster
 
-    setup_logging("INFO", "up")
-    ports = Ports(api_port, repl_port, pub_port, http_port, balancer_port, edge_port)
+    setup_logging("INFO", "up", log_format)
+    ports = Ports(
+        api_port, repl_port, pub_port, http_port, balancer_port, edge_port, balancer_metrics_port
+    )
     cluster = Cluster(
         data_dir,
         nodes=nodes,
         host=host,
-        ports=ports if api_port else Ports(0, 0, 0, 0, 0, 0),
+        ports=ports if api_port else Ports(0, 0, 0, 0, 0, 0, 0),
         fsync=fsync,
+        log_format=log_format,
     )
     sys.exit(cluster.run(ready_timeout, echo=click.echo))
 

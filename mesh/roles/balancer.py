@@ -55,13 +55,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import json
 import logging
-import os
-import signal
 from collections import deque
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -76,11 +72,10 @@ from mesh.roles.clientplane import connect_as, optional_credentials, protect
 from mesh.roles.config import BalancerConfig
 from mesh.roles.dialer import Dialer
 from mesh.roles.liveness import detect_dead_hosts
+from mesh.roles.metrics import count_into
 from mesh.roles.routing import Link, Pending, Pool, bundle_messages, client_reply, forwarded
 from mesh.roles.trust import AnyZapHandler, ThreadZapHandler, log_refused
-from mesh.roles.tuning import raise_fd_limit, tune_gc
 from mesh.roles.zsock import recv_frames, send_frames, socket_fd
-from mesh.storage.datadir import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +103,14 @@ class Balancer:
         self.links = [Link(endpoint) for endpoint in config.nodes]
         self.pool = Pool(self.links, config.batch_per_node)
         self.waiting: deque[Pending] = deque()
-        names = ("requests", "retries", "no_ready_node", "failovers", "refused")
+        names = (
+            "requests",
+            "retries",
+            "no_ready_node",
+            "failovers",
+            "refused",
+            "refused_handshakes",
+        )
         self.counters = dict.fromkeys(names, 0)
         self._stopped = False
         self._holding = False  # True inside run(): sends wait for _send_held
@@ -131,7 +133,9 @@ class Balancer:
             config.front,
             config.client_keys,
             None,
-            lambda: ThreadZapHandler(self.ctx, log_refused()),
+            lambda: ThreadZapHandler(
+                self.ctx, log_refused(count_into(self.counters, "refused_handshakes"))
+            ),
         )
         self.front.setsockopt(zmq.LINGER, 0)
         self.front.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -476,25 +480,3 @@ class Balancer:
         if self.zap is not None:
             self.zap.stop()
             self.zap = None
-
-
-def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None:
-    """Run a balancer in this process until SIGTERM or SIGINT.
-
-    ``status_file`` gets ``{"pid", "state", "front"}`` once the front is bound
-    (with a ``*`` port, the port the OS picked).
-    """
-    raise_fd_limit()
-    tune_gc()
-    ctx = zmq.Context()
-    try:
-        balancer = Balancer(config, ctx)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: balancer.stop())
-        log.info("balancer on %s for %s", balancer.endpoint, ", ".join(config.nodes))
-        if status_file:
-            status = {"pid": os.getpid(), "state": "ready", "front": balancer.endpoint}
-            write_atomically(Path(status_file), json.dumps(status).encode(), durable=False)
-        balancer.run()
-    finally:
-        ctx.term()

@@ -43,6 +43,8 @@ DEFAULT_EDGE_HOST = DEFAULT_HOST
 DEFAULT_EDGE_PORT = 5000
 #: The first node's HTTP port in a local cluster (``pycache up``).
 DEFAULT_NODE_HTTP_PORT = 8001
+#: The balancer's ``/metrics`` port in a local cluster (``pycache up``).
+DEFAULT_BALANCER_METRICS_PORT = 7300
 DEFAULT_EDGE_TIMEOUT = 5.0
 #: Seconds an HTTP connection may wait for a request's complete headers (idle or slowloris).
 DEFAULT_HTTP_IDLE_TIMEOUT = 60.0
@@ -245,6 +247,9 @@ class BalancerConfig:
             ``.key_secret`` file) and the nodes' server key (file or Z85), when
             the nodes' api sockets require CURVE (``server_key`` defaults to
             ``client_keys``'s server key).
+        metrics_host / metrics_port: where ``/metrics`` is served (port 0:
+            nowhere, the default; ``HTTP_PORT_ANY``: the OS picks, and the
+            status file says which).
     """
 
     front: str = DEFAULT_FRONT
@@ -260,6 +265,8 @@ class BalancerConfig:
     client_keys: str = ""
     client_key: str = ""
     server_key: str = ""
+    metrics_host: str = DEFAULT_HOST
+    metrics_port: int = 0
 
     def validate(self) -> BalancerConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -275,6 +282,9 @@ class BalancerConfig:
         check_range("deadline_ms", self.deadline_ms, 10, 600_000)
         check_range("batch_per_node", self.batch_per_node, 1, 4096)
         check_range("max_request_bytes", self.max_request_bytes, 0, 1024 * MIB)
+        check_range("metrics_port", self.metrics_port, HTTP_PORT_ANY, 65535)
+        if self.metrics_port and not self.metrics_host:
+            raise ConfigError("metrics_host is required with metrics_port")
         if self.client_keys:
             load_server_keys(self.client_keys)
         check_protected(
@@ -375,6 +385,7 @@ class Ports:
     http: int = DEFAULT_NODE_HTTP_PORT
     balancer: int = _port(DEFAULT_FRONT)
     edge: int = DEFAULT_EDGE_PORT
+    metrics: int = DEFAULT_BALANCER_METRICS_PORT  # the balancer's /metrics
 
 
 def check_endpoint(name: str, endpoint: str) -> None:

@@ -8,6 +8,7 @@ Endpoints (``docs/api.md`` has every status and body)::
     GET    /api/health/ (or /api/live/)                     200 while the process runs
     GET    /api/ready/                                      200 when the backend serves, else 503
     GET    /api/cluster/                                    200 every node's state | 503
+    GET    /metrics                                         200 Prometheus text format
 
 Every response body is JSON ``{"message": str, "payload": object}``, errors
 included.  What each cache request does, how values are stored and shown,
@@ -51,6 +52,7 @@ import tornado.httputil
 import tornado.netutil
 import tornado.web
 import zmq.asyncio
+from prometheus_client import CollectorRegistry
 from tornado.log import app_log, gen_log
 
 from mesh.roles.binding import address_error
@@ -76,13 +78,16 @@ from mesh.roles.http_handlers import (
     CacheHandler,
     ClusterHandler,
     HealthHandler,
+    MetricsHandler,
     NotFoundHandler,
     ReadyHandler,
     http_date,
+    http_families,
     log_access,
     log_request,
 )
 from mesh.roles.http_limits import CappedHTTPServer, effective_max_connections
+from mesh.roles.metrics import registry as metrics_registry
 from mesh.roles.protected import (
     bearer_ok,
     host_is_loopback,
@@ -251,13 +256,20 @@ class EdgeApp(tornado.web.Application):
     ``tokens``: the bearer tokens a request needs (none: no token needed).
     """
 
-    def __init__(self, backend: Backend, max_body_bytes: int, tokens: Sequence[bytes] = ()) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        max_body_bytes: int,
+        tokens: Sequence[bytes] = (),
+        registry: CollectorRegistry | None = None,
+    ) -> None:
         self.backend = backend
         self.max_body_bytes = max_body_bytes
         self.tokens = tuple(tokens)
         #: told of each request whose headers are in (:meth:`CappedHTTPServer.got_headers`)
         self.got_headers: Callable[[object], None] = lambda server_conn: None
         common = {"backend": backend}
+        registry = registry or metrics_registry(http_families)
         super().__init__(
             [
                 (
@@ -268,6 +280,7 @@ class EdgeApp(tornado.web.Application):
                 (r"/api/(?:health|live)/?", HealthHandler, common),
                 (r"/api/ready/?", ReadyHandler, common),
                 (r"/api/cluster/?", ClusterHandler, common),
+                (r"/metrics", MetricsHandler, {"registry": registry}),
             ],
             default_handler_class=NotFoundHandler,
             log_function=log_request,
@@ -282,15 +295,18 @@ def make_app(
     context: zmq.asyncio.Context | None = None,
     tokens: Sequence[bytes] = (),
     credentials: Credentials | None = None,
+    registry: CollectorRegistry | None = None,
 ) -> EdgeApp:
     """The HTTP API forwarding to ``backend_endpoint`` (a balancer's front or a node's API).
 
     ``timeout`` bounds every backend request (seconds); ``context`` lets a node
     share its own ZeroMQ context (so ``inproc://`` endpoints work too);
     ``tokens`` are the bearer tokens requests need (none: open);
-    ``credentials`` the CURVE key toward a backend that requires one.
+    ``credentials`` the CURVE key toward a backend that requires one;
+    ``registry`` what ``/metrics`` serves (default: the HTTP API's families).
     """
-    return EdgeApp(Backend(backend_endpoint, timeout, context, credentials), max_body_bytes, tokens)
+    backend = Backend(backend_endpoint, timeout, context, credentials)
+    return EdgeApp(backend, max_body_bytes, tokens, registry)
 
 
 class HttpServer:
@@ -361,12 +377,14 @@ def serve(
     max_connections: int = 0,
     idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT,
     body_timeout: float = DEFAULT_HTTP_BODY_TIMEOUT,
+    registry: CollectorRegistry | None = None,
 ) -> HttpServer:
     """Start the HTTP API on ``host:port`` (0: the OS picks) in the running loop.
 
     ``token_file``: require its bearer tokens; ``tls_cert``/``tls_key``: serve
     HTTPS; ``credentials``: the CURVE key toward the backend (see :func:`make_app`);
-    ``max_connections``, ``idle_timeout``, ``body_timeout``: see :class:`HttpServer`.
+    ``max_connections``, ``idle_timeout``, ``body_timeout``: see :class:`HttpServer`;
+    ``registry``: see :func:`make_app`.
     """
     app = make_app(
         backend_endpoint,
@@ -375,6 +393,7 @@ def serve(
         context=context,
         tokens=load_tokens(token_file) if token_file else (),
         credentials=credentials,
+        registry=registry,
     )
     ssl_options = tls_context(tls_cert, tls_key) if tls_cert else None
     try:
@@ -401,7 +420,12 @@ def warn_if_open(host: str, token_file: str, what: str) -> None:
         )
 
 
-def serve_node_http(config: NodeConfig, backend: str, context: zmq.asyncio.Context) -> HttpServer:
+def serve_node_http(
+    config: NodeConfig,
+    backend: str,
+    context: zmq.asyncio.Context,
+    registry: CollectorRegistry | None = None,
+) -> HttpServer:
     """A node's own HTTP API (``--http-port``), in its loop, through its api socket.
 
     Requests go over ZeroMQ to the node's ROUTER like any client's, so writes
@@ -422,6 +446,7 @@ def serve_node_http(config: NodeConfig, backend: str, context: zmq.asyncio.Conte
         max_connections=config.http_max_connections,
         idle_timeout=config.http_idle_timeout,
         body_timeout=config.http_body_timeout,
+        registry=registry,
     )
     warn_if_open(config.http_host, config.token_file, "the HTTP API")
     log.info("node %s serves HTTP on %s", config.node_id, http.url)

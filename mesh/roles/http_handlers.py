@@ -11,12 +11,16 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import tornado.web
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
 
 from mesh.core.errors import PyCacheError
+from mesh.core.histogram import Histogram
 from mesh.roles.cacheapi import (
     ApiError,
     Backend,
@@ -26,6 +30,7 @@ from mesh.roles.cacheapi import (
     response_body,
     translate_error,
 )
+from mesh.roles.metrics import CONTENT_TYPE, Families, exposition, histogram, labelled
 
 #: The access log keeps the edge's logger name: operators filter on it.
 access_log = logging.getLogger("mesh.roles.edge.access")
@@ -34,6 +39,10 @@ JSON_TYPE = "application/json; charset=UTF-8"
 #: Per-connection body ceiling once a request is refused: Tornado then drains
 #: the rest quietly until the 413 is sent and the connection closes.
 _DRAIN_CEILING = 1 << 62
+#: Responses of this process's HTTP API by status code, and their latency
+#: (counted by :func:`log_access`, which every response passes).
+RESPONSES: defaultdict[int, int] = defaultdict(int)
+LATENCY = Histogram()
 
 
 class JsonHandler(tornado.web.RequestHandler):
@@ -163,6 +172,32 @@ class ClusterHandler(JsonHandler):
         self.reply(200, "cluster", dumps({"nodes": nodes}))
 
 
+class MetricsHandler(tornado.web.RequestHandler):
+    """``/metrics``: the process's families in the Prometheus text format."""
+
+    def initialize(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def compute_etag(self) -> str | None:
+        return None
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE)
+        self.finish(exposition(self.registry))
+
+
+def http_families() -> Families:
+    """The HTTP API's families: responses by status code, and their latency."""
+    yield labelled(
+        CounterMetricFamily,
+        "http_responses",
+        "HTTP responses by status code",
+        ["code"],
+        [((code,), n) for code, n in sorted(RESPONSES.items())],
+    )
+    yield histogram("http_request_duration_seconds", "Time to answer an HTTP request", LATENCY)
+
+
 class NotFoundHandler(JsonHandler):
     """Any other path: a JSON 404."""
 
@@ -197,9 +232,13 @@ def log_access(status: int, summary: Callable[[], str], took_ms: Callable[[], fl
 
     ``summary`` and ``took_ms`` are called only when the line is logged.
     """
+    RESPONSES[status] += 1
+    took = took_ms()
+    LATENCY.observe(took / 1000.0)
     level = logging.INFO if status >= 500 else logging.DEBUG
     if access_log.isEnabledFor(level):
-        access_log.log(level, "%d %s %.2fms", status, summary(), took_ms())
+        fields = {"status": status, "duration_ms": round(took, 3)}
+        access_log.log(level, "%d %s %.2fms", status, summary(), took, extra=fields)
 
 
 @functools.lru_cache(maxsize=4)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 from functools import partial
 from typing import Any
@@ -48,10 +47,19 @@ from mesh.roles.binding import bind
 from mesh.roles.clientplane import protect
 from mesh.roles.config import NodeConfig
 from mesh.roles.diskfull import RETRY_MS, DiskGuard
+from mesh.roles.node_metrics import PROGRESS_CHECK_MS, CatchUpProgress, RequestMetrics
 from mesh.roles.node_status import ClockWatch, cluster, health, stats, write_status_file
 from mesh.roles.peering import Peering
-from mesh.roles.trust import AnyZapHandler, ZapHandler, log_refused, peer_trust, start_peer_zap
-from mesh.roles.tuning import CatchUpGc, raise_fd_limit, tune_gc, tune_malloc
+from mesh.roles.trust import (
+    PUB_DOMAIN,
+    REPL_DOMAIN,
+    AnyZapHandler,
+    ZapHandler,
+    log_refused,
+    peer_trust,
+    start_peer_zap,
+)
+from mesh.roles.tuning import CatchUpGc
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
 from mesh.storage.compaction import SnapshotPolicy
 from mesh.storage.datadir import (
@@ -117,7 +125,8 @@ class Node:
         self.keys, self.membership = peer_trust(config)
         self._zap: AnyZapHandler | None = None
         counted = ("requests", "bad_requests", "dropped_replies", "expired_requests")
-        self.counters = dict.fromkeys((*counted, "refused_handshakes"), 0)
+        self.counters = dict.fromkeys((*counted, "refused_handshakes", "refused_clients"), 0)
+        self.metrics, self.progress = RequestMetrics(), CatchUpProgress(self)  # node_metrics
         self.started = time.monotonic()
         self.snapshots = SnapshotPolicy(
             self.log, config.snapshot_every, config.snapshot_bytes, config.retention_bytes
@@ -174,6 +183,7 @@ class Node:
                 (ACK_CHECK_MS, self._check_acks),
                 (CLOCK_CHECK_MS, self.clockwatch.check),
                 (RETRY_MS, self.disk.check),
+                (PROGRESS_CHECK_MS, self.progress.check),
             ]
             if self.config.fsync == "interval":
                 timers.append((self.config.fsync_interval_ms, self.log.tick))
@@ -215,7 +225,7 @@ class Node:
             self.config.api,
             self.config.client_keys,
             self._zap,
-            lambda: ZapHandler(self.ctx, log_refused()),
+            lambda: ZapHandler(self.ctx, log_refused(self._refused_handshake)),
         )
         bind(sock, "api", self.config.api)
         self._api, self._raw_api = sock, zmq.Socket.shadow(sock.underlying)
@@ -247,7 +257,8 @@ class Node:
         self._zap = start_peer_zap(self.ctx, self.membership, self._refused_handshake)
 
     def _refused_handshake(self, domain: str, key: bytes) -> None:
-        self.counters["refused_handshakes"] += 1
+        peer = domain in (REPL_DOMAIN, PUB_DOMAIN)
+        self.counters["refused_handshakes" if peer else "refused_clients"] += 1
 
     def cluster_size(self) -> int:
         """The nodes ``w=quorum`` and ``w=all`` count: the members, or all known (insecure)."""
@@ -259,8 +270,11 @@ class Node:
         """With ``http_port``, serve the HTTP API in this loop through this node's own API."""
         if self.config.http_port:
             from mesh.roles.edge import serve_node_http  # tornado only where HTTP is served
+            from mesh.roles.node_metrics import node_registry
 
-            self.http = serve_node_http(self.config, self._http_backend, self.ctx)
+            self.http = serve_node_http(
+                self.config, self._http_backend, self.ctx, node_registry(self)
+            )
 
     def _on_replication(self) -> None:
         if self.state == "catching-up" and self.replica.state == READY:
@@ -291,7 +305,9 @@ class Node:
                 commits = self._commits
                 batch = drain(raw, batch_max)
                 if batch:
+                    started = time.perf_counter()
                     self._send_replies(self.handle_batch(batch))
+                    self.metrics.latency.observe(time.perf_counter() - started, len(batch))
                 if self._commits != commits or loop.time() - yielded >= SERVE_YIELD_S:
                     # A client that never lets the socket run dry would starve
                     # replication and the timers: give them a turn.  After a
@@ -384,16 +400,19 @@ class Node:
             self.counters["bad_requests"] += 1
             frames[-1] = wire.encode_error(exc.request_id, exc.code, exc.reason)
             return frames
+        self.metrics.ops[request.op] += 1
         deadline = envelope.frame_deadline(frames[-2])
         if deadline is not None and wall_ms() > deadline:
             self.counters["expired_requests"] += 1
             reason = "the balancer's deadline passed before the node could run the request"
             frames[-1] = wire.encode_error(request.id, wire.E_DEADLINE, reason)
+            self.metrics.fail(request.op, "DEADLINE")
             return frames
         if self.state != "ready" and request.op not in ALWAYS_SERVED:
             refusal = self.disk.refusal(request)  # None: a read on a disk-full node
             if refusal is not None:
                 frames[-1] = refusal
+                self.metrics.fail(request.op, "REFUSED")
                 return frames
         seq_before = self.commands.seq
         try:
@@ -401,6 +420,7 @@ class Node:
         except Exception:
             log.exception("internal error on %r", request)
             frames[-1] = wire.encode_error(request.id, wire.E_INTERNAL, "internal error")
+            self.metrics.fail(request.op, "INTERNAL")
             return frames
         if self.commands.seq > seq_before:
             w = request.w or self.config.w
@@ -475,24 +495,3 @@ class Node:
             os.close(self._lock)
             self._lock = -1
         self.state = "stopped"
-
-
-def run_node(config: NodeConfig) -> None:
-    """Run a node in this process until SIGTERM or SIGINT; returns after a clean stop."""
-
-    raise_fd_limit()
-    tune_gc()
-    tune_malloc()
-
-    async def main() -> None:
-        ctx = zmq.asyncio.Context()
-        node = Node(config, ctx)
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, node.stop)
-        try:
-            await node.run()
-        finally:
-            ctx.term()
-
-    asyncio.run(main())

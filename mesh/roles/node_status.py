@@ -148,7 +148,8 @@ class ClockWatch:
         if verdict.bad:
             log.error("%s: not serving data until it is back within bounds", self.reason())
         elif lag.behind:
-            log.warning("%s: out of rotation until it has caught up", self.reason())
+            lagged = {"lag_entries": lag.entries, "lag_ms": lag.ms, "peers": list(lag.stale)}
+            log.warning("%s: out of rotation until it has caught up", self.reason(), extra=lagged)
         elif was == BEHIND:
             log.warning("node %s caught up: serving", node.config.node_id)
         else:

@@ -245,7 +245,7 @@ class Peering:
         self.server.forget(node_id)
         self.replica.remove_peer(node_id)
         self._save_peers()
-        log.warning("peer %s is no longer a member: dropped", node_id)
+        log.warning("peer %s is no longer a member: dropped", node_id, extra={"peer": node_id})
 
     def _refresh_members(self) -> None:
         """Drop the peers whose keys left the admitted set (``pycache forget``)."""
@@ -448,7 +448,7 @@ class Peering:
                 self._unanswered.pop(endpoint, None)
                 self._add(node_id, repl, pub)
                 self.replica.on_hello(node_id, now)
-                log.info("peer %s (%s) at %s", node_id, origin, repl)
+                log.info("peer %s (%s) at %s", node_id, origin, repl, extra={"peer": node_id})
             else:
                 node_id = next((n for n, e in self._by_node.items() if e == endpoint), None)
                 if node_id is not None:

@@ -10,7 +10,10 @@ others and fails at once).  Once up, a child that exits is started again with
 its own ``argv`` (its ports, its data folder: a node catches up as usual),
 after a backoff (:mod:`mesh.roles.restarts`: 1 s, then 2, 4, ... 30 s, reset
 once it ran 30 s), each restart printed; a clean stop restarts nothing.  The
-layout (with the current pids) is written to ``<data-dir>/cluster.json``.
+layout (with the current pids) is written to ``<data-dir>/cluster.json``:
+each process's role, id, pid, argv and endpoints, ``metrics`` (its
+``/metrics`` URL) among them.  ``log_format`` (``--log-format``) is passed on
+to every child.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class Cluster:
         ports: Ports = DEFAULT_PORTS,
         fsync: str = NodeConfig.fsync,
         front_doors: bool = True,
+        log_format: str = "text",
     ) -> None:
         if not 1 <= nodes <= 64:
             raise PyCacheError(f"--nodes must be in 1..64, not {nodes}")
@@ -100,6 +104,7 @@ class Cluster:
         self.host = host
         self.ports = ports
         self.fixed_ports = bool(ports.api)
+        self.log_format = log_format
         self.nodes = [self._node(i, fsync) for i in range(1, nodes + 1)]
         if self.fixed_ports:
             for child in self.nodes:
@@ -140,6 +145,8 @@ class Cluster:
             fsync,
             "--keys",
             str(self.keys),
+            "--log-format",
+            self.log_format,
         )
         return Child("node", node_id, argv, ends)
 
@@ -153,6 +160,10 @@ class Cluster:
             ",".join(c.endpoints["api"] for c in self.nodes),
             "--status-file",
             str(self.data_dir / "balancer.json"),
+            "--metrics-port",
+            str(self.ports.metrics) if self.fixed_ports and self.ports.metrics else "*",
+            "--log-format",
+            self.log_format,
         )
         return Child("balancer", "balancer", argv, {"front": front})
 
@@ -167,6 +178,8 @@ class Cluster:
             backend,
             "--status-file",
             str(self.data_dir / "edge.json"),
+            "--log-format",
+            self.log_format,
         )
         return Child("edge", "edge", argv, {"http": f"http://{self.host}:{self.ports.edge}"})
 
@@ -213,11 +226,15 @@ class Cluster:
             self._spawn(balancer, self.data_dir / "balancer.json")
             info = self._wait_status(balancer, deadline)
             self._pin(balancer, "front", info["front"])
+            balancer.endpoints["metrics"] = info["metrics"]
+            port = info["metrics"].rsplit(":", 1)[1].split("/")[0]
+            balancer.argv[balancer.argv.index("--metrics-port") + 1] = port
             edge = self._edge(balancer.endpoints["front"])
             self.children.append(edge)
             self._spawn(edge, self.data_dir / "edge.json")
             info = self._wait_status(edge, deadline)
             edge.endpoints["http"] = info["http"]
+            edge.endpoints["metrics"] = info["http"] + "/metrics"
             edge.argv[edge.argv.index("--port") + 1] = info["http"].rsplit(":", 1)[1]
             self._wait_http_ready(edge, deadline)
         self.write_layout()
@@ -255,6 +272,7 @@ class Cluster:
             self._pin(child, name, str(info[name]))
         if info.get("http"):
             child.endpoints["http"] = str(info["http"])
+            child.endpoints["metrics"] = str(info["http"]) + "/metrics"
             child.argv[child.argv.index("--http-port") + 1] = str(info["http"]).rsplit(":", 1)[1]
         with Client(child.endpoints["api"], timeout=0.5) as client:
             self._wait_until(child, deadline, "a PING answer", client.ping, retry_on=Timeout)

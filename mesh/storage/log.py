@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.core.errors import ConfigError
+from mesh.core.histogram import Histogram
 from mesh.core.mutation import Mutation, Record, encode_records, raise_seqs, record_prefix
 from mesh.storage import snapshot as _snapshot
 from mesh.storage.checksum import crc32c
@@ -127,8 +128,7 @@ class Log:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"{name} must be an int >= {low}, got {value!r}")
         self.data_dir = Path(data_dir)
-        self.fsync = fsync
-        self.fsync_interval_ms = fsync_interval_ms
+        self.fsync, self.fsync_interval_ms = fsync, fsync_interval_ms
         self.segment_bytes = segment_bytes
         self.retention_bytes = retention_bytes
         self._dir = self.data_dir / "log"
@@ -144,6 +144,7 @@ class Log:
         self._last_sync = _now()
         self._writing_back: threading.Thread | None = None
         self.appended = 0  # bytes of records appended since opened (the snapshot policy's clock)
+        self.fsync_seconds = Histogram()  # how long each fsync of appended records took
         for folder in (self._dir, self._snap_dir):
             if not folder.is_dir():
                 folder.mkdir(parents=True, exist_ok=True)
@@ -303,7 +304,7 @@ class Log:
         if self._failed is not None:
             raise OSError("an earlier fsync of the log failed: reopen it") from self._failed
         try:
-            _fdatasync(self._fd)
+            self.fsync_seconds.time(_fdatasync, self._fd)
         except OSError as exc:  # the kernel may have dropped the pages: never retry
             self._failed = exc
             raise
