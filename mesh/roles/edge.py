@@ -8,6 +8,8 @@ Endpoints (``docs/api.md`` has every status and body)::
     GET    /api/health/ (or /api/live/)                     200 while the process runs
     GET    /api/ready/                                      200 when the backend serves, else 503
     GET    /api/cluster/                                    200 every node's state | 503
+    GET    /api/openapi.json                                200 the OpenAPI 3 document
+    HEAD   on every GET route: the GET's status and headers
 
 Every response body is JSON ``{"message": str, "payload": object}``, errors
 included.  What each cache request does, how values are stored and shown,
@@ -77,6 +79,7 @@ from mesh.roles.http_handlers import (
     ClusterHandler,
     HealthHandler,
     NotFoundHandler,
+    OpenApiHandler,
     ReadyHandler,
     http_date,
     log_access,
@@ -268,6 +271,7 @@ class EdgeApp(tornado.web.Application):
                 (r"/api/(?:health|live)/?", HealthHandler, common),
                 (r"/api/ready/?", ReadyHandler, common),
                 (r"/api/cluster/?", ClusterHandler, common),
+                (r"/api/openapi\.json", OpenApiHandler, common),
             ],
             default_handler_class=NotFoundHandler,
             log_function=log_request,
