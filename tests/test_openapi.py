@@ -234,3 +234,55 @@ def test_schemathesis_finds_no_5xx_and_no_response_off_the_document(door: Door, 
         negative
     ), calls
     assert "Cannot" not in door.node.child.stderr()
+
+
+@pytest.fixture(params=["node-http", "edge"])
+def token_door(request: pytest.FixtureRequest, procs: Processes, tmp_path: Path) -> Door:
+    """A door that needs ``Authorization: Bearer s3cret`` on all but the probes."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret\n")
+    if request.param == "node-http":
+        node = procs.node("n1", extra=["--http-port", "*", "--token-file", str(tokens)])
+        return Door(http_url(node), node)
+    node = procs.node("n1")
+    edge = EdgeProcess(procs.tmp_path / "edge", node.endpoint, ["--token-file", str(tokens)])
+    procs.track(edge)
+    return Door(edge.start().url, node)
+
+
+def fetch_as(
+    method: str, url: str, token: str | None, data: bytes | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(url, data=data, method=method)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, dict(exc.headers), exc.read()
+
+
+@pytest.mark.processes
+def test_with_tokens_every_method_gets_the_documented_401_or_its_answer(token_door: Door, spec):
+    """401 (with WWW-Authenticate, no body on HEAD) without a token, on every path and
+    method the document lists but the probes; the probes answer without one."""
+    url = token_door.url
+    for path, item in spec["paths"].items():
+        concrete = path.replace("{key}", "k")
+        for method in [m for m in ("post", "get", "head", "delete") if m in item]:
+            data = b'"v"' if method == "post" else None
+            status, headers, body = fetch_as(method.upper(), url + concrete, None, data)
+            if item[method].get("security") == [{}]:
+                assert status == 200, (method, path)
+                continue
+            assert status == 401, (method, path, status, body)
+            assert "401" in item[method]["responses"], (method, path)
+            assert {k.lower(): v for k, v in headers.items()}["www-authenticate"].startswith(
+                "Bearer"
+            ), (method, path)
+            assert (body == b"") == (method == "head"), (method, path, body)
+            status, _, _ = fetch_as(method.upper(), url + concrete, "s3cret", data)
+            assert status in (200, 201), (method, path, status)
+    assert "Traceback" not in token_door.node.child.stderr()

@@ -236,7 +236,10 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
             headers["Retry-After"] = "1"
         elif status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="pycache"'
-        self.conn.write_headers(_STATUS_LINES[status], headers, body)
+        # HEAD (only ever refused here): the headers of the answer, no body
+        self.conn.write_headers(
+            _STATUS_LINES[status], headers, None if self.method == "HEAD" else body
+        )
         self.conn.finish()
         log_access(status, self._summary, lambda: 1000.0 * (time.perf_counter() - self.started))
 
