@@ -186,21 +186,64 @@ def test_kustomization_lists_every_manifest_and_the_image(objects):
         assert the_container(workload)["image"].split(":")[0] in images
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl")
-def test_make_secret_script_makes_the_secret_the_manifests_use(tmp_path, secret):
-    """Runs make-secret.sh (kubectl --dry-run=client: no cluster) with this checkout's pycache."""
+def run_make_secret(folder: Path, path: str) -> subprocess.CompletedProcess[str]:
+    """make-secret.sh with this checkout's pycache and the ``kubectl`` found on ``path``."""
     import sys
 
-    result = subprocess.run(
-        ["sh", str(MAKE_SECRET), str(tmp_path / "keys")],
+    return subprocess.run(
+        ["sh", str(MAKE_SECRET), str(folder)],
         env={
-            "PATH": "/usr/bin:/bin:/usr/local/bin",
+            "PATH": path,
             "PYCACHE": f"env PYTHONPATH={shlex.quote(str(ROOT))} {sys.executable} -m mesh",
         },
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_make_secret_script_names_every_file_as_the_manifests_expect(tmp_path, secret):
+    """With a stand-in kubectl that prints its arguments: the keys made and their names."""
+    stub = tmp_path / "bin" / "kubectl"
+    stub.parent.mkdir()
+    stub.write_text('#!/bin/sh\nfor arg in "$@"; do printf \'%s\\n\' "$arg"; done\n')
+    stub.chmod(0o755)
+    result = run_make_secret(tmp_path / "keys", f"{stub.parent}:/usr/bin:/bin")
+    assert result.returncode == 0, result.stderr
+    args = result.stdout.splitlines()
+    assert args[:4] == ["create", "secret", "generic", SECRET_NAME], args
+    files = dict(
+        a.removeprefix("--from-file=").split("=", 1) for a in args if a.startswith("--from-file=")
+    )
+    assert "--dry-run=client" in args
+    assert sorted(files) == sorted(secret["data"])  # the same names as flatten() gives
+    for key, path in files.items():
+        assert key == path.replace("/", ".") and (tmp_path / "keys" / path).is_file()
+    again = run_make_secret(tmp_path / "keys", f"{stub.parent}:/usr/bin:/bin")
+    assert again.returncode == 0 and again.stdout == result.stdout, "keys are kept"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl")
+def test_kustomize_renders_valid_objects(objects):
+    """``kubectl kustomize`` (offline) renders what kustomization.yaml says, still valid."""
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(KUBE)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [d for d in YAML(typ="safe", pure=True).load_all(result.stdout) if d]
+    assert sorted((o["kind"], o["metadata"]["name"]) for o in rendered) == sorted(
+        (o["kind"], o["metadata"]["name"]) for o in objects
+    )
+    for obj in rendered:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "pycache"
+        validate(obj, validator_versions()[-1])
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="no kubectl")
+def test_make_secret_script_makes_the_secret_the_manifests_use(tmp_path, secret):
+    """Runs make-secret.sh (kubectl --dry-run=client: no cluster) with this checkout's pycache."""
+    kubectl = Path(shutil.which("kubectl") or "kubectl").parent
+    result = run_make_secret(tmp_path / "keys", f"{kubectl}:/usr/bin:/bin")
     assert result.returncode == 0, result.stderr
     made = YAML(typ="safe", pure=True).load(result.stdout)
     assert made["metadata"]["name"] == SECRET_NAME
