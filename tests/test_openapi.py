@@ -112,6 +112,47 @@ def test_every_get_route_documents_head_and_the_statuses_of_docs_api(spec):
         assert paths[probe]["get"]["security"] == [{}], f"{probe} needs no token"
 
 
+#: docs/api.md's sections with a status table -> the operation they describe.
+API_DOC_SECTIONS = {
+    "SET a key": ("/api/cache/{key}/", "post"),
+    "GET a key": ("/api/cache/{key}/", "get"),
+    "EXPIRE a key": ("/api/cache/{key}/", "delete"),
+    "Liveness": ("/api/health/", "get"),
+    "Readiness": ("/api/ready/", "get"),
+    "Cluster": ("/api/cluster/", "get"),
+    "OpenAPI document": ("/api/openapi.json", "get"),
+}
+
+
+def api_doc_statuses() -> dict[str, set[str]]:
+    """Each docs/api.md section's ``| status | when |`` table: the statuses it lists."""
+    statuses: dict[str, set[str]] = {}
+    section = ""
+    for line in (ROOT / "docs" / "api.md").read_text().splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif re.match(r"\| \d{3} \|", line):
+            statuses.setdefault(section, set()).add(line.split("|")[1].strip())
+    return statuses
+
+
+def test_the_document_has_every_status_docs_api_md_lists(spec):
+    documented = api_doc_statuses()
+    for section, (path, method) in API_DOC_SECTIONS.items():
+        assert section in documented, f"docs/api.md has no status table under {section!r}"
+        responses = set(spec["paths"][path][method]["responses"])
+        assert documented[section] <= responses, (section, documented[section] - responses)
+    errors = documented["Errors"] - {"405"}  # 405: a method the document does not list
+    every = {
+        code
+        for item in spec["paths"].values()
+        for op in item.values()
+        if "responses" in op
+        for code in op["responses"]
+    }
+    assert errors <= every, errors - every
+
+
 # ---------------------------------------------------------------------- live doors
 
 
