@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mesh", "mesh.*"]),
+    # The OpenAPI document served at /api/openapi.json (docs/openapi.json is a copy).
+    package_data={"mesh.roles": ["openapi.json"]},
     install_requires=[
         "pyzmq>=25",
         "msgpack>=1.0",
@@ -36,6 +38,12 @@ setup(
             # and ruamel.yaml: tests/test_compose.py validates docker-compose.yml
             # offline, with no Docker engine.
             "check-jsonschema>=0.32",
+            # tests/test_openapi.py: the OpenAPI document is validated, then
+            # fuzzed against a live edge and node (schemathesis 4 runs on pytest 9).
+            "openapi-spec-validator>=0.7,<0.10",
+            "schemathesis>=4.32,<5",
+            # tests/test_deploy.py: Kubernetes manifests checked offline (schemas bundled).
+            "kubernetes-validate>=1.30",
         ],
         "bench": [
             "matplotlib>=3.7",

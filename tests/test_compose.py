@@ -12,13 +12,19 @@
   healthy.  No Kafka, no Zookeeper.
 - Every service's ``command`` is parsed by the real click command, so a renamed
   or missing flag fails here and not at ``docker compose up``.
-- The Dockerfile: FROM python, installs the package, runs as a non-root user,
-  exposes the ports the compose file uses; its COPY sources survive
-  .dockerignore, and setup.py finds the package in that build context.
+- Both Compose implementations: ``docker compose`` (v2) and ``docker-compose``
+  (v1.29+, the Python one): no ``version`` (v2 calls it obsolete) and only
+  keys, healthcheck fields and ``depends_on`` conditions v1.29 knows too.
+- The Dockerfile: FROM python (a base image pinnable by digest, how being
+  documented), installs the dependencies in a layer of their own before
+  copying the code, declares a HEALTHCHECK on a route that exists, runs as a
+  non-root user, exposes the ports the compose file uses; its COPY sources
+  survive .dockerignore, and setup.py finds the package in that build context.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import runpy
@@ -291,6 +297,18 @@ def dockerfile_instructions() -> list[tuple[str, str]]:
     return instructions
 
 
+def base_image() -> str:
+    """The FROM image, ``${ARG}`` replaced by the ARG's default."""
+    defaults: dict[str, str] = {}
+    for keyword, args in dockerfile_instructions():
+        if keyword == "ARG" and "=" in args:
+            name, _, value = args.partition("=")
+            defaults[name] = value
+        elif keyword == "FROM":
+            return re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]], args)
+    raise AssertionError("no FROM")
+
+
 def dockerignore_patterns() -> list[tuple[bool, re.Pattern[str]]]:
     """``(exclude, regex)`` per .dockerignore line, in order (the last match wins)."""
     patterns = []
@@ -323,8 +341,10 @@ def ignored(path: str) -> bool:
 
 def test_dockerfile_installs_the_package_as_a_non_root_user(services):
     instructions = dockerfile_instructions()
-    keyword, base = instructions[0]
-    assert keyword == "FROM" and base.startswith("python:3."), instructions[0]
+    assert {
+        keyword for keyword, _ in instructions[: [k for k, _ in instructions].index("FROM")]
+    } <= {"ARG"}, "only ARGs before FROM"
+    assert base_image().startswith("python:3."), base_image()
     runs = [args for keyword, args in instructions if keyword == "RUN"]
     assert any(re.search(r"pip install \.(\s|$)", run) for run in runs), runs
     assert not any("[test]" in run or "-e " in run for run in runs), "no dev deps, no -e"
@@ -380,3 +400,109 @@ def test_build_context_installs_the_package(tmp_path: Path, monkeypatch: pytest.
     assert "mesh" in kwargs["packages"]
     assert "pycache = mesh.cli:main" in kwargs["entry_points"]["console_scripts"]
     assert not list(context.rglob("__pycache__")), "byte code in the build context"
+
+
+def test_dependencies_are_installed_in_a_layer_before_the_code():
+    """Editing mesh/ must not reinstall the dependencies: their RUN comes before COPY mesh."""
+    instructions = dockerfile_instructions()
+    copies = [i for i, (k, args) in enumerate(instructions) if k == "COPY"]
+    code = [i for i in copies if re.search(r"(^|\s)mesh/?(\s|$)", instructions[i][1])]
+    assert len(code) == 1, [instructions[i] for i in copies]
+    installs = [
+        i for i, (k, args) in enumerate(instructions) if k == "RUN" and "pip install" in args
+    ]
+    deps = [i for i in installs if "--no-deps" not in instructions[i][1]]
+    assert deps and deps[0] < code[0], "install the dependencies before COPY mesh"
+    for i in copies:
+        if i < deps[0]:
+            assert "mesh" not in instructions[i][1].split(), instructions[i]
+    after = [i for i in installs if i > code[0]]
+    assert after and all("--no-deps" in instructions[i][1] for i in after), (
+        "after the code is copied, install it with --no-deps (the layer above has the deps)"
+    )
+    assert "mesh/__init__.py" in instructions[deps[0]][1], "a stub package stands in for the code"
+
+
+def test_dockerfile_declares_a_healthcheck_on_an_open_route():
+    from mesh.roles.edge import make_app
+    from mesh.roles.protected import is_open_path
+
+    instructions = dockerfile_instructions()
+    (check,) = [args for keyword, args in instructions if keyword == "HEALTHCHECK"]
+    options, _, command = check.partition("CMD ")
+    assert re.search(r"--interval=\d+s", options) and re.search(r"--timeout=\d+s", options)
+    argv = json.loads(command)  # the exec form: no shell needed
+    assert argv[:2] == ["python", "-c"], argv
+    compile(argv[2], "<healthcheck>", "exec")
+    envs = " ".join(args for keyword, args in instructions if keyword == "ENV")
+    url = re.search(r"HEALTHCHECK_URL=(\S+)", envs)
+    assert url and "HEALTHCHECK_URL" in argv[2], "the checked URL is an ENV a service can change"
+    parts = urlsplit(url[1])
+    routes = [
+        r.matcher.regex
+        for r in make_app("tcp://127.0.0.1:1", timeout=1, max_body_bytes=1).wildcard_router.rules
+    ]
+    assert any(r.fullmatch(parts.path) for r in routes) and is_open_path(parts.path), url[1]
+    edge_port = main.commands["edge"].make_context("edge", []).params["port"]
+    assert parts.port == edge_port, "the default is the edge's default port"
+
+
+def test_pinning_the_base_image_by_digest_is_documented():
+    text = DOCKERFILE.read_text()
+    (arg,) = [args for keyword, args in dockerfile_instructions() if keyword == "ARG"]
+    name = arg.partition("=")[0]
+    assert f"FROM ${{{name}}}" in text
+    assert f"--build-arg {name}=python:" in text and "@sha256:" in text, "say how to pin"
+
+
+#: What docker-compose 1.29 (Compose v1, the Python one) knows of the Compose
+#: Specification; Compose v2 (``docker compose``, and the v2 ``docker-compose``
+#: binary) knows all of it.  1.29 is the first v1 with
+#: ``service_completed_successfully``.
+V1_SERVICE_KEYS = frozenset(
+    [
+        "build",
+        "command",
+        "container_name",
+        "depends_on",
+        "entrypoint",
+        "environment",
+        "env_file",
+        "expose",
+        "healthcheck",
+        "hostname",
+        "image",
+        "init",
+        "labels",
+        "logging",
+        "networks",
+        "ports",
+        "restart",
+        "stop_grace_period",
+        "stop_signal",
+        "user",
+        "volumes",
+        "working_dir",
+        "ulimits",
+    ]
+)
+V1_HEALTHCHECK_KEYS = frozenset(
+    {"test", "interval", "timeout", "retries", "start_period", "disable"}
+)
+V1_CONDITIONS = frozenset({"service_started", "service_healthy", "service_completed_successfully"})
+
+
+def test_compose_file_works_with_docker_compose_v1_and_v2(compose, services):
+    assert "version" not in compose, "docker compose (v2) warns that version is obsolete"
+    assert set(compose) - {"services", "volumes"} <= {k for k in compose if k.startswith("x-")}
+    for name, service in services.items():
+        assert set(service) <= V1_SERVICE_KEYS, f"{name}: {set(service) - V1_SERVICE_KEYS}"
+        assert set(service.get("healthcheck", {})) <= V1_HEALTHCHECK_KEYS, name
+        for spec in service.get("depends_on", {}).values():
+            assert set(spec) == {"condition"} and spec["condition"] in V1_CONDITIONS, name
+
+
+def test_readme_says_which_compose_command_to_use():
+    readme = (ROOT / "README.md").read_text()
+    assert "docker compose up" in readme and "docker-compose up" in readme
+    assert "1.29" in readme

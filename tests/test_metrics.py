@@ -225,3 +225,29 @@ def test_histogram_buckets_are_cumulative_and_inclusive():
     assert hist.time(lambda a, b: a + b, 2, 3) == 5 and hist.count == 6
     with pytest.raises(ValueError):
         Histogram((0.1, 0.01))
+
+
+@pytest.mark.processes
+def test_balancer_metrics_beyond_loopback_need_a_token(tmp_path):
+    argv = mesh_argv("balancer", "--front", "tcp://127.0.0.1:*", "--nodes", "tcp://127.0.0.1:1")
+    open_wide = [*argv, "--metrics-port", "*", "--metrics-host", "0.0.0.0"]
+    done = subprocess.run(open_wide, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "/metrics 0.0.0.0 listens beyond loopback" in last and "--token-file" in last
+
+
+def test_balancer_metrics_with_a_token_file_ask_for_it(procs, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("s3cret-token\n")
+    nodes = procs.cluster(1, extra=["--insecure"])
+    balancer = procs.balancer(nodes, extra=["--metrics-port", "*", "--token-file", str(tokens)])
+    url = json.loads(balancer.status.read_text())["metrics"]
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=5)
+    assert refused.value.code == 401
+    assert refused.value.headers["WWW-Authenticate"] == "Bearer"
+    asked = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret-token"})
+    with urllib.request.urlopen(asked, timeout=5) as answer:
+        families = text_string_to_metric_families(answer.read().decode())
+        assert any(f.name == "pycache_balancer_requests" for f in families)

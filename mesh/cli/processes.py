@@ -117,6 +117,7 @@ from mesh.roles.config import (
 @client_keys_option
 @client_key_option
 @server_key_option
+@token_file_option
 @log_level_option
 @log_format_option
 def balancer(
@@ -136,6 +137,7 @@ def balancer(
     client_keys: str,
     client_key: str,
     server_key: str,
+    token_file: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -160,6 +162,7 @@ def balancer(
             server_key=server_key,
             metrics_host=metrics_host,
             metrics_port=metrics_port,
+            token_file=token_file,
         )
     )
     errors_to_exit_codes(run_balancer)(config, status_file)

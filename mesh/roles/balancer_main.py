@@ -24,7 +24,7 @@ from mesh.roles import metrics
 from mesh.roles.balancer import Balancer
 from mesh.roles.config import HTTP_PORT_ANY, BalancerConfig
 from mesh.roles.metrics import Families, counter, counters, gauge, labelled
-from mesh.roles.protected import host_is_loopback
+from mesh.roles.protected import host_is_loopback, load_tokens
 from mesh.roles.tuning import raise_fd_limit, tune_gc
 from mesh.storage.datadir import write_atomically
 
@@ -87,17 +87,18 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
         if config.metrics_port:
             port = 0 if config.metrics_port == HTTP_PORT_ANY else config.metrics_port
             reg = metrics.registry(lambda: balancer_families(balancer))
+            tokens = load_tokens(config.token_file) if config.token_file else ()
             try:
-                server = metrics.MetricsServer(config.metrics_host, port, reg)
+                server = metrics.MetricsServer(config.metrics_host, port, reg, tokens)
             except Exception:
                 balancer.close()
                 raise
             status["metrics"] = server.url
             log.info("balancer metrics on %s", server.url)
-            if not host_is_loopback(config.metrics_host):
+            if not tokens and not host_is_loopback(config.metrics_host):
                 log.warning(
-                    "/metrics on %s has no authentication: anyone who reaches it reads "
-                    "the balancer's counters and the nodes' endpoints",
+                    "INSECURE: /metrics on %s has no token (--insecure): anyone who reaches "
+                    "it reads the balancer's counters and the nodes' endpoints",
                     config.metrics_host,
                 )
         if status_file:

@@ -123,10 +123,10 @@ def ttl_ms(raw: str | None) -> int | None:
         seconds = float(raw)
     except ValueError:
         seconds = math.nan
-    ms = round(seconds * 1000) if math.isfinite(seconds) else 0
-    if not (math.isfinite(seconds) and seconds > 0 and ms <= MAX_TTL_MS):
+    # Range first: seconds * 1000 of a huge finite number is infinite (no round()).
+    if not (0 < seconds <= MAX_TTL_MS / 1000):  # NaN fails every comparison
         raise ApiError(400, f"Invalid ttl: seconds > 0 and at most {MAX_TTL_MS // 1000}")
-    return max(1, ms)
+    return max(1, min(MAX_TTL_MS, round(seconds * 1000)))
 
 
 def _payload(key: str, value: str, updated_ms: int, ttl: int | None) -> str:

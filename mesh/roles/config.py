@@ -250,6 +250,8 @@ class BalancerConfig:
         metrics_host / metrics_port: where ``/metrics`` is served (port 0:
             nowhere, the default; ``HTTP_PORT_ANY``: the OS picks, and the
             status file says which).
+        token_file: bearer tokens ``/metrics`` requires (required beyond
+            loopback unless ``insecure``).
     """
 
     front: str = DEFAULT_FRONT
@@ -267,6 +269,7 @@ class BalancerConfig:
     server_key: str = ""
     metrics_host: str = DEFAULT_HOST
     metrics_port: int = 0
+    token_file: str = ""
 
     def validate(self) -> BalancerConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -285,6 +288,13 @@ class BalancerConfig:
         check_range("metrics_port", self.metrics_port, HTTP_PORT_ANY, 65535)
         if self.metrics_port and not self.metrics_host:
             raise ConfigError("metrics_host is required with metrics_port")
+        if self.token_file:
+            load_tokens(self.token_file)
+        if self.metrics_port:
+            local, tokens = host_is_loopback(self.metrics_host), bool(self.token_file)
+            check_protected(
+                "/metrics", self.metrics_host, local, tokens or self.insecure, "--token-file FILE"
+            )
         if self.client_keys:
             load_server_keys(self.client_keys)
         check_protected(

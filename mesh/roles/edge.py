@@ -9,6 +9,8 @@ Endpoints (``docs/api.md`` has every status and body)::
     GET    /api/ready/                                      200 when the backend serves, else 503
     GET    /api/cluster/                                    200 every node's state | 503
     GET    /metrics                                         200 Prometheus text format
+    GET    /api/openapi.json                                200 the OpenAPI 3 document
+    HEAD   on every GET route: the GET's status and headers
 
 Every response body is JSON ``{"message": str, "payload": object}``, errors
 included.  What each cache request does, how values are stored and shown,
@@ -80,6 +82,7 @@ from mesh.roles.http_handlers import (
     HealthHandler,
     MetricsHandler,
     NotFoundHandler,
+    OpenApiHandler,
     ReadyHandler,
     http_date,
     http_families,
@@ -90,10 +93,10 @@ from mesh.roles.http_limits import CappedHTTPServer, effective_max_connections
 from mesh.roles.metrics import registry as metrics_registry
 from mesh.roles.protected import (
     bearer_ok,
-    host_is_loopback,
     is_open_path,
     load_tokens,
     tls_context,
+    warn_if_open,
 )
 from mesh.roles.tuning import raise_fd_limit, tune_gc
 from mesh.storage.datadir import write_atomically
@@ -238,7 +241,10 @@ class _CacheRequest(tornado.httputil.HTTPMessageDelegate):
             headers["Retry-After"] = "1"
         elif status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="pycache"'
-        self.conn.write_headers(_STATUS_LINES[status], headers, body)
+        # HEAD (only ever refused here): the headers of the answer, no body
+        self.conn.write_headers(
+            _STATUS_LINES[status], headers, None if self.method == "HEAD" else body
+        )
         self.conn.finish()
         log_access(status, self._summary, lambda: 1000.0 * (time.perf_counter() - self.started))
 
@@ -281,6 +287,7 @@ class EdgeApp(tornado.web.Application):
                 (r"/api/ready/?", ReadyHandler, common),
                 (r"/api/cluster/?", ClusterHandler, common),
                 (r"/metrics", MetricsHandler, {"registry": registry}),
+                (r"/api/openapi\.json", OpenApiHandler, common),
             ],
             default_handler_class=NotFoundHandler,
             log_function=log_request,
@@ -408,16 +415,6 @@ def serve(
         )
     except OSError as exc:
         raise address_error("http", f"{host}:{port}", exc) from None
-
-
-def warn_if_open(host: str, token_file: str, what: str) -> None:
-    """The loud line of ``--insecure``: HTTP beyond loopback that anyone may use."""
-    if not token_file and not host_is_loopback(host):
-        log.warning(
-            "INSECURE: %s on %s serves anyone who can reach it, with no token (--insecure)",
-            what,
-            host,
-        )
 
 
 def serve_node_http(

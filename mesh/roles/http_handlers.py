@@ -9,6 +9,7 @@ both answer ``{"message", "payload"}`` JSON bodies and log through
 from __future__ import annotations
 
 import functools
+import importlib.resources
 import json
 import logging
 from collections import defaultdict
@@ -36,6 +37,8 @@ from mesh.roles.metrics import CONTENT_TYPE, Families, exposition, histogram, la
 access_log = logging.getLogger("mesh.roles.edge.access")
 
 JSON_TYPE = "application/json; charset=UTF-8"
+#: The OpenAPI document's file name, in this package and in ``docs/``.
+OPENAPI_FILE = "openapi.json"
 #: Per-connection body ceiling once a request is refused: Tornado then drains
 #: the rest quietly until the 413 is sent and the connection closes.
 _DRAIN_CEILING = 1 << 62
@@ -130,12 +133,18 @@ class CacheHandler(JsonHandler):
         if not self._finished:
             self.reply(*await cache_delete(self.backend, key))
 
+    async def head(self, key: str) -> None:
+        """HEAD: the GET's status and headers, no body."""
+        await self.get(key)
+
 
 class HealthHandler(JsonHandler):
     """``/api/health/``: the process is alive (liveness; never asks the backend)."""
 
     def get(self) -> None:
         self.reply(200, "alive")
+
+    head = get
 
 
 class ReadyHandler(JsonHandler):
@@ -152,6 +161,8 @@ class ReadyHandler(JsonHandler):
         ready = health.get("state") == "ready"
         shown = {k: health[k] for k in ("node_id", "state") if k in health}  # the API's fields
         self.reply(200 if ready else 503, "ready" if ready else "not ready", dumps(shown))
+
+    head = get
 
 
 class ClusterHandler(JsonHandler):
@@ -171,6 +182,23 @@ class ClusterHandler(JsonHandler):
                     node.setdefault(field, None)  # a node a peer only heard of
         self.reply(200, "cluster", dumps({"nodes": nodes}))
 
+    head = get
+
+
+class OpenApiHandler(JsonHandler):
+    """``/api/openapi.json``: the OpenAPI 3 document of this API (``docs/openapi.json``)."""
+
+    def get(self) -> None:
+        self.finish(openapi_document())
+
+    head = get
+
+
+@functools.lru_cache(maxsize=1)
+def openapi_document() -> bytes:
+    """The OpenAPI document shipped as package data (``mesh/roles/openapi.json``)."""
+    return importlib.resources.files("mesh.roles").joinpath(OPENAPI_FILE).read_bytes()
+
 
 class MetricsHandler(tornado.web.RequestHandler):
     """``/metrics``: the process's families in the Prometheus text format."""
@@ -184,6 +212,8 @@ class MetricsHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", CONTENT_TYPE)
         self.finish(exposition(self.registry))
+
+    head = get
 
 
 def http_families() -> Families:

@@ -16,8 +16,9 @@ HTTP server, on a small one of its own (:class:`MetricsServer`, ``--metrics-port
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -26,11 +27,12 @@ from prometheus_client.core import (
     HistogramMetricFamily,
     Metric,
 )
-from prometheus_client.exposition import start_http_server
+from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
 from prometheus_client.registry import Collector
 
 from mesh.core.histogram import Histogram
 from mesh.roles.binding import address_error
+from mesh.roles.protected import bearer_ok
 
 PREFIX = "pycache_"
 #: The ``Content-Type`` of a ``/metrics`` answer (Prometheus text format 0.0.4).
@@ -112,13 +114,19 @@ def exposition(reg: CollectorRegistry) -> bytes:
 
 
 class MetricsServer:
-    """A small HTTP server answering ``/metrics`` from a thread (the balancer's)."""
+    """A small HTTP server answering ``/metrics`` from a thread (the balancer's);
+    with ``tokens``, only to requests that carry one as a bearer token."""
 
-    def __init__(self, host: str, port: int, reg: CollectorRegistry) -> None:
+    def __init__(
+        self, host: str, port: int, reg: CollectorRegistry, tokens: Sequence[bytes] = ()
+    ) -> None:
+        app = _guarded(make_wsgi_app(reg), tokens)
         try:
-            self._server, self._thread = start_http_server(port, host, reg)
+            self._server = make_server(host, port, app, ThreadingWSGIServer, _QuietHandler)
         except OSError as exc:
             raise address_error("metrics", f"{host}:{port}", exc) from None
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
         bound = self._server.server_address[1]
         self.url = f"http://{host}:{bound}/metrics"
 
@@ -128,3 +136,21 @@ class MetricsServer:
         closer.start()
         closer.join(2.0)
         self._server.server_close()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+        """No access log on stderr (a scrape a second would fill it)."""
+
+
+def _guarded(app: Any, tokens: Sequence[bytes]) -> Any:
+    """``app`` behind a bearer-token check (none when ``tokens`` is empty)."""
+
+    def guarded(environ: dict, start_response: Any) -> Iterable[bytes]:
+        if tokens and not bearer_ok(environ.get("HTTP_AUTHORIZATION"), tokens):
+            headers = [("WWW-Authenticate", "Bearer"), ("Content-Type", "text/plain")]
+            start_response("401 Unauthorized", headers)
+            return [b"Unauthorized: send Authorization: Bearer <token>\n"]
+        return app(environ, start_response)
+
+    return guarded

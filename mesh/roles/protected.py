@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import os
 import secrets
 import ssl
@@ -29,6 +30,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mesh.core.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 #: HTTP paths served without a token: liveness and readiness probes.
 OPEN_PATHS = frozenset({"/api/health", "/api/live", "/api/ready"})
@@ -143,3 +146,13 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load the TLS cert {cert} and key {key}: {exc}") from None
     return context
+
+
+def warn_if_open(host: str, token_file: str, what: str) -> None:
+    """The loud line of ``--insecure``: HTTP beyond loopback that anyone may use."""
+    if not token_file and not host_is_loopback(host):
+        logger.warning(
+            "INSECURE: %s on %s serves anyone who can reach it, with no token (--insecure)",
+            what,
+            host,
+        )
