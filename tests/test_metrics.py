@@ -169,8 +169,8 @@ def test_balancer_and_edge_metrics_and_the_dashboard_asks_for_nothing_else(procs
     for path in ("/api/cache/k/", "/api/cache/nope/", "/api/nowhere"):
         try:
             urllib.request.urlopen(edge.url + path, timeout=5).close()
-        except urllib.error.HTTPError:
-            pass
+        except urllib.error.HTTPError as answer:
+            answer.close()
     families = scrape(edge.url + "/metrics")
     has_families(families, EDGE_FAMILIES)
     assert value(families, "pycache_http_responses_total", code="200") == 1
@@ -245,6 +245,7 @@ def test_balancer_metrics_with_a_token_file_ask_for_it(procs, tmp_path):
     url = json.loads(balancer.status.read_text())["metrics"]
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url, timeout=5)
+    refused.value.close()
     assert refused.value.code == 401
     assert refused.value.headers["WWW-Authenticate"] == "Bearer"
     asked = urllib.request.Request(url, headers={"Authorization": "Bearer s3cret-token"})
