@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.core.clock import HybridClock, physical_ms
+from mesh.core.counters import CounterValue, increment
 from mesh.core.mutation import Mutation
 from mesh.core.store import Store
 from mesh.core.wire import Request
@@ -57,6 +58,7 @@ class CommandExecutor:
             "HEALTH": health or self._stats,
             "CLUSTER": cluster or self._stats,
         }
+        self._ops["INCRBY"] = self._incrby  # counters (issue 18)
 
     def execute(self, request: Request) -> Any:
         """Run one request and return its result (writes are queued in ``pending``)."""
@@ -67,7 +69,7 @@ class CommandExecutor:
         pending, self.pending = self.pending, []
         return pending
 
-    def _write(self, key: str, value: bytes | None, deadline: int) -> None:
+    def _write(self, key: str, value: bytes | tuple | None, deadline: int) -> None:
         self.seq += 1
         # tuple.__new__: a NamedTuple's own constructor is a Python function
         mutation = _new(Mutation, (self.origin, self.seq, self.clock.now(), key, value, deadline))
@@ -102,14 +104,14 @@ class CommandExecutor:
         entry = self.store.get(key, record_stats=False)
         if entry is None:
             return False
-        self._write(key, entry.value, self._now_ms() + ttl_ms)
+        self._write(key, _state(entry.value), self._now_ms() + ttl_ms)
         return True
 
     def _persist(self, key: str) -> bool:
         entry = self.store.get(key, record_stats=False)
         if entry is None or not entry.deadline:
             return False
-        self._write(key, entry.value, 0)
+        self._write(key, _state(entry.value), 0)
         return True
 
     def _get_meta(self, key: str) -> list | None:
@@ -126,3 +128,20 @@ class CommandExecutor:
         for key, value in pairs:
             self._write(key, value, 0)
         return True
+
+    # -- counters (issue 18) ------------------------------------------------
+
+    def _incrby(self, key: str, delta: int) -> int:
+        """INCRBY: merge-safe (:mod:`mesh.core.counters`); raises ProtocolError
+        NOT_INTEGER (nothing changes) on a non-integer value or an overflow."""
+        store = self.store
+        entry = store.get(key, record_stats=False)
+        state, value, deadline = increment(entry, store.tombstone(key), self.origin, delta)
+        self._write(key, state, deadline)
+        return value
+
+
+def _state(value: bytes | None) -> bytes | tuple | None:
+    """What a rewrite of a held value carries: a counter's state (so that it
+    merges with concurrent increments), else the bytes."""
+    return value.state if type(value) is CounterValue else value

@@ -16,6 +16,7 @@
         ├── DeadlinePassed     code 10: not run before the balancer's deadline
         │                      (also a Timeout)
         ├── NoSpace            code 11: the node's disk is full; the write was not applied
+        ├── NotInteger         code 12: INCRBY on a value that is not an int64, or overflow
         └── InternalError      code 99: a bug on the server side
 
 Library code translates zmq and msgpack errors into these at the boundary
@@ -91,3 +92,7 @@ class NoSpace(ServerError):
 
 class InternalError(ServerError):
     """The server hit a bug while handling the request."""
+
+
+class NotInteger(ServerError):
+    """INCRBY on a value that is not a base-10 int64, or its result would overflow."""

@@ -179,6 +179,21 @@ class CommandMethods:
         """Every node as the server sees it: ``{"nodes": [{node_id, state, ...}]}``."""
         return self._call("CLUSTER")
 
+    # -- counters (issue 18) ------------------------------------------------
+
+    def incr(self, key: str, amount: int = 1, w: int | str | None = None) -> Any:
+        """Add ``amount`` to the counter ``key`` (missing: 0) and return the new value.
+
+        Increments on different nodes at the same time all count (a merged
+        counter, docs/counters.md).  Raises :class:`~mesh.core.errors.NotInteger`
+        when the key holds a value that is not an int64, or on overflow.
+        """
+        return self._call("INCRBY", key, amount, *_w(w))
+
+    def decr(self, key: str, amount: int = 1, w: int | str | None = None) -> Any:
+        """Subtract ``amount`` from the counter ``key``; the new value (see :meth:`incr`)."""
+        return self._call("INCRBY", key, -amount, *_w(w))
+
 
 def _result(code: int, result: Any, convert: Callable[[Any], Any] | None) -> Any:
     if code != wire.OK:

@@ -1,0 +1,224 @@
+"""Counters that lose no increment (issue 18, point 2): merge rules, then real nodes."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import msgpack
+import pytest
+
+from mesh.core import counters
+from mesh.core.clock import HybridClock
+from mesh.core.commands import CommandExecutor
+from mesh.core.errors import NotInteger, ProtocolError
+from mesh.core.mutation import Mutation
+from mesh.core.peerfields import entries as check_entries
+from mesh.core.store import Store
+from mesh.core.wire import E_NOT_INTEGER, Request
+from tests.conftest import wait_converged, wait_for
+
+NOW = 1_700_000_000_000
+
+
+class Origin:
+    """One node's command executor over its own store (no network)."""
+
+    def __init__(self, name: str, now: list[int]) -> None:
+        self.store = Store(now_ms=lambda: now[0])
+        clock = HybridClock(wall=lambda: now[0])
+        self.cmd = CommandExecutor(self.store, clock, name, 0, lambda: now[0], dict)
+
+    def run(self, op: str, *args):
+        return self.cmd.execute(Request(1, op, args))
+
+    def sent(self) -> list[Mutation]:
+        return self.cmd.take_pending()
+
+
+def _value(store: Store, key: str = "k") -> bytes | None:
+    entry = store.get(key, record_stats=False)
+    return None if entry is None else entry.value
+
+
+def test_concurrent_increments_merge_in_any_order():
+    now = [NOW]
+    nodes = [Origin(f"n{i}/1", now) for i in range(3)]
+    sent: list[Mutation] = []
+    rng = random.Random(7)
+    expected = 0
+    for step in range(300):
+        node = rng.choice(nodes)
+        delta = rng.randint(-5, 9)
+        expected += delta
+        node.run("INCRBY", "k", delta)
+        sent += node.sent()
+        if step % 7 == 0:  # some deliveries between nodes, in a random order
+            for other in nodes:
+                other.store.apply_many(rng.sample(sent, k=len(sent) // 2))
+        now[0] += rng.randint(0, 2)
+    digests = set()
+    for _ in range(5):
+        store = Store(now_ms=lambda: now[0])
+        batch = sent + rng.sample(sent, k=50)  # duplicates change nothing
+        rng.shuffle(batch)
+        store.apply_many(batch)
+        assert _value(store) == b"%d" % expected
+        digests.add(store.digest())
+    for node in nodes:
+        node.store.apply_many(sent)
+        assert _value(node.store) == b"%d" % expected
+        digests.add(node.store.digest())
+    assert len(digests) == 1
+
+
+def test_set_and_del_newer_than_the_base_start_over():
+    now = [NOW]
+    a, b = Origin("a/1", now), Origin("b/1", now)
+    a.run("SET", "k", b"10", 0, False, False)
+    b.store.apply_many(a.sent())
+    assert a.run("INCRBY", "k", 5) == 15  # a plain int64 becomes the base
+    assert b.run("INCRBY", "k", 1) == 11
+    mine, theirs = a.sent(), b.sent()
+    a.store.apply_many(theirs)
+    b.store.apply_many(mine)
+    assert _value(a.store) == _value(b.store) == b"16"
+    now[0] += 1
+    assert a.run("DEL", ["k"]) == 1
+    now[0] += 1
+    concurrent = b.run("INCRBY", "k", 100)  # b has not seen the DEL
+    assert concurrent == 116
+    deleted, late = a.sent(), b.sent()
+    a.store.apply_many(late)
+    b.store.apply_many(deleted)
+    assert _value(a.store) is None and _value(b.store) is None  # the DEL wins
+    assert a.run("INCRBY", "k", 2) == 2  # a counter after the DEL starts at 0
+    b.store.apply_many(a.sent())
+    assert b.run("INCRBY", "k", 3) == 5
+    a.store.apply_many(b.sent())
+    assert _value(a.store) == b"5"
+    now[0] += 1
+    a.run("SET", "k", b"x", 0, False, False)
+    with pytest.raises(ProtocolError) as info:
+        a.run("INCRBY", "k", 1)
+    assert info.value.code == E_NOT_INTEGER and not a.sent()[1:]
+
+
+@pytest.mark.parametrize(
+    "value", [b"abc", b"", b"01", b"-0", b" 1", b"1.5", b"9223372036854775808"]
+)
+def test_incr_of_a_value_that_is_not_an_int64_is_refused(value):
+    node = Origin("a/1", [NOW])
+    node.run("SET", "k", value, 0, False, False)
+    node.sent()
+    with pytest.raises(ProtocolError) as info:
+        node.run("INCRBY", "k", 1)
+    assert info.value.code == E_NOT_INTEGER
+    assert _value(node.store) == value and not node.sent()
+
+
+def test_overflow_is_refused_and_changes_nothing():
+    node = Origin("a/1", [NOW])
+    assert node.run("INCRBY", "k", counters.INT64_MAX) == counters.INT64_MAX
+    with pytest.raises(ProtocolError):
+        node.run("INCRBY", "k", 1)
+    assert node.run("INCRBY", "k", counters.INT64_MIN) == -1
+    assert _value(node.store) == b"-1"
+
+
+def test_expire_keeps_the_counter_and_its_concurrent_increments():
+    now = [NOW]
+    a, b = Origin("a/1", now), Origin("b/1", now)
+    a.run("INCRBY", "k", 1)
+    b.store.apply_many(a.sent())
+    assert b.run("INCRBY", "k", 1) == 2  # concurrent with the EXPIRE, which is newer
+    now[0] += 1
+    assert a.run("EXPIRE", "k", 10_000)
+    mine, theirs = a.sent(), b.sent()
+    a.store.apply_many(theirs)
+    b.store.apply_many(mine)
+    assert _value(a.store) == _value(b.store) == b"2"
+    assert a.store.ttl_ms("k") > 0 and a.store.digest() == b.store.digest()
+    assert a.run("INCRBY", "k", 1) == 3 and a.store.ttl_ms("k") > 0  # INCR keeps the TTL
+    now[0] += 20_000
+    assert _value(a.store) is None
+    assert a.run("INCRBY", "k", 1) == 1  # after it expired: a new counter
+
+
+def test_snapshot_and_log_forms_rebuild_the_same_counter():
+    now = [NOW]
+    a, b = Origin("a/1", now), Origin("b/1", now)
+    a.run("INCRBY", "k", 4)
+    b.run("INCRBY", "k", 5)
+    a.store.apply_many(b.sent())
+    rebuilt = Store(now_ms=lambda: now[0])
+    rebuilt.apply_many(a.store.entries())
+    assert _value(rebuilt) == b"9" and rebuilt.digest() == a.store.digest()
+    # the record form: msgpack out, decoded as the log and peers decode it
+    records = [msgpack.packb(m) for m in a.sent()]
+    decoded = tuple(msgpack.unpackb(r, use_list=False) for r in records)
+    assert check_entries(decoded) == decoded
+    assert Mutation.from_record(msgpack.unpackb(records[0])).value == decoded[0][4]
+    fresh = Store(now_ms=lambda: now[0])
+    fresh.apply_many(decoded)
+    assert _value(fresh) == b"4"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        (1, "o", 0, (("s", 0, 1),)),  # ops 0
+        (1, "o", 0, (("b", 1, 1), ("a", 1, 1))),  # unsorted slots
+        (1, "o", 0, (("a", 1, 1), ("a", 2, 1))),  # a slot twice
+        (1, "o", 2**63, ()),  # base out of range
+        (1, 2, 0, ()),
+        (1, "o", 0),
+    ],
+)
+def test_a_malformed_counter_state_from_a_peer_is_refused(bad):
+    with pytest.raises(ProtocolError):
+        check_entries((("n1/1", 1, 5, "k", bad, 0),))
+    with pytest.raises(ValueError):
+        Mutation.from_record(["n1/1", 1, 5, "k", list(bad), 0])
+
+
+# ------------------------------------------------------------------ real nodes
+
+
+def test_two_threads_incr_on_two_nodes_lose_nothing(procs):
+    """The acceptance line: 2 x 5,000 INCRs of one key on two nodes read 10,000 everywhere."""
+    nodes = procs.cluster(3)
+    for n in nodes:
+        n.wait_ready()
+    errors: list[BaseException] = []
+
+    def hammer(node) -> None:
+        try:
+            with node.client(timeout=10.0) as c:
+                for _ in range(5000):
+                    c.incr("hits")
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in nodes[:2]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    wait_converged(nodes)
+    for n in nodes:
+        with n.client() as c:
+            assert c.get("hits") == b"10000"
+            assert c.incr("hits", 0) == 10000
+    with nodes[0].client() as c:
+        c.set("plain", "text")
+        with pytest.raises(NotInteger):
+            c.incr("plain")
+        assert c.decr("down", 3) == -3
+
+    def replicated() -> bool:
+        with nodes[2].client() as c:
+            return c.get("down") == b"-3"
+
+    wait_for(replicated, 10, "the DECR replicated")
