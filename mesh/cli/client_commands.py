@@ -1,5 +1,5 @@
 """The ``pycache`` client commands: ``get``, ``set``, ``del``, ``expire``,
-``persist``, ``ttl``, ``stats`` (all with ``--connect``, env ``PYCACHE_CONNECT``)
+``persist``, ``ttl``, ``stats``, ``incr`` (all with ``--connect``, env ``PYCACHE_CONNECT``)
 and ``status`` (a table of the cluster).  Toward a node or balancer that
 admits only known clients, each takes ``--client-key FILE --server-key FILE``
 (env ``PYCACHE_CLIENT_KEY``, ``PYCACHE_SERVER_KEY``).  :mod:`mesh.cli` adds them to the
@@ -173,3 +173,27 @@ def status(connect: str, timeout: float, **credentials: str) -> None:
 
 #: the commands, in the order ``pycache --help`` lists them
 COMMANDS = [get, set_, del_, expire, persist, ttl, stats, status]
+
+
+# ----------------------------------------------------------------- counters (issue 18)
+
+
+@click.command()
+@click.argument("key")
+@click.option(
+    "--by", type=int, default=1, show_default=True, help="The amount to add (< 0: subtract)."
+)
+@connect_option
+@timeout_option
+@errors_to_exit_codes
+def incr(key: str, by: int, connect: str, timeout: float, **credentials: str) -> None:
+    """Add --by to the counter KEY (a missing key counts from 0); prints the new value.
+
+    Increments on different nodes at the same time all count (docs/counters.md).
+    """
+    if not -(2**63) <= by < 2**63:
+        raise click.BadParameter("must be a 64-bit signed integer", param_hint="--by")
+    click.echo(_client_call(connect, timeout, lambda c: c.incr(key, by), **credentials))
+
+
+COMMANDS.append(incr)
