@@ -10,6 +10,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mesh", "mesh.*"]),
+    package_data={"mesh": ["py.typed"]},  # PEP 561: the package's type hints are public
+    zip_safe=False,
     install_requires=[
         "pyzmq>=25",
         "msgpack>=1.0",
