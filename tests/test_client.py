@@ -163,3 +163,23 @@ def test_a_thread_that_ended_leaves_no_socket_behind(node):
             t.join(10)
         client.ping()
         assert len(client._pool._socks) <= 2  # the ended threads' were closed
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="no fork")
+def test_an_async_client_used_after_fork_fails_at_once(node):
+    client = AsyncClient(node.endpoint, timeout=5.0)
+    asyncio.run(client.ping())
+    pid = os.fork()
+    if pid == 0:  # the child: a clear error at once, never a hang
+        code = 5
+        try:
+            asyncio.run(client.get("k"))
+            code = 3
+        except ConnectionFailed:
+            code = 0
+        finally:
+            os._exit(code)
+    start = time.monotonic()
+    assert os.waitstatus_to_exitcode(_wait(pid, 10.0)) == 0
+    assert time.monotonic() - start < 2.0
+    asyncio.run(client.close())
