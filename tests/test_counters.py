@@ -117,6 +117,15 @@ def test_incr_of_a_value_that_is_not_an_int64_is_refused(value):
     assert _value(node.store) == value and not node.sent()
 
 
+def test_getmeta_of_a_counter_says_when_it_was_last_incremented():
+    now = [NOW]
+    node = Origin("a/1", now)
+    node.run("INCRBY", "k", 1)
+    now[0] += 5000
+    node.run("INCRBY", "k", 1)
+    assert node.run("GETMETA", "k") == [b"2", -1, NOW + 5000]
+
+
 def test_overflow_is_refused_and_changes_nothing():
     node = Origin("a/1", [NOW])
     assert node.run("INCRBY", "k", counters.INT64_MAX) == counters.INT64_MAX

@@ -119,7 +119,9 @@ class CommandExecutor:
         if entry is None:
             return None
         ttl = entry.deadline - self._now_ms() if entry.deadline else -1
-        return [entry.value, max(ttl, 0) if entry.deadline else -1, physical_ms(entry.hlc)]
+        value = entry.value
+        hlc = value.top[0] if type(value) is CounterValue else entry.hlc  # a counter's newest
+        return [value, max(ttl, 0) if entry.deadline else -1, physical_ms(hlc)]
 
     def _mget(self, keys: list[str]) -> list[bytes | None]:
         return [self._get(key) for key in keys]
