@@ -222,7 +222,9 @@ class Client(CommandMethods):
     endpoint), made on its first call; a child process after a fork gets a
     fresh context and sockets on its first call (:mod:`mesh.roles.clientsock`).
     ``decode_responses=True`` returns values as ``str`` (UTF-8) instead of
-    bytes, as redis-py's option does.  :meth:`from_url` builds one from a URL.
+    bytes, as redis-py's option does (and as there, a value that is not UTF-8
+    raises UnicodeDecodeError).  :meth:`from_url` builds one from a URL.
+    :meth:`close` it once no other thread uses it.
     """
 
     def __init__(
