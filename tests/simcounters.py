@@ -101,12 +101,12 @@ def check(sim: Sim) -> None:
 def _check_slots(sim: Sim, node_id: str, key: str, entry: Any, count: bool) -> None:
     issued = {o: d for (k, o), d in sim.issued_incrs.items() if k == key}
     if entry is None:  # only right when every increment of it was lost with its history
-        state: tuple = (0, "", 0, ())
+        state: tuple = (0, "", 0, 0, (), 0, "")
     elif type(entry.value) is not CounterValue:
         sim.fail(f"{node_id} holds {key} as a plain value {entry.value!r}")
     else:
         state = entry.value.state
-    slots = {name: (ops, net) for name, ops, net in state[3]}
+    slots = {name: (ops, net) for name, ops, net in state[4]}
     current = {n.origin for n in sim.nodes.values()}
     for origin, deltas in issued.items():
         ops, net = slots.pop(origin, (0, 0))
@@ -122,5 +122,5 @@ def _check_slots(sim: Sim, node_id: str, key: str, entry: Any, count: bool) -> N
                 sim.stats["excused_incrs"] += len(deltas) - ops
     if slots:
         sim.fail(f"{node_id}: slots of {key} nobody incremented: {slots}")
-    if state[:3] != (0, "", 0):
-        sim.fail(f"{node_id}: counter {key} has a base {state[:3]}, none was written")
+    if state[:4] != (0, "", 0, 0):
+        sim.fail(f"{node_id}: counter {key} has a base {state[:4]}, none was written")

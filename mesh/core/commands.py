@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.core.clock import HybridClock, physical_ms
-from mesh.core.counters import CounterValue, increment
+from mesh.core.counters import CounterValue, increment, rebased
 from mesh.core.mutation import Mutation
 from mesh.core.store import Store
 from mesh.core.wire import Request
@@ -104,14 +104,14 @@ class CommandExecutor:
         entry = self.store.get(key, record_stats=False)
         if entry is None:
             return False
-        self._write(key, _state(entry.value), self._now_ms() + ttl_ms)
+        self._rewrite(key, entry.value, self._now_ms() + ttl_ms)
         return True
 
     def _persist(self, key: str) -> bool:
         entry = self.store.get(key, record_stats=False)
         if entry is None or not entry.deadline:
             return False
-        self._write(key, _state(entry.value), 0)
+        self._rewrite(key, entry.value, 0)
         return True
 
     def _get_meta(self, key: str) -> list | None:
@@ -142,8 +142,15 @@ class CommandExecutor:
         self._write(key, state, deadline)
         return value
 
-
-def _state(value: bytes | None) -> bytes | tuple | None:
-    """What a rewrite of a held value carries: a counter's state (so that it
-    merges with concurrent increments), else the bytes."""
-    return value.state if type(value) is CounterValue else value
+    def _rewrite(self, key: str, value: bytes | None, deadline: int) -> None:
+        """A new deadline for a held value; a counter stays one, rebased on this write
+        (:func:`mesh.core.counters.rebased`): one base, one deadline."""
+        if type(value) is not CounterValue:
+            self._write(key, value, deadline)
+            return
+        self.seq += 1
+        hlc = self.clock.now()
+        state = rebased(value, hlc, self.origin)
+        mutation = _new(Mutation, (self.origin, self.seq, hlc, key, state, deadline))
+        self.store.apply(mutation)
+        self.pending.append(mutation)

@@ -43,7 +43,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 
 from mesh.core.clock import wall_ms
-from mesh.core.counters import resolve, tomb_version
+from mesh.core.counters import eviction_version, resolve
 from mesh.core.entry import Entry, entry_digest
 from mesh.core.errors import ConfigError
 from mesh.core.mutation import Mutation, Record
@@ -200,7 +200,6 @@ class Store:
                     now = now or self._now_ms()  # read once per call: a batch is one instant
                     if deadline <= now:
                         self._expired += 1
-                        hlc, origin = tomb_version((value, hlc, origin))
                         value = None
                 origin = origins.setdefault(origin, origin)
                 if value is None:
@@ -249,7 +248,7 @@ class Store:
         freed = tsize = evicted = 0
         while live and (len(live) > key_limit or freed < over):
             key, entry = live.popitem(last=False)  # type: ignore[call-arg]
-            hlc, origin = tomb_version(entry)
+            hlc, origin = eviction_version(entry)
             tombs[key] = (None, hlc, origin, 0, 0)
             freed += len(key) + len(entry[0]) + ENTRY_OVERHEAD
             tsize += len(key) + TOMBSTONE_OVERHEAD
@@ -274,11 +273,10 @@ class Store:
     def _expire(self, key: str, entry: tuple) -> None:
         """Turn a due live entry into a tombstone of its version."""
         del self._live[key]
-        hlc, origin = tomb_version(entry)
-        self._tombs[key] = (None, hlc, origin, 0, 0)
+        self._tombs[key] = (None, entry[1], entry[2], 0, 0)
         self._bytes -= len(key) + len(entry[0]) + ENTRY_OVERHEAD
         self._tomb_bytes += len(key) + TOMBSTONE_OVERHEAD
-        self._tq.inbox.append((origin, 0, key, hlc))  # its seq: the vv's, later
+        self._tq.inbox.append((entry[2], 0, key, entry[1]))  # its seq: the vv's, later
         self._digest ^= entry[4]
         self._ttl_count -= 1
         self._expired += 1
