@@ -10,8 +10,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mesh", "mesh.*"]),
-    # The OpenAPI document served at /api/openapi.json (docs/openapi.json is a copy).
-    package_data={"mesh.roles": ["openapi.json"]},
+    # The OpenAPI document served at /api/openapi.json (docs/openapi.json is a copy);
+    # py.typed (PEP 561): the package's type hints are public.
+    package_data={"mesh.roles": ["openapi.json"], "mesh": ["py.typed"]},
+    zip_safe=False,
     install_requires=[
         "pyzmq>=25",
         "msgpack>=1.0",

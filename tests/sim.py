@@ -47,7 +47,8 @@ Faults (until the heal)
     Faults added since, each drawn from a random stream of its own (a seed
     with them off replays as before): a record cut out of the middle of a
     log, a memory limit and tombstone collection (``tests/simfaults.py``),
-    peers found by HELLO (``tests/simhello.py``).
+    peers found by HELLO (``tests/simhello.py``), concurrent INCRBYs of
+    counters on every node (``tests/simcounters.py``, checked exact at the end).
 Heal and settle
     At ``duration_ms`` every partition heals, every down node restarts, drops,
     duplicates and long delays stop (short random delays stay) and clients
@@ -90,6 +91,7 @@ from typing import Any
 from mesh.core.acks import PendingAcks, Waiting, nodes_needed
 from mesh.core.catchup import Batch, Fetch
 from mesh.core.clock import HybridClock
+from mesh.core.counters import CounterValue
 from mesh.core.lagguard import LagGuard
 from mesh.core.mutation import Mutation
 from mesh.core.replication import READY, Replica
@@ -98,7 +100,7 @@ from mesh.core.tombstones import StableFrontier
 
 if __package__ in (None, ""):  # run as a script (``python tests/sim.py --seed N``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests import simfaults, simhello  # noqa: E402
+from tests import simcounters, simfaults, simhello  # noqa: E402
 from tests.simmodel import (  # noqa: E402
     Params,
     Result,
@@ -155,6 +157,9 @@ STATS = (
     "excused_cut",  # acknowledged writes whose only durable copy was a cut record
     "unsubscribed",  # PUB and heartbeats from a peer the receiver does not know yet
     "budget_resurrections",  # keys back older after the tombstone budget dropped some
+    "incrs",  # INCRBYs acknowledged (tests/simcounters.py)
+    "excused_incrs",  # ... lost with their incarnation's history (lost disk, cut log)
+    "incr_slots_whole",  # counter slots of current incarnations checked whole
 )
 
 Rule = Callable[[str, str, str, Any], "int | None"]
@@ -179,6 +184,8 @@ class Sim:
         self.p = params
         self.xrng = xrng or random.Random(seed)  # the features' own stream (see make)
         self.frng = frng or random.Random(seed)  # tests/simfaults.py's own stream
+        self.crng = random.Random(f"sim-counters/{seed}")  # tests/simcounters.py's own
+        self.issued_incrs: dict[tuple[str, str], list[int]] = {}  # (key, origin) -> deltas
         self._budget_dropped = False  # see budget_dropped
         self.issued: dict[tuple[str, int], Mutation] = {}  # (origin, seq) -> what it was
         self.wiped: dict[str, int] = {}  # node -> virtual ms it last lost (part of) its disk
@@ -713,9 +720,10 @@ class Sim:
             v = held(store, key)
             if (v is None or v < h) and not self._forgot(node, key, v, h):
                 self.fail(f"{node.id}: version of {key!r} went back from {h} to {v}")
+        counter = CounterValue
         for part in (store._live, store._tombs):
-            for key, t in part.items():
-                high[key] = (t[1], t[2])
+            for key, t in part.items():  # a counter's version: its newest write's (held)
+                high[key] = t[0].top if type(t[0]) is counter else (t[1], t[2])
 
     @property
     def forgets(self) -> bool:
@@ -810,6 +818,7 @@ class Sim:
                     )
         if self.p.hello:
             simhello.check(self)
+        simcounters.check(self)
         if self.p.max_memory:  # eviction is local: no live version but the newest
             simfaults.check_live(self, held_by)
             return
@@ -877,6 +886,7 @@ class Sim:
             skew = rng.randint(-p.skew_ms, p.skew_ms)
             self.at(rng.randint(0, p.duration_ms), self.step_clock, rng.choice(ids), skew)
         simfaults.schedule(self)  # draws from self.frng only
+        simcounters.schedule(self)  # draws from self.crng only
 
     def _random_write(
         self, node_id: str, ops: list[tuple[str, bytes | None]], w: int | str = 1, tries: int = 0
@@ -959,6 +969,8 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
     mrng = random.Random(f"sim-memory/{seed}")
     drawn = dataclasses.replace(drawn, **simfaults.memory_params(mrng))
     drawn.hello = random.Random(f"sim-hello/{seed}").choice((0, 1))
+    crng = random.Random(f"sim-counters-params/{seed}")
+    drawn = dataclasses.replace(drawn, **simcounters.counter_params(crng))
     flags = "".join(f" --set {k}={v}" for k, v in params.items())
     args = "".join(f", {k}={v!r}" for k, v in params.items())
     replay = f"`python tests/sim.py --seed {seed}{flags} --trace` or tests/sim.py run({seed}{args})"
@@ -979,7 +991,8 @@ QUIET |= {
     "max_memory": 0,
     "collect": 0,
     "hello": 0,
-}  # tests/simfaults.py's: off unless asked
+    "incrs": 0,
+}  # tests/simfaults.py's, simhello.py's, simcounters.py's: off unless asked
 """Params of a fault-free network, for scripted scenarios."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 
 from mesh.core.acks import PendingAcks
 from mesh.core.clock import HybridClock
+from mesh.core.counters import CounterValue
 from mesh.core.lagguard import DEFAULT_MAX_LAG_ENTRIES, DEFAULT_MAX_LAG_MS, LagGuard
 from mesh.core.mutation import Mutation, encode_records
 from mesh.core.replication import Replica
@@ -57,6 +58,7 @@ class Params:
     max_memory: int = 0  # each store's max_memory (evictions, the tombstone budget)
     collect: int = 0  # 1: every tick drops the stable tombstones (Node._sweep)
     hello: int = 0  # 1: node k starts knowing n1..n(k-1), learns the rest by HELLO
+    incrs: int = 0  # INCRBYs of counters on random nodes (tests/simcounters.py)
 
 
 def random_params(rng: random.Random) -> Params:
@@ -177,6 +179,8 @@ def held(store: Store, key: str) -> Version | None:
     tombstones, and :meth:`Store.entries` is O(keys) (the final checks use it).
     """
     t = store._live.get(key) or store._tombs.get(key)
+    if t is not None and type(t[0]) is CounterValue:
+        return t[0].top  # a counter's version is its base; it grows by its newest write
     return None if t is None else (t[1], t[2])
 
 

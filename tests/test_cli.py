@@ -276,3 +276,17 @@ def test_up_makes_the_peer_keys_once_and_strangers_get_nothing(tmp_path):
         assert (data / "keys" / "server.key_secret").read_text() == server_key
     finally:
         assert _stop_up(up) == 0
+
+
+@pytest.mark.processes
+def test_incr(run):
+    """Counters (issue 18): ``pycache incr KEY [--by N]``."""
+    assert (run("incr", "c").exit_code, run("incr", "c").output) == (0, "2\n")
+    assert run("incr", "c", "--by", "-5").output == "-3\n"
+    assert run("get", "c").output == "-3\n"
+    run("set", "s", "text")
+    result = run("incr", "s")
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "not an integer" in result.output
+    assert run("incr", "c", "--by", str(2**63)).exit_code == 2
+    assert CliRunner().invoke(main, ["incr", "--help"]).exit_code == 0

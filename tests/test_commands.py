@@ -417,6 +417,7 @@ ONE_OF_EACH: dict[str, tuple] = {
     "HEALTH": (),
     "CLUSTER": (),
 }
+ONE_OF_EACH["INCRBY"] = ("n", 2)  # counters (issue 18)
 
 
 def test_every_op_of_the_protocol_runs() -> None:
@@ -437,14 +438,14 @@ def test_write_options_reach_the_node_not_the_executor() -> None:
 
 def test_an_op_the_protocol_lacks_is_refused_by_the_decoder() -> None:
     with pytest.raises(ProtocolError) as caught:
-        request("INCR", "k")
+        request("FROB", "k")
     assert caught.value.code == wire.E_UNKNOWN_OP
 
 
 def test_an_unknown_op_handed_in_directly_raises() -> None:
     """The node answers any exception from execute with an INTERNAL error."""
     with pytest.raises(KeyError):
-        make().executor.execute(Request(1, "INCR", ("k",)))
+        make().executor.execute(Request(1, "FROB", ("k",)))
 
 
 # -- properties ----------------------------------------------------------------------

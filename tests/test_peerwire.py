@@ -43,10 +43,11 @@ def test_batch_round_trip() -> None:
 
 
 def test_frames_of_another_protocol_version_are_refused() -> None:
-    """Version 1 carried each entry as a bin of its record's bytes."""
+    """Version 1 carried each entry as a bin of its record's bytes; version 2 had no
+    counters (a cluster is upgraded all at once)."""
     body = [peerwire.ENTRIES, "n1/1", encode_records(MUTATIONS), False]
-    for version in (b"\x01", b"\x03"):
-        with pytest.raises(ProtocolError, match="version byte 2"):
+    for version in (b"\x01", b"\x02", b"\x04"):
+        with pytest.raises(ProtocolError, match="version byte 3"):
             peerwire.decode(version + msgpack.packb(body, use_bin_type=True), LIMIT)
     with pytest.raises(ProtocolError, match="malformed entry"):
         published(encode_records(MUTATIONS))  # the old layout under the new version byte

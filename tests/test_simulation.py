@@ -28,7 +28,7 @@ from mesh.core.clock import HybridClock, pack
 from mesh.core.mutation import Mutation
 from mesh.core.replication import FETCH_TIMEOUT_MS, Replica
 from mesh.core.store import Store
-from tests import byzantine, sim, simfaults
+from tests import byzantine, sim, simcounters, simfaults
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "2500"))
 EXPLORE = os.environ.get("SIM_EXPLORE") == "1"
@@ -65,8 +65,9 @@ def test_random_seeds(seed: int) -> None:
     ],
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
-    """Seeds that failed before the fixes (a seed means something only to this sim.py)."""
-    sim.run(seed, **params)
+    """Seeds that failed before the fixes (a seed means something only to this sim.py;
+    the counters of tests/simcounters.py stay off: they change these runs)."""
+    sim.run(seed, **{"incrs": 0, **params})
 
 
 # -- scripted scenarios -------------------------------------------------------
@@ -552,7 +553,7 @@ def test_seeds_that_acknowledged_no_write(seed: int) -> None:
     """These seeds found no ready node for any scheduled write, which was dropped:
     they tested convergence only.  A write now waits for a ready node.  (The faults
     of tests/simfaults.py and simhello.py stay off: they change these runs.)"""
-    result = sim.run(seed, cuts=0, max_memory=0, hello=0)
+    result = sim.run(seed, cuts=0, max_memory=0, hello=0, incrs=0)
     assert result.acked > 0 and result.stats["writes_given_up"] == 0
     assert result.stats["writes_deferred"] > 0
 
@@ -664,13 +665,13 @@ def test_random_runs_with_logs_cut_mid_way(seed: int) -> None:
 def test_records_past_a_hole_that_only_the_damaged_node_holds() -> None:
     """Seed 79 once found: peers refill n1's hole, but the records past it that only n1
     holds (n1/1 seq 5, an acknowledged DEL) were never published again."""
-    sim.run(79, cuts=2, max_memory=0, collect=0, hello=0)
+    sim.run(79, cuts=2, max_memory=0, collect=0, hello=0, incrs=0)
 
 
 def test_a_hole_no_peer_can_refill_is_given_up() -> None:
     """Seed 1411 once found: n2's cut record of its old incarnation was on no other
     node, so its records past the hole were held back until n2 gave the hole up."""
-    sim.run(1411, cuts=2, hello=1)
+    sim.run(1411, cuts=2, hello=1, incrs=0)
 
 
 # -- memory limit and tombstone collection (tests/simfaults.py) ---------------
@@ -717,7 +718,7 @@ def test_random_runs_under_a_memory_limit(seed: int) -> None:
 def test_a_collected_del_comes_back_by_a_full_sync() -> None:
     """Seed 8859 once found: n2 collected n4's DEL of k7 as stable, then applied a full
     sync from n3 whose image was taken before the DEL, and held k7 live again."""
-    sim.run(8859, max_memory=2500, collect=1, cuts=0, hello=0)
+    sim.run(8859, max_memory=2500, collect=1, cuts=0, hello=0, incrs=0)
 
 
 # -- peers found by HELLO (tests/simhello.py) ---------------------------------
@@ -745,3 +746,57 @@ def test_a_node_that_lost_its_disk_is_hello_ed_again_by_the_later_ones() -> None
 @pytest.mark.parametrize("seed", range(3, 300, 13))
 def test_random_runs_with_peers_found_by_hello(seed: int) -> None:
     sim.run(seed, hello=1)
+
+
+# -- counters: concurrent INCRBYs on every node (tests/simcounters.py) ---------
+
+
+def _incrs(s: sim.Sim, times: range, delta: int = 1, key: str = "c0") -> None:
+    for i, t in enumerate(times):
+        s.at(t, simcounters.incr, s, f"n{1 + i % len(s.nodes)}", key, delta)
+    s.scheduled += len(times)
+    s.unwritten += len(times)
+
+
+def test_concurrent_increments_under_a_partition_and_a_crash_sum_exactly() -> None:
+    s = sim.scripted(drop=0.1, dup=0.1)
+    _incrs(s, range(100, 1400, 10))  # 130 INCRs, round robin over n1..n3
+    s.at(300, s.partition, ["n1"], 600)
+    s.at(500, s.crash, "n2", 300)
+    s.run()
+    values = {n.store.get("c0").value for n in s.nodes.values()}
+    assert values == {b"130"} and s.stats["incrs"] == 130
+
+
+def test_increments_of_a_lost_disk_are_excused_and_the_rest_counted() -> None:
+    s = sim.scripted()
+    _incrs(s, range(100, 700, 10), delta=2)
+    s.at(400, s.partition, ["n3"], 1000)
+    s.at(600, s.crash, "n3", 100, True)  # n3 loses its disk: its w=1 INCRs since 400
+    s.run()
+    lost = s.stats["excused_incrs"]
+    assert lost > 0
+    assert {n.store.get("c0").value for n in s.nodes.values()} == {b"%d" % (2 * (60 - lost))}
+
+
+def test_checker_catches_last_writer_wins_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With merges turned into last-writer-wins, concurrent increments get lost."""
+    from mesh.core import counters, store
+
+    def lww(old, tomb, origin, hlc, state, deadline):
+        mine = None if old is None else old[0]
+        if type(mine) is counters.CounterValue and (hlc, origin) <= mine.top:
+            return None
+        return counters.held(counters.canonical(state), (hlc, origin)), 0, "", deadline
+
+    monkeypatch.setattr(store, "resolve", lww)
+    s = sim.scripted()
+    _incrs(s, range(100, 400, 1))
+    with pytest.raises(sim.SimFailure, match="slot .* of c0|differs"):
+        s.run()
+
+
+@pytest.mark.parametrize("seed", range(0, 600, 13))
+def test_random_runs_with_counters(seed: int) -> None:
+    result = sim.run(seed, incrs=40)
+    assert result.stats["incrs"] == 40 or result.params.max_memory

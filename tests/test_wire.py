@@ -74,6 +74,7 @@ def test_every_op_decodes():
         "CLUSTER": ([], ()),
         "GETMETA": (["k"], ("k",)),
     }
+    cases["INCRBY"] = (["k", -3], ("k", -3))  # counters (issue 18)
     assert set(cases) | {"SET"} == wire.OPS
     for op, (args, expected) in cases.items():
         assert wire.decode_request(wire.encode_request(1, op, *args), LIMITS).args == expected
@@ -298,3 +299,14 @@ def test_random_bundle_bytes_only_ever_raise_protocol_error(data):
     except ProtocolError:
         return
     assert all(type(f) is bytes for m in messages for f in m)
+
+
+def test_incrby_takes_an_int64_delta_and_w():
+    decode = wire.decode_request
+    assert decode(wire.encode_request(1, "INCRBY", "k", 5, {"w": 2}), LIMITS).w == 2
+    for bad in (2**63, -(2**63) - 1, 1.5, b"1", None, True):
+        with pytest.raises(ProtocolError) as info:
+            decode(wire.encode_request(1, "INCRBY", "k", bad), LIMITS)
+        assert info.value.code == wire.E_BAD_ARGS
+    with pytest.raises(ProtocolError):
+        decode(wire.encode_request(1, "INCRBY", "k"), LIMITS)

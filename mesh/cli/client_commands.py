@@ -1,5 +1,5 @@
 """The ``pycache`` client commands: ``get``, ``set``, ``del``, ``expire``,
-``persist``, ``ttl``, ``stats`` (``--all``: every process of a ``pycache up``
+``persist``, ``ttl``, ``incr``, ``stats`` (``--all``: every process of a ``pycache up``
 cluster) and ``status`` (a table of the cluster, or ``--json``).  All take
 ``--connect`` (env ``PYCACHE_CONNECT``) with one default: the balancer's front
 of ``pycache up``, ``tcp://127.0.0.1:7000``.  Toward a node or balancer that
@@ -204,3 +204,27 @@ def status(connect: str, timeout: float, as_json: bool, **credentials: str) -> N
 
 #: the commands, in the order ``pycache --help`` lists them
 COMMANDS = [get, set_, del_, expire, persist, ttl, stats, status]
+
+
+# ----------------------------------------------------------------- counters (issue 18)
+
+
+@click.command()
+@click.argument("key")
+@click.option(
+    "--by", type=int, default=1, show_default=True, help="The amount to add (< 0: subtract)."
+)
+@connect_option
+@timeout_option
+@errors_to_exit_codes
+def incr(key: str, by: int, connect: str, timeout: float, **credentials: str) -> None:
+    """Add --by to the counter KEY (a missing key counts from 0); prints the new value.
+
+    Increments on different nodes at the same time all count (docs/counters.md).
+    """
+    if not -(2**63) <= by < 2**63:
+        raise click.BadParameter("must be a 64-bit signed integer", param_hint="--by")
+    click.echo(_client_call(connect, timeout, lambda c: c.incr(key, by), **credentials))
+
+
+COMMANDS.append(incr)

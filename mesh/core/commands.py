@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.core.clock import HybridClock, physical_ms
+from mesh.core.counters import CounterValue, increment, rebased
 from mesh.core.mutation import Mutation
 from mesh.core.store import Store
 from mesh.core.wire import Request
@@ -57,6 +58,7 @@ class CommandExecutor:
             "HEALTH": health or self._stats,
             "CLUSTER": cluster or self._stats,
         }
+        self._ops["INCRBY"] = self._incrby  # counters (issue 18)
 
     def execute(self, request: Request) -> Any:
         """Run one request and return its result (writes are queued in ``pending``)."""
@@ -67,7 +69,7 @@ class CommandExecutor:
         pending, self.pending = self.pending, []
         return pending
 
-    def _write(self, key: str, value: bytes | None, deadline: int) -> None:
+    def _write(self, key: str, value: bytes | tuple | None, deadline: int) -> None:
         self.seq += 1
         # tuple.__new__: a NamedTuple's own constructor is a Python function
         mutation = _new(Mutation, (self.origin, self.seq, self.clock.now(), key, value, deadline))
@@ -102,14 +104,14 @@ class CommandExecutor:
         entry = self.store.get(key, record_stats=False)
         if entry is None:
             return False
-        self._write(key, entry.value, self._now_ms() + ttl_ms)
+        self._rewrite(key, entry.value, self._now_ms() + ttl_ms)
         return True
 
     def _persist(self, key: str) -> bool:
         entry = self.store.get(key, record_stats=False)
         if entry is None or not entry.deadline:
             return False
-        self._write(key, entry.value, 0)
+        self._rewrite(key, entry.value, 0)
         return True
 
     def _get_meta(self, key: str) -> list | None:
@@ -117,7 +119,9 @@ class CommandExecutor:
         if entry is None:
             return None
         ttl = entry.deadline - self._now_ms() if entry.deadline else -1
-        return [entry.value, max(ttl, 0) if entry.deadline else -1, physical_ms(entry.hlc)]
+        value = entry.value
+        hlc = value.top[0] if type(value) is CounterValue else entry.hlc  # a counter's newest
+        return [value, max(ttl, 0) if entry.deadline else -1, physical_ms(hlc)]
 
     def _mget(self, keys: list[str]) -> list[bytes | None]:
         return [self._get(key) for key in keys]
@@ -126,3 +130,27 @@ class CommandExecutor:
         for key, value in pairs:
             self._write(key, value, 0)
         return True
+
+    # -- counters (issue 18) ------------------------------------------------
+
+    def _incrby(self, key: str, delta: int) -> int:
+        """INCRBY: merge-safe (:mod:`mesh.core.counters`); raises ProtocolError
+        NOT_INTEGER (nothing changes) on a non-integer value or an overflow."""
+        store = self.store
+        entry = store.get(key, record_stats=False)
+        state, value, deadline = increment(entry, store.tombstone(key), self.origin, delta)
+        self._write(key, state, deadline)
+        return value
+
+    def _rewrite(self, key: str, value: bytes | None, deadline: int) -> None:
+        """A new deadline for a held value; a counter stays one, rebased on this write
+        (:func:`mesh.core.counters.rebased`): one base, one deadline."""
+        if type(value) is not CounterValue:
+            self._write(key, value, deadline)
+            return
+        self.seq += 1
+        hlc = self.clock.now()
+        state = rebased(value, hlc, self.origin)
+        mutation = _new(Mutation, (self.origin, self.seq, hlc, key, state, deadline))
+        self.store.apply(mutation)
+        self.pending.append(mutation)

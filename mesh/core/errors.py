@@ -5,8 +5,9 @@
     PyCacheError
     ├── ConfigError            (also a ValueError) a bad option or config value
     ├── ProtocolError          a frame that cannot be decoded or is invalid
-    ├── Timeout                a wait passed its deadline
-    ├── ConnectionFailed       the client could not reach any endpoint
+    ├── Timeout                a wait passed its deadline (also the built-in TimeoutError)
+    ├── ConnectionFailed       the client could not reach any endpoint, or is closed
+    │                          (also the built-in ConnectionError)
     └── ServerError            the server answered with an error reply (has .code)
         ├── BadRequest         codes 1-5: malformed frame, version, op, args, key
         │                      (a key over its limit is a bad key: code 5)
@@ -16,6 +17,7 @@
         ├── DeadlinePassed     code 10: not run before the balancer's deadline
         │                      (also a Timeout)
         ├── NoSpace            code 11: the node's disk is full; the write was not applied
+        ├── NotInteger         code 12: INCRBY on a value that is not an int64, or overflow
         └── InternalError      code 99: a bug on the server side
 
 Library code translates zmq and msgpack errors into these at the boundary
@@ -48,12 +50,18 @@ class ProtocolError(PyCacheError):
         self.request_id = request_id
 
 
-class Timeout(PyCacheError):
-    """A request or wait did not complete before its deadline."""
+class Timeout(PyCacheError, TimeoutError):
+    """A request or wait did not complete before its deadline (also a TimeoutError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
-class ConnectionFailed(PyCacheError):
-    """No endpoint could be reached."""
+class ConnectionFailed(PyCacheError, ConnectionError):
+    """No endpoint could be reached, or the client is closed (also a ConnectionError)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if len(self.args) == 1 else super().__str__()
 
 
 class ServerError(PyCacheError):
@@ -91,3 +99,7 @@ class NoSpace(ServerError):
 
 class InternalError(ServerError):
     """The server hit a bug while handling the request."""
+
+
+class NotInteger(ServerError):
+    """INCRBY on a value that is not a base-10 int64, or its result would overflow."""

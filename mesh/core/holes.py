@@ -54,19 +54,16 @@ class HeldSeqs:
                 del self._held[origin]
         return raised
 
-    def skip_lost(
-        self, vv: dict[str, int], peers: Collection[_Peer], buffered: Collection[str]
-    ) -> list[str]:
+    def skip_lost(self, vv: dict[str, int], peers: Collection[_Peer]) -> list[str]:
         """Give up the holes no peer can refill: every peer heard, none past ``vv``
-        for the origin, nothing of it ``buffered``; ``vv`` then counts all the
-        held seqs of those origins, which are returned."""
+        for the origin; ``vv`` then counts all the held seqs of those origins,
+        which are returned (what the buffer holds after them is next in line)."""
         if any(p.heard_ms < 0 for p in peers):
             return []
         lost = [
             origin
             for origin in self._held
-            if origin not in buffered
-            and all(p.vv.get(origin, 0) <= vv.get(origin, 0) for p in peers)
+            if all(p.vv.get(origin, 0) <= vv.get(origin, 0) for p in peers)
         ]
         for origin in lost:
             vv[origin] = max(vv.get(origin, 0), *self._held.pop(origin))

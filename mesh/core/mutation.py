@@ -9,10 +9,11 @@ mutations with last-writer-wins on ``(hlc, origin)`` gives the same state.
 Record layout (a msgpack array, the payload of one log record and one entry of
 a replication batch)::
 
-    [origin: str, seq: uint, hlc: uint, key: str, value: bin | nil, deadline: uint]
+    [origin: str, seq: uint, hlc: uint, key: str, value: bin | nil | array, deadline: uint]
 
-``value`` nil is a tombstone (a DEL).  ``deadline`` is an absolute wall-clock
-time in milliseconds since the epoch, 0 for "no TTL".  ``origin`` is
+``value`` nil is a tombstone (a DEL); an array is a counter's state, which
+merges instead of last-writer-wins (:mod:`mesh.core.counters`).  ``deadline``
+is an absolute wall-clock time in milliseconds since the epoch, 0 for "no TTL".  ``origin`` is
 ``"<node id>/<incarnation>"``.  ``hlc`` is a packed hybrid logical clock value
 (see :mod:`mesh.core.clock`).
 """
@@ -26,6 +27,8 @@ from typing import NamedTuple
 
 import msgpack
 
+from mesh.core.counters import canonical, is_state
+
 
 class Mutation(NamedTuple):
     """One full-state change of one key, stamped by its origin."""
@@ -34,7 +37,7 @@ class Mutation(NamedTuple):
     seq: int
     hlc: int
     key: str
-    value: bytes | None
+    value: bytes | tuple | None  # a tuple: a counter's state
     deadline: int = 0
 
     @property
@@ -57,10 +60,12 @@ class Mutation(NamedTuple):
             and isinstance(seq, int)
             and isinstance(hlc, int)
             and isinstance(key, str)
-            and (value is None or isinstance(value, bytes))
+            and (value is None or isinstance(value, bytes) or is_state(value))
             and isinstance(deadline, int)
         ):
             raise ValueError("a mutation record field has the wrong type")
+        if isinstance(value, list):
+            value = canonical(value)
         return cls(origin, seq, hlc, key, value, deadline)
 
     def version(self) -> tuple[int, str]:
@@ -68,7 +73,7 @@ class Mutation(NamedTuple):
         return (self.hlc, self.origin)
 
 
-Record = tuple[str, int, int, str, "bytes | None", int]
+Record = tuple[str, int, int, str, "bytes | tuple | None", int]
 """A mutation's fields as a plain tuple, in :class:`Mutation`'s order (every
 Mutation is one): how entries from peers arrive (:mod:`mesh.core.peerwire`), since
 decoding straight into tuples skips a copy of each.  Code that takes entries

@@ -15,6 +15,7 @@ from operator import itemgetter
 from typing import Any
 
 from mesh.core.clockguard import CLOCK_OFFSET
+from mesh.core.counters import is_state
 from mesh.core.errors import ProtocolError
 from mesh.core.lagguard import BEHIND
 from mesh.core.peerview import CATCHING_UP, READY
@@ -107,7 +108,7 @@ def entries(raw: Any) -> tuple:
 
     ``seq``, ``hlc`` and ``deadline`` in 0..2**63-1 (a snapshot's entries have
     seq 0; elsewhere an entry at or below the vv is a duplicate), a key of
-    1..MAX_KEY_CHARS characters, a value of bytes or nil, an origin of the
+    1..MAX_KEY_CHARS characters, a value of bytes, nil or a counter's state, an origin of the
     right shape.  (How far ahead of this node's clock an hlc may be is the
     replica's call: :meth:`mesh.core.replication.Replica.receive`.)
     """
@@ -127,7 +128,7 @@ def entries(raw: Any) -> tuple:
                 or type(h) is not int
                 or not 0 <= h <= top
                 or type(k) is not str
-                or (v is not None and type(v) is not bytes)
+                or (v is not None and type(v) is not bytes and not is_state(v))
                 or type(d) is not int
                 or not 0 <= d <= top
             ):

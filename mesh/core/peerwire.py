@@ -1,6 +1,6 @@
 """Messages between nodes: PUB/SUB fan-out and the ROUTER catch-up socket.
 
-Every message is one ZeroMQ frame: the peer protocol's version byte ``0x02``
+Every message is one ZeroMQ frame: the peer protocol's version byte ``0x03``
 and an msgpack array whose first element names the kind.  An entry is a
 mutation record inline (``[origin, seq, hlc, key, value | nil, deadline]``,
 see :mod:`mesh.core.mutation`): a whole message decodes in one msgpack call into
@@ -55,8 +55,10 @@ from mesh.core.errors import ProtocolError
 from mesh.core.mutation import Record
 from mesh.core.wire import E_MALFORMED
 
-PEER_VERSION = 2
-"""The first byte of every message between nodes (clients speak version 1: :mod:`.wire`)."""
+PEER_VERSION = 3
+"""The first byte of every message between nodes (clients speak version 1: :mod:`.wire`).
+3: an entry's value may be a counter's state (:mod:`mesh.core.counters`); nodes of
+version 2 and 3 ignore each other (a cluster is upgraded all at once)."""
 PEER_VERSION_BYTE = bytes([PEER_VERSION])
 
 ENTRIES = "E"

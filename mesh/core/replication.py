@@ -108,8 +108,6 @@ class Replica:
         self._snapshot_due = False
         self._progress_ms = now_ms
 
-    # ------------------------------------------------------------------ membership
-
     def on_hello(self, node_id: str, now_ms: int) -> None:
         """A peer answered our HELLO: it is up, so wait for it while catching up."""
         peer = self.add_peer(node_id)
@@ -131,8 +129,6 @@ class Replica:
     def settled(self) -> bool:
         """Nothing held past a hole: not in the buffer, nor in a damaged log."""
         return not self._buffered and not self._held
-
-    # ------------------------------------------------------------------ local writes
 
     def commit_local(
         self, mutations: Sequence[Mutation], records: Sequence[bytes] | None = None
@@ -241,6 +237,17 @@ class Replica:
             self._drain(origin, applied)
         return len(applied) > before
 
+    def _drain_apply(self, origins: Iterable[str]) -> list[Record]:
+        """Apply and log what the buffer holds next in line for ``origins``."""
+        applied: list[Record] = []
+        for origin in origins:
+            self._drain(origin, applied)
+        self._count_held(applied)
+        if applied:
+            self._apply(applied)
+            self.log.append(applied)
+        return applied
+
     def _hold(self, m: Record) -> None:
         held = self._buffer.setdefault(m[0], {})
         if m[1] in held or self._buffered >= BUFFER_LIMIT:
@@ -289,7 +296,7 @@ class Replica:
         if self.state != READY:
             self._check_ready(now_ms)
         elif self._held:
-            self._held.skip_lost(self.vv, self.peers.values(), self._buffer)
+            self._drain_apply(self._held.skip_lost(self.vv, self.peers.values()))
         out = []
         # One snapshot at a time: a new node fetches the whole data set from one
         # peer, then only the tails from the others.  While catching up after a
@@ -450,13 +457,7 @@ class Replica:
             if seq > self.vv.get(o, 0):
                 self.vv[o] = seq
             self.floor[o] = max(self.floor.get(o, 0), seq)
-        applied: list[Record] = []
-        for o in list(self._buffer):
-            self._drain(o, applied)
-        self._count_held(applied)
-        if applied:
-            self._apply(applied)
-            self.log.append(applied)
+        applied = self._drain_apply(list(self._buffer))
         self._clear_lag(now_ms)
         peer.want_full = False
         peer.next_fetch = self._new_fetch()  # then the tail
@@ -484,8 +485,6 @@ class Replica:
         """A new request or session id."""
         self._ids += 1
         return self._ids
-
-    # ------------------------------------------------------------------ reporting
 
     def heartbeat(self) -> dict[str, Any]:
         """What to publish every ~100 ms and after each applied batch."""

@@ -34,8 +34,11 @@ bin, or str taken as its UTF-8 bytes)::
     STATS                           -> map of str to int/str/map (see docs/protocol.md)
     HEALTH                          -> {"node_id": str, "state": str}  (cheap; for balancers)
     CLUSTER                         -> {"nodes": [{node_id, state, ...}, ...]}
+    INCRBY key delta [options]      -> int: the new value (delta: int64; a counter, see
+                                       mesh.core.counters); NOT_INTEGER error if the key holds
+                                       a value that is not a base-10 int64, or on overflow
 
-    DEL, EXPIRE, PERSIST and MSET take an optional trailing options map {"w": W}.
+    DEL, EXPIRE, PERSIST, MSET and INCRBY take an optional trailing options map {"w": W}.
     W (write acknowledgement): a node count 1..64, "quorum" or "all"; the reply
     comes once that many nodes have logged the write, or is a NOT_ACKNOWLEDGED
     error saying how many had.
@@ -54,12 +57,14 @@ from typing import Any
 
 import msgpack
 
+from mesh.core import counters
 from mesh.core.acks import parse_w
 from mesh.core.errors import (
     BadRequest,
     DeadlinePassed,
     InternalError,
     NoSpace,
+    NotInteger,
     NotReady,
     ProtocolError,
     ServerError,
@@ -443,4 +448,25 @@ _VALIDATORS: dict[str, Callable[[list, Limits], tuple]] = {
 }
 
 #: Every op this protocol version knows.
+OPS = frozenset(_VALIDATORS)
+
+
+# ----------------------------------------------------------------- counters (issue 18)
+
+E_NOT_INTEGER = counters.E_NOT_INTEGER  # INCRBY on a value not a base-10 int64, or overflow
+ERROR_NAMES[E_NOT_INTEGER] = "NOT_INTEGER"
+_EXCEPTIONS[E_NOT_INTEGER] = NotInteger
+WRITE_OPS = WRITE_OPS | {"INCRBY"}
+_MIN_ARGS["INCRBY"] = 2
+
+
+def _v_incrby(args: list, limits: Limits) -> tuple:
+    _arity(args, 2, 2, "INCRBY key delta [{w}]")
+    delta = args[1]
+    if type(delta) is not int or not counters.INT64_MIN <= delta <= counters.INT64_MAX:
+        raise _fail(E_BAD_ARGS, "INCRBY delta must be a 64-bit signed integer")
+    return (_key(args[0], limits), delta)
+
+
+_VALIDATORS["INCRBY"] = _v_incrby
 OPS = frozenset(_VALIDATORS)

@@ -41,7 +41,7 @@ from mesh.core.errors import (
     WriteNotAcknowledged,
 )
 from mesh.core.wire import MAX_TTL_MS
-from mesh.roles.client import AsyncClient
+from mesh.roles.asyncclient import AsyncClient
 from mesh.roles.clientplane import Credentials
 
 INVALID_VALUE = "Invalid value: send a non-empty string, a number, a non-empty list or an object"

@@ -1,4 +1,4 @@
-"""Python clients, sync and asyncio, in the shape redis-py users know.
+"""The Python client, in the shape redis-py users know (asyncio: :mod:`.asyncclient`).
 
 >>> from mesh.roles.client import Client
 >>> with Client("tcp://127.0.0.1:7001") as cache:
@@ -20,33 +20,32 @@ server_key="server.key")`` (``server_key`` may also be the key in Z85), or
 ``credentials=Credentials.load(...)``.  A client without an admitted key gets
 no connection, so its calls time out.
 
+One :class:`Client` may be shared by many threads (each gets its own socket)
+and survives ``os.fork()`` (the child gets fresh sockets): see
+:mod:`mesh.roles.clientsock`, which also reads ``Client.from_url`` URLs.
+
 Values go out as bytes (``str`` is encoded as UTF-8, numbers as their decimal
-text, as redis-py does) and come back as ``bytes``.  TTLs are in seconds
+text, as redis-py does) and come back as ``bytes`` (``str`` with
+``decode_responses=True``).  TTLs are in seconds
 (``ttl``, ``expire``) or milliseconds (``px``, ``pexpire``, ``pttl``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import zmq
-import zmq.asyncio
 
 from mesh.core import wire
 from mesh.core.errors import ConnectionFailed, ProtocolError, PyCacheError, Timeout
-from mesh.roles.clientplane import Credentials, connect_as
+from mesh.roles.clientplane import Credentials
+from mesh.roles.clientsock import SocketPool, credentials_of, endpoints_of, parse_url
 from mesh.roles.config import DEFAULT_API
-from mesh.roles.zsock import drain, send_frames, socket_events, socket_fd
 
 DEFAULT_TIMEOUT = 5.0
-REPLY_HWM = 100_000
-DRAIN_MAX = 1024  # replies taken per drain call
-_POLLIN = int(zmq.POLLIN)
-_POLLOUT = int(zmq.POLLOUT)
 
 Value = bytes | str | int | float
 
@@ -179,48 +178,54 @@ class CommandMethods:
         """Every node as the server sees it: ``{"nodes": [{node_id, state, ...}]}``."""
         return self._call("CLUSTER")
 
+    # -- counters (issue 18) ------------------------------------------------
 
-def _result(code: int, result: Any, convert: Callable[[Any], Any] | None) -> Any:
+    def incr(self, key: str, amount: int = 1, w: int | str | None = None) -> Any:
+        """Add ``amount`` to the counter ``key`` (missing: 0) and return the new value.
+
+        Increments on different nodes at the same time all count (a merged
+        counter, docs/counters.md).  Raises :class:`~mesh.core.errors.NotInteger`
+        when the key holds a value that is not an int64, or on overflow.
+        """
+        return self._call("INCRBY", key, amount, *_w(w))
+
+    def decr(self, key: str, amount: int = 1, w: int | str | None = None) -> Any:
+        """Subtract ``amount`` from the counter ``key``; the new value (see :meth:`incr`)."""
+        return self._call("INCRBY", key, -amount, *_w(w))
+
+
+def _result(
+    code: int, result: Any, convert: Callable[[Any], Any] | None, decode: bool = False
+) -> Any:
     if code != wire.OK:
         raise wire.error_for(code, str(result))
-    return convert(result) if convert is not None else result
+    if convert is not None:
+        result = convert(result)
+    return _decoded(result) if decode else result
 
 
-def _credentials(
-    credentials: Credentials | None, client_key: str | None, server_key: str | bytes | None
-) -> Credentials | None:
-    """One set of credentials from ``credentials=`` or ``client_key=`` + ``server_key=``."""
-    if client_key is None and server_key is None:
-        return credentials
-    if credentials is not None or client_key is None or server_key is None:
-        raise ValueError("give credentials=, or both client_key= and server_key=")
-    return Credentials.load(client_key, server_key)
-
-
-def _dealer(
-    ctx: zmq.Context, endpoints: Sequence[str], credentials: Credentials | None = None
-) -> zmq.Socket:
-    sock = ctx.socket(zmq.DEALER)
-    if credentials is not None:
-        connect_as(sock, credentials)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only on live connections
-    sock.setsockopt(zmq.RCVHWM, REPLY_HWM)  # room for every reply of a long pipeline
-    try:
-        for endpoint in endpoints:
-            sock.connect(endpoint)
-    except zmq.ZMQError as exc:
-        sock.close()
-        raise ConnectionFailed(f"cannot connect to {endpoint}: {exc}") from exc
-    return sock
-
-
-def _endpoints(endpoint: str | Sequence[str]) -> list[str]:
-    return [endpoint] if isinstance(endpoint, str) else list(endpoint)
+def _decoded(result: Any) -> Any:
+    """``result`` with every bytes in it as str (UTF-8): ``decode_responses=True``."""
+    if isinstance(result, bytes):
+        return result.decode()
+    if isinstance(result, (list, tuple)):
+        return type(result)(map(_decoded, result))
+    if isinstance(result, dict):
+        return {key: _decoded(value) for key, value in result.items()}
+    return result
 
 
 class Client(CommandMethods):
-    """Synchronous client over one DEALER socket connected to every endpoint."""
+    """Synchronous client; safe to share between threads and across ``os.fork()``.
+
+    Each thread talks over its own DEALER socket (connected to every
+    endpoint), made on its first call; a child process after a fork gets a
+    fresh context and sockets on its first call (:mod:`mesh.roles.clientsock`).
+    ``decode_responses=True`` returns values as ``str`` (UTF-8) instead of
+    bytes, as redis-py's option does (and as there, a value that is not UTF-8
+    raises UnicodeDecodeError).  :meth:`from_url` builds one from a URL.
+    :meth:`close` it once no other thread uses it.
+    """
 
     def __init__(
         self,
@@ -231,57 +236,68 @@ class Client(CommandMethods):
         credentials: Credentials | None = None,
         client_key: str | None = None,
         server_key: str | bytes | None = None,
+        decode_responses: bool = False,
     ) -> None:
-        self.endpoints = _endpoints(endpoint)
+        self.endpoints = endpoints_of(endpoint)
         self.timeout = timeout
-        self.credentials = _credentials(credentials, client_key, server_key)
-        self._own_ctx = context is None
-        self._ctx = context or zmq.Context()
-        self._sock = _dealer(self._ctx, self.endpoints, self.credentials)
-        self._ids = itertools.count(1)
+        self.decode_responses = decode_responses
+        self.credentials = credentials_of(credentials, client_key, server_key)
+        self._pool = SocketPool(self.endpoints, self.credentials, context)
+        self._ids = itertools.count(1)  # next() on a count is atomic: ids are unique
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> Client:
+        """A client from ``pycache://host:port[,host:port...][?timeout=S&decode_responses=1
+        &client_key=PATH&server_key=PATH]`` (or ``tcp://host:port?...``); keyword
+        ``options`` override the URL's.  A bad URL raises ConfigError (a ValueError)."""
+        endpoints, found = parse_url(url)
+        return cls(endpoints, **{**found, **options})
 
     def _call(self, op: str, *args: Any, convert: Callable[[Any], Any] | None = None) -> Any:
         ((code, result),) = self.execute_many([(op, args)], self.timeout)
-        return _result(code, result, convert)
+        return _result(code, result, convert, self.decode_responses)
 
     def execute_many(
         self, requests: Sequence[tuple[str, tuple]], timeout: float | None = None
     ) -> list[tuple[int, Any]]:
         """Send every request at once, then collect ``(code, result)`` for each, in order."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        sock = self._pool.socket()
         ids = []
         try:
             for op, args in requests:
                 request_id = next(self._ids)
-                self._send(wire.encode_request(request_id, op, *args), deadline)
+                self._send(sock, wire.encode_request(request_id, op, *args), deadline)
                 ids.append(request_id)
-            replies = self._receive(set(ids), deadline)
+            replies = self._receive(sock, set(ids), deadline)
         except zmq.ZMQError as exc:
             raise ConnectionFailed(f"socket error talking to {self.endpoints}: {exc}") from exc
         return [replies[i] for i in ids]
 
-    def _send(self, frame: bytes, deadline: float) -> None:
+    def _send(self, sock: zmq.Socket, frame: bytes, deadline: float) -> None:
         while True:
             try:
-                self._sock.send(frame, zmq.NOBLOCK)
+                sock.send(frame, zmq.NOBLOCK)
                 return
             except zmq.Again:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._sock.poll(int(left * 1000) + 1, zmq.POLLOUT):
+                if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLOUT):
                     raise Timeout(f"no endpoint of {self.endpoints} took the request") from None
 
-    def _receive(self, waiting: set[int], deadline: float) -> dict[int, tuple[int, Any]]:
+    def _receive(
+        self, sock: zmq.Socket, waiting: set[int], deadline: float
+    ) -> dict[int, tuple[int, Any]]:
         replies: dict[int, tuple[int, Any]] = {}
         while waiting:
             left = deadline - time.monotonic()
-            if left <= 0 or not self._sock.poll(int(left * 1000) + 1, zmq.POLLIN):
+            if left <= 0 or not sock.poll(int(left * 1000) + 1, zmq.POLLIN):
                 raise Timeout(
                     f"{len(waiting)} of {len(waiting) + len(replies)} replies missing "
                     f"from {self.endpoints} after the deadline"
                 )
             while True:
                 try:
-                    frame = self._sock.recv(zmq.NOBLOCK)
+                    frame = sock.recv(zmq.NOBLOCK)
                 except zmq.Again:
                     break
                 request_id, code, result = wire.decode_reply(frame)
@@ -295,10 +311,9 @@ class Client(CommandMethods):
         return Pipeline(self)
 
     def close(self) -> None:
-        """Close the socket (and the context, when the client made it)."""
-        self._sock.close(0)
-        if self._own_ctx:
-            self._ctx.term()
+        """Close every thread's socket (and the context, when the client made it);
+        call it once no other thread uses the client.  Later calls raise ConnectionFailed."""
+        self._pool.close()
 
     def __enter__(self) -> Client:
         return self
@@ -329,7 +344,7 @@ class Pipeline(CommandMethods):
         results: list[Any] = []
         for (code, result), (_, _, convert) in zip(replies, queue, strict=True):
             try:
-                results.append(_result(code, result, convert))
+                results.append(_result(code, result, convert, self._client.decode_responses))
             except PyCacheError as exc:
                 if raise_on_error:
                     raise
@@ -344,133 +359,3 @@ class Pipeline(CommandMethods):
 
     def __exit__(self, *exc: object) -> None:
         self._queue = []
-
-
-class AsyncClient(CommandMethods):
-    """asyncio client: every call is a coroutine; concurrent calls pipeline.
-
-    Requests go out on the raw socket without blocking.  The client watches
-    the socket's ZMQ_FD itself: whenever it fires, and after every send, it
-    drains the replies waiting and completes each call's future by request
-    id.  (ZMQ_FD is edge-triggered and a send may use up its edge, hence the
-    check after sending.)  No task or ``wait_for`` per call: a timer handle
-    bounds each one.
-    """
-
-    def __init__(
-        self,
-        endpoint: str | Sequence[str] = DEFAULT_API,
-        *,
-        timeout: float = DEFAULT_TIMEOUT,
-        context: zmq.asyncio.Context | None = None,
-        credentials: Credentials | None = None,
-        client_key: str | None = None,
-        server_key: str | bytes | None = None,
-    ) -> None:
-        self.endpoints = _endpoints(endpoint)
-        self.timeout = timeout
-        self.credentials = _credentials(credentials, client_key, server_key)
-        self._own_ctx = context is None
-        self._ctx = context or zmq.asyncio.Context()
-        self._sock = _dealer(self._ctx, self.endpoints, self.credentials)
-        self._raw: zmq.Socket = zmq.Socket.shadow(self._sock.underlying)
-        self._fd = socket_fd(self._raw)
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, asyncio.Future] = {}
-        self._room: list[asyncio.Future] = []  # senders waiting for the socket to take more
-        self._loop: asyncio.AbstractEventLoop | None = None  # whose reader watches ZMQ_FD
-
-    def _call(self, op: str, *args: Any, convert: Callable[[Any], Any] | None = None) -> Any:
-        return self._request(op, args, convert)
-
-    async def _request(self, op: str, args: tuple, convert: Callable[[Any], Any] | None) -> Any:
-        loop = self._watch()
-        request_id = next(self._ids)
-        frame = wire.encode_request(request_id, op, *args)
-        future = loop.create_future()
-        self._waiting[request_id] = future
-        timer = loop.call_later(self.timeout, self._expire, future)
-        try:
-            await self._send(frame, loop, future)
-            code, result = await future
-        except zmq.ZMQError as exc:
-            raise ConnectionFailed(f"socket error talking to {self.endpoints}: {exc}") from exc
-        finally:
-            timer.cancel()
-            self._waiting.pop(request_id, None)
-        return _result(code, result, convert)
-
-    def _watch(self) -> asyncio.AbstractEventLoop:
-        """The running loop, watching this socket's ZMQ_FD (set up on first use)."""
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._unwatch()
-            loop.add_reader(self._fd, self._on_events)
-            self._loop = loop
-        return loop
-
-    def _unwatch(self) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.remove_reader(self._fd)
-        self._loop = None
-
-    async def _send(
-        self, frame: bytes, loop: asyncio.AbstractEventLoop, reply: asyncio.Future
-    ) -> None:
-        """Send ``frame`` now, or once the socket has room (no live peer yet, or HWM)."""
-        while True:
-            try:
-                send_frames(self._raw, (frame,))
-                break
-            except zmq.Again:
-                room = loop.create_future()
-                self._room.append(room)
-                await room  # woken by room, or by any call's deadline (_expire)
-                if reply.done():
-                    return
-        self._on_events()
-
-    def _expire(self, future: asyncio.Future) -> None:
-        if not future.done():
-            future.set_exception(Timeout(f"no reply from {self.endpoints} within {self.timeout} s"))
-        self._wake_senders()  # a sender of an expired call stops waiting for room
-
-    def _wake_senders(self) -> None:
-        room, self._room = self._room, []
-        for future in room:
-            if not future.done():
-                future.set_result(None)
-
-    def _on_events(self) -> None:
-        """Complete the calls whose replies wait; wake senders if there is room."""
-        raw, waiting = self._raw, self._waiting
-        while True:
-            events = socket_events(raw)
-            if events & _POLLOUT and self._room:
-                self._wake_senders()
-            if not events & _POLLIN:
-                return
-            for frames in drain(raw, DRAIN_MAX):
-                try:
-                    request_id, code, result = wire.decode_reply(frames[-1])
-                except ProtocolError:
-                    continue
-                call = waiting.get(request_id)  # type: ignore[arg-type]
-                if call is not None and not call.done():
-                    call.set_result((code, result))
-
-    async def close(self) -> None:
-        """Close the socket (and the context it made); calls still waiting fail."""
-        self._unwatch()
-        for future in [*self._waiting.values(), *self._room]:
-            if not future.done():
-                future.set_exception(ConnectionFailed(f"client to {self.endpoints} closed"))
-        self._sock.close(0)
-        if self._own_ctx:
-            self._ctx.term()
-
-    async def __aenter__(self) -> AsyncClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

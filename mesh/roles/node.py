@@ -320,12 +320,8 @@ class Node:
             loop.remove_reader(fd)
 
     def _wake_serve(self) -> None:
-        """Let :meth:`_serve` look at its socket again.
-
-        Called when ZMQ_FD turns readable, and after every send on the API
-        socket from outside :meth:`_serve`: a send may take in the socket's
-        pending commands and so use up the edge _serve waits for.
-        """
+        """Let :meth:`_serve` look at its socket again: when ZMQ_FD turns readable, and after
+        every send on the API socket from outside it (a send may use up the edge it waits for)."""
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
@@ -417,6 +413,9 @@ class Node:
         seq_before = self.commands.seq
         try:
             result = self.commands.execute(request)
+        except ProtocolError as exc:  # the op refused (e.g. NOT_INTEGER): nothing changed
+            frames[-1] = wire.encode_error(request.id, exc.code, exc.reason)
+            return frames
         except Exception:
             log.exception("internal error on %r", request)
             frames[-1] = wire.encode_error(request.id, wire.E_INTERNAL, "internal error")

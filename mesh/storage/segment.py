@@ -69,7 +69,10 @@ from mesh.storage.salvage import salvage_tail
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Written in new segments and indexes.  2: records may carry counter states
+(mesh.core.counters); version 1 files (no counters) are read as they are."""
+READ_VERSIONS = (1, 2)
 SEGMENT_MAGIC = b"PCLG"
 INDEX_MAGIC = b"PCIX"
 HEADER = struct.Struct(">4sHHQ")
@@ -114,7 +117,7 @@ def scan(seg: Segment, last: bool, seqs: dict[str, int], hlc: int, mark_bytes: i
             os.fsync(f.fileno())
             head = HEADER.pack(SEGMENT_MAGIC, FORMAT_VERSION, 0, seg.first)
         magic, version, _flags, first = HEADER.unpack(head)
-        if magic != SEGMENT_MAGIC or version != FORMAT_VERSION or first != seg.first:
+        if magic != SEGMENT_MAGIC or version not in READ_VERSIONS or first != seg.first:
             raise LogCorruptError(path, 0, "bad segment header")
         seg.start_hlc = hlc
         marks: list[Mark] = [(seg.first, HEADER.size, dict(seqs))]
@@ -189,7 +192,7 @@ def read_index(seg: Segment) -> dict[str, Any] | None:
         data = path.read_bytes()
         magic, version, _flags, length, crc = INDEX_HEADER.unpack_from(data)
         payload = data[INDEX_HEADER.size :]
-        if magic != INDEX_MAGIC or version != FORMAT_VERSION or len(payload) != length:
+        if magic != INDEX_MAGIC or version not in READ_VERSIONS or len(payload) != length:
             raise ValueError("bad header")
         if crc32c(payload) != crc:
             raise ValueError("CRC mismatch")

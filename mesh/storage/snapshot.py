@@ -49,7 +49,10 @@ from mesh.storage.records import FRAME, read_chunks, read_records
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_MAGIC = b"PCSN"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Written in new snapshots.  2: entries may carry counter states
+(mesh.core.counters); version 1 snapshots are read as they are."""
+READ_VERSIONS = (1, 2)
 
 _HEADER = struct.Struct(">4sHH")
 
@@ -118,7 +121,7 @@ def check(path: Path) -> Snapshot | None:
         size = path.stat().st_size
         with open(path, "rb") as f:
             magic, version, _flags = _HEADER.unpack(f.read(_HEADER.size))
-            if magic != SNAPSHOT_MAGIC or version != FORMAT_VERSION:
+            if magic != SNAPSHOT_MAGIC or version not in READ_VERSIONS:
                 raise ValueError("bad header")
             stop = size - _TRAILER_SIZE
             if stop < _HEADER.size + FRAME.size:
