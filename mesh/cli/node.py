@@ -23,6 +23,7 @@ from mesh.cli.options import (
     insecure_option,
     int_option,
     log_level_option,
+    resp_option,
     seconds_option,
     setup_logging,
     valid_config,
@@ -227,6 +228,7 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     "PYCACHE_HTTP_BODY_TIMEOUT",
     "Seconds a request's body may take to arrive after its headers.",
 )
+@resp_option
 @log_level_option
 def node(
     node_id: str,
@@ -268,6 +270,7 @@ def node(
     http_max_connections: int,
     http_idle_timeout: float,
     http_body_timeout: float,
+    resp: str,
     log_level: str,
 ) -> None:
     """Run one node until SIGTERM or Ctrl-C (then fsync and exit 0)."""
@@ -318,6 +321,7 @@ def node(
             http_max_connections=http_max_connections,
             http_idle_timeout=http_idle_timeout,
             http_body_timeout=http_body_timeout,
+            resp=resp,
         )
     )
     errors_to_exit_codes(run_node)(config)

@@ -24,6 +24,7 @@ from mesh.cli.options import (
     insecure_option,
     int_option,
     log_level_option,
+    resp_option,
     seconds_option,
     setup_logging,
     valid_config,
@@ -100,6 +101,13 @@ from mesh.roles.config import (
 @client_keys_option
 @client_key_option
 @server_key_option
+@resp_option
+@click.option(
+    "--token-file",
+    default="",
+    envvar="PYCACHE_TOKEN_FILE",
+    help="RESP AUTH tokens, one per line (required for --resp beyond loopback).",
+)
 @log_level_option
 def balancer(
     front: str,
@@ -116,6 +124,8 @@ def balancer(
     client_keys: str,
     client_key: str,
     server_key: str,
+    resp: str,
+    token_file: str,
     log_level: str,
 ) -> None:
     """Run a balancer in front of the nodes until SIGTERM or Ctrl-C."""
@@ -137,6 +147,8 @@ def balancer(
             client_keys=client_keys,
             client_key=client_key,
             server_key=server_key,
+            resp=resp,
+            token_file=token_file,
         )
     )
     errors_to_exit_codes(run_balancer)(config, status_file)

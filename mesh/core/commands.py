@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.core.clock import HybridClock, physical_ms
+from mesh.core.keyspace import KeyOps
 from mesh.core.mutation import Mutation
 from mesh.core.store import Store
 from mesh.core.wire import Request
@@ -57,6 +58,8 @@ class CommandExecutor:
             "HEALTH": health or self._stats,
             "CLUSTER": cluster or self._stats,
         }
+        # The key-space ops of the Redis front (EXISTS, SCAN, FLUSHALL, SETX, ...).
+        self._ops.update(KeyOps(self).ops())
 
     def execute(self, request: Request) -> Any:
         """Run one request and return its result (writes are queued in ``pending``)."""

@@ -13,8 +13,7 @@ batch of writes) instead of one each.  For the same reason sends are held
 until the end of a loop turn and then made back to back: libzmq's I/O thread
 then writes several messages per system call.  The requests held for one
 node go as one message, a bundle (see :data:`mesh.core.envelope.BUNDLE_MAGIC`), when
-the node's HEALTH offers ``bundle_bytes``; its replies come back as one
-bundle too.
+the node's HEALTH offers ``bundle_bytes``; its replies come back as one bundle too.
 
 Liveness and readiness, per node:
 
@@ -41,9 +40,8 @@ must agree within ``CLOCK_MARGIN_MS``.  With no ready node a request waits up
 to ``wait_ms`` for one, then gets ``NOT_READY: no ready node``.  Every send is
 non-blocking.
 
-HEALTH and CLUSTER sent to the balancer are answered by the balancer itself:
-HEALTH says ``ready`` while at least one node is; CLUSTER gathers every
-node's own CLUSTER entry.
+HEALTH and CLUSTER sent to the balancer are answered by the balancer itself: HEALTH
+says ``ready`` while at least one node is; CLUSTER gathers every node's CLUSTER entry.
 
 With ``client_keys`` the front is a CURVE server admitting only those
 clients (:mod:`mesh.roles.clientplane`, through a :class:`ThreadZapHandler`);
@@ -75,6 +73,7 @@ from mesh.roles.binding import bind
 from mesh.roles.clientplane import connect_as, optional_credentials, protect
 from mesh.roles.config import BalancerConfig
 from mesh.roles.dialer import Dialer
+from mesh.roles.fronts import BalancerResp
 from mesh.roles.liveness import detect_dead_hosts
 from mesh.roles.routing import Link, Pending, Pool, bundle_messages, client_reply, forwarded
 from mesh.roles.trust import AnyZapHandler, ThreadZapHandler, log_refused
@@ -481,20 +480,21 @@ class Balancer:
 def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None:
     """Run a balancer in this process until SIGTERM or SIGINT.
 
-    ``status_file`` gets ``{"pid", "state", "front"}`` once the front is bound
+    ``status_file`` gets ``{"pid", "state", "front"}`` (and ``resp``) once bound
     (with a ``*`` port, the port the OS picked).
     """
     raise_fd_limit()
     tune_gc()
-    ctx = zmq.Context()
+    ctx, resp = zmq.Context(), BalancerResp(config)  # RESP front: mesh.roles.fronts
     try:
         balancer = Balancer(config, ctx)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: balancer.stop())
         log.info("balancer on %s for %s", balancer.endpoint, ", ".join(config.nodes))
+        status = {"pid": os.getpid(), "state": "ready", "front": balancer.endpoint, **resp.start()}
         if status_file:
-            status = {"pid": os.getpid(), "state": "ready", "front": balancer.endpoint}
             write_atomically(Path(status_file), json.dumps(status).encode(), durable=False)
         balancer.run()
     finally:
+        resp.stop()
         ctx.term()

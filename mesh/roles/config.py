@@ -108,6 +108,8 @@ class NodeConfig:
         http_max_connections / http_idle_timeout / http_body_timeout: the HTTP
             API's connection limits, as ``EdgeConfig``'s ``max_connections``,
             ``idle_timeout`` and ``body_timeout``.
+        resp: ``HOST:PORT`` of the RESP (Redis protocol) front ('': none; port
+            ``*``: the OS picks, see ``node.json``); AUTH takes a ``token_file`` token.
     """
 
     node_id: str
@@ -145,6 +147,7 @@ class NodeConfig:
     http_max_connections: int = 0
     http_idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT
     http_body_timeout: float = DEFAULT_HTTP_BODY_TIMEOUT
+    resp: str = ""
 
     def validate(self) -> NodeConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -217,6 +220,31 @@ class NodeConfig:
                 bool(self.token_file) or self.insecure,
                 "--token-file FILE",
             )
+        check_resp(self.resp, bool(self.token_file) or self.insecure)
+
+
+def resp_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``tcp://HOST:PORT`` of a RESP front (port ``*`` or 0: the OS picks)."""
+    rest = value[len("tcp://") :] if value.startswith("tcp://") else value
+    host, sep, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if (
+        not sep
+        or not host
+        or not (port == "*" or port.isdigit())
+        or int(port.strip("*") or 0) > 65535
+    ):
+        raise ConfigError(f"resp {value!r}: give HOST:PORT or tcp://HOST:PORT (port '*': any)")
+    return host, 0 if port == "*" else int(port)
+
+
+def check_resp(resp: str, has_credentials: bool) -> None:
+    """A RESP front's address, and protected mode: beyond loopback only with tokens."""
+    if resp:
+        host, _ = resp_address(resp)
+        check_protected(
+            "RESP on", host, host_is_loopback(host), has_credentials, "--token-file FILE"
+        )
 
 
 @dataclass(frozen=True)
@@ -245,6 +273,8 @@ class BalancerConfig:
             ``.key_secret`` file) and the nodes' server key (file or Z85), when
             the nodes' api sockets require CURVE (``server_key`` defaults to
             ``client_keys``'s server key).
+        resp: ``HOST:PORT`` of the RESP front ('': none); each connection is
+            pinned to one ready node.  token_file: its AUTH tokens (one per line).
     """
 
     front: str = DEFAULT_FRONT
@@ -260,6 +290,8 @@ class BalancerConfig:
     client_keys: str = ""
     client_key: str = ""
     server_key: str = ""
+    resp: str = ""
+    token_file: str = ""
 
     def validate(self) -> BalancerConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -285,6 +317,9 @@ class BalancerConfig:
             "--client-keys DIR",
         )
         optional_credentials(self.client_key, self.server_key, self.client_keys)
+        if self.token_file:
+            load_tokens(self.token_file)
+        check_resp(self.resp, bool(self.token_file) or self.insecure)
         return self
 
 
