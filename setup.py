@@ -20,6 +20,8 @@ setup(
         "crc32c>=2.3",
         # XXH3 for the per-entry share of the store digest: hashed on every write.
         "xxhash>=3.0",
+        # The RESP front's parser (C): command arrays at C speed.
+        "hiredis>=2.0",
     ],
     extras_require={
         "test": [
@@ -28,6 +30,8 @@ setup(
             "hypothesis>=6.90",
             "ruff>=0.5",
             "mypy>=1.8",
+            # tests/test_resp*.py: a real Redis client against the RESP front
+            "redis>=5.0",
             # Ships the Compose Specification's JSON schema (vendor.compose-spec)
             # and ruamel.yaml: tests/test_compose.py validates docker-compose.yml
             # offline, with no Docker engine.

@@ -305,6 +305,15 @@ def edge(
     "--balancer-port", Ports.balancer, "PYCACHE_BALANCER_PORT", "The balancer's front port."
 )
 @int_option("--edge-port", Ports.edge, "PYCACHE_EDGE_PORT", "The HTTP edge's port.")
+@int_option(
+    "--resp-port", Ports.resp, "PYCACHE_RESP_PORT", "First node's RESP port; the next get +1."
+)
+@int_option(
+    "--balancer-resp-port",
+    Ports.balancer_resp,
+    "PYCACHE_BALANCER_RESP_PORT",
+    "The balancer's RESP (Redis protocol) port.",
+)
 @fsync_option
 @click.option(
     "--ready-timeout",
@@ -325,6 +334,8 @@ def up(
     http_port: int,
     balancer_port: int,
     edge_port: int,
+    resp_port: int,
+    balancer_resp_port: int,
     fsync: str,
     ready_timeout: float,
 ) -> None:
@@ -336,7 +347,16 @@ def up(
     from mesh.roles.supervisor import Cluster
 
     setup_logging("INFO", "up")
-    ports = Ports(api_port, repl_port, pub_port, http_port, balancer_port, edge_port)
+    ports = Ports(
+        api_port,
+        repl_port,
+        pub_port,
+        http_port,
+        balancer_port,
+        edge_port,
+        resp_port,
+        balancer_resp_port,
+    )
     cluster = Cluster(
         data_dir,
         nodes=nodes,

@@ -397,6 +397,12 @@ def _port(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
 
 
+#: ``pycache up``'s RESP ports: the balancer's is Redis's own, so clients need no
+#: change; node i listens on 6381 + i - 1 (6380 is left to a Redis replica's habit).
+DEFAULT_BALANCER_RESP_PORT = 6379
+DEFAULT_NODE_RESP_PORT = 6381
+
+
 @dataclass(frozen=True)
 class Ports:
     """First ports of each kind in a local cluster (``pycache up``).
@@ -410,6 +416,8 @@ class Ports:
     http: int = DEFAULT_NODE_HTTP_PORT
     balancer: int = _port(DEFAULT_FRONT)
     edge: int = DEFAULT_EDGE_PORT
+    resp: int = DEFAULT_NODE_RESP_PORT
+    balancer_resp: int = DEFAULT_BALANCER_RESP_PORT
 
 
 def check_endpoint(name: str, endpoint: str) -> None:

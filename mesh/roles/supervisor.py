@@ -120,6 +120,7 @@ class Cluster:
             "pub": self._endpoint(self.ports.pub, index),
         }
         http = str(self.ports.http + index - 1) if self.ports.http else "*"
+        resp = self.ports.resp + index - 1 if self.fixed_ports and self.ports.resp else "*"
         argv = mesh_argv(
             "node",
             "--id",
@@ -136,6 +137,8 @@ class Cluster:
             http,
             "--http-host",
             self.host,
+            "--resp",
+            f"{self.host}:{resp}",
             "--fsync",
             fsync,
             "--keys",
@@ -153,6 +156,8 @@ class Cluster:
             ",".join(c.endpoints["api"] for c in self.nodes),
             "--status-file",
             str(self.data_dir / "balancer.json"),
+            "--resp",
+            f"{self.host}:{self.ports.balancer_resp if self.fixed_ports else '*'}",
         )
         return Child("balancer", "balancer", argv, {"front": front})
 
@@ -213,6 +218,7 @@ class Cluster:
             self._spawn(balancer, self.data_dir / "balancer.json")
             info = self._wait_status(balancer, deadline)
             self._pin(balancer, "front", info["front"])
+            self._pin_resp(balancer, info)
             edge = self._edge(balancer.endpoints["front"])
             self.children.append(edge)
             self._spawn(edge, self.data_dir / "edge.json")
@@ -253,11 +259,20 @@ class Cluster:
         info = self._wait_status(child, deadline, "ready")
         for name in ("api", "repl", "pub"):
             self._pin(child, name, str(info[name]))
+        self._pin_resp(child, info)
         if info.get("http"):
             child.endpoints["http"] = str(info["http"])
             child.argv[child.argv.index("--http-port") + 1] = str(info["http"]).rsplit(":", 1)[1]
         with Client(child.endpoints["api"], timeout=0.5) as client:
             self._wait_until(child, deadline, "a PING answer", client.ping, retry_on=Timeout)
+
+    @staticmethod
+    def _pin_resp(child: Child, info: dict) -> None:
+        """Record the RESP front's ``tcp://host:port`` and pin its port in the argv."""
+        if info.get("resp"):
+            child.endpoints["resp"] = str(info["resp"])
+            flag = child.argv.index("--resp") + 1
+            child.argv[flag] = str(info["resp"]).removeprefix("tcp://")
 
     def _wait_http_ready(self, child: Child, deadline: float) -> None:
         url = child.endpoints["http"].rstrip("/") + "/api/ready/"
