@@ -35,8 +35,19 @@ def redis_server(tmp_path: Path) -> Iterator[int]:
     for _attempt in range(3):
         port = free_port()
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-             "no", "--dir", str(tmp_path)],  # fmt: skip
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp_path),
+            ],  # fmt: skip
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -71,7 +82,7 @@ def balancer_resp_port(balancer: BalancerProcess) -> int:
 
 def client(port: int, **kwargs: Any) -> redis.Redis:
     """A redis-py client on 127.0.0.1:port."""
-    return redis.Redis(port=port, socket_timeout=5, **kwargs)
+    return redis.Redis(port=port, **{"socket_timeout": 5, **kwargs})
 
 
 def outcome(conn: redis.Redis, *command: Any) -> Any:

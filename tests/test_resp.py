@@ -240,7 +240,7 @@ def test_redis_cli_runs_commands(procs):
     assert "redis_version:" in cli("INFO", "server")
     assert cli(stdin="SET a 1\nMGET a greeting nope\nDBSIZE\n") == "OK\n1\nhello\n\n2\n"
     assert sorted(cli("--scan", "--pattern", "*").split()) == ["a", "greeting"]
-    assert cli("FOO") .startswith("ERR unknown command 'FOO'")
+    assert cli("FOO").startswith("ERR unknown command 'FOO'")
     assert cli("--no-raw", "TTL", "a") == "(integer) -1\n"
 
 
@@ -256,7 +256,9 @@ def test_a_protocol_error_closes_that_connection_only(procs):
         sock.sendall(b"*2\r\n$3\r\nGET\r\n$-5\r\n")
         assert sock.recv(1000).startswith(b"-ERR Protocol error")
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*1\r\n$4\r\nQUIT\r\n*1\r\n$4\r\nPING\r\n")
+        sock.sendall(
+            b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n*1\r\n$4\r\nQUIT\r\n*1\r\n$4\r\nPING\r\n"
+        )
         replies = b""
         while chunk := sock.recv(1000):
             replies += chunk

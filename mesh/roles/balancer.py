@@ -485,13 +485,13 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
     """
     raise_fd_limit()
     tune_gc()
-    ctx, resp = zmq.Context(), BalancerResp(config)  # RESP front: mesh.roles.fronts
+    ctx, resp = zmq.Context(), BalancerResp(config).start()  # RESP front: mesh.roles.fronts
     try:
         balancer = Balancer(config, ctx)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: balancer.stop())
         log.info("balancer on %s for %s", balancer.endpoint, ", ".join(config.nodes))
-        status = {"pid": os.getpid(), "state": "ready", "front": balancer.endpoint, **resp.start()}
+        status = {"pid": os.getpid(), "state": "ready", "front": balancer.endpoint, **resp.status}
         if status_file:
             write_atomically(Path(status_file), json.dumps(status).encode(), durable=False)
         balancer.run()

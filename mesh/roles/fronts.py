@@ -82,6 +82,7 @@ class BalancerResp:
     def __init__(self, config: BalancerConfig) -> None:
         self.config = config
         self.url = ""
+        self.status: dict[str, str] = {}
         self.error: Exception | None = None
         self._ctx = zmq.Context()
         self._loop = asyncio.new_event_loop()
@@ -89,16 +90,18 @@ class BalancerResp:
         self._stopped: asyncio.Event | None = None
         self._thread = threading.Thread(target=self._run, name="resp", daemon=True)
 
-    def start(self) -> dict[str, str]:
-        """With ``config.resp``, start serving: ``{"resp": "tcp://host:port"}`` as bound
-        (its error raised); without, nothing (``{}``)."""
+    def start(self) -> BalancerResp:
+        """With ``config.resp``, start serving (its error raised, all closed); then
+        ``status`` is ``{"resp": "tcp://host:port"}`` as bound (else ``{}``)."""
         if not self.config.resp:
-            return {}
+            return self
         self._thread.start()
         self._ready.wait()
         if self.error is not None:
+            self.stop()
             raise self.error
-        return {"resp": self.url}
+        self.status = {"resp": self.url}
+        return self
 
     def _run(self) -> None:
         self._loop.run_until_complete(self._main())
@@ -136,6 +139,7 @@ class BalancerResp:
             self._loop.call_soon_threadsafe(self._stopped.set)
         if self._thread.ident is not None:
             self._thread.join(5)
-        else:
+        elif not self._loop.is_closed():
             self._loop.close()
-        self._ctx.term()
+        if not self._ctx.closed:
+            self._ctx.term()
