@@ -42,8 +42,35 @@ _POLLIN = int(zmq.POLLIN)
 LOST = (wire.E_NOT_READY, "the node went away")
 
 
+class Batch:
+    """The replies of one :meth:`Link.send`, in order; ``done`` resolves when all are in."""
+
+    __slots__ = ("replies", "left", "done", "timer")
+
+    def __init__(self, count: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.replies: list[Reply | None] = [None] * count
+        self.left = count
+        self.done: asyncio.Future[list[Reply]] = loop.create_future()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def put(self, index: int, reply: Reply) -> None:
+        """One reply in; resolve when it was the last."""
+        if self.replies[index] is None:
+            self.replies[index] = reply
+            self.left -= 1
+            if not self.left:
+                self.finish()
+
+    def finish(self) -> None:
+        """Resolve now; requests with no reply yet count as LOST."""
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.done.done():
+            self.done.set_result([r if r is not None else LOST for r in self.replies])
+
+
 class Link:
-    """One DEALER to one node; :meth:`send` returns a future per request."""
+    """One DEALER to one node; :meth:`send` returns one :class:`Batch` per call."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, credentials: Any = None) -> None:
         self.endpoint = endpoint
@@ -55,7 +82,7 @@ class Link:
         self.sock.connect(endpoint)
         self.raw: zmq.Socket = zmq.Socket.shadow(self.sock.underlying)
         self.ids = itertools.count(1)
-        self.waiting: dict[int, asyncio.Future[Reply]] = {}
+        self.waiting: dict[int, tuple[Batch, int]] = {}
         self.ready = True
         self.heard_ms = wall_ms()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -67,21 +94,24 @@ class Link:
             self._loop = loop
         return loop
 
-    def send(self, requests: Sequence[tuple[str, tuple]], deadline_ms: int = 0) -> list:
-        """Send ``requests`` (op, args); one future of ``(code, result)`` each."""
+    async def run(
+        self, requests: Sequence[tuple[str, tuple]], timeout: float, deadline_ms: int = 0
+    ) -> list[Reply]:
+        """Send ``requests`` (op, args); their ``(code, result)`` replies in order
+        (LOST for those with none within ``timeout`` s, or when the node is dropped)."""
         loop = self._watch()
-        futures, messages, size = [], [], 0
+        batch = Batch(len(requests), loop)
+        messages: list[tuple[int, list[bytes]]] = []
+        size = 0
         head = [envelope.deadline_frame(deadline_ms)] if deadline_ms else []
-        for op, args in requests:
+        for index, (op, args) in enumerate(requests):
             request_id = next(self.ids)
-            future = loop.create_future()
-            futures.append(future)
             try:
                 frame = wire.encode_request(request_id, op, *args)
             except ProtocolError as exc:
-                future.set_result((exc.code, exc.reason))
+                batch.put(index, (exc.code, exc.reason))
                 continue
-            self.waiting[request_id] = future
+            self.waiting[request_id] = (batch, index)
             messages.append((request_id, [*head, frame]))
             size += len(frame)
             if len(messages) >= BUNDLE_REQUESTS or size >= BUNDLE_BYTES:
@@ -90,7 +120,13 @@ class Link:
         if messages:
             self._send(messages)
         self._on_events()
-        return futures
+        if not batch.done.done():
+            batch.timer = loop.call_later(timeout, self._expire, batch)
+        return await batch.done
+
+    def _expire(self, batch: Batch) -> None:
+        self.waiting = {k: v for k, v in self.waiting.items() if v[0] is not batch}
+        batch.finish()
 
     def _send(self, messages: list[tuple[int, list[bytes]]]) -> None:
         if len(messages) == 1:
@@ -101,9 +137,9 @@ class Link:
             send_frames(self.raw, frames)
         except zmq.ZMQError:  # no live connection (IMMEDIATE) or full: lost, retried
             for request_id, _ in messages:
-                future = self.waiting.pop(request_id, None)
-                if future is not None and not future.done():
-                    future.set_result(LOST)
+                entry = self.waiting.pop(request_id, None)
+                if entry is not None:
+                    entry[0].put(entry[1], LOST)
 
     def _on_events(self) -> None:
         while socket_events(self.raw) & _POLLIN:
@@ -120,16 +156,15 @@ class Link:
             request_id, code, result = wire.decode_reply(frame)
         except ProtocolError:
             return
-        future = self.waiting.pop(request_id or 0, None)
-        if future is not None and not future.done():
-            future.set_result((code, result))
+        entry = self.waiting.pop(request_id or 0, None)
+        if entry is not None:
+            entry[0].put(entry[1], (code, result))
 
     def fail_all(self) -> None:
         """Answer every waiting request LOST (the node was dropped)."""
         waiting, self.waiting = self.waiting, {}
-        for future in waiting.values():
-            if not future.done():
-                future.set_result(LOST)
+        for batch, index in waiting.values():
+            batch.put(index, LOST)
 
     def close(self) -> None:
         """Stop watching and close the socket."""
@@ -137,12 +172,6 @@ class Link:
             self._loop.remove_reader(socket_fd(self.raw))
         self.fail_all()
         self.sock.close(0)
-
-
-async def _gather(futures: list, timeout: float) -> list[Reply]:
-    if not all(f.done() for f in futures):
-        done, _ = await asyncio.wait(futures, timeout=timeout)
-    return [f.result() if f.done() else (wire.E_NOT_READY, "timed out") for f in futures]
 
 
 class NodeBackend:
@@ -158,7 +187,7 @@ class NodeBackend:
 
     async def run(self, requests: Sequence[tuple[str, tuple]], pin: list) -> list[Reply]:
         """Run ``requests`` in order; their replies in the same order."""
-        return await _gather(self.link.send(requests), self.timeout)
+        return await self.link.run(requests, self.timeout)
 
     async def start(self) -> None:
         """Nothing to start: the node is the backend."""
@@ -211,11 +240,10 @@ class PinnedBackend:
                     self._drop(link, f"silent for {now - link.heard_ms} ms")
 
     async def _probe(self, link: Link) -> None:
-        (future,) = link.send([("HEALTH", ())])
-        done, _ = await asyncio.wait([future], timeout=self.hang_ms / 1000)
-        if not done or future.result()[0] != wire.OK:
+        ((code, result),) = await link.run([("HEALTH", ())], self.hang_ms / 1000)
+        if code != wire.OK:
             return
-        ready = isinstance(result := future.result()[1], dict) and result.get("state") == "ready"
+        ready = isinstance(result, dict) and result.get("state") == "ready"
         if ready and not link.ready:
             link.ready = True
             assert self._changed is not None
@@ -258,8 +286,7 @@ class PinnedBackend:
             if link is None:
                 break
             deadline = wall_ms() + self.deadline_ms
-            futures = link.send([requests[i] for i in todo], deadline)
-            got = await _gather(futures, self.timeout)
+            got = await link.run([requests[i] for i in todo], self.timeout, deadline)
             retry = []
             for i, reply in zip(todo, got, strict=True):
                 if reply[0] in (wire.E_NOT_READY, wire.E_DEADLINE):
