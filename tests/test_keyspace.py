@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -126,3 +128,48 @@ def test_glob_regex(pattern, yes, no):
 @given(st.text(max_size=12))
 def test_glob_regex_never_fails_to_compile(pattern):
     assert isinstance(glob_regex(pattern), re.Pattern)
+
+
+# -- the client methods and CLI commands, against a node ---------------------------------
+
+
+def _cli(node, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh", *args, "--connect", node.endpoint],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_client_keyspace_methods(node):
+    with node.client() as c:
+        c.mset({f"user:{i}": b"x" for i in range(30)} | {"other": b"y"})
+        assert c.exists("user:1", "user:1", "nope") == 2
+        assert c.dbsize() == 31
+        assert sorted(c.keys("user:*")) == sorted(f"user:{i}" for i in range(30))
+        assert sorted(c.scan_iter(match="user:2*", count=3)) == sorted(
+            ["user:2"] + [f"user:{i}" for i in range(20, 30)]
+        )
+        cursor, page = c.scan(0, None, 5)
+        assert cursor != 0 and len(page) <= 5
+        assert c.getdel("other") == b"y" and c.getdel("other") is None
+        with c.pipeline() as pipe:
+            pipe.exists("user:1")
+            pipe.dbsize()
+            assert pipe.execute() == [1, 30]
+        assert c.flushall() is True
+        assert c.dbsize() == 0
+
+
+def test_cli_keyspace_commands(node):
+    with node.client() as c:
+        c.mset({"a": b"1", "b": b"2"})
+    assert _cli(node, "mget", "a", "zz", "b").stdout == "1\n\n2\n"
+    assert _cli(node, "exists", "a", "b", "zz").stdout == "2\n"
+    assert _cli(node, "keys").stdout == "a\nb\n"
+    assert sorted(_cli(node, "scan", "--count", "1").stdout.split()) == ["a", "b"]
+    refused = _cli(node, "flush")
+    assert refused.returncode != 0 and "--yes" in refused.stderr
+    assert _cli(node, "flush", "--yes").stdout == "OK\n"
+    assert _cli(node, "keys").stdout == ""

@@ -38,6 +38,7 @@ import zmq.asyncio
 
 from mesh.core import wire
 from mesh.core.errors import ConnectionFailed, ProtocolError, PyCacheError, Timeout
+from mesh.roles.client_keyspace import KeyspaceMethods, ScanIterMethod
 from mesh.roles.clientplane import Credentials, connect_as
 from mesh.roles.config import DEFAULT_API
 from mesh.roles.zsock import drain, send_frames, socket_events, socket_fd
@@ -81,7 +82,7 @@ def _keys(keys: str | Iterable[str], more: tuple[str, ...]) -> list[str]:
     return [keys, *more] if isinstance(keys, str) else [*keys, *more]
 
 
-class CommandMethods:
+class CommandMethods(KeyspaceMethods):
     """The op methods shared by :class:`Client`, :class:`AsyncClient` and pipelines.
 
     Each method builds one request and hands it to ``_call``, which sends it
@@ -219,7 +220,7 @@ def _endpoints(endpoint: str | Sequence[str]) -> list[str]:
     return [endpoint] if isinstance(endpoint, str) else list(endpoint)
 
 
-class Client(CommandMethods):
+class Client(ScanIterMethod, CommandMethods):
     """Synchronous client over one DEALER socket connected to every endpoint."""
 
     def __init__(
