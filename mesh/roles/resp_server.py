@@ -78,7 +78,7 @@ class Connection(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
         self.pending: list[list[bytes]] = []
-        self.busy = self.closing = self.paused = False
+        self.busy = self.closing = self.paused = self.writes_blocked = False
         self.authed = not server.tokens
         self.name: bytes | None = None
         self.pin: list = [None]
@@ -89,6 +89,18 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         self.server.connections[self.id] = self
         self.server.counters["total_connections_received"] += 1
+
+    def pause_writing(self) -> None:
+        """The client does not read its replies: stop reading its commands."""
+        self.writes_blocked = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """Its replies drained: read again."""
+        self.writes_blocked = False
+        if self.transport is not None and not self.paused:
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Count it out."""
@@ -135,7 +147,8 @@ class Connection(asyncio.Protocol):
                 batch, self.pending = self.pending, []
                 if self.paused and self.transport is not None:
                     self.paused = False
-                    self.transport.resume_reading()
+                    if not self.writes_blocked:
+                        self.transport.resume_reading()
                 out = await self.server.execute(self, batch)
                 if self.transport is not None and not self.transport.is_closing():
                     self.transport.write(b"".join(out))
@@ -217,9 +230,17 @@ class RespServer:
         requests: list[tuple[str, tuple]] = []
         plans: list[tuple[int, int, int, Callable[[list[Reply]], bytes]]] = []
         self.counters["total_commands_processed"] += len(batch)
+        fast = conn.authed
         for command in batch:
             if conn.closing:
                 break
+            if fast and len(command) <= 3 and command[0] in _FAST:
+                simple_request = _fast_request(command)
+                if simple_request is not None:
+                    plans.append((len(replies), len(requests), 1, _FAST[command[0]]))
+                    requests.append(simple_request)
+                    replies.append(b"")
+                    continue
             try:
                 reply = self._dispatch(conn, command)
             except RespError as exc:
@@ -412,6 +433,33 @@ class RespServer:
                 out += [f"{k}:{v}\r\n" for k, v in fields[section].items()]
                 out.append("\r\n")
         return "".join(out)
+
+
+def _finish_set(replies: list[Reply]) -> bytes:
+    code, result = replies[0]
+    return OK if code == wire.OK else wire_error(code, result)
+
+
+def _finish_get(replies: list[Reply]) -> bytes:
+    code, result = replies[0]
+    return bulk(result) if code == wire.OK else wire_error(code, result)
+
+
+_FAST = {b"SET": _finish_set, b"set": _finish_set, b"GET": _finish_get, b"get": _finish_get}
+
+
+def _fast_request(command: list[bytes]) -> tuple[str, tuple] | None:
+    """``GET key`` and ``SET key value`` (most traffic) straight to their op; None for
+    anything else (another arity, a key that is not UTF-8): the general path answers it."""
+    try:
+        key = command[1].decode("utf-8")
+    except (IndexError, UnicodeDecodeError):
+        return None
+    if len(command) == 3 and command[0] in (b"SET", b"set"):
+        return ("SET", (key, command[2]))
+    if len(command) == 2 and command[0] in (b"GET", b"get"):
+        return ("GET", (key,))
+    return None
 
 
 INFO_SECTIONS = (
