@@ -253,6 +253,9 @@ def test_a_protocol_error_closes_that_connection_only(procs):
         assert answer.startswith(b"-ERR Protocol error")
         assert sock.recv(1000) == b""  # closed
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"*4000000000\r\n")
+        assert sock.recv(1000).startswith(b"-ERR Protocol error")
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         sock.sendall(b"*2\r\n$3\r\nGET\r\n$-5\r\n")
         assert sock.recv(1000).startswith(b"-ERR Protocol error")
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:

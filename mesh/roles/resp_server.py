@@ -83,6 +83,7 @@ class Connection(asyncio.Protocol):
         self.name: bytes | None = None
         self.pin: list = [None]
         self.unparsed = 0
+        self.last_words = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection in."""
@@ -125,6 +126,8 @@ class Connection(asyncio.Protocol):
                 self.pending.append(command)
         except hiredis.ProtocolError as exc:
             return self._abort(f"ERR Protocol error: {exc}")
+        except MemoryError:  # hiredis allocates a huge array's header at once
+            return self._abort("ERR Protocol error: invalid multibulk length")
         if self.unparsed > self.server.max_request_bytes:
             return self._abort("ERR Protocol error: a command over the request limit")
         if self.pending and not self.busy:
@@ -135,11 +138,16 @@ class Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def _abort(self, line: str) -> None:
+        """Answer ``-line`` after the replies due, and close (a bad or huge command)."""
         self.pending.clear()
-        if self.transport is not None and not self.busy:
+        self.closing = True
+        if self.transport is None:
+            return
+        if self.busy:  # the turn under way writes it, after its replies
+            self.last_words = error(line)
+        else:
             self.transport.write(error(line))
             self.transport.close()
-        self.closing = True
 
     async def _turns(self) -> None:
         try:
@@ -153,6 +161,7 @@ class Connection(asyncio.Protocol):
                 if self.transport is not None and not self.transport.is_closing():
                     self.transport.write(b"".join(out))
             if self.closing and self.transport is not None:
+                self.transport.write(self.last_words)
                 self.transport.close()
         except Exception:  # a bug here must cost this connection only
             log.exception("resp connection %d failed", self.id)
