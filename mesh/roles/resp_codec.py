@@ -120,6 +120,7 @@ _PREFIX = {
 def wire_error(code: int, reason: Any) -> bytes:
     """The RESP error reply for a wire error reply."""
     name = wire.ERROR_NAMES.get(code, "")
-    if name == "NOT_INTEGER":
-        return error(NOT_INTEGER)
+    if name == "NOT_INTEGER":  # the INCRBY op's: not an int64, or the result would overflow
+        overflow = "overflow" in str(reason).lower()
+        return error("ERR increment or decrement would overflow" if overflow else NOT_INTEGER)
     return error(f"{_PREFIX.get(code, 'ERR')} {name.lower().replace('_', ' ')}: {reason}")
