@@ -5,6 +5,7 @@ and AUTH / protected mode.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
@@ -71,7 +72,10 @@ def _pinned_node(conn: redis.Redis, nodes):
     return next(n for n in nodes if n.node_id == name)
 
 
-def test_failover_under_a_redis_py_load_gives_no_error(fronted):
+@pytest.mark.parametrize("failure", ["kill", "SIGSTOP"])
+def test_failover_under_a_redis_py_load_gives_no_error(fronted, paused, failure):
+    """A crashed node (kill -9) or a hung one (SIGSTOP): the connections pinned to it
+    move to another ready node, and no command fails."""
     nodes, port = fronted
     conns = [client(port, socket_timeout=10) for _ in range(3)]
     errors: list[str] = []
@@ -97,7 +101,11 @@ def test_failover_under_a_redis_py_load_gives_no_error(fronted):
         thread.start()
     try:
         wait_until(lambda: min(done) > 50, 10, "the load to run")
-        victim.kill()
+        if failure == "kill":
+            victim.kill()
+        else:
+            paused.append(victim)
+            victim.signal(signal.SIGSTOP)
         before = list(done)
         wait_until(
             lambda: all(d > b + 100 for d, b in zip(done, before, strict=True)),
