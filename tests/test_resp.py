@@ -124,6 +124,7 @@ SCRIPT: list[tuple] = [
     ("INCRBY", "ctr", "x"),
     ("DECRBY", "ctr", "1.5"),
     ("WAIT", "0", "0"),
+    ("AUTH", "default", "anything"),
 ]
 
 

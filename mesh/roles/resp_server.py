@@ -294,6 +294,11 @@ class RespServer:
     def _auth(self, conn: Connection, args: list[bytes]) -> bytes:
         if len(args) > 2:
             raise RespError(SYNTAX_ERROR)
+        if not self.tokens and len(args) == 2:  # Redis's nopass default user takes any
+            if args[0] != b"default":
+                raise RespError(WRONGPASS)
+            conn.authed = True
+            return OK
         if not self.tokens:
             raise RespError(
                 "ERR AUTH <password> called without any password configured for the "
