@@ -83,6 +83,8 @@ class Link:
         self.raw: zmq.Socket = zmq.Socket.shadow(self.sock.underlying)
         self.ids = itertools.count(1)
         self.waiting: dict[int, tuple[Batch, int]] = {}
+        self.outbox: list[tuple[int, list[bytes]]] = []
+        self._flush_due = False
         self.ready = True
         self.heard_ms = wall_ms()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -101,8 +103,7 @@ class Link:
         (LOST for those with none within ``timeout`` s, or when the node is dropped)."""
         loop = self._watch()
         batch = Batch(len(requests), loop)
-        messages: list[tuple[int, list[bytes]]] = []
-        size = 0
+        outbox, waiting = self.outbox, self.waiting
         head = [envelope.deadline_frame(deadline_ms)] if deadline_ms else []
         for index, (op, args) in enumerate(requests):
             request_id = next(self.ids)
@@ -111,18 +112,28 @@ class Link:
             except ProtocolError as exc:
                 batch.put(index, (exc.code, exc.reason))
                 continue
-            self.waiting[request_id] = (batch, index)
-            messages.append((request_id, [*head, frame]))
-            size += len(frame)
-            if len(messages) >= BUNDLE_REQUESTS or size >= BUNDLE_BYTES:
-                self._send(messages)
-                messages, size = [], 0
-        if messages:
-            self._send(messages)
-        self._on_events()
+            waiting[request_id] = (batch, index)
+            outbox.append((request_id, [*head, frame]))
+        if outbox and not self._flush_due:
+            # Held to the end of this loop turn: the requests of every connection
+            # pinned here go out together, as few bundles (few system calls).
+            self._flush_due = True
+            loop.call_soon(self._flush)
         if not batch.done.done():
             batch.timer = loop.call_later(timeout, self._expire, batch)
         return await batch.done
+
+    def _flush(self) -> None:
+        """Send what :meth:`run` held, in bundles of a bounded size."""
+        self._flush_due = False
+        outbox, self.outbox = self.outbox, []
+        start, size = 0, 0
+        for end, (_, frames) in enumerate(outbox, 1):
+            size += len(frames[-1])
+            if end - start >= BUNDLE_REQUESTS or size >= BUNDLE_BYTES or end == len(outbox):
+                self._send(outbox[start:end])
+                start, size = end, 0
+        self._on_events()
 
     def _expire(self, batch: Batch) -> None:
         self.waiting = {k: v for k, v in self.waiting.items() if v[0] is not batch}
