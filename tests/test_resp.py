@@ -16,6 +16,7 @@ import redis
 
 from tests.resp_helpers import (
     RESP_ANY,
+    balancer_resp_port,
     client,
     has_op,
     node_resp_port,
@@ -135,9 +136,17 @@ def _normal(reply: object) -> object:
     return reply
 
 
-def test_every_command_answers_as_redis_does(procs, redis_server):  # noqa: F811
+@pytest.fixture(params=["node", "balancer"])
+def resp_port(request, procs) -> int:
+    """The RESP port of a node, or of a balancer in front of one."""
     node = procs.node(extra=RESP_ANY)
-    ours, theirs = client(node_resp_port(node)), client(redis_server)
+    if request.param == "node":
+        return node_resp_port(node)
+    return balancer_resp_port(procs.balancer([node], extra=RESP_ANY))
+
+
+def test_every_command_answers_as_redis_does(resp_port, redis_server):  # noqa: F811
+    ours, theirs = client(resp_port), client(redis_server)
     theirs.flushall()
     diffs = []
     for command in SCRIPT:
@@ -162,10 +171,9 @@ def test_scan_and_keys_list_what_redis_lists(procs, redis_server):  # noqa: F811
     assert outcome(ours, "SCAN", "abc") == outcome(theirs, "SCAN", "abc")
 
 
-def test_incr_family_answers_as_redis_does(procs, redis_server):  # noqa: F811
+def test_incr_family_answers_as_redis_does(resp_port, redis_server):  # noqa: F811
     """Goes green once the counters branch (ctr) has merged the INCRBY op."""
-    node = procs.node(extra=RESP_ANY)
-    port = node_resp_port(node)
+    port = resp_port
     if not has_op(port, "INCRBY"):
         pytest.skip("the node has no INCRBY op yet: it lands with the counters branch (ctr)")
     ours, theirs = client(port), client(redis_server)
@@ -219,9 +227,8 @@ def test_info_has_what_clients_read_on_connect(procs):
     assert isinstance(conn.client_id(), int)
 
 
-def test_redis_cli_runs_commands(procs):
-    node = procs.node(extra=RESP_ANY)
-    port = str(node_resp_port(node))
+def test_redis_cli_runs_commands(resp_port):
+    port = str(resp_port)
 
     def cli(*args: str, stdin: str | None = None) -> str:
         done = subprocess.run(
