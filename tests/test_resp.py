@@ -284,3 +284,21 @@ def test_a_key_that_is_not_utf8_is_refused_with_a_reason(procs):
     assert "UTF-8" in outcome(conn, "SET", b"\xff\xfe", "v")[1]
     assert conn.set("ok", b"\xff\xfe")  # values are any bytes
     assert conn.get("ok") == b"\xff\xfe"
+
+
+def test_a_client_that_does_not_read_its_replies_stalls_only_itself(procs):
+    node = procs.node(extra=RESP_ANY)
+    port = node_resp_port(node)
+    client(port).set("big", b"x" * 100_000)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as greedy:
+        greedy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        greedy.sendall(b"*2\r\n$3\r\nGET\r\n$3\r\nbig\r\n" * 300)  # 30 MB of replies due
+        time.sleep(0.5)
+        other = client(port)
+        assert other.ping() and other.get("big") == b"x" * 100_000  # served meanwhile
+        received, want = 0, 300 * (len(b"$100000\r\n") + 100_002)
+        while received < want:
+            chunk = greedy.recv(1 << 20)
+            assert chunk, f"closed after {received} of {want} bytes"
+            received += len(chunk)
+        assert received == want
