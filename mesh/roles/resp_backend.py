@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -40,17 +40,19 @@ BUNDLE_BYTES = 512 * 1024
 _POLLIN = int(zmq.POLLIN)
 #: The reply a request gets when its node went away (retried by PinnedBackend).
 LOST = (wire.E_NOT_READY, "the node went away")
+#: Reply codes after which the balancer's RESP front resends a request elsewhere.
+_RETRIED = (wire.E_NOT_READY, wire.E_DEADLINE)
 
 
 class Batch:
-    """The replies of one :meth:`Link.send`, in order; ``done`` resolves when all are in."""
+    """The replies of one :meth:`Link.submit`, in order; ``callback`` gets them all."""
 
-    __slots__ = ("replies", "left", "done", "timer")
+    __slots__ = ("replies", "left", "callback", "timer")
 
-    def __init__(self, count: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, count: int, callback: Callable[[list[Reply]], None]) -> None:
         self.replies: list[Reply | None] = [None] * count
         self.left = count
-        self.done: asyncio.Future[list[Reply]] = loop.create_future()
+        self.callback: Callable[[list[Reply]], None] | None = callback
         self.timer: asyncio.TimerHandle | None = None
 
     def put(self, index: int, reply: Reply) -> None:
@@ -65,8 +67,9 @@ class Batch:
         """Resolve now; requests with no reply yet count as LOST."""
         if self.timer is not None:
             self.timer.cancel()
-        if not self.done.done():
-            self.done.set_result([r if r is not None else LOST for r in self.replies])
+        callback, self.callback = self.callback, None
+        if callback is not None:
+            callback([r if r is not None else LOST for r in self.replies])
 
 
 class Link:
@@ -101,8 +104,25 @@ class Link:
     ) -> list[Reply]:
         """Send ``requests`` (op, args); their ``(code, result)`` replies in order
         (LOST for those with none within ``timeout`` s, or when the node is dropped)."""
+        future: asyncio.Future[list[Reply]] = asyncio.get_running_loop().create_future()
+
+        def done(got: list[Reply]) -> None:
+            if not future.done():  # not cancelled meanwhile
+                future.set_result(got)
+
+        self.submit(requests, timeout, deadline_ms, done)
+        return await future
+
+    def submit(
+        self,
+        requests: Sequence[tuple[str, tuple]],
+        timeout: float,
+        deadline_ms: int,
+        callback: Callable[[list[Reply]], None],
+    ) -> None:
+        """Send ``requests``; ``callback`` gets their replies in order, once, as :meth:`run`'s."""
         loop = self._watch()
-        batch = Batch(len(requests), loop)
+        batch = Batch(len(requests), callback)
         outbox, waiting = self.outbox, self.waiting
         head = [envelope.deadline_frame(deadline_ms)] if deadline_ms else []
         for index, (op, args) in enumerate(requests):
@@ -119,9 +139,8 @@ class Link:
             # pinned here go out together, as few bundles (few system calls).
             self._flush_due = True
             loop.call_soon(self._flush)
-        if not batch.done.done():
+        if batch.callback is not None:
             batch.timer = loop.call_later(timeout, self._expire, batch)
-        return await batch.done
 
     def _flush(self) -> None:
         """Send what :meth:`run` held, in bundles of a bounded size."""
@@ -199,6 +218,12 @@ class NodeBackend:
     async def run(self, requests: Sequence[tuple[str, tuple]], pin: list) -> list[Reply]:
         """Run ``requests`` in order; their replies in the same order."""
         return await self.link.run(requests, self.timeout)
+
+    def submit(
+        self, requests: Sequence[tuple[str, tuple]], pin: list, callback: Callable[[list], None]
+    ) -> None:
+        """As :meth:`run`, the replies handed to ``callback`` (no task, no future)."""
+        self.link.submit(requests, self.timeout, 0, callback)
 
     async def start(self) -> None:
         """Nothing to start: the node is the backend."""
@@ -287,20 +312,59 @@ class PinnedBackend:
             except TimeoutError:
                 return None
 
-    async def run(self, requests: Sequence[tuple[str, tuple]], pin: list) -> list[Reply]:
-        """Run ``requests`` in order on the pinned node, resending what a failure lost."""
+    def submit(
+        self, requests: Sequence[tuple[str, tuple]], pin: list, callback: Callable[[list], None]
+    ) -> None:
+        """As :meth:`run`, the replies handed to ``callback``: straight to the pinned
+        node while it is ready and answers; through :meth:`run` (a task) otherwise."""
+        link = pin[0]
+        if link is None or not link.ready:
+            self._in_task(self.run(requests, pin), callback, len(requests))
+            return
+
+        def check(got: list[Reply]) -> None:
+            if any(code in _RETRIED for code, _ in got):
+                self._in_task(self.run(requests, pin, (link, deadline, got)), callback, len(got))
+            else:
+                callback(got)
+
+        deadline = wall_ms() + self.deadline_ms
+        link.submit(requests, self.timeout, deadline, check)
+
+    @staticmethod
+    def _in_task(work: Any, callback: Callable[[list], None], count: int) -> None:
+        def done(task: asyncio.Task) -> None:
+            if task.cancelled() or task.exception() is not None:  # stopping, or a bug
+                callback([(wire.E_INTERNAL, "the request was cut short")] * count)
+            else:
+                callback(task.result())
+
+        asyncio.ensure_future(work).add_done_callback(done)
+
+    async def run(
+        self,
+        requests: Sequence[tuple[str, tuple]],
+        pin: list,
+        first: tuple[Link, int, list[Reply]] | None = None,
+    ) -> list[Reply]:
+        """Run ``requests`` in order on the pinned node, resending what a failure lost
+        (``first``: a first attempt already made, its link, deadline and replies)."""
         replies: list[Reply | None] = [None] * len(requests)
         todo = list(range(len(requests)))
         exclude: Link | None = None
         for _attempt in range(4):
-            link = await self._pick(pin, exclude)
-            if link is None:
-                break
-            deadline = wall_ms() + self.deadline_ms
-            got = await link.run([requests[i] for i in todo], self.timeout, deadline)
+            if first is not None:
+                link, deadline, got = first
+                first = None
+            else:
+                picked = await self._pick(pin, exclude)
+                if picked is None:
+                    break
+                link, deadline = picked, wall_ms() + self.deadline_ms
+                got = await link.run([requests[i] for i in todo], self.timeout, deadline)
             retry = []
             for i, reply in zip(todo, got, strict=True):
-                if reply[0] in (wire.E_NOT_READY, wire.E_DEADLINE):
+                if reply[0] in _RETRIED:
                     retry.append(i)
                 else:
                     replies[i] = reply

@@ -18,6 +18,7 @@ and closes that connection; a command over the request limit likewise.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import itertools
 import logging
@@ -64,6 +65,9 @@ class Backend(Protocol):
     """Where data commands' requests go (:mod:`mesh.roles.resp_backend`)."""
 
     async def run(self, requests: Sequence[tuple[str, tuple]], pin: list) -> list[Reply]: ...
+    def submit(
+        self, requests: Sequence[tuple[str, tuple]], pin: list, callback: Callable[[list], None]
+    ) -> None: ...
     async def start(self) -> None: ...
     def describe(self, pin: list) -> str: ...
     def close(self) -> None: ...
@@ -132,7 +136,7 @@ class Connection(asyncio.Protocol):
             return self._abort("ERR Protocol error: a command over the request limit")
         if self.pending and not self.busy:
             self.busy = True
-            asyncio.get_running_loop().create_task(self._turns())
+            self._turns()
         if len(self.pending) > MAX_PENDING and not self.paused and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
@@ -149,7 +153,9 @@ class Connection(asyncio.Protocol):
             self.transport.write(error(line))
             self.transport.close()
 
-    async def _turns(self) -> None:
+    def _turns(self) -> None:
+        """Answer what is pending, a pipeline at a time: connection commands at
+        once, node requests through the backend (:meth:`_answered` goes on)."""
         try:
             while self.pending and not self.closing:
                 batch, self.pending = self.pending, []
@@ -157,9 +163,14 @@ class Connection(asyncio.Protocol):
                     self.paused = False
                     if not self.writes_blocked:
                         self.transport.resume_reading()
-                out = await self.server.execute(self, batch)
-                if self.transport is not None and not self.transport.is_closing():
-                    self.transport.write(b"".join(out))
+                replies, requests, plans = self.server.prepare(self, batch)
+                if requests:
+                    self.busy = True
+                    answered = functools.partial(self._answered, replies, plans)
+                    self.server.backend.submit(requests, self.pin, answered)
+                    return
+                self.server.finish(replies, plans, [])  # plans that need no node (WAIT 0)
+                self._write(replies)
             if self.closing and self.transport is not None:
                 self.transport.write(self.last_words)
                 self.transport.close()
@@ -167,8 +178,26 @@ class Connection(asyncio.Protocol):
             log.exception("resp connection %d failed", self.id)
             if self.transport is not None:
                 self.transport.close()
-        finally:
-            self.busy = False
+        self.busy = False
+
+    def _answered(self, replies: list[bytes], plans: list, got: list[Reply]) -> None:
+        """The node's replies are in: write the pipeline's replies, go on with the rest."""
+        try:
+            self.server.finish(replies, plans, got)
+            self._write(replies)
+        except Exception:  # a bug here must cost this connection only
+            log.exception("resp connection %d failed", self.id)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.busy = False
+        if self.pending or self.closing:
+            self.busy = True  # taken again: no other turn starts meanwhile
+            asyncio.get_running_loop().call_soon(self._turns)
+
+    def _write(self, replies: list[bytes]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(replies))
 
 
 class RespServer:
@@ -235,6 +264,14 @@ class RespServer:
 
     async def execute(self, conn: Connection, batch: list[list[bytes]]) -> list[bytes]:
         """The replies to ``batch``, in order (node requests in one backend call)."""
+        replies, requests, plans = self.prepare(conn, batch)
+        got = await self.backend.run(requests, conn.pin) if requests else []
+        self.finish(replies, plans, got)
+        return replies
+
+    def prepare(self, conn: Connection, batch: list[list[bytes]]) -> tuple[list, list, list]:
+        """``(replies, requests, plans)`` of ``batch``: the connection commands answered,
+        the node requests the others need, and where their replies go."""
         replies: list[bytes] = []
         requests: list[tuple[str, tuple]] = []
         plans: list[tuple[int, int, int, Callable[[list[Reply]], bytes]]] = []
@@ -261,13 +298,16 @@ class RespServer:
             plans.append((len(replies), len(requests), len(wanted), finish))
             requests += wanted
             replies.append(b"")
-        got = await self.backend.run(requests, conn.pin) if requests else []
+        return replies, requests, plans
+
+    @staticmethod
+    def finish(replies: list[bytes], plans: list, got: list[Reply]) -> None:
+        """Fill ``replies`` from the node's replies ``got``, as ``plans`` say."""
         for index, start, count, finish in plans:
             try:
                 replies[index] = finish(got[start : start + count])
             except Exception as exc:  # a result of an unexpected shape: that command fails
                 replies[index] = error(f"ERR unexpected reply from the node: {exc}")
-        return replies
 
     def _dispatch(self, conn: Connection, command: list[bytes]) -> Any:
         name, args = command[0].upper(), command[1:]
