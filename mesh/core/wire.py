@@ -49,11 +49,13 @@ request or reply (deadline frames, bundles) are :mod:`mesh.core.envelope`'s.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
+from mesh.core import wire_keyspace
 from mesh.core.acks import parse_w
 from mesh.core.errors import (
     BadRequest,
@@ -121,6 +123,8 @@ SET_OPTIONS = frozenset({"ttl_ms", "nx", "xx", "w"})
 #: Write ops (SET aside) whose last argument may be an options map, with the
 #: fewest arguments they take before it: a map in a key's place stays a key.
 _MIN_ARGS = {"DEL": 1, "EXPIRE": 2, "PERSIST": 1, "MSET": 2}
+#: Ops whose validator reads ``w`` from its own options map (the last item of args).
+_W_IN_ARGS = frozenset({"SET", "SETX", "GETEX"})
 
 _packer = msgpack.Packer(use_bin_type=True)
 
@@ -272,7 +276,7 @@ def _decode_any(body: Any, limits: Limits) -> Request:
         if len(rest) > _MIN_ARGS.get(op_name, len(rest)) and isinstance(rest[-1], _Pairs):
             w = _write_options(rest.pop())
         args = validator(rest, limits)
-        if op_name in _W_IN_ARGS:
+        if op_name in _W_IN_ARGS:  # SET and the key-space ops SETX, GETEX
             args, w = args[:-1], args[-1]
     except ProtocolError as exc:
         exc.request_id = request_id
@@ -426,97 +430,6 @@ def _v_none(usage: str) -> Callable[[list, Limits], tuple]:
     return validate
 
 
-# ---------------------------------------------------------------- key-space ops (RESP front)
-# EXISTS, DBSIZE, SCAN, KEYS, FLUSHALL, GETDEL, SETX, GETEX: mesh.core.keyspace runs them.
-
-KEYSPACE_WRITE_OPS = frozenset({"FLUSHALL", "GETDEL", "SETX", "GETEX"})
-_MIN_ARGS.update({"FLUSHALL": 0, "GETDEL": 1})
-#: Ops whose validator reads ``w`` from its own options map (the last item of args).
-_W_IN_ARGS = frozenset({"SET", "SETX", "GETEX"})
-#: SETX / GETEX options: a TTL from now or an absolute deadline (wall-clock ms).
-SETX_OPTIONS = frozenset({"ttl_ms", "at_ms", "nx", "xx", "keepttl", "w"})
-GETEX_OPTIONS = frozenset({"ttl_ms", "at_ms", "persist", "w"})
-MAX_SCAN_COUNT = 100_000
-
-
-def _options(raw: Any, allowed: frozenset[str], op: str) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, _Pairs) or len(raw) > len(allowed):
-        raise _fail(E_BAD_ARGS, f"{op} options must be a map of {', '.join(sorted(allowed))}")
-    names = [name.decode("utf-8", "replace") if isinstance(name, bytes) else "" for name, _ in raw]
-    if len(set(names)) != len(raw) or not set(names) <= allowed:
-        raise _fail(
-            E_BAD_ARGS, f"{op} options must be distinct names of {', '.join(sorted(allowed))}"
-        )
-    found = dict(zip(names, (value for _, value in raw), strict=True))
-    for name in ("nx", "xx", "keepttl", "persist"):
-        if name in found and not isinstance(found[name], bool):
-            raise _fail(E_BAD_ARGS, f"{op} option {name} must be a boolean")
-    if "ttl_ms" in found and "at_ms" in found:
-        raise _fail(E_BAD_ARGS, f"{op} options ttl_ms and at_ms exclude each other")
-    if found.get("nx") and found.get("xx"):
-        raise _fail(E_BAD_ARGS, f"{op} options nx and xx exclude each other")
-    return found
-
-
-def _at(raw: Any) -> int:
-    if type(raw) is not int or not 1 <= raw <= 2**62:
-        raise _fail(E_BAD_ARGS, "at_ms must be an integer in 1..2**62")
-    return raw
-
-
-def _deadline_options(found: dict[str, Any]) -> tuple[int, int]:
-    ttl = found.get("ttl_ms")
-    at = found.get("at_ms")
-    return (_ttl(ttl) if ttl is not None else 0, _at(at) if at is not None else 0)
-
-
-def _v_setx(args: list, limits: Limits) -> tuple:
-    _arity(args, 2, 3, "SETX key value [{ttl_ms | at_ms, nx, xx, keepttl, w}]")
-    key, value = _key(args[0], limits), _value(args[1], limits)
-    found = _options(args[2] if len(args) == 3 else None, SETX_OPTIONS, "SETX")
-    w = _w(found["w"]) if found.get("w") is not None else None
-    flags = (bool(found.get("nx")), bool(found.get("xx")), bool(found.get("keepttl")))
-    return (key, value, *_deadline_options(found), *flags, w)
-
-
-def _v_getex(args: list, limits: Limits) -> tuple:
-    _arity(args, 1, 2, "GETEX key [{ttl_ms | at_ms | persist, w}]")
-    found = _options(args[1] if len(args) == 2 else None, GETEX_OPTIONS, "GETEX")
-    w = _w(found["w"]) if found.get("w") is not None else None
-    ttl_ms, at_ms = _deadline_options(found)
-    if found.get("persist") and (ttl_ms or at_ms):
-        raise _fail(E_BAD_ARGS, "GETEX option persist excludes ttl_ms and at_ms")
-    return (_key(args[0], limits), ttl_ms, at_ms, bool(found.get("persist")), w)
-
-
-def _pattern(raw: Any, limits: Limits) -> str:
-    if not isinstance(raw, bytes) or len(raw) > limits.max_key_bytes * 4:
-        raise _fail(E_BAD_ARGS, "a pattern is a string of at most 4 x max_key_bytes bytes")
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _fail(E_BAD_ARGS, "a pattern is not valid UTF-8") from exc
-
-
-def _v_scan(args: list, limits: Limits) -> tuple:
-    _arity(args, 1, 3, "SCAN cursor [pattern | nil] [count]")
-    cursor = args[0]
-    if type(cursor) is not int or not 0 <= cursor < 2**56:
-        raise _fail(E_BAD_ARGS, "the SCAN cursor is an integer in 0..2**56-1")
-    pattern = _pattern(args[1], limits) if len(args) > 1 and args[1] is not None else None
-    count = args[2] if len(args) > 2 else 10
-    if type(count) is not int or not 1 <= count <= MAX_SCAN_COUNT:
-        raise _fail(E_BAD_ARGS, f"the SCAN count is an integer in 1..{MAX_SCAN_COUNT}")
-    return (cursor, pattern, count)
-
-
-def _v_keys_pattern(args: list, limits: Limits) -> tuple:
-    _arity(args, 1, 1, "KEYS pattern")
-    return (_pattern(args[0], limits),)
-
-
 _VALIDATORS: dict[str, Callable[[list, Limits], tuple]] = {
     "PING": _v_ping,
     "GET": _v_key("GET key"),
@@ -531,17 +444,14 @@ _VALIDATORS: dict[str, Callable[[list, Limits], tuple]] = {
     "STATS": _v_none("STATS"),
     "HEALTH": _v_none("HEALTH"),
     "CLUSTER": _v_none("CLUSTER"),
-    # key-space ops (RESP front)
-    "EXISTS": _v_keys("EXISTS key [key ...]"),
-    "DBSIZE": _v_none("DBSIZE"),
-    "SCAN": _v_scan,
-    "KEYS": _v_keys_pattern,
-    "FLUSHALL": _v_none("FLUSHALL"),
-    "GETDEL": _v_key("GETDEL key"),
-    "SETX": _v_setx,
-    "GETEX": _v_getex,
 }
-WRITE_OPS = WRITE_OPS | KEYSPACE_WRITE_OPS
+
+# The key-space ops of the RESP front (EXISTS, DBSIZE, SCAN, KEYS, FLUSHALL, GETDEL,
+# SETX, GETEX): mesh.core.wire_keyspace validates them with this module's helpers.
+_VALIDATORS.update(wire_keyspace.validators(sys.modules[__name__]))
+_MIN_ARGS.update(wire_keyspace.KEYSPACE_MIN_ARGS)
+MAX_SCAN_COUNT = wire_keyspace.MAX_SCAN_COUNT
+WRITE_OPS = WRITE_OPS | wire_keyspace.KEYSPACE_WRITE_OPS
 
 #: Every op this protocol version knows.
 OPS = frozenset(_VALIDATORS)
