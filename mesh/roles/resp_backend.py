@@ -88,6 +88,7 @@ class Link:
         self.waiting: dict[int, tuple[Batch, int]] = {}
         self.outbox: list[tuple[int, list[bytes]]] = []
         self._flush_due = False
+        self.closed = False
         self.ready = True
         self.heard_ms = wall_ms()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -121,6 +122,9 @@ class Link:
         callback: Callable[[list[Reply]], None],
     ) -> None:
         """Send ``requests``; ``callback`` gets their replies in order, once, as :meth:`run`'s."""
+        if self.closed:
+            callback([LOST] * len(requests))
+            return
         loop = self._watch()
         batch = Batch(len(requests), callback)
         outbox, waiting = self.outbox, self.waiting
@@ -146,6 +150,8 @@ class Link:
         """Send what :meth:`run` held, in bundles of a bounded size."""
         self._flush_due = False
         outbox, self.outbox = self.outbox, []
+        if self.closed:  # closed since run() held them: their batches were answered LOST
+            return
         start, size = 0, 0
         for end, (_, frames) in enumerate(outbox, 1):
             size += len(frames[-1])
@@ -172,7 +178,7 @@ class Link:
                     entry[0].put(entry[1], LOST)
 
     def _on_events(self) -> None:
-        while socket_events(self.raw) & _POLLIN:
+        while not self.closed and socket_events(self.raw) & _POLLIN:
             for frames in drain(self.raw, 1024):
                 self.heard_ms = wall_ms()
                 if len(frames) == 2 and frames[0] == envelope.BUNDLE_MAGIC:
@@ -198,8 +204,11 @@ class Link:
 
     def close(self) -> None:
         """Stop watching and close the socket."""
+        if self.closed:
+            return
         if self._loop is not None and not self._loop.is_closed():
             self._loop.remove_reader(socket_fd(self.raw))
+        self.closed = True
         self.fail_all()
         self.sock.close(0)
 
