@@ -28,6 +28,8 @@ setup(
         "prometheus_client>=0.17",
         # --log-format json: one JSON object per log line.
         "python-json-logger>=3.1",
+        # The RESP front's parser (C): command arrays at C speed.
+        "hiredis>=2.0",
     ],
     extras_require={
         "test": [
@@ -36,6 +38,8 @@ setup(
             "hypothesis>=6.90",
             "ruff>=0.5",
             "mypy>=1.8",
+            # tests/test_resp*.py: a real Redis client against the RESP front
+            "redis>=5.0",
             # Ships the Compose Specification's JSON schema (vendor.compose-spec)
             # and ruamel.yaml: tests/test_compose.py validates docker-compose.yml
             # offline, with no Docker engine.

@@ -416,6 +416,15 @@ ONE_OF_EACH: dict[str, tuple] = {
     "STATS": (),
     "HEALTH": (),
     "CLUSTER": (),
+    # key-space ops (RESP front): tests/test_keyspace.py
+    "EXISTS": ("k",),
+    "DBSIZE": (),
+    "SCAN": (0,),
+    "KEYS": (b"*",),
+    "FLUSHALL": (),
+    "GETDEL": ("k",),
+    "SETX": ("k", b"v"),
+    "GETEX": ("k",),
 }
 ONE_OF_EACH["INCRBY"] = ("n", 2)  # counters (issue 18)
 

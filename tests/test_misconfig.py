@@ -153,8 +153,9 @@ def test_log_level_is_case_insensitive(tmp_path: Path):
 @pytest.mark.parametrize("kind", ["api", "balancer", "edge"])
 def test_up_with_a_taken_port_fails_fast_naming_it(procs, taken, kind):
     """``pycache up`` stops what it started and ends with one line: the child and the address."""
-    kinds = ["api", "repl", "pub", "http", "balancer", "edge", "balancer-metrics"]
-    ports = dict(zip(kinds, free_ports(7), strict=True))
+    kinds = ["api", "repl", "pub", "http", "balancer", "edge", "balancer-metrics", "resp"]
+    kinds.append("balancer-resp")
+    ports = dict(zip(kinds, free_ports(len(kinds)), strict=True))
     ports[kind] = taken
     args = ["up", "--nodes", "1", "--data-dir", str(procs.tmp_path / "cluster")]
     for name, port in ports.items():

@@ -73,6 +73,15 @@ def test_every_op_decodes():
         "HEALTH": ([], ()),
         "CLUSTER": ([], ()),
         "GETMETA": (["k"], ("k",)),
+        # key-space ops (RESP front)
+        "EXISTS": (["a", "a"], (["a", "a"],)),
+        "DBSIZE": ([], ()),
+        "SCAN": ([0, b"a*", 5], (0, "a*", 5)),
+        "KEYS": ([b"*"], ("*",)),
+        "FLUSHALL": ([], ()),
+        "GETDEL": (["k"], ("k",)),
+        "SETX": (["k", b"v", {"at_ms": 9, "keepttl": True}], ("k", b"v", 0, 9, False, False, True)),
+        "GETEX": (["k", {"persist": True}], ("k", 0, 0, True)),
     }
     cases["INCRBY"] = (["k", -3], ("k", -3))  # counters (issue 18)
     assert set(cases) | {"SET"} == wire.OPS
@@ -310,3 +319,34 @@ def test_incrby_takes_an_int64_delta_and_w():
         assert info.value.code == wire.E_BAD_ARGS
     with pytest.raises(ProtocolError):
         decode(wire.encode_request(1, "INCRBY", "k"), LIMITS)
+
+
+@pytest.mark.parametrize(
+    "op, args",
+    [
+        ("SCAN", [-1]),
+        ("SCAN", [0, b"*", 0]),
+        ("SCAN", [0, 5]),
+        ("KEYS", []),
+        ("SETX", ["k", b"v", {"ttl_ms": 5, "at_ms": 5}]),
+        ("SETX", ["k", b"v", {"nx": True, "xx": True}]),
+        ("SETX", ["k", b"v", {"bogus": 1}]),
+        ("SETX", ["k", b"v", {"keepttl": 1}]),
+        ("GETEX", ["k", {"persist": True, "ttl_ms": 5}]),
+        ("GETEX", ["k", {"at_ms": 0}]),
+        ("FLUSHALL", [{"x": 1}]),
+    ],
+)
+def test_keyspace_ops_refuse_bad_arguments(op, args):
+    with pytest.raises(ProtocolError) as info:
+        wire.decode_request(wire.encode_request(1, op, *args), LIMITS)
+    assert info.value.code == wire.E_BAD_ARGS and info.value.request_id == 1
+
+
+def test_keyspace_write_ops_carry_w():
+    decode = wire.decode_request
+    assert decode(wire.encode_request(1, "FLUSHALL", {"w": "all"}), LIMITS).w == "all"
+    assert decode(wire.encode_request(1, "GETDEL", "k", {"w": 2}), LIMITS).w == 2
+    assert decode(wire.encode_request(1, "SETX", "k", b"v", {"w": 2}), LIMITS).w == 2
+    assert decode(wire.encode_request(1, "GETEX", "k", {"w": 3, "ttl_ms": 9}), LIMITS).args[1] == 9
+    assert {"FLUSHALL", "GETDEL", "SETX", "GETEX"} <= wire.WRITE_OPS

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import click
 
-from mesh.cli import client_commands, credentials, keys, processes
+from mesh.cli import client_commands, credentials, keys, keyspace_commands, processes
 from mesh.cli.node import node
 
 
@@ -36,6 +36,7 @@ for _command in (
     *keys.COMMANDS,
     *credentials.COMMANDS,
     *client_commands.COMMANDS,
+    *keyspace_commands.COMMANDS,
 ):
     main.add_command(show_envvars(_command))
 

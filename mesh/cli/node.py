@@ -25,6 +25,7 @@ from mesh.cli.options import (
     log_format_option,
     log_level_option,
     port_or_any,
+    resp_option,
     seconds_option,
     setup_logging,
     valid_config,
@@ -219,6 +220,7 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     "PYCACHE_HTTP_BODY_TIMEOUT",
     "Seconds a request's body may take to arrive after its headers.",
 )
+@resp_option
 @log_level_option
 @log_format_option
 def node(
@@ -261,6 +263,7 @@ def node(
     http_max_connections: int,
     http_idle_timeout: float,
     http_body_timeout: float,
+    resp: str,
     log_level: str,
     log_format: str,
 ) -> None:
@@ -312,6 +315,7 @@ def node(
             http_max_connections=http_max_connections,
             http_idle_timeout=http_idle_timeout,
             http_body_timeout=http_body_timeout,
+            resp=resp,
         )
     )
     errors_to_exit_codes(run_node)(config)

@@ -113,6 +113,12 @@ insecure_option = click.option(
     envvar="PYCACHE_INSECURE",
     help="No authentication or encryption where credentials are missing (tests only).",
 )
+resp_option = click.option(
+    "--resp",
+    default="",
+    envvar="PYCACHE_RESP",
+    help="Serve the Redis protocol (RESP) on HOST:PORT or tcp://HOST:PORT (port '*': any).",
+)
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 log_level_option = click.option(
     "--log-level",

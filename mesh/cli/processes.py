@@ -26,6 +26,7 @@ from mesh.cli.options import (
     log_format_option,
     log_level_option,
     port_or_any,
+    resp_option,
     seconds_option,
     setup_logging,
     valid_config,
@@ -117,7 +118,14 @@ from mesh.roles.config import (
 @client_keys_option
 @client_key_option
 @server_key_option
-@token_file_option
+@resp_option
+@click.option(
+    "--token-file",
+    default="",
+    envvar="PYCACHE_TOKEN_FILE",
+    help="Tokens, one per line: RESP AUTH and /metrics bearer tokens "
+    "(required for either beyond loopback).",
+)
 @log_level_option
 @log_format_option
 def balancer(
@@ -137,6 +145,7 @@ def balancer(
     client_keys: str,
     client_key: str,
     server_key: str,
+    resp: str,
     token_file: str,
     log_level: str,
     log_format: str,
@@ -162,6 +171,7 @@ def balancer(
             server_key=server_key,
             metrics_host=metrics_host,
             metrics_port=metrics_port,
+            resp=resp,
             token_file=token_file,
         )
     )
@@ -327,6 +337,15 @@ def edge(
     "PYCACHE_BALANCER_METRICS_PORT",
     "The balancer's /metrics port (0: the OS picks).",
 )
+@int_option(
+    "--resp-port", Ports.resp, "PYCACHE_RESP_PORT", "First node's RESP port; the next get +1."
+)
+@int_option(
+    "--balancer-resp-port",
+    Ports.balancer_resp,
+    "PYCACHE_BALANCER_RESP_PORT",
+    "The balancer's RESP (Redis protocol) port.",
+)
 @fsync_option
 @click.option(
     "--ready-timeout",
@@ -349,6 +368,8 @@ def up(
     balancer_port: int,
     edge_port: int,
     balancer_metrics_port: int,
+    resp_port: int,
+    balancer_resp_port: int,
     fsync: str,
     ready_timeout: float,
     log_format: str,
@@ -363,7 +384,15 @@ def up(
 
     setup_logging("INFO", "up", log_format)
     ports = Ports(
-        api_port, repl_port, pub_port, http_port, balancer_port, edge_port, balancer_metrics_port
+        api_port,
+        repl_port,
+        pub_port,
+        http_port,
+        balancer_port,
+        edge_port,
+        balancer_metrics_port,
+        resp_port,
+        balancer_resp_port,
     )
     cluster = Cluster(
         data_dir,

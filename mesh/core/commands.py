@@ -15,6 +15,7 @@ from typing import Any
 
 from mesh.core.clock import HybridClock, physical_ms
 from mesh.core.counters import CounterValue, increment, rebased
+from mesh.core.keyspace import KeyOps
 from mesh.core.mutation import Mutation
 from mesh.core.store import Store
 from mesh.core.wire import Request
@@ -59,6 +60,8 @@ class CommandExecutor:
             "CLUSTER": cluster or self._stats,
         }
         self._ops["INCRBY"] = self._incrby  # counters (issue 18)
+        # The key-space ops of the Redis front (EXISTS, SCAN, FLUSHALL, SETX, ...).
+        self._ops.update(KeyOps(self).ops())
 
     def execute(self, request: Request) -> Any:
         """Run one request and return its result (writes are queued in ``pending``)."""

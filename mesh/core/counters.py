@@ -195,8 +195,10 @@ def parse_int64(value: bytes) -> int:
     return number
 
 
-def not_integer() -> ProtocolError:
-    """The error of an INCRBY on a non-integer value or one that would overflow."""
+def not_integer(overflow: bool = False) -> ProtocolError:
+    """The error of an INCRBY on a non-integer value, or one that would overflow."""
+    if overflow:
+        return ProtocolError(E_NOT_INTEGER, "increment or decrement would overflow")
     return ProtocolError(E_NOT_INTEGER, "value is not an integer or out of range")
 
 
@@ -228,7 +230,7 @@ def increment(
     if not INT64_MIN <= value <= INT64_MAX or not all(
         INT64_MIN <= s[2] <= INT64_MAX and s[1] <= INT64_MAX for s in slots
     ):
-        raise not_integer()
+        raise not_integer(overflow=True)
     if len(slots) > MAX_SLOTS:
         raise ProtocolError(E_NOT_INTEGER, f"counter has over {MAX_SLOTS} slots")
     return new, value, deadline

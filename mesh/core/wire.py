@@ -52,12 +52,13 @@ request or reply (deadline frames, bundles) are :mod:`mesh.core.envelope`'s.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
-from mesh.core import counters
+from mesh.core import counters, wire_keyspace
 from mesh.core.acks import parse_w
 from mesh.core.errors import (
     BadRequest,
@@ -126,6 +127,8 @@ SET_OPTIONS = frozenset({"ttl_ms", "nx", "xx", "w"})
 #: Write ops (SET aside) whose last argument may be an options map, with the
 #: fewest arguments they take before it: a map in a key's place stays a key.
 _MIN_ARGS = {"DEL": 1, "EXPIRE": 2, "PERSIST": 1, "MSET": 2}
+#: Ops whose validator reads ``w`` from its own options map (the last item of args).
+_W_IN_ARGS = frozenset({"SET", "SETX", "GETEX"})
 
 _packer = msgpack.Packer(use_bin_type=True)
 
@@ -277,8 +280,8 @@ def _decode_any(body: Any, limits: Limits) -> Request:
         if len(rest) > _MIN_ARGS.get(op_name, len(rest)) and isinstance(rest[-1], _Pairs):
             w = _write_options(rest.pop())
         args = validator(rest, limits)
-        if op_name == "SET":
-            args, w = args[:5], args[5]
+        if op_name in _W_IN_ARGS:  # SET and the key-space ops SETX, GETEX
+            args, w = args[:-1], args[-1]
     except ProtocolError as exc:
         exc.request_id = request_id
         raise
@@ -446,6 +449,13 @@ _VALIDATORS: dict[str, Callable[[list, Limits], tuple]] = {
     "HEALTH": _v_none("HEALTH"),
     "CLUSTER": _v_none("CLUSTER"),
 }
+
+# The key-space ops of the RESP front (EXISTS, DBSIZE, SCAN, KEYS, FLUSHALL, GETDEL,
+# SETX, GETEX): mesh.core.wire_keyspace validates them with this module's helpers.
+_VALIDATORS.update(wire_keyspace.validators(sys.modules[__name__]))
+_MIN_ARGS.update(wire_keyspace.KEYSPACE_MIN_ARGS)
+MAX_SCAN_COUNT = wire_keyspace.MAX_SCAN_COUNT
+WRITE_OPS = WRITE_OPS | wire_keyspace.KEYSPACE_WRITE_OPS
 
 #: Every op this protocol version knows.
 OPS = frozenset(_VALIDATORS)

@@ -13,8 +13,7 @@ batch of writes) instead of one each.  For the same reason sends are held
 until the end of a loop turn and then made back to back: libzmq's I/O thread
 then writes several messages per system call.  The requests held for one
 node go as one message, a bundle (see :data:`mesh.core.envelope.BUNDLE_MAGIC`), when
-the node's HEALTH offers ``bundle_bytes``; its replies come back as one
-bundle too.
+the node's HEALTH offers ``bundle_bytes``; its replies come back as one bundle too.
 
 Liveness and readiness, per node:
 
@@ -41,9 +40,8 @@ must agree within ``CLOCK_MARGIN_MS``.  With no ready node a request waits up
 to ``wait_ms`` for one, then gets ``NOT_READY: no ready node``.  Every send is
 non-blocking.
 
-HEALTH and CLUSTER sent to the balancer are answered by the balancer itself:
-HEALTH says ``ready`` while at least one node is; CLUSTER gathers every
-node's own CLUSTER entry.
+HEALTH and CLUSTER sent to the balancer are answered by the balancer itself: HEALTH
+says ``ready`` while at least one node is; CLUSTER gathers every node's CLUSTER entry.
 
 With ``client_keys`` the front is a CURVE server admitting only those
 clients (:mod:`mesh.roles.clientplane`, through a :class:`ThreadZapHandler`);

@@ -23,6 +23,7 @@ from prometheus_client.core import GaugeMetricFamily
 from mesh.roles import metrics
 from mesh.roles.balancer import Balancer
 from mesh.roles.config import HTTP_PORT_ANY, BalancerConfig
+from mesh.roles.fronts import BalancerResp
 from mesh.roles.metrics import Families, counter, counters, gauge, labelled
 from mesh.roles.protected import host_is_loopback, load_tokens
 from mesh.roles.tuning import raise_fd_limit, tune_gc
@@ -71,19 +72,19 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
     """Run a balancer in this process until SIGTERM or SIGINT.
 
     ``status_file`` gets ``{"pid", "state", "front"}`` (and ``"metrics"``, its
-    URL, with a metrics port) once the front is bound (with a ``*`` port, the
-    port the OS picked).
+    URL, with a metrics port; ``"resp"`` with a RESP front) once the front is
+    bound (with a ``*`` port, the port the OS picked).
     """
     raise_fd_limit()
     tune_gc()
-    ctx = zmq.Context()
+    ctx, resp = zmq.Context(), BalancerResp(config).start()  # RESP front: mesh.roles.fronts
     server = None
     try:
         balancer = Balancer(config, ctx)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: balancer.stop())
         log.info("balancer on %s for %s", balancer.endpoint, ", ".join(config.nodes))
-        status = {"pid": os.getpid(), "state": "ready", "front": balancer.endpoint}
+        status = {"pid": os.getpid(), "state": "ready", "front": balancer.endpoint, **resp.status}
         if config.metrics_port:
             port = 0 if config.metrics_port == HTTP_PORT_ANY else config.metrics_port
             reg = metrics.registry(lambda: balancer_families(balancer))
@@ -105,6 +106,7 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
             write_atomically(Path(status_file), json.dumps(status).encode(), durable=False)
         balancer.run()
     finally:
+        resp.stop()
         if server is not None:
             server.close()
         ctx.term()

@@ -41,6 +41,7 @@ import zmq
 
 from mesh.core import wire
 from mesh.core.errors import ConnectionFailed, ProtocolError, PyCacheError, Timeout
+from mesh.roles.client_keyspace import KeyspaceMethods, ScanIterMethod
 from mesh.roles.clientplane import Credentials
 from mesh.roles.clientsock import SocketPool, credentials_of, endpoints_of, parse_url
 from mesh.roles.config import DEFAULT_API
@@ -80,7 +81,7 @@ def _keys(keys: str | Iterable[str], more: tuple[str, ...]) -> list[str]:
     return [keys, *more] if isinstance(keys, str) else [*keys, *more]
 
 
-class CommandMethods:
+class CommandMethods(KeyspaceMethods):
     """The op methods shared by :class:`Client`, :class:`AsyncClient` and pipelines.
 
     Each method builds one request and hands it to ``_call``, which sends it
@@ -215,7 +216,7 @@ def _decoded(result: Any) -> Any:
     return result
 
 
-class Client(CommandMethods):
+class Client(ScanIterMethod, CommandMethods):
     """Synchronous client; safe to share between threads and across ``os.fork()``.
 
     Each thread talks over its own DEALER socket (connected to every

@@ -110,6 +110,8 @@ class NodeConfig:
         http_max_connections / http_idle_timeout / http_body_timeout: the HTTP
             API's connection limits, as ``EdgeConfig``'s ``max_connections``,
             ``idle_timeout`` and ``body_timeout``.
+        resp: ``HOST:PORT`` of the RESP (Redis protocol) front ('': none; port
+            ``*``: the OS picks, see ``node.json``); AUTH takes a ``token_file`` token.
     """
 
     node_id: str
@@ -147,6 +149,7 @@ class NodeConfig:
     http_max_connections: int = 0
     http_idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT
     http_body_timeout: float = DEFAULT_HTTP_BODY_TIMEOUT
+    resp: str = ""
 
     def validate(self) -> NodeConfig:
         """Raise ConfigError naming the first invalid field; return self."""
@@ -219,6 +222,31 @@ class NodeConfig:
                 bool(self.token_file) or self.insecure,
                 "--token-file FILE",
             )
+        check_resp(self.resp, bool(self.token_file) or self.insecure)
+
+
+def resp_address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``tcp://HOST:PORT`` of a RESP front (port ``*`` or 0: the OS picks)."""
+    rest = value[len("tcp://") :] if value.startswith("tcp://") else value
+    host, sep, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if (
+        not sep
+        or not host
+        or not (port == "*" or port.isdigit())
+        or int(port.strip("*") or 0) > 65535
+    ):
+        raise ConfigError(f"resp {value!r}: give HOST:PORT or tcp://HOST:PORT (port '*': any)")
+    return host, 0 if port == "*" else int(port)
+
+
+def check_resp(resp: str, has_credentials: bool) -> None:
+    """A RESP front's address, and protected mode: beyond loopback only with tokens."""
+    if resp:
+        host, _ = resp_address(resp)
+        check_protected(
+            "RESP on", host, host_is_loopback(host), has_credentials, "--token-file FILE"
+        )
 
 
 @dataclass(frozen=True)
@@ -250,8 +278,10 @@ class BalancerConfig:
         metrics_host / metrics_port: where ``/metrics`` is served (port 0:
             nowhere, the default; ``HTTP_PORT_ANY``: the OS picks, and the
             status file says which).
-        token_file: bearer tokens ``/metrics`` requires (required beyond
-            loopback unless ``insecure``).
+        resp: ``HOST:PORT`` of the RESP front ('': none); each connection is
+            pinned to one ready node.
+        token_file: tokens, one per line: RESP AUTH and the ``/metrics`` bearer
+            token (required for either beyond loopback unless ``insecure``).
     """
 
     front: str = DEFAULT_FRONT
@@ -269,6 +299,7 @@ class BalancerConfig:
     server_key: str = ""
     metrics_host: str = DEFAULT_HOST
     metrics_port: int = 0
+    resp: str = ""
     token_file: str = ""
 
     def validate(self) -> BalancerConfig:
@@ -305,6 +336,7 @@ class BalancerConfig:
             "--client-keys DIR",
         )
         optional_credentials(self.client_key, self.server_key, self.client_keys)
+        check_resp(self.resp, bool(self.token_file) or self.insecure)
         return self
 
 
@@ -382,6 +414,12 @@ def _port(endpoint: str) -> int:
     return int(endpoint.rsplit(":", 1)[1])
 
 
+#: ``pycache up``'s RESP ports: the balancer's is Redis's own, so clients need no
+#: change; node i listens on 6381 + i - 1 (6380 is left to a Redis replica's habit).
+DEFAULT_BALANCER_RESP_PORT = 6379
+DEFAULT_NODE_RESP_PORT = 6381
+
+
 @dataclass(frozen=True)
 class Ports:
     """First ports of each kind in a local cluster (``pycache up``).
@@ -396,6 +434,8 @@ class Ports:
     balancer: int = _port(DEFAULT_FRONT)
     edge: int = DEFAULT_EDGE_PORT
     metrics: int = DEFAULT_BALANCER_METRICS_PORT  # the balancer's /metrics
+    resp: int = DEFAULT_NODE_RESP_PORT
+    balancer_resp: int = DEFAULT_BALANCER_RESP_PORT
 
 
 def check_endpoint(name: str, endpoint: str) -> None:

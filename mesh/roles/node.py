@@ -47,6 +47,7 @@ from mesh.roles.binding import bind
 from mesh.roles.clientplane import protect
 from mesh.roles.config import NodeConfig
 from mesh.roles.diskfull import RETRY_MS, DiskGuard
+from mesh.roles.fronts import start_node_fronts, stop_node_fronts
 from mesh.roles.node_metrics import PROGRESS_CHECK_MS, CatchUpProgress, RequestMetrics
 from mesh.roles.node_status import ClockWatch, cluster, health, stats, write_status_file
 from mesh.roles.peering import Peering
@@ -139,6 +140,7 @@ class Node:
         self._commits = 0  # group commits (batches with writes) so far
         self.endpoint = config.api
         self.http: Any = None  # mesh.roles.edge.HttpServer with --http-port
+        self.resp: Any = None  # mesh.roles.resp_server.RespServer with --resp
 
     # ------------------------------------------------------------------ recovery
 
@@ -171,7 +173,7 @@ class Node:
             self.recover()
             self._start_zap()
             self._bind()
-            self._start_http()
+            await start_node_fronts(self, self._http_backend)  # HTTP API, RESP
             self.state = "catching-up"
             self._gc.pause()
             write_status_file(self)
@@ -201,8 +203,7 @@ class Node:
         finally:
             self._gc.resume()
             try:
-                if self.http is not None:
-                    await self.http.stop()
+                await stop_node_fronts(self)
             finally:
                 self._shutdown()
 
@@ -265,16 +266,6 @@ class Node:
         if self.membership is not None:
             return len(self.membership.ids() | {self.config.node_id})
         return 1 + len(self.replica.peers)
-
-    def _start_http(self) -> None:
-        """With ``http_port``, serve the HTTP API in this loop through this node's own API."""
-        if self.config.http_port:
-            from mesh.roles.edge import serve_node_http  # tornado only where HTTP is served
-            from mesh.roles.node_metrics import node_registry
-
-            self.http = serve_node_http(
-                self.config, self._http_backend, self.ctx, node_registry(self)
-            )
 
     def _on_replication(self) -> None:
         if self.state == "catching-up" and self.replica.state == READY:

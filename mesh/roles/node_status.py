@@ -37,6 +37,8 @@ def write_status_file(node: Node) -> None:
     status = {"pid": os.getpid(), "state": node.state, "api": node.endpoint}
     if node.http is not None:
         status["http"] = node.http.url
+    if node.resp is not None:
+        status["resp"] = node.resp.url
     if node.peering is not None:
         status.update(node.peering.endpoints)
     path = Path(node.config.data_dir) / STATUS_FILE

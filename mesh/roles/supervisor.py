@@ -125,6 +125,7 @@ class Cluster:
             "pub": self._endpoint(self.ports.pub, index),
         }
         http = str(self.ports.http + index - 1) if self.ports.http else "*"
+        resp = self.ports.resp + index - 1 if self.fixed_ports and self.ports.resp else "*"
         argv = mesh_argv(
             "node",
             "--id",
@@ -141,6 +142,8 @@ class Cluster:
             http,
             "--http-host",
             self.host,
+            "--resp",
+            f"{self.host}:{resp}",
             "--fsync",
             fsync,
             "--keys",
@@ -164,6 +167,8 @@ class Cluster:
             str(self.ports.metrics) if self.fixed_ports and self.ports.metrics else "*",
             "--log-format",
             self.log_format,
+            "--resp",
+            f"{self.host}:{self.ports.balancer_resp if self.fixed_ports else '*'}",
         )
         return Child("balancer", "balancer", argv, {"front": front})
 
@@ -229,6 +234,7 @@ class Cluster:
             balancer.endpoints["metrics"] = info["metrics"]
             port = info["metrics"].rsplit(":", 1)[1].split("/")[0]
             balancer.argv[balancer.argv.index("--metrics-port") + 1] = port
+            self._pin_resp(balancer, info)
             edge = self._edge(balancer.endpoints["front"])
             self.children.append(edge)
             self._spawn(edge, self.data_dir / "edge.json")
@@ -270,12 +276,21 @@ class Cluster:
         info = self._wait_status(child, deadline, "ready")
         for name in ("api", "repl", "pub"):
             self._pin(child, name, str(info[name]))
+        self._pin_resp(child, info)
         if info.get("http"):
             child.endpoints["http"] = str(info["http"])
             child.endpoints["metrics"] = str(info["http"]) + "/metrics"
             child.argv[child.argv.index("--http-port") + 1] = str(info["http"]).rsplit(":", 1)[1]
         with Client(child.endpoints["api"], timeout=0.5) as client:
             self._wait_until(child, deadline, "a PING answer", client.ping, retry_on=Timeout)
+
+    @staticmethod
+    def _pin_resp(child: Child, info: dict) -> None:
+        """Record the RESP front's ``tcp://host:port`` and pin its port in the argv."""
+        if info.get("resp"):
+            child.endpoints["resp"] = str(info["resp"])
+            flag = child.argv.index("--resp") + 1
+            child.argv[flag] = str(info["resp"]).removeprefix("tcp://")
 
     def _wait_http_ready(self, child: Child, deadline: float) -> None:
         url = child.endpoints["http"].rstrip("/") + "/api/ready/"
