@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -1089,12 +1090,15 @@ def main() -> None:
 
 
 def _median(runs: list[dict], *path: str) -> float:
+    """The median of a figure over runs; NaN when no run has it (a log line not
+    written at the nodes' ``--log-level``, say)."""
     values = []
     for run in runs:
         for key in path:
             run = run[key]
-        values.append(run)
-    return statistics.median(values)  # type: ignore[type-var]
+        if run is not None:
+            values.append(run)
+    return statistics.median(values) if values else math.nan  # type: ignore[type-var]
 
 
 def _verdict(ok: bool) -> str:
