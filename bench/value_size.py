@@ -1,7 +1,7 @@
 """SET throughput by value size: one node against redis-server with an AOF (issue 15).
 
     python bench/value_size.py [--runs 5] [--mib 32] [--sizes 100,10000,1000000]
-                               [--fsync always,never]
+                               [--fsync always,never] [--node-args '--snapshot-mib 0']
 
 For each value size and each ``--fsync`` mode of the node, each run starts a
 fresh node (no peers, the default CURVE key set) and a fresh ``redis-server
@@ -57,10 +57,10 @@ def throughput(server: Node | Redis, size: int, count: int, batch: int) -> float
     return count / (time.perf_counter() - started)
 
 
-def one_run(size: int, fsync: str, count: int, batch: int) -> dict:
+def one_run(size: int, fsync: str, count: int, batch: int, node_args: list[str]) -> dict:
     root = Path(tempfile.mkdtemp(prefix="pycache-vsz-"))
     try:
-        node = Node(root / "node", ["--fsync", fsync]).start()
+        node = Node(root / "node", ["--fsync", fsync, *node_args]).start()
         try:
             ours = throughput(node, size, count, batch)
         finally:
@@ -82,6 +82,9 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=32, help="MiB of values per run and size")
     parser.add_argument("--sizes", default="100,10000,1000000")
     parser.add_argument("--fsync", default="always,never", help="the node's --fsync mode(s)")
+    parser.add_argument(
+        "--node-args", default="", help="more node options, e.g. '--snapshot-mib 0'"
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     if not shutil.which("redis-server"):
@@ -92,7 +95,7 @@ def main() -> None:
             count, batch = plan(size, args.mib)
             runs = []
             for _ in range(args.runs):
-                runs.append(one_run(size, fsync, count, batch))
+                runs.append(one_run(size, fsync, count, batch, args.node_args.split()))
             ratios = [r["ratio"] for r in runs]
             row = {
                 "fsync": fsync,
@@ -139,7 +142,11 @@ def main() -> None:
         + ["ratio", "range", "target"],
         rows,
     )
-    write_json("value_size", {"mib": args.mib, "runs": args.runs, "results": results}, args.json)
+    write_json(
+        "value_size",
+        {"mib": args.mib, "runs": args.runs, "node_args": args.node_args, "results": results},
+        args.json,
+    )
 
 
 if __name__ == "__main__":
