@@ -10,11 +10,23 @@ sockets) writes ``--live-mib`` of live data, then overwrites every key
 sums the sizes of the files under the data folder.  Live bytes are the live
 keys' key and value bytes.  Prints the worst and final ratio of data-folder
 bytes to live bytes and writes JSON.  Target: worst <= 4.
+
+Then (issue 15; ``--bulk-keys 0`` skips it) the data folder per key after a
+bulk load and a clean stop, against Redis's RDB: per run a fresh node process
+(no peers, ``--fsync never``) and a fresh ``redis-server`` (no persistence
+until ``SHUTDOWN SAVE``) each take the same ``--bulk-keys`` 100-byte random SETs in
+pipelined batches of 1,000, then stop cleanly (SIGTERM for the node, SHUTDOWN
+SAVE for Redis); the bytes of the node's data folder and of Redis's folder
+(dump.rdb) are divided by the keys.  ``--bulk-runs`` runs, taking turns;
+medians of the per-run ratio.  Target: <= 1.5.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
+import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +34,9 @@ from pathlib import Path
 import zmq.asyncio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_json  # noqa: E402
+from anchors import Node as NodeChild  # noqa: E402
+from anchors import Redis  # noqa: E402
+from common import end_all, print_table, write_json  # noqa: E402
 
 from mesh.core import wire  # noqa: E402
 from mesh.core.limits import MIB  # noqa: E402
@@ -30,6 +44,8 @@ from mesh.roles.config import NodeConfig  # noqa: E402
 from mesh.roles.node import Node  # noqa: E402
 
 TARGET = 4.0
+BULK_TARGET = 1.5
+BULK_VALUE_BYTES = 100
 SIZES = (100, 10_000, 1_000_000)
 
 
@@ -76,12 +92,80 @@ def run(value_bytes: int, live_bytes: int, rounds: int) -> dict:
     }
 
 
+def bulk_run(keys: int) -> dict:
+    """Data folder bytes per key after a bulk load and a clean stop: node and Redis."""
+    root = Path(tempfile.mkdtemp(prefix="pycache-bulk-"))
+    names = [f"key:{i:08d}" for i in range(keys)]
+    rng = random.Random(15)  # incompressible values: RDB compresses repetitive ones
+    values = [rng.randbytes(BULK_VALUE_BYTES) for _ in range(keys)]
+    try:
+        node = NodeChild(root / "node", ["--insecure", "--fsync", "never"]).start()
+        try:
+            for start in range(0, keys, 1000):
+                node.set_batch(names[start : start + 1000], values[start : start + 1000])
+        finally:
+            node.stop()
+        ours = dir_bytes(node.data_dir)
+        redis = Redis(root / "redis").start()
+        try:
+            for start in range(0, keys, 1000):
+                redis.set_batch(names[start : start + 1000], values[start : start + 1000])
+        finally:
+            redis.stop(save=True)
+        theirs = dir_bytes(redis.dir)
+    finally:
+        end_all()
+        shutil.rmtree(root, ignore_errors=True)
+    return {"node_per_key": ours / keys, "redis_per_key": theirs / keys, "ratio": ours / theirs}
+
+
+def bulk(keys: int, runs: int) -> dict:
+    """``runs`` bulk runs: medians, ranges and the table row."""
+    samples = [bulk_run(keys) for _ in range(runs)]
+    ratios = [r["ratio"] for r in samples]
+    out = {
+        "keys": keys,
+        "node_per_key": statistics.median(r["node_per_key"] for r in samples),
+        "redis_per_key": statistics.median(r["redis_per_key"] for r in samples),
+        "ratio": statistics.median(ratios),
+        "ratio_range": [min(ratios), max(ratios)],
+        "runs": samples,
+    }
+    print_table(
+        f"data folder per key after a bulk load of {keys:,} x 100 B and a clean stop, "
+        f"{runs} runs (medians)",
+        ["measure", "node B/key", "redis RDB B/key", "ratio", "range", "target"],
+        [
+            (
+                "bytes/key",
+                out["node_per_key"],
+                out["redis_per_key"],
+                out["ratio"],
+                f"{min(ratios):.2f}-{max(ratios):.2f}",
+                f"<= {BULK_TARGET}: {'met' if out['ratio'] <= BULK_TARGET else 'not met'}",
+            )
+        ],
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--live-mib", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--bulk-keys", type=int, default=200_000, help="0: skip the RDB anchor")
+    parser.add_argument("--bulk-runs", type=int, default=5)
+    parser.add_argument("--skip-overwrite", action="store_true", help="the bulk anchor only")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    bulk_out = None
+    if args.bulk_keys:
+        if not shutil.which("redis-server"):
+            raise SystemExit("redis-server is not on PATH (apt-get install redis-server)")
+        bulk_out = bulk(args.bulk_keys, args.bulk_runs)
+    if args.skip_overwrite:
+        write_json("disk_bench", {"bulk": bulk_out}, args.json)
+        return
     results = [run(size, args.live_mib * MIB, args.rounds) for size in SIZES]
     print_table(
         f"data folder / live data, {args.live_mib} MiB live overwritten {args.rounds} times",
@@ -101,7 +185,13 @@ def main() -> None:
     )
     write_json(
         "disk_bench",
-        {"live_mib": args.live_mib, "rounds": args.rounds, "target": TARGET, "runs": results},
+        {
+            "live_mib": args.live_mib,
+            "rounds": args.rounds,
+            "target": TARGET,
+            "runs": results,
+            "bulk": bulk_out,
+        },
         args.json,
     )
 

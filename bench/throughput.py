@@ -103,6 +103,8 @@ TARGET_BALANCER = 0.6
 TARGET_REDIS = 0.2
 TARGET_CURVE = 0.9  # issue 17: replicated SETs with CURVE on the peer plane / without
 PLANES = ("curve", "insecure")
+TARGET_NODE_CPU_US = 10  # issue 15: CPU per replicated SET, per node
+TARGET_REDIS_15 = 0.5  # issue 15: replicated SETs through the balancer / Redis 1+2
 HERE = Path(__file__).resolve().parent
 
 # ---------------------------------------------------------------------- ceilings (child modes)
@@ -254,6 +256,18 @@ def with_cpu(pid: int, measure: Callable[[], dict]) -> dict:
     before = cpu_seconds(pid)
     sample = measure()
     sample["cpu_us_per_op"] = (cpu_seconds(pid) - before) / max(1, sample["requests"]) * 1e6
+    return sample
+
+
+def with_cpus(pids: list[int], measure: Callable[[], dict]) -> dict:
+    """``measure()``, plus the CPU time each of ``pids`` spent per request meanwhile
+    (``procs_cpu_us_per_op``, us, in the order of ``pids``)."""
+    before = [cpu_seconds(pid) for pid in pids]
+    sample = measure()
+    sample["procs_cpu_us_per_op"] = [
+        (cpu_seconds(pid) - b) / max(1, sample["requests"]) * 1e6
+        for pid, b in zip(pids, before, strict=True)
+    ]
     return sample
 
 
@@ -571,7 +585,7 @@ def main() -> None:
             if "http" not in skip:
                 results["http"] = http_part(root, front, args, client, progress)
             if "zmq" not in skip:
-                results["zmq"] = zmq_part(nodes[0], balancer.pid, apis, front, args, progress)
+                results["zmq"] = zmq_part(nodes, balancer.pid, apis, front, args, progress)
             if do_redis:
                 results["redis"] = redis_part(root, args, progress)
             progress.close()
@@ -685,7 +699,7 @@ def http_part(
 
 
 def zmq_part(
-    node: NodeProc,
+    nodes: list[NodeProc],
     balancer_pid: int,
     apis: list[str],
     front: str,
@@ -693,14 +707,20 @@ def zmq_part(
     progress: Progress,
 ) -> dict:
     proxy, proxy_endpoint = start_child([sys.executable, __file__, "--serve-proxy", *apis])
+    node = nodes[0]
     assert node.proc is not None
+    node_pids = [n.proc.pid for n in nodes if n.proc is not None]
     try:
         out: dict[str, Any] = {"balancer": {}, "node": {}}
         for op in ("SET", "GET"):
             frames = frames_for(op, seed=7)
 
             def run(endpoint: str, pid: int, what: str, f: list[bytes] = frames) -> dict:
-                sample = with_cpu(pid, lambda: zmq_load(endpoint, f, args.window, args.seconds))
+                # each node's CPU too: issue 15's CPU per replicated SET, per node
+                sample = with_cpus(
+                    node_pids,
+                    lambda: with_cpu(pid, lambda: zmq_load(endpoint, f, args.window, args.seconds)),
+                )
                 progress.step(what, args.seconds)
                 return sample
 
@@ -726,7 +746,10 @@ def redis_part(root: Path, args: argparse.Namespace, progress: Progress) -> dict
         for op in ("SET", "GET"):
 
             def run(o: str = op) -> dict:
-                sample = with_cpu(procs[0].pid, lambda: redis_benchmark(port, o, requests))
+                sample = with_cpus(
+                    [p.pid for p in procs],
+                    lambda: with_cpu(procs[0].pid, lambda: redis_benchmark(port, o, requests)),
+                )
                 progress.step(f"redis {o}", args.seconds)
                 return sample
 
@@ -836,6 +859,7 @@ def report(results: dict, args: argparse.Namespace, client: str) -> None:
         ["path", "op", "process (ours / ceiling)", "ours us/op", "ceiling us/op", "ratio"],
         cpu_rows,
     )
+    per_node_cpu_table(results)
     if ab_rows:
         print_table(
             f"peer plane A/B (issue 17): replicated SETs through the balancer, {args.runs} runs "
@@ -843,6 +867,45 @@ def report(results: dict, args: argparse.Namespace, client: str) -> None:
             ["peer plane", "median ops/s", "min", "max", "3 nodes' CPU us/op"],
             ab_rows,
         )
+
+
+def per_node_cpu_table(results: dict) -> None:
+    """Issue 15's first row: each node's CPU per replicated SET (through the balancer)
+    beside each Redis process's per SET (master + 2 replicas), medians over runs."""
+    ours = results.get("zmq", {}).get("balancer", {}).get("SET", {}).get("ours")
+    if not ours:
+        return
+    redis = results.get("redis", {}).get("SET")
+    theirs = (
+        [
+            statistics.median(c)
+            for c in zip(*(r["procs_cpu_us_per_op"] for r in redis["runs"]), strict=True)
+        ]
+        if redis
+        else []
+    )
+    rows: list[list[object]] = []
+    per_node = zip(*(r["procs_cpu_us_per_op"] for r in ours["runs"]), strict=True)
+    for n, samples in enumerate(per_node, 1):
+        us = statistics.median(samples)
+        anchor = theirs[0 if n == 1 else min(n - 1, len(theirs) - 1)] if theirs else math.nan
+        rows.append([f"node n{n}", us, f"{min(samples):.1f}-{max(samples):.1f}"])
+        rows[-1] += [f"redis {'master' if n == 1 else 'replica'}", anchor, us / anchor]
+        rows[-1] += [
+            f"<= {TARGET_NODE_CPU_US} us: {'met' if us <= TARGET_NODE_CPU_US else 'not met'}"
+        ]
+    ours["per_node_cpu_us_per_op"] = [r[1] for r in rows]
+    if redis:
+        ratio = ours["ops_s"] / redis["ops_s"]
+        rows.append(["replicated SET/s, balancer", ours["ops_s"], "-", "redis 1+2, -c 50"])
+        rows[-1] += [f"{redis['ops_s']:,.0f} SET/s", ratio]
+        rows[-1] += [f">= {TARGET_REDIS_15}x: {'met' if ratio >= TARGET_REDIS_15 else 'not met'}"]
+    print_table(
+        "issue 15: CPU per replicated SET, per node (balancer SET, 64 in flight; medians over runs)"
+        " beside each Redis process per SET (redis-benchmark -c 50, master + 2 replicas)",
+        ["process", "us/SET", "range", "anchor", "anchor us/SET", "ours / anchor", "target"],
+        rows,
+    )
 
 
 if __name__ == "__main__":
