@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import urllib.request
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.cli import main
+from mesh.core.errors import WriteNotAcknowledged
 from mesh.core.histogram import Histogram
 from mesh.roles.config import BalancerConfig
 from mesh.roles.launcher import ChildProcess, mesh_argv
@@ -252,3 +254,17 @@ def test_balancer_metrics_with_a_token_file_ask_for_it(procs, tmp_path):
     with urllib.request.urlopen(asked, timeout=5) as answer:
         families = text_string_to_metric_families(answer.read().decode())
         assert any(f.name == "pycache_balancer_requests" for f in families)
+
+
+def test_a_write_never_acknowledged_is_counted_so(procs, paused):
+    nodes = procs.cluster(2, extra=["--http-port", "*", "--ack-timeout-ms", "300"])
+    url = http_of(nodes[0]) + "/metrics"
+    with nodes[0].client() as c:
+        assert c.set("k", b"v", w="all") is True
+        paused.append(nodes[1])
+        nodes[1].signal(signal.SIGSTOP)
+        with pytest.raises(WriteNotAcknowledged):
+            c.set("k", b"w", w="all")
+    families = scrape(url)
+    assert value(families, "pycache_requests_total", op="SET", outcome="ok") == 1
+    assert value(families, "pycache_requests_total", op="SET", outcome="NOT_ACKNOWLEDGED") == 1

@@ -59,6 +59,7 @@ class Waiting:
     envelope: list[bytes]
     request_id: int
     result: Any
+    op: str = ""  # the request's op, for the metrics of a write never acknowledged
 
 
 class PendingAcks:

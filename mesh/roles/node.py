@@ -416,8 +416,9 @@ class Node:
             w = request.w or self.config.w
             if w != 1 and (needed := nodes_needed(w, self.cluster_size())) > 1:
                 deadline = monotonic_ms() + self.config.ack_timeout_ms
+                head, op = frames[:-1], request.op
                 held.append(
-                    Waiting(self.commands.seq, needed, deadline, frames[:-1], request.id, result)
+                    Waiting(self.commands.seq, needed, deadline, head, request.id, result, op)
                 )
                 return None
         frames[-1] = wire.encode_reply(request.id, result)
@@ -429,6 +430,7 @@ class Node:
         done, expired = self.acks.resolve(self.replica.logged_by, monotonic_ms())
         replies = [[*w.envelope, wire.encode_reply(w.request_id, w.result)] for w in done]
         for w, have in expired:
+            self.metrics.fail(w.op, "NOT_ACKNOWLEDGED")
             reason = f"logged on {have} of the {w.needed} nodes required before the timeout"
             replies.append(
                 [*w.envelope, wire.encode_error(w.request_id, wire.E_NOT_ACKNOWLEDGED, reason)]
