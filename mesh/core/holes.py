@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 class _Peer(Protocol):
-    heard_ms: int
+    origin: str  # "" until its first heartbeat
     vv: dict[str, int]
 
 
@@ -55,10 +55,10 @@ class HeldSeqs:
         return raised
 
     def skip_lost(self, vv: dict[str, int], peers: Collection[_Peer]) -> list[str]:
-        """Give up the holes no peer can refill: every peer heard, none past ``vv``
+        """Give up the holes no peer can refill: every peer's heartbeat heard, none past ``vv``
         for the origin; ``vv`` then counts all the held seqs of those origins,
         which are returned (what the buffer holds after them is next in line)."""
-        if any(p.heard_ms < 0 for p in peers):
+        if not all(p.origin for p in peers):  # a HELLO answer alone carries no vv
             return []
         lost = [
             origin
