@@ -9,7 +9,7 @@ only this node holds would never be announced in its heartbeats nor fetched by
 its peers, and the digests would differ until the node restarted.
 
 A hole no peer can refill (its record was only ever on this node) is given up
-once every peer has been heard and none holds more of that origin
+once a heartbeat of every peer has been heard and none holds more of that origin
 (:meth:`HeldSeqs.skip_lost`): the vv then counts the held seqs anyway, and
 peers get them by a full sync from this node (its log cannot serve the hole).
 A peer that is down then and held the lost record keeps it: wait for it, or
