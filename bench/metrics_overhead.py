@@ -21,7 +21,6 @@ Target (issue 14): scraped >= 0.97x plain.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import select
 import signal
@@ -37,29 +36,17 @@ from typing import Any
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import node_bench  # noqa: E402
 from common import cpu_seconds, print_table, write_json  # noqa: E402
-from node_bench import frames_for, keygen_for  # noqa: E402
+from node_bench import frames_for  # noqa: E402
 
 TARGET = 0.97
 
 
 def start_node(data_dir: str, fsync: str) -> tuple[subprocess.Popen, str, str]:
     """A node with its HTTP port on; return it, its API endpoint and its /metrics URL."""
-    argv = [sys.executable, "-m", "mesh", "node", "--id", "bench", "--data-dir", data_dir]
-    argv += ["--api", "tcp://127.0.0.1:*", "--http-port", "*", "--log-level", "WARNING"]
-    argv += ["--keys", str(keygen_for(data_dir)), "--fsync", fsync]
-    proc = subprocess.Popen(argv)
-    status = Path(data_dir) / "node.json"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if status.exists():
-            info = json.loads(status.read_text())
-            if info["pid"] == proc.pid and info["state"] == "ready":
-                return proc, info["api"], info["http"] + "/metrics"
-        if proc.poll() is not None:
-            raise SystemExit(f"node exited with {proc.returncode}")
-        time.sleep(0.05)
-    raise SystemExit("node not ready within 30 s")
+    proc, info = node_bench.start_node(data_dir, ["--http-port", "*", "--fsync", fsync])
+    return proc, info["api"], info["http"] + "/metrics"
 
 
 def scraper(url: str) -> None:

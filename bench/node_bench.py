@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import median
 
@@ -72,23 +73,11 @@ def keygen_for(data_dir: str) -> Path:
     return keys
 
 
-def start_node(data_dir: str) -> tuple[subprocess.Popen, str]:
-    argv = [
-        sys.executable,
-        "-m",
-        "mesh",
-        "node",
-        "--id",
-        "bench",
-        "--data-dir",
-        data_dir,
-        "--api",
-        "tcp://127.0.0.1:*",
-        "--log-level",
-        "WARNING",
-        "--keys",
-        str(keygen_for(data_dir)),
-    ]
+def start_node(data_dir: str, extra: Sequence[str] = ()) -> tuple[subprocess.Popen, dict]:
+    """A node (``extra``: more options) on an OS-picked API port; it and its ready node.json."""
+    argv = [sys.executable, "-m", "mesh", "node", "--id", "bench", "--data-dir", data_dir]
+    argv += ["--api", "tcp://127.0.0.1:*", "--log-level", "WARNING"]
+    argv += ["--keys", str(keygen_for(data_dir)), *extra]
     proc = subprocess.Popen(argv)
     status = Path(data_dir) / "node.json"
     deadline = time.monotonic() + 30
@@ -96,7 +85,7 @@ def start_node(data_dir: str) -> tuple[subprocess.Popen, str]:
         if status.exists():
             info = json.loads(status.read_text())
             if info["pid"] == proc.pid and info["state"] == "ready":
-                return proc, info["api"]
+                return proc, info
         if proc.poll() is not None:
             raise SystemExit(f"node exited with {proc.returncode}")
         time.sleep(0.05)
@@ -151,7 +140,8 @@ def main() -> None:
     targets = {("SET", 64): 0.5, ("GET", 64): 0.6}
     rows, results = [], []
     with tempfile.TemporaryDirectory(prefix="pycache-bench-") as data_dir:
-        node, node_api = start_node(data_dir)
+        node, info = start_node(data_dir)
+        node_api = info["api"]
         echo, echo_api = start_echo()
         try:
             # Fill the key space so GETs hit.
