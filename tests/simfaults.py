@@ -92,7 +92,7 @@ def _excuse_cut(sim: Sim, node: SimNode, cut: Mutation) -> None:
     sim.required = keep
 
 
-def damaged_vv(node: SimNode) -> tuple[dict[str, int], dict[str, dict[int, Mutation]]]:
+def damaged_vv(node: SimNode) -> tuple[dict[str, int], dict[str, set[int]]]:
     """The vv a node whose log lost records boots with (``replay._replay_damaged``):
     from the snapshot's, each origin's contiguous run of seqs in the log after it;
     and the seqs held past a hole.

@@ -35,7 +35,7 @@ class Recovered:
     max_hlc: int = 0
     vv: dict[str, int] = field(default_factory=dict)
     floor: dict[str, int] = field(default_factory=dict)
-    held: dict[str, dict[int, Mutation]] = field(default_factory=dict)  # past a hole (salvage)
+    held: dict[str, set[int]] = field(default_factory=dict)  # seqs past a hole (salvage)
     seconds: float = 0.0
 
     def __str__(self) -> str:

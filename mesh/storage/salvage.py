@@ -246,11 +246,11 @@ def moved_aside(log_dir: Path, start: int, end: int) -> bool:
 
 class Contiguity:
     """Per origin, the highest seq up to which every seq was seen (from ``base``),
-    and the records seen past that (:attr:`held`)."""
+    and the seqs seen past that (:attr:`held`)."""
 
     def __init__(self, base: dict[str, int]) -> None:
         self.vv = dict(base)
-        self._ahead: dict[str, dict[int, Mutation]] = {}
+        self._ahead: dict[str, set[int]] = {}
 
     def watch(self, entries: Iterable[Mutation]) -> Iterator[Mutation]:
         """``entries``, passed on, each counted on the way."""
@@ -261,17 +261,17 @@ class Contiguity:
             if seq == have + 1:
                 held = ahead.get(origin)
                 while held and seq + 1 in held:
-                    del held[seq + 1]
+                    held.remove(seq + 1)
                     seq += 1
                 vv[origin] = seq
             elif seq > have:
-                ahead.setdefault(origin, {})[seq] = m
+                ahead.setdefault(origin, set()).add(seq)
             yield m
 
     @property
-    def held(self) -> dict[str, dict[int, Mutation]]:
-        """Per origin, the records seen past a hole, by seq (see :mod:`mesh.core.holes`)."""
-        return {origin: dict(seqs) for origin, seqs in self._ahead.items() if seqs}
+    def held(self) -> dict[str, set[int]]:
+        """Per origin, the seqs seen past a hole (see :mod:`mesh.core.holes`)."""
+        return {origin: set(seqs) for origin, seqs in self._ahead.items() if seqs}
 
     def holes(self, highest: dict[str, int]) -> dict[str, tuple[int, int]]:
         """The origins whose seqs stop short of ``highest``: ``{origin: (have, highest)}``."""
