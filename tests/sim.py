@@ -91,7 +91,6 @@ from typing import Any
 from mesh.core.acks import PendingAcks, Waiting, nodes_needed
 from mesh.core.catchup import Batch, Fetch
 from mesh.core.clock import HybridClock
-from mesh.core.counters import CounterValue
 from mesh.core.lagguard import LagGuard
 from mesh.core.mutation import Mutation
 from mesh.core.replication import READY, Replica
@@ -720,10 +719,8 @@ class Sim:
             v = held(store, key)
             if (v is None or v < h) and not self._forgot(node, key, v, h):
                 self.fail(f"{node.id}: version of {key!r} went back from {h} to {v}")
-        counter = CounterValue
-        for part in (store._live, store._tombs):
-            for key, t in part.items():  # a counter's version: its newest write's (held)
-                high[key] = t[0].top if type(t[0]) is counter else (t[1], t[2])
+        for key in [*store.live_keys(), *store._tombs]:  # a counter's version: its newest write's
+            high[key] = store.version(key)
 
     @property
     def forgets(self) -> bool:

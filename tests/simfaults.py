@@ -124,7 +124,7 @@ def check_live(sim: Sim, held_by: dict[str, dict[str, Version]]) -> None:
             if v > newest.get(key, (0, "")):
                 newest[key] = v
     for node in sim.nodes.values():
-        for key in node.store._live:
+        for key in node.store.live_keys():
             live = held(node.store, key)  # a counter's: its newest write's (tests/simcounters.py)
             if live != newest[key]:
                 if sim.budget_dropped():  # an older value may come back (documented)

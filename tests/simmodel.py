@@ -13,7 +13,6 @@ from typing import Any, NamedTuple
 
 from mesh.core.acks import PendingAcks
 from mesh.core.clock import HybridClock
-from mesh.core.counters import CounterValue
 from mesh.core.lagguard import DEFAULT_MAX_LAG_ENTRIES, DEFAULT_MAX_LAG_MS, LagGuard
 from mesh.core.mutation import Mutation, encode_records
 from mesh.core.replication import Replica
@@ -173,15 +172,9 @@ class SimLog:
 
 
 def held(store: Store, key: str) -> Version | None:
-    """The version ``store`` holds for ``key``, live or tombstone.
-
-    Reads the store's two maps directly: the public API has no per-key view of
-    tombstones, and :meth:`Store.entries` is O(keys) (the final checks use it).
-    """
-    t = store._live.get(key) or store._tombs.get(key)
-    if t is not None and type(t[0]) is CounterValue:
-        return t[0].top  # a counter's version is its base; it grows by its newest write
-    return None if t is None else (t[1], t[2])
+    """The version ``store`` holds for ``key``, live or tombstone (a counter's:
+    its newest write's)."""
+    return store.version(key)
 
 
 class SimNode:

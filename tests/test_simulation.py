@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from mesh.core.catchup import Batch
 from mesh.core.clock import HybridClock, pack
+from mesh.core.entry import pack_small
 from mesh.core.mutation import Mutation
 from mesh.core.replication import FETCH_TIMEOUT_MS, Replica
 from mesh.core.store import Store
@@ -238,8 +239,8 @@ def test_checker_catches_a_version_going_back() -> None:
 
     def rewind() -> None:
         store = s.nodes["n2"].store
-        value, hlc, origin, _, _ = store._live["k"]
-        store._live["k"] = (value, hlc - 1, origin, 0, 0)
+        value, hlc, origin, _, _ = store.get("k", record_stats=False)
+        store._live["k"] = pack_small(value, hlc - 1, store._oids[origin])
 
     s.at(300, rewind)
     with pytest.raises(sim.SimFailure, match=r"n2: version of 'k' went back"):
@@ -703,7 +704,7 @@ def test_checker_catches_a_resurrection_under_a_memory_limit() -> None:
     def rewind() -> None:  # n2 takes the old value back, no budget having dropped anything
         n2 = s.nodes["n2"].store
         old = next(w.mutation for w in s.acked if w.mutation.value == b"old")
-        n2._live["k1"] = (b"old", old.hlc, old.origin, 0, 0)
+        n2._live["k1"] = pack_small(b"old", old.hlc, n2._oids[old.origin])
 
     s.at(400, rewind)
     with pytest.raises(sim.SimFailure, match="went back"):

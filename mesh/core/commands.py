@@ -84,8 +84,7 @@ class CommandExecutor:
         return "PONG" if message is None else message
 
     def _get(self, key: str) -> bytes | None:
-        entry = self.store.get(key)
-        return None if entry is None else entry.value
+        return self.store.value(key)
 
     def _set(self, key: str, value: bytes, ttl_ms: int, nx: bool, xx: bool) -> bool:
         if nx or xx:

@@ -96,7 +96,7 @@ class KeyOps:
 
     def _names(self) -> list[str]:
         # The store's live map (expired keys not yet collected included).
-        return list(self.x.store._live)
+        return self.x.store.live_keys()
 
     def _live(self, key: str) -> Any:
         return self.x.store.get(key, record_stats=False)

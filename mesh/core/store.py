@@ -20,12 +20,12 @@ applies), so any permutation of the same mutations gives the same state.
 A counter's mutations carry its state instead of bin, and merge
 (:mod:`mesh.core.counters`); the store holds a counter as a ``CounterValue``.
 
-Keys with a deadline are also listed in an array that :meth:`Store.sweep`
-samples at random, as Redis does (reads expire due keys lazily too); a write
-only appends to it, stale items are dropped when sampled or by compaction.
-
-Both maps hold plain tuples laid out as :class:`Entry`, never changed in place:
-the garbage collector stops tracking tuples of ints, str and bytes.
+``live`` holds each key as one compact object (:mod:`mesh.core.entry`: a
+small value and its version in one ``bytes``), ``tombstones`` tuples laid out
+as :class:`Entry`; neither is changed in place.  Deadlines are in ``expires``
+(as in Redis), their keys also in an array that :meth:`Store.sweep` samples at
+random (reads expire due keys lazily too); stale items are dropped when
+sampled or by compaction.  Every write keeps the digest up to date.
 
 ``bytes`` in :meth:`Store.stats` is an estimate: key length + value length +
 :data:`ENTRY_OVERHEAD` per live key, key length + :data:`TOMBSTONE_OVERHEAD`
@@ -41,15 +41,27 @@ import random
 import sys
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from mesh.core.clock import wall_ms
 from mesh.core.counters import eviction_version, resolve
-from mesh.core.entry import Entry, entry_digest
+from mesh.core.digest import fold, folded_share, unfolded
+from mesh.core.entry import (
+    HLC_SHIFT,
+    MAX_ORIGINS,
+    META_BYTES,
+    ORIGIN_MASK,
+    SMALL_VALUE,
+    Entry,
+    held_entries,
+    unpack,
+)
 from mesh.core.errors import ConfigError
+from mesh.core.expiry import expire_sampled, still_timed
 from mesh.core.mutation import Mutation, Record
 from mesh.core.tombstones import TOMBSTONE_OVERHEAD, TombstoneQueue, collect_older, trim_oldest
 
-ENTRY_OVERHEAD = 300
+ENTRY_OVERHEAD = 130
 """Estimated bytes a live key costs beyond its key and value (objects, map slots)."""
 
 DEFAULT_TOMBSTONE_HORIZON_MS = 24 * 3600 * 1000
@@ -101,16 +113,17 @@ class Store:
         self._rng = random.Random(seed)
         # The LRU order is kept only when something can be evicted: a plain
         # dict inserts about a third faster.
-        self._live: dict[str, tuple] = OrderedDict() if self._bounded else {}
+        self._live: dict[str, Any] = OrderedDict() if self._bounded else {}
         self._tombs: OrderedDict[str, tuple] = OrderedDict()
         self._tq = TombstoneQueue()  # the tombstones by origin and seq, for collect_stable
         self._tomb_bytes = 0
         self._dropped = 0  # tombstones dropped over their budget before they were stable
+        self._expires: dict[str, int] = {}  # the deadline of every live key that has one
         self._ttl_keys: list[str] = []  # every live key with a deadline, maybe stale ones
-        self._ttl_count = 0  # live keys with a deadline
         self._ttl_limit = 4096  # compact _ttl_keys past this length
-        self._origins: dict[str, str] = {}  # one shared str object per origin
-        self._digest = 0  # XOR of the digests of the live entries that have one
+        self._oids: dict[str, int] = {}  # origin -> its id in compact entries
+        self._names: list[str] = []  # origin id -> origin (one shared str each)
+        self._digest = 0  # XOR of the digests of the live entries that are folded
         self._dirty: list[str] = []  # keys written live since they were last hashed
         self._dirty_limit = 4096  # compact _dirty past this length
         self._bytes = 0
@@ -135,10 +148,9 @@ class Store:
     def take_contents(self, other: Store) -> None:
         """Hold ``other``'s data from now on (a store rebuilt from disk), keeping
         this store's limits and counters (hits, misses, expired, ...)."""
-        for name in ("_live", "_tombs", "_tq", "_tomb_bytes", "_ttl_count", "_origins"):
+        held = "_live _tombs _tq _tomb_bytes _expires _ttl_keys _oids _names _digest _dirty _bytes"
+        for name in held.split():
             setattr(self, name, getattr(other, name))
-        self._ttl_keys, self._digest = other._ttl_keys, other._digest
-        self._dirty, self._bytes = other._dirty, other._bytes
 
     def apply(self, m: Mutation) -> bool:
         """Apply one mutation by last-writer-wins; True when the held version changed.
@@ -156,31 +168,32 @@ class Store:
         per entry (byte accounting included: kept in a local until the end,
         or until an eviction needs it).
         """
-        live, tombs, origins, dirty, ttl_keys = (
-            self._live,
-            self._tombs,
-            self._origins,
-            self._dirty,
-            self._ttl_keys,
-        )
-        bounded, now, dirty_limit = self._bounded, 0, self._dirty_limit
+        live, tombs, expires, ttl_keys = self._live, self._tombs, self._expires, self._ttl_keys
+        oids, names, from_bytes = self._oids, self._names, int.from_bytes
+        bounded, now, dirty, dirty_limit = self._bounded, 0, self._dirty, self._dirty_limit
         inbox, qlimit = self._tq.inbox, self._tq.limit  # the inbox is compacted in place
         room = self._tomb_limit - self._tomb_bytes  # for tsize, the tombstones' bytes
         changed = size = tsize = 0
         try:
             for origin, seq, hlc, key, value, deadline in mutations:
-                old = live.get(key)
+                raw = live.get(key)
                 if type(value) is tuple:  # a counter's state: merged (mesh.core.counters)
+                    old = None if raw is None else self._entry(key, raw)
                     won = resolve(old, tombs.get(key), origin, hlc, value, deadline)
                     if won is None:
                         continue
                     value, hlc, origin, deadline = won
                     seq = 0  # if it expires: the tombstone queue takes the vv's seq
-                    if old is None and key in tombs:
+                    if raw is None and key in tombs:
                         del tombs[key]
                         tsize -= len(key) + TOMBSTONE_OVERHEAD
-                elif old is not None:
-                    if hlc < old[1] or (hlc == old[1] and origin <= old[2]):
+                elif raw is not None:
+                    if type(raw) is bytes:
+                        meta = from_bytes(raw[-META_BYTES:], "big")
+                        held, held_origin = meta >> HLC_SHIFT, names[(meta >> 1) & ORIGIN_MASK]
+                    else:
+                        held, held_origin = raw[1], names[raw[2]]
+                    if hlc < held or (hlc == held and origin <= held_origin):
                         continue
                 elif tombs:
                     tomb = tombs.get(key)
@@ -189,21 +202,22 @@ class Store:
                             continue
                         del tombs[key]
                         tsize -= len(key) + TOMBSTONE_OVERHEAD
-                if old is not None:
-                    size -= len(key) + len(old[0]) + ENTRY_OVERHEAD
-                    if old[4]:
-                        self._digest ^= old[4]
-                    if old[3]:
-                        self._ttl_count -= 1
+                if raw is not None:
+                    size -= len(key) + self._drop_share(key, raw) + ENTRY_OVERHEAD
+                    if expires:
+                        expires.pop(key, None)
                 changed += 1
                 if deadline and value is not None:
                     now = now or self._now_ms()  # read once per call: a batch is one instant
                     if deadline <= now:
                         self._expired += 1
                         value = None
-                origin = origins.setdefault(origin, origin)
+                oid = oids.get(origin)
+                if oid is None:
+                    oid = self._add_origin(origin)
+                origin = names[oid]
                 if value is None:
-                    if old is not None:
+                    if raw is not None:
                         del live[key]
                     tombs[key] = (None, hlc, origin, 0, 0)
                     tsize += len(key) + TOMBSTONE_OVERHEAD
@@ -214,19 +228,23 @@ class Store:
                         self._tidy_tombs()
                         room, qlimit = self._tomb_limit - self._tomb_bytes, self._tq.limit
                 else:
-                    live[key] = (value, hlc, origin, deadline, 0)
+                    if type(value) is bytes and len(value) <= SMALL_VALUE:
+                        meta = (hlc << HLC_SHIFT) | (oid << 1)
+                        live[key] = value + meta.to_bytes(META_BYTES, "big")
+                    else:
+                        live[key] = (value, hlc, oid, 0)
                     dirty.append(key)
                     if len(dirty) > dirty_limit:
                         self._compact_dirty()
                         dirty, dirty_limit = self._dirty, self._dirty_limit
                     size += len(key) + len(value) + ENTRY_OVERHEAD
                     if deadline:
-                        self._ttl_count += 1
+                        expires[key] = deadline
                         ttl_keys.append(key)
                         if len(ttl_keys) > self._ttl_limit:
                             self._compact_ttl()
                             ttl_keys = self._ttl_keys
-                    if old is not None and bounded:
+                    if raw is not None and bounded:
                         live.move_to_end(key)  # type: ignore[attr-defined]
                 if bounded:
                     self._bytes += size
@@ -241,22 +259,44 @@ class Store:
             self._tidy_tombs()
         return changed
 
+    def _add_origin(self, origin: str) -> int:
+        """A new id for ``origin`` in the origin table."""
+        if len(self._names) >= MAX_ORIGINS:
+            raise OverflowError(f"a store tells at most {MAX_ORIGINS} origins apart")
+        oid = self._oids[origin] = len(self._names)
+        self._names.append(origin)
+        return oid
+
+    def _entry(self, key: str, raw: Any) -> Entry:
+        """The :class:`Entry` of a held compact entry (its deadline from ``expires``)."""
+        value, hlc, oid = unpack(raw)
+        share = 0 if type(raw) is bytes else raw[3]
+        return _new_tuple(Entry, (value, hlc, self._names[oid], self._expires.get(key, 0), share))
+
+    def _drop_share(self, key: str, raw: Any) -> int:
+        """Take a live entry that is going out of the digest; returns its value's length."""
+        self._digest ^= folded_share(key, raw, self._names, self._expires)
+        return len(raw) - META_BYTES if type(raw) is bytes else len(raw[0])
+
+    def _version_of(self, raw: Any) -> tuple[int, str]:
+        """The (hlc, origin) of a held compact entry (a counter's: its base's)."""
+        _, hlc, oid = unpack(raw)
+        return hlc, self._names[oid]
+
     def _evict(self) -> None:
         """Turn least recently used keys into tombstones while over a limit."""
-        live, tombs, inbox = self._live, self._tombs, self._tq.inbox
+        live, tombs, inbox, expires = self._live, self._tombs, self._tq.inbox, self._expires
         key_limit, over = self._key_limit, self._bytes - self._byte_limit
         freed = tsize = evicted = 0
         while live and (len(live) > key_limit or freed < over):
-            key, entry = live.popitem(last=False)  # type: ignore[call-arg]
-            hlc, origin = eviction_version(entry)
+            key, raw = live.popitem(last=False)  # type: ignore[call-arg]
+            hlc, origin = eviction_version(self._entry(key, raw))
             tombs[key] = (None, hlc, origin, 0, 0)
-            freed += len(key) + len(entry[0]) + ENTRY_OVERHEAD
+            freed += len(key) + self._drop_share(key, raw) + ENTRY_OVERHEAD
             tsize += len(key) + TOMBSTONE_OVERHEAD
             inbox.append((origin, 0, key, hlc))  # its seq: the vv's, later
-            if entry[4]:
-                self._digest ^= entry[4]
-            if entry[3]:
-                self._ttl_count -= 1
+            if expires:
+                expires.pop(key, None)
             evicted += 1
         self._bytes, self._evicted = self._bytes - freed, self._evicted + evicted
         self._tomb_bytes += tsize
@@ -270,28 +310,22 @@ class Store:
         if len(self._tq.inbox) > self._tq.limit:
             self._tq.compact(self._tombs)
 
-    def _expire(self, key: str, entry: tuple) -> None:
+    def _expire(self, key: str) -> None:
         """Turn a due live entry into a tombstone of its version."""
-        del self._live[key]
-        self._tombs[key] = (None, entry[1], entry[2], 0, 0)
-        self._bytes -= len(key) + len(entry[0]) + ENTRY_OVERHEAD
+        raw = self._live.pop(key)
+        hlc, origin = self._version_of(raw)
+        self._tombs[key] = (None, hlc, origin, 0, 0)
+        self._bytes -= len(key) + self._drop_share(key, raw) + ENTRY_OVERHEAD
+        del self._expires[key]
         self._tomb_bytes += len(key) + TOMBSTONE_OVERHEAD
-        self._tq.inbox.append((entry[2], 0, key, entry[1]))  # its seq: the vv's, later
-        self._digest ^= entry[4]
-        self._ttl_count -= 1
+        self._tq.inbox.append((origin, 0, key, hlc))  # its seq: the vv's, later
         self._expired += 1
         if self._tomb_bytes > self._tomb_limit or len(self._tq.inbox) > self._tq.limit:
             self._tidy_tombs()
 
     def _compact_ttl(self) -> None:
         """Keep ``_ttl_keys`` under twice the keys with a deadline (amortized O(1))."""
-        live = self._live
-        if len(self._ttl_keys) > 2 * self._ttl_count:
-            self._ttl_keys = [
-                key
-                for key in dict.fromkeys(self._ttl_keys)
-                if (entry := live.get(key)) is not None and entry[3]
-            ]
+        self._ttl_keys = still_timed(self._ttl_keys, self._expires)
         self._ttl_limit = 2 * len(self._ttl_keys) + 4096
 
     # -- reads --------------------------------------------------------------
@@ -302,11 +336,24 @@ class Store:
         With ``record_stats`` (the default) the read counts as a hit or a miss
         and makes the key the most recently used.
         """
-        entry = self._live.get(key)
-        if entry is not None and entry[3] and entry[3] <= self._now_ms():
-            self._expire(key, entry)
-            entry = None
-        if entry is None:
+        raw = self._held(key, record_stats)
+        return None if raw is None else self._entry(key, raw)
+
+    def value(self, key: str) -> bytes | None:
+        """The live value of ``key`` or None: :meth:`get` for GET, recording stats."""
+        raw = self._held(key, True)
+        if raw is None:
+            return None
+        return raw[:-META_BYTES] if type(raw) is bytes else raw[0]
+
+    def _held(self, key: str, record_stats: bool) -> Any:
+        raw = self._live.get(key)
+        if raw is not None and self._expires:
+            deadline = self._expires.get(key)
+            if deadline is not None and deadline <= self._now_ms():
+                self._expire(key)
+                raw = None
+        if raw is None:
             if record_stats:
                 self._misses += 1
             return None
@@ -314,7 +361,22 @@ class Store:
             self._hits += 1
             if self._bounded:
                 self._live.move_to_end(key)  # type: ignore[attr-defined]
-        return _new_tuple(Entry, entry)
+        return raw
+
+    def version(self, key: str) -> tuple[int, str] | None:
+        """The version held for ``key``, live (even if due) or tombstone, else None;
+        a counter's is its newest write's.  No stats, no LRU change."""
+        raw = self._live.get(key)
+        if raw is None:
+            tomb = self._tombs.get(key)
+            return None if tomb is None else (tomb[1], tomb[2])
+        if type(raw) is tuple and type(raw[0]) is not bytes:
+            return raw[0].top
+        return self._version_of(raw)
+
+    def live_keys(self) -> list[str]:
+        """The live keys (due ones not yet expired included), in the map's order."""
+        return list(self._live)
 
     def tombstone(self, key: str) -> tuple | None:
         """The tombstone held for ``key`` (laid out as :class:`Entry`), or None."""
@@ -322,12 +384,10 @@ class Store:
 
     def ttl_ms(self, key: str) -> int:
         """Milliseconds left to live, as Redis PTTL: -2 no such key, -1 no TTL."""
-        entry = self.get(key, record_stats=False)
-        if entry is None:
+        if self._held(key, False) is None:
             return -2
-        if not entry.deadline:
-            return -1
-        return entry.deadline - self._now_ms()
+        deadline = self._expires.get(key)
+        return -1 if deadline is None else deadline - self._now_ms()
 
     def __len__(self) -> int:
         """Live keys, counting expired keys not yet collected (as Redis DBSIZE)."""
@@ -335,8 +395,10 @@ class Store:
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is live; no stats, no LRU change."""
-        entry = self._live.get(key)  # type: ignore[call-overload]
-        return entry is not None and not (entry[3] and entry[3] <= self._now_ms())
+        if key not in self._live:
+            return False
+        deadline = self._expires.get(key)
+        return deadline is None or deadline > self._now_ms()
 
     # -- housekeeping -------------------------------------------------------
 
@@ -361,34 +423,14 @@ class Store:
         """
         if samples < 1 or max_rounds < 1 or gc_scan < 0 or hash_budget < 0:
             raise ValueError("samples, max_rounds must be >= 1; gc_scan, hash_budget >= 0")
-        now, live, sample = self._now_ms(), self._live, self._rng.sample
-        expired = 0
-        for _ in range(max_rounds):
-            keys = self._ttl_keys
-            if not keys:
-                break
-            picked = sample(range(len(keys)), min(samples, len(keys)))
-            picked.sort(reverse=True)  # so removing one index leaves the others in place
-            valid = due = 0
-            for i in picked:
-                key = keys[i]
-                entry = live.get(key)
-                if entry is not None and entry[3]:
-                    valid += 1
-                    if entry[3] > now:
-                        continue
-                    self._expire(key, entry)
-                    due += 1
-                last = keys.pop()  # drop index i: stale, or expired just now
-                if i < len(keys):
-                    keys[i] = last
-            expired += due
-            if valid and due * 4 <= valid:
-                break
+        now = self._now_ms()
+        expired = expire_sampled(
+            self._ttl_keys, self._expires, now, self._rng, samples, max_rounds, self._expire
+        )
         old = collect_older(self._tombs, now - self.tombstone_horizon_ms, gc_scan)
         self._tomb_bytes -= sum(map(len, old)) + TOMBSTONE_OVERHEAD * len(old)
         self._collected += len(old)
-        self._fold(hash_budget)
+        self._digest ^= fold(self._live, self._dirty, self._names, self._expires, hash_budget)
         return expired
 
     def collect_stable(self, frontier: dict[str, int], vv: dict[str, int]) -> int:
@@ -411,62 +453,30 @@ class Store:
         store rebuilds the same state.
         """
         # dict.items: the raw table order, much faster than the LRU linked list
-        return self._iter_entries(list(dict.items(self._live)), list(dict.items(self._tombs)))
-
-    def _iter_entries(self, live: list, tombs: list) -> Iterator[Mutation]:
-        now, new = self._now_ms(), _new_tuple  # a NamedTuple's own constructor is slower
-        for key, (value, hlc, origin, deadline, _) in live:
-            if type(value) is not bytes:  # a counter: its state, at its newest write
-                (hlc, origin), value = value.top, value.state
-            if deadline and deadline <= now:
-                yield new(Mutation, (origin, 0, hlc, key, None, 0))
-            else:
-                yield new(Mutation, (origin, 0, hlc, key, value, deadline))
-        for key, (_, hlc, origin, _, _) in tombs:
-            yield new(Mutation, (origin, 0, hlc, key, None, 0))
+        live, tombs = list(dict.items(self._live)), list(dict.items(self._tombs))
+        return held_entries(live, tombs, dict(self._expires), list(self._names), self._now_ms())
 
     def digest(self) -> str:
         """An order-independent digest of the live data, as 16 hex digits.
 
         Equal on two stores holding the same live keys with the same values,
         versions and deadlines, however they got there: the XOR of a 64-bit
-        hash per live entry.  A hash costs more than the rest of a write, so
-        writes only note the key; this call expires the due keys (O(keys with a
-        TTL)) and hashes what is left of the entries written since they were
-        last hashed (:meth:`sweep` hashes a bounded number per call).
+        hash per live entry (:mod:`mesh.core.digest`).  This call expires the
+        due keys (O(keys with a TTL)) and hashes the entries written since they
+        were last hashed (:meth:`sweep` hashes a bounded number per call).
         """
-        now, live = self._now_ms(), self._live
-        for key in self._ttl_keys[:]:
-            entry = live.get(key)
-            if entry is not None and entry[3] and entry[3] <= now:
-                self._expire(key, entry)
-        self._fold(len(self._dirty))
+        now = self._now_ms()
+        for key, deadline in list(self._expires.items()):
+            if deadline <= now:
+                self._expire(key)
+        self._digest ^= fold(self._live, self._dirty, self._names, self._expires, len(self._dirty))
         return f"{self._digest:016x}"
-
-    def _fold(self, budget: int) -> None:
-        """Hash up to ``budget`` noted keys into the digest."""
-        dirty, live, digest = self._dirty, self._live, self._digest
-        for _ in range(min(budget, len(dirty))):
-            key = dirty.pop()
-            entry = live.get(key)
-            if entry is not None and not entry[4]:
-                value, hlc, origin, deadline, _ = entry
-                state = value if type(value) is bytes else value.state  # a counter's, merged
-                share = entry_digest(key, state, hlc, origin, deadline)
-                live[key] = (value, hlc, origin, deadline, share)
-                digest ^= share
-        self._digest = digest
 
     def _compact_dirty(self) -> None:
         """Keep ``_dirty`` under twice the live keys: amortized O(1) per write."""
-        live = self._live
-        if len(self._dirty) > 2 * len(live):
-            self._dirty = [
-                key
-                for key in dict.fromkeys(self._dirty)
-                if (entry := live.get(key)) is not None and not entry[4]
-            ]
-        self._dirty_limit = 2 * len(live) + 4096
+        if len(self._dirty) > 2 * len(self._live):
+            self._dirty = unfolded(self._dirty, self._live)
+        self._dirty_limit = 2 * len(self._live) + 4096
 
     def stats(self) -> dict[str, int]:
         """Counters and sizes; ``keys`` counts live keys only."""

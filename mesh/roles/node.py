@@ -60,7 +60,7 @@ from mesh.roles.trust import (
     peer_trust,
     start_peer_zap,
 )
-from mesh.roles.tuning import CatchUpGc
+from mesh.roles.tuning import CatchUpGc, HeapTrim
 from mesh.roles.zsock import drain, readable, send_frames, socket_fd
 from mesh.storage.compaction import SnapshotPolicy
 from mesh.storage.datadir import (
@@ -137,6 +137,7 @@ class Node:
         self._raw_api: zmq.Socket | None = None
         self._wakeup: asyncio.Future | None = None
         self._gc = CatchUpGc()
+        self._heap = HeapTrim()
         self._commits = 0  # group commits (batches with writes) so far
         self.endpoint = config.api
         self.http: Any = None  # mesh.roles.edge.HttpServer with --http-port
@@ -454,6 +455,7 @@ class Node:
 
     def _sweep(self) -> None:
         self.store.sweep()  # TTLs, and tombstones past the horizon
+        self._heap.after_growth(len(self.store))
         members = self.membership.ids() - {self.config.node_id} if self.membership else None
         self.stable.collect(self.replica, members)
 
