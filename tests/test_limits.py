@@ -281,3 +281,14 @@ def test_a_repeated_log_line_passes_once_per_interval_with_a_count():
         "info lines are never held back",
         "accept failed: Too many open files (999 more like it suppressed in the last 10 s)",
     ]
+
+
+def test_the_heap_is_trimmed_once_the_keys_moved_by_half() -> None:
+    from mesh.roles.tuning import HeapTrim
+
+    trims: list[int] = []
+    heap = HeapTrim()
+    heap._trim = trims.append  # the call, not glibc's work, is what is checked here
+    moves = [heap.after_growth(keys) for keys in (0, 1_500, 1_536, 2_000, 2_304, 1_200, 1_100)]
+    assert moves == [True, False, True, False, True, False, True]  # up by half, or down by half
+    assert trims == [0, 0, 0, 0]
