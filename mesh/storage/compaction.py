@@ -76,9 +76,10 @@ class SnapshotPolicy:
         """At most this much of the log a snapshot covers is kept for catch-up."""
         return min(self.retention_bytes, int(self.size * KEEP))
 
-    def take(self, store: Store, meta: dict[str, Any]) -> Path | None:
-        """Seal the active segment, snapshot ``store`` (with ``meta``) and compact;
-        None when the disk had no room for the snapshot (it is tried again later)."""
+    def take(self, store: Store, meta: dict[str, Any], keep_none: bool = False) -> Path | None:
+        """Seal the active segment, snapshot ``store`` (with ``meta``) and compact,
+        keeping none of the log the snapshot covers with ``keep_none``; None when
+        the disk had no room for the snapshot (it is tried again later)."""
         started = time.perf_counter()
         try:
             self.log.seal()
@@ -91,7 +92,7 @@ class SnapshotPolicy:
             return None
         self.offset, self.size = self.log.next_offset, path.stat().st_size
         self._mark = self.log.appended
-        removed = self.log.compact(self.keep_bytes() if self.min_bytes else None)
+        removed = self.log.compact(0 if keep_none else self._keep())
         log.info(
             "snapshot %s (%d bytes) in %.2f s; %d files removed",
             path.name,
@@ -100,3 +101,15 @@ class SnapshotPolicy:
             len(removed),
         )
         return path
+
+    def save(self, store: Store, meta: dict[str, Any]) -> Path | None:
+        """A clean stop of a node without peers: snapshot ``store`` unless the latest
+        snapshot covers the whole log, and drop all the log a snapshot covers (no peer
+        will ask for it).  The new snapshot's path, or None."""
+        if self.log.next_offset > self.offset:
+            return self.take(store, meta, keep_none=True)
+        self.log.compact(0)
+        return None
+
+    def _keep(self) -> int | None:
+        return self.keep_bytes() if self.min_bytes else None
