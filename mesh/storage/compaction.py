@@ -1,8 +1,9 @@
 """When a node snapshots its store, and how much log it keeps: the data folder bounded.
 
 A node's data folder holds the latest snapshot (``S`` bytes: the live data
-plus about 60 bytes of framing per key), the log kept after it for peers'
-catch-up (``R``) and the log written since it (``L``).  A snapshot is written
+plus about 10 bytes per key of origin index, hlc, deadline and msgpack
+headers, see :mod:`mesh.storage.snapblocks`), the log kept after it for
+peers' catch-up (``R``) and the log written since it (``L``).  A snapshot is written
 after a batch when either
 
 * ``every`` entries were logged since the last one (``snapshot_every``), or
@@ -22,6 +23,11 @@ being written the previous one and the log are still there (one more ``S``
 for that moment).  The bound is against the live data of the latest
 snapshot: after deletes the folder shrinks at the next snapshot, which comes
 after ``max(min_bytes, S * GROWTH)`` more bytes of log.
+
+A clean stop of a node without peers (:mod:`mesh.roles.stopsave`) takes a
+snapshot when anything was logged since the last one and keeps none of the
+log it covers (:meth:`SnapshotPolicy.save`): the folder is then ``S`` plus
+an empty segment, its index and the identity, well within the bound.
 """
 
 from __future__ import annotations
