@@ -24,7 +24,9 @@ File ``<data dir>/snapshots/<offset, 20 digits>.snap``; integers big-endian::
         trailer  the last 23 bytes of the file: length 15, its CRC32C, and the
                  payload 0x92 0xcf <u64 entry count> 0xce <u32 body CRC32C>
                  (the msgpack array [count, body_crc]), where the body CRC
-                 covers every byte between the header and the trailer.
+                 covers every byte between the header and the trailer, and
+                 with BLOCKS the header too (a flipped flag is an invalid
+                 snapshot, not entries read in the wrong layout).
 
 A snapshot is written to ``<name>.tmp``, fsynced, renamed into place and its
 directory fsynced, with entries streamed in chunks, never the whole file in
@@ -101,11 +103,12 @@ def write(folder: Path, offset: int, entries: Iterable[Mutation], meta: dict[str
     frame = FRAME.pack
     try:
         with open(tmp, "wb") as f:
-            f.write(_HEADER.pack(SNAPSHOT_MAGIC, version, flags))
+            header = _HEADER.pack(SNAPSHOT_MAGIC, version, flags)
+            f.write(header)
             payload = msgpack.packb({**meta, "offset": offset})
             data = frame(len(payload), crc32c(payload)) + payload
             f.write(data)
-            body, count = crc32c(data), 0
+            body, count = crc32c(data, crc32c(header) if flags else 0), 0
             chunks = snapblocks.encode(entries) if flags & BLOCKS else _records(entries)
             for data, n in chunks:
                 f.write(data)
@@ -143,7 +146,8 @@ def check(path: Path) -> Snapshot | None:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            magic, version, flags = _HEADER.unpack(f.read(_HEADER.size))
+            header = f.read(_HEADER.size)
+            magic, version, flags = _HEADER.unpack(header)
             if magic != SNAPSHOT_MAGIC or version not in READ_VERSIONS:
                 raise ValueError("bad header")
             if flags & ~BLOCKS or (flags and version < 2):
@@ -159,7 +163,7 @@ def check(path: Path) -> Snapshot | None:
             a, b, count, c, body_crc = _TRAILER.unpack(trailer)
             if (a, b, c) != (0x92, 0xCF, 0xCE):
                 raise ValueError("bad trailer")
-            body = 0
+            body = crc32c(header) if flags else 0
             for data in read_chunks(path, _HEADER.size, stop):
                 body = crc32c(data, body)
             if body != body_crc:
