@@ -1,7 +1,7 @@
 """When a node snapshots its store, and how much log it keeps: the data folder bounded.
 
 A node's data folder holds the latest snapshot (``S`` bytes: the live data
-plus about 10 bytes per key of origin index, hlc, deadline and msgpack
+plus about 7 bytes per key of origin index, hlc, deadline and msgpack
 headers, see :mod:`mesh.storage.snapblocks`), the log kept after it for
 peers' catch-up (``R``) and the log written since it (``L``).  A snapshot is written
 after a batch when either

@@ -20,8 +20,8 @@ as in a log record (:mod:`mesh.core.mutation`); the store's entries all
 carry seq 0, which is left out.  Each block is whole on its own (its own
 origin table and hlc base), holds at most :data:`BLOCK_ENTRIES` entries and
 stops growing past :data:`BLOCK_BYTES` of payload (one larger entry is a
-block of its own).  For 100-byte values an entry takes about 120 bytes
-against about 150 as one framed log record (origin string, seq, full hlc
+block of its own).  For 100-byte values an entry takes about 119 bytes
+against 155 as one framed log record (origin string, seq, full hlc
 and an 8-byte frame each).
 """
 
