@@ -18,7 +18,9 @@ until ``SHUTDOWN SAVE``) each take the same ``--bulk-keys`` 100-byte random SETs
 pipelined batches of 1,000, then stop cleanly (SIGTERM for the node, SHUTDOWN
 SAVE for Redis); the bytes of the node's data folder and of Redis's folder
 (dump.rdb) are divided by the keys.  ``--bulk-runs`` runs, taking turns;
-medians of the per-run ratio.  Target: <= 1.5.
+medians of the per-run ratio.  Target: <= 1.5.  Also the time each stop
+took (SIGTERM to exit, which includes the node's snapshot: it has no peers;
+SHUTDOWN SAVE to exit).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import zmq.asyncio
@@ -104,19 +107,29 @@ def bulk_run(keys: int) -> dict:
             for start in range(0, keys, 1000):
                 node.set_batch(names[start : start + 1000], values[start : start + 1000])
         finally:
+            started = time.perf_counter()
             node.stop()
+            node_stop = time.perf_counter() - started
         ours = dir_bytes(node.data_dir)
         redis = Redis(root / "redis").start()
         try:
             for start in range(0, keys, 1000):
                 redis.set_batch(names[start : start + 1000], values[start : start + 1000])
         finally:
+            started = time.perf_counter()
             redis.stop(save=True)
+            redis_stop = time.perf_counter() - started
         theirs = dir_bytes(redis.dir)
     finally:
         end_all()
         shutil.rmtree(root, ignore_errors=True)
-    return {"node_per_key": ours / keys, "redis_per_key": theirs / keys, "ratio": ours / theirs}
+    return {
+        "node_per_key": ours / keys,
+        "redis_per_key": theirs / keys,
+        "ratio": ours / theirs,
+        "node_stop_s": node_stop,
+        "redis_stop_s": redis_stop,
+    }
 
 
 def bulk(keys: int, runs: int) -> dict:
@@ -129,12 +142,14 @@ def bulk(keys: int, runs: int) -> dict:
         "redis_per_key": statistics.median(r["redis_per_key"] for r in samples),
         "ratio": statistics.median(ratios),
         "ratio_range": [min(ratios), max(ratios)],
+        "node_stop_s": statistics.median(r["node_stop_s"] for r in samples),
+        "redis_stop_s": statistics.median(r["redis_stop_s"] for r in samples),
         "runs": samples,
     }
     print_table(
         f"data folder per key after a bulk load of {keys:,} x 100 B and a clean stop, "
         f"{runs} runs (medians)",
-        ["measure", "node B/key", "redis RDB B/key", "ratio", "range", "target"],
+        ["measure", "node B/key", "redis RDB B/key", "ratio", "range", "target", "stop s"],
         [
             (
                 "bytes/key",
@@ -143,6 +158,7 @@ def bulk(keys: int, runs: int) -> dict:
                 out["ratio"],
                 f"{min(ratios):.2f}-{max(ratios):.2f}",
                 f"<= {BULK_TARGET}: {'met' if out['ratio'] <= BULK_TARGET else 'not met'}",
+                f"node {out['node_stop_s']:.2f}, redis {out['redis_stop_s']:.2f}",
             )
         ],
     )

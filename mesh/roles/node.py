@@ -18,8 +18,9 @@ One asyncio loop (``zmq.asyncio``) does everything:
 4. **Housekeeping**: TTL sweep, ``interval`` fsync, snapshots and compaction
    (:mod:`mesh.storage.compaction`), a full disk (:mod:`mesh.roles.diskfull`).
 
-SIGTERM or SIGINT stops serving, fsyncs the log and returns, so the process
-exits 0.
+SIGTERM or SIGINT stops serving, fsyncs the log (a node without peers then
+snapshots its store and drops the log: :mod:`mesh.roles.stopsave`) and
+returns, so the process exits 0.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from mesh.roles.fronts import start_node_fronts, stop_node_fronts
 from mesh.roles.node_metrics import PROGRESS_CHECK_MS, CatchUpProgress, RequestMetrics
 from mesh.roles.node_status import ClockWatch, cluster, health, stats, write_status_file
 from mesh.roles.peering import Peering
+from mesh.roles.stopsave import save_on_stop, snapshot_meta
 from mesh.roles.trust import (
     PUB_DOMAIN,
     REPL_DOMAIN,
@@ -461,13 +463,14 @@ class Node:
 
     def snapshot(self) -> None:
         """Write a snapshot of the store and drop the log segments it covers."""
-        meta = {"vv": self.replica.vv, "floor": self.replica.floor, "max_hlc": self.clock.last}
-        self.snapshots.take(self.store, meta)
+        self.snapshots.take(self.store, snapshot_meta(self))
         self.clockwatch.busy()  # a snapshot blocks the loop: no stall for the guards
 
     def _shutdown(self) -> None:
         try:
             self.log.sync()
+            if self.state not in ("starting", "replaying"):  # the store was recovered
+                save_on_stop(self)
             mark_clean_shutdown(self.config.data_dir)
         finally:
             self.close()

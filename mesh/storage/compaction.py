@@ -1,8 +1,9 @@
 """When a node snapshots its store, and how much log it keeps: the data folder bounded.
 
 A node's data folder holds the latest snapshot (``S`` bytes: the live data
-plus about 60 bytes of framing per key), the log kept after it for peers'
-catch-up (``R``) and the log written since it (``L``).  A snapshot is written
+plus about 7 bytes per key of origin index, hlc, deadline and msgpack
+headers, see :mod:`mesh.storage.snapblocks`), the log kept after it for
+peers' catch-up (``R``) and the log written since it (``L``).  A snapshot is written
 after a batch when either
 
 * ``every`` entries were logged since the last one (``snapshot_every``), or
@@ -22,6 +23,11 @@ being written the previous one and the log are still there (one more ``S``
 for that moment).  The bound is against the live data of the latest
 snapshot: after deletes the folder shrinks at the next snapshot, which comes
 after ``max(min_bytes, S * GROWTH)`` more bytes of log.
+
+A clean stop of a node without peers (:mod:`mesh.roles.stopsave`) takes a
+snapshot when anything was logged since the last one and keeps none of the
+log it covers (:meth:`SnapshotPolicy.save`): the folder is then ``S`` plus
+an empty segment, its index and the identity, well within the bound.
 """
 
 from __future__ import annotations
@@ -76,9 +82,10 @@ class SnapshotPolicy:
         """At most this much of the log a snapshot covers is kept for catch-up."""
         return min(self.retention_bytes, int(self.size * KEEP))
 
-    def take(self, store: Store, meta: dict[str, Any]) -> Path | None:
-        """Seal the active segment, snapshot ``store`` (with ``meta``) and compact;
-        None when the disk had no room for the snapshot (it is tried again later)."""
+    def take(self, store: Store, meta: dict[str, Any], keep_none: bool = False) -> Path | None:
+        """Seal the active segment, snapshot ``store`` (with ``meta``) and compact,
+        keeping none of the log the snapshot covers with ``keep_none``; None when
+        the disk had no room for the snapshot (it is tried again later)."""
         started = time.perf_counter()
         try:
             self.log.seal()
@@ -91,7 +98,7 @@ class SnapshotPolicy:
             return None
         self.offset, self.size = self.log.next_offset, path.stat().st_size
         self._mark = self.log.appended
-        removed = self.log.compact(self.keep_bytes() if self.min_bytes else None)
+        removed = self.log.compact(0 if keep_none else self._keep())
         log.info(
             "snapshot %s (%d bytes) in %.2f s; %d files removed",
             path.name,
@@ -100,3 +107,15 @@ class SnapshotPolicy:
             len(removed),
         )
         return path
+
+    def save(self, store: Store, meta: dict[str, Any]) -> Path | None:
+        """A clean stop of a node without peers: snapshot ``store`` unless the latest
+        snapshot covers the whole log, and drop all the log a snapshot covers (no peer
+        will ask for it).  The new snapshot's path, or None."""
+        if self.log.next_offset > self.offset:
+            return self.take(store, meta, keep_none=True)
+        self.log.compact(0)
+        return None
+
+    def _keep(self) -> int | None:
+        return self.keep_bytes() if self.min_bytes else None

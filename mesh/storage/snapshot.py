@@ -4,29 +4,37 @@ A snapshot holds one mutation per key (the store's state) as of a log offset:
 every log record below that offset was applied before it was taken, so a node
 loads the latest snapshot and replays the log from its offset.  Snapshots are
 written and chosen by :class:`mesh.storage.log.Log`; this module is their file
-format.  Their records are framed and read like the log's
-(:mod:`mesh.storage.records`).
+format.
 
 File ``<data dir>/snapshots/<offset, 20 digits>.snap``; integers big-endian::
 
     header, 8 bytes:
         0   4  magic b"PCSN"
-        4   2  u16 format version (1)
-        6   2  u16 flags (reserved, 0)
+        4   2  u16 format version (2; 1 is read too)
+        6   2  u16 flags: bit 0 (BLOCKS) entries in blocks; no other bit is set
     records, each framed like a log record (u32 length N, u32 CRC32C of the
     payload, N bytes of payload):
         meta     msgpack map: the caller's keys plus "offset" (int)
-        entry    msgpack of Mutation.to_record(), one per key, any number
+        entries  with BLOCKS (what this version writes): blocks of entries,
+                 each one framed record (mesh.storage.snapblocks: an origin
+                 table, then per entry its origin's index, hlc delta, key,
+                 value, deadline, and seq when not 0); without BLOCKS
+                 (version 1, and version 2 files written before the flag):
+                 one record per entry, msgpack of Mutation.to_record()
         trailer  the last 23 bytes of the file: length 15, its CRC32C, and the
                  payload 0x92 0xcf <u64 entry count> 0xce <u32 body CRC32C>
                  (the msgpack array [count, body_crc]), where the body CRC
-                 covers every byte between the header and the trailer.
+                 covers every byte between the header and the trailer, and
+                 with BLOCKS the header too (a flipped flag is an invalid
+                 snapshot, not entries read in the wrong layout).
 
 A snapshot is written to ``<name>.tmp``, fsynced, renamed into place and its
 directory fsynced, with entries streamed in chunks, never the whole file in
 memory.  A snapshot is valid when its header, trailer, body CRC and meta
 record check out and its meta offset matches its name; an invalid one is
-ignored (an older one, or none, is used).
+ignored (an older one, or none, is used).  Reading a valid snapshot's entries
+checks each record's (or block's) CRC again and raises
+:class:`~mesh.storage.records.LogCorruptError` if the file changed since.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from typing import Any
 import msgpack
 
 from mesh.core.mutation import Mutation
+from mesh.storage import snapblocks
 from mesh.storage.checksum import crc32c
 from mesh.storage.datadir import fsync_dir
 from mesh.storage.records import FRAME, read_chunks, read_records
@@ -51,8 +60,11 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_MAGIC = b"PCSN"
 FORMAT_VERSION = 2
 """Written in new snapshots.  2: entries may carry counter states
-(mesh.core.counters); version 1 snapshots are read as they are."""
+(mesh.core.counters), and are in blocks (flag BLOCKS); version 1 snapshots,
+and version 2 ones without the flag, are read as they are."""
 READ_VERSIONS = (1, 2)
+#: header flag: the entries are in blocks (mesh.storage.snapblocks)
+BLOCKS = 1
 
 _HEADER = struct.Struct(">4sHH")
 
@@ -71,9 +83,12 @@ class Snapshot:
     count: int
     start: int  # file position of the first entry
     stop: int  # file position of the trailer
+    blocks: bool = False  # entries in blocks (flag BLOCKS), else one record each
 
     def entries(self) -> Iterator[Mutation]:
         """The snapshot's entries, streamed from disk."""
+        if self.blocks:
+            return snapblocks.read(self.path, self.start, self.stop)
         return read_records([(self.path, self.start, self.stop)])
 
 
@@ -83,27 +98,23 @@ def write(folder: Path, offset: int, entries: Iterable[Mutation], meta: dict[str
         raise ValueError("snapshot meta must not hold the key 'offset': the snapshot adds it")
     path = folder / f"{offset:020d}.snap"
     tmp = path.with_name(path.name + ".tmp")
-    pack, frame = msgpack.Packer().pack, FRAME.pack
+    version = FORMAT_VERSION
+    flags = BLOCKS if version >= 2 else 0
+    frame = FRAME.pack
     try:
         with open(tmp, "wb") as f:
-            f.write(_HEADER.pack(SNAPSHOT_MAGIC, FORMAT_VERSION, 0))
-            payload = pack({**meta, "offset": offset})
+            header = _HEADER.pack(SNAPSHOT_MAGIC, version, flags)
+            f.write(header)
+            payload = msgpack.packb({**meta, "offset": offset})
             data = frame(len(payload), crc32c(payload)) + payload
             f.write(data)
-            body, count = crc32c(data), 0
-            parts: list[bytes] = []
-            for m in entries:
-                payload = pack(m)
-                parts += (frame(len(payload), crc32c(payload)), payload)
-                count += 1
-                if len(parts) >= 2 * _BATCH:
-                    data = b"".join(parts)
-                    f.write(data)
-                    body = crc32c(data, body)
-                    parts.clear()
-            data = b"".join(parts)
-            f.write(data)
-            trailer = _TRAILER.pack(0x92, 0xCF, count, 0xCE, crc32c(data, body))
+            body, count = crc32c(data, crc32c(header) if flags else 0), 0
+            chunks = snapblocks.encode(entries) if flags & BLOCKS else _records(entries)
+            for data, n in chunks:
+                f.write(data)
+                body = crc32c(data, body)
+                count += n
+            trailer = _TRAILER.pack(0x92, 0xCF, count, 0xCE, body)
             f.write(frame(len(trailer), crc32c(trailer)) + trailer)
             f.flush()
             os.fsync(f.fileno())
@@ -115,14 +126,32 @@ def write(folder: Path, offset: int, entries: Iterable[Mutation], meta: dict[str
     return path
 
 
+def _records(entries: Iterable[Mutation]) -> Iterator[tuple[bytes, int]]:
+    """Entries as one framed record each (the layout without BLOCKS), in chunks,
+    each with how many entries it holds."""
+    pack, frame = msgpack.Packer().pack, FRAME.pack
+    parts: list[bytes] = []
+    for m in entries:
+        payload = pack(m)
+        parts += (frame(len(payload), crc32c(payload)), payload)
+        if len(parts) >= 2 * _BATCH:
+            yield b"".join(parts), len(parts) // 2
+            parts.clear()
+    if parts:
+        yield b"".join(parts), len(parts) // 2
+
+
 def check(path: Path) -> Snapshot | None:
     """The snapshot at ``path`` if it is valid, else None (logged as a warning)."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            magic, version, _flags = _HEADER.unpack(f.read(_HEADER.size))
+            header = f.read(_HEADER.size)
+            magic, version, flags = _HEADER.unpack(header)
             if magic != SNAPSHOT_MAGIC or version not in READ_VERSIONS:
                 raise ValueError("bad header")
+            if flags & ~BLOCKS or (flags and version < 2):
+                raise ValueError(f"unknown flags {flags:#x}")
             stop = size - _TRAILER_SIZE
             if stop < _HEADER.size + FRAME.size:
                 raise ValueError("too short")
@@ -134,7 +163,7 @@ def check(path: Path) -> Snapshot | None:
             a, b, count, c, body_crc = _TRAILER.unpack(trailer)
             if (a, b, c) != (0x92, 0xCF, 0xCE):
                 raise ValueError("bad trailer")
-            body = 0
+            body = crc32c(header) if flags else 0
             for data in read_chunks(path, _HEADER.size, stop):
                 body = crc32c(data, body)
             if body != body_crc:
@@ -151,7 +180,7 @@ def check(path: Path) -> Snapshot | None:
         logger.warning("%s: ignoring invalid snapshot (%s)", path, exc)
         return None
     start = _HEADER.size + FRAME.size + length
-    return Snapshot(path, meta["offset"], meta, count, start, stop)
+    return Snapshot(path, meta["offset"], meta, count, start, stop, bool(flags & BLOCKS))
 
 
 def paths(folder: Path) -> list[Path]:
