@@ -463,6 +463,7 @@ class Node:
         """Write a snapshot of the store and drop the log segments it covers."""
         meta = {"vv": self.replica.vv, "floor": self.replica.floor, "max_hlc": self.clock.last}
         self.snapshots.take(self.store, meta)
+        self._heap.now()
         self.clockwatch.busy()  # a snapshot blocks the loop: no stall for the guards
 
     def _shutdown(self) -> None:
