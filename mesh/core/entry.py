@@ -20,7 +20,7 @@ hand out :class:`Entry`, the unpacked form.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from mesh.core.mutation import Mutation
@@ -72,7 +72,11 @@ def unpack(raw: Any) -> tuple[Any, int, int]:
 
 
 def held_entries(
-    live: list[tuple[str, Any]], tombs: list, expires: dict[str, int], names: list[str], now: int
+    live: Iterable[tuple[str, Any]],
+    tombs: list,
+    expires: dict[str, int],
+    names: list[str],
+    now: int,
 ) -> Iterator[Mutation]:
     """:meth:`Store.entries` over captured ``(key, compact entry)`` and ``(key,
     tombstone)`` pairs, the deadlines and the origin table; due keys come out as

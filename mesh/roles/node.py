@@ -464,6 +464,7 @@ class Node:
     def snapshot(self) -> None:
         """Write a snapshot of the store and drop the log segments it covers."""
         self.snapshots.take(self.store, snapshot_meta(self))
+        self._heap.now()
         self.clockwatch.busy()  # a snapshot blocks the loop: no stall for the guards
 
     def _shutdown(self) -> None:

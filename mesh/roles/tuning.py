@@ -94,6 +94,11 @@ class HeapTrim:
         self._trim(0)
         return True
 
+    def now(self) -> None:
+        """Trim whatever the key count (after a snapshot freed its buffers)."""
+        if self._trim is not None:
+            self._trim(0)
+
 
 class CatchUpGc:
     """No cyclic garbage collection while a node catches up; collect again once it is ready.
