@@ -240,7 +240,7 @@ def test_checker_catches_a_version_going_back() -> None:
     def rewind() -> None:
         store = s.nodes["n2"].store
         value, hlc, origin, _, _ = store.get("k", record_stats=False)
-        store._live["k"] = pack_small(value, hlc - 1, store._oids[origin])
+        store._live[b"k"] = pack_small(value, hlc - 1, store._oids[origin])
 
     s.at(300, rewind)
     with pytest.raises(sim.SimFailure, match=r"n2: version of 'k' went back"):
@@ -253,7 +253,7 @@ def test_checker_catches_a_lost_acknowledged_write() -> None:
 
     def forget() -> None:  # on every node alike, so digests and vvs still agree
         for node in s.nodes.values():
-            del node.store._live["k"]
+            del node.store._live[b"k"]
             node.high.clear()
 
     s.at(300, forget)
@@ -704,7 +704,7 @@ def test_checker_catches_a_resurrection_under_a_memory_limit() -> None:
     def rewind() -> None:  # n2 takes the old value back, no budget having dropped anything
         n2 = s.nodes["n2"].store
         old = next(w.mutation for w in s.acked if w.mutation.value == b"old")
-        n2._live["k1"] = pack_small(b"old", old.hlc, n2._oids[old.origin])
+        n2._live[b"k1"] = pack_small(b"old", old.hlc, n2._oids[old.origin])
 
     s.at(400, rewind)
     with pytest.raises(sim.SimFailure, match="went back"):

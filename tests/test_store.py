@@ -566,7 +566,7 @@ def test_property_matches_a_last_writer_wins_model(ops: list[tuple]) -> None:
             assert (key in store) is visible
             assert value_of(store, key) == (w.value if visible else None)  # type: ignore[union-attr]
         assert store.stats()["bytes"] == expected_bytes(store)
-        with_deadline = {k for k in store.live_keys() if store._entry(k, store._live[k]).deadline}
+        with_deadline = {k for k, raw in store._live.items() if store._entry(k, raw).deadline}
         assert with_deadline == set(store._expires) <= set(store._ttl_keys)
 
 
@@ -707,3 +707,19 @@ def test_tombstone_queue_stays_bounded_without_collection() -> None:
         store.apply(Mutation("o/1", 2 * i + 1, pack(T0, 2 * i), "k", None, 0))
         store.apply(Mutation("o/1", 2 * i + 2, pack(T0, 2 * i + 1), "k", b"v", 0))
     assert len(store._tq) <= 2 * store.stats()["tombstones"] + 8192
+
+
+def test_non_ascii_keys_round_trip_through_every_view() -> None:
+    store, now = make(max_keys=2)
+    store.apply(mut("ключ", b"v", deadline=T0 + 10))
+    store.apply(mut("键", b"w"))
+    assert value_of(store, "ключ") == b"v" and store.ttl_ms("键") == -1 and "键" in store
+    assert sorted(store.live_keys()) == sorted(["ключ", "键"])
+    assert {m.key for m in store.entries()} == {"ключ", "键"}
+    now.ms = T0 + 10
+    store.sweep(samples=5)
+    assert store.tombstone("ключ") is not None and "ключ" not in store
+    store.apply(mut("ключ2", b"x"))
+    store.apply(mut("ключ3", b"y"))  # evicts 键, the least recently used
+    assert store.tombstone("键") is not None and store.version("键") == (pack(T0, 0), "a")
+    assert store.stats()["bytes"] == expected_bytes(store)

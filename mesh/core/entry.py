@@ -72,9 +72,9 @@ def unpack(raw: Any) -> tuple[Any, int, int]:
 
 
 def held_entries(
-    live: Iterable[tuple[str, Any]],
+    live: Iterable[tuple[bytes, Any]],
     tombs: list,
-    expires: dict[str, int],
+    expires: dict[bytes, int],
     names: list[str],
     now: int,
 ) -> Iterator[Mutation]:
@@ -82,7 +82,8 @@ def held_entries(
     tombstone)`` pairs, the deadlines and the origin table; due keys come out as
     tombstones, a counter as its state at its newest write."""
     new, from_bytes = tuple.__new__, int.from_bytes  # a NamedTuple's own constructor is slower
-    for key, raw in live:
+    for kb, raw in live:
+        key = kb.decode()
         if type(raw) is bytes:
             meta = from_bytes(raw[-META_BYTES:], "big")
             value, hlc, oid = raw[:-META_BYTES], meta >> HLC_SHIFT, (meta >> 1) & ORIGIN_MASK
@@ -91,7 +92,7 @@ def held_entries(
         origin = names[oid]
         if type(value) is not bytes:  # a counter: its state, at its newest write
             (hlc, origin), value = value.top, value.state  # type: ignore[attr-defined]
-        deadline = expires.get(key, 0) if expires else 0
+        deadline = expires.get(kb, 0) if expires else 0
         if deadline and deadline <= now:
             yield new(Mutation, (origin, 0, hlc, key, None, 0))
         else:

@@ -12,13 +12,13 @@ from collections.abc import Callable
 
 
 def expire_sampled(
-    keys: list[str],
-    expires: dict[str, int],
+    keys: list[bytes],
+    expires: dict[bytes, int],
     now: int,
     rng: random.Random,
     samples: int,
     max_rounds: int,
-    expire: Callable[[str], None],
+    expire: Callable[[bytes], None],
 ) -> int:
     """Expire due keys sampled from ``keys``; returns how many.
 
@@ -52,7 +52,7 @@ def expire_sampled(
     return expired
 
 
-def still_timed(keys: list[str], expires: dict[str, int]) -> list[str]:
+def still_timed(keys: list[bytes], expires: dict[bytes, int]) -> list[bytes]:
     """``keys`` without repeats and without keys that no longer have a deadline,
     when more than half of them are such (else ``keys`` itself)."""
     if len(keys) <= 2 * len(expires):

@@ -20,8 +20,9 @@ applies), so any permutation of the same mutations gives the same state.
 A counter's mutations carry its state instead of bin, and merge
 (:mod:`mesh.core.counters`); the store holds a counter as a ``CounterValue``.
 
-``live`` holds each key as one compact object (:mod:`mesh.core.entry`: a
-small value and its version in one ``bytes``), ``tombstones`` tuples laid out
+``live`` holds each key, by its UTF-8 (a ``bytes`` key costs 16 bytes less
+than a ``str``), as one compact object (:mod:`mesh.core.entry`: a small value
+and its version in one ``bytes``), ``tombstones`` tuples laid out
 as :class:`Entry`; neither is changed in place.  Deadlines are in ``expires``
 (as in Redis), their keys also in an array that :meth:`Store.sweep` samples at
 random (reads expire due keys lazily too); stale items are dropped when
@@ -111,20 +112,19 @@ class Store:
         self._byte_limit = max_memory or sys.maxsize
         self._tomb_limit = max_memory // TOMBSTONE_SHARE if max_memory else sys.maxsize
         self._rng = random.Random(seed)
-        # The LRU order is kept only when something can be evicted: a plain
-        # dict inserts about a third faster.
-        self._live: dict[str, Any] = OrderedDict() if self._bounded else {}
+        # LRU order only when something can be evicted (a dict inserts a third faster)
+        self._live: dict[bytes, Any] = OrderedDict() if self._bounded else {}
         self._tombs: OrderedDict[str, tuple] = OrderedDict()
         self._tq = TombstoneQueue()  # the tombstones by origin and seq, for collect_stable
         self._tomb_bytes = 0
         self._dropped = 0  # tombstones dropped over their budget before they were stable
-        self._expires: dict[str, int] = {}  # the deadline of every live key that has one
-        self._ttl_keys: list[str] = []  # every live key with a deadline, maybe stale ones
+        self._expires: dict[bytes, int] = {}  # the deadline of every live key that has one
+        self._ttl_keys: list[bytes] = []  # every live key with a deadline, maybe stale ones
         self._ttl_limit = 4096  # compact _ttl_keys past this length
         self._oids: dict[str, int] = {}  # origin -> its id in compact entries
         self._names: list[str] = []  # origin id -> origin (one shared str each)
         self._digest = 0  # XOR of the digests of the live entries that are folded
-        self._dirty: list[str] = []  # keys written live since they were last hashed
+        self._dirty: list[bytes] = []  # keys written live since they were last hashed
         self._dirty_limit = 4096  # compact _dirty past this length
         self._bytes = 0
         self._hits = 0
@@ -176,9 +176,10 @@ class Store:
         changed = size = tsize = 0
         try:
             for origin, seq, hlc, key, value, deadline in mutations:
-                raw = live.get(key)
+                kb = key.encode()
+                raw = live.get(kb)
                 if type(value) is tuple:  # a counter's state: merged (mesh.core.counters)
-                    old = None if raw is None else self._entry(key, raw)
+                    old = None if raw is None else self._entry(kb, raw)
                     won = resolve(old, tombs.get(key), origin, hlc, value, deadline)
                     if won is None:
                         continue
@@ -203,9 +204,9 @@ class Store:
                         del tombs[key]
                         tsize -= len(key) + TOMBSTONE_OVERHEAD
                 if raw is not None:
-                    size -= len(key) + self._drop_share(key, raw) + ENTRY_OVERHEAD
+                    size -= len(kb) + self._drop_share(kb, raw) + ENTRY_OVERHEAD
                     if expires:
-                        expires.pop(key, None)
+                        expires.pop(kb, None)
                 changed += 1
                 if deadline and value is not None:
                     now = now or self._now_ms()  # read once per call: a batch is one instant
@@ -218,7 +219,7 @@ class Store:
                 origin = names[oid]
                 if value is None:
                     if raw is not None:
-                        del live[key]
+                        del live[kb]
                     tombs[key] = (None, hlc, origin, 0, 0)
                     tsize += len(key) + TOMBSTONE_OVERHEAD
                     inbox.append((origin, seq, key, hlc))
@@ -230,22 +231,22 @@ class Store:
                 else:
                     if type(value) is bytes and len(value) <= SMALL_VALUE:
                         meta = (hlc << HLC_SHIFT) | (oid << 1)
-                        live[key] = value + meta.to_bytes(META_BYTES, "big")
+                        live[kb] = value + meta.to_bytes(META_BYTES, "big")
                     else:
-                        live[key] = (value, hlc, oid, 0)
-                    dirty.append(key)
+                        live[kb] = (value, hlc, oid, 0)
+                    dirty.append(kb)
                     if len(dirty) > dirty_limit:
                         self._compact_dirty()
                         dirty, dirty_limit = self._dirty, self._dirty_limit
-                    size += len(key) + len(value) + ENTRY_OVERHEAD
+                    size += len(kb) + len(value) + ENTRY_OVERHEAD
                     if deadline:
-                        expires[key] = deadline
-                        ttl_keys.append(key)
+                        expires[kb] = deadline
+                        ttl_keys.append(kb)
                         if len(ttl_keys) > self._ttl_limit:
                             self._compact_ttl()
                             ttl_keys = self._ttl_keys
                     if raw is not None and bounded:
-                        live.move_to_end(key)  # type: ignore[attr-defined]
+                        live.move_to_end(kb)  # type: ignore[attr-defined]
                 if bounded:
                     self._bytes += size
                     size = 0
@@ -267,21 +268,16 @@ class Store:
         self._names.append(origin)
         return oid
 
-    def _entry(self, key: str, raw: Any) -> Entry:
+    def _entry(self, key: bytes, raw: Any) -> Entry:
         """The :class:`Entry` of a held compact entry (its deadline from ``expires``)."""
         value, hlc, oid = unpack(raw)
         share = 0 if type(raw) is bytes else raw[3]
         return _new_tuple(Entry, (value, hlc, self._names[oid], self._expires.get(key, 0), share))
 
-    def _drop_share(self, key: str, raw: Any) -> int:
+    def _drop_share(self, key: bytes, raw: Any) -> int:
         """Take a live entry that is going out of the digest; returns its value's length."""
         self._digest ^= folded_share(key, raw, self._names, self._expires)
         return len(raw) - META_BYTES if type(raw) is bytes else len(raw[0])
-
-    def _version_of(self, raw: Any) -> tuple[int, str]:
-        """The (hlc, origin) of a held compact entry (a counter's: its base's)."""
-        _, hlc, oid = unpack(raw)
-        return hlc, self._names[oid]
 
     def _evict(self) -> None:
         """Turn least recently used keys into tombstones while over a limit."""
@@ -289,14 +285,15 @@ class Store:
         key_limit, over = self._key_limit, self._bytes - self._byte_limit
         freed = tsize = evicted = 0
         while live and (len(live) > key_limit or freed < over):
-            key, raw = live.popitem(last=False)  # type: ignore[call-arg]
-            hlc, origin = eviction_version(self._entry(key, raw))
+            kb, raw = live.popitem(last=False)  # type: ignore[call-arg]
+            hlc, origin = eviction_version(self._entry(kb, raw))
+            freed += len(kb) + self._drop_share(kb, raw) + ENTRY_OVERHEAD
+            if expires:
+                expires.pop(kb, None)
+            key = kb.decode()
             tombs[key] = (None, hlc, origin, 0, 0)
-            freed += len(key) + self._drop_share(key, raw) + ENTRY_OVERHEAD
             tsize += len(key) + TOMBSTONE_OVERHEAD
             inbox.append((origin, 0, key, hlc))  # its seq: the vv's, later
-            if expires:
-                expires.pop(key, None)
             evicted += 1
         self._bytes, self._evicted = self._bytes - freed, self._evicted + evicted
         self._tomb_bytes += tsize
@@ -310,13 +307,14 @@ class Store:
         if len(self._tq.inbox) > self._tq.limit:
             self._tq.compact(self._tombs)
 
-    def _expire(self, key: str) -> None:
+    def _expire(self, kb: bytes) -> None:
         """Turn a due live entry into a tombstone of its version."""
-        raw = self._live.pop(key)
-        hlc, origin = self._version_of(raw)
+        raw = self._live.pop(kb)
+        _, hlc, origin, _, _ = self._entry(kb, raw)
+        self._bytes -= len(kb) + self._drop_share(kb, raw) + ENTRY_OVERHEAD
+        del self._expires[kb]
+        key = kb.decode()
         self._tombs[key] = (None, hlc, origin, 0, 0)
-        self._bytes -= len(key) + self._drop_share(key, raw) + ENTRY_OVERHEAD
-        del self._expires[key]
         self._tomb_bytes += len(key) + TOMBSTONE_OVERHEAD
         self._tq.inbox.append((origin, 0, key, hlc))  # its seq: the vv's, later
         self._expired += 1
@@ -336,17 +334,18 @@ class Store:
         With ``record_stats`` (the default) the read counts as a hit or a miss
         and makes the key the most recently used.
         """
-        raw = self._held(key, record_stats)
-        return None if raw is None else self._entry(key, raw)
+        kb = key.encode()
+        raw = self._held(kb, record_stats)
+        return None if raw is None else self._entry(kb, raw)
 
     def value(self, key: str) -> bytes | None:
         """The live value of ``key`` or None: :meth:`get` for GET, recording stats."""
-        raw = self._held(key, True)
+        raw = self._held(key.encode(), True)
         if raw is None:
             return None
         return raw[:-META_BYTES] if type(raw) is bytes else raw[0]
 
-    def _held(self, key: str, record_stats: bool) -> Any:
+    def _held(self, key: bytes, record_stats: bool) -> Any:
         raw = self._live.get(key)
         if raw is not None and self._expires:
             deadline = self._expires.get(key)
@@ -366,17 +365,18 @@ class Store:
     def version(self, key: str) -> tuple[int, str] | None:
         """The version held for ``key``, live (even if due) or tombstone, else None;
         a counter's is its newest write's.  No stats, no LRU change."""
-        raw = self._live.get(key)
+        kb = key.encode()
+        raw = self._live.get(kb)
         if raw is None:
             tomb = self._tombs.get(key)
             return None if tomb is None else (tomb[1], tomb[2])
         if type(raw) is tuple and type(raw[0]) is not bytes:
             return raw[0].top
-        return self._version_of(raw)
+        return self._entry(kb, raw).version()
 
     def live_keys(self) -> list[str]:
         """The live keys (due ones not yet expired included), in the map's order."""
-        return list(self._live)
+        return [key.decode() for key in self._live]
 
     def tombstone(self, key: str) -> tuple | None:
         """The tombstone held for ``key`` (laid out as :class:`Entry`), or None."""
@@ -384,9 +384,10 @@ class Store:
 
     def ttl_ms(self, key: str) -> int:
         """Milliseconds left to live, as Redis PTTL: -2 no such key, -1 no TTL."""
-        if self._held(key, False) is None:
+        kb = key.encode()
+        if self._held(kb, False) is None:
             return -2
-        deadline = self._expires.get(key)
+        deadline = self._expires.get(kb)
         return -1 if deadline is None else deadline - self._now_ms()
 
     def __len__(self) -> int:
@@ -395,9 +396,9 @@ class Store:
 
     def __contains__(self, key: object) -> bool:
         """Whether ``key`` is live; no stats, no LRU change."""
-        if key not in self._live:
+        if type(key) is not str or (kb := key.encode()) not in self._live:
             return False
-        deadline = self._expires.get(key)
+        deadline = self._expires.get(kb)
         return deadline is None or deadline > self._now_ms()
 
     # -- housekeeping -------------------------------------------------------
