@@ -219,6 +219,38 @@ def test_torn_record_before_the_zero_tail_is_cut(
     assert "truncating" in caplog.text
 
 
+def test_large_batch_is_written_in_one_pwritev_without_zeros_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of large values goes by pwritev, a short one is completed, a failed one
+    is rolled back, and no zeros are written ahead of it (small batches get them again)."""
+    big = [Mutation("big/1", i + 1, 5 + i, f"k{i}", bytes([i + 1]) * 400_000, 0) for i in range(3)]
+    real_pwritev, calls = os.pwritev, []
+
+    def short_then_full(fd: int, buffers: list[bytes], pos: int) -> int:
+        calls.append(len(buffers))
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "injected")
+        return real_pwritev(fd, buffers[:3] if len(calls) == 1 else buffers, pos)
+
+    monkeypatch.setattr(os, "pwritev", short_then_full)
+    log = Log(tmp_path)
+    log.append(big[:2])
+    log.flush()
+    path = segments(tmp_path)[0]
+    written = 16 + sum(8 + len(r) for r in encode_records(big[:2]))
+    assert calls == [4] and path.stat().st_size == written  # completed; no zero tail
+    with pytest.raises(OSError, match="injected"):
+        log.append(big[2:])
+    assert path.stat().st_size == written and log.next_offset == 2  # rolled back
+    log.append(big[2:])
+    records = fill(log, 3)  # small batches after it: zero-filled ahead again
+    assert path.read_bytes().endswith(bytes(4096))
+    log.close()
+    with Log(tmp_path) as again:
+        assert list(again.replay()) == big + records
+
+
 def test_failed_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with Log(tmp_path) as first:
         fill(first, 3)

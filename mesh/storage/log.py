@@ -29,8 +29,8 @@ Preallocation: the active segment's file is kept filled with zeros about
 ``PREFILL_BYTES`` past its last record (never past ``segment_bytes``, unless
 one record is larger), because an fdatasync that need not also commit a new
 file size costs about 40% less here (on a disk with no room for it, records
-are written without).  A write that goes more than ``PREFILL_BYTES`` past the
-zeros (a batch of large values) extends the file itself: zeros ahead of it
+are written without).  A write that goes 256 KiB or more past the zeros (a
+batch of large values) extends the file itself: zeros ahead of it
 would write it twice, and its fdatasync is mostly data anyway.  Recovery
 takes a zero length followed only by zero bytes as the end of the records and
 cuts the file there without a warning; sealing a segment and closing the log

@@ -254,17 +254,21 @@ def write_at(fd: int, data: bytes, pos: int) -> None:
 #: the active segment is kept filled with zeros about this far past its last
 #: record (see "Preallocation" in mesh.storage.log)
 PREFILL_BYTES = 1024 * 1024
+#: a write that goes at least this far past the zeros is not zero-filled ahead,
+#: and a write of at least this many bytes goes by ``pwritev``: a large write
+LARGE_WRITE = 256 * 1024
 
 
 def prefill(fd: int, filled: int, end: int, limit: int) -> int:
     """Zero-fill the file ``fd`` from ``filled`` (its size) to about ``PREFILL_BYTES``
     past ``end``, never past ``limit`` (unless ``end`` is); return its new size.
 
-    A write that goes more than ``PREFILL_BYTES`` past the zeros is left to
-    extend the file itself: zeros ahead of it would double a large write.  So
-    is a write the disk has no room to zero-fill for (it ends at ``end``).
+    A write that goes ``LARGE_WRITE`` or more past the zeros is left to extend
+    the file itself: zeros ahead of it would double a large write (with 1 MB
+    values, every byte was written as a zero first).  So is a write the disk
+    has no room to zero-fill for (it ends at ``end``).
     """
-    if end - filled > PREFILL_BYTES:
+    if end - filled >= LARGE_WRITE:
         return end
     target = max(end, min(end + PREFILL_BYTES, limit))
     try:
@@ -277,8 +281,6 @@ def prefill(fd: int, filled: int, end: int, limit: int) -> int:
 
 #: the most buffers one ``pwritev`` takes
 IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
-#: writes of at least this many bytes go by ``pwritev`` (no joined copy of them)
-WRITEV_BYTES = 256 * 1024
 
 
 def write_parts(fd: int, parts: list[bytes], pos: int, size: int) -> None:
@@ -288,7 +290,7 @@ def write_parts(fd: int, parts: list[bytes], pos: int, size: int) -> None:
     records (1 MB values: a 4 MB batch copied once more); the others are joined
     and written with one ``pwrite``, cheaper for many small records.
     """
-    if size < WRITEV_BYTES or len(parts) > IOV_MAX:
+    if size < LARGE_WRITE or len(parts) > IOV_MAX:
         write_at(fd, b"".join(parts), pos)
         return
     written = os.pwritev(fd, parts, pos)
