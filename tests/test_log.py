@@ -27,7 +27,7 @@ from mesh.storage.datadir import open_identity
 from mesh.storage.log import Log, LogCorruptError
 from mesh.storage.replay import recover as replay_recover
 from mesh.storage.salvage import read_damage, rotate_if_damaged
-from tests.log_writer_child import record
+from tests.log_writer_child import big_record, record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -538,9 +538,17 @@ def test_read_from_skips_what_the_index_rules_out(tmp_path: Path) -> None:
         assert list(log.read_from(origin, records[-10].seq)) == want
 
 
-def test_kill9_loses_no_acknowledged_write(tmp_path: Path) -> None:
-    """SIGKILL a writer under fsync=always mid-stream: every acked record survives."""
-    argv = [sys.executable, "-m", "tests.log_writer_child", str(tmp_path), "16384"]
+@pytest.mark.parametrize(
+    ("kind", "segment_bytes", "acks"), [("small", 16384, 400), ("big", 1 << 20, 100)]
+)
+def test_kill9_loses_no_acknowledged_write(
+    tmp_path: Path, kind: str, segment_bytes: int, acks: int
+) -> None:
+    """SIGKILL a writer under fsync=always mid-stream: every acked record survives
+    (``big``: batches with 300 KB values, written by pwritev with no zeros ahead)."""
+    argv = [sys.executable, "-m", "tests.log_writer_child", str(tmp_path), str(segment_bytes)]
+    argv += [kind]
+    make = big_record if kind == "big" else record
     acked: list[int] = []
     with subprocess.Popen(
         argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
@@ -551,7 +559,7 @@ def test_kill9_loses_no_acknowledged_write(tmp_path: Path) -> None:
             deadline = time.monotonic() + 60
             with selectors.DefaultSelector() as selector:
                 selector.register(proc.stdout, selectors.EVENT_READ)
-                while len(acked) < 400:
+                while len(acked) < acks:
                     left = deadline - time.monotonic()
                     if left <= 0 or proc.poll() is not None:
                         pytest.fail(
@@ -573,11 +581,11 @@ def test_kill9_loses_no_acknowledged_write(tmp_path: Path) -> None:
                 proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
     assert acked == sorted(acked)
-    with Log(tmp_path, segment_bytes=16384) as log:
+    with Log(tmp_path, segment_bytes=segment_bytes) as log:
         assert log.next_offset > acked[-1]
         assert len(segments(tmp_path)) > 2
         for offset, mutation in enumerate(log.replay()):
-            assert mutation == record(offset)
+            assert mutation == make(offset)
 
 
 # ------------------------------------------------------------ fsync policies
