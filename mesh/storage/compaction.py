@@ -25,12 +25,13 @@ newest).  Between batches the folder therefore holds at most
                =   2.5 S + min_bytes + one batch + about 1 MiB
 
 (the active segment's preallocated tail, headers, indexes, identity): about
-2.5x the live data for large values, 3.9x for 100-byte ones (whose ``S`` is
-about 1.56x their key and value bytes).  While a snapshot is being written
-the previous one and the log are still there (one more ``S`` for that
-moment).  The bound is against the live data of the latest snapshot: after
-deletes the folder shrinks at the next snapshot, which comes after
-``max(min_bytes, S * GROWTH)`` more bytes of log.
+2.5x the live data for large values, about 3.6x for 100-byte ones (whose
+``S`` is about 1.45x their key and value bytes: 155 bytes a record).
+While a snapshot is being written the previous one and the log are still
+there (one more ``S`` for that moment).  The bound is against the live
+data of the latest snapshot: after deletes the folder shrinks at the next
+snapshot, which comes after ``max(min_bytes, S * GROWTH)`` more bytes of
+log.
 """
 
 from __future__ import annotations
