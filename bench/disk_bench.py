@@ -6,7 +6,7 @@ For 100-byte, 10 KB and 1 MB values, a node (in this process, its batches
 handed to ``Node.handle_batch``: the storage path of a node process, without
 sockets) writes ``--live-mib`` of live data, then overwrites every key
 ``--rounds`` times, under the default config (``segment_bytes`` 64 MiB,
-``snapshot_bytes`` 8 MiB, ``retention_bytes`` 1 GiB).  After every batch it
+``snapshot_bytes`` 64 MiB, ``retention_bytes`` 1 GiB).  After every batch it
 sums the sizes of the files under the data folder.  Live bytes are the live
 keys' key and value bytes.  Prints the worst and final ratio of data-folder
 bytes to live bytes and writes JSON.  Target: worst <= 4.

@@ -18,10 +18,13 @@ from mesh.core.limits import MIB
 from mesh.roles.config import NodeConfig
 from mesh.roles.node import Node
 
-#: what the bound allows beyond 4x the live data: the default byte trigger
-#: (NodeConfig.snapshot_bytes), the preallocated tail of the active segment,
-#: one batch past the trigger, headers, indexes, identity.json
-SLACK = NodeConfig.snapshot_bytes + 2 * MIB
+#: the byte trigger (NodeConfig.snapshot_bytes) of these runs: smaller than the
+#: default (64 MiB), so that a few dozen MiB of writes go through several snapshots
+SNAPSHOT_BYTES = 8 * MIB
+#: what the bound allows beyond 4x the live data: the byte trigger, the
+#: preallocated tail of the active segment, one batch past the trigger,
+#: headers, indexes, identity.json
+SLACK = SNAPSHOT_BYTES + 2 * MIB
 
 
 def dir_bytes(folder: Path) -> int:
@@ -32,7 +35,12 @@ def run_overwrites(tmp_path: Path, keys: int, value_bytes: int, rounds: int, per
     """Write ``keys`` keys ``rounds`` times over; return the worst folder size seen."""
     ctx = zmq.asyncio.Context()
     config = NodeConfig(
-        node_id="n1", data_dir=str(tmp_path / "n1"), insecure=True, fsync="never", segment_bytes=MIB
+        node_id="n1",
+        data_dir=str(tmp_path / "n1"),
+        insecure=True,
+        fsync="never",
+        segment_bytes=MIB,
+        snapshot_bytes=SNAPSHOT_BYTES,
     )
     node = Node(config, ctx)
     worst, rid = 0, 0

@@ -27,7 +27,7 @@ from mesh.storage.datadir import open_identity
 from mesh.storage.log import Log, LogCorruptError
 from mesh.storage.replay import recover as replay_recover
 from mesh.storage.salvage import read_damage, rotate_if_damaged
-from tests.log_writer_child import record
+from tests.log_writer_child import big_record, record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -217,6 +217,38 @@ def test_torn_record_before_the_zero_tail_is_cut(
     with caplog.at_level("WARNING"), Log(tmp_path) as recovered:
         assert list(recovered.replay()) == records
     assert "truncating" in caplog.text
+
+
+def test_large_batch_is_written_in_one_pwritev_without_zeros_ahead(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of large values goes by pwritev, a short one is completed, a failed one
+    is rolled back, and no zeros are written ahead of it (small batches get them again)."""
+    big = [Mutation("big/1", i + 1, 5 + i, f"k{i}", bytes([i + 1]) * 400_000, 0) for i in range(3)]
+    real_pwritev, calls = os.pwritev, []
+
+    def short_then_full(fd: int, buffers: list[bytes], pos: int) -> int:
+        calls.append(len(buffers))
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "injected")
+        return real_pwritev(fd, buffers[:3] if len(calls) == 1 else buffers, pos)
+
+    monkeypatch.setattr(os, "pwritev", short_then_full)
+    log = Log(tmp_path)
+    log.append(big[:2])
+    log.flush()
+    path = segments(tmp_path)[0]
+    written = 16 + sum(8 + len(r) for r in encode_records(big[:2]))
+    assert calls == [4] and path.stat().st_size == written  # completed; no zero tail
+    with pytest.raises(OSError, match="injected"):
+        log.append(big[2:])
+    assert path.stat().st_size == written and log.next_offset == 2  # rolled back
+    log.append(big[2:])
+    records = fill(log, 3)  # small batches after it: zero-filled ahead again
+    assert path.read_bytes().endswith(bytes(4096))
+    log.close()
+    with Log(tmp_path) as again:
+        assert list(again.replay()) == big + records
 
 
 def test_failed_write_is_rolled_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -506,9 +538,17 @@ def test_read_from_skips_what_the_index_rules_out(tmp_path: Path) -> None:
         assert list(log.read_from(origin, records[-10].seq)) == want
 
 
-def test_kill9_loses_no_acknowledged_write(tmp_path: Path) -> None:
-    """SIGKILL a writer under fsync=always mid-stream: every acked record survives."""
-    argv = [sys.executable, "-m", "tests.log_writer_child", str(tmp_path), "16384"]
+@pytest.mark.parametrize(
+    ("kind", "segment_bytes", "acks"), [("small", 16384, 400), ("big", 1 << 20, 100)]
+)
+def test_kill9_loses_no_acknowledged_write(
+    tmp_path: Path, kind: str, segment_bytes: int, acks: int
+) -> None:
+    """SIGKILL a writer under fsync=always mid-stream: every acked record survives
+    (``big``: batches with 300 KB values, written by pwritev with no zeros ahead)."""
+    argv = [sys.executable, "-m", "tests.log_writer_child", str(tmp_path), str(segment_bytes)]
+    argv += [kind]
+    make = big_record if kind == "big" else record
     acked: list[int] = []
     with subprocess.Popen(
         argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
@@ -519,7 +559,7 @@ def test_kill9_loses_no_acknowledged_write(tmp_path: Path) -> None:
             deadline = time.monotonic() + 60
             with selectors.DefaultSelector() as selector:
                 selector.register(proc.stdout, selectors.EVENT_READ)
-                while len(acked) < 400:
+                while len(acked) < acks:
                     left = deadline - time.monotonic()
                     if left <= 0 or proc.poll() is not None:
                         pytest.fail(
@@ -541,11 +581,11 @@ def test_kill9_loses_no_acknowledged_write(tmp_path: Path) -> None:
                 proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
     assert acked == sorted(acked)
-    with Log(tmp_path, segment_bytes=16384) as log:
+    with Log(tmp_path, segment_bytes=segment_bytes) as log:
         assert log.next_offset > acked[-1]
         assert len(segments(tmp_path)) > 2
         for offset, mutation in enumerate(log.replay()):
-            assert mutation == record(offset)
+            assert mutation == make(offset)
 
 
 # ------------------------------------------------------------ fsync policies

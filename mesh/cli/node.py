@@ -103,7 +103,7 @@ def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]
     "--snapshot-mib",
     NodeConfig.snapshot_bytes // MIB,
     "PYCACHE_SNAPSHOT_MIB",
-    "Also snapshot after this much log (or half the last snapshot, if more; 0: never).",
+    "Also snapshot after this much log (or the last snapshot's size, if more; 0: never).",
 )
 @int_option(
     "--max-keys",

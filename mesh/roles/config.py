@@ -78,7 +78,7 @@ class NodeConfig:
             once a snapshot covers it (and at most half the snapshot's size,
             when ``snapshot_bytes`` is set: :mod:`mesh.storage.compaction`).
         snapshot_every: write a snapshot (and compact) after this many entries.
-        snapshot_bytes: ... or after this many bytes of log (or half the last
+        snapshot_bytes: ... or after this many bytes of log (or the last
             snapshot's size, when more); 0: by entries only.
         max_keys / max_memory: LRU eviction limits (0: unlimited).
         tombstone_horizon_ms: the longest a tombstone is kept (it goes sooner
@@ -128,7 +128,7 @@ class NodeConfig:
     segment_bytes: int = 64 * MIB
     retention_bytes: int = 1024 * MIB
     snapshot_every: int = 1_000_000
-    snapshot_bytes: int = 8 * MIB
+    snapshot_bytes: int = 64 * MIB
     max_keys: int = 0
     max_memory: int = 0
     tombstone_horizon_ms: int = DEFAULT_TOMBSTONE_HORIZON_MS

@@ -297,7 +297,7 @@ class Node:
                     yielded = loop.time()
                     continue
                 commits = self._commits
-                batch = drain(raw, batch_max)
+                batch = drain(raw, batch_max, views=True)
                 if batch:
                     started = time.perf_counter()
                     self._send_replies(self.handle_batch(batch))

@@ -10,19 +10,29 @@ after a batch when either
 * ``L`` reached ``max(min_bytes, S * GROWTH)`` (``snapshot_bytes``; the
   byte trigger is off when ``min_bytes`` is 0).
 
+``GROWTH`` is 1, as Redis's ``auto-aof-rewrite-percentage 100``: a snapshot
+writes the whole store, so a smaller share makes every byte logged cost
+``1 / GROWTH`` bytes of snapshot once the store is past ``min_bytes``, on the
+event loop (at 0.5, two thirds of the node's time went to snapshots under
+1 MB SETs).  The default ``min_bytes`` is 64 MiB, as Redis's
+``auto-aof-rewrite-min-size`` (``NodeConfig.snapshot_bytes``).
+
 The active segment is sealed first, so that all the log the snapshot covers
 can be deleted; compaction then keeps at most
 ``R = min(retention_bytes, S * KEEP)`` bytes of it (whole segments, the
 newest).  Between batches the folder therefore holds at most
 
-    S + R + L  <=  2 S + min_bytes + one batch + about 1 MiB
+    S + R + L  <=  (1 + KEEP + GROWTH) S + min_bytes + one batch + about 1 MiB
+               =   2.5 S + min_bytes + one batch + about 1 MiB
 
 (the active segment's preallocated tail, headers, indexes, identity): about
-2x the live data for large values, 3x for 100-byte ones.  While a snapshot is
-being written the previous one and the log are still there (one more ``S``
-for that moment).  The bound is against the live data of the latest
-snapshot: after deletes the folder shrinks at the next snapshot, which comes
-after ``max(min_bytes, S * GROWTH)`` more bytes of log.
+2.5x the live data for large values, about 2.7x for 100-byte ones (whose
+``S`` is about 1.06x their key and value bytes: 119 bytes a record).
+While a snapshot is being written the previous one and the log are still
+there (one more ``S`` for that moment).  The bound is against the live
+data of the latest snapshot: after deletes the folder shrinks at the next
+snapshot, which comes after ``max(min_bytes, S * GROWTH)`` more bytes of
+log.
 
 A clean stop of a node without peers (:mod:`mesh.roles.stopsave`) takes a
 snapshot when anything was logged since the last one and keeps none of the
@@ -43,8 +53,8 @@ from mesh.storage.log import Log
 
 log = logging.getLogger(__name__)
 
-#: snapshot once the log since the last snapshot is this share of its size
-GROWTH = 0.5
+#: snapshot once the log since the last snapshot is this share of its size (see above)
+GROWTH = 1.0
 #: keep at most this share of the snapshot's size of the log it covers
 KEEP = 0.5
 

@@ -29,9 +29,12 @@ Preallocation: the active segment's file is kept filled with zeros about
 ``PREFILL_BYTES`` past its last record (never past ``segment_bytes``, unless
 one record is larger), because an fdatasync that need not also commit a new
 file size costs about 40% less here (on a disk with no room for it, records
-are written without).  Recovery takes a zero length followed only by zero
-bytes as the end of the records and cuts the file there without a warning;
-sealing a segment and closing the log cut it there too.
+are written without).  A write that goes 256 KiB or more past the zeros (a
+batch of large values) extends the file itself: zeros ahead of it
+would write it twice, and its fdatasync is mostly data anyway.  Recovery
+takes a zero length followed only by zero bytes as the end of the records and
+cuts the file there without a warning; sealing a segment and closing the log
+cut it there too.
 
 Durability: the data of every segment is fsynced before it is sealed and the
 directory is fsynced whenever a file is created, renamed or deleted,
@@ -70,16 +73,18 @@ from mesh.storage.recovery import recover
 from mesh.storage.segment import (
     FORMAT_VERSION,
     HEADER,
+    PREFILL_BYTES,
     SEGMENT_MAGIC,
     Segment,
     offset_plan,
     origin_plan,
+    prefill,
     start_write_back,
-    write_at,
     write_index,
+    write_parts,
 )
 
-__all__ = ["FSYNC_POLICIES", "Log", "LogCorruptError"]
+__all__ = ["FSYNC_POLICIES", "PREFILL_BYTES", "Log", "LogCorruptError"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +93,6 @@ FSYNC_POLICIES = ("always", "interval", "never")
 MIN_SEGMENT_BYTES = 64
 #: one index mark about every this many bytes of records
 MARK_BYTES = 256 * 1024
-#: the active segment is kept filled with zeros about this far past its last
-#: record (see "Preallocation" above)
-PREFILL_BYTES = 1024 * 1024
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 _now = time.monotonic
@@ -217,9 +219,9 @@ class Log:
         frames = list(map(FRAME.pack, map(len, records), map(crc32c, records)))
         parts = list(chain.from_iterable(zip(frames, records, strict=True)))
         seg = self._segments[-1]
-        data = b"".join(parts)
-        if seg.size + len(data) <= self.segment_bytes:
-            self._write(seg, data, len(mutations))
+        size = sum(map(len, parts))
+        if seg.size + size <= self.segment_bytes:
+            self._write(seg, parts, size, len(mutations))
             self._seqs, self._max_hlc = seqs, hlc
             return seg.end - 1
         start, size = 0, seg.size  # the batch crosses segment_bytes: split it, rolling
@@ -238,26 +240,28 @@ class Log:
     ) -> None:
         """Write records ``start:stop`` of a batch that is split across segments."""
         if stop > start:
-            self._write(seg, b"".join(parts[2 * start : 2 * stop]), stop - start)
+            some = parts[2 * start : 2 * stop]
+            self._write(seg, some, sum(map(len, some)), stop - start)
             written = batch[start:stop]
             self._seqs = raise_seqs(self._seqs, written)
             self._max_hlc = max(self._max_hlc, max(map(itemgetter(2), written)))
 
-    def _write(self, seg: Segment, data: bytes, count: int) -> None:
-        """Write ``count`` framed records with one call; on failure truncate them away."""
+    def _write(self, seg: Segment, parts: list[bytes], size: int, count: int) -> None:
+        """Write ``count`` framed records (``parts``, ``size`` bytes) with one call
+        (:func:`~mesh.storage.segment.write_parts`); on failure truncate them away."""
         if seg.size - seg.marks[-1][1] >= self._mark_bytes:
             seg.marks.append((seg.end, seg.size, dict(self._seqs)))
         try:
-            if seg.size + len(data) > self._filled:
-                self._prefill(seg.size + len(data))
-            write_at(self._fd, data, seg.size)
+            if seg.size + size > self._filled:
+                self._filled = prefill(self._fd, self._filled, seg.size + size, self.segment_bytes)
+            write_parts(self._fd, parts, seg.size, size)
         except BaseException:
             os.ftruncate(self._fd, seg.size)
             self._filled = seg.size
             raise
-        seg.size += len(data)
+        seg.size += size
         seg.count += count
-        self.appended += len(data)
+        self.appended += size
         self._unsynced = True
 
     def flush(self) -> None:
@@ -477,17 +481,6 @@ class Log:
         self._fd, self._filled = fd, HEADER.size
         write_index(seg, False, self._seqs, self._max_hlc)
         fsync_dir(self._dir)
-
-    def _prefill(self, end: int) -> None:
-        """Zero-fill the active segment's file from its end to past ``end``; when the
-        disk has no room for that, leave it to the records' write (ending at ``end``)."""
-        target = max(end, min(end + PREFILL_BYTES, self.segment_bytes))
-        try:
-            write_at(self._fd, bytes(target - self._filled), self._filled)
-        except OSError:  # ENOSPC, EDQUOT: a write that fits must not fail for the zeros
-            os.ftruncate(self._fd, self._filled)
-            target = end
-        self._filled = target
 
     def _roll(self) -> None:
         seg = self._segments[-1]

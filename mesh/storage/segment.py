@@ -251,6 +251,53 @@ def write_at(fd: int, data: bytes, pos: int) -> None:
         view, pos = view[written:], pos + written
 
 
+#: the active segment is kept filled with zeros about this far past its last
+#: record (see "Preallocation" in mesh.storage.log)
+PREFILL_BYTES = 1024 * 1024
+#: a write that goes at least this far past the zeros is not zero-filled ahead,
+#: and a write of at least this many bytes goes by ``pwritev``: a large write
+LARGE_WRITE = 256 * 1024
+
+
+def prefill(fd: int, filled: int, end: int, limit: int) -> int:
+    """Zero-fill the file ``fd`` from ``filled`` (its size) to about ``PREFILL_BYTES``
+    past ``end``, never past ``limit`` (unless ``end`` is); return its new size.
+
+    A write that goes ``LARGE_WRITE`` or more past the zeros is left to extend
+    the file itself: zeros ahead of it would double a large write (with 1 MB
+    values, every byte was written as a zero first).  So is a write the disk
+    has no room to zero-fill for (it ends at ``end``).
+    """
+    if end - filled >= LARGE_WRITE:
+        return end
+    target = max(end, min(end + PREFILL_BYTES, limit))
+    try:
+        write_at(fd, bytes(target - filled), filled)
+    except OSError:  # ENOSPC, EDQUOT: a write that fits must not fail for the zeros
+        os.ftruncate(fd, filled)
+        return end
+    return target
+
+
+#: the most buffers one ``pwritev`` takes
+IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+
+
+def write_parts(fd: int, parts: list[bytes], pos: int, size: int) -> None:
+    """Write the concatenation of ``parts`` (``size`` bytes) at file position ``pos``.
+
+    A large write of few parts goes by one ``pwritev``, sparing a copy of the
+    records (1 MB values: a 4 MB batch copied once more); the others are joined
+    and written with one ``pwrite``, cheaper for many small records.
+    """
+    if size < LARGE_WRITE or len(parts) > IOV_MAX:
+        write_at(fd, b"".join(parts), pos)
+        return
+    written = os.pwritev(fd, parts, pos)
+    if written < size:  # a short write (rare): the rest as one buffer
+        write_at(fd, b"".join(parts)[written:], pos + written)
+
+
 def start_write_back(path: Path, sync: Callable[[int], None]) -> threading.Thread:
     """Start a thread that ``sync``s (fdatasync) ``path`` through a file description of its own.
 
