@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import zmq
@@ -25,6 +26,8 @@ from mesh.core.errors import ProtocolError
 from mesh.core.mutation import raise_seqs
 from mesh.core.replication import Replica
 from mesh.roles.zsock import drain, drain_with_user_ids, send_frames
+from mesh.storage.lacking import read_lacking
+from mesh.storage.log import Log
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,8 @@ class ReplServer:
         self.max_frame = max_frame
         self.on_hello = on_hello
         self.counters = counters
+        # what a peer lacks of every origin, read in one pass of the log
+        self._reader = partial(read_lacking, replica.log) if isinstance(replica.log, Log) else None
         # node id -> (key of the fetch it is for, batch, its entries packed)
         self._prepared: dict[str, tuple[tuple, Batch, bytes]] = {}
 
@@ -122,7 +127,7 @@ class ReplServer:
                 counters["prepared_used"] += 1
                 return replace(batch, request_id=fetch.request_id), packed
             counters["prepared_dropped"] += 1
-        return self.replica.serve(node_id, fetch, now), None
+        return self.replica.serve(node_id, fetch, now, self._reader), None
 
     def _prepare_next(self, node_id: str, fetch: Fetch, batch: Batch, now: int) -> None:
         """Read and encode the batch a peer will ask for next, while it applies this one.
@@ -138,7 +143,7 @@ class ReplServer:
             guess = Fetch(0, fetch.vv, True, batch.session, batch.cursor)
         else:
             guess = Fetch(0, raise_seqs(fetch.vv, batch.entries))
-        ahead = self.replica.serve(node_id, guess, now)
+        ahead = self.replica.serve(node_id, guess, now, self._reader)
         self._prepared[node_id] = (_fetch_key(guess), ahead, peerwire.pack_entries(ahead.entries))
 
 
