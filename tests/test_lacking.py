@@ -12,6 +12,7 @@ from mesh.core import catchup
 from mesh.core.catchup import Batch, Fetch, SnapshotSessions, read_batch
 from mesh.core.mutation import Mutation
 from mesh.core.store import Store
+from mesh.storage import lacking
 from mesh.storage.lacking import read_lacking
 from mesh.storage.log import Log, LogCorruptError
 from tests.log_writer_child import record
@@ -25,21 +26,35 @@ def log(tmp_path: Path):
         yield log
 
 
-def model(
-    records: list[Mutation], wants: dict[str, tuple[int, int]], max_entries: int, max_bytes: int
-) -> tuple[list[tuple], bool]:
-    out, size = [], 0
-    for m in records:
-        first, last = wants.get(m.origin, (1, 0))
-        if first <= m.seq <= last:
-            out.append(tuple(m))
-            size += len(msgpack.packb(m))
-            if size >= max_bytes or len(out) >= max_entries:
-                return out, True
-    return out, False
+def check_read(
+    log: Log, records: list[Mutation], wants: dict, max_entries: int, max_bytes: int
+) -> None:
+    """``read_lacking``: each origin's wanted records, one run in seq order, within
+    the bounds; all of them unless it says it stopped for the bounds."""
+    raw, bounded = read_lacking(log, wants, max_entries, max_bytes)
+    got = [msgpack.unpackb(p, use_list=False) for p in raw.payloads]
+    span = {o: range(first, last + 1) for o, (first, last) in wants.items()}
+    wanted = [tuple(m) for m in records if m.seq in span.get(m.origin, ())]
+    assert set(got) <= set(wanted)
+    for origin, (first, last) in raw.runs.items():
+        assert [m[1] for m in got if m[0] == origin] == list(range(first, last + 1))
+        assert first == wants[origin][0]
+    assert [m[0] for m in got] == [o for o in raw.runs for _ in range(*_span(raw.runs[o]))]
+    sizes = list(map(len, raw.payloads))
+    assert len(got) <= max_entries and sum(sizes[:-1]) < max_bytes
+    if bounded:
+        assert got and (len(got) == max_entries or sum(sizes) >= max_bytes)
+    else:
+        assert sorted(got) == sorted(wanted)
 
 
-def test_read_lacking_is_a_filter_of_the_log_in_log_order(log: Log, tmp_path: Path) -> None:
+def _span(run: tuple[int, int]) -> tuple[int, int]:
+    return run[0], run[1] + 1
+
+
+def test_read_lacking_reads_each_origins_wanted_records(
+    log: Log, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     records = fill(log, 600, batch=7)
     assert len(segments(tmp_path)) > 3
     origins = sorted({m.origin for m in records})
@@ -48,13 +63,19 @@ def test_read_lacking_is_a_filter_of_the_log_in_log_order(log: Log, tmp_path: Pa
         {origins[0]: (1, 200), origins[1]: (1, 200), origins[2]: (1, 200)},
         {origins[0]: (150, 180), origins[2]: (3, 199)},
         {origins[1]: (199, 200), origins[2]: (1, 1)},
-        {origins[1]: (201, 300)},  # past what the log holds
-        {"nobody/0": (1, 10)},
     ]
+    past = [{origins[1]: (201, 300)}, {"nobody/0": (1, 10)}]  # what the log does not hold
+    decoded: list[tuple] = []
+    real = lacking._decoded
+    monkeypatch.setattr(lacking, "_decoded", lambda *a: decoded.append(a) or real(*a))
+    bounds = ((10**6, 1 << 30), (17, 1 << 30), (10**6, 500), (1, 1), (250, 3000))
     for wants in cases:
-        for max_entries, max_bytes in ((10**6, 1 << 30), (17, 1 << 30), (10**6, 500), (1, 1)):
-            got = read_lacking(log, wants, max_entries, max_bytes)
-            assert got == model(records, wants, max_entries, max_bytes), (wants, max_entries)
+        for max_entries, max_bytes in bounds:
+            check_read(log, records, wants, max_entries, max_bytes)
+    assert decoded == []  # a log without a hole is read by counting
+    for wants in past:
+        check_read(log, records, wants, 10**6, 1 << 30)
+    assert len(decoded) == 2
 
 
 def test_read_lacking_raises_on_a_corrupt_record(tmp_path: Path) -> None:
@@ -78,10 +99,10 @@ def test_read_batch_in_one_pass_answers_as_origin_by_origin(log: Log) -> None:
             assert not one.need_full and not each.need_full
             lacking = sum(s - theirs.get(o, 0) for o, s in vv.items())
             if max_entries >= lacking:
-                assert sorted(one.entries) == sorted(each.entries)
-                assert len(one.entries) == lacking and not one.more and not each.more
+                assert sorted(entries(one)) == sorted(each.entries)
+                assert one.count() == lacking and not one.more and not each.more
             else:
-                assert len(one.entries) == len(each.entries) == max_entries
+                assert one.count() == len(each.entries) == max_entries
                 assert one.more and each.more
 
 
@@ -94,7 +115,27 @@ def test_read_batch_in_one_pass_asks_for_a_snapshot_past_the_log(tmp_path: Path)
         assert read_batch(log, Fetch(1, {origin: 2}), vv, {}, 100, reader).need_full
         assert read_batch(log, Fetch(1, {origin: 1}), vv, {origin: 4}, 100, reader).need_full
         batch = read_batch(log, Fetch(1, {origin: 4}), vv, {}, 100, reader)
-        assert [e[1] for e in batch.entries] == [5, 6, 7, 8] and not batch.more
+        assert [e[1] for e in entries(batch)] == [5, 6, 7, 8] and not batch.more
+
+
+def entries(batch: Batch) -> list[tuple]:
+    assert batch.raw is not None
+    return [msgpack.unpackb(p, use_list=False) for p in batch.raw.payloads]
+
+
+def test_read_lacking_decodes_every_record_past_a_hole(tmp_path: Path) -> None:
+    """A log whose count does not match (a hole, or an origin logged from past its
+    mark's seq after a full sync) is read decoding each record."""
+    with Log(tmp_path, fsync="never") as log:
+        a, b = "node-0/inc", "node-1/inc"
+        log.append([Mutation(a, s, 100 + s, f"a{s}", b"v", 0) for s in (1, 2, 3, 5, 6)])
+        log.append([Mutation(b, s, 200 + s, f"b{s}", b"v", 0) for s in range(1001, 1004)])
+        raw, bounded = read_lacking(log, {a: (2, 6), b: (1001, 1003)}, 100, 1 << 20)
+        got = [msgpack.unpackb(p)[:2] for p in raw.payloads]
+        assert got == [[a, 2], [a, 3], [a, 5], [a, 6], [b, 1001], [b, 1002], [b, 1003]]
+        assert raw.runs == {a: (2, 6), b: (1001, 1003)} and not bounded
+        reader = partial(read_lacking, log)
+        assert read_batch(log, Fetch(1, {a: 3, b: 1003}), {a: 6, b: 1003}, {}, 9, reader).need_full
 
 
 @pytest.mark.parametrize("value_bytes", [0, 100, 300_000])

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import groupby, islice
+from itertools import islice
 from operator import itemgetter
 from typing import Protocol
 
-from mesh.core.mutation import Mutation, Record
+from mesh.core.mutation import Mutation, Record, raise_seqs
 from mesh.core.store import Store
 
 FETCH_ENTRIES = 16384
@@ -73,9 +73,30 @@ class Batch:
     session: int = 0
     cursor: int = 0
     need_full: bool = False
+    raw: RawEntries | None = None  # the entries as the log holds them (served, not parsed)
+
+    def count(self) -> int:
+        """How many entries the batch carries."""
+        return len(self.raw if self.raw is not None else self.entries)
 
 
-LackingReader = Callable[[dict[str, tuple[int, int]], int, int], tuple[list[Record], bool]]
+class RawEntries:
+    """Entries as a log holds them: each the msgpack payload of its record, which is
+    how a BATCH carries an entry inline (see :mod:`mesh.core.peerwire`), so they
+    are sent without decoding or encoding them again.  One run per origin:
+    ``runs`` maps each origin to the first and last seq of its run."""
+
+    __slots__ = ("payloads", "runs")
+
+    def __init__(self, payloads: list[bytes], runs: dict[str, tuple[int, int]]) -> None:
+        self.payloads = payloads
+        self.runs = runs
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+
+LackingReader = Callable[[dict[str, tuple[int, int]], int, int], tuple[RawEntries, bool]]
 """Reads, in one pass of the log, the records of each origin with seq in its
 ``(first, last)``, up to a number of entries and about a number of bytes; says
 whether it stopped for that bound (``mesh.storage.lacking.read_lacking``)."""
@@ -93,8 +114,8 @@ def read_batch(
     to ``max_entries`` entries and about FETCH_BYTES, or ``need_full`` when the
     log no longer reaches back far enough (below ``snapshot_floor``, the seqs
     this node got by snapshot, or below the log's own floor).  With ``reader``,
-    every origin is read in one pass of the log (entries in log order);
-    without, origin after origin."""
+    every origin is read in one pass of the log and the batch's entries are
+    ``raw``; without, origin after origin with ``log.read_range``."""
     floor = {
         **snapshot_floor,
         **{o: max(s, snapshot_floor.get(o, 0)) for o, s in log.floor().items()},
@@ -109,23 +130,24 @@ def read_batch(
         wants[origin] = (theirs + 1, mine)
     if reader is None:
         return _read_each(log, fetch.request_id, wants, vv, max_entries)
-    entries, bounded = reader(wants, max_entries, FETCH_BYTES)
-    got = {o: (min(seqs), max(seqs)) for o, seqs in _seqs_by_origin(entries).items()}
+    raw, bounded = reader(wants, max_entries, FETCH_BYTES)
     more = False
     for origin, (first, mine) in wants.items():
-        if origin in got and got[origin][0] != first:
+        got = raw.runs.get(origin)
+        if (got is not None and got[0] != first) or (got is None and not bounded):
             return Batch(fetch.request_id, [], dict(vv), need_full=True)  # not in the log
-        if origin not in got and not bounded:
-            return Batch(fetch.request_id, [], dict(vv), need_full=True)
-        more = more or got.get(origin, (0, first - 1))[1] < mine
-    return Batch(fetch.request_id, entries, dict(vv), more=more)
+        more = more or (got[1] if got else first - 1) < mine
+    return Batch(fetch.request_id, [], dict(vv), more=more, raw=raw)
 
 
-def _seqs_by_origin(entries: Sequence[Record]) -> dict[str, list[int]]:
-    """Each origin's seqs in ``entries`` (which come in runs of one origin)."""
-    out: dict[str, list[int]] = {}
-    for origin, run in groupby(entries, key=itemgetter(0)):
-        out.setdefault(origin, []).extend(map(itemgetter(1), run))
+def served_tops(fetch_vv: dict[str, int], batch: Batch) -> dict[str, int]:
+    """``fetch_vv`` raised to the highest seq of each origin ``batch`` carries: the
+    requester's vv once it has applied the batch."""
+    if batch.raw is None:
+        return raise_seqs(fetch_vv, batch.entries)
+    out = dict(fetch_vv)
+    for origin, (_, last) in batch.raw.runs.items():
+        out[origin] = max(out.get(origin, -1), last)
     return out
 
 

@@ -193,11 +193,20 @@ def pack_entries(entries: Sequence[Record]) -> bytes:
     return _packer.pack(entries)
 
 
+def pack_batch_entries(batch: Batch) -> bytes:
+    """The msgpack of a batch's entries: its log records' payloads as they are
+    (each is the msgpack of its entry) behind an array header, or its entries packed."""
+    if batch.raw is None:
+        return _packer.pack(batch.entries)
+    payloads = batch.raw.payloads
+    return b"".join([_packer.pack_array_header(len(payloads)), *payloads])
+
+
 def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
-    """A catch-up reply; ``packed_entries`` is :func:`pack_entries` of its entries,
+    """A catch-up reply; ``packed_entries`` is :func:`pack_batch_entries` of it,
     when already made."""
     if packed_entries is None:
-        packed_entries = pack_entries(batch.entries)
+        packed_entries = pack_batch_entries(batch)
     pack = _packer.pack
     return b"".join(
         [

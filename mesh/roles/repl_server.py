@@ -21,9 +21,8 @@ from typing import Any
 import zmq
 
 from mesh.core import peerwire
-from mesh.core.catchup import Batch, Fetch
+from mesh.core.catchup import Batch, Fetch, served_tops
 from mesh.core.errors import ProtocolError
-from mesh.core.mutation import raise_seqs
 from mesh.core.replication import Replica
 from mesh.roles.zsock import drain, drain_with_user_ids, send_frames
 from mesh.storage.lacking import read_lacking
@@ -88,7 +87,7 @@ class ReplServer:
             else:
                 node_id, fetch = payload
                 batch, packed = self._answer_fetch(node_id, fetch, now)
-                self.replica.counters["served"] += len(batch.entries)
+                self.replica.counters["served"] += batch.count()
                 reply = peerwire.encode_batch(batch, packed)
                 if batch.more and not batch.need_full:
                     answered.append((node_id, fetch, batch))
@@ -142,9 +141,9 @@ class ReplServer:
         if batch.snapshot:
             guess = Fetch(0, fetch.vv, True, batch.session, batch.cursor)
         else:
-            guess = Fetch(0, raise_seqs(fetch.vv, batch.entries))
+            guess = Fetch(0, served_tops(fetch.vv, batch))
         ahead = self.replica.serve(node_id, guess, now, self._reader)
-        self._prepared[node_id] = (_fetch_key(guess), ahead, peerwire.pack_entries(ahead.entries))
+        self._prepared[node_id] = (_fetch_key(guess), ahead, peerwire.pack_batch_entries(ahead))
 
 
 def _fetch_key(fetch: Fetch) -> tuple:
