@@ -33,6 +33,12 @@ On each node's ROUTER "repl" socket (peers connect a DEALER)::
     reply    ["BATCH", request_id, [entry, ...], vv, more, snapshot, session,
               cursor, need_full]
 
+A BATCH read from the log carries, per origin the requester lacks, one run
+of entries in seq order from its vv on; the serving node puts its log
+records' payloads inline as they are (each is the msgpack of its entry:
+:func:`pack_batch_entries`), as an origin does for its own PUB batches.
+The receiver checks them like any entries.
+
 Peers are admitted members, but a member may have a bug: every field is
 type- and range-checked (:mod:`mesh.core.peerfields`) before anything uses it,
 and a malformed message is only logged, counted and dropped
