@@ -12,10 +12,12 @@ chunk; a chunk whose reply was lost is sent again when asked for again.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import islice
+from operator import itemgetter
 from typing import Protocol
 
-from mesh.core.mutation import Mutation, Record
+from mesh.core.mutation import Mutation, Record, raise_seqs
 from mesh.core.store import Store
 
 FETCH_ENTRIES = 16384
@@ -71,6 +73,33 @@ class Batch:
     session: int = 0
     cursor: int = 0
     need_full: bool = False
+    raw: RawEntries | None = None  # the entries as the log holds them (served, not parsed)
+
+    def count(self) -> int:
+        """How many entries the batch carries."""
+        return len(self.raw if self.raw is not None else self.entries)
+
+
+class RawEntries:
+    """Entries as a log holds them: each the msgpack payload of its record, which is
+    how a BATCH carries an entry inline (see :mod:`mesh.core.peerwire`), so they
+    are sent without decoding or encoding them again.  One run per origin:
+    ``runs`` maps each origin to the first and last seq of its run."""
+
+    __slots__ = ("payloads", "runs")
+
+    def __init__(self, payloads: list[bytes], runs: dict[str, tuple[int, int]]) -> None:
+        self.payloads = payloads
+        self.runs = runs
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+
+LackingReader = Callable[[dict[str, tuple[int, int]], int, int], tuple[RawEntries, bool]]
+"""Reads, in one pass of the log, the records of each origin with seq in its
+``(first, last)``, up to a number of entries and about a number of bytes; says
+whether it stopped for that bound (``mesh.storage.lacking.read_lacking``)."""
 
 
 def read_batch(
@@ -79,35 +108,72 @@ def read_batch(
     vv: dict[str, int],
     snapshot_floor: dict[str, int],
     max_entries: int,
+    reader: LackingReader | None = None,
 ) -> Batch:
     """The answer from ``log`` to ``fetch``: what its requester lacks of ``vv``, up
     to ``max_entries`` entries and about FETCH_BYTES, or ``need_full`` when the
     log no longer reaches back far enough (below ``snapshot_floor``, the seqs
-    this node got by snapshot, or below the log's own floor)."""
+    this node got by snapshot, or below the log's own floor).  With ``reader``,
+    every origin is read in one pass of the log and the batch's entries are
+    ``raw``; without, origin after origin with ``log.read_range``."""
     floor = {
         **snapshot_floor,
         **{o: max(s, snapshot_floor.get(o, 0)) for o, s in log.floor().items()},
     }
-    entries: list[Record] = []
-    more = False
-    budget = FETCH_BYTES
+    wants: dict[str, tuple[int, int]] = {}
     for origin, mine in vv.items():
         theirs = fetch.vv.get(origin, 0)
         if theirs >= mine:
             continue
         if theirs < floor.get(origin, 0):
             return Batch(fetch.request_id, [], dict(vv), need_full=True)
+        wants[origin] = (theirs + 1, mine)
+    if reader is None:
+        return _read_each(log, fetch.request_id, wants, vv, max_entries)
+    raw, bounded = reader(wants, max_entries, FETCH_BYTES)
+    more = False
+    for origin, (first, mine) in wants.items():
+        got = raw.runs.get(origin)
+        if (got is not None and got[0] != first) or (got is None and not bounded):
+            return Batch(fetch.request_id, [], dict(vv), need_full=True)  # not in the log
+        more = more or (got[1] if got else first - 1) < mine
+    return Batch(fetch.request_id, [], dict(vv), more=more, raw=raw)
+
+
+def served_tops(fetch_vv: dict[str, int], batch: Batch) -> dict[str, int]:
+    """``fetch_vv`` raised to the highest seq of each origin ``batch`` carries: the
+    requester's vv once it has applied the batch."""
+    if batch.raw is None:
+        return raise_seqs(fetch_vv, batch.entries)
+    out = dict(fetch_vv)
+    for origin, (_, last) in batch.raw.runs.items():
+        out[origin] = max(out.get(origin, -1), last)
+    return out
+
+
+def _read_each(
+    log: ReplicaLog,
+    request_id: int,
+    wants: dict[str, tuple[int, int]],
+    vv: dict[str, int],
+    max_entries: int,
+) -> Batch:
+    """:func:`read_batch` origin after origin, with ``log.read_range``."""
+    entries: list[Record] = []
+    more = False
+    budget = FETCH_BYTES
+    for origin, (first, mine) in wants.items():
         room = max_entries - len(entries)
         if room <= 0 or budget <= 0:
             more = True
             break
-        got, size = log.read_range(origin, theirs + 1, min(mine, theirs + room), budget)
-        if not got or got[0][1] != theirs + 1:
-            return Batch(fetch.request_id, [], dict(vv), need_full=True)
+        got, size = log.read_range(origin, first, min(mine, first - 1 + room), budget)
+        if not got or got[0][1] != first:
+            return Batch(request_id, [], dict(vv), need_full=True)
         entries += got
         budget -= size
         more = more or got[-1][1] < mine
-    return Batch(fetch.request_id, entries, dict(vv), more=more)
+    return Batch(request_id, entries, dict(vv), more=more)
 
 
 @dataclass
@@ -119,6 +185,7 @@ class Session:
     vv: dict[str, int]
     used_ms: int
     position: int = 0  # entries handed out so far
+    pending: list[Mutation] = field(default_factory=list)  # taken from ``entries``, not sent yet
     last: tuple[int, list[Mutation], bool] = (-1, [], False)  # (start, chunk, more) resent on retry
 
 
@@ -157,7 +224,7 @@ class SnapshotSessions:
         if session.last[0] == fetch.cursor and fetch.cursor != session.position:
             start, chunk, more = session.last  # the reply to this was lost: send it again
         else:
-            start, chunk, more = session.position, *_chunk(session.entries, max_entries)
+            start, chunk, more = session.position, *_chunk(session, max_entries)
             session.position += len(chunk)
             session.last = (start, chunk, more)
         return Batch(fetch.request_id, chunk, session.vv, more, True, sid, start + len(chunk))
@@ -170,15 +237,63 @@ class SnapshotSessions:
             del self._sessions[sid]
 
 
-def _chunk(entries: Iterator[Mutation], max_entries: int) -> tuple[list[Mutation], bool]:
-    """The next snapshot chunk (bounded in entries and bytes) and whether more follow."""
+def stage(staged: list[Record], batch: Batch) -> list[Record] | None:
+    """``staged`` (a peer's snapshot chunks so far) with ``batch``'s chunk added, or
+    None when that chunk does not carry on from them (the snapshot starts over).
+
+    Chunks are staged and applied only once the snapshot is complete: one
+    abandoned halfway must leave no trace, or the store would hold writes
+    its vv does not cover, which no catch-up reconciles once no log holds
+    them any more (their origin lost its disk): digests would never agree.
+    """
+    start = batch.cursor - len(batch.entries)
+    if start == 0:  # a new snapshot (or the server started over): drop what was staged
+        staged = []
+    elif start != len(staged):
+        return None
+    staged += batch.entries
+    return staged
+
+
+_SLICE = 256
+"""Snapshot entries taken from the store's iterator at a time (see :func:`_chunk`)."""
+
+
+def _chunk(session: Session, max_entries: int) -> tuple[list[Mutation], bool]:
+    """The next snapshot chunk of ``session`` (bounded in entries and bytes, at least
+    one entry) and whether more follow.
+
+    Entries are taken a slice at a time and measured with C-level passes; the
+    slice that crosses the byte budget is cut after the entry that crosses it,
+    and its rest kept for the next chunk.
+    """
     chunk: list[Mutation] = []
-    budget = FETCH_BYTES
-    for m in entries:
-        chunk.append(m)
-        budget -= len(m.value or b"") + len(m.key)
-        if budget <= 0 or len(chunk) >= max_entries:
-            break
-    else:
-        return chunk, False
+    budget, max_entries = FETCH_BYTES, max(1, max_entries)
+    while len(chunk) < max_entries:
+        want = min(_SLICE, max_entries - len(chunk))
+        part, session.pending = session.pending[:want], session.pending[want:]
+        if len(part) < want:
+            part += islice(session.entries, want - len(part))
+        size = sum(map(len, map(_KEY, part))) + sum(map(len, filter(None, map(_VALUE, part))))
+        if size >= budget:
+            cut = _cut(part, budget)
+            session.pending[:0] = part[cut:]
+            chunk += part[:cut]
+            return chunk, True
+        chunk += part
+        budget -= size
+        if len(part) < want:
+            return chunk, False
     return chunk, True
+
+
+_KEY, _VALUE = itemgetter(3), itemgetter(4)
+
+
+def _cut(part: list[Mutation], budget: int) -> int:
+    """How many of ``part`` to take: up to the entry whose size uses up ``budget``."""
+    for i, m in enumerate(part):
+        budget -= len(m.key) + len(m.value or b"")
+        if budget <= 0:
+            return i + 1
+    return len(part)

@@ -33,6 +33,12 @@ On each node's ROUTER "repl" socket (peers connect a DEALER)::
     reply    ["BATCH", request_id, [entry, ...], vv, more, snapshot, session,
               cursor, need_full]
 
+A BATCH read from the log carries, per origin the requester lacks, one run
+of entries in seq order from its vv on; the serving node puts its log
+records' payloads inline as they are (each is the msgpack of its entry:
+:func:`pack_batch_entries`), as an origin does for its own PUB batches.
+The receiver checks them like any entries.
+
 Peers are admitted members, but a member may have a bug: every field is
 type- and range-checked (:mod:`mesh.core.peerfields`) before anything uses it,
 and a malformed message is only logged, counted and dropped
@@ -193,11 +199,20 @@ def pack_entries(entries: Sequence[Record]) -> bytes:
     return _packer.pack(entries)
 
 
+def pack_batch_entries(batch: Batch) -> bytes:
+    """The msgpack of a batch's entries: its log records' payloads as they are
+    (each is the msgpack of its entry) behind an array header, or its entries packed."""
+    if batch.raw is None:
+        return _packer.pack(batch.entries)
+    payloads = batch.raw.payloads
+    return b"".join([_packer.pack_array_header(len(payloads)), *payloads])
+
+
 def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
-    """A catch-up reply; ``packed_entries`` is :func:`pack_entries` of its entries,
+    """A catch-up reply; ``packed_entries`` is :func:`pack_batch_entries` of it,
     when already made."""
     if packed_entries is None:
-        packed_entries = pack_entries(batch.entries)
+        packed_entries = pack_batch_entries(batch)
     pack = _packer.pack
     return b"".join(
         [

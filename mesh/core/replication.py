@@ -37,9 +37,11 @@ from mesh.core.catchup import (
     FETCH_ENTRIES,
     Batch,
     Fetch,
+    LackingReader,
     ReplicaLog,
     SnapshotSessions,
     read_batch,
+    stage,
 )
 from mesh.core.clock import HybridClock
 from mesh.core.clockguard import REFUSE_BACKOFF_MS, FutureGate
@@ -178,7 +180,7 @@ class Replica:
         """The vv entries that applying all of ``mutations`` gives, when each is
         next in line: they come in runs of one origin, each run contiguous and
         carrying on from the vv, with nothing buffered for its origin (a PUB
-        message is one run; a catch-up batch one per origin).  Else None.
+        message is one run; a catch-up batch interleaves a few).  Else None.
         """
         after: dict[str, int] = {}
         for origin, run in groupby(mutations, key=itemgetter(0)):
@@ -424,18 +426,11 @@ class Replica:
         return peer.ahead
 
     def _on_snapshot(self, peer: PeerView, batch: Batch, now_ms: int) -> list[Record]:
-        # Chunks are staged and applied only once the snapshot is complete: one
-        # abandoned halfway must leave no trace, or the store would hold writes
-        # its vv does not cover, which no catch-up reconciles once no log holds
-        # them any more (their origin lost its disk): digests would never agree.
-        start = batch.cursor - len(batch.entries)
-        if start == 0:  # a new snapshot (or the server started over): drop what was staged
-            peer.staged = []
-        elif start != len(peer.staged):  # not the continuation of what we staged: start over
-            peer.staged = []
-            peer.next_fetch = self._new_fetch(full=True)
+        staged = stage(peer.staged, batch)  # applied once complete (see stage)
+        if staged is None:  # not the continuation of what we staged: start over
+            peer.staged, peer.next_fetch = [], self._new_fetch(full=True)
             return []
-        peer.staged += batch.entries
+        peer.staged = staged
         if batch.more:
             peer.next_fetch = self._new_fetch(full=True, session=batch.session, cursor=batch.cursor)
             return []
@@ -472,14 +467,16 @@ class Replica:
 
     # ------------------------------------------------------------------ catch-up server
 
-    def serve(self, node_id: str, fetch: Fetch, now_ms: int) -> Batch:
-        """Answer a peer's fetch from the log, or with a snapshot chunk."""
+    def serve(
+        self, node_id: str, fetch: Fetch, now_ms: int, reader: LackingReader | None = None
+    ) -> Batch:
+        """Answer a peer's fetch from the log (read by ``reader``), or with a snapshot chunk."""
         self.add_peer(node_id)
         if fetch.full:
             return self._sessions.serve(
                 node_id, fetch, now_ms, self.store, self.vv, self._next_id, self.fetch_entries
             )
-        return read_batch(self.log, fetch, self.vv, self.floor, self.fetch_entries)
+        return read_batch(self.log, fetch, self.vv, self.floor, self.fetch_entries, reader)
 
     def _next_id(self) -> int:
         """A new request or session id."""

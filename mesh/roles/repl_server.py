@@ -15,16 +15,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import zmq
 
 from mesh.core import peerwire
-from mesh.core.catchup import Batch, Fetch
+from mesh.core.catchup import Batch, Fetch, served_tops
 from mesh.core.errors import ProtocolError
-from mesh.core.mutation import raise_seqs
 from mesh.core.replication import Replica
 from mesh.roles.zsock import drain, drain_with_user_ids, send_frames
+from mesh.storage.lacking import read_lacking
+from mesh.storage.log import Log
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class ReplServer:
         self.max_frame = max_frame
         self.on_hello = on_hello
         self.counters = counters
+        # what a peer lacks of every origin, read in one pass of the log
+        self._reader = partial(read_lacking, replica.log) if isinstance(replica.log, Log) else None
         # node id -> (key of the fetch it is for, batch, its entries packed)
         self._prepared: dict[str, tuple[tuple, Batch, bytes]] = {}
 
@@ -83,7 +87,7 @@ class ReplServer:
             else:
                 node_id, fetch = payload
                 batch, packed = self._answer_fetch(node_id, fetch, now)
-                self.replica.counters["served"] += len(batch.entries)
+                self.replica.counters["served"] += batch.count()
                 reply = peerwire.encode_batch(batch, packed)
                 if batch.more and not batch.need_full:
                     answered.append((node_id, fetch, batch))
@@ -122,7 +126,7 @@ class ReplServer:
                 counters["prepared_used"] += 1
                 return replace(batch, request_id=fetch.request_id), packed
             counters["prepared_dropped"] += 1
-        return self.replica.serve(node_id, fetch, now), None
+        return self.replica.serve(node_id, fetch, now, self._reader), None
 
     def _prepare_next(self, node_id: str, fetch: Fetch, batch: Batch, now: int) -> None:
         """Read and encode the batch a peer will ask for next, while it applies this one.
@@ -137,9 +141,9 @@ class ReplServer:
         if batch.snapshot:
             guess = Fetch(0, fetch.vv, True, batch.session, batch.cursor)
         else:
-            guess = Fetch(0, raise_seqs(fetch.vv, batch.entries))
-        ahead = self.replica.serve(node_id, guess, now)
-        self._prepared[node_id] = (_fetch_key(guess), ahead, peerwire.pack_entries(ahead.entries))
+            guess = Fetch(0, served_tops(fetch.vv, batch))
+        ahead = self.replica.serve(node_id, guess, now, self._reader)
+        self._prepared[node_id] = (_fetch_key(guess), ahead, peerwire.pack_batch_entries(ahead))
 
 
 def _fetch_key(fetch: Fetch) -> tuple:
