@@ -31,6 +31,8 @@ META_BYTES = 11
 """Bytes of metadata after a small value: an hlc < 2**63, a 23-bit origin id, a flag."""
 HLC_SHIFT = 24
 """Where the hlc starts in a small entry's metadata."""
+HLC_SLICE = slice(-META_BYTES, -(HLC_SHIFT // 8))
+"""Where a small entry's hlc is: the first 8 bytes of its metadata."""
 ORIGIN_MASK = (1 << 23) - 1
 MAX_ORIGINS = 1 << 23
 """Distinct origins (node incarnations) one store can tell apart."""

@@ -48,9 +48,9 @@ from mesh.core.counters import eviction_version, resolve
 from mesh.core.digest import fold, folded_share, unfolded
 from mesh.core.entry import (
     HLC_SHIFT,
+    HLC_SLICE,
     MAX_ORIGINS,
     META_BYTES,
-    ORIGIN_MASK,
     SMALL_VALUE,
     Entry,
     held_entries,
@@ -126,11 +126,7 @@ class Store:
         self._dirty: list[bytes] = []  # keys written live since they were last hashed
         self._dirty_limit = 4096  # compact _dirty past this length
         self._bytes = 0
-        self._hits = 0
-        self._misses = 0
-        self._expired = 0
-        self._evicted = 0
-        self._collected = 0
+        self._hits = self._misses = self._expired = self._evicted = self._collected = 0
 
     @property
     def max_keys(self) -> int:
@@ -188,12 +184,8 @@ class Store:
                         del tombs[key]
                         tsize -= len(key) + TOMBSTONE_OVERHEAD
                 elif raw is not None:
-                    if type(raw) is bytes:
-                        meta = from_bytes(raw[-META_BYTES:], "big")
-                        held, held_origin = meta >> HLC_SHIFT, names[(meta >> 1) & ORIGIN_MASK]
-                    else:
-                        held, held_origin = raw[1], names[raw[2]]
-                    if hlc < held or (hlc == held and origin <= held_origin):
+                    held = from_bytes(raw[HLC_SLICE], "big") if type(raw) is bytes else raw[1]
+                    if hlc < held or (hlc == held and origin <= self._entry(kb, raw)[2]):
                         continue
                 elif tombs:
                     tomb = tombs.get(key)
@@ -203,7 +195,13 @@ class Store:
                         del tombs[key]
                         tsize -= len(key) + TOMBSTONE_OVERHEAD
                 if raw is not None:
-                    size -= len(kb) + self._drop_share(kb, raw) + ENTRY_OVERHEAD
+                    if type(raw) is not bytes or raw[-1] & 1:  # its share is in the digest
+                        self._digest ^= folded_share(kb, raw, names, expires)
+                    size -= (
+                        len(kb)
+                        + ENTRY_OVERHEAD
+                        + (len(raw) - META_BYTES if type(raw) is bytes else len(raw[0]))
+                    )
                     if expires:
                         expires.pop(kb, None)
                 changed += 1
