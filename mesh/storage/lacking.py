@@ -37,8 +37,7 @@ from mesh.storage.records import (
     LogCorruptError,
     Plan,
     _split,
-    _undecodable,
-    _unpacker,
+    matching_records,
     read_chunks,
 )
 from mesh.storage.segment import HEADER, Segment
@@ -149,7 +148,7 @@ def _decoded(plan: Plan, wants: Wants, max_entries: int, max_bytes: int) -> tupl
     taken: dict[str, list[bytes]] = {o: [] for o in wants}
     runs: dict[str, tuple[int, int]] = {}
     count = size = 0
-    for matching, records in _matching(plan, prefixes):
+    for matching, records in matching_records(plan, prefixes):
         for record, payload in zip(records, matching, strict=True):
             origin, seq = record[0], record[1]
             wanted = wants.get(origin)
@@ -176,24 +175,5 @@ def _payloads(plan: Plan) -> Iterator[list[bytes]]:
             buf, base = buf[i:] + data, base + i
             payloads, i = _split(path, buf, base, stop)
             yield payloads
-        if i != len(buf):
-            raise LogCorruptError(path, base + i, "torn record")
-
-
-def _matching(plan: Plan, prefixes: tuple[bytes, ...]) -> Iterator[tuple[list[bytes], list]]:
-    """``(payloads, records)`` of each chunk's records with one of ``prefixes``, decoded."""
-    for path, pos, stop in plan:
-        buf, i, base = b"", 0, pos
-        for data in read_chunks(path, pos, stop, RANGE_CHUNK):
-            buf, base = buf[i:] + data, base + i
-            payloads, i = _split(path, buf, base, stop)
-            matching = [p for p in payloads if p.startswith(prefixes)]
-            try:
-                records = list(_unpacker(matching))
-            except DECODE_ERRORS:
-                records = []
-            if len(records) != len(matching):
-                raise _undecodable(path, base, payloads)
-            yield matching, records
         if i != len(buf):
             raise LogCorruptError(path, base + i, "torn record")

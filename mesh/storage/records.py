@@ -1,8 +1,8 @@
 """The log's record frame and its readers: replay's and catch-up's hot path.
 
-Log segments (:mod:`mesh.storage.segment`) and snapshots
-(:mod:`mesh.storage.snapshot`) hold records framed the same way, back to back;
-integers big-endian::
+Log segments (:mod:`mesh.storage.segment`) hold records framed this way, back
+to back (snapshots frame their blocks of entries the same way:
+:mod:`mesh.storage.snapblocks`); integers big-endian::
 
     0   4  u32 payload length N
     4   4  u32 CRC32C (Castagnoli) of the payload
@@ -137,21 +137,30 @@ def read_origin_range(
 
 def _origin_records(plan: Plan, prefix: bytes, chunk: int) -> Iterator[tuple[tuple, bytes]]:
     """``(record, payload)`` of each record whose payload starts with ``prefix``,
-    read ``chunk`` bytes at a time; a chunk's matching records are all decoded
-    (one Unpacker) before any of them is yielded."""
+    read ``chunk`` bytes at a time (see :func:`matching_records`)."""
+    for payloads, records in matching_records(plan, (prefix,), chunk):
+        yield from zip(records, payloads, strict=True)
+
+
+def matching_records(
+    plan: Plan, prefixes: tuple[bytes, ...], chunk: int = RANGE_CHUNK
+) -> Iterator[tuple[list[bytes], list]]:
+    """``(payloads, records)`` of each chunk's records whose payload starts with
+    one of ``prefixes``, read ``chunk`` bytes at a time; a chunk's matching
+    records are all decoded (one Unpacker) before any of them is yielded."""
     for path, pos, stop in plan:
         buf, i, base = b"", 0, pos
         for data in read_chunks(path, pos, stop, chunk):
             buf, base = buf[i:] + data, base + i
             payloads, i = _split(path, buf, base, stop)
-            matching = [payload for payload in payloads if payload.startswith(prefix)]
+            matching = [payload for payload in payloads if payload.startswith(prefixes)]
             try:
                 records = list(_unpacker(matching))
             except DECODE_ERRORS:
                 records = []
             if len(records) != len(matching):
                 raise _undecodable(path, base, payloads)
-            yield from zip(records, matching, strict=True)
+            yield matching, records
         if i != len(buf):
             raise LogCorruptError(path, base + i, "torn record")
 
