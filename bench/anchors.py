@@ -53,6 +53,25 @@ def resp(args: Sequence[Any]) -> bytes:
     return b"".join(out)
 
 
+def read_reply(reader: Any) -> Any:
+    """One RESP reply from a binary file: simple strings and bulks as bytes,
+    integers as int, arrays as lists; an error reply raises RuntimeError."""
+    line = reader.readline()
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        size = int(rest)
+        return None if size < 0 else reader.read(size + 2)[:-2]
+    if kind == b"*":
+        return [read_reply(reader) for _ in range(int(rest))]
+    raise OSError(f"bad RESP reply {line!r}")
+
+
 class Redis:
     """A redis-server child on a free loopback port, spoken to in raw RESP."""
 
@@ -88,21 +107,7 @@ class Redis:
         """One command; its reply (simple strings and bulks as bytes)."""
         assert self.sock is not None
         self.sock.sendall(resp(args))
-        return self._reply()
-
-    def _reply(self) -> Any:
-        line = self.reader.readline()
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            size = int(rest)
-            return None if size < 0 else self.reader.read(size + 2)[:-2]
-        raise OSError(f"bad RESP reply {line!r}")
+        return read_reply(self.reader)
 
     def set_batch(self, keys: Sequence[str], value: bytes | Sequence[bytes]) -> None:
         """Pipelined SETs of ``value`` (or one value per key) under ``keys``:

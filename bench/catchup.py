@@ -101,6 +101,7 @@ import msgpack
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anchors import read_reply, resp  # noqa: E402
 from common import compile_mesh, cpu_seconds, median_of, print_table, write_json  # noqa: E402
 
 from mesh.client import Client  # noqa: E402
@@ -815,8 +816,8 @@ class Redis:
             if self._conn is None:
                 sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
                 self._conn = (sock, sock.makefile("rb"))
-            self._conn[0].sendall(_resp(args))
-            return _read_reply(self._conn[1])
+            self._conn[0].sendall(resp(args))
+            return _text(read_reply(self._conn[1]))
         except OSError:
             self._disconnect()
             raise
@@ -837,7 +838,7 @@ class Redis:
             reader = sock.makefile("rb")
             for start in range(0, count, 1000):
                 chunk = b"".join(
-                    _resp(("SET", f"{prefix}:{i:08d}", VALUE))
+                    resp(("SET", f"{prefix}:{i:08d}", VALUE))
                     for i in range(start, min(start + 1000, count))
                 )
                 sock.sendall(chunk)
@@ -862,29 +863,11 @@ class Redis:
         self.proc = None
 
 
-def _resp(args: tuple | list) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for a in args:
-        b = a if isinstance(a, bytes) else str(a).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
-    return b"".join(out)
-
-
-def _read_reply(reader: Any) -> Any:
-    line = reader.readline()
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"+":
-        return rest.decode()
-    if kind == b"-":
-        raise RuntimeError(rest.decode())
-    if kind == b":":
-        return int(rest)
-    if kind == b"$":
-        size = int(rest)
-        return None if size < 0 else reader.read(size + 2)[:-2].decode()
-    if kind == b"*":
-        return [_read_reply(reader) for _ in range(int(rest))]
-    raise OSError(f"bad RESP reply {line!r}")
+def _text(reply: Any) -> Any:
+    """A RESP reply with its byte strings decoded (the INFO text, "PONG")."""
+    if isinstance(reply, bytes):
+        return reply.decode()
+    return [_text(r) for r in reply] if isinstance(reply, list) else reply
 
 
 def _free_port() -> int:
