@@ -367,9 +367,7 @@ class Store:
         if raw is None:
             tomb = self._tombs.get(key)
             return None if tomb is None else (tomb[1], tomb[2])
-        if type(raw) is tuple and type(raw[0]) is not bytes:
-            return raw[0].top
-        return self._entry(kb, raw).version()
+        return eviction_version(self._entry(kb, raw))  # a counter's newest write's
 
     def live_keys(self) -> list[str]:
         """The live keys (due ones not yet expired included), in the map's order."""
