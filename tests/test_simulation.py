@@ -63,6 +63,8 @@ def test_random_seeds(seed: int) -> None:
         (8253, {"collect": 1}),  # collected past a dead incarnation's entries still about
         (1411, {"cuts": 2}),  # records past a hole only the damaged node held
         (9231, {}),  # "converged" on vv while a node still held records past a hole
+        (5124, {}),  # the lost-disk checker counted a DEL collected everywhere as a loss
+        (5305, {"incrs": 10}),  # a hole given up while a peer behind held its record buffered
     ],
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:

@@ -9,11 +9,14 @@ only this node holds would never be announced in its heartbeats nor fetched by
 its peers, and the digests would differ until the node restarted.
 
 A hole no peer can refill (its record was only ever on this node) is given up
-once a heartbeat of every peer has been heard and none holds more of that origin
-(:meth:`HeldSeqs.skip_lost`): the vv then counts the held seqs anyway, and
-peers get them by a full sync from this node (its log cannot serve the hole).
-A peer that is down then and held the lost record keeps it: wait for it, or
-``pycache forget`` it first.
+once a heartbeat of every peer has been heard and every one holds exactly as
+much of that origin as this node (:meth:`HeldSeqs.skip_lost`): the vv then
+counts the held seqs anyway, and peers get them by a full sync from this node
+(its log cannot serve the hole).  A peer behind this node on that origin may
+hold the lost record in its buffer, past a gap of its own (it heard the PUB
+but not what came before): the hole is kept until it has caught up, or the
+record would reach every node but this one.  A peer that is down then and held
+the lost record keeps it: wait for it, or ``pycache forget`` it first.
 """
 
 from __future__ import annotations
@@ -55,15 +58,16 @@ class HeldSeqs:
         return raised
 
     def skip_lost(self, vv: dict[str, int], peers: Collection[_Peer]) -> list[str]:
-        """Give up the holes no peer can refill: every peer's heartbeat heard, none past ``vv``
-        for the origin; ``vv`` then counts all the held seqs of those origins,
-        which are returned (what the buffer holds after them is next in line)."""
+        """Give up the holes no peer can refill: every peer's heartbeat heard, each at
+        ``vv`` for the origin (none past it, none behind); ``vv`` then counts all the
+        held seqs of those origins, which are returned (what the buffer holds after
+        them is next in line)."""
         if not all(p.origin for p in peers):  # a HELLO answer alone carries no vv
             return []
         lost = [
             origin
             for origin in self._held
-            if all(p.vv.get(origin, 0) <= vv.get(origin, 0) for p in peers)
+            if all(p.vv.get(origin, 0) == vv.get(origin, 0) for p in peers)
         ]
         for origin in lost:
             vv[origin] = max(vv.get(origin, 0), *self._held.pop(origin))
