@@ -11,7 +11,11 @@ that both see the same load on the machine:
 - ``python -m mesh node`` with no peers, a fresh data folder, CURVE keys and
   OS-picked loopback ports, from process start to its ``node.json`` first
   appearing (recovered, bound: ``catching-up``) and to ``state: ready``
-  (polled every 2 ms), then SIGTERM.
+  (polled every 2 ms), then SIGTERM; and the node's CPU time (user +
+  system, from /proc, in 10 ms ticks) at ready, which other load on the
+  machine moves much less than wall-clock time;
+- the same node restarted on the folder it left (the catch-up row's
+  restart, without the catch-up): exec to ready, and CPU time.
 
 Both trees are byte-compiled first (as a ``pip install`` does) and run with
 ``PYTHONPATH`` set to the tree, so only the code differs.  Medians of
@@ -31,12 +35,21 @@ from pathlib import Path
 from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ANY, end, end_all, print_table, spawn, write_json  # noqa: E402
+from common import ANY, cpu_seconds, end, end_all, print_table, spawn, write_json  # noqa: E402
 
 from mesh.roles.trust import keygen  # noqa: E402
 
 HERE = Path(__file__).resolve().parent.parent
 POLL_S = 0.002
+LABELS = {
+    "python": "python -c pass",
+    "import": "import mesh.cli.main",
+    "status_file": "node: exec to node.json",
+    "ready": "node: exec to ready",
+    "cpu": "node: CPU at ready",
+    "restart_ready": "restart: exec to ready",
+    "restart_cpu": "restart: CPU at ready",
+}
 TIMEOUT_S = 60.0
 
 
@@ -65,13 +78,14 @@ def time_command(tree: Path, code: str) -> float:
     return took
 
 
-def time_node(tree: Path, data_dir: Path, keys: Path) -> tuple[float, float]:
-    """Seconds from exec of a node to its first status file, and to ``ready``."""
+def time_node(tree: Path, data_dir: Path, keys: Path) -> tuple[float, float, float]:
+    """Seconds from exec of a node to its first status file and to ``ready``; its
+    CPU seconds at ready."""
     argv = [sys.executable, "-m", "mesh", "node", "--id", "n1", "--data-dir", str(data_dir)]
     argv += ["--keys", str(keys), "--api", ANY, "--repl", ANY, "--pub", ANY]
     argv += ["--log-level", "WARNING"]
     status = data_dir / "node.json"
-    log = open(data_dir.parent / f"{data_dir.name}.log", "wb")  # noqa: SIM115 (closed below)
+    log = open(data_dir.parent / f"{data_dir.name}.log", "ab")  # noqa: SIM115 (closed below)
     started = time.perf_counter()
     proc = spawn(argv, env=tree_env(tree), stdout=log, stderr=log, cwd=tempfile.gettempdir())
     first = 0.0
@@ -82,7 +96,7 @@ def time_node(tree: Path, data_dir: Path, keys: Path) -> tuple[float, float]:
             if info is not None and info.get("pid") == proc.pid:
                 first = first or now
                 if info.get("state") == "ready":
-                    return first, now
+                    return first, now, cpu_seconds(proc.pid)
             if proc.poll() is not None:
                 raise SystemExit(f"the node under {tree} exited; see {log.name}")
             if now > TIMEOUT_S:
@@ -112,9 +126,7 @@ def main() -> None:
         trees["compare"] = args.compare.resolve()
     for tree in trees.values():
         compile_tree(tree)
-    samples: dict[str, dict[str, list[float]]] = {
-        name: {"python": [], "import": [], "status_file": [], "ready": []} for name in trees
-    }
+    samples: dict[str, dict[str, list[float]]] = {name: {k: [] for k in LABELS} for name in trees}
     with tempfile.TemporaryDirectory(prefix="pycache-startup-") as tmp:
         root = Path(tmp)
         keys = root / "keys"
@@ -126,24 +138,22 @@ def main() -> None:
                     got["python"].append(time_command(tree, "pass"))
                     got["import"].append(time_command(tree, "import mesh.cli.main"))
                     data_dir = root / f"{name}-{run}"
-                    first, ready = time_node(tree, data_dir, keys)
+                    first, ready, cpu = time_node(tree, data_dir, keys)
                     got["status_file"].append(first)
                     got["ready"].append(ready)
+                    got["cpu"].append(cpu)
+                    _, ready, cpu = time_node(tree, data_dir, keys)  # a restart
+                    got["restart_ready"].append(ready)
+                    got["restart_cpu"].append(cpu)
                 print(f"run {run + 1}/{args.runs} done", file=sys.stderr)
         finally:
             end_all()
     medians = {name: {k: median(v) for k, v in got.items()} for name, got in samples.items()}
-    labels = {
-        "python": "python -c pass",
-        "import": "import mesh.cli.main",
-        "status_file": "node: exec to node.json",
-        "ready": "node: exec to ready",
-    }
     header = ["ms (median)", "this tree"]
     if "compare" in trees:
         header += ["compare tree", "this / compare"]
     rows = []
-    for key, label in labels.items():
+    for key, label in LABELS.items():
         row: list[object] = [label, medians["this"][key] * 1000]
         if "compare" in trees:
             other = medians["compare"][key]
