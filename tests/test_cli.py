@@ -104,7 +104,8 @@ def test_every_subcommand_is_named_where_it_loads():
         assert command.name == name and main.get_command(click.Context(main), name) is command
     modules = {module for module, _ in SUBCOMMANDS.values()} - {"mesh.cli.node"}
     defined = {c.name for m in modules for c in importlib.import_module(m).COMMANDS}
-    assert defined | {"node"} == set(SUBCOMMANDS)
+    assert defined | {"node"} == set(SUBCOMMANDS) == set(main.commands)
+    assert main.commands["up"].name == "up" and main.commands.get("nope") is None
 
 
 def test_a_node_loads_no_client_metrics_or_resp_code():

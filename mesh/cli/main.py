@@ -15,6 +15,8 @@ key-making code, and starts that much sooner.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from typing import Any
 
 import click
 
@@ -44,32 +46,66 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class LazyGroup(click.Group):
-    """A group that imports a subcommand's module when the subcommand is first asked for."""
+class LazyCommands(dict[str, click.Command]):
+    """A group's ``commands`` that imports a subcommand's module when the subcommand is
+    looked up, and every module when they are listed (iterated, counted)."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        """Every subcommand's name, sorted (as ``click.Group`` lists them)."""
-        return sorted({*self.commands, *SUBCOMMANDS})
+    def _load(self, name: str) -> click.Command:
+        module, attribute = SUBCOMMANDS[name]
+        command = show_envvars(getattr(importlib.import_module(module), attribute))
+        dict.__setitem__(self, name, command)
+        return command
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        """The subcommand ``cmd_name`` (its module imported now), or None if there is none."""
-        if cmd_name not in self.commands and cmd_name in SUBCOMMANDS:
-            module, attribute = SUBCOMMANDS[cmd_name]
-            command = getattr(importlib.import_module(module), attribute)
-            self.add_command(show_envvars(command), cmd_name)
-        return self.commands.get(cmd_name)
+    def _load_all(self) -> None:
+        for name in SUBCOMMANDS:
+            if not dict.__contains__(self, name):
+                self._load(name)
 
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
-        """As ``click.Group``'s, with "Did you mean" drawn from every subcommand's name."""
+    def __missing__(self, name: str) -> click.Command:
+        if name not in SUBCOMMANDS:
+            raise KeyError(name)
+        return self._load(name)
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or name in SUBCOMMANDS
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """The subcommand ``name`` (its module imported now), or ``default``."""
         try:
-            return super().resolve_command(ctx, args)
-        except click.exceptions.NoSuchCommand as exc:
-            names = self.list_commands(ctx)
-            raise click.exceptions.NoSuchCommand(
-                exc.command_name, possibilities=names, ctx=ctx
-            ) from None
+            return self[name]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        self._load_all()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._load_all()
+        return dict.__len__(self)
+
+    def keys(self) -> Any:
+        """Every subcommand's name (every module imported)."""
+        self._load_all()
+        return dict.keys(self)
+
+    def values(self) -> Any:
+        """Every subcommand (every module imported)."""
+        self._load_all()
+        return dict.values(self)
+
+    def items(self) -> Any:
+        """Every ``(name, subcommand)`` (every module imported)."""
+        self._load_all()
+        return dict.items(self)
+
+
+class LazyGroup(click.Group):
+    """A ``click.Group`` whose :class:`LazyCommands` import subcommands as they are asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = LazyCommands(self.commands)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
