@@ -13,11 +13,13 @@ import threading
 import time
 import urllib.request
 
+import click
 import pytest
 import zmq
 import zmq.auth
 from click.testing import CliRunner
 
+import mesh
 from mesh.cli import main
 from mesh.client import Client
 from mesh.core import peerwire
@@ -89,6 +91,52 @@ def test_help_everywhere():
     ):
         result = runner.invoke(main, [*command, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output
+
+
+def test_every_subcommand_is_named_where_it_loads():
+    """The lazy group's table names every command of every CLI module, under its own name."""
+    import importlib
+
+    from mesh.cli.main import SUBCOMMANDS
+
+    for name, (module, attribute) in SUBCOMMANDS.items():
+        command = getattr(importlib.import_module(module), attribute)
+        assert command.name == name and main.get_command(click.Context(main), name) is command
+    modules = {module for module, _ in SUBCOMMANDS.values()} - {"mesh.cli.node"}
+    defined = {c.name for m in modules for c in importlib.import_module(m).COMMANDS}
+    assert defined | {"node"} == set(SUBCOMMANDS) == set(main.commands)
+    assert main.commands["up"].name == "up" and main.commands.get("nope") is None
+
+
+def test_a_node_loads_no_client_metrics_or_resp_code():
+    """What ``pycache node`` imports before serving (without --http-port or --resp)."""
+    code = (
+        "import sys, click; from mesh.cli import main; "
+        "main.get_command(click.Context(main), 'node'); import mesh.roles.node_main; "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(mesh.__file__)))
+    env = {**os.environ, "PYTHONPATH": root}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    loaded = set(out.stdout.split())
+    assert "mesh.roles.node" in loaded
+    unwanted = {
+        "mesh.cli.client_commands",
+        "mesh.cli.keyspace_commands",
+        "mesh.cli.processes",
+        "mesh.cli.keys",
+        "mesh.roles.node_families",
+        "mesh.roles.resp_server",
+        "prometheus_client",
+        "tornado",
+        "hiredis",
+        "statistics",
+        "shutil",
+        "hmac",
+    }
+    assert not unwanted & loaded
 
 
 def test_node_rejects_bad_config(tmp_path):

@@ -22,7 +22,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Container
 from dataclasses import dataclass
-from statistics import median_low
 
 from mesh.core.clock import LOGICAL_BITS, LOGICAL_MASK, MAX_HLC
 
@@ -100,7 +99,8 @@ class ClockGuard:
         far = [off for off in heard if abs(off) > self.max_offset_ms]
         bad = 2 * len(far) > members and now_ms >= self._quiet_until
         basis = far if bad else heard
-        offset = -median_low(basis) if basis else 0
+        # The low median, as statistics.median_low (whose imports cost a node ~10 ms at start).
+        offset = -sorted(basis)[(len(basis) - 1) // 2] if basis else 0
         return Verdict(bad, offset, len(far), len(heard))
 
 

@@ -20,11 +20,11 @@ from mesh.core.errors import ConfigError
 from mesh.roles.clientplane import optional_credentials
 from mesh.roles.config import BalancerConfig, NodeConfig, resp_address
 from mesh.roles.protected import host_is_loopback, load_tokens
-from mesh.roles.resp_backend import NodeBackend, PinnedBackend
-from mesh.roles.resp_server import RespServer
 
 if TYPE_CHECKING:
     from mesh.roles.node import Node
+    from mesh.roles.resp_backend import NodeBackend, PinnedBackend
+    from mesh.roles.resp_server import RespServer
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,12 @@ async def start_node_fronts(node: Node, backend: str) -> None:
     config = node.config
     if config.http_port:
         from mesh.roles.edge import serve_node_http  # tornado only where HTTP is served
-        from mesh.roles.node_metrics import node_registry
+        from mesh.roles.node_families import node_registry
 
         node.http = serve_node_http(config, backend, node.ctx, node_registry(node))
     if config.resp:
+        from mesh.roles.resp_backend import NodeBackend  # hiredis and RESP only where served
+
         node.resp = await serve_resp(config, NodeBackend(node.ctx, backend, _timeout(config)))
 
 
@@ -59,6 +61,8 @@ async def serve_resp(
     config: NodeConfig | BalancerConfig, backend: NodeBackend | PinnedBackend
 ) -> RespServer:
     """A RESP server on ``config.resp`` for ``backend``, listening."""
+    from mesh.roles.resp_server import RespServer  # hiredis and RESP only where served
+
     host, port = resp_address(config.resp)
     role = "node" if isinstance(config, NodeConfig) else "balancer"
     limits = config.limits.request_bytes if isinstance(config, NodeConfig) else 8 * 1024 * 1024
@@ -109,6 +113,8 @@ class BalancerResp:
         self._loop.close()
 
     async def _main(self) -> None:
+        from mesh.roles.resp_backend import PinnedBackend  # RESP only where served
+
         config = self.config
         try:
             credentials = optional_credentials(

@@ -20,11 +20,9 @@ lines and ``#`` comments ignored), the constant-time check of an
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import logging
 import os
-import secrets
 import ssl
 from collections.abc import Sequence
 from pathlib import Path
@@ -105,6 +103,8 @@ def make_token_file(path: str | Path) -> bool:
     if target.exists():
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
+    import secrets  # only here: its imports (hmac, hashlib) cost a node's start-up ~5 ms
+
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(secrets.token_urlsafe(32) + "\n")
@@ -115,6 +115,8 @@ def bearer_ok(authorization: str | None, tokens: Sequence[bytes]) -> bool:
     """Whether an ``Authorization`` header carries one of ``tokens`` (constant-time compare)."""
     if not authorization or authorization[: len(BEARER)].lower() != BEARER.lower():
         return False
+    import hmac  # here, not at the top: hashlib's import costs a node's start-up ~5 ms
+
     given = authorization[len(BEARER) :].strip().encode(errors="replace")
     found = False
     for token in tokens:  # every token compared: the time says nothing about which matched

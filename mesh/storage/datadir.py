@@ -22,7 +22,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 
@@ -83,6 +82,8 @@ def open_identity(data_dir: str | Path, node_id: str, *, rotate: bool = False) -
         if owner != node_id:
             raise ConfigError(f"{folder} holds the data of node {owner!r}, not {node_id!r}")
     if not path.exists() or rotate:
+        import secrets  # only here: a restart need not import it (and hmac), ~2 ms
+
         incarnation = secrets.token_hex(8)
         identity = {
             "node_id": node_id,
