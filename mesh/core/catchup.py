@@ -151,6 +151,18 @@ def served_tops(fetch_vv: dict[str, int], batch: Batch) -> dict[str, int]:
     return out
 
 
+def fetch_after(request_id: int, vv: dict[str, int], batch: Batch) -> Fetch:
+    """The fetch that follows ``batch`` (one with ``more``), sent before it is applied
+    (:meth:`mesh.core.replication.Replica.prefetch`): for a snapshot chunk, the
+    next chunk of its session, which the peer packs while this node checks
+    and stages this one (should this one not carry on from what was staged,
+    the snapshot starts over and that reply is dropped as stale); else the
+    entries that follow, from the version vector that applying it gives."""
+    if batch.snapshot:
+        return Fetch(request_id, dict(vv), True, batch.session, batch.cursor)
+    return Fetch(request_id, served_tops(vv, batch))
+
+
 def _read_each(
     log: ReplicaLog,
     request_id: int,

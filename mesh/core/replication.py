@@ -40,13 +40,14 @@ from mesh.core.catchup import (
     LackingReader,
     ReplicaLog,
     SnapshotSessions,
+    fetch_after,
     read_batch,
     stage,
 )
 from mesh.core.clock import HybridClock
 from mesh.core.clockguard import REFUSE_BACKOFF_MS, FutureGate
 from mesh.core.holes import HeldSeqs
-from mesh.core.mutation import Mutation, Record, raise_seqs
+from mesh.core.mutation import Mutation, Record
 from mesh.core.peerview import (
     BUFFER_LIMIT,
     CATCHING_UP,
@@ -404,33 +405,36 @@ class Replica:
         vector that applying ``batch`` gives: a batch read from a log is
         contiguous per origin from where our vv stood.  Were that guess wrong,
         the next batch would leave a hole that gap repair fills, and
-        duplicates are harmless.  None when ``batch`` is not one to follow up
-        this way: a snapshot chunk, a last batch, a stale reply, or a fetch
-        already ahead.
+        duplicates are harmless.  A snapshot chunk is followed by the fetch of
+        the next chunk (:func:`~mesh.core.catchup.fetch_after`).  None when
+        ``batch`` is not one to follow up this way: a last batch or chunk, a
+        stale reply, or a fetch already ahead.
         """
         peer = self.peers.get(node_id)
         if (
             peer is None
             or peer.fetching is None
             or peer.fetching.request_id != batch.request_id
-            or peer.fetching.full
+            or peer.fetching.full != batch.snapshot
             or peer.ahead is not None
             or batch.need_full
-            or batch.snapshot
             or not batch.more
         ):
             return None
         self._ids += 1
-        peer.ahead = Fetch(self._ids, raise_seqs(self.vv, batch.entries))
+        peer.ahead = fetch_after(self._ids, self.vv, batch)
         self.counters["fetches"] += 1
         return peer.ahead
 
     def _on_snapshot(self, peer: PeerView, batch: Batch, now_ms: int) -> list[Record]:
         staged = stage(peer.staged, batch)  # applied once complete (see stage)
         if staged is None:  # not the continuation of what we staged: start over
-            peer.staged, peer.next_fetch = [], self._new_fetch(full=True)
+            peer.staged, peer.next_fetch, peer.ahead = [], self._new_fetch(full=True), None
             return []
         peer.staged = staged
+        if batch.more and peer.ahead is not None:  # the next chunk is on its way already
+            peer.fetching, peer.ahead, peer.fetch_sent_ms = peer.ahead, None, now_ms
+            return []
         if batch.more:
             peer.next_fetch = self._new_fetch(full=True, session=batch.session, cursor=batch.cursor)
             return []

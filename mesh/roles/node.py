@@ -461,9 +461,9 @@ class Node:
         members = self.membership.ids() - {self.config.node_id} if self.membership else None
         self.stable.collect(self.replica, members)
 
-    def snapshot(self) -> None:
-        """Write a snapshot of the store and drop the log segments it covers."""
-        self.snapshots.take(self.store, snapshot_meta(self))
+    def snapshot(self, entries: Any = None) -> None:
+        """Snapshot the store (its ``entries``, when given) and drop the log it covers."""
+        self.snapshots.take(self.store, snapshot_meta(self), entries=entries)
         self._heap.now()
         self.clockwatch.busy()  # a snapshot blocks the loop: no stall for the guards
 

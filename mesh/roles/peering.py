@@ -33,7 +33,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mesh.core import peerwire
+from mesh.core import peerwire, snapimage
 from mesh.core.clock import monotonic_ms
 from mesh.core.peerview import STARTUP_TIMEOUT_MS
 from mesh.core.replication import READY, Replica
@@ -87,7 +87,7 @@ class Peering:
         max_frame: int,
         pub_hwm: int = 10_000,
         on_change: Callable[[], None] = lambda: None,
-        on_full_sync: Callable[[], None] = lambda: None,
+        on_full_sync: Callable[[Any], None] = lambda entries: None,
         keys: PeerKeys | None = None,
         membership: Membership | None = None,
         on_clock: Callable[[str, int], None] = lambda node_id, wall: None,
@@ -456,9 +456,11 @@ class Peering:
                     if ahead is not None:  # ask for the next batch before applying this one
                         fetch = peerwire.encode_fetch(self.replica.node_id, ahead)
                         self._send(self._dealers[endpoint], fetch)
-                    applied += len(self.replica.on_batch(node_id, payload, now))
+                    image = snapimage.last_chunk_image(self.replica, node_id, payload)
+                    done = self.replica.on_batch(node_id, payload, now)
+                    applied += len(done)
                     if self.replica.take_snapshot_due():
-                        self._on_full_sync()
+                        self._on_full_sync(snapimage.snapshot_entries(image, done))
         self._tick_now = True  # send the next fetch, or judge readiness, now
         self._after_apply(applied, now, urgent=self.replica.state == READY)
 

@@ -45,9 +45,11 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from mesh.core.mutation import Mutation
 from mesh.core.store import Store
 from mesh.storage.log import Log
 
@@ -92,14 +94,22 @@ class SnapshotPolicy:
         """At most this much of the log a snapshot covers is kept for catch-up."""
         return min(self.retention_bytes, int(self.size * KEEP))
 
-    def take(self, store: Store, meta: dict[str, Any], keep_none: bool = False) -> Path | None:
+    def take(
+        self,
+        store: Store,
+        meta: dict[str, Any],
+        keep_none: bool = False,
+        entries: Iterable[Mutation] | None = None,
+    ) -> Path | None:
         """Seal the active segment, snapshot ``store`` (with ``meta``) and compact,
         keeping none of the log the snapshot covers with ``keep_none``; None when
-        the disk had no room for the snapshot (it is tried again later)."""
+        the disk had no room for the snapshot (it is tried again later).
+        ``entries``: the store's entries when the caller has them
+        (:mod:`mesh.core.snapimage`), else they are read from ``store``."""
         started = time.perf_counter()
         try:
             self.log.seal()
-            path = self.log.write_snapshot(store.entries(), meta)
+            path = self.log.write_snapshot(store.entries() if entries is None else entries, meta)
         except OSError as exc:  # no room for it: try again after as much log again
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
