@@ -1,0 +1,107 @@
+"""A node's group commit: a batch's writes logged with one fsync before any reply,
+joined by the requests that arrive while a large write goes to disk.
+
+A batch (the requests drained from the API socket in one go) is executed,
+its writes appended to the log, the log fsynced (``--fsync always``), the
+writes published, and only then are its replies sent.  With large values
+a client's pipelined requests do not all arrive at once: the node woke up
+for the first 1 MB SET alone, fsynced it, and fsynced the rest again, two
+fsyncs of 4-8 ms for one client batch (issue 15).  So when a batch leaves
+at least ``GROW_BYTES`` unsynced, the node asks the kernel to start writing
+them (:meth:`mesh.storage.log.Log.write_out`), waits up to ``WAIT_S`` for
+more requests, and runs those too before the one fsync: the disk writes the
+first values while the later ones are decoded.  No reply of any of them
+leaves before that fsync, so the guarantee is the batch's: no reply, for a
+read or a write, before every write that came before it is on disk.  A group
+takes at most ``MAX_ROUNDS`` drains and stops growing past ``MAX_BYTES``.
+
+If a later drain's log write fails for lack of space, what the earlier
+ones wrote is committed and answered as usual, and the failed drain alone
+goes to :meth:`mesh.roles.diskfull.DiskGuard.failed`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import zmq
+
+from mesh.core.acks import Waiting
+from mesh.core.mutation import encode_records
+from mesh.roles.zsock import drain, readable
+
+if TYPE_CHECKING:
+    from mesh.roles.node import Node
+
+#: unsynced bytes from which a group commit waits for more requests before its fsync
+GROW_BYTES = 256 * 1024
+#: how long it waits for them (the disk writes meanwhile)
+WAIT_S = 0.001
+#: a group stops growing past this many unsynced bytes, or after this many drains
+MAX_BYTES = 32 * 1024 * 1024
+MAX_ROUNDS = 16
+
+Replies = list[list[bytes]]
+
+
+def handle_batch(node: Node, batch: list[list[bytes]]) -> Replies:
+    """Execute ``batch`` (and what arrives while its large writes go to disk, see the
+    module docstring); log, fsync and publish the writes; return the replies."""
+    node.clockwatch.touch()  # after a stall (SIGSTOP) not ready before answering anything
+    replies: Replies = []
+    held: list[Waiting] = []
+    records: list[bytes] = []
+    batches: list[list[bytes]] = []
+    lasts: list[bytes] = []  # the requests' last frames as received: see DiskGuard
+    failed: tuple[OSError, list[list[bytes]], list[bytes]] | None = None
+    rounds = 0
+    while batch:
+        rounds += 1
+        last = [frames[-1] for frames in batch]
+        waiting: list[Waiting] = []
+        done = node.run_requests(batch, waiting)
+        pending = node.commands.take_pending()
+        if pending:
+            encoded = encode_records(pending)  # logged, then published, as they are
+            try:
+                node.replica.commit_local(pending, encoded)
+            except OSError as exc:  # ENOSPC: nothing of this drain may be seen or acked
+                if rounds == 1:
+                    return node.disk.failed(exc, batch, last)
+                failed = (exc, batch, last)
+                break
+            records += encoded
+        replies += done
+        held += waiting
+        batches += batch
+        lasts += last
+        batch = _more(node, rounds)
+    if records:
+        try:
+            node.log.flush()
+        except OSError as exc:  # nothing of this group may be seen or acked
+            return node.disk.failed(exc, batches, lasts)
+        node.commits += 1
+        if node.peering is not None and node.replica.peers:  # nobody to tell otherwise
+            node.peering.publish(node.origin, records, ack=bool(held))
+        if node.snapshots.due():
+            node.snapshot()
+    for waiting_ack in held:
+        node.acks.hold(waiting_ack)
+    if failed is not None:
+        replies += node.disk.failed(*failed)
+    return replies
+
+
+def _more(node: Node, rounds: int) -> list[list[bytes]]:
+    """The requests to run before this group's fsync: none unless it holds a large
+    unsynced write (whose write-out this starts), else what arrives within ``WAIT_S``."""
+    raw = node.api_socket
+    if raw is None or rounds >= MAX_ROUNDS:
+        return []
+    unsynced = node.log.write_out()
+    if not GROW_BYTES <= unsynced <= MAX_BYTES:
+        return []
+    if not readable(raw) and not raw.poll(int(WAIT_S * 1000), zmq.POLLIN):
+        return []
+    return drain(raw, node.config.batch_max, views=True)
