@@ -16,6 +16,7 @@ import zmq.asyncio
 from mesh.core import wire
 from mesh.roles.config import NodeConfig
 from mesh.roles.diskfull import DISK_FULL
+from mesh.roles.groupcommit import split
 from mesh.roles.node import Node
 
 BIG = 300 * 1024
@@ -87,6 +88,40 @@ def test_requests_arriving_behind_a_large_write_share_its_fsync(harness: Harness
     for i in range(4):
         assert harness.node.store.value(f"k{i}") == value_for(i)
     assert not harness.router.poll(0, zmq.POLLIN)
+
+
+def test_a_large_batch_is_logged_in_parts_under_one_fsync(harness: Harness) -> None:
+    batch = [[b"c", harness.request(f"k{i}", value_for(i))] for i in range(4)]
+    batch.insert(2, [b"c", wire.encode_request(99, "GET", "k0")])
+    parts = split(harness.node, batch)
+    assert [len(part) for part in parts] == [1, 1, 2, 1]  # the GET rides with k2
+    before = harness.fsyncs()
+    replies = harness.node.handle_batch(batch)
+    assert codes(replies) == [wire.OK] * 5
+    assert wire.decode_reply(replies[2][-1])[2] == value_for(0)
+    assert harness.fsyncs() == before + 1
+    small = [[b"c", harness.request(f"s{i}", b"v")] for i in range(100)]
+    assert split(harness.node, small) == [small]
+
+
+def test_out_of_space_in_a_later_part_hands_it_and_the_rest_over(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    replica, calls = harness.node.replica, []
+    commit_local = replica.commit_local
+
+    def full_on_second(*args: object) -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        commit_local(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(replica, "commit_local", full_on_second)
+    batch = [[b"c", harness.request(f"k{i}", value_for(i))] for i in range(3)]
+    replies = harness.node.handle_batch(batch)
+    assert codes(replies) == [wire.OK, wire.E_NO_SPACE, wire.E_NO_SPACE]
+    assert [harness.node.store.value(f"k{i}") for i in range(3)] == [value_for(0), None, None]
+    assert harness.node.counters["requests"] == 3
 
 
 def test_small_writes_do_not_wait_for_more(harness: Harness) -> None:

@@ -9,19 +9,23 @@ for the first 1 MB SET alone, fsynced it, and fsynced the rest again, two
 fsyncs of 4-8 ms for one client batch (issue 15).  So when a batch leaves
 at least ``GROW_BYTES`` unsynced, the node asks the kernel to start writing
 them (:meth:`mesh.storage.log.Log.write_out`), waits up to ``WAIT_S`` for
-more requests, and runs those too before the one fsync: the disk writes the
-first values while the later ones are decoded.  No reply of any of them
+more requests, and runs those too before the one fsync.  A large batch is
+also run in parts of about ``GROW_BYTES`` (:func:`split`), each logged and
+its write-out started before the next is decoded: the disk writes the first
+values while the later ones are decoded.  No reply of any of them
 leaves before that fsync, so the guarantee is the batch's: no reply, for a
 read or a write, before every write that came before it is on disk.  A group
 takes at most ``MAX_ROUNDS`` drains and stops growing past ``MAX_BYTES``.
 
-If a later drain's log write fails for lack of space, what the earlier
-ones wrote is committed and answered as usual, and the failed drain alone
-goes to :meth:`mesh.roles.diskfull.DiskGuard.failed`.
+If a part's log write fails for lack of space, what the earlier parts wrote
+is committed and answered as usual, and the failed part with the parts not
+run yet go to :meth:`mesh.roles.diskfull.DiskGuard.failed` (the whole group
+when nothing was logged yet).
 """
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 import zmq
@@ -54,9 +58,9 @@ def handle_batch(node: Node, batch: list[list[bytes]]) -> Replies:
     batches: list[list[bytes]] = []
     lasts: list[bytes] = []  # the requests' last frames as received: see DiskGuard
     failed: tuple[OSError, list[list[bytes]], list[bytes]] | None = None
-    rounds = 0
-    while batch:
-        rounds += 1
+    todo, drains = split(node, batch), 1
+    while todo:
+        batch = todo.pop(0)
         last = [frames[-1] for frames in batch]
         waiting: list[Waiting] = []
         done = node.run_requests(batch, waiting)
@@ -65,9 +69,12 @@ def handle_batch(node: Node, batch: list[list[bytes]]) -> Replies:
             encoded = encode_records(pending)  # logged, then published, as they are
             try:
                 node.replica.commit_local(pending, encoded)
-            except OSError as exc:  # ENOSPC: nothing of this drain may be seen or acked
-                if rounds == 1:
-                    return node.disk.failed(exc, batch, last)
+            except OSError as exc:  # ENOSPC: nothing of this part may be seen or acked
+                rest = [frames for part in todo for frames in part]
+                node.counters["requests"] += len(rest)  # handed over as run
+                batch, last = batch + rest, last + [frames[-1] for frames in rest]
+                if not records:  # nothing logged yet: the whole group goes
+                    return node.disk.failed(exc, batches + batch, lasts + last)
                 failed = (exc, batch, last)
                 break
             records += encoded
@@ -75,7 +82,10 @@ def handle_batch(node: Node, batch: list[list[bytes]]) -> Replies:
         held += waiting
         batches += batch
         lasts += last
-        batch = _more(node, rounds)
+        if todo:
+            node.log.write_out()  # the disk writes this part while the next is decoded
+        elif more := _more(node, drains):
+            todo, drains = split(node, more), drains + 1
     if records:
         try:
             node.log.flush()
@@ -91,6 +101,23 @@ def handle_batch(node: Node, batch: list[list[bytes]]) -> Replies:
     if failed is not None:
         replies += node.disk.failed(*failed)
     return replies
+
+
+def split(node: Node, batch: list[list[bytes]]) -> list[list[list[bytes]]]:
+    """``batch`` in parts of about ``GROW_BYTES`` of requests each, logged one after the
+    other (their write-out started in turn); one part unless large and ``--fsync always``."""
+    if node.log.fsync != "always" or len(batch) < 2:
+        return [batch]
+    sizes = list(map(len, map(itemgetter(-1), batch)))
+    if sum(sizes) < 2 * GROW_BYTES:
+        return [batch]
+    parts, start, size = [], 0, 0
+    for i, n in enumerate(sizes, 1):
+        size += n
+        if size >= GROW_BYTES:
+            parts.append(batch[start:i])
+            start, size = i, 0
+    return parts + [batch[start:]] if start < len(batch) else parts
 
 
 def _more(node: Node, rounds: int) -> list[list[bytes]]:
