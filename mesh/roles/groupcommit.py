@@ -8,13 +8,15 @@ a client's pipelined requests do not all arrive at once: the node woke up
 for the first 1 MB SET alone, fsynced it, and fsynced the rest again, two
 fsyncs of 4-8 ms for one client batch (issue 15).  So when a batch leaves
 at least ``GROW_BYTES`` unsynced, the node asks the kernel to start writing
-them (:meth:`mesh.storage.log.Log.write_out`), waits up to ``WAIT_S`` for
-more requests, and runs those too before the one fsync.  A large batch is
-also run in parts of about ``GROW_BYTES`` (:func:`split`), each logged and
-its write-out started before the next is decoded: the disk writes the first
-values while the later ones are decoded.  No reply of any of them
-leaves before that fsync, so the guarantee is the batch's: no reply, for a
-read or a write, before every write that came before it is on disk.  A group
+them (:meth:`mesh.storage.log.Log.write_out`) and runs the requests that
+arrived meanwhile before the one fsync (it does not wait for more: waiting
+1 ms measured no better, and costs a lone writer that millisecond).  A large
+batch is also run in parts of about ``GROW_BYTES`` (:func:`split`), each
+logged and its write-out started before the next is decoded: the disk
+writes the first values while the later ones are decoded.  No reply of
+any of them leaves before that fsync, so the guarantee is the batch's: no
+reply, for a read or a write, before every write that came before it is on
+disk.  A group
 takes at most ``MAX_ROUNDS`` drains and stops growing past ``MAX_BYTES``.
 
 If a part's log write fails for lack of space, what the earlier parts wrote
@@ -28,8 +30,6 @@ from __future__ import annotations
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
-import zmq
-
 from mesh.core.acks import Waiting
 from mesh.core.mutation import encode_records
 from mesh.roles.zsock import drain, readable
@@ -37,10 +37,8 @@ from mesh.roles.zsock import drain, readable
 if TYPE_CHECKING:
     from mesh.roles.node import Node
 
-#: unsynced bytes from which a group commit waits for more requests before its fsync
+#: unsynced bytes from which a group commit takes in more requests before its fsync
 GROW_BYTES = 256 * 1024
-#: how long it waits for them (the disk writes meanwhile)
-WAIT_S = 0.001
 #: a group stops growing past this many unsynced bytes, or after this many drains
 MAX_BYTES = 32 * 1024 * 1024
 MAX_ROUNDS = 16
@@ -122,13 +120,13 @@ def split(node: Node, batch: list[list[bytes]]) -> list[list[list[bytes]]]:
 
 def _more(node: Node, rounds: int) -> list[list[bytes]]:
     """The requests to run before this group's fsync: none unless it holds a large
-    unsynced write (whose write-out this starts), else what arrives within ``WAIT_S``."""
+    unsynced write (whose write-out this starts), else what has arrived."""
     raw = node.api_socket
     if raw is None or rounds >= MAX_ROUNDS:
         return []
     unsynced = node.log.write_out()
     if not GROW_BYTES <= unsynced <= MAX_BYTES:
         return []
-    if not readable(raw) and not raw.poll(int(WAIT_S * 1000), zmq.POLLIN):
+    if not readable(raw):
         return []
     return drain(raw, node.config.batch_max, views=True)
