@@ -29,9 +29,9 @@ def value_for(i: int, size: int = BIG) -> bytes:
 class Harness:
     """A node in this process whose API socket is a real ROUTER a DEALER writes to."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, fsync: str = "always") -> None:
         self.actx = zmq.asyncio.Context()
-        config = NodeConfig(node_id="n1", data_dir=str(tmp_path / "n1"), insecure=True)
+        config = NodeConfig(node_id="n1", data_dir=str(tmp_path / "n1"), insecure=True, fsync=fsync)
         self.node = Node(config, self.actx)
         self.node.recover()
         self.node.state = "ready"
@@ -122,6 +122,18 @@ def test_out_of_space_in_a_later_part_hands_it_and_the_rest_over(
     assert codes(replies) == [wire.OK, wire.E_NO_SPACE, wire.E_NO_SPACE]
     assert [harness.node.store.value(f"k{i}") for i in range(3)] == [value_for(0), None, None]
     assert harness.node.counters["requests"] == 3
+
+
+def test_without_fsync_always_a_batch_is_never_grown_nor_split(tmp_path: Path) -> None:
+    h = Harness(tmp_path, fsync="never")
+    try:
+        h.queue([("later", value_for(1))])
+        big = [[b"c", h.request(f"k{i}", value_for(i))] for i in range(3)]
+        assert split(h.node, big) == [big]
+        assert codes(h.node.handle_batch(big)) == [wire.OK] * 3
+        assert h.node.store.value("later") is None  # still waiting in the socket
+    finally:
+        h.close()
 
 
 def test_small_writes_do_not_wait_for_more(harness: Harness) -> None:

@@ -121,12 +121,10 @@ def split(node: Node, batch: list[list[bytes]]) -> list[list[list[bytes]]]:
 def _more(node: Node, rounds: int) -> list[list[bytes]]:
     """The requests to run before this group's fsync: none unless it holds a large
     unsynced write (whose write-out this starts), else what has arrived."""
-    raw = node.api_socket
-    if raw is None or rounds >= MAX_ROUNDS:
+    raw, log = node.api_socket, node.log
+    if raw is None or rounds >= MAX_ROUNDS or log.fsync != "always":
         return []
-    unsynced = node.log.write_out()
-    if not GROW_BYTES <= unsynced <= MAX_BYTES:
+    if not GROW_BYTES <= log.unsynced_bytes <= MAX_BYTES or not readable(raw):
         return []
-    if not readable(raw):
-        return []
+    log.write_out()
     return drain(raw, node.config.batch_max, views=True)
