@@ -102,6 +102,8 @@ def test_a_large_batch_is_logged_in_parts_under_one_fsync(harness: Harness) -> N
     assert harness.fsyncs() == before + 1
     small = [[b"c", harness.request(f"s{i}", b"v")] for i in range(100)]
     assert split(harness.node, small) == [small]
+    medium = [[b"c", harness.request(f"m{i}", value_for(i, 10_000))] for i in range(400)]
+    assert split(harness.node, medium) == [medium]  # 4 MB of 10 KB values: one write
 
 
 def test_out_of_space_in_a_later_part_hands_it_and_the_rest_over(

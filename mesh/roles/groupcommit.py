@@ -13,11 +13,12 @@ arrived meanwhile before the one fsync (it does not wait for more: waiting
 1 ms measured no better, and costs a lone writer that millisecond).  A large
 batch is also run in parts of about ``GROW_BYTES`` (:func:`split`), each
 logged and its write-out started before the next is decoded: the disk
-writes the first values while the later ones are decoded.  No reply of
+writes the first values while the later ones are decoded (only when a
+request is that large: 10 KB values keep one write per batch).  No reply of
 any of them leaves before that fsync, so the guarantee is the batch's: no
 reply, for a read or a write, before every write that came before it is on
-disk.  A group
-takes at most ``MAX_ROUNDS`` drains and stops growing past ``MAX_BYTES``.
+disk.  A group takes at most ``MAX_ROUNDS`` drains and stops growing past
+``MAX_BYTES``.
 
 If a part's log write fails for lack of space, what the earlier parts wrote
 is committed and answered as usual, and the failed part with the parts not
@@ -103,11 +104,12 @@ def handle_batch(node: Node, batch: list[list[bytes]]) -> Replies:
 
 def split(node: Node, batch: list[list[bytes]]) -> list[list[list[bytes]]]:
     """``batch`` in parts of about ``GROW_BYTES`` of requests each, logged one after the
-    other (their write-out started in turn); one part unless large and ``--fsync always``."""
+    other (their write-out started in turn); one part unless ``--fsync always`` and it
+    holds a request of ``GROW_BYTES`` or more (smaller values keep one write per batch)."""
     if node.log.fsync != "always" or len(batch) < 2:
         return [batch]
     sizes = list(map(len, map(itemgetter(-1), batch)))
-    if sum(sizes) < 2 * GROW_BYTES:
+    if max(sizes) < GROW_BYTES or sum(sizes) < 2 * GROW_BYTES:
         return [batch]
     parts, start, size = [], 0, 0
     for i, n in enumerate(sizes, 1):
