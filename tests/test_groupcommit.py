@@ -85,6 +85,7 @@ def test_requests_arriving_behind_a_large_write_share_its_fsync(harness: Harness
     assert codes(replies) == [wire.OK] * 4
     assert harness.fsyncs() == before + 1
     assert harness.node.log.unsynced_bytes == 0
+    assert harness.node.taken_more == 3
     for i in range(4):
         assert harness.node.store.value(f"k{i}") == value_for(i)
     assert not harness.router.poll(0, zmq.POLLIN)
@@ -102,8 +103,10 @@ def test_a_large_batch_is_logged_in_parts_under_one_fsync(harness: Harness) -> N
     assert harness.fsyncs() == before + 1
     small = [[b"c", harness.request(f"s{i}", b"v")] for i in range(100)]
     assert split(harness.node, small) == [small]
-    medium = [[b"c", harness.request(f"m{i}", value_for(i, 10_000))] for i in range(400)]
-    assert split(harness.node, medium) == [medium]  # 4 MB of 10 KB values: one write
+    medium = [[b"c", harness.request(f"m{i}", value_for(i, 10_000))] for i in range(100)]
+    assert split(harness.node, medium) == [medium]  # 1 MB of 10 KB values: one write
+    many = [[b"c", harness.request(f"b{i}", value_for(i))] for i in range(129)]
+    assert split(harness.node, many) == [many]  # over SPLIT_MAX_REQUESTS: not looked at
 
 
 def test_out_of_space_in_a_later_part_hands_it_and_the_rest_over(

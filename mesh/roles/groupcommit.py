@@ -43,6 +43,8 @@ GROW_BYTES = 256 * 1024
 #: a group stops growing past this many unsynced bytes, or after this many drains
 MAX_BYTES = 32 * 1024 * 1024
 MAX_ROUNDS = 16
+#: a batch of more requests than this is never split (many small requests: no pass over them)
+SPLIT_MAX_REQUESTS = 128
 
 Replies = list[list[bytes]]
 
@@ -105,8 +107,9 @@ def handle_batch(node: Node, batch: list[list[bytes]]) -> Replies:
 def split(node: Node, batch: list[list[bytes]]) -> list[list[list[bytes]]]:
     """``batch`` in parts of about ``GROW_BYTES`` of requests each, logged one after the
     other (their write-out started in turn); one part unless ``--fsync always`` and it
-    holds a request of ``GROW_BYTES`` or more (smaller values keep one write per batch)."""
-    if node.log.fsync != "always" or len(batch) < 2:
+    holds a request of ``GROW_BYTES`` or more (smaller values keep one write per batch)
+    and at most ``SPLIT_MAX_REQUESTS`` requests."""
+    if node.log.fsync != "always" or not 2 <= len(batch) <= SPLIT_MAX_REQUESTS:
         return [batch]
     sizes = list(map(len, map(itemgetter(-1), batch)))
     if max(sizes) < GROW_BYTES or sum(sizes) < 2 * GROW_BYTES:
@@ -129,4 +132,6 @@ def _more(node: Node, rounds: int) -> list[list[bytes]]:
     if not GROW_BYTES <= log.unsynced_bytes <= MAX_BYTES or not readable(raw):
         return []
     log.write_out()
-    return drain(raw, node.config.batch_max, views=True)
+    more = drain(raw, node.config.batch_max, views=True)
+    node.taken_more += len(more)  # for the node's batch latency histogram
+    return more
