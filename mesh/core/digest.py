@@ -13,8 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgpack
+from xxhash import xxh3_64
 from xxhash import xxh3_64_intdigest as _xxh3_64
 
+from mesh.core.bigbin import BIG_VALUE, parts
 from mesh.core.entry import HLC_SHIFT, META_BYTES, ORIGIN_MASK
 
 _pack = msgpack.Packer().pack
@@ -26,8 +28,15 @@ def entry_digest(key: bytes, value: bytes | tuple, hlc: int, origin: str, deadli
     ``key`` is the key's UTF-8 (the store keys its live map by it).  XXH3 of
     the entry's msgpack (0.65 us here against 1.5 us for an 8-byte blake2b).
     It must not be linear like a CRC: the digest XORs these, and two nodes
-    holding swapped values of two keys would then agree.
+    holding swapped values of two keys would then agree.  A large value is
+    hashed in place, between the msgpack of the fields around it
+    (:mod:`mesh.core.bigbin`): the same hash, without packing a copy of it.
     """
+    if type(value) is bytes and len(value) >= BIG_VALUE:
+        hasher = xxh3_64()
+        for part in parts((key,), value, (hlc, origin, deadline)):
+            hasher.update(part)
+        return hasher.intdigest() or 1
     return _xxh3_64(_pack((key, value, hlc, origin, deadline))) or 1
 
 

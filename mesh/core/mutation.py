@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import msgpack
 
+from mesh.core.bigbin import BIG_VALUE, joined
 from mesh.core.counters import canonical, is_state
 
 
@@ -106,6 +107,14 @@ def raise_seqs(seqs: dict[str, int], entries: Iterable[Record]) -> dict[str, int
 def encode_records(mutations: Sequence[Record]) -> list[bytes]:
     """Each mutation's record as msgpack bytes: the payload of its log record.
     An origin encodes its own writes once, for its log and its PUB messages
-    (:func:`mesh.core.peerwire.encode_entries` puts these bytes inline)."""
+    (:func:`mesh.core.peerwire.encode_entries` puts these bytes inline).
+
+    A large value is not packed but joined between the msgpack of the fields
+    around it (:mod:`mesh.core.bigbin`): the same bytes, one copy of it instead
+    of a Packer's two.
+    """
     pack = _pack_record
-    return [pack(m) for m in mutations]  # a Mutation packs as its record array
+    return [  # a Mutation packs as its record array
+        joined(m[:4], v, m[5:]) if type(v := m[4]) is bytes and len(v) >= BIG_VALUE else pack(m)
+        for m in mutations
+    ]

@@ -58,7 +58,7 @@ from typing import Any
 
 import msgpack
 
-from mesh.core import counters, wire_keyspace
+from mesh.core import bigbin, counters, wire_keyspace
 from mesh.core.acks import parse_w
 from mesh.core.errors import (
     BadRequest,
@@ -160,8 +160,14 @@ class Request:
 
 
 def encode_request(request_id: int, op: str, *args: Any) -> bytes:
-    """Encode a request frame; raises ProtocolError for values msgpack cannot carry."""
+    """Encode a request frame; raises ProtocolError for values msgpack cannot carry.
+
+    A SET of a large value joins it between the msgpack of the fields around
+    it (:mod:`mesh.core.bigbin`): the same bytes, one copy instead of three."""
     try:
+        if len(args) > 1 and type(value := args[1]) is bytes and len(value) >= bigbin.BIG_VALUE:
+            head, _, tail = bigbin.parts((request_id, op, args[0]), value, args[2:])
+            return b"".join((VERSION_BYTE, head, value, tail))
         return VERSION_BYTE + _packer.pack([request_id, op, *args])
     except (OverflowError, TypeError, ValueError) as exc:
         raise ProtocolError(E_BAD_ARGS, f"cannot encode {op}: {exc}", request_id) from exc

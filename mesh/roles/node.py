@@ -40,10 +40,10 @@ from mesh.core.acks import PendingAcks, Waiting, nodes_needed
 from mesh.core.clock import HybridClock, monotonic_ms, wall_ms
 from mesh.core.commands import CommandExecutor
 from mesh.core.errors import ProtocolError
-from mesh.core.mutation import encode_records
 from mesh.core.replication import READY, Replica
 from mesh.core.store import Store
 from mesh.core.tombstones import StableFrontier
+from mesh.roles import groupcommit
 from mesh.roles.binding import bind
 from mesh.roles.clientplane import protect
 from mesh.roles.config import NodeConfig
@@ -140,7 +140,8 @@ class Node:
         self._wakeup: asyncio.Future | None = None
         self._gc = CatchUpGc()
         self._heap = HeapTrim()
-        self._commits = 0  # group commits (batches with writes) so far
+        self.commits = 0  # group commits (batches with writes) so far
+        self.taken_more = 0  # requests the last group commit drained past its batch
         self.endpoint = config.api
         self.http: Any = None  # mesh.roles.edge.HttpServer with --http-port
         self.resp: Any = None  # mesh.roles.resp_server.RespServer with --resp
@@ -296,13 +297,14 @@ class Node:
                     await self._wakeup
                     yielded = loop.time()
                     continue
-                commits = self._commits
+                commits = self.commits
                 batch = drain(raw, batch_max, views=True)
                 if batch:
-                    started = time.perf_counter()
+                    started, self.taken_more = time.perf_counter(), 0
                     self._send_replies(self.handle_batch(batch))
-                    self.metrics.latency.observe(time.perf_counter() - started, len(batch))
-                if self._commits != commits or loop.time() - yielded >= SERVE_YIELD_S:
+                    taken = len(batch) + self.taken_more
+                    self.metrics.latency.observe(time.perf_counter() - started, taken)
+                if self.commits != commits or loop.time() - yielded >= SERVE_YIELD_S:
                     # A client that never lets the socket run dry would starve
                     # replication and the timers: give them a turn.  After a
                     # group commit at once: its fsync held the loop while peers'
@@ -321,10 +323,15 @@ class Node:
             wakeup.set_result(None)
 
     def handle_batch(self, batch: list[list[bytes]]) -> list[list[bytes]]:
-        """Execute a batch of requests; log, fsync and publish its writes; return replies."""
-        self.clockwatch.touch()  # after a stall (SIGSTOP) not ready before answering anything
-        replies, lasts = [], [frames[-1] for frames in batch]  # lasts: see DiskGuard
-        held: list[Waiting] = []
+        """Execute a batch of requests; log, fsync and publish its writes; return replies.
+        Requests that arrive while its large writes go to disk join it
+        (:mod:`mesh.roles.groupcommit`)."""
+        return groupcommit.handle_batch(self, batch)
+
+    def run_requests(self, batch: list[list[bytes]], held: list[Waiting]) -> list[list[bytes]]:
+        """Execute each request of ``batch`` (writes applied, not logged); return the replies
+        ready now (a write waiting for acks goes to ``held``)."""
+        replies = []
         for frames in batch:
             if len(frames) == 3 and frames[1] == envelope.BUNDLE_MAGIC:
                 reply = self._handle_bundle(frames, held)
@@ -333,22 +340,12 @@ class Node:
             if reply is not None:
                 replies.append(reply)
         self.counters["requests"] += len(batch)
-        pending = self.commands.take_pending()
-        if pending:
-            records = encode_records(pending)  # logged, then published, as they are
-            try:
-                self.replica.commit_local(pending, records)
-                self.log.flush()
-            except OSError as exc:  # ENOSPC: nothing of this batch may be seen or acked
-                return self.disk.failed(exc, batch, lasts)
-            self._commits += 1
-            if self.peering is not None and self.replica.peers:  # nobody to tell otherwise
-                self.peering.publish(self.origin, records, ack=bool(held))
-            if self.snapshots.due():
-                self.snapshot()
-        for waiting in held:
-            self.acks.hold(waiting)
         return replies
+
+    @property
+    def api_socket(self) -> zmq.Socket | None:
+        """The API socket as a plain (blocking-capable) socket, once bound."""
+        return self._raw_api
 
     def _handle_bundle(self, frames: list[bytes], held: list[Waiting]) -> list[bytes] | None:
         """Run a bundle of requests from a balancer; return one bundle of their replies.

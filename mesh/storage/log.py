@@ -25,16 +25,7 @@ again when it is sealed, so that opening the log reads only the active
 segment, and so that the highest seq of every origin survives compaction.  A
 missing or bad index of a sealed segment is rebuilt by scanning the segment.
 
-Preallocation: the active segment's file is kept filled with zeros about
-``PREFILL_BYTES`` past its last record (never past ``segment_bytes``, unless
-one record is larger), because an fdatasync that need not also commit a new
-file size costs about 40% less here (on a disk with no room for it, records
-are written without).  A write that goes 256 KiB or more past the zeros (a
-batch of large values) extends the file itself: zeros ahead of it
-would write it twice, and its fdatasync is mostly data anyway.  Recovery
-takes a zero length followed only by zero bytes as the end of the records and
-cuts the file there without a warning; sealing a segment and closing the log
-cut it there too.
+Preallocation (zeros kept ahead of the records): see :mod:`mesh.storage.segment`.
 
 Durability: the data of every segment is fsynced before it is sealed and the
 directory is fsynced whenever a file is created, renamed or deleted,
@@ -83,6 +74,7 @@ from mesh.storage.segment import (
     write_index,
     write_parts,
 )
+from mesh.storage.writeback import write_out
 
 __all__ = ["FSYNC_POLICIES", "PREFILL_BYTES", "Log", "LogCorruptError"]
 
@@ -141,6 +133,7 @@ class Log:
         self._fd = -1
         self._filled = 0  # bytes in the active segment's file, zero-filled tail included
         self._unsynced = False
+        self.unsynced_bytes = 0  # appended to the active segment since its last fsync
         self._closed = False
         self._failed: OSError | None = None
         self._last_sync = _now()
@@ -262,6 +255,7 @@ class Log:
         seg.size += size
         seg.count += count
         self.appended += size
+        self.unsynced_bytes += size
         self._unsynced = True
 
     def flush(self) -> None:
@@ -299,6 +293,18 @@ class Log:
             return
         self._writing_back = start_write_back(self._segments[-1].path, _fdatasync)
 
+    def write_out(self) -> int:
+        """Under ``always``: start writing the unsynced records to disk without waiting
+        (:func:`~mesh.storage.writeback.write_out`); return their bytes (0 otherwise).
+
+        For a group commit that takes in more requests before its fsync
+        (:mod:`mesh.roles.groupcommit`): nothing is promised durable by it.
+        """
+        if self.fsync != "always" or self._fd < 0 or not self.unsynced_bytes:
+            return 0
+        write_out(self._fd, self._segments[-1].size - self.unsynced_bytes, self.unsynced_bytes)
+        return self.unsynced_bytes
+
     def sync(self) -> None:
         """Fsync whatever is unsynced, whatever the policy (on SIGTERM and close)."""
         if self._unsynced:
@@ -312,7 +318,7 @@ class Log:
         except OSError as exc:  # the kernel may have dropped the pages: never retry
             self._failed = exc
             raise
-        self._unsynced = False
+        self._unsynced, self.unsynced_bytes = False, 0
         self._last_sync = _now()
 
     def close(self) -> None:
@@ -488,6 +494,6 @@ class Log:
         os.fsync(self._fd)
         os.close(self._fd)
         self._fd = -1
-        self._unsynced = False
+        self._unsynced, self.unsynced_bytes = False, 0
         write_index(seg, True, self._seqs, self._max_hlc)
         self._create_segment(seg.end)
