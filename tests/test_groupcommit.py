@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import errno
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from mesh.roles.config import NodeConfig
 from mesh.roles.diskfull import DISK_FULL
 from mesh.roles.groupcommit import split
 from mesh.roles.node import Node
+from tests.killwriter import acked_until_kill
 
 BIG = 300 * 1024
 
@@ -109,9 +108,8 @@ def test_a_large_batch_is_logged_in_parts_under_one_fsync(harness: Harness) -> N
     assert split(harness.node, many) == [many]  # over SPLIT_MAX_REQUESTS: not looked at
 
 
-def test_out_of_space_in_a_later_part_hands_it_and_the_rest_over(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def fail_second_commit(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the node's second log commit fail with ENOSPC (the first goes through)."""
     replica, calls = harness.node.replica, []
     commit_local = replica.commit_local
 
@@ -122,6 +120,12 @@ def test_out_of_space_in_a_later_part_hands_it_and_the_rest_over(
         commit_local(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(replica, "commit_local", full_on_second)
+
+
+def test_out_of_space_in_a_later_part_hands_it_and_the_rest_over(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fail_second_commit(harness, monkeypatch)
     batch = [[b"c", harness.request(f"k{i}", value_for(i))] for i in range(3)]
     replies = harness.node.handle_batch(batch)
     assert codes(replies) == [wire.OK, wire.E_NO_SPACE, wire.E_NO_SPACE]
@@ -153,16 +157,7 @@ def test_a_later_drain_out_of_space_leaves_the_earlier_committed(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     harness.queue([("late", value_for(2))])
-    replica, calls = harness.node.replica, []
-    commit_local = replica.commit_local
-
-    def full_on_second(*args: object) -> None:
-        calls.append(1)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        commit_local(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(replica, "commit_local", full_on_second)
+    fail_second_commit(harness, monkeypatch)
     replies = harness.node.handle_batch([[b"c", harness.request("early", value_for(1))]])
     assert codes(replies) == [wire.OK, wire.E_NO_SPACE]
     assert harness.node.state == DISK_FULL
@@ -197,28 +192,7 @@ while True:
 
 def test_kill_9_loses_no_acknowledged_large_write(procs) -> None:  # type: ignore[no-untyped-def]
     n = procs.node(extra=["--insecure"])
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, n.endpoint],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    acked: list[int] = []
-    try:
-        assert writer.stdout is not None
-        for line in writer.stdout:
-            acked.append(int(line))
-            if len(acked) >= 60:
-                n.kill()
-                break
-        writer.wait(10)
-        acked += [int(line) for line in writer.stdout]  # anything acked before the kill
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait(10)
-        if writer.stdout is not None:
-            writer.stdout.close()
+    acked = acked_until_kill(n, WRITER, 60)
     n.start()
     with n.client() as c:
         for i in acked:

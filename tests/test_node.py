@@ -13,6 +13,7 @@ import pytest
 from mesh.client import AsyncClient, Client
 from mesh.core.errors import BadRequest, Timeout, TooLarge
 from tests.conftest import wait_for
+from tests.killwriter import acked_until_kill
 
 pytestmark = pytest.mark.processes
 
@@ -161,27 +162,7 @@ def test_sigterm_flushes_and_exits_zero_and_data_survives(procs):
 def test_kill_9_loses_no_acknowledged_write(procs):
     """A writer streams SETs; the node is SIGKILLed mid-stream; every acked write is there."""
     n = procs.node()
-    writer = subprocess.Popen(
-        [sys.executable, "-c", WRITER, n.endpoint],
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    acked: list[int] = []
-    try:
-        assert writer.stdout is not None
-        for line in writer.stdout:
-            acked.append(int(line))
-            if len(acked) == 300:
-                n.kill()
-                break
-        writer.wait(10)
-        acked += [int(line) for line in writer.stdout]  # anything acked before the kill
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-            writer.wait()
-        writer.stdout.close()
+    acked = acked_until_kill(n, WRITER, 300)
     assert len(acked) >= 300
     n.start()
     with n.client() as c:
