@@ -426,8 +426,18 @@ class Store:
         old = collect_older(self._tombs, now - self.tombstone_horizon_ms, gc_scan)
         self._tomb_bytes -= sum(map(len, old)) + TOMBSTONE_OVERHEAD * len(old)
         self._collected += len(old)
-        self._digest ^= fold(self._live, self._dirty, self._names, self._expires, hash_budget)
+        self.hash_some(hash_budget)
         return expired
+
+    def unhashed(self) -> int:
+        """At most how many live entries :meth:`digest` has still to hash (the keys
+        noted since they were last hashed, repeats included)."""
+        return len(self._dirty)
+
+    def hash_some(self, budget: int) -> None:
+        """Hash up to ``budget`` of the noted keys into the digest: a slice of the
+        work of :meth:`digest`, for a caller that spreads it out."""
+        self._digest ^= fold(self._live, self._dirty, self._names, self._expires, budget)
 
     def collect_stable(self, frontier: dict[str, int], vv: dict[str, int]) -> int:
         """Drop the tombstones at or below ``frontier`` (from

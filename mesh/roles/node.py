@@ -47,6 +47,7 @@ from mesh.roles import groupcommit
 from mesh.roles.binding import bind
 from mesh.roles.clientplane import protect
 from mesh.roles.config import NodeConfig
+from mesh.roles.digestwait import DigestWait
 from mesh.roles.diskfull import RETRY_MS, DiskGuard
 from mesh.roles.fronts import start_node_fronts, stop_node_fronts
 from mesh.roles.node_metrics import PROGRESS_CHECK_MS, CatchUpProgress, RequestMetrics
@@ -125,6 +126,7 @@ class Node:
         self.disk = DiskGuard(self)
         self.peering: Peering | None = None
         self.acks = PendingAcks()
+        self.digest_wait = DigestWait(self.store, self._answer_held)
         self.keys, self.membership = peer_trust(config)
         self._zap: AnyZapHandler | None = None
         counted = ("requests", "bad_requests", "dropped_replies", "expired_requests")
@@ -401,6 +403,14 @@ class Node:
                 frames[-1] = refusal
                 self.metrics.fail(request.op, "REFUSED")
                 return frames
+        if self.digest_wait.hold(frames, request):
+            return None
+        return self._execute(frames, request, held)
+
+    def _execute(
+        self, frames: list[bytes], request: wire.Request, held: list[Waiting]
+    ) -> list[bytes] | None:
+        """Run a decoded request; its reply (``frames`` reused), or None when held for acks."""
         seq_before = self.commands.seq
         try:
             result = self.commands.execute(request)
@@ -423,6 +433,13 @@ class Node:
                 return None
         frames[-1] = wire.encode_reply(request.id, result)
         return frames
+
+    def _answer_held(self, held: list[tuple[list[bytes], wire.Request]]) -> None:
+        """Run and answer the STATS and CLUSTER requests :mod:`~mesh.roles.digestwait` held."""
+        replies = [self._execute(frames, request, []) for frames, request in held]
+        if replies:
+            self._send_replies([reply for reply in replies if reply is not None])
+            self._wake_serve()
 
     def _check_acks(self) -> None:
         if not len(self.acks):
@@ -476,6 +493,7 @@ class Node:
 
     def close(self) -> None:
         """Close the log and sockets and release the data folder (idempotent)."""
+        self.digest_wait.cancel()
         self.log.close()
         if self.peering is not None:
             self.peering.close()
