@@ -8,6 +8,9 @@ during which no other client was answered (mesh.roles.digestwait).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 import zmq
 
@@ -30,14 +33,24 @@ def load_unhashed(node: NodeProcess) -> None:
             assert all(r is True for r in pipe.execute())
 
 
-def replies_in_order(node: NodeProcess, requests: list[bytes]) -> list[tuple[int, dict]]:
-    """Send ``requests`` back to back on one DEALER; their (id, reply) in the order answered."""
+@contextmanager
+def dealer(node: NodeProcess) -> Iterator[zmq.Socket]:
+    """A DEALER connected to ``node``'s API, closed on the way out."""
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 20_000)
     try:
         sock.connect(node.endpoint)
+        yield sock
+    finally:
+        sock.close()
+        ctx.term()
+
+
+def replies_in_order(node: NodeProcess, requests: list[bytes]) -> list[tuple[int, dict]]:
+    """Send ``requests`` back to back on one DEALER; their (id, reply) in the order answered."""
+    with dealer(node) as sock:
         for frame in requests:
             sock.send(frame)
         out = []
@@ -46,9 +59,6 @@ def replies_in_order(node: NodeProcess, requests: list[bytes]) -> list[tuple[int
             assert code == wire.OK, result
             out.append((request_id, result))
         return out
-    finally:
-        sock.close()
-        ctx.term()
 
 
 @pytest.mark.parametrize("op", ["STATS", "CLUSTER"])
@@ -76,19 +86,11 @@ def test_a_digest_with_little_to_hash_is_answered_in_turn(procs: Processes) -> N
 def test_a_held_stats_in_a_bundle_is_answered_on_its_own(procs: Processes) -> None:
     node = procs.node(extra=["--sweep-interval-ms", "60000"])
     load_unhashed(node)
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.RCVTIMEO, 20_000)
-    try:
-        sock.connect(node.endpoint)
+    with dealer(node) as sock:
         bundle = [[wire.encode_request(1, "STATS")], [wire.encode_request(2, "PING")]]
         sock.send_multipart(envelope.pack_bundle(bundle))
         first = sock.recv_multipart()
         second = sock.recv_multipart()
-    finally:
-        sock.close()
-        ctx.term()
     assert first[0] == envelope.BUNDLE_MAGIC  # the bundle's reply: PING's alone
     assert [wire.decode_reply(m[-1])[0] for m in envelope.unpack_bundle(first[1], 8)] == [2]
     assert wire.decode_reply(second[-1])[2]["keys"] == KEYS
