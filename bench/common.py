@@ -115,10 +115,12 @@ ANY = "tcp://127.0.0.1:*"
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds used so far by process ``pid`` (Linux /proc; 0 elsewhere)."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds used so far by process ``pid``, or by its thread
+    ``thread`` (the main thread's id is ``pid``) (Linux /proc; 0 elsewhere)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
