@@ -402,6 +402,21 @@ def test_digest_is_kept_up_to_date_by_sweep_and_changes() -> None:
     assert store.digest() == rebuilt.digest()
 
 
+def test_hashing_in_slices_gives_the_digest_hashing_at_once() -> None:
+    store, _ = make()
+    for i in range(100):
+        store.apply(mut(f"k{i}", b"v"))
+    assert store.unhashed() == 100
+    store.hash_some(30)
+    assert store.unhashed() == 70
+    while store.unhashed():
+        store.hash_some(30)
+    at_once, _ = make()
+    for i in range(100):
+        at_once.apply(mut(f"k{i}", b"v"))
+    assert store.digest() == at_once.digest()
+
+
 def test_digest_expires_due_keys_first() -> None:
     store, now = make()
     store.apply(mut("a", b"v"))
