@@ -26,6 +26,9 @@ setup(
         "xxhash>=3.0",
         # /metrics in the Prometheus text format (families built at scrape time).
         "prometheus_client>=0.17",
+        # The node's and the edge's event loop in C (mesh/roles/eventloop.py): about 9%
+        # less CPU per replicated SET; the standard loop where it has no wheel.
+        "uvloop>=0.18; sys_platform != 'win32' and platform_python_implementation == 'CPython'",
         # --log-format json: one JSON object per log line.
         "python-json-logger>=3.1",
         # The RESP front's parser (C): command arrays at C speed.

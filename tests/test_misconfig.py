@@ -168,3 +168,14 @@ def test_up_with_a_taken_port_fails_fast_naming_it(procs, taken, kind):
     child = {"api": "node n1", "balancer": "balancer", "edge": "edge"}[kind]
     assert last.startswith(f"error: {child} exited with code 2"), exited.stderr
     assert f"127.0.0.1:{taken}: address already in use" in last, exited.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("role", ["node", "edge"])
+def test_a_bad_event_loop_choice_is_one_line(procs, monkeypatch, role):
+    monkeypatch.setenv("PYCACHE_EVENT_LOOP", "tokio")  # inherited by the child
+    args = {
+        "node": node_args(procs),
+        "edge": ["edge", "--backend", NO_BACKEND, "--insecure", "--port", "0"],
+    }[role]
+    assert_one_line(run_to_exit(procs, role, args, 3), "PYCACHE_EVENT_LOOP", 3)

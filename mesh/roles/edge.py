@@ -57,6 +57,7 @@ import zmq.asyncio
 from prometheus_client import CollectorRegistry
 from tornado.log import app_log, gen_log
 
+from mesh.roles import eventloop
 from mesh.roles.binding import address_error
 from mesh.roles.cacheapi import (
     ApiError,
@@ -492,4 +493,4 @@ def run_edge(config: EdgeConfig) -> None:
             await server.stop()
             log.info("edge stopped")
 
-    asyncio.run(main())
+    eventloop.run(main)

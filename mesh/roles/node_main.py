@@ -1,4 +1,5 @@
-"""``pycache node``'s process: tuning, signals, and one node run in asyncio until a signal."""
+"""``pycache node``'s process: tuning, signals, and one node run in asyncio until a signal
+(on uvloop's loop where installed: :mod:`mesh.roles.eventloop`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 
 import zmq.asyncio
 
+from mesh.roles import eventloop
 from mesh.roles.config import NodeConfig
 from mesh.roles.node import Node
 from mesh.roles.tuning import raise_fd_limit, tune_gc, tune_malloc
@@ -30,4 +32,4 @@ def run_node(config: NodeConfig) -> None:
         finally:
             ctx.term()
 
-    asyncio.run(main())
+    eventloop.run(main)
