@@ -26,7 +26,7 @@ setup(
         "xxhash>=3.0",
         # /metrics in the Prometheus text format (families built at scrape time).
         "prometheus_client>=0.17",
-        # The node's and the edge's event loop in C (mesh/roles/eventloop.py): about 9%
+        # The node's and the edge's event loop in C (mesh/roles/eventloop.py): a few per cent
         # less CPU per replicated SET; the standard loop where it has no wheel.
         "uvloop>=0.18; sys_platform != 'win32' and platform_python_implementation == 'CPython'",
         # --log-format json: one JSON object per log line.

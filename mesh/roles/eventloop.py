@@ -3,9 +3,9 @@
 A node's CPU per replicated SET is spread thinly over Python per-request work,
 and part of it is the event loop's own turn (``asyncio``'s selector loop is
 Python code); uvloop's loop is libuv's, in C.  Measured on this kind of machine
-(``docs/performance.md``, "The event loop"): about 9% less CPU per replicated
-SET on each node and 10% more SETs a second through the balancer, medians of
-seven pairs.  ``uvloop`` is a dependency where it has wheels (Linux and macOS,
+(``docs/performance.md``, "The event loop"): a node's CPU per replicated SET on
+uvloop was 0.93 of asyncio's (median of 14 pairs on a shared, noisy machine,
+lower in 10).  ``uvloop`` is a dependency where it has wheels (Linux and macOS,
 CPython); elsewhere, or with ``PYCACHE_EVENT_LOOP=asyncio`` in the environment,
 the standard loop runs.  The balancer runs no asyncio loop in its main thread.
 """
