@@ -47,7 +47,7 @@ from mesh.roles import groupcommit
 from mesh.roles.binding import bind
 from mesh.roles.clientplane import protect
 from mesh.roles.config import NodeConfig
-from mesh.roles.digestwait import DigestWait
+from mesh.roles.digestwait import DigestWait, Held
 from mesh.roles.diskfull import RETRY_MS, DiskGuard
 from mesh.roles.fronts import start_node_fronts, stop_node_fronts
 from mesh.roles.node_metrics import PROGRESS_CHECK_MS, CatchUpProgress, RequestMetrics
@@ -434,12 +434,11 @@ class Node:
         frames[-1] = wire.encode_reply(request.id, result)
         return frames
 
-    def _answer_held(self, held: list[tuple[list[bytes], wire.Request]]) -> None:
+    def _answer_held(self, held: list[Held]) -> None:
         """Run and answer the STATS and CLUSTER requests :mod:`~mesh.roles.digestwait` held."""
         replies = [self._execute(frames, request, []) for frames, request in held]
-        if replies:
-            self._send_replies([reply for reply in replies if reply is not None])
-            self._wake_serve()
+        self._send_replies([reply for reply in replies if reply is not None])
+        self._wake_serve()
 
     def _check_acks(self) -> None:
         if not len(self.acks):
