@@ -9,7 +9,14 @@ from hypothesis import strategies as st
 from mesh.core.clock import pack
 from mesh.core.errors import ConfigError
 from mesh.core.mutation import Mutation
-from mesh.core.store import ENTRY_OVERHEAD, TOMBSTONE_OVERHEAD, TOMBSTONE_SHARE, Entry, Store
+from mesh.core.store import (
+    ENTRY_OVERHEAD,
+    SETTLE_MS,
+    TOMBSTONE_OVERHEAD,
+    TOMBSTONE_SHARE,
+    Entry,
+    Store,
+)
 
 T0 = 1_700_000_000_000  # "now" in ms for most tests
 
@@ -414,6 +421,42 @@ def test_hashing_in_slices_gives_the_digest_hashing_at_once() -> None:
     at_once, _ = make()
     for i in range(100):
         at_once.apply(mut(f"k{i}", b"v"))
+    assert store.digest() == at_once.digest()
+
+
+def test_sweep_hashes_an_entry_once_it_has_gone_unwritten_for_a_while() -> None:
+    store, now = make()
+    store.apply(mut("k", b"v"))
+    for _ in range(SETTLE_MS // 100):
+        store.sweep()
+        now.ms += 100
+    assert store.unhashed() == 1  # noted, then turned over: not hashed yet
+    store.sweep()
+    assert store.unhashed() == 0
+    at_once, _ = make()
+    at_once.apply(mut("k", b"v"))
+    assert store.digest() == at_once.digest()
+
+
+def test_sweep_leaves_a_key_written_again_meanwhile_for_a_later_turn() -> None:
+    store, now = make()
+    store.apply(mut("hot", b"1"))
+    store.apply(mut("cold", b"1"))
+    store.sweep()  # the two keys are turned over
+    now.ms += SETTLE_MS - 10
+    store.apply(mut("hot", b"2", now.ms))
+    now.ms += 10
+    store.sweep()
+    assert store._live[b"cold"][-1] & 1  # folded
+    assert not store._live[b"hot"][-1] & 1  # written 10 ms ago: left for later
+    assert store.unhashed() >= 1
+    for _ in range(2 * SETTLE_MS // 100 + 1):
+        now.ms += 100
+        store.sweep()
+    assert store.unhashed() == 0
+    at_once, _ = make()
+    at_once.apply(mut("cold", b"1"))
+    at_once.apply(mut("hot", b"2", T0 + SETTLE_MS - 10))
     assert store.digest() == at_once.digest()
 
 

@@ -6,6 +6,12 @@ sweep, all of them when the digest is asked for) and marks each entry as
 folded (:mod:`mesh.core.entry`).  An overwrite or delete takes out the share
 of a folded entry (:func:`folded_share`: hashed again for a small value, kept
 in the entry for a large one or a counter); an unfolded one costs nothing.
+
+So the sweep hashes only entries that have settled (``settled``: written at or
+before that hlc): a key written again within a second would make it hash
+the old entry twice for nothing (once to fold, once to take it out), and
+hot keys are where the writes are.  Whatever is asked for, hashing or not,
+the digest comes out the same: only the work moves.
 """
 
 from __future__ import annotations
@@ -51,15 +57,25 @@ def folded_share(key: bytes, raw: Any, names: list[str], expires: dict[bytes, in
     return entry_digest(key, raw[:-META_BYTES], meta >> HLC_SHIFT, origin, expires.get(key, 0))
 
 
+#: ``settled`` for :func:`fold` that every hlc is at or before: hash them all.
+EVERY_HLC = 1 << 96
+
+
 def fold(
     live: dict[bytes, Any],
     dirty: list[bytes],
     names: list[str],
     expires: dict[bytes, int],
     budget: int,
+    settled: int = EVERY_HLC,
+    later: list[bytes] | None = None,
 ) -> int:
     """Hash up to ``budget`` noted keys of ``dirty`` (popped) whose entries are
-    not folded yet, mark them folded in ``live``; returns the XOR of their shares."""
+    not folded yet, mark them folded in ``live``; returns the XOR of their shares.
+
+    An entry written after the hlc ``settled`` is not hashed: its key is noted
+    again in ``later`` (it must be given whenever ``settled`` is).
+    """
     folded, from_bytes = 0, int.from_bytes
     for _ in range(min(budget, len(dirty))):
         key = dirty.pop()
@@ -70,13 +86,20 @@ def fold(
             meta = from_bytes(raw[-META_BYTES:], "big")
             if meta & 1:
                 continue
+            hlc = meta >> HLC_SHIFT
+            if hlc > settled:
+                later.append(key)  # type: ignore[union-attr]
+                continue
             value = raw[:-META_BYTES]
             origin = names[(meta >> 1) & ORIGIN_MASK]
-            share = entry_digest(key, value, meta >> HLC_SHIFT, origin, expires.get(key, 0))
+            share = entry_digest(key, value, hlc, origin, expires.get(key, 0))
             live[key] = value + (meta | 1).to_bytes(META_BYTES, "big")
         else:
             value, hlc, oid, share = raw
             if share:
+                continue
+            if hlc > settled:
+                later.append(key)  # type: ignore[union-attr]
                 continue
             state = value if type(value) is bytes else value.state  # a counter's, merged
             share = entry_digest(key, state, hlc, names[oid], expires.get(key, 0))

@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from itertools import compress
 from typing import Any
 
-from mesh.core.clock import wall_ms
+from mesh.core.clock import LOGICAL_BITS, wall_ms
 from mesh.core.counters import eviction_version, resolve
 from mesh.core.digest import fold, folded_share, unfolded
 from mesh.core.entry import (
@@ -72,6 +72,11 @@ it could revive its key)."""
 TOMBSTONE_SHARE = 8
 """Under ``max_memory`` M, tombstones may take up to M // TOMBSTONE_SHARE estimated
 bytes besides the live data; past that the oldest are dropped (``tombstones_dropped``)."""
+
+SETTLE_MS = 1000
+"""The sweep hashes an entry into the digest once it has gone this long unwritten
+(by its hlc): a hot key is hashed about once per second, not twice per write
+(:mod:`mesh.core.digest`).  :meth:`Store.digest` hashes the rest when asked."""
 
 _new_tuple = tuple.__new__
 
@@ -124,8 +129,10 @@ class Store:
         self._oids: dict[str, int] = {}  # origin -> its id in compact entries
         self._names: list[str] = []  # origin id -> origin (one shared str each)
         self._digest = 0  # XOR of the digests of the live entries that are folded
-        self._dirty: list[bytes] = []  # keys written live since they were last hashed
+        self._dirty: list[bytes] = []  # keys written live since the sweep's last turn
         self._dirty_limit = 4096  # compact _dirty past this length
+        self._settling: list[bytes] = []  # keys noted before that turn: the sweep hashes them
+        self._turned_ms = 0  # when _dirty last became _settling
         self._bytes = 0
         self._hits = self._misses = self._expired = self._evicted = self._collected = 0
 
@@ -144,7 +151,10 @@ class Store:
     def take_contents(self, other: Store) -> None:
         """Hold ``other``'s data from now on (a store rebuilt from disk), keeping
         this store's limits and counters (hits, misses, expired, ...)."""
-        held = "_live _tombs _tq _tomb_bytes _expires _ttl_keys _oids _names _digest _dirty _bytes"
+        held = (
+            "_live _tombs _tq _tomb_bytes _expires _ttl_keys _oids _names _digest _dirty"
+            " _settling _bytes"
+        )
         for name in held.split():
             setattr(self, name, getattr(other, name))
 
@@ -415,8 +425,8 @@ class Store:
         tombstones are examined, oldest inserted first: those whose timestamp
         is older than the horizon are dropped, the others move to the back, so
         every tombstone is looked at in turn.  Last, up to ``hash_budget``
-        entries written since the last :meth:`digest` are hashed, so that call
-        stays short.
+        entries written since the last :meth:`digest` and left unwritten for
+        :data:`SETTLE_MS` since are hashed, so that call stays short.
         """
         if samples < 1 or max_rounds < 1 or gc_scan < 0 or hash_budget < 0:
             raise ValueError("samples, max_rounds must be >= 1; gc_scan, hash_budget >= 0")
@@ -427,18 +437,35 @@ class Store:
         old = collect_older(self._tombs, now - self.tombstone_horizon_ms, gc_scan)
         self._tomb_bytes -= sum(map(len, old)) + TOMBSTONE_OVERHEAD * len(old)
         self._collected += len(old)
-        self.hash_some(hash_budget)
+        self._hash_settled(hash_budget, now)
         return expired
+
+    def _hash_settled(self, budget: int, now: int) -> None:
+        """Every :data:`SETTLE_MS`, the keys noted since become ``_settling``;
+        SETTLE_MS later they are hashed, ``budget`` per call, but for entries
+        written again meanwhile, which are noted once more."""
+        if now - self._turned_ms < SETTLE_MS:
+            return
+        if not self._settling:
+            self._settling, self._dirty = self._dirty, []
+            self._turned_ms = now
+            return
+        settled = (now - SETTLE_MS) << LOGICAL_BITS
+        live, names, expires = self._live, self._names, self._expires
+        self._digest ^= fold(live, self._settling, names, expires, budget, settled, self._dirty)
 
     def unhashed(self) -> int:
         """At most how many live entries :meth:`digest` has still to hash (the keys
         noted since they were last hashed, repeats included)."""
-        return len(self._dirty)
+        return len(self._settling) + len(self._dirty)
 
     def hash_some(self, budget: int) -> None:
         """Hash up to ``budget`` of the noted keys into the digest: a slice of the
         work of :meth:`digest`, for a caller that spreads it out."""
-        self._digest ^= fold(self._live, self._dirty, self._names, self._expires, budget)
+        live, names, expires = self._live, self._names, self._expires
+        first = min(budget, len(self._settling))
+        self._digest ^= fold(live, self._settling, names, expires, first)
+        self._digest ^= fold(live, self._dirty, names, expires, budget - first)
 
     def collect_stable(self, frontier: dict[str, int], vv: dict[str, int]) -> int:
         """Drop the tombstones at or below ``frontier`` (from
@@ -479,7 +506,7 @@ class Store:
         # C-level passes, no Python loop per key with a TTL: 53 ms against 150 at 10**6
         for key in list(compress(expires, map(now.__ge__, expires.values()))):
             self._expire(key)
-        self.hash_some(len(self._dirty))
+        self.hash_some(self.unhashed())
         return f"{self._digest:016x}"
 
     def _compact_dirty(self) -> None:
