@@ -460,6 +460,15 @@ def test_sweep_leaves_a_key_written_again_meanwhile_for_a_later_turn() -> None:
     assert store.digest() == at_once.digest()
 
 
+def test_sweep_hashes_an_entry_stamped_far_ahead_of_its_clock_at_once() -> None:
+    store, now = make()
+    store.apply(mut("ahead", b"v", T0 + 3_600_000))  # a clock set back by an hour since
+    store.sweep()  # turned over
+    now.ms += SETTLE_MS
+    store.sweep()
+    assert store.unhashed() == 0
+
+
 def test_digest_expires_due_keys_first() -> None:
     store, now = make()
     store.apply(mut("a", b"v"))

@@ -59,6 +59,10 @@ def folded_share(key: bytes, raw: Any, names: list[str], expires: dict[bytes, in
 
 #: ``settled`` for :func:`fold` that every hlc is at or before: hash them all.
 EVERY_HLC = 1 << 96
+#: An hlc more than this past ``settled`` is no recent write but a clock ahead of
+#: ours (ours set back since, say): hashed at once rather than left until our
+#: clock catches up.  In hlc units (ms << 16): 10 s.
+FRESH_SPAN = 10_000 << 16
 
 
 def fold(
@@ -73,9 +77,11 @@ def fold(
     """Hash up to ``budget`` noted keys of ``dirty`` (popped) whose entries are
     not folded yet, mark them folded in ``live``; returns the XOR of their shares.
 
-    An entry written after the hlc ``settled`` is not hashed: its key is noted
-    again in ``later`` (it must be given whenever ``settled`` is).
+    An entry written after the hlc ``settled`` (by less than :data:`FRESH_SPAN`)
+    is not hashed: its key is noted again in ``later`` (it must be given
+    whenever ``settled`` is).
     """
+    fresh_until = settled + FRESH_SPAN
     folded, from_bytes = 0, int.from_bytes
     for _ in range(min(budget, len(dirty))):
         key = dirty.pop()
@@ -87,7 +93,7 @@ def fold(
             if meta & 1:
                 continue
             hlc = meta >> HLC_SHIFT
-            if hlc > settled:
+            if settled < hlc <= fresh_until:
                 later.append(key)  # type: ignore[union-attr]
                 continue
             value = raw[:-META_BYTES]
@@ -98,7 +104,7 @@ def fold(
             value, hlc, oid, share = raw
             if share:
                 continue
-            if hlc > settled:
+            if settled < hlc <= fresh_until:
                 later.append(key)  # type: ignore[union-attr]
                 continue
             state = value if type(value) is bytes else value.state  # a counter's, merged
