@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -478,6 +480,37 @@ def test_digest_expires_due_keys_first() -> None:
     assert store.digest() != only_a.digest()
     now.ms = T0 + 10
     assert store.digest() == only_a.digest()
+
+
+def test_digest_expires_every_due_key_however_it_was_written_last() -> None:
+    store, now = make()
+    rng = random.Random(3)
+    last: dict[str, Mutation] = {}
+    for i in range(3_000):  # deletes, writes without a deadline, deadlines moved
+        key, kind = f"k{rng.randrange(500)}", rng.random()
+        value = None if kind < 0.1 else b"v%d" % i
+        deadline = 0 if kind < 0.3 else T0 + 5_000 + rng.randrange(20_000)
+        last[key] = mut(key, value, T0 + i, deadline=deadline)
+        store.apply(last[key])
+    for step in range(0, 30_000, 2_500):
+        now.ms = T0 + 5_000 + step
+        if step % 5_000:
+            store.sweep()  # sampled expiry and lazy reads take some keys first
+            store.get("k1")
+        expected, expected_now = make()
+        expected_now.ms = now.ms
+        for m in last.values():
+            if m.value is not None and (not m.deadline or m.deadline > now.ms):
+                expected.apply(m)
+        assert store.digest() == expected.digest()
+        assert len(store) == len(expected)
+
+
+def test_rewriting_keys_with_far_deadlines_keeps_the_deadline_buckets_bounded() -> None:
+    store, _ = make()
+    for i in range(50_000):  # each write lands in another bucket now and then
+        store.apply(mut(f"k{i % 10}", b"v", T0 + i, deadline=T0 + 86_400_000 + i))
+    assert sum(map(len, store._due.values())) <= 2 * 4096 + 2 * 10
 
 
 def test_many_overwrites_keep_the_pending_hash_list_bounded() -> None:
