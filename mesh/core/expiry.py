@@ -73,11 +73,7 @@ def due_buckets(expires: dict[bytes, int]) -> tuple[dict[int, list[bytes]], list
     """Every key of ``expires`` in its deadline's bucket, and the buckets as a heap."""
     due: dict[int, list[bytes]] = {}
     for key, deadline in expires.items():
-        bucket = due.get(deadline >> DUE_SHIFT)
-        if bucket is None:
-            due[deadline >> DUE_SHIFT] = [key]
-        else:
-            bucket.append(key)
+        due.setdefault(deadline >> DUE_SHIFT, []).append(key)
     order = list(due)
     heapq.heapify(order)
     return due, order

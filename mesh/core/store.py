@@ -25,8 +25,8 @@ keys) as one compact object (:mod:`mesh.core.entry`: a small value and its
 version in one ``bytes``), ``tombstones`` tuples laid out as :class:`Entry`.
 Deadlines are in ``expires`` (as in Redis), sampled by :meth:`Store.sweep`
 (:mod:`mesh.core.expiry`; reads expire due keys lazily too) and bucketed by
-deadline, so that :meth:`Store.digest` finds the due keys without a scan.  The digest is
-hashed lazily (:mod:`mesh.core.digest`).
+deadline, so that :meth:`Store.digest` finds the due keys without a scan.
+The digest is hashed lazily (:mod:`mesh.core.digest`).
 
 ``bytes`` in :meth:`Store.stats` is an estimate: key length + value length +
 :data:`ENTRY_OVERHEAD` per live key, key length + :data:`TOMBSTONE_OVERHEAD`
