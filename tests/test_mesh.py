@@ -487,6 +487,9 @@ def test_node_on_an_empty_data_dir_gets_a_full_sync_with_tombstones(procs):
     assert held >= 2, "tombstones did not travel in the snapshot"
     # the chunks after the first were read while n3 applied the one before
     assert sum(stats_of(n)["replication"]["prepared_used"] for n in (n1, n2)) >= 2
+    # its snapshot was written from the chunks' bytes as they came (mesh.core.snapimage)
+    [snap] = (n3.data_dir / "snapshots").glob("*.snap")
+    assert snap.read_bytes()[4:8] == b"\x00\x02\x00\x02", "not from the chunks' bytes"
     wait_converged(nodes)
     # the state the full sync produced survives a crash: the snapshot kept its vv and floor
     n3.kill()

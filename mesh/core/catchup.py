@@ -74,6 +74,7 @@ class Batch:
     cursor: int = 0
     need_full: bool = False
     raw: RawEntries | None = None  # the entries as the log holds them (served, not parsed)
+    packed: bytes | None = None  # a snapshot chunk's entries as received (mesh.core.snapimage)
 
     def count(self) -> int:
         """How many entries the batch carries."""

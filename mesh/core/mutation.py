@@ -83,6 +83,16 @@ from peers indexes them (``m[1]`` is the seq) instead of naming fields."""
 _pack_record = msgpack.Packer().pack
 
 
+class PackedRecords(NamedTuple):
+    """Entries as msgpack, chunk by chunk: each chunk one array of records (the
+    layout above) as a peer sent it in a snapshot chunk, ``total`` entries in all.
+    A full sync's snapshot is written from these bytes as they came
+    (:mod:`mesh.core.snapimage`, :mod:`mesh.storage.snapshot`)."""
+
+    chunks: list[bytes]
+    total: int
+
+
 def record_prefix(origin: str) -> bytes:
     """The first bytes of every encoded record of ``origin``: the array header and
     the origin string, by which a log finds an origin's records without decoding."""

@@ -53,6 +53,7 @@ class PeerView:
     want_full: bool = False
     synced: bool = False  # answered "nothing more" since we started
     staged: list[Record] = field(default_factory=list)  # snapshot chunks not yet applied
+    packed: list[tuple[int, bytes | None]] = field(default_factory=list)  # their sizes, bytes
     retry_ms: int = 0  # no fetch to this peer before then (monotonic ms)
 
 

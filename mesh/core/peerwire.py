@@ -231,6 +231,20 @@ def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
     )
 
 
+def packed_batch_entries(frame: bytes) -> bytes:
+    """The msgpack array of a BATCH frame's entries, its bytes as sent: call it only
+    on a frame that :func:`decode` and :func:`parse_reply` accepted (so every
+    entry in it was checked)."""
+    unpacker = msgpack.Unpacker(max_buffer_size=0)
+    unpacker.feed(memoryview(frame)[1:])
+    unpacker.read_array_header()
+    unpacker.skip()  # the kind
+    unpacker.skip()  # the request id
+    start = unpacker.tell()
+    unpacker.skip()  # the entries
+    return frame[1 + start : 1 + unpacker.tell()]
+
+
 _FETCH_INTS = ((2, "request id"), (5, "session"), (6, "cursor"))
 _BATCH_INTS = ((1, "request id"), (6, "session"), (7, "cursor"))
 

@@ -429,9 +429,13 @@ class Replica:
     def _on_snapshot(self, peer: PeerView, batch: Batch, now_ms: int) -> list[Record]:
         staged = stage(peer.staged, batch)  # applied once complete (see stage)
         if staged is None:  # not the continuation of what we staged: start over
-            peer.staged, peer.next_fetch, peer.ahead = [], self._new_fetch(full=True), None
+            peer.staged, peer.packed = [], []
+            peer.next_fetch, peer.ahead = self._new_fetch(full=True), None
             return []
+        if batch.cursor == len(batch.entries):  # the first chunk: stage() started over
+            peer.packed = []
         peer.staged = staged
+        peer.packed.append((len(batch.entries), batch.packed))
         if batch.more and peer.ahead is not None:  # the next chunk is on its way already
             peer.fetching, peer.ahead, peer.fetch_sent_ms = peer.ahead, None, now_ms
             return []
@@ -444,12 +448,12 @@ class Replica:
         if stale or top > self.gate.limit(self.clock.wall()):
             if not stale:  # not a snapshot to apply in part: its vv covers what is refused
                 self._refuse(peer.staged, now_ms)
-            peer.staged, peer.synced, peer.want_full = [], True, stale
+            peer.staged, peer.packed, peer.synced, peer.want_full = [], [], True, stale
             peer.retry_ms = now_ms + REFUSE_BACKOFF_MS
             return []
         if peer.staged:
             self._apply(peer.staged)
-        peer.staged = []
+        peer.staged, peer.packed = [], []
         # Complete: everything up to the snapshot's vv is in the store, but not in
         # our log, so we can no longer serve those entries from it (our floor).
         for o, seq in batch.vv.items():

@@ -23,6 +23,7 @@ The protocol logic itself lives in :mod:`mesh.core.replication`; message layouts
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -442,7 +443,7 @@ class Peering:
     def _drain_dealer(self, sock: zmq.asyncio.Socket, now: int) -> None:
         endpoint = next(e for e, s in self._dealers.items() if s is sock)
         applied = 0
-        for _, kind, payload in self._messages(sock, peerwire.parse_reply):
+        for frames, kind, payload in self._messages(sock, peerwire.parse_reply):
             if kind == peerwire.HELLO:
                 node_id, origin, repl, pub = payload
                 self._unanswered.pop(endpoint, None)
@@ -452,15 +453,19 @@ class Peering:
             else:
                 node_id = next((n for n, e in self._by_node.items() if e == endpoint), None)
                 if node_id is not None:
+                    if payload.snapshot and snapimage.store_takes_image(self.replica):
+                        chunk = peerwire.packed_batch_entries(frames[-1])
+                        payload = dataclasses.replace(payload, packed=chunk)
                     ahead = self.replica.prefetch(node_id, payload)
                     if ahead is not None:  # ask for the next batch before applying this one
                         fetch = peerwire.encode_fetch(self.replica.node_id, ahead)
                         self._send(self._dealers[endpoint], fetch)
                     image = snapimage.last_chunk_image(self.replica, node_id, payload)
+                    packed = snapimage.packed_image(self.replica, node_id, payload, image)
                     done = self.replica.on_batch(node_id, payload, now)
                     applied += len(done)
                     if self.replica.take_snapshot_due():
-                        self._on_full_sync(snapimage.snapshot_entries(image, done))
+                        self._on_full_sync(snapimage.snapshot_entries(packed or image, done))
         self._tick_now = True  # send the next fetch, or judge readiness, now
         self._after_apply(applied, now, urgent=self.replica.state == READY)
 

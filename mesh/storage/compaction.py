@@ -49,7 +49,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from mesh.core.mutation import Mutation
+from mesh.core.mutation import Mutation, PackedRecords
 from mesh.core.store import Store
 from mesh.storage.log import Log
 
@@ -99,7 +99,7 @@ class SnapshotPolicy:
         store: Store,
         meta: dict[str, Any],
         keep_none: bool = False,
-        entries: Iterable[Mutation] | None = None,
+        entries: Iterable[Mutation] | PackedRecords | None = None,
     ) -> Path | None:
         """Seal the active segment, snapshot ``store`` (with ``meta``) and compact,
         keeping none of the log the snapshot covers with ``keep_none``; None when

@@ -49,7 +49,14 @@ from typing import Any
 
 from mesh.core.errors import ConfigError
 from mesh.core.histogram import Histogram
-from mesh.core.mutation import Mutation, Record, encode_records, raise_seqs, record_prefix
+from mesh.core.mutation import (
+    Mutation,
+    PackedRecords,
+    Record,
+    encode_records,
+    raise_seqs,
+    record_prefix,
+)
 from mesh.storage import snapshot as _snapshot
 from mesh.storage.checksum import crc32c
 from mesh.storage.datadir import fsync_dir
@@ -386,13 +393,16 @@ class Log:
 
     # -------------------------------------------------------------- snapshots
 
-    def write_snapshot(self, entries: Iterable[Mutation], meta: dict[str, Any]) -> Path:
+    def write_snapshot(
+        self, entries: Iterable[Mutation] | PackedRecords, meta: dict[str, Any]
+    ) -> Path:
         """Write a snapshot covering every record below ``next_offset``; return its path.
 
-        ``entries`` (the store's state, one mutation per key) are streamed to
-        disk; ``meta`` is any msgpack map of the caller's, without the key
-        ``offset``, which the snapshot adds.  The log is fsynced first.  Do
-        not append while this runs.
+        ``entries`` (the store's state, one mutation per key, or the chunks of
+        a full sync as they came) are streamed to disk; ``meta`` is any
+        msgpack map of the caller's, without the key ``offset``, which the
+        snapshot adds.  The log is fsynced first.  Do not append while this
+        runs.
         """
         if self._closed:
             raise ValueError("snapshot of a closed log")
@@ -413,7 +423,7 @@ class Log:
         """The size of the newest snapshot file (0 when there is none)."""
         return next((p.stat().st_size for p in _snapshot.paths(self._snap_dir)), 0)
 
-    def load_snapshot(self) -> tuple[dict[str, Any], Iterator[Mutation]] | None:
+    def load_snapshot(self) -> tuple[dict[str, Any], Iterator[Record]] | None:
         """The latest valid snapshot as ``(meta, entries)``, or None.
 
         ``meta`` holds the caller's keys and ``offset``: replay the log from

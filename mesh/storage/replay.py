@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 
-from mesh.core.mutation import Mutation
+from mesh.core.mutation import Record
 from mesh.core.store import Store
 from mesh.storage.log import Log, LogCorruptError
 from mesh.storage.salvage import Contiguity, clear_damage, quarantine, read_damage
@@ -101,7 +101,7 @@ def _move_aside(log_: Log, exc: LogCorruptError) -> dict:
     return read_damage(log_.data_dir / "log") or {"found": []}
 
 
-def apply_all(store: Store, entries: Iterable[Mutation], doing: str) -> int:
+def apply_all(store: Store, entries: Iterable[Record], doing: str) -> int:
     """Apply ``entries`` to the store in chunks, logging progress; return how many."""
     applied, entries = 0, iter(entries)
     # Small chunks, applied while their entries are fresh: with chunks of

@@ -27,13 +27,13 @@ and an 8-byte frame each).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 
 import msgpack
 
-from mesh.core.mutation import Mutation
+from mesh.core.mutation import Mutation, Record
 from mesh.storage.checksum import crc32c
 from mesh.storage.records import DECODE_ERRORS, FRAME, LogCorruptError
 
@@ -98,9 +98,28 @@ def decode(payload: bytes) -> list[Mutation]:
     return out
 
 
-def read(path: Path, start: int, stop: int) -> Iterator[Mutation]:
+def decode_records(payload: bytes) -> Sequence[Record]:
+    """The entries of one block of whole records (one msgpack array of
+    ``Mutation.to_record()`` arrays: flag RECORD_BLOCKS of
+    :mod:`mesh.storage.snapshot`), as plain tuples; one of
+    :data:`~mesh.storage.records.DECODE_ERRORS` when it is not one."""
+    block = msgpack.unpackb(payload, use_list=False)  # raises on a cut or extra byte
+    if type(block) is not tuple or set(map(type, block)) - {tuple}:
+        raise ValueError("a block of records is an array of arrays")
+    if set(map(len, block)) - {6}:
+        raise ValueError("a record is a 6-element array")
+    return block
+
+
+def read(
+    path: Path,
+    start: int,
+    stop: int,
+    decode_block: Callable[[bytes], Sequence[Record]] = decode,
+) -> Iterator[Record]:
     """The entries of the blocks between file positions ``start`` and ``stop`` of
-    ``path``; a block that is torn, fails its CRC or does not decode raises
+    ``path`` (blocks as :func:`decode` reads them, or ``decode_block``); a block
+    that is torn, fails its CRC or does not decode raises
     :class:`~mesh.storage.records.LogCorruptError` before any of its entries is
     yielded (the snapshot changed after it was validated)."""
     try:
@@ -121,7 +140,7 @@ def read(path: Path, start: int, stop: int) -> Iterator[Mutation]:
             if crc32c(payload) != crc:
                 raise LogCorruptError(path, pos, "CRC mismatch")
             try:
-                block = decode(payload)
+                block = decode_block(payload)
             except (*DECODE_ERRORS, IndexError) as exc:
                 raise LogCorruptError(path, pos, "undecodable block") from exc
             pos += FRAME.size + length

@@ -11,7 +11,9 @@ File ``<data dir>/snapshots/<offset, 20 digits>.snap``; integers big-endian::
     header, 8 bytes:
         0   4  magic b"PCSN"
         4   2  u16 format version (2; 1 is read too)
-        6   2  u16 flags: bit 0 (BLOCKS) entries in blocks; no other bit is set
+        6   2  u16 flags: bit 0 (BLOCKS) entries in blocks, or bit 1
+                 (RECORD_BLOCKS) entries in blocks of whole records; no other
+                 bit is set, nor both
     records, each framed like a log record (u32 length N, u32 CRC32C of the
     payload, N bytes of payload):
         meta     msgpack map: the caller's keys plus "offset" (int)
@@ -20,12 +22,16 @@ File ``<data dir>/snapshots/<offset, 20 digits>.snap``; integers big-endian::
                  table, then per entry its origin's index, hlc delta, key,
                  value, deadline, and seq when not 0); without BLOCKS
                  (version 1, and version 2 files written before the flag):
-                 one record per entry, msgpack of Mutation.to_record()
+                 one record per entry, msgpack of Mutation.to_record(); with
+                 RECORD_BLOCKS (the snapshot that ends a full sync, written
+                 from the chunks as they came: mesh.core.snapimage): blocks,
+                 each one framed record whose payload is one msgpack array of
+                 entries, each as Mutation.to_record()
         trailer  the last 23 bytes of the file: length 15, its CRC32C, and the
                  payload 0x92 0xcf <u64 entry count> 0xce <u32 body CRC32C>
                  (the msgpack array [count, body_crc]), where the body CRC
                  covers every byte between the header and the trailer, and
-                 with BLOCKS the header too (a flipped flag is an invalid
+                 with a flag the header too (a flipped flag is an invalid
                  snapshot, not entries read in the wrong layout).
 
 A snapshot is written to ``<name>.tmp``, fsynced, renamed into place and its
@@ -49,7 +55,7 @@ from typing import Any
 
 import msgpack
 
-from mesh.core.mutation import Mutation
+from mesh.core.mutation import Mutation, PackedRecords, Record
 from mesh.storage import snapblocks
 from mesh.storage.checksum import crc32c
 from mesh.storage.datadir import fsync_dir
@@ -65,6 +71,8 @@ and version 2 ones without the flag, are read as they are."""
 READ_VERSIONS = (1, 2)
 #: header flag: the entries are in blocks (mesh.storage.snapblocks)
 BLOCKS = 1
+#: header flag: the entries are in blocks, each one array of whole records
+RECORD_BLOCKS = 2
 
 _HEADER = struct.Struct(">4sHH")
 
@@ -87,22 +95,34 @@ class Snapshot:
     start: int  # file position of the first entry
     stop: int  # file position of the trailer
     blocks: bool = False  # entries in blocks (flag BLOCKS), else one record each
+    record_blocks: bool = False  # entries in blocks of whole records (flag RECORD_BLOCKS)
 
-    def entries(self) -> Iterator[Mutation]:
+    def entries(self) -> Iterator[Record]:
         """The snapshot's entries, streamed from disk."""
         if self.blocks:
             return snapblocks.read(self.path, self.start, self.stop)
+        if self.record_blocks:
+            return snapblocks.read(self.path, self.start, self.stop, snapblocks.decode_records)
         return read_records([(self.path, self.start, self.stop)])
 
 
-def write(folder: Path, offset: int, entries: Iterable[Mutation], meta: dict[str, Any]) -> Path:
-    """Write the snapshot of ``offset`` into ``folder``; return its path."""
+def write(
+    folder: Path,
+    offset: int,
+    entries: Iterable[Mutation] | PackedRecords,
+    meta: dict[str, Any],
+) -> Path:
+    """Write the snapshot of ``offset`` into ``folder``; return its path.
+    ``entries`` given as :class:`~mesh.core.mutation.PackedRecords` are written
+    as they are, one block per chunk (flag RECORD_BLOCKS)."""
     if "offset" in meta:
         raise ValueError("snapshot meta must not hold the key 'offset': the snapshot adds it")
     path = folder / f"{offset:020d}.snap"
     tmp = path.with_name(path.name + ".tmp")
     version = FORMAT_VERSION
-    flags = BLOCKS if version >= 2 else 0
+    flags = BLOCKS if version >= 2 else 0  # 1: one framed record per entry (tests)
+    if isinstance(entries, PackedRecords):
+        flags = RECORD_BLOCKS
     frame = FRAME.pack
     try:
         with open(tmp, "wb") as f:
@@ -112,7 +132,10 @@ def write(folder: Path, offset: int, entries: Iterable[Mutation], meta: dict[str
             data = frame(len(payload), crc32c(payload)) + payload
             f.write(data)
             body, count = crc32c(data, crc32c(header) if flags else 0), 0
-            chunks = snapblocks.encode(entries) if flags & BLOCKS else _records(entries)
+            if isinstance(entries, PackedRecords):
+                chunks = _framed(entries)
+            else:
+                chunks = snapblocks.encode(entries) if flags & BLOCKS else _records(entries)
             for data, n in chunks:
                 f.write(data)
                 body = crc32c(data, body)
@@ -127,6 +150,13 @@ def write(folder: Path, offset: int, entries: Iterable[Mutation], meta: dict[str
     os.replace(tmp, path)
     fsync_dir(folder)
     return path
+
+
+def _framed(packed: PackedRecords) -> Iterator[tuple[bytes, int]]:
+    """Each chunk of ``packed`` framed as one block; the entry count comes with the
+    first block (the chunks carry their arrays' lengths only in their bytes)."""
+    for i, chunk in enumerate(packed.chunks):
+        yield FRAME.pack(len(chunk), crc32c(chunk)) + chunk, packed.total if i == 0 else 0
 
 
 def _records(entries: Iterable[Mutation]) -> Iterator[tuple[bytes, int]]:
@@ -156,7 +186,9 @@ def check(path: Path) -> Snapshot | None:
             magic, version, flags = _HEADER.unpack(header)
             if magic != SNAPSHOT_MAGIC or version not in READ_VERSIONS:
                 raise ValueError("bad header")
-            if flags & ~BLOCKS or (flags and version < 2):
+            if flags & ~(BLOCKS | RECORD_BLOCKS) or flags == BLOCKS | RECORD_BLOCKS:
+                raise ValueError(f"unknown flags {flags:#x}")
+            if flags and version < 2:
                 raise ValueError(f"unknown flags {flags:#x}")
             stop = size - _TRAILER_SIZE
             if stop < _HEADER.size + FRAME.size:
@@ -186,7 +218,8 @@ def check(path: Path) -> Snapshot | None:
         logger.warning("%s: ignoring invalid snapshot (%s)", path, exc)
         return None
     start = _HEADER.size + FRAME.size + length
-    return Snapshot(path, meta["offset"], meta, count, start, stop, bool(flags & BLOCKS))
+    blocks, record_blocks = bool(flags & BLOCKS), bool(flags & RECORD_BLOCKS)
+    return Snapshot(path, meta["offset"], meta, count, start, stop, blocks, record_blocks)
 
 
 def paths(folder: Path) -> list[Path]:
