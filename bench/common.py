@@ -29,6 +29,13 @@ from mesh.roles.trust import keygen
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
+# A child started as ``python -m mesh ...`` puts its working directory first on
+# its path: run from a checkout, it imported that checkout's ``mesh``, not the
+# one this script imported (so a comparison with another tree on PYTHONPATH,
+# run from this checkout, ran this checkout's nodes on both sides).  Children
+# inherit this and import what the script does: PYTHONPATH, else the install.
+os.environ["PYTHONSAFEPATH"] = "1"
+
 
 def compile_mesh() -> None:
     """Byte-compile the mesh package, as a regular ``pip install`` does.
