@@ -57,20 +57,23 @@ def check(condition: bool, what: str) -> None:
 
 def node_id(value: Any, what: str = "node id") -> str:
     """A node id, checked against :data:`NODE_ID_RE`."""
-    check(type(value) is str and NODE_ID_RE.fullmatch(value) is not None, f"{what} {value!r:.80}")
+    if type(value) is not str or NODE_ID_RE.fullmatch(value) is None:
+        raise fail(f"{what} {value!r:.80}")  # formatted only when it fails
     return value
 
 
 def origin(value: Any) -> str:
     """An origin, checked against :data:`ORIGIN_RE`."""
-    check(type(value) is str and ORIGIN_RE.fullmatch(value) is not None, f"origin {value!r:.80}")
+    if type(value) is not str or ORIGIN_RE.fullmatch(value) is None:
+        raise fail(f"origin {value!r:.80}")
     return value
 
 
 def endpoint(value: Any, what: str = "endpoint") -> str:
     """A peer endpoint a node may connect to: ``tcp://host:port``, port 1..65535."""
     found = TCP_ENDPOINT_RE.fullmatch(value) if type(value) is str else None
-    check(found is not None and 1 <= int(found["port"]) <= 65535, f"{what} {value!r:.80}")
+    if found is None or not 1 <= int(found["port"]) <= 65535:
+        raise fail(f"{what} {value!r:.80}")
     return value
 
 
