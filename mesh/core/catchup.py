@@ -250,6 +250,11 @@ class SnapshotSessions:
             del self._sessions[sid]
 
 
+def first_chunk(batch: Batch) -> bool:
+    """Whether ``batch`` is the first chunk of a snapshot: staging starts over with it."""
+    return batch.cursor == len(batch.entries)
+
+
 def stage(staged: list[Record], batch: Batch) -> list[Record] | None:
     """``staged`` (a peer's snapshot chunks so far) with ``batch``'s chunk added, or
     None when that chunk does not carry on from them (the snapshot starts over).
@@ -259,10 +264,9 @@ def stage(staged: list[Record], batch: Batch) -> list[Record] | None:
     its vv does not cover, which no catch-up reconciles once no log holds
     them any more (their origin lost its disk): digests would never agree.
     """
-    start = batch.cursor - len(batch.entries)
-    if start == 0:  # a new snapshot (or the server started over): drop what was staged
+    if first_chunk(batch):  # a new snapshot (or the server started over): drop what was staged
         staged = []
-    elif start != len(staged):
+    elif batch.cursor - len(batch.entries) != len(staged):
         return None
     staged += batch.entries
     return staged

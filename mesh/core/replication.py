@@ -41,6 +41,7 @@ from mesh.core.catchup import (
     ReplicaLog,
     SnapshotSessions,
     fetch_after,
+    first_chunk,
     read_batch,
     stage,
 )
@@ -432,7 +433,7 @@ class Replica:
             peer.staged, peer.packed = [], []
             peer.next_fetch, peer.ahead = self._new_fetch(full=True), None
             return []
-        if batch.cursor == len(batch.entries):  # the first chunk: stage() started over
+        if first_chunk(batch):  # stage() started over
             peer.packed = []
         peer.staged = staged
         peer.packed.append((len(batch.entries), batch.packed))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from operator import itemgetter
 
-from mesh.core.catchup import Batch, stage
+from mesh.core.catchup import Batch, first_chunk, stage
 from mesh.core.mutation import PackedRecords, Record
 from mesh.core.replication import Replica
 
@@ -61,8 +61,7 @@ def packed_image(
     peer = replica.peers.get(node_id)
     if image is None or peer is None:
         return None
-    first = batch.cursor == len(batch.entries)  # stage() starts over at a first chunk
-    chunks = [*([] if first else peer.packed), (len(batch.entries), batch.packed)]
+    chunks = [*([] if first_chunk(batch) else peer.packed), (len(batch.entries), batch.packed)]
     blobs = [blob for _, blob in chunks if blob is not None]
     if len(blobs) < len(chunks) or sum(count for count, _ in chunks) != len(image):
         return None

@@ -120,9 +120,12 @@ def write(
     path = folder / f"{offset:020d}.snap"
     tmp = path.with_name(path.name + ".tmp")
     version = FORMAT_VERSION
-    flags = BLOCKS if version >= 2 else 0  # 1: one framed record per entry (tests)
+    chunks: Iterator[tuple[bytes, int]]
     if isinstance(entries, PackedRecords):
-        flags = RECORD_BLOCKS
+        flags, chunks = RECORD_BLOCKS, _framed(entries)
+    else:  # version 1 (tests): one framed record per entry
+        flags = BLOCKS if version >= 2 else 0
+        chunks = snapblocks.encode(entries) if flags else _records(entries)
     frame = FRAME.pack
     try:
         with open(tmp, "wb") as f:
@@ -132,10 +135,6 @@ def write(
             data = frame(len(payload), crc32c(payload)) + payload
             f.write(data)
             body, count = crc32c(data, crc32c(header) if flags else 0), 0
-            if isinstance(entries, PackedRecords):
-                chunks = _framed(entries)
-            else:
-                chunks = snapblocks.encode(entries) if flags & BLOCKS else _records(entries)
             for data, n in chunks:
                 f.write(data)
                 body = crc32c(data, body)
@@ -186,9 +185,7 @@ def check(path: Path) -> Snapshot | None:
             magic, version, flags = _HEADER.unpack(header)
             if magic != SNAPSHOT_MAGIC or version not in READ_VERSIONS:
                 raise ValueError("bad header")
-            if flags & ~(BLOCKS | RECORD_BLOCKS) or flags == BLOCKS | RECORD_BLOCKS:
-                raise ValueError(f"unknown flags {flags:#x}")
-            if flags and version < 2:
+            if flags not in (0, BLOCKS, RECORD_BLOCKS) or (flags and version < 2):
                 raise ValueError(f"unknown flags {flags:#x}")
             stop = size - _TRAILER_SIZE
             if stop < _HEADER.size + FRAME.size:
