@@ -1,12 +1,14 @@
 """Packaging for PyCache: the ``mesh`` package and the ``pycache`` console script."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="pycache-mesh",
     version="0.1.0",
     description="A brokerless ZeroMQ mesh of in-memory key-value cache nodes",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["mesh", "mesh.*"]),

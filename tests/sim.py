@@ -187,7 +187,6 @@ class Sim:
         self.issued_incrs: dict[tuple[str, str], list[int]] = {}  # (key, origin) -> deltas
         self._budget_dropped = False  # see budget_dropped
         self.issued: dict[tuple[str, int], Mutation] = {}  # (origin, seq) -> what it was
-        self.wiped: dict[str, int] = {}  # node -> virtual ms it last lost (part of) its disk
         self.replay = replay or f"`python tests/sim.py --seed {seed} --trace`"
         self.rng = rng
         self.now = 0
@@ -482,14 +481,17 @@ class Sim:
 
     def _acknowledge(self, node: SimNode, mutations: list[Mutation], needed: int) -> None:
         logged_on: tuple[str, ...] = ()
+        logged_as: tuple[str, ...] = ()
         if needed > 1:
             seq, origin = mutations[-1].seq, node.origin
             peers = node.replica.peers.items()
-            logged_on = (node.id, *(p for p, v in peers if v.logged.get(origin, 0) >= seq))
+            said = [(p, v.origin) for p, v in peers if v.logged.get(origin, 0) >= seq]
+            logged_on = (node.id, *(p for p, _ in said))
+            logged_as = (origin, *(o for _, o in said))
             self.stats["acked_w"] += len(mutations)
             self.note("acked", node.id, seq, logged_on)
         for m in mutations:
-            write = Write(node.id, self.now, m, needed, logged_on)
+            write = Write(node.id, self.now, m, needed, logged_on, logged_as)
             self.acked.append(write)
             self.required.append(write)
 
@@ -561,16 +563,15 @@ class Sim:
         """The disk is gone: excuse the w=1 writes no other node holds durably.
 
         A write acknowledged with w > 1 was logged by other nodes too: unless
-        each of those has lost its disk since, losing it is a failure.
+        each of those has lost its disk since it logged it, losing it is a failure.
         """
         durable = [self._durable(n) for n in self.nodes.values() if n is not node]
-        self.wiped[node.id] = self.now
         keep = []
         for w in self.required:
             if any(d.get(w.mutation.key, (-1, "")) >= w.version for d in durable):
                 keep.append(w)
                 continue
-            holders = [h for h in w.logged_on if self.wiped.get(h, -1) < w.at_ms]
+            holders = w.holders(self.origins(), but=node.id)
             if self.forgets and not any(w.mutation.key in d for d in durable):
                 # evicted and its tombstone dropped, or a DEL collected, as check() allows
                 self.stats["excused"] += 1
@@ -589,6 +590,16 @@ class Sim:
             simhello.lose_disk(node)
         node.incarnation += 1
 
+    @property
+    def settle_ms(self) -> int:
+        """The nodes' ``StableFrontier`` settle time: over twice the longest a message
+        is in flight here (as ``ORIGIN_SETTLE_MS`` is over twice the TCP user timeout)."""
+        return 2 * (self.p.delay_ms + self.p.slow_ms) + 1
+
+    def origins(self) -> dict[str, str]:
+        """Each node's origin (its incarnation) now."""
+        return {n.id: n.origin for n in self.nodes.values()}
+
     @staticmethod
     def _durable(node: SimNode) -> dict[str, Version]:
         """Per key, the highest version ``node`` would rebuild from its disk."""
@@ -605,7 +616,7 @@ class Sim:
         """Start a node process from its disk: snapshot, then the log after it."""
         log, snap = node.log, node.snapshot
         store = Store(now_ms=lambda: WALL_EPOCH_MS + self.now, seed=0, max_memory=self.p.max_memory)
-        node.stable = StableFrontier()
+        node.stable = StableFrontier(settle_ms=self.settle_ms)
         vv: dict[str, int] = {}
         floor: dict[str, int] = {}
         top = 0

@@ -63,7 +63,6 @@ def cut_log(
     log.synced = log.end
     sim.stats["cut_records"] += 1
     node.damaged = True
-    sim.wiped[node_id] = sim.now  # lost part of its disk: no holder of w > 1 writes now
     node.incarnation += 1  # salvage.rotate_if_damaged: a new origin to write under
     sim.note("cut", node_id, pos, cut[0], cut[1], cut[3])
     _excuse_cut(sim, node, cut)
@@ -80,7 +79,7 @@ def _excuse_cut(sim: Sim, node: SimNode, cut: Mutation) -> None:
         ):
             keep.append(w)
             continue
-        holders = [h for h in w.logged_on if h != node.id and sim.wiped.get(h, -1) < w.at_ms]
+        holders = w.holders(sim.origins(), but=node.id)
         if w.needed > 1 and holders:
             sim.fail(
                 f"{node.id} lost {m} from its log, acknowledged with {w.needed} nodes logging "

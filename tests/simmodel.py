@@ -89,17 +89,34 @@ def more_params(rng: random.Random) -> dict[str, Any]:
 
 
 class Write(NamedTuple):
-    """An acknowledged mutation; ``logged_on``: the nodes that had logged it then (w > 1)."""
+    """An acknowledged mutation; ``logged_on``: the nodes that had logged it then (w > 1),
+    ``logged_as``: the incarnation (origin) of each whose word the origin took for it."""
 
     node: str
     at_ms: int
     mutation: Mutation
     needed: int = 1
     logged_on: tuple[str, ...] = ()
+    logged_as: tuple[str, ...] = ()
 
     @property
     def version(self) -> Version:
         return self.mutation.version()
+
+    def holders(self, origins: dict[str, str], but: str = "") -> list[str]:
+        """The nodes (not ``but``) that logged it and are still the incarnation that
+        said so (``origins``: node id -> its origin now).
+
+        A node that lost its disk, even before the acknowledgement, is a new
+        incarnation: a beat its old one sent before the loss and that arrived
+        after it could still count toward the acknowledgement, as it may in a
+        real network, but the copy it spoke of is gone.
+        """
+        return [
+            node
+            for node, origin in zip(self.logged_on, self.logged_as, strict=True)
+            if node != but and origins[node] == origin
+        ]
 
 
 class Snapshot(NamedTuple):

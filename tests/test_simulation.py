@@ -65,6 +65,10 @@ def test_random_seeds(seed: int) -> None:
         (9231, {}),  # "converged" on vv while a node still held records past a hole
         (5124, {}),  # the lost-disk checker counted a DEL collected everywhere as a loss
         (5305, {"incrs": 10}),  # a hole given up while a peer behind held its record buffered
+        (3100007887, {}),  # acked on a beat sent before its sender lost its disk (the checker)
+        (3100014889, {}),  # a PUB of an incarnation gone, 844 ms late, after a collection
+        (3100023580, {}),  # collected before a new incarnation's clock had passed the DEL
+        (3100024134, {}),  # a dead incarnation's write, still on its way, after a collection
     ],
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
@@ -292,6 +296,21 @@ def test_snapshot_completing_while_an_unknown_origin_is_held() -> None:
     assert fetch.full
     x.on_batch("s", Batch(fetch.request_id, [], {}, snapshot=True), 1)  # KeyError before
     assert x._buffered == 1 and x.vv == {}
+
+
+def test_a_new_incarnation_voids_what_the_old_one_said_it_logged() -> None:
+    """A write waiting for w=3 counted a peer that had lost its disk since it logged
+    the write (by review, after seed 3100007887): the peer's new incarnation beats
+    while catching up, saying nothing is logged, and the old word stayed."""
+    x = replica("x", ["a", "b"])
+    x.on_heartbeat("a", "a/1", "ready", {"x/1": 5}, 0, logged=True)
+    assert x.logged_by(5) == 2
+    x.on_heartbeat("a", "a/2", "catching-up", {}, 10, logged=False)  # lost its disk
+    assert x.logged_by(5) == 1
+    x.on_heartbeat("a", "a/2", "ready", {"x/1": 5}, 20, logged=True)  # caught up, logged
+    x.on_heartbeat("b", "b/1", "ready", {"x/1": 5}, 20, logged=True)
+    x.on_heartbeat("b", "b/1", "ready", {"x/1": 6}, 30, logged=False)  # same incarnation
+    assert x.logged_by(5) == 3
 
 
 def test_abandoned_snapshot_leaves_no_trace() -> None:

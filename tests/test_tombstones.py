@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from mesh.core.clock import pack
+from mesh.core.clock import HybridClock, pack
 from mesh.core.mutation import Mutation
+from mesh.core.replication import Replica
 from mesh.core.store import Store
 from mesh.core.tombstones import StableFrontier
+from tests.simmodel import SimLog
 
 T0 = 1_700_000_000_000
 
@@ -57,3 +59,31 @@ def test_a_late_older_set_cannot_revive_a_key_deleted_before_the_frontier() -> N
     vv["x/1"] = 1
     assert store.collect_stable(stable.advance(vv, [peer], [peer]), vv) == 1
     assert store.stats()["tombstones"] == 0 and "k" not in store
+
+
+def replica_with_a_tombstone(settle_ms: int) -> tuple[Replica, StableFrontier]:
+    """Node x, one peer p, a DEL of k everyone logged: collectable but for the settle rule."""
+    store = Store(now_ms=lambda: T0)
+    x = Replica("x", "x/1", store, SimLog(), HybridClock(lambda: T0), peers=["p"])
+    x.commit_local([Mutation("x/1", 1, pack(T0 + 10, 0), "k", None, 0)])
+    store.apply(Mutation("x/1", 1, pack(T0 + 10, 0), "k", None, 0))
+    return x, StableFrontier(settle_ms=settle_ms)
+
+
+def test_nothing_is_collected_until_every_member_is_heard_settle_ms_after_a_new_origin() -> None:
+    """A PUB of an incarnation gone may still be on its way (seed 3100014889): after a
+    member is first heard under an origin, every member must be heard again
+    ``settle_ms`` later before a tombstone goes."""
+    x, stable = replica_with_a_tombstone(settle_ms=1000)
+    vv = {"x/1": 1}
+    x.on_heartbeat("p", "p/1", "ready", vv, 0)
+    for now in (10, 500, 999):
+        x.on_heartbeat("p", "p/1", "ready", vv, now)
+        assert stable.collect(x) == 0
+    x.on_heartbeat("p", "p/2", "ready", vv, 1000)  # p came back as a new incarnation
+    for now in (1500, 1999):
+        x.on_heartbeat("p", "p/2", "ready", vv, now)
+        assert stable.collect(x) == 0
+    x.on_heartbeat("p", "p/2", "ready", vv, 2000)
+    stable.collect(x)  # the frontier taken: stable at the next round
+    assert stable.collect(x) == 1 and "k" not in x.store

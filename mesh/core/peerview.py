@@ -46,6 +46,7 @@ class PeerView:
     vv: dict[str, int] = field(default_factory=dict)
     logged: dict[str, int] = field(default_factory=dict)  # vv of its last logged-vv heartbeat
     heard_ms: int = -1
+    origin_ms: int = -1  # when its first beat under ``origin`` came (monotonic ms)
     fetching: Fetch | None = None
     fetch_sent_ms: int = 0
     next_fetch: Fetch | None = None  # continuation to send as soon as possible

@@ -273,11 +273,16 @@ class Replica:
         """A peer's heartbeat: its origin, state and version vector.
 
         ``logged``: the peer has logged all that ``vv`` counts (as its fsync
-        policy requires); only such beats count toward acknowledgements.
+        policy requires); only such beats count toward acknowledgements.  A beat
+        of a new incarnation (another origin) voids what the old one said it
+        logged: a node that lost its disk, or could not prove its log, holds
+        none of it, and while it catches up its beats say nothing is logged.
         """
         peer = self.add_peer(node_id)
         if peer is None:
             return
+        if origin != peer.origin:
+            peer.logged, peer.origin_ms = {}, now_ms
         peer.origin, peer.state, peer.vv, peer.heard_ms = origin, state, vv, now_ms
         if logged:
             peer.logged = vv
