@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -311,6 +312,36 @@ def test_a_new_incarnation_voids_what_the_old_one_said_it_logged() -> None:
     x.on_heartbeat("b", "b/1", "ready", {"x/1": 5}, 20, logged=True)
     x.on_heartbeat("b", "b/1", "ready", {"x/1": 6}, 30, logged=False)  # same incarnation
     assert x.logged_by(5) == 3
+
+
+class CountedScans(dict):
+    """A dict that counts how often it is iterated over."""
+
+    scans = 0
+
+    def __iter__(self) -> Iterator[int]:
+        self.scans += 1
+        return super().__iter__()
+
+
+def test_a_catch_up_batch_runs_into_the_pub_entries_buffered_meanwhile() -> None:
+    """A node catching up under write load buffers the PUB entries past its hole; the
+    batch that fills the hole carries some of them again.  Each is applied once,
+    the buffer drains into the vv, and the buffer is not scanned per entry: every
+    catch-up entry used to scan all the PUB entries buffered meanwhile
+    (quadratic: 94% of a catch-up under 6,000 writes/s, which never got ready)."""
+    x = replica("x", ["s"])
+    held = x._buffer["o/1"] = CountedScans()
+    assert x.receive([mut(s, f"k{s}", b"pub") for s in range(5, 9)], 0) == []
+    assert x._buffered == 4
+    applied = x.receive([mut(s, f"k{s}", b"log") for s in range(1, 7)], 1)  # 5, 6 held too
+    assert [(m.seq, m.value) for m in applied] == [
+        *((s, b"log") for s in range(1, 5)),
+        *((s, b"pub") for s in range(5, 9)),  # once 4 came, the held run followed it
+    ]
+    assert x.vv == {"o/1": 8} and x._buffered == 0 and x.settled
+    assert x.counters["repaired"] == 4
+    assert held.scans == 0
 
 
 def test_abandoned_snapshot_leaves_no_trace() -> None:

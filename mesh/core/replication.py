@@ -205,7 +205,7 @@ class Replica:
                 vv[origin] = seq
                 add(m)
                 if buffer and origin in buffer:
-                    self._drain(origin, applied)
+                    self._drain(origin, applied, raised_to=seq)
             elif seq > have:
                 self._hold(m)
         return applied
@@ -215,10 +215,20 @@ class Replica:
         self.store.apply_many(accepted)
         self.clock.observe(top if top >= 0 else max(map(itemgetter(2), accepted)))
 
-    def _drain(self, origin: str, applied: list[Record]) -> None:
+    def _drain(self, origin: str, applied: list[Record], raised_to: int = 0) -> None:
+        """Move what ``origin``'s buffer holds next in line to ``applied`` (raising the
+        vv) and drop what the vv has passed.
+
+        ``raised_to``: the vv was just raised by one, to this seq, so only that seq
+        can have been passed.  Otherwise (a jump) the whole buffer is looked at:
+        once per entry, that made a catch-up under write load quadratic (every
+        entry of a batch scanned the PUB entries buffered meanwhile).
+        """
         held = self._buffer.get(origin)
         if not held:
             return
+        if raised_to and held.pop(raised_to, None) is not None:
+            self._buffered -= 1
         seq = self.vv.get(origin, 0) + 1  # after a snapshot, the origin may still be unknown
         while seq in held:
             m = held.pop(seq)
@@ -227,9 +237,10 @@ class Replica:
             self._buffered -= 1
             self.counters["repaired"] += 1
             seq += 1
-        for stale in [s for s in held if s < seq]:
-            del held[stale]
-            self._buffered -= 1
+        if not raised_to:
+            for stale in [s for s in held if s < seq]:
+                del held[stale]
+                self._buffered -= 1
         if not held:
             del self._buffer[origin]
 
