@@ -2,7 +2,8 @@
 
     python bench/catchup.py [--mutations 200000] [--runs 5] [--json PATH]
         [--stop term|kill] [--fsync always|interval|never] [--lag-rate 10000]
-        [--lag-seconds 10] [--lag-runs 1] [--redis-runs N] [--skip idle,catchup,lag]
+        [--lag-seconds 10] [--lag-runs 1] [--redis-runs N] [--busy-rate 6000]
+        [--busy-runs 3] [--skip idle,catchup,busy,lag]
         [--peer-plane curve|insecure|curve,insecure]
 
 Every run starts a fresh three-node mesh (separate ``python -m mesh node``
@@ -30,7 +31,15 @@ After each, node 3's digest, key count and version vector must equal nodes 1
 and 2's or the benchmark stops with DIVERGED; a WARNING is printed when they
 were not equal yet at the first STATS after ready.
 
-3. **Lag**: on a fresh mesh, a separate load process drives ``--lag-rate``
+3. **Catch-up under load** (``busy``): as the catch-up above, but while node 3
+   is down and catching up a load process (the lag's, below) keeps sending
+   ``--busy-rate`` SETs/s to nodes 1 and 2 (from a second before the restart
+   until ready), so node 3 catches up to a moving target and buffers the
+   PUB entries that arrive meanwhile.  Shown: seconds to ready, missed
+   entries per second of it, the SETs/s the others took meanwhile (their
+   seqs at ready), node 3's CPU seconds.  ``--busy-runs`` runs (3).
+
+4. **Lag**: on a fresh mesh, a separate load process drives ``--lag-rate``
    SETs/s spread evenly over the three nodes, paced by the clock, for
    ``--lag-warmup`` + ``--lag-seconds`` (the warm-up is not counted).  An
    observer subscribes to every node's PUB socket: an origin publishes a
@@ -115,6 +124,8 @@ VALUE = b"v" * 100
 LAG_METER = "lag-meter"
 ANY = "tcp://127.0.0.1:*"
 WARMUP_PER_NODE = 1000
+#: seconds the busy phase's load runs before node 3 is restarted
+BUSY_WARMUP_S = 1.0
 POLL_S = 0.002
 READY_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 20.0
@@ -473,6 +484,46 @@ def restart_timed(mesh: Mesh, what: str, entries: int) -> dict:
         "converged_at_ready": converged["first_try"],
         "snapshots_s": node.snapshots(),
     }
+
+
+def busy_run(root: Path, args: argparse.Namespace, run: int) -> dict:
+    """Catch-up of node 3 while nodes 1 and 2 take ``--busy-rate`` SETs/s (see the docstring)."""
+    mesh = Mesh(root / f"busy{run}", args)
+    load = None
+    try:
+        mesh.start()
+        for i, node in enumerate(mesh.nodes):
+            write_mutations([node.api], WARMUP_PER_NODE, args.batch, f"warm{i}")
+        mesh.check_converged("warm-up", settle_s=10)
+        n1, n2, n3 = mesh.nodes
+        n3.stop(args.stop)
+        write_mutations([n1.api, n2.api], args.mutations, args.batch, "key")
+        argv = [sys.executable, __file__, "--load", json.dumps([n1.api, n2.api])]
+        argv += ["--lag-rate", str(args.busy_rate), "--lag-seconds", str(READY_TIMEOUT_S)]
+        load = _spawn(argv, stdout=subprocess.DEVNULL)
+        time.sleep(BUSY_WARMUP_S)  # the load is running when node 3 starts
+        seqs = sum(s["seq"] for s in stats_of([n1, n2]))
+        n3.start(mesh.peers_of(2))
+        seen = n3.wait_ready()
+        took = sum(s["seq"] for s in stats_of([n1, n2])) - seqs
+        _end(load)
+        load = None
+        mesh.check_converged("catch-up under load", settle_s=10)
+        ready_s = seen["ready"]
+        assert ready_s is not None
+        return {
+            "ready_s": ready_s,
+            "entries_s": args.mutations / ready_s,
+            "load_writes_s": took / ready_s,
+            "cpu_s": seen["cpu_s"],
+        }
+    except Diverged as exc:
+        print(f"busy run {run + 1}: {exc}", flush=True)
+        return {"error": str(exc)}
+    finally:
+        if load is not None:
+            _end(load)
+        mesh.stop()
 
 
 def idle_restart(root: Path, args: argparse.Namespace, plane: str = "curve") -> dict:
@@ -950,7 +1001,9 @@ def main() -> None:
     parser.add_argument(
         "--redis-runs", type=int, default=None, help="default: --runs, one after each; 0: none"
     )
-    parser.add_argument("--skip", default="", help="comma list of: idle,catchup,lag")
+    parser.add_argument("--busy-rate", type=float, default=6_000, help="SETs/s, busy phase")
+    parser.add_argument("--busy-runs", type=int, default=3)
+    parser.add_argument("--skip", default="", help="comma list of: idle,catchup,busy,lag")
     parser.add_argument(
         "--snapshot-mib",
         default="auto",
@@ -1052,6 +1105,17 @@ def main() -> None:
             results["catchup_runs"] = runs_of[first]
             for plane in planes[1:]:
                 by_plane[plane]["catchup_runs"] = runs_of[plane]
+        if "busy" not in skip:
+            busy = results["busy_runs"] = []
+            for n in range(args.busy_runs):
+                busy.append(busy_run(root, args, n))
+                if "ready_s" in busy[-1]:
+                    b = busy[-1]
+                    print(
+                        f"busy run {n + 1}/{args.busy_runs}: catch-up {b['ready_s']:.2f} s while "
+                        f"the others took {b['load_writes_s']:,.0f} SETs/s",
+                        flush=True,
+                    )
         if "lag" not in skip:
             lags_of: dict[str, list[dict]] = {plane: [] for plane in planes}
 
@@ -1244,6 +1308,22 @@ def plane_rows(results: dict, args: argparse.Namespace) -> tuple[list[tuple], di
         if key == "catchup":
             rows.append(("  own log replay s", _median(ok, "replay_s")))
             rows.append(("SETs/s written while node 3 was down", _median(ok, "write_ops_s")))
+    busy = [r for r in results.get("busy_runs", []) if "error" not in r]
+    failures += [f"busy: {r['error']}" for r in results.get("busy_runs", []) if "error" in r]
+    if busy:
+        summary["busy"] = {
+            "ready_s": _median(busy, "ready_s"),
+            "entries_s": _median(busy, "entries_s"),
+        }
+        rows += [
+            (
+                f"catch-up of {args.mutations:,} missed under load: s to ready",
+                _median(busy, "ready_s"),
+            ),
+            ("  missed entries/s", _median(busy, "entries_s")),
+            ("  SETs/s the others took meanwhile", _median(busy, "load_writes_s")),
+            ("  CPU seconds of node 3", _median(busy, "cpu_s")),
+        ]
     lags = [r for r in results.get("lag_runs", []) if "error" not in r]
     failures += [f"lag: {r['error']}" for r in results.get("lag_runs", []) if "error" in r]
     if lags:
