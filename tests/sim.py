@@ -592,8 +592,8 @@ class Sim:
 
     @property
     def settle_ms(self) -> int:
-        """The nodes' ``StableFrontier`` settle time: over twice the longest a message
-        is in flight here (as ``ORIGIN_SETTLE_MS`` is over twice the TCP user timeout)."""
+        """The replicas' settle time (``origins_settled``): over twice the longest a
+        message is in flight here (as ``ORIGIN_SETTLE_MS`` is over twice the TCP user timeout)."""
         return 2 * (self.p.delay_ms + self.p.slow_ms) + 1
 
     def origins(self) -> dict[str, str]:
@@ -616,7 +616,7 @@ class Sim:
         """Start a node process from its disk: snapshot, then the log after it."""
         log, snap = node.log, node.snapshot
         store = Store(now_ms=lambda: WALL_EPOCH_MS + self.now, seed=0, max_memory=self.p.max_memory)
-        node.stable = StableFrontier(settle_ms=self.settle_ms)
+        node.stable = StableFrontier()
         vv: dict[str, int] = {}
         floor: dict[str, int] = {}
         top = 0
@@ -649,6 +649,8 @@ class Sim:
             peers=sorted(node.known) if self.p.hello else [n for n in self.nodes if n != node.id],
             now_ms=self.now,
             fetch_entries=self.p.fetch_entries,
+            settle_ms=self.settle_ms,
+            members=lambda: [n for n in self.nodes if n != node.id],
             max_offset_ms=self.p.max_offset_ms or 1000 + 2 * self.p.skew_ms,
         )
         node.lag = LagGuard(self.p.max_lag_entries, self.p.max_lag_ms)

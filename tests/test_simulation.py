@@ -28,6 +28,7 @@ from mesh.core.catchup import Batch
 from mesh.core.clock import HybridClock, pack
 from mesh.core.entry import pack_small
 from mesh.core.mutation import Mutation
+from mesh.core.peerview import READY
 from mesh.core.replication import FETCH_TIMEOUT_MS, Replica
 from mesh.core.store import Store
 from tests import byzantine, sim, simcounters, simfaults
@@ -70,6 +71,7 @@ def test_random_seeds(seed: int) -> None:
         (3100014889, {}),  # a PUB of an incarnation gone, 844 ms late, after a collection
         (3100023580, {}),  # collected before a new incarnation's clock had passed the DEL
         (3100024134, {}),  # a dead incarnation's write, still on its way, after a collection
+        (3200003752, {}),  # a hole given up by a node that knew no peer yet (hello)
     ],
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
@@ -342,6 +344,29 @@ def test_a_catch_up_batch_runs_into_the_pub_entries_buffered_meanwhile() -> None
     assert x.vv == {"o/1": 8} and x._buffered == 0 and x.settled
     assert x.counters["repaired"] == 4
     assert held.scans == 0
+
+
+def test_a_hole_is_given_up_only_once_every_member_is_known_and_settled() -> None:
+    """Seed 3200003752: a node whose log had lost a record, and which knew no peer yet
+    (peers learnt by HELLO), gave the hole up at once, while a peer held the record:
+    the counter it was an increment of never agreed again."""
+    store = Store(now_ms=lambda: T0, seed=0)
+    x = Replica(
+        *("x", "x/2", store, sim.SimLog(), HybridClock(lambda: T0)),
+        vv={"x/1": 1},
+        held={"x/1": [3]},
+        members=lambda: ["a"],
+        settle_ms=100,
+    )
+    x.state = READY
+    x.poll(0)
+    assert x.vv["x/1"] == 1  # the member a is not known yet
+    x.on_heartbeat("a", "a/1", "ready", {"x/1": 1}, 10)
+    x.poll(50)
+    assert x.vv["x/1"] == 1  # a's origin is new: a late PUB of x/1's 2 may reach it
+    x.on_heartbeat("a", "a/1", "ready", {"x/1": 1}, 110)
+    x.poll(120)
+    assert x.vv["x/1"] == 3  # every member holds as much of x/1 as this node: lost
 
 
 def test_abandoned_snapshot_leaves_no_trace() -> None:

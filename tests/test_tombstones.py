@@ -64,10 +64,12 @@ def test_a_late_older_set_cannot_revive_a_key_deleted_before_the_frontier() -> N
 def replica_with_a_tombstone(settle_ms: int) -> tuple[Replica, StableFrontier]:
     """Node x, one peer p, a DEL of k everyone logged: collectable but for the settle rule."""
     store = Store(now_ms=lambda: T0)
-    x = Replica("x", "x/1", store, SimLog(), HybridClock(lambda: T0), peers=["p"])
+    x = Replica(
+        "x", "x/1", store, SimLog(), HybridClock(lambda: T0), peers=["p"], settle_ms=settle_ms
+    )
     x.commit_local([Mutation("x/1", 1, pack(T0 + 10, 0), "k", None, 0)])
     store.apply(Mutation("x/1", 1, pack(T0 + 10, 0), "k", None, 0))
-    return x, StableFrontier(settle_ms=settle_ms)
+    return x, StableFrontier()
 
 
 def test_nothing_is_collected_until_every_member_is_heard_settle_ms_after_a_new_origin() -> None:

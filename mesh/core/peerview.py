@@ -31,6 +31,9 @@ EMPTY_BACKOFF_MS = 300
 to that peer (one whose heartbeats claim more than it serves is not asked in a loop)."""
 DEFAULT_MAX_OFFSET_MS = 1000
 """How far ahead of this node's clock an entry's hlc may be (``--max-clock-offset-ms``)."""
+ORIGIN_SETTLE_MS = 10_000
+"""After a peer is first heard under an origin, how long every peer must be heard from
+again before this node takes what they have as all there is (see :func:`origins_settled`)."""
 
 CATCHING_UP = "catching-up"
 READY = "ready"
@@ -71,6 +74,28 @@ def lag_report(
         since = lagging.get(peer.origin, (0, now_ms))[1] if behind else now_ms
         out[peer.node_id] = {"entries": behind, "ms": max(0, now_ms - since), "state": peer.state}
     return out
+
+
+def origins_settled(peers: Iterable[PeerView], settle_ms: int) -> bool:
+    """Whether every peer was heard from ``settle_ms`` or more after the last time one was
+    first heard under its present origin (so after this node started, too).
+
+    When a member comes back as a new origin (it lost its disk, or could not
+    prove its log), nobody can say how far its old origin got: a PUB its old
+    process sent just before it died may still be on its way to a peer, which
+    will apply it.  A message is in flight for at most the TCP user timeout
+    (3 s, :mod:`mesh.roles.liveness`); ``ORIGIN_SETTLE_MS`` is over twice that,
+    so each peer's beat heard then speaks for a vv that counts whatever late
+    message it got.  Until then this node neither collects a tombstone
+    (:mod:`mesh.core.tombstones`) nor gives up a hole in its log as lost
+    (:mod:`mesh.core.holes`): either would leave the late entry to bring back
+    a deleted key, or to reach every node but this one.
+    """
+    views = list(peers)
+    if not views:
+        return True
+    changed = max(p.origin_ms for p in views)
+    return all(p.heard_ms >= changed + settle_ms for p in views)
 
 
 def ready_due(peers: Iterable[PeerView], started_ms: int, progress_ms: int, now_ms: int) -> bool:

@@ -28,7 +28,7 @@ makes duplicates and any order of application harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -56,9 +56,11 @@ from mesh.core.peerview import (
     EMPTY_BACKOFF_MS,
     FETCH_TIMEOUT_MS,
     LAG_GRACE_MS,
+    ORIGIN_SETTLE_MS,
     READY,
     PeerView,
     lag_report,
+    origins_settled,
     ready_due,
 )
 from mesh.core.store import Store
@@ -82,6 +84,8 @@ class Replica:
         now_ms: int = 0,
         fetch_entries: int = FETCH_ENTRIES,
         max_offset_ms: int = DEFAULT_MAX_OFFSET_MS,
+        settle_ms: int = ORIGIN_SETTLE_MS,
+        members: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.node_id = node_id
         self.origin = origin
@@ -95,6 +99,8 @@ class Replica:
         self.peers: dict[str, PeerView] = {p: PeerView(p) for p in peers if p != node_id}
         self.state = CATCHING_UP
         self.fetch_entries = fetch_entries
+        self.settle_ms = settle_ms  # see origins_settled (the simulator passes its own)
+        self.members = members  # the other members the trust keys name, when there are keys
         self.counters = {"gaps": 0, "repaired": 0, "fetches": 0, "full_syncs": 0, "refused": 0}
         # kept by the socket loop (mesh.roles.peering), which sends what serve() returns:
         # entries served, fetches answered by the batch prepared ahead, those thrown away
@@ -128,6 +134,18 @@ class Replica:
     def remove_peer(self, node_id: str) -> None:
         """Forget ``node_id`` (no longer a member): no fetches, waits or acks count it."""
         self.peers.pop(node_id, None)
+
+    @property
+    def members_known(self) -> bool:
+        """Whether every other member the trust keys name is a known peer (always true
+        without keys: then the peers are all the members there are)."""
+        return self.members is None or all(m in self.peers for m in self.members())
+
+    @property
+    def origins_settled(self) -> bool:
+        """Whether no message of an origin gone can still be on its way
+        (:func:`~mesh.core.peerview.origins_settled`)."""
+        return origins_settled(self.peers.values(), self.settle_ms)
 
     @property
     def settled(self) -> bool:
@@ -315,7 +333,7 @@ class Replica:
         self._expire(now_ms)
         if self.state != READY:
             self._check_ready(now_ms)
-        elif self._held:
+        elif self._held and self.members_known and self.origins_settled:
             self._drain_apply(self._held.skip_lost(self.vv, self.peers.values()))
         out = []
         # One snapshot at a time: a new node fetches the whole data set from one

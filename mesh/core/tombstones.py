@@ -22,17 +22,11 @@ overwritten.  A member whose vv does not cover an entry (down, partitioned,
 catching up) keeps its tombstones: ``--tombstone-horizon-ms`` and the store's
 tombstone budget bound them meanwhile.
 
-A new incarnation.  When a member comes back as a new origin (it lost its disk,
-or could not prove its log), nobody can say how far its old origin got: a
-PUB the old process sent just before it died may still be on its way to a
-member, which would apply it and pass it on, bringing back a key whose
-tombstone was collected meanwhile (the simulator found it, seed 3100014889:
-a message 844 ms late).  A message is in flight for at most the TCP user
-timeout (3 s, :mod:`mesh.roles.liveness`), so after a member is first heard
-under an origin, nothing is collected until every member has been heard again
-``settle_ms`` later (:data:`ORIGIN_SETTLE_MS`, over twice that): each beat
-then speaks for a vv that counts whatever late message it got.  A node that
-starts counts every member's origin as new.
+A new incarnation: a member may come back as a new origin while a PUB of its
+old one is still on its way (the simulator found it, seed 3100014889: a
+message 844 ms late, applied after the others had collected a tombstone it
+predated).  So nothing is collected until
+:func:`~mesh.core.peerview.origins_settled`.
 """
 
 from __future__ import annotations
@@ -49,24 +43,15 @@ TOMBSTONE_OVERHEAD = 240
 if TYPE_CHECKING:
     from mesh.core.replication import Replica
 
-ORIGIN_SETTLE_MS = 10_000
-"""After a member is heard under a new origin, how long every member must be heard
-from again before tombstones are collected (see "A new incarnation" above)."""
-
 Frontier = dict[str, int]
 """Per origin, the highest seq at or below which tombstones may be dropped."""
 
 
 class StableFrontier:
-    """The stable frontier of one node, advanced on every call to :meth:`advance`.
+    """The stable frontier of one node, advanced on every call to :meth:`advance`."""
 
-    ``settle_ms``: see :data:`ORIGIN_SETTLE_MS` (the simulator passes what its
-    own network's longest delay calls for).
-    """
-
-    def __init__(self, settle_ms: int = ORIGIN_SETTLE_MS) -> None:
+    def __init__(self) -> None:
         self.frontier: Frontier = {}
-        self.settle_ms = settle_ms
         self._pending: tuple[Frontier, Frontier] | None = None  # (low, high needed)
 
     def collect(self, replica: Replica, members: Iterable[str] | None = None) -> int:
@@ -82,7 +67,7 @@ class StableFrontier:
         peers = list(replica.peers.values())
         if (
             not replica.settled
-            or not _origins_settled(peers, self.settle_ms)
+            or not replica.origins_settled
             or not _dead_origins_agree(replica.origin, replica.vv, peers)
         ):
             self._pending = None  # not a time to take a frontier, nor to promote one
@@ -121,16 +106,6 @@ class StableFrontier:
                         high[o] = seq
             self._pending = (low, high)
         return self.frontier
-
-
-def _origins_settled(peers: list[Any], settle_ms: int) -> bool:
-    """Whether every peer was heard from ``settle_ms`` or more after the last time one
-    was first heard under its present origin (a late message of an origin gone
-    before it would show in those beats' vvs)."""
-    if not peers:
-        return True
-    changed = max(p.origin_ms for p in peers)
-    return all(p.heard_ms >= changed + settle_ms for p in peers)
 
 
 def _dead_origins_agree(origin: str, vv: Mapping[str, int], peers: list[Any]) -> bool:

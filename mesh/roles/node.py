@@ -164,6 +164,7 @@ class Node:
             held=found.held,
             now_ms=monotonic_ms(),
             max_offset_ms=self.config.max_clock_offset_ms,
+            members=self.other_members if self.membership else None,
         )
         self.commands.seq = found.vv.get(self.origin, 0)
         self.clock.observe(found.max_hlc)
@@ -468,11 +469,14 @@ class Node:
             await asyncio.sleep(period_ms / 1000)
             action()
 
+    def other_members(self) -> set[str]:
+        """The node ids the trust keys name as members, but this node's (empty without keys)."""
+        return self.membership.ids() - {self.config.node_id} if self.membership else set()
+
     def _sweep(self) -> None:
         self.store.sweep()  # TTLs, and tombstones past the horizon
         self._heap.after_growth(len(self.store))
-        members = self.membership.ids() - {self.config.node_id} if self.membership else None
-        self.stable.collect(self.replica, members)
+        self.stable.collect(self.replica, self.other_members() if self.membership else None)
 
     def snapshot(self, entries: Any = None) -> None:
         """Snapshot the store (its ``entries``, when given) and drop the log it covers."""
