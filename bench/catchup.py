@@ -139,7 +139,7 @@ PLANES = ("curve", "insecure")
 REDIS_REFERENCE = {"partial": 900_000, "full": 500_000}
 
 RECOVERED_RE = re.compile(r"recovered (\d+) entries in ([0-9.]+) s")
-SNAPSHOT_RE = re.compile(r"snapshot \S+ in ([0-9.]+) s")
+SNAPSHOT_RE = re.compile(r"snapshot \S+ (?:\(\d+ bytes\) )?in ([0-9.]+) s")
 
 
 class Diverged(Exception):
@@ -410,6 +410,15 @@ def write_mutations(apis: list[str], count: int, batch: int, prefix: str) -> flo
 # ---------------------------------------------------------------------- catch-up and full sync
 
 
+def start_warm(mesh: Mesh, args: argparse.Namespace) -> None:
+    """Start ``mesh`` and write ``WARMUP_PER_NODE`` keys to each node, so that every
+    version vector names every origin; fail unless the nodes converge."""
+    mesh.start()
+    for i, node in enumerate(mesh.nodes):
+        write_mutations([node.api], WARMUP_PER_NODE, args.batch, f"warm{i}")
+    mesh.check_converged("warm-up", settle_s=10)
+
+
 def _folder(name: str, plane: str) -> str:
     return name if plane == "curve" else f"{name}-{plane}"
 
@@ -422,10 +431,7 @@ def one_run(root: Path, args: argparse.Namespace, run: int, plane: str = "curve"
     mesh = Mesh(root / _folder(f"run{run}", plane), args, plane=plane)
     result: dict[str, dict] = {}
     try:
-        mesh.start()
-        for i, node in enumerate(mesh.nodes):
-            write_mutations([node.api], WARMUP_PER_NODE, args.batch, f"warm{i}")
-        mesh.check_converged("warm-up", settle_s=10)
+        start_warm(mesh, args)
         n1, n2, n3 = mesh.nodes
 
         n3.stop(args.stop)
@@ -491,10 +497,7 @@ def busy_run(root: Path, args: argparse.Namespace, run: int) -> dict:
     mesh = Mesh(root / f"busy{run}", args)
     load = None
     try:
-        mesh.start()
-        for i, node in enumerate(mesh.nodes):
-            write_mutations([node.api], WARMUP_PER_NODE, args.batch, f"warm{i}")
-        mesh.check_converged("warm-up", settle_s=10)
+        start_warm(mesh, args)
         n1, n2, n3 = mesh.nodes
         n3.stop(args.stop)
         write_mutations([n1.api, n2.api], args.mutations, args.batch, "key")
@@ -530,10 +533,7 @@ def idle_restart(root: Path, args: argparse.Namespace, plane: str = "curve") -> 
     """The fixed cost: restart a node that missed nothing (interpreter, imports, HELLOs)."""
     mesh = Mesh(root / _folder("idle", plane), args, plane=plane)
     try:
-        mesh.start()
-        for i, node in enumerate(mesh.nodes):
-            write_mutations([node.api], WARMUP_PER_NODE, args.batch, f"warm{i}")
-        mesh.check_converged("warm-up", settle_s=10)
+        start_warm(mesh, args)
         n3 = mesh.nodes[2]
         samples = []
         for _ in range(3):
