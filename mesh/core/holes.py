@@ -11,16 +11,16 @@ its peers, and the digests would differ until the node restarted.
 A hole no peer can refill (its record was only ever on this node) is given up
 once every member the trust keys name is a known peer (a node that knows no
 peer yet would give up every hole at once: the simulator found it, seed
-3200003752), a heartbeat of every peer has been heard and every one holds exactly as
-much of that origin as this node (:meth:`HeldSeqs.skip_lost`), and no PUB of
-an origin gone can still be on its way (:func:`mesh.core.peerview.origins_settled`:
-the lost record's own PUB may be, late, and reach every node but this one):
-the vv then
-counts the held seqs anyway, and peers get them by a full sync from this node
-(its log cannot serve the hole).  A peer behind this node on that origin may
-hold the lost record in its buffer, past a gap of its own (it heard the PUB
-but not what came before): the hole is kept until it has caught up, or the
-record would reach every node but this one.  A peer that is down then and held
+3200003752), a heartbeat of every peer has been heard and every one holds
+exactly as much of that origin as this node (:meth:`HeldSeqs.skip_lost`), and
+no PUB of an origin gone can still be on its way
+(:func:`mesh.core.peerview.origins_settled`: the lost record's own PUB may be,
+late, and reach every node but this one): the vv then counts the held seqs
+anyway, and peers get them by a full sync from this node (its log cannot
+serve the hole).  A peer behind this node on that origin may hold the lost
+record in its buffer, past a gap of its own (it heard the PUB but not what
+came before): the hole is kept until it has caught up, or the record would
+reach every node but this one.  A peer that is down then and held
 the lost record keeps it: wait for it, or ``pycache forget`` it first.
 """
 

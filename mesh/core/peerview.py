@@ -49,6 +49,7 @@ class PeerView:
     vv: dict[str, int] = field(default_factory=dict)
     logged: dict[str, int] = field(default_factory=dict)  # vv of its last logged-vv heartbeat
     heard_ms: int = -1
+    beat_ms: int = -1  # when its last heartbeat came (heard_ms counts replies too)
     origin_ms: int = -1  # when its first beat under ``origin`` came (monotonic ms)
     fetching: Fetch | None = None
     fetch_sent_ms: int = 0
@@ -77,8 +78,8 @@ def lag_report(
 
 
 def origins_settled(peers: Iterable[PeerView], settle_ms: int) -> bool:
-    """Whether every peer was heard from ``settle_ms`` or more after the last time one was
-    first heard under its present origin (so after this node started, too).
+    """Whether every peer's heartbeat came ``settle_ms`` or more after the last time one
+    was first heard under its present origin (so after this node started, too).
 
     When a member comes back as a new origin (it lost its disk, or could not
     prove its log), nobody can say how far its old origin got: a PUB its old
@@ -95,7 +96,7 @@ def origins_settled(peers: Iterable[PeerView], settle_ms: int) -> bool:
     if not views:
         return True
     changed = max(p.origin_ms for p in views)
-    return all(p.heard_ms >= changed + settle_ms for p in views)
+    return all(p.beat_ms >= changed + settle_ms for p in views)
 
 
 def ready_due(peers: Iterable[PeerView], started_ms: int, progress_ms: int, now_ms: int) -> bool:

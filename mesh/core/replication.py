@@ -312,7 +312,8 @@ class Replica:
             return
         if origin != peer.origin:
             peer.logged, peer.origin_ms = {}, now_ms
-        peer.origin, peer.state, peer.vv, peer.heard_ms = origin, state, vv, now_ms
+        peer.origin, peer.state, peer.vv = origin, state, vv
+        peer.heard_ms = peer.beat_ms = now_ms
         if logged:
             peer.logged = vv
         for o, seq in vv.items():
