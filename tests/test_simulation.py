@@ -73,6 +73,7 @@ def test_random_seeds(seed: int) -> None:
         (3100024134, {}),  # a dead incarnation's write, still on its way, after a collection
         (3200003752, {}),  # a hole given up by a node that knew no peer yet (hello)
         (3300008766, {}),  # the checker left out what the cut node itself still held
+        (3400031963, {}),  # five DELs of missing keys: nothing to acknowledge (the checker)
     ],
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
