@@ -425,6 +425,7 @@ class Sim:
             dict(replica.vv),
             dict(replica.floor),
             node.log.end,
+            replica.held_past_holes(),
         )
 
     # ------------------------------------------------------------------ clients

@@ -102,8 +102,9 @@ def damaged_vv(node: SimNode) -> tuple[dict[str, int], dict[str, set[int]]]:
     Clears the damage once no origin has a hole (the holes were refilled)."""
     log, snap = node.log, node.snapshot
     start = max(log.base, snap.pos if snap else 0)
-    seen = Contiguity(dict(snap.vv) if snap else {})
-    highest: dict[str, int] = {}
+    held = {o: set(s) for o, s in (snap.held or {}).items()} if snap else {}
+    seen = Contiguity(dict(snap.vv) if snap else {}, held)
+    highest = {o: max(s) for o, s in held.items()}
     for m in seen.watch(log.records[start - log.base :]):
         highest[m[0]] = max(m[1], highest.get(m[0], 0))
     if not seen.holes(highest):

@@ -120,12 +120,14 @@ class Write(NamedTuple):
 
 
 class Snapshot(NamedTuple):
-    """A durable snapshot: the store's entries, vv and floor, and the log position."""
+    """A durable snapshot: the store's entries, vv and floor, and the log position;
+    ``held``: the seqs its store holds past a hole (``snapshot_meta``'s "held")."""
 
     entries: list[Mutation]
     vv: dict[str, int]
     floor: dict[str, int]
     pos: int
+    held: dict[str, list[int]] | None = None
 
 
 class SimLog:

@@ -26,7 +26,7 @@ from mesh.core.store import Store
 from mesh.storage.datadir import open_identity
 from mesh.storage.log import Log, LogCorruptError
 from mesh.storage.replay import recover as replay_recover
-from mesh.storage.salvage import read_damage, rotate_if_damaged
+from mesh.storage.salvage import note_damage, read_damage, rotate_if_damaged
 from tests.log_writer_child import big_record, record
 
 REPO = Path(__file__).resolve().parents[1]
@@ -920,3 +920,31 @@ def test_seal_then_compact_keeps_at_most_keep_bytes(tmp_path: Path) -> None:
         log.compact(keep_bytes=0)
         assert len(segments(tmp_path)) == 1 and log.first_offset() == 200
         assert log.appended > 0
+
+
+def test_a_snapshot_keeps_the_seqs_its_store_holds_past_a_hole(tmp_path: Path) -> None:
+    """A node with a hole in its log holds the records past it in its store, not in its
+    vv; a snapshot then saved that store, and the log it covers went.  Replay must hold
+    them again, or they are never announced and the digests never agree (the
+    simulator, seed 3700001478: a counter's increment)."""
+    past = [Mutation("o/1", s, 100 + s, f"k{s}", b"v") for s in (2, 3, 4)]
+    with Log(tmp_path) as log:
+        log.append(past)
+        note_damage(tmp_path / "log", "o/1's 1 lost")
+        log.write_snapshot(past, {"vv": {}, "floor": {}, "held": {"o/1": [2, 3, 4]}})
+        log.append([Mutation("p/1", 1, 200, "q", b"v")])
+    with Log(tmp_path) as log:
+        store = Store()
+        found = replay_recover(log, store)
+    assert found.held == {"o/1": {2, 3, 4}} and found.vv == {"p/1": 1}
+    assert store.get("k3") is not None
+    assert read_damage(tmp_path / "log") is not None  # the hole is still open
+
+
+def test_held_seqs_of_the_wrong_shape_in_a_snapshot_are_ignored(tmp_path: Path) -> None:
+    with Log(tmp_path) as log:
+        log.append([Mutation("p/1", 1, 200, "q", b"v")])
+        log.write_snapshot([], {"vv": {"p/1": 1}, "held": {"o/1": ["x"]}})
+    with Log(tmp_path) as log:
+        found = replay_recover(log, Store())
+    assert found.held == {} and found.vv == {"p/1": 1}

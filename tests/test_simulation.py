@@ -74,6 +74,8 @@ def test_random_seeds(seed: int) -> None:
         (3200003752, {}),  # a hole given up by a node that knew no peer yet (hello)
         (3300008766, {}),  # the checker left out what the cut node itself still held
         (3400031963, {}),  # five DELs of missing keys: nothing to acknowledge (the checker)
+        # a snapshot of a store holding seqs past a hole, then a restart: they were forgotten
+        (3700001478, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
     ],
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:

@@ -48,6 +48,10 @@ class HeldSeqs:
     def __bool__(self) -> bool:
         return bool(self._held)
 
+    def as_lists(self) -> dict[str, list[int]]:
+        """Per origin, the held seqs in order (a snapshot's meta keeps them)."""
+        return {origin: sorted(seqs) for origin, seqs in self._held.items()}
+
     def raise_vv(self, vv: dict[str, int]) -> list[str]:
         """Raise ``vv`` over the held seqs that now carry on from it; the origins raised.
 

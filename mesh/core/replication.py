@@ -135,6 +135,12 @@ class Replica:
         """Forget ``node_id`` (no longer a member): no fetches, waits or acks count it."""
         self.peers.pop(node_id, None)
 
+    def held_past_holes(self) -> dict[str, list[int]]:
+        """Per origin, the seqs this node holds past a hole in its log (none, unless its
+        log was damaged): a snapshot records them, for the store it saves holds them
+        while the vv does not count them."""
+        return self._held.as_lists()
+
     @property
     def members_known(self) -> bool:
         """Whether every other member the trust keys name is a known peer (always true

@@ -27,7 +27,11 @@ log = logging.getLogger(__name__)
 def snapshot_meta(node: Node) -> dict[str, Any]:
     """What a snapshot of ``node``'s store records beside its entries."""
     replica = node.replica
-    return {"vv": replica.vv, "floor": replica.floor, "max_hlc": node.clock.last}
+    meta = {"vv": replica.vv, "floor": replica.floor, "max_hlc": node.clock.last}
+    held = replica.held_past_holes()
+    if held:  # the store holds them, the vv does not count them: replay must know
+        meta["held"] = held
+    return meta
 
 
 def alone(node: Node) -> bool:

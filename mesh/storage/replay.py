@@ -48,38 +48,55 @@ def recover(log_: Log, store: Store) -> Recovered:
     started = time.perf_counter()
     found = Recovered()
     snapshot = log_.load_snapshot()
+    held: dict[str, set[int]] = {}
     if snapshot is not None:
         meta, entries = snapshot
         found.snapshot_offset = int(meta.get("offset", 0))
         found.max_hlc = int(meta.get("max_hlc", 0))
         found.vv, found.floor = dict(meta.get("vv", {})), dict(meta.get("floor", {}))
+        held = _held_of(meta)
         found.applied = apply_all(store, entries, "loading the snapshot")
         log.info("loaded snapshot at offset %d: %d entries", found.snapshot_offset, found.applied)
     log_dir = log_.data_dir / "log"
     mark = read_damage(log_dir)
-    if mark is None:  # the usual case: each origin's records are contiguous in the log
+    if mark is None and not held:  # the usual case: each origin's records are contiguous
         try:
             found.applied += apply_all(store, log_.replay(found.snapshot_offset), "replaying")
             for origin, seq in log_.max_seqs().items():
                 found.vv[origin] = max(seq, found.vv.get(origin, 0))
         except LogCorruptError as exc:
             mark = _move_aside(log_, exc)
-    if mark is not None:
-        _replay_damaged(log_, store, found, mark)
+    if mark is not None or held:
+        _replay_damaged(log_, store, found, mark or {}, held)
     found.max_hlc = max(found.max_hlc, log_.max_hlc)
     found.seconds = time.perf_counter() - started
     return found
 
 
-def _replay_damaged(log_: Log, store: Store, found: Recovered, mark: dict) -> None:
+def _held_of(meta: dict) -> dict[str, set[int]]:
+    """The seqs a snapshot's store holds past a hole (``meta["held"]``), checked."""
+    held = meta.get("held") or {}
+    if not isinstance(held, dict) or not all(
+        isinstance(o, str) and isinstance(s, list) and all(type(x) is int and x > 0 for x in s)
+        for o, s in held.items()
+    ):
+        log.warning("the snapshot's held seqs are malformed: ignored")
+        return {}
+    return {o: set(s) for o, s in held.items() if s}
+
+
+def _replay_damaged(
+    log_: Log, store: Store, found: Recovered, mark: dict, held: dict[str, set[int]]
+) -> None:
     """Replay a log that lost records (:mod:`mesh.storage.salvage`): the vv is each
     origin's contiguous run of seqs, so that its holes are fetched from the peers;
     a sealed segment found corrupt is moved aside and the replay run again
-    (applying an entry twice changes nothing)."""
+    (applying an entry twice changes nothing).  ``held``: the seqs the snapshot's
+    store holds past a hole, which the log after it may no longer have."""
     log_dir, snapshot_applied = log_.data_dir / "log", found.applied
     while True:
         start = max(found.snapshot_offset, log_.first_offset())
-        seen = Contiguity(found.vv)
+        seen = Contiguity(found.vv, held)
         try:
             applied = apply_all(store, seen.watch(log_.replay(start)), "replaying")
             break
@@ -87,7 +104,10 @@ def _replay_damaged(log_: Log, store: Store, found: Recovered, mark: dict) -> No
             mark = _move_aside(log_, exc)
     found.applied = snapshot_applied + applied
     found.vv, found.held = seen.vv, seen.held
-    holes = seen.holes(log_.max_seqs())
+    highest = log_.max_seqs()
+    for origin, seqs in held.items():
+        highest[origin] = max(highest.get(origin, 0), *seqs)
+    holes = seen.holes(highest)
     for origin, (have, top) in holes.items():
         log.warning("%s: entries %d..%d or some of them lost; fetching them", origin, have + 1, top)
     if not holes and mark.get("rotated_to"):

@@ -248,9 +248,9 @@ class Contiguity:
     """Per origin, the highest seq up to which every seq was seen (from ``base``),
     and the seqs seen past that (:attr:`held`)."""
 
-    def __init__(self, base: dict[str, int]) -> None:
+    def __init__(self, base: dict[str, int], held: dict[str, set[int]] | None = None) -> None:
         self.vv = dict(base)
-        self._ahead: dict[str, set[int]] = {}
+        self._ahead: dict[str, set[int]] = {o: set(s) for o, s in (held or {}).items()}
 
     def watch(self, entries: Iterable[Mutation]) -> Iterator[Mutation]:
         """``entries``, passed on, each counted on the way."""
