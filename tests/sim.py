@@ -569,12 +569,13 @@ class Sim:
         each of those has lost its disk since it logged it, losing it is a failure.
         """
         durable = [self._durable(n) for n in self.nodes.values() if n is not node]
-        keep = []
+        keep, excused = [], []
         for w in self.required:
             if any(d.get(w.mutation.key, (-1, "")) >= w.version for d in durable):
                 keep.append(w)
                 continue
             holders = w.holders(self.origins(), but=node.id)
+            excused.append(w)
             if self.forgets and not any(w.mutation.key in d for d in durable):
                 # evicted and its tombstone dropped, or a DEL collected, as check() allows
                 self.stats["excused"] += 1
@@ -592,6 +593,8 @@ class Sim:
         if self.p.hello:
             simhello.lose_disk(node)
         node.incarnation += 1
+        for w in excused:
+            simfaults.excuse_superseded(self, w, durable)
 
     @property
     def settle_ms(self) -> int:

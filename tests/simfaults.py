@@ -25,7 +25,7 @@ from tests.simmodel import held
 
 if TYPE_CHECKING:
     from tests.sim import Sim
-    from tests.simmodel import SimNode, Version
+    from tests.simmodel import SimNode, Version, Write
 
 
 def fault_params(rng: random.Random) -> dict[str, Any]:
@@ -75,7 +75,7 @@ def _excuse_cut(sim: Sim, node: SimNode, cut: Mutation) -> None:
     write of the key there supersedes it (seed 3300008766).
     """
     durable = [sim._durable(n) for n in sim.nodes.values()]
-    keep = []
+    keep, excused = [], []
     for w in sim.required:
         m = w.mutation
         if (m[0], m[1]) != (cut[0], cut[1]) or any(
@@ -92,6 +92,31 @@ def _excuse_cut(sim: Sim, node: SimNode, cut: Mutation) -> None:
             )
         sim.stats["excused"] += 1
         sim.stats["excused_cut"] += 1
+        excused.append(w)
+    sim.required = keep
+    for w in excused:
+        excuse_superseded(sim, w, durable)
+
+
+def excuse_superseded(sim: Sim, lost: Write, durable: list[dict[str, Version]]) -> None:
+    """After ``lost`` was excused, the older acknowledged writes of its key that were kept
+    only because ``lost`` superseded them (their own copies went with a disk or a log
+    since): excused too, when no node holds them or newer durably (seed 3700008266:
+    A acknowledged on n3, B newer on n2; n3 lost its disk, A kept for B; then n2's
+    log lost B).  One still held by the incarnation that logged it stays required."""
+    origins, key = sim.origins(), lost.mutation.key
+    keep = []
+    for w in sim.required:
+        if (
+            w.mutation.key != key
+            or w.version >= lost.version
+            or any(d.get(key, (-1, "")) >= w.version for d in durable)
+            or origins[w.node] == w.mutation.origin  # its origin still has its log
+            or w.holders(origins)
+        ):
+            keep.append(w)
+            continue
+        sim.stats["excused"] += 1
     sim.required = keep
 
 

@@ -76,6 +76,8 @@ def test_random_seeds(seed: int) -> None:
         (3400031963, {}),  # five DELs of missing keys: nothing to acknowledge (the checker)
         # a snapshot of a store holding seqs past a hole, then a restart: they were forgotten
         (3700001478, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
+        # A kept for a newer B, then B lost to a cut: A's own copy went with a disk
+        (3700008266, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
     ],
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
