@@ -7,14 +7,18 @@ from collections.abc import Iterator
 from mesh.core.holes import HeldSeqs
 
 
-class CountedScans(set):
-    """A set that counts how often it is iterated over."""
+class CountsScans:
+    """Mixed into a container: counts how often it is iterated over."""
 
     scans = 0
 
     def __iter__(self) -> Iterator[int]:
         self.scans += 1
-        return super().__iter__()
+        return super().__iter__()  # type: ignore[misc]
+
+
+class CountedScans(CountsScans, set):
+    """A set of seqs that counts its scans."""
 
 
 def test_the_vv_carries_on_over_held_seqs_once_the_hole_is_filled() -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from mesh.core.peerview import READY
 from mesh.core.replication import FETCH_TIMEOUT_MS, Replica
 from mesh.core.store import Store
 from tests import byzantine, sim, simcounters, simfaults
+from tests.test_holes import CountsScans
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "2500"))
 EXPLORE = os.environ.get("SIM_EXPLORE") == "1"
@@ -322,14 +322,8 @@ def test_a_new_incarnation_voids_what_the_old_one_said_it_logged() -> None:
     assert x.logged_by(5) == 3
 
 
-class CountedScans(dict):
-    """A dict that counts how often it is iterated over."""
-
-    scans = 0
-
-    def __iter__(self) -> Iterator[int]:
-        self.scans += 1
-        return super().__iter__()
+class CountedScans(CountsScans, dict):
+    """A buffer of held entries that counts its scans."""
 
 
 def test_a_catch_up_batch_runs_into_the_pub_entries_buffered_meanwhile() -> None:
