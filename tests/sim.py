@@ -397,7 +397,7 @@ class Sim:
         peers = {p.node_id: (p.vv, p.heard_ms) for p in replica.peers.values()}
         node.lag.judge(replica.vv, peers, self.now, replica.gate.refusing())
         if self.p.collect:  # as Node._sweep: drop the tombstones every member moved past
-            node.stable.collect(replica, [n for n in self.nodes if n != node.id])
+            node.stable.collect(replica)
         self._check_acks(node)
         self._poll(node)
         self.at(self.now + node.tick_ms, self._tick, node, life)

@@ -82,8 +82,8 @@ def test_random_kills_stops_and_pauses_lose_no_acknowledged_write(procs):
                 fault(node, kind)
                 down[node] = kind
                 events.append(f"{kind} {node.node_id}")
-        for node, kind in down.items():
-            heal(node, kind)
+        while down:
+            heal(*down.popitem())
         for node in nodes:
             node.wait_ready(timeout=60)
     finally:

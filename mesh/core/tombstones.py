@@ -54,15 +54,15 @@ class StableFrontier:
         self.frontier: Frontier = {}
         self._pending: tuple[Frontier, Frontier] | None = None  # (low, high needed)
 
-    def collect(self, replica: Replica, members: Iterable[str] | None = None) -> int:
+    def collect(self, replica: Replica) -> int:
         """Advance from ``replica``'s vv and its peers' heartbeats (every member's view
         counts), then drop its store's stable tombstones; return how many.
 
-        ``members``: every member's id when the membership is known (the trust
-        keys): while one is not among the replica's peers yet (a node that lost
-        its disk learns them again by HELLO), nothing is collected.
+        While a member the trust keys name is not among the replica's peers yet
+        (a node that lost its disk learns them again by HELLO:
+        :attr:`~mesh.core.replication.Replica.members_known`), nothing is collected.
         """
-        if members is not None and any(m not in replica.peers for m in members):
+        if not replica.members_known:
             return 0
         peers = list(replica.peers.values())
         if (

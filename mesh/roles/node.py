@@ -476,7 +476,7 @@ class Node:
     def _sweep(self) -> None:
         self.store.sweep()  # TTLs, and tombstones past the horizon
         self._heap.after_growth(len(self.store))
-        self.stable.collect(self.replica, self.other_members() if self.membership else None)
+        self.stable.collect(self.replica)
 
     def snapshot(self, entries: Any = None) -> None:
         """Snapshot the store (its ``entries``, when given) and drop the log it covers."""
