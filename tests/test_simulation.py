@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from mesh.core.catchup import Batch
 from mesh.core.clock import HybridClock, pack
 from mesh.core.entry import pack_small
+from mesh.core.holes import HeldSeqs
 from mesh.core.mutation import Mutation
 from mesh.core.peerview import READY
 from mesh.core.replication import FETCH_TIMEOUT_MS, Replica
@@ -78,6 +79,8 @@ def test_random_seeds(seed: int) -> None:
         (3700001478, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
         # A kept for a newer B, then B lost to a cut: A's own copy went with a disk
         (3700008266, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
+        # a full sync into a store holding a key the image had deleted, its tombstone collected
+        (4100011199, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
     ],
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
@@ -305,6 +308,46 @@ def test_snapshot_completing_while_an_unknown_origin_is_held() -> None:
     assert fetch.full
     x.on_batch("s", Batch(fetch.request_id, [], {}, snapshot=True), 1)  # KeyError before
     assert x._buffered == 1 and x.vv == {}
+
+
+def test_a_full_sync_drops_what_its_image_had_deleted_and_collected() -> None:
+    """Seed 4100011199: n3's damaged log lost its own DEL of k8, whose tombstone the
+    others had collected; the full sync it then took merged the image into its
+    store, so the older SET of k8 stayed, and n3 later served it back to n2.  A key
+    the image lacks whose origin the image covers as far as this node knows it is
+    dropped; one the image may not have seen (x's own, q's past the image) stays."""
+    x = replica("x", ["s"])
+    x.receive([mut(1, "k8", b"old"), mut(1, "mine", b"m", "x/1"), mut(1, "q", b"1", "q/1")], 0)
+    x.receive([mut(2, "q2", b"2", "q/1")], 0)
+    assert x.vv == {"o/1": 1, "x/1": 1, "q/1": 2}
+    image = [("o/1", 0, pack(T0, 3), "other", b"v", 0), ("q/1", 0, pack(T0, 1), "q", b"1", 0)]
+    # o/1's seq 2 deleted k8 and its tombstone was collected; the image lacks q/1's seq 2
+    full_sync_of(x, image, {"o/1": 3, "q/1": 1})
+    assert x.store.get("k8") is None
+    assert {k: x.store.value(k) for k in ("mine", "q", "q2", "other")} == {
+        "mine": b"m",
+        "q": b"1",
+        "q2": b"2",
+        "other": b"v",
+    }
+    assert x.counters["full_syncs"] == 1 and x.counters["image_dropped"] == 1
+
+
+def full_sync_of(x: Replica, image: list, vv: dict[str, int]) -> None:
+    """``x`` asks its peer "s", is told its log cannot serve it, and takes ``image``."""
+    [(_, fetch)] = x.poll(0)
+    x.on_batch("s", Batch(fetch.request_id, [], {}, need_full=True), 1)
+    [(_, fetch)] = x.poll(2)
+    x.on_batch("s", Batch(fetch.request_id, image, vv, False, True, 1, len(image)), 3)
+
+
+def test_a_full_sync_keeps_a_key_written_past_a_hole_the_image_has_not_reached() -> None:
+    x = replica("x", ["s"])
+    x._held = HeldSeqs({"o/1": [3]})  # a damaged log: seq 2 lost, seq 3 applied
+    x.store.apply_many([mut(1, "k", b"1"), mut(3, "held", b"3")])
+    x.vv.update({"o/1": 1})
+    full_sync_of(x, [("o/1", 0, pack(T0, 1), "k", b"1", 0)], {"o/1": 2})
+    assert x.store.value("held") == b"3" and x.counters["image_dropped"] == 0
 
 
 def test_a_new_incarnation_voids_what_the_old_one_said_it_logged() -> None:

@@ -823,3 +823,30 @@ def test_non_ascii_keys_round_trip_through_every_view() -> None:
     store.apply(mut("ключ3", b"y"))  # evicts 键, the least recently used
     assert store.tombstone("键") is not None and store.version("键") == (pack(T0, 0), "a")
     assert store.stats()["bytes"] == expected_bytes(store)
+
+
+def test_drop_unlisted_takes_only_keys_written_wholly_by_covered_origins() -> None:
+    """A full sync's image lacks a key it deleted and collected (seed 4100011199)."""
+
+    def counter(key: str, slot: str) -> Mutation:
+        return Mutation("a", 0, pack(T0, 9), key, (pack(T0, 1), "a", 0, 5, ((slot, 1, 2),)), 0)
+
+    writes = [
+        mut("small", b"v"),
+        mut("big", b"x" * 2000, deadline=T0 + 60_000),
+        mut("listed", b"l"),
+        mut("other", b"o", origin="b"),
+        counter("c-mine", "a"),
+        counter("c-theirs", "b"),
+    ]
+    kept = [w for w in writes if w.key in ("listed", "other", "c-theirs")]
+    store, _ = make(max_memory=1 << 20)
+    store.apply_many(writes)
+    store.digest()  # every entry folded: a dropped one must leave the digest
+    assert store.drop_unlisted({"listed"}, {"a"}) == 3
+    assert sorted(store.live_keys()) == ["c-theirs", "listed", "other"]
+    expected, _ = make(max_memory=1 << 20)
+    expected.apply_many(kept)
+    assert store.digest() == expected.digest()
+    assert store.stats()["bytes"] == expected_bytes(store) == expected.stats()["bytes"]
+    assert store.ttl_ms("big") == -2 and store.drop_unlisted(set(), {"zzz"}) == 0

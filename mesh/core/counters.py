@@ -69,6 +69,11 @@ class CounterValue(bytes):
     top: tuple[int, str]
 
 
+def slot_origins(state: State) -> list[str]:
+    """The origins that incremented the counter of ``state`` (its slots' names)."""
+    return [slot[0] for slot in state[_SLOTS]]
+
+
 def held(state: State, top: tuple[int, str]) -> CounterValue:
     """The store's form of ``state``, last written at ``top``."""
     value = CounterValue(b"%d" % total(state))

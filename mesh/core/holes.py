@@ -52,6 +52,11 @@ class HeldSeqs:
         """Per origin, the held seqs in order (a snapshot's meta keeps them)."""
         return {origin: sorted(seqs) for origin, seqs in self._held.items()}
 
+    def top(self, origin: str) -> int:
+        """The highest seq held for ``origin``, 0 for none."""
+        seqs = self._held.get(origin)
+        return max(seqs) if seqs else 0
+
     def raise_vv(self, vv: dict[str, int]) -> list[str]:
         """Raise ``vv`` over the held seqs that now carry on from it; the origins raised.
 

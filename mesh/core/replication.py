@@ -102,6 +102,7 @@ class Replica:
         self.settle_ms = settle_ms  # see origins_settled (the simulator passes its own)
         self.members = members  # the other members the trust keys name, when there are keys
         self.counters = {"gaps": 0, "repaired": 0, "fetches": 0, "full_syncs": 0, "refused": 0}
+        self.counters["image_dropped"] = 0  # keys a full sync's image had deleted (collected)
         # kept by the socket loop (mesh.roles.peering), which sends what serve() returns:
         # entries served, fetches answered by the batch prepared ahead, those thrown away
         self.counters.update(served=0, prepared_used=0, prepared_dropped=0)
@@ -493,8 +494,12 @@ class Replica:
             peer.staged, peer.packed, peer.synced, peer.want_full = [], [], True, stale
             peer.retry_ms = now_ms + REFUSE_BACKOFF_MS
             return []
+        covered = self._covered_by(batch.vv) if len(self.store) else ()
         if peer.staged:
             self._apply(peer.staged)
+        if covered:
+            listed = set(map(itemgetter(3), peer.staged))
+            self.counters["image_dropped"] += self.store.drop_unlisted(listed, covered)
         peer.staged, peer.packed = [], []
         # Complete: everything up to the snapshot's vv is in the store, but not in
         # our log, so we can no longer serve those entries from it (our floor).
@@ -509,6 +514,11 @@ class Replica:
         self.counters["full_syncs"] += 1
         self._snapshot_due = True
         return applied
+
+    def _covered_by(self, vv: Mapping[str, int]) -> list[str]:
+        """The origins whose every write this node holds is at or below ``vv``: a
+        full sync's image holds, or has deleted, whatever of theirs this store holds."""
+        return [o for o, seq in vv.items() if seq >= max(self.vv.get(o, 0), self._held.top(o))]
 
     def take_snapshot_due(self) -> bool:
         """True once after a full sync: persist a snapshot with ``vv`` and ``floor``."""

@@ -41,12 +41,12 @@ from __future__ import annotations
 import random
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from heapq import heappush
 from typing import Any
 
 from mesh.core.clock import LOGICAL_BITS, wall_ms
-from mesh.core.counters import eviction_version, resolve
+from mesh.core.counters import CounterValue, eviction_version, resolve, slot_origins
 from mesh.core.digest import fold, folded_share, unfolded
 from mesh.core.entry import (
     HLC_SHIFT,
@@ -491,6 +491,37 @@ class Store:
         self._tomb_bytes -= sum(map(len, dropped)) + TOMBSTONE_OVERHEAD * len(dropped)
         self._collected += len(dropped)
         return len(dropped)
+
+    def drop_unlisted(self, listed: Collection[str], covered: Collection[str]) -> int:
+        """Drop the live keys not in ``listed`` whose writes all came from ``covered``
+        origins (a counter: its base and every slot); returns how many.
+
+        A full sync's image lists every key its sender holds, tombstones included,
+        and covers some origins as far as this node knows them: a key of this
+        store that the image lacks, written by such an origin, was deleted there
+        and the tombstone collected (or trimmed).  Nothing stands in for it, as
+        nothing stands for a collected tombstone.  O(live keys).
+        """
+        oids = {self._oids[o] for o in covered if o in self._oids}
+        if not oids:
+            return 0
+        keep = {key.encode() for key in listed}
+        live = self._live
+        gone = [kb for kb, raw in live.items() if kb not in keep and self._all_from(raw, oids)]
+        for kb in gone:
+            raw = live.pop(kb)
+            self._bytes -= len(kb) + self._drop_share(kb, raw) + ENTRY_OVERHEAD
+            self._expires.pop(kb, None)
+        return len(gone)
+
+    def _all_from(self, raw: Any, oids: set[int]) -> bool:
+        """Whether every write a held compact entry carries is from an origin in ``oids``."""
+        value, _, oid = unpack(raw)
+        if oid not in oids:
+            return False
+        if type(value) is not CounterValue:
+            return True
+        return all(self._oids.get(origin, -1) in oids for origin in slot_origins(value.state))
 
     # -- whole-store views --------------------------------------------------
 
