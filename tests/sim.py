@@ -157,6 +157,7 @@ STATS = (
     "excused_cut",  # acknowledged writes whose only durable copy was a cut record
     "unsubscribed",  # PUB and heartbeats from a peer the receiver does not know yet
     "budget_resurrections",  # keys back older after the tombstone budget dropped some
+    "excused_budget",  # DELs whose copies went after the tombstone budget dropped some
     "incrs",  # INCRBYs acknowledged (tests/simcounters.py)
     "excused_incrs",  # ... lost with their incarnation's history (lost disk, cut log)
     "incr_slots_whole",  # counter slots of current incarnations checked whole
@@ -580,7 +581,7 @@ class Sim:
                 # evicted and its tombstone dropped, or a DEL collected, as check() allows
                 self.stats["excused"] += 1
                 continue
-            if w.needed > 1 and holders:
+            if w.needed > 1 and holders and not simfaults.budget_forfeits(self, w):
                 self.fail(
                     f"{node.id} lost its disk and with it {w.mutation}, acknowledged with "
                     f"{w.needed} nodes logging it ({w.logged_on} at {w.at_ms} ms), though "

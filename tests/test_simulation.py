@@ -81,6 +81,9 @@ def test_random_seeds(seed: int) -> None:
         (3700008266, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
         # a full sync into a store holding a key the image had deleted, its tombstone collected
         (4100011199, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
+        # DELs whose last copies went after tombstone budgets had dropped them (the checker)
+        (4100008192, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
+        (4100021710, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
     ],
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
