@@ -318,17 +318,24 @@ def test_a_full_sync_drops_what_its_image_had_deleted_and_collected() -> None:
     others had collected; the full sync it then took merged the image into its
     store, so the older SET of k8 stayed, and n3 later served it back to n2.  A key
     the image lacks whose origin the image covers as far as this node knows it is
-    dropped; one the image may not have seen (x's own, q's past the image) stays."""
+    dropped; one the image may not have seen (q's past the image, x's own not yet
+    counted in its vv) stays."""
     x = replica("x", ["s"])
     x.receive([mut(1, "k8", b"old"), mut(1, "mine", b"m", "x/1"), mut(1, "q", b"1", "q/1")], 0)
     x.receive([mut(2, "q2", b"2", "q/1")], 0)
+    x.store.apply(mut(2, "pending", b"p", "x/1"))  # applied, its group commit to come
     assert x.vv == {"o/1": 1, "x/1": 1, "q/1": 2}
-    image = [("o/1", 0, pack(T0, 3), "other", b"v", 0), ("q/1", 0, pack(T0, 1), "q", b"1", 0)]
+    image = [
+        ("o/1", 0, pack(T0, 3), "other", b"v", 0),
+        ("q/1", 0, pack(T0, 1), "q", b"1", 0),
+        ("x/1", 0, pack(T0, 1), "mine", b"m", 0),
+    ]
     # o/1's seq 2 deleted k8 and its tombstone was collected; the image lacks q/1's seq 2
-    full_sync_of(x, image, {"o/1": 3, "q/1": 1})
+    full_sync_of(x, image, {"o/1": 3, "q/1": 1, "x/1": 1})
     assert x.store.get("k8") is None
-    assert {k: x.store.value(k) for k in ("mine", "q", "q2", "other")} == {
+    assert {k: x.store.value(k) for k in ("mine", "pending", "q", "q2", "other")} == {
         "mine": b"m",
+        "pending": b"p",
         "q": b"1",
         "q2": b"2",
         "other": b"v",

@@ -517,8 +517,17 @@ class Replica:
 
     def _covered_by(self, vv: Mapping[str, int]) -> list[str]:
         """The origins whose every write this node holds is at or below ``vv``: a
-        full sync's image holds, or has deleted, whatever of theirs this store holds."""
-        return [o for o, seq in vv.items() if seq >= max(self.vv.get(o, 0), self._held.top(o))]
+        full sync's image holds, or has deleted, whatever of theirs this store holds.
+
+        Never this node's own origin: the group commit applies its writes before
+        the vv counts them.  (A DEL of its own write that it lacks means a damaged
+        log, after which it writes under a new origin.)
+        """
+        return [
+            o
+            for o, seq in vv.items()
+            if seq >= max(self.vv.get(o, 0), self._held.top(o)) and o != self.origin
+        ]
 
     def take_snapshot_due(self) -> bool:
         """True once after a full sync: persist a snapshot with ``vv`` and ``floor``."""
