@@ -48,7 +48,9 @@ Faults (until the heal)
     with them off replays as before): a record cut out of the middle of a
     log, a memory limit and tombstone collection (``tests/simfaults.py``),
     peers found by HELLO (``tests/simhello.py``), concurrent INCRBYs of
-    counters on every node (``tests/simcounters.py``, checked exact at the end).
+    counters on every node (``tests/simcounters.py``, checked exact at the end),
+    SETs with a TTL, EXPIREs and PERSISTs (``tests/simttl.py``: an expired key
+    leaves a tombstone of its version, which the checks below already take).
 Heal and settle
     At ``duration_ms`` every partition heals, every down node restarts, drops,
     duplicates and long delays stop (short random delays stay) and clients
@@ -99,7 +101,7 @@ from mesh.core.tombstones import StableFrontier
 
 if __package__ in (None, ""):  # run as a script (``python tests/sim.py --seed N``)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests import simcounters, simfaults, simhello  # noqa: E402
+from tests import simcounters, simfaults, simhello, simttl  # noqa: E402
 from tests.simmodel import (  # noqa: E402
     Params,
     Result,
@@ -161,6 +163,7 @@ STATS = (
     "incrs",  # INCRBYs acknowledged (tests/simcounters.py)
     "excused_incrs",  # ... lost with their incarnation's history (lost disk, cut log)
     "incr_slots_whole",  # counter slots of current incarnations checked whole
+    "ttl_rewrites",  # EXPIREs and PERSISTs that wrote a new deadline (tests/simttl.py)
 )
 
 Rule = Callable[[str, str, str, Any], "int | None"]
@@ -186,6 +189,7 @@ class Sim:
         self.xrng = xrng or random.Random(seed)  # the features' own stream (see make)
         self.frng = frng or random.Random(seed)  # tests/simfaults.py's own stream
         self.crng = random.Random(f"sim-counters/{seed}")  # tests/simcounters.py's own
+        self.trng = random.Random(f"sim-ttl/{seed}")  # tests/simttl.py's own
         self.issued_incrs: dict[tuple[str, str], list[int]] = {}  # (key, origin) -> deltas
         self._budget_dropped = False  # see budget_dropped
         self.issued: dict[tuple[str, int], Mutation] = {}  # (origin, seq) -> what it was
@@ -434,11 +438,12 @@ class Sim:
     def client_write(
         self,
         node_id: str,
-        ops: Sequence[tuple[str, bytes | None]],
+        ops: Sequence[tuple[str, bytes | None] | tuple[str, bytes | None, int]],
         w: int | str = 1,
         on_failure: Callable[[], None] | None = None,
     ) -> None:
-        """A client op at ``node_id`` (one write or an MSET; value None is a DEL).
+        """A client op at ``node_id`` (one write or an MSET; value None is a DEL; a
+        third item is a deadline: ``tests/simttl.py``).
 
         ``w`` > 1: the reply waits until that many nodes logged it, as
         ``mesh.roles.node`` holds it (:class:`~mesh.core.acks.PendingAcks`,
@@ -454,11 +459,11 @@ class Sim:
             self.stats["writes_at_catching_up"] += 1
         seq = replica.vv.get(node.origin, 0)
         mutations = []
-        for key, value in ops:
+        for key, value, *until in ops:
             if value is None and store.get(key, record_stats=False) is None:
                 continue  # DEL of a missing key: nothing to write (as CommandExecutor)
             seq += 1
-            m = Mutation(node.origin, seq, clock.now(), key, value, 0)
+            m = Mutation(node.origin, seq, clock.now(), key, value, until[0] if until else 0)
             if self.issued.setdefault((m.origin, seq), m) is not m:
                 self.fail(f"{node.id} reused seq {seq} of {m.origin}: {self.issued[m[:2]]}, {m}")
             if not store.apply(m):
@@ -909,6 +914,7 @@ class Sim:
             self.at(rng.randint(0, p.duration_ms), self.step_clock, rng.choice(ids), skew)
         simfaults.schedule(self)  # draws from self.frng only
         simcounters.schedule(self)  # draws from self.crng only
+        simttl.schedule(self)  # draws from self.trng only
 
     def _random_write(
         self, node_id: str, ops: list[tuple[str, bytes | None]], w: int | str = 1, tries: int = 0
@@ -993,6 +999,8 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
     drawn.hello = random.Random(f"sim-hello/{seed}").choice((0, 1))
     crng = random.Random(f"sim-counters-params/{seed}")
     drawn = dataclasses.replace(drawn, **simcounters.counter_params(crng))
+    trng = random.Random(f"sim-ttl-params/{seed}")
+    drawn = dataclasses.replace(drawn, **simttl.ttl_params(trng))
     flags = "".join(f" --set {k}={v}" for k, v in params.items())
     args = "".join(f", {k}={v!r}" for k, v in params.items())
     replay = f"`python tests/sim.py --seed {seed}{flags} --trace` or tests/sim.py run({seed}{args})"
@@ -1014,7 +1022,8 @@ QUIET |= {
     "collect": 0,
     "hello": 0,
     "incrs": 0,
-}  # tests/simfaults.py's, simhello.py's, simcounters.py's: off unless asked
+    "ttls": 0,
+}  # tests/simfaults.py's, simhello.py's, simcounters.py's, simttl.py's: off unless asked
 """Params of a fault-free network, for scripted scenarios."""
 
 

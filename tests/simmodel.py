@@ -58,6 +58,7 @@ class Params:
     collect: int = 0  # 1: every tick drops the stable tombstones (Node._sweep)
     hello: int = 0  # 1: node k starts knowing n1..n(k-1), learns the rest by HELLO
     incrs: int = 0  # INCRBYs of counters on random nodes (tests/simcounters.py)
+    ttls: int = 0  # SETs with a TTL, EXPIREs and PERSISTs (tests/simttl.py)
 
 
 def random_params(rng: random.Random) -> Params:

@@ -31,7 +31,7 @@ from mesh.core.mutation import Mutation
 from mesh.core.peerview import READY
 from mesh.core.replication import FETCH_TIMEOUT_MS, Replica
 from mesh.core.store import Store
-from tests import byzantine, sim, simcounters, simfaults
+from tests import byzantine, sim, simcounters, simfaults, simttl
 from tests.test_holes import CountsScans
 
 SEEDS = int(os.environ.get("SIM_SEEDS", "2500"))
@@ -88,8 +88,9 @@ def test_random_seeds(seed: int) -> None:
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
     """Seeds that failed before the fixes (a seed means something only to this sim.py;
-    the counters of tests/simcounters.py stay off: they change these runs)."""
-    sim.run(seed, **{"incrs": 0, **params})
+    the counters of tests/simcounters.py and the TTLs of simttl.py stay off: they
+    change these runs)."""
+    sim.run(seed, **{"incrs": 0, "ttls": 0, **params})
 
 
 # -- scripted scenarios -------------------------------------------------------
@@ -684,7 +685,7 @@ def test_seeds_that_acknowledged_no_write(seed: int) -> None:
     """These seeds found no ready node for any scheduled write, which was dropped:
     they tested convergence only.  A write now waits for a ready node.  (The faults
     of tests/simfaults.py and simhello.py stay off: they change these runs.)"""
-    result = sim.run(seed, cuts=0, max_memory=0, hello=0, incrs=0)
+    result = sim.run(seed, cuts=0, max_memory=0, hello=0, incrs=0, ttls=0)
     assert result.acked > 0 and result.stats["writes_given_up"] == 0
     assert result.stats["writes_deferred"] > 0
 
@@ -796,13 +797,13 @@ def test_random_runs_with_logs_cut_mid_way(seed: int) -> None:
 def test_records_past_a_hole_that_only_the_damaged_node_holds() -> None:
     """Seed 79 once found: peers refill n1's hole, but the records past it that only n1
     holds (n1/1 seq 5, an acknowledged DEL) were never published again."""
-    sim.run(79, cuts=2, max_memory=0, collect=0, hello=0, incrs=0)
+    sim.run(79, cuts=2, max_memory=0, collect=0, hello=0, incrs=0, ttls=0)
 
 
 def test_a_hole_no_peer_can_refill_is_given_up() -> None:
     """Seed 1411 once found: n2's cut record of its old incarnation was on no other
     node, so its records past the hole were held back until n2 gave the hole up."""
-    sim.run(1411, cuts=2, hello=1, incrs=0)
+    sim.run(1411, cuts=2, hello=1, incrs=0, ttls=0)
 
 
 # -- memory limit and tombstone collection (tests/simfaults.py) ---------------
@@ -849,7 +850,7 @@ def test_random_runs_under_a_memory_limit(seed: int) -> None:
 def test_a_collected_del_comes_back_by_a_full_sync() -> None:
     """Seed 8859 once found: n2 collected n4's DEL of k7 as stable, then applied a full
     sync from n3 whose image was taken before the DEL, and held k7 live again."""
-    sim.run(8859, max_memory=2500, collect=1, cuts=0, hello=0, incrs=0)
+    sim.run(8859, max_memory=2500, collect=1, cuts=0, hello=0, incrs=0, ttls=0)
 
 
 # -- peers found by HELLO (tests/simhello.py) ---------------------------------
@@ -931,3 +932,53 @@ def test_checker_catches_last_writer_wins_counters(monkeypatch: pytest.MonkeyPat
 def test_random_runs_with_counters(seed: int) -> None:
     result = sim.run(seed, incrs=40)
     assert result.stats["incrs"] == 40 or result.params.max_memory
+
+
+# -- keys with a time to live (tests/simttl.py) -------------------------------
+
+
+def _ttl(s: sim.Sim, t: int, node: str, op: str, key: str, ttl_ms: int = 0) -> None:
+    s.at(t, simttl.ttl_write, s, node, op, key, ttl_ms)
+    s.scheduled += 1
+    s.unwritten += 1
+
+
+def live_everywhere(s: sim.Sim, key: str) -> list[int | None]:
+    """Each node's deadline of ``key`` held live (0: none), None where it is not live."""
+    entries = [n.store.get(key, record_stats=False) for n in s.nodes.values()]
+    return [None if e is None else e.deadline for e in entries]
+
+
+def test_a_key_set_with_a_ttl_expires_on_every_node_at_its_deadline() -> None:
+    s = sim.scripted()
+    _ttl(s, 100, "n1", "set", "k1", 600)  # n1's wall at 100 ms, plus 600
+    s.at(200, s.crash, "n3", 300)  # n3 replays the record with its deadline
+    s.run_until(650)
+    deadline = sim.WALL_EPOCH_MS + 100 + s.nodes["n1"].skew_ms + 600
+    assert live_everywhere(s, "k1") == [deadline] * 3
+    s.run_until(800)
+    assert live_everywhere(s, "k1") == [None] * 3
+    [write] = s.acked
+    assert all(n.store.version("k1") == write.version for n in s.nodes.values())
+    s.run()
+
+
+def test_persist_and_expire_write_the_new_deadline_on_every_node() -> None:
+    s = sim.scripted(drop=0.1)
+    _ttl(s, 100, "n1", "set", "k1", 600)
+    _ttl(s, 300, "n2", "persist", "k1")
+    _ttl(s, 350, "n3", "persist", "k2")  # a missing key: nothing is written
+    s.run_until(800)
+    assert live_everywhere(s, "k1") == [0] * 3
+    _ttl(s, 900, "n3", "expire", "k1", 150)
+    s.run_until(1000)
+    assert set(live_everywhere(s, "k1")) == {sim.WALL_EPOCH_MS + 900 + s.nodes["n3"].skew_ms + 150}
+    s.run_until(1100)
+    assert live_everywhere(s, "k1") == [None] * 3
+    result = s.run()
+    assert result.stats["ttl_rewrites"] == 2 and result.stats["writes_noop"] == 1
+
+
+@pytest.mark.parametrize("seed", range(0, 600, 13))
+def test_random_runs_with_ttls(seed: int) -> None:
+    sim.run(seed, ttls=15, collect=seed % 2)

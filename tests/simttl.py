@@ -1,0 +1,81 @@
+"""Keys with a time to live in the simulation (``tests/sim.py``): SET with a TTL,
+EXPIRE and PERSIST on the plain keys ``k0``.., under every fault of the run.
+
+``ttls`` such writes at random nodes and times, drawn from a stream of their
+own (``Sim.trng``, seeded ``sim-ttl/<seed>``), so a seed with ``ttls`` 0
+replays as before.  Each is run as :class:`mesh.core.commands.CommandExecutor`
+runs it: the deadline is the node's wall clock (skewed, as the node's own)
+plus the TTL; EXPIRE and PERSIST write the held value again with the new
+deadline, and change nothing on a missing key (PERSIST: nor on a key without
+one).  Counter keys are left alone: an EXPIRE rebases a counter, which
+``tests/simcounters.py``'s exact sums do not model.
+
+The stores expire keys by the simulation's wall clock (unskewed), every node
+alike, so digests still agree after the heal.  An expired key leaves a
+tombstone of its version, so the checkers need nothing new: an acknowledged
+write's version stays held (live, or as that tombstone) unless collection
+or a memory limit may drop tombstones (``Sim.forgets``), as for a DEL.  What
+this adds is the paths a deadline takes: expiry tombstones (queued without a
+seq) meeting collection, replay of records already due, full syncs carrying
+deadlines, TTLs in the digest.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from mesh.core.replication import READY
+
+if TYPE_CHECKING:
+    from tests.sim import Sim
+
+TTLS_MS = (20, 150, 600, 2000)
+"""The TTLs drawn: some run out mid-run, some while a node is down, some after the heal."""
+
+
+def ttl_params(rng: random.Random) -> dict[str, Any]:
+    """The params of the TTL writes, drawn from their own stream."""
+    return {"ttls": rng.choice((0, 0, 0, 5, 15))}
+
+
+def schedule(sim: Sim) -> None:
+    """Draw the TTL writes (from ``sim.trng`` only)."""
+    p, rng, ids = sim.p, sim.trng, sorted(sim.nodes)
+    keys = [f"k{i}" for i in range(p.keys)]
+    for _ in range(p.ttls):
+        t, node_id, key = rng.randint(0, p.duration_ms), rng.choice(ids), rng.choice(keys)
+        op = rng.choice(("set", "set", "expire", "persist"))
+        sim.at(t, ttl_write, sim, node_id, op, key, rng.choice(TTLS_MS))
+    sim.scheduled += p.ttls
+    sim.unwritten += p.ttls
+
+
+def ttl_write(sim: Sim, node_id: str, op: str, key: str, ttl_ms: int, tries: int = 0) -> None:
+    """A client SET with a TTL, EXPIRE or PERSIST: at ``node_id`` if ready, else at a
+    ready node; retried later when none is (as ``Sim._random_write``)."""
+    from tests.sim import WRITE_RETRY_MS, WRITE_TRIES
+
+    if tries > WRITE_TRIES:
+        sim.stats["writes_given_up"] += 1
+        sim.unwritten -= 1
+        return
+    node = sim.nodes[node_id]
+    if not (node.up and node.replica.state == READY):
+        ready = [n for n in sim.nodes.values() if n.up and n.replica.state == READY]
+        if not ready:
+            retry = sim.now + sim.trng.randint(*WRITE_RETRY_MS)
+            sim.at(retry, ttl_write, sim, node_id, op, key, ttl_ms, tries + 1)
+            return
+        node = sim.trng.choice(ready)
+    sim.unwritten -= 1
+    deadline = node.clock.wall() + ttl_ms
+    if op == "set":
+        sim.client_write(node.id, [(key, sim.value(node.id), deadline)])
+        return
+    entry = node.store.get(key, record_stats=False)
+    if entry is None or (op == "persist" and not entry.deadline):
+        sim.stats["writes_noop"] += 1  # as the executor: nothing to write
+        return
+    sim.client_write(node.id, [(key, bytes(entry.value), deadline if op == "expire" else 0)])
+    sim.stats["ttl_rewrites"] += 1
