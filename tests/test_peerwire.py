@@ -42,6 +42,29 @@ def test_batch_round_trip() -> None:
     assert kind == peerwire.BATCH and got == replace(batch, entries=tuple(MUTATIONS))
 
 
+def test_a_snapshot_chunk_carries_the_seqs_its_store_holds_past_a_hole() -> None:
+    """Only when there are any: a chunk without is the 9-element BATCH as before."""
+    held = {"n1/1": [5, 6], "n2/7": [12]}
+    chunk = Batch(7, MUTATIONS, {"n1/1": 3, "n2/7": 9}, True, True, 3, 4, False, held=held)
+    frame = peerwire.encode_batch(chunk)
+    _, got = peerwire.parse_reply(peerwire.decode(frame, LIMIT))
+    assert got == replace(chunk, entries=tuple(MUTATIONS)) and got.held == held
+    plain = peerwire.encode_batch(replace(chunk, held={}))
+    assert plain[1:2] == b"\x99" and frame[1:2] == b"\x9a"
+    assert peerwire.packed_batch_entries(frame) == peerwire.packed_batch_entries(plain)
+
+
+@pytest.mark.parametrize(
+    "held",
+    [[1], {"n1/1": 5}, {"n1/1": [0]}, {"n1/1": [True]}, {"n1/1": [1 << 63]}, {"bad": [1]}],
+)
+def test_malformed_held_seqs_are_refused(held: object) -> None:
+    body = [peerwire.BATCH, 7, [], {"n1/1": 3}, False, True, 1, 0, False, held]
+    frame = peerwire.PEER_VERSION_BYTE + msgpack.packb(body, use_bin_type=True)
+    with pytest.raises(ProtocolError, match="held seqs"):
+        peerwire.parse_reply(peerwire.decode(frame, LIMIT))
+
+
 def test_frames_of_another_protocol_version_are_refused() -> None:
     """Version 1 carried each entry as a bin of its record's bytes; version 2 had no
     counters (a cluster is upgraded all at once)."""

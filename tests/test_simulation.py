@@ -84,6 +84,8 @@ def test_random_seeds(seed: int) -> None:
         # DELs whose last copies went after tombstone budgets had dropped them (the checker)
         (4100008192, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
         (4100021710, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
+        # a full sync dropped a key another snapshot had given, past that one's vv (TTLs)
+        (5100007268, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10, "ttls": 15}),
     ],
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
@@ -350,6 +352,28 @@ def full_sync_of(x: Replica, image: list, vv: dict[str, int]) -> None:
     x.on_batch("s", Batch(fetch.request_id, [], {}, need_full=True), 1)
     [(_, fetch)] = x.poll(2)
     x.on_batch("s", Batch(fetch.request_id, image, vv, False, True, 1, len(image)), 3)
+
+
+def test_a_snapshot_from_a_server_with_a_hole_says_what_it_holds_past_it() -> None:
+    """Seed 5100007268 (with TTLs): n1's log had lost n1/2's seq 6, so its store held
+    seqs 7..57 past its vv.  n4, empty, took n1's snapshot: k6 at seq 55, its vv at 5,
+    nothing said of 7..57.  A second full sync, from n2 (vv 5, no k6), then
+    dropped k6 as deleted, and an older k6 came back.  The snapshot now says which
+    seqs it holds past its vv, and the receiver holds them too."""
+    s = replica("s", ["x"])
+    s._held = HeldSeqs({"o/1": [3]})  # s's log lost seq 2
+    s.store.apply_many([mut(1, "k", b"1"), mut(3, "k3", b"3")])
+    s.vv.update({"o/1": 1})
+    x = replica("x", ["s"])
+    [(_, fetch)] = x.poll(0)
+    chunk = s.serve("x", fetch, 1)
+    assert chunk.held == {"o/1": [3]} and not chunk.more
+    x.on_batch("s", chunk, 2)
+    assert x.vv == {"o/1": 1} and x.held_past_holes() == {"o/1": [3]}
+    full_sync_of(x, [("o/1", 0, pack(T0, 1), "k", b"1", 0)], {"o/1": 1})  # one without seq 3
+    assert x.store.value("k3") == b"3" and x.counters["image_dropped"] == 0
+    x.receive([mut(2, "k2", b"2")], 10)  # the hole filled: the vv passes what is held
+    assert x.vv == {"o/1": 3} and x.held_past_holes() == {}
 
 
 def test_a_full_sync_keeps_a_key_written_past_a_hole_the_image_has_not_reached() -> None:

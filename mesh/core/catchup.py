@@ -62,7 +62,9 @@ class Batch:
 
     ``vv`` is the server's version vector (for a snapshot: as of the
     snapshot).  ``more`` says the server has more; ``need_full`` that its log
-    cannot serve the request and a snapshot is needed.
+    cannot serve the request and a snapshot is needed.  ``held``: a snapshot's
+    seqs past its vv that its store holds (a server whose log has a hole:
+    :mod:`mesh.core.holes`), per origin; empty almost always.
     """
 
     request_id: int
@@ -75,6 +77,7 @@ class Batch:
     need_full: bool = False
     raw: RawEntries | None = None  # the entries as the log holds them (served, not parsed)
     packed: bytes | None = None  # a snapshot chunk's entries as received (mesh.core.snapimage)
+    held: dict[str, list[int]] = field(default_factory=dict)
 
     def count(self) -> int:
         """How many entries the batch carries."""
@@ -200,6 +203,7 @@ class Session:
     position: int = 0  # entries handed out so far
     pending: list[Mutation] = field(default_factory=list)  # taken from ``entries``, not sent yet
     last: tuple[int, list[Mutation], bool] = (-1, [], False)  # (start, chunk, more) resent on retry
+    held: dict[str, list[int]] = field(default_factory=dict)  # seqs past vv the store holds
 
 
 class SnapshotSessions:
@@ -217,10 +221,12 @@ class SnapshotSessions:
         vv: dict[str, int],
         new_id: Callable[[], int],
         max_entries: int,
+        held: Callable[[], dict[str, list[int]]] = dict,
     ) -> Batch:
         """The snapshot chunk ``fetch`` (``full``) asks for: the next of its session,
         the last one again, or the first of a new session (id from ``new_id``)
-        capturing ``store`` and ``vv`` now."""
+        capturing ``store``, ``vv`` and what ``held`` gives (the seqs past ``vv``
+        that ``store`` holds) now."""
         session = self._sessions.get(fetch.session)
         sid = fetch.session
         if (
@@ -232,7 +238,8 @@ class SnapshotSessions:
             # A new session starts at 0, even when its id is the one asked for
             # (ids restart with the process: the request was for the last one's).
             sid = new_id()
-            session = self._sessions[sid] = Session(node_id, store.entries(), dict(vv), now_ms)
+            session = Session(node_id, store.entries(), dict(vv), now_ms, held=held())
+            self._sessions[sid] = session
         session.used_ms = now_ms
         if session.last[0] == fetch.cursor and fetch.cursor != session.position:
             start, chunk, more = session.last  # the reply to this was lost: send it again
@@ -240,7 +247,8 @@ class SnapshotSessions:
             start, chunk, more = session.position, *_chunk(session, max_entries)
             session.position += len(chunk)
             session.last = (start, chunk, more)
-        return Batch(fetch.request_id, chunk, session.vv, more, True, sid, start + len(chunk))
+        cursor, held_now = start + len(chunk), session.held
+        return Batch(fetch.request_id, chunk, session.vv, more, True, sid, cursor, held=held_now)
 
     def expire(self, now_ms: int) -> None:
         """Drop the sessions nobody read for SESSION_IDLE_MS."""

@@ -52,6 +52,15 @@ class HeldSeqs:
         """Per origin, the held seqs in order (a snapshot's meta keeps them)."""
         return {origin: sorted(seqs) for origin, seqs in self._held.items()}
 
+    def add(self, held: Mapping[str, Iterable[int]], vv: Mapping[str, int]) -> None:
+        """Hold ``held``'s seqs too (those past ``vv``): a snapshot's store held them."""
+        for origin, seqs in held.items():
+            past = {s for s in seqs if s > vv.get(origin, 0)}
+            if past:
+                mine = self._held.setdefault(origin, set())
+                mine |= past
+                self._low[origin] = min(mine)
+
     def top(self, origin: str) -> int:
         """The highest seq held for ``origin``, 0 for none."""
         seqs = self._held.get(origin)

@@ -97,6 +97,20 @@ def vv(value: Any) -> dict[str, int]:
     return value
 
 
+def held(value: Any) -> dict[str, list[int]]:
+    """A snapshot's seqs held past a hole: origins to arrays of seqs in 1..2**63-1."""
+    check(type(value) is dict, "held seqs")
+    for o, seqs in value.items():
+        check(
+            type(o) is str
+            and ORIGIN_RE.fullmatch(o) is not None
+            and type(seqs) is tuple
+            and all(type(s) is int and 0 < s <= MAX_INT63 for s in seqs),
+            f"held seqs of {o!r:.80}",
+        )
+    return {o: list(seqs) for o, seqs in value.items()}
+
+
 def peer_ids(value: Any) -> tuple[str, ...]:
     """A heartbeat's list of peer ids: at most MAX_PEERS node ids."""
     check(type(value) is tuple and len(value) <= MAX_PEERS, "peer list")

@@ -31,7 +31,12 @@ On each node's ROUTER "repl" socket (peers connect a DEALER)::
 
     request  ["FETCH", node_id, request_id, vv, full, session, cursor]
     reply    ["BATCH", request_id, [entry, ...], vv, more, snapshot, session,
-              cursor, need_full]
+              cursor, need_full, held?]
+
+``held``, only in a snapshot chunk of a server whose log has a hole, maps
+origins to the seqs past ``vv`` that the snapshot's store holds
+(:mod:`mesh.core.holes`); the receiver holds them too, until its vv reaches
+them.
 
 A BATCH read from the log carries, per origin the requester lacks, one run
 of entries in seq order from its vv on; the serving node puts its log
@@ -217,7 +222,7 @@ def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
     return b"".join(
         [
             PEER_VERSION_BYTE,
-            b"\x99",  # a 9-element array, packed element by element
+            b"\x9a" if batch.held else b"\x99",  # a 10- or 9-element array, element by element
             pack(BATCH),
             pack(batch.request_id),
             packed_entries,
@@ -227,6 +232,7 @@ def encode_batch(batch: Batch, packed_entries: bytes | None = None) -> bytes:
             pack(batch.session),
             pack(batch.cursor),
             pack(batch.need_full),
+            pack(batch.held) if batch.held else b"",
         ]
     )
 
@@ -273,12 +279,12 @@ def parse_reply(body: tuple) -> tuple[str, Any]:
         return HELLO, (node, origin, peerfields.endpoint(body[3]), peerfields.endpoint(body[4]))
     if kind == BATCH:
         _check(
-            len(body) == 9 and all(type(x) is bool for x in (body[4], body[5], body[8])),
+            len(body) in (9, 10) and all(type(x) is bool for x in (body[4], body[5], body[8])),
             "BATCH",
         )
         ids = [peerfields.int63(body[i], f"BATCH {name}") for i, name in _BATCH_INTS]
-        batch = Batch(
-            ids[0], _entries(body[2]), _vv(body[3]), body[4], body[5], ids[1], ids[2], body[8]
-        )
+        held = peerfields.held(body[9]) if len(body) == 10 else {}
+        entries, vv = _entries(body[2]), _vv(body[3])
+        batch = Batch(ids[0], entries, vv, body[4], body[5], ids[1], ids[2], body[8], held=held)
         return BATCH, batch
     raise ProtocolError(E_MALFORMED, f"unknown reply kind {kind[:16]!r}")

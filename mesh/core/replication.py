@@ -507,6 +507,8 @@ class Replica:
             if seq > self.vv.get(o, 0):
                 self.vv[o] = seq
             self.floor[o] = max(self.floor.get(o, 0), seq)
+        # So are the seqs its server held past a hole: held here too, till the vv reaches them.
+        self._held.add(batch.held, self.vv)
         applied = self._drain_apply(list(self._buffer))
         self._clear_lag(now_ms)
         peer.want_full = False
@@ -543,7 +545,14 @@ class Replica:
         self.add_peer(node_id)
         if fetch.full:
             return self._sessions.serve(
-                node_id, fetch, now_ms, self.store, self.vv, self._next_id, self.fetch_entries
+                node_id,
+                fetch,
+                now_ms,
+                self.store,
+                self.vv,
+                self._next_id,
+                self.fetch_entries,
+                self._held.as_lists,
             )
         return read_batch(self.log, fetch, self.vv, self.floor, self.fetch_entries, reader)
 
