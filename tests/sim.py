@@ -645,7 +645,8 @@ class Sim:
                 vv[m[0]] = m[1]
             top = max(top, m[2])
         past_hole: dict[str, set[int]] = {}
-        if node.damaged:  # the log lost records mid-way (tests/simfaults.py)
+        if node.damaged or (snap is not None and snap.held):  # as replay.recover: a
+            # log that lost records mid-way (tests/simfaults.py), or a snapshot held past one
             vv, past_hole = simfaults.damaged_vv(node)
         clock = HybridClock(lambda: WALL_EPOCH_MS + self.now + node.skew_ms, floor=top)
         node.store, node.clock = store, clock
