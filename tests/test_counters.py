@@ -329,3 +329,26 @@ def test_counters_survive_the_log_and_snapshots_and_old_files_still_read(tmp_pat
         assert _value(rebuilt, "c") == b"3" and rebuilt.digest() == store.digest()
     snaps = sorted((old / "snapshots").glob("*.snap"))
     assert snaps[-1].read_bytes()[4:6] == b"\x00\x02"
+
+
+def test_a_due_counter_leaves_the_same_tombstone_in_a_snapshot_as_when_it_expires():
+    """A snapshot or full-sync image taken once a counter's deadline passed, before
+    the store expired it, carried a tombstone at its newest write's version where
+    its expiry leaves one at its base's: the receiver's tombstone then outranked a
+    write that the sender's let through (found with TTLs on counters in the sim)."""
+    now = [NOW]
+    a = Origin("a/1", now)
+    a.run("INCRBY", "k", 1)
+    now[0] += 1
+    assert a.run("EXPIRE", "k", 100)
+    now[0] += 1
+    a.run("INCRBY", "k", 1)  # newer than the base the EXPIRE gave it
+    base = (NOW + 1, "a/1")
+    now[0] += 1_000
+    [imaged] = list(a.store.entries())
+    assert imaged.value is None
+    assert _value(a.store) is None  # expired by the read
+    assert (imaged.hlc >> 16, imaged.origin) == base == (a.store.version("k")[0] >> 16, "a/1")
+    rebuilt = Store(now_ms=lambda: now[0])
+    rebuilt.apply_many([imaged])
+    assert rebuilt.tombstone("k") == a.store.tombstone("k")

@@ -82,7 +82,8 @@ def held_entries(
 ) -> Iterator[Mutation]:
     """:meth:`Store.entries` over captured ``(key, compact entry)`` and ``(key,
     tombstone)`` pairs, the deadlines and the origin table; due keys come out as
-    tombstones, a counter as its state at its newest write."""
+    tombstones (at the version they rank at: a counter's base, as when the
+    store expires it), a counter as its state at its newest write."""
     new, from_bytes = tuple.__new__, int.from_bytes  # a NamedTuple's own constructor is slower
     for kb, raw in live:
         key = kb.decode()
@@ -92,12 +93,12 @@ def held_entries(
         else:
             value, hlc, oid = raw[0], raw[1], raw[2]
         origin = names[oid]
+        deadline = expires.get(kb, 0) if expires else 0
+        if deadline and deadline <= now:  # at the held version: a counter's base, as expiry
+            yield new(Mutation, (origin, 0, hlc, key, None, 0))
+            continue
         if type(value) is not bytes:  # a counter: its state, at its newest write
             (hlc, origin), value = value.top, value.state  # type: ignore[attr-defined]
-        deadline = expires.get(kb, 0) if expires else 0
-        if deadline and deadline <= now:
-            yield new(Mutation, (origin, 0, hlc, key, None, 0))
-        else:
-            yield new(Mutation, (origin, 0, hlc, key, value, deadline))
+        yield new(Mutation, (origin, 0, hlc, key, value, deadline))
     for key, (_, hlc, origin, _, _) in tombs:
         yield new(Mutation, (origin, 0, hlc, key, None, 0))
