@@ -190,6 +190,10 @@ class Sim:
         self.frng = frng or random.Random(seed)  # tests/simfaults.py's own stream
         self.crng = random.Random(f"sim-counters/{seed}")  # tests/simcounters.py's own
         self.trng = random.Random(f"sim-ttl/{seed}")  # tests/simttl.py's own
+        # Counter keys an EXPIRE or PERSIST rebased (tests/simttl.py): a rebase wins over
+        # the increments that had not seen it, and the key's version is its base's, no
+        # longer its newest write's, so only equal values on every node are checked.
+        self.rebased: set[str] = set()
         self.issued_incrs: dict[tuple[str, str], list[int]] = {}  # (key, origin) -> deltas
         self._budget_dropped = False  # see budget_dropped
         self.issued: dict[tuple[str, int], Mutation] = {}  # (origin, seq) -> what it was
@@ -443,7 +447,8 @@ class Sim:
         on_failure: Callable[[], None] | None = None,
     ) -> None:
         """A client op at ``node_id`` (one write or an MSET; value None is a DEL; a
-        third item is a deadline: ``tests/simttl.py``).
+        third item is a deadline, and a value may then be a function of the
+        write's hlc, a rebased counter's state: ``tests/simttl.py``).
 
         ``w`` > 1: the reply waits until that many nodes logged it, as
         ``mesh.roles.node`` holds it (:class:`~mesh.core.acks.PendingAcks`,
@@ -463,7 +468,10 @@ class Sim:
             if value is None and store.get(key, record_stats=False) is None:
                 continue  # DEL of a missing key: nothing to write (as CommandExecutor)
             seq += 1
-            m = Mutation(node.origin, seq, clock.now(), key, value, until[0] if until else 0)
+            hlc = clock.now()
+            if callable(value):
+                value = value(hlc)
+            m = Mutation(node.origin, seq, hlc, key, value, until[0] if until else 0)
             if self.issued.setdefault((m.origin, seq), m) is not m:
                 self.fail(f"{node.id} reused seq {seq} of {m.origin}: {self.issued[m[:2]]}, {m}")
             if not store.apply(m):
@@ -586,7 +594,12 @@ class Sim:
                 # evicted and its tombstone dropped, or a DEL collected, as check() allows
                 self.stats["excused"] += 1
                 continue
-            if w.needed > 1 and holders and not simfaults.budget_forfeits(self, w):
+            if (
+                w.needed > 1
+                and holders
+                and not simfaults.budget_forfeits(self, w)
+                and w.mutation.key not in self.rebased
+            ):
                 self.fail(
                     f"{node.id} lost its disk and with it {w.mutation}, acknowledged with "
                     f"{w.needed} nodes logging it ({w.logged_on} at {w.at_ms} ms), though "
@@ -675,8 +688,8 @@ class Sim:
         for w in self.acked:
             m = w.mutation
             v = held(store, m.key)
-            if v is None and self.forgets:
-                continue  # evicted and its tombstone dropped, or a collected DEL
+            if (v is None and self.forgets) or m.key in self.rebased:
+                continue  # evicted and its tombstone dropped, or a collected DEL; rebased
             if m.origin == node.origin and (v or (0, "")) < w.version:
                 if self.forgets and self.budget_dropped():  # replay under the budget
                     self.stats["budget_resurrections"] += 1
@@ -763,7 +776,10 @@ class Sim:
         not come back older than it was (``h`` is kept), unless this node's
         tombstone budget dropped tombstones before they were stable (documented:
         an older write still on its way may then bring a key back, here or, by a
-        full sync from this node, elsewhere: see :meth:`budget_dropped`)."""
+        full sync from this node, elsewhere: see :meth:`budget_dropped`).
+        A rebased counter (``rebased``) is checked for equal values only."""
+        if key in self.rebased:
+            return True
         if not self.forgets:
             return False
         if v is None:
@@ -831,6 +847,8 @@ class Sim:
             self._scan(n)
             held_by[n.id] = {m.key: m.version() for m in n.store.entries()}
         for w in self.required:
+            if w.mutation.key in self.rebased:
+                continue  # tests/simttl.py: equal values only (simcounters.check)
             for node_id, versions in held_by.items():
                 v = versions.get(w.mutation.key)
                 if v is None and self.forgets:

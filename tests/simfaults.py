@@ -84,7 +84,7 @@ def _excuse_cut(sim: Sim, node: SimNode, cut: Mutation) -> None:
             keep.append(w)
             continue
         holders = w.holders(sim.origins(), but=node.id)
-        if w.needed > 1 and holders and not budget_forfeits(sim, w):
+        if w.needed > 1 and holders and not budget_forfeits(sim, w) and m.key not in sim.rebased:
             sim.fail(
                 f"{node.id} lost {m} from its log, acknowledged with {w.needed} nodes logging "
                 f"it ({w.logged_on} at {w.at_ms} ms), though {holders} kept their disks: "
@@ -165,6 +165,8 @@ def check_live(sim: Sim, held_by: dict[str, dict[str, Version]]) -> None:
                 newest[key] = v
     for node in sim.nodes.values():
         for key in node.store.live_keys():
+            if key in sim.rebased:
+                continue  # tests/simttl.py: equal values only
             live = held(node.store, key)  # a counter's: its newest write's (tests/simcounters.py)
             if live != newest[key]:
                 if sim.budget_dropped():  # an older value may come back (documented)
