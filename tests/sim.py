@@ -935,6 +935,27 @@ class Sim:
         simcounters.schedule(self)  # draws from self.crng only
         simttl.schedule(self)  # draws from self.trng only
 
+    def writable_node(
+        self, node_id: str, rng: random.Random, again: Callable[[int], None], tries: int
+    ) -> SimNode | None:
+        """Where a client write of a feature (tests/simcounters.py, simttl.py) goes:
+        ``node_id`` if ready, else a ready node (``rng`` chooses); None when no node
+        is ready, and then ``again(tries + 1)`` runs later, up to WRITE_TRIES times
+        (as :meth:`_random_write`, which draws from the run's own stream)."""
+        if tries > WRITE_TRIES:
+            self.stats["writes_given_up"] += 1
+            self.unwritten -= 1
+            return None
+        node = self.nodes[node_id]
+        if not (node.up and node.replica.state == READY):
+            ready = [n for n in self.nodes.values() if n.up and n.replica.state == READY]
+            if not ready:
+                self.at(self.now + rng.randint(*WRITE_RETRY_MS), again, tries + 1)
+                return None
+            node = rng.choice(ready)
+        self.unwritten -= 1
+        return node
+
     def _random_write(
         self, node_id: str, ops: list[tuple[str, bytes | None]], w: int | str = 1, tries: int = 0
     ) -> None:

@@ -27,7 +27,6 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from mesh.core.counters import CounterValue, increment
-from mesh.core.replication import READY
 
 if TYPE_CHECKING:
     from tests.sim import Sim
@@ -52,22 +51,10 @@ def schedule(sim: Sim) -> None:
 
 def incr(sim: Sim, node_id: str, key: str, delta: int, tries: int = 0) -> None:
     """A client INCRBY: at ``node_id`` if ready, else at a ready node; retried later
-    when none is (as ``Sim._random_write``)."""
-    from tests.sim import WRITE_RETRY_MS, WRITE_TRIES
-
-    if tries > WRITE_TRIES:
-        sim.stats["writes_given_up"] += 1
-        sim.unwritten -= 1
+    when none is (``Sim.writable_node``)."""
+    node = sim.writable_node(node_id, sim.crng, lambda t: incr(sim, node_id, key, delta, t), tries)
+    if node is None:
         return
-    node = sim.nodes[node_id]
-    if not (node.up and node.replica.state == READY):
-        ready = [n for n in sim.nodes.values() if n.up and n.replica.state == READY]
-        if not ready:
-            retry = sim.now + sim.crng.randint(*WRITE_RETRY_MS)
-            sim.at(retry, incr, sim, node_id, key, delta, tries + 1)
-            return
-        node = sim.crng.choice(ready)
-    sim.unwritten -= 1
     store = node.store
     state, _, deadline = increment(
         store.get(key, record_stats=False), store.tombstone(key), node.origin, delta

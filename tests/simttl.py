@@ -34,7 +34,6 @@ import random
 from typing import TYPE_CHECKING, Any
 
 from mesh.core.counters import CounterValue, rebased
-from mesh.core.replication import READY
 from tests import simcounters
 
 if TYPE_CHECKING:
@@ -65,22 +64,14 @@ def schedule(sim: Sim) -> None:
 
 def ttl_write(sim: Sim, node_id: str, op: str, key: str, ttl_ms: int, tries: int = 0) -> None:
     """A client SET with a TTL, EXPIRE or PERSIST: at ``node_id`` if ready, else at a
-    ready node; retried later when none is (as ``Sim._random_write``)."""
-    from tests.sim import WRITE_RETRY_MS, WRITE_TRIES
+    ready node; retried later when none is (``Sim.writable_node``)."""
 
-    if tries > WRITE_TRIES:
-        sim.stats["writes_given_up"] += 1
-        sim.unwritten -= 1
+    def again(t: int) -> None:
+        ttl_write(sim, node_id, op, key, ttl_ms, t)
+
+    node = sim.writable_node(node_id, sim.trng, again, tries)
+    if node is None:
         return
-    node = sim.nodes[node_id]
-    if not (node.up and node.replica.state == READY):
-        ready = [n for n in sim.nodes.values() if n.up and n.replica.state == READY]
-        if not ready:
-            retry = sim.now + sim.trng.randint(*WRITE_RETRY_MS)
-            sim.at(retry, ttl_write, sim, node_id, op, key, ttl_ms, tries + 1)
-            return
-        node = sim.trng.choice(ready)
-    sim.unwritten -= 1
     deadline = node.clock.wall() + ttl_ms
     if op == "set":
         sim.client_write(node.id, [(key, sim.value(node.id), deadline)])

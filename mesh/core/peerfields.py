@@ -11,6 +11,7 @@ loop without a function call per entry, plus a few C-level passes per batch.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from operator import itemgetter
 from typing import Any
 
@@ -83,32 +84,33 @@ def int63(value: Any, what: str, low: int = 0) -> int:
     return value
 
 
-def vv(value: Any) -> dict[str, int]:
-    """A version vector: origins of the right shape to seqs in 0..2**63-1."""
-    check(type(value) is dict, "version vector")
-    for o, s in value.items():
+def _by_origin(value: Any, what: str, fits: Callable[[Any], bool]) -> dict:
+    """A map from origins of the right shape to what ``fits`` accepts."""
+    check(type(value) is dict, what)
+    for o, v in value.items():
         check(
-            type(o) is str
-            and ORIGIN_RE.fullmatch(o) is not None
-            and type(s) is int
-            and 0 <= s <= MAX_INT63,
-            f"version vector entry {o!r:.80}: {s!r:.40}",
+            type(o) is str and ORIGIN_RE.fullmatch(o) is not None and fits(v),
+            f"{what} entry {o!r:.80}: {v!r:.40}",
         )
     return value
 
 
+def _seq(s: Any) -> bool:
+    return type(s) is int and 0 <= s <= MAX_INT63
+
+
+def vv(value: Any) -> dict[str, int]:
+    """A version vector: origins of the right shape to seqs in 0..2**63-1."""
+    return _by_origin(value, "version vector", _seq)
+
+
+def _seqs(seqs: Any) -> bool:
+    return type(seqs) is tuple and all(type(s) is int and 0 < s <= MAX_INT63 for s in seqs)
+
+
 def held(value: Any) -> dict[str, list[int]]:
     """A snapshot's seqs held past a hole: origins to arrays of seqs in 1..2**63-1."""
-    check(type(value) is dict, "held seqs")
-    for o, seqs in value.items():
-        check(
-            type(o) is str
-            and ORIGIN_RE.fullmatch(o) is not None
-            and type(seqs) is tuple
-            and all(type(s) is int and 0 < s <= MAX_INT63 for s in seqs),
-            f"held seqs of {o!r:.80}",
-        )
-    return {o: list(seqs) for o, seqs in value.items()}
+    return {o: list(seqs) for o, seqs in _by_origin(value, "held seqs", _seqs).items()}
 
 
 def peer_ids(value: Any) -> tuple[str, ...]:
