@@ -39,8 +39,9 @@ Faults (until the heal)
     heartbeat already advertised; crash losing the whole disk (a new
     incarnation, empty store); per-node clock skew of up to ``skew_ms`` either
     way, and clock steps (a wall clock jumping to another skew, backwards
-    too).  Scripted only: a pause (``pause``, a SIGSTOP: the node's timers and
-    the messages to it wait, then run in order); every node runs its lag guard
+    too).  Pauses (``pause``, a SIGSTOP: the node's timers, the messages and
+    client requests to it wait, then run in order; drawn at random since
+    ``tests/simfaults.py``'s ``pauses``); every node runs its lag guard
     (:mod:`mesh.core.lagguard`) on its ticks and heartbeats.  Messages are
     bound to the receiver's process (its ``life``): as
     with TCP connections, nothing sent to a process reaches its successor.
@@ -190,6 +191,7 @@ class Sim:
         self.frng = frng or random.Random(seed)  # tests/simfaults.py's own stream
         self.crng = random.Random(f"sim-counters/{seed}")  # tests/simcounters.py's own
         self.trng = random.Random(f"sim-ttl/{seed}")  # tests/simttl.py's own
+        self.prng = random.Random(f"sim-pauses/{seed}")  # pauses' own (tests/simfaults.py)
         # Counter keys an EXPIRE or PERSIST rebased (tests/simttl.py): a rebase wins over
         # the increments that had not seen it, and the key's version is its base's, no
         # longer its newest write's, so only equal values on every node are checked.
@@ -562,9 +564,21 @@ class Sim:
         self.at(self.now + down_ms, self._restart, node, node.life)
 
     def pause(self, node_id: str, ms: int) -> None:
-        """SIGSTOP ``node_id`` for ``ms``: its timers and messages wait, then run in order."""
-        self.nodes[node_id].paused_until = self.now + ms
+        """SIGSTOP ``node_id`` for ``ms``: its timers and messages wait, then run in order
+        (and the client requests sent to it: :meth:`_random_write`, :meth:`writable_node`)."""
+        node = self.nodes[node_id]
+        if not node.up or self.quiet:
+            return
+        node.paused_until = max(node.paused_until, self.now + ms)
         self.note("pause", node_id, ms)
+
+    def _paused(self, node: SimNode, retry: Callable[..., None], *args: Any) -> bool:
+        """Whether ``node`` is paused: then ``retry(*args)`` runs once it resumes (a
+        request waits in the socket of a stopped process)."""
+        if node.up and self.now < node.paused_until:
+            self.at(node.paused_until, retry, *args)
+            return True
+        return False
 
     def arm_crash(self, node_id: str, down_ms: int, keep: int = -1) -> None:
         """Crash ``node_id`` right after it next defers the fsync of replicated records."""
@@ -934,6 +948,7 @@ class Sim:
         simfaults.schedule(self)  # draws from self.frng only
         simcounters.schedule(self)  # draws from self.crng only
         simttl.schedule(self)  # draws from self.trng only
+        simfaults.schedule_pauses(self)  # draws from self.prng only
 
     def writable_node(
         self, node_id: str, rng: random.Random, again: Callable[[int], None], tries: int
@@ -953,6 +968,8 @@ class Sim:
                 self.at(self.now + rng.randint(*WRITE_RETRY_MS), again, tries + 1)
                 return None
             node = rng.choice(ready)
+        if self._paused(node, again, tries):
+            return None
         self.unwritten -= 1
         return node
 
@@ -978,6 +995,8 @@ class Sim:
                 self.at(retry, self._random_write, node_id, ops, w, tries + 1)
                 return
             node = self.rng.choice(ready)
+        if self._paused(node, self._random_write, node.id, ops, w, tries):
+            return
         self.unwritten -= 1
         values = [(k, None if v is None else self.value(node.id)) for k, v in ops]
 
@@ -1041,6 +1060,8 @@ def make(seed: int, *, trace: bool = False, **params: Any) -> Sim:
     drawn = dataclasses.replace(drawn, **simcounters.counter_params(crng))
     trng = random.Random(f"sim-ttl-params/{seed}")
     drawn = dataclasses.replace(drawn, **simttl.ttl_params(trng))
+    prng = random.Random(f"sim-pauses-params/{seed}")
+    drawn = dataclasses.replace(drawn, **simfaults.pause_params(prng))
     flags = "".join(f" --set {k}={v}" for k, v in params.items())
     args = "".join(f", {k}={v!r}" for k, v in params.items())
     replay = f"`python tests/sim.py --seed {seed}{flags} --trace` or tests/sim.py run({seed}{args})"
@@ -1063,6 +1084,7 @@ QUIET |= {
     "hello": 0,
     "incrs": 0,
     "ttls": 0,
+    "pauses": 0,
 }  # tests/simfaults.py's, simhello.py's, simcounters.py's, simttl.py's: off unless asked
 """Params of a fault-free network, for scripted scenarios."""
 

@@ -12,6 +12,11 @@ Corruption mid-log (``cuts``)
     peers refill the hole.  Half the time another node is down meanwhile.  A
     write acknowledged with w=1 whose only durable copy was the cut record is
     excused, as for a lost disk, and counted (``excused_cut``).
+
+Pauses (``pauses``)
+    A node is SIGSTOPped for 50 ms to 2.5 s (``Sim.pause``): its timers, the
+    messages to it and the client requests sent to it wait, then run in
+    order; its lag guard sees the stall.  Drawn from ``Sim.prng``.
 """
 
 from __future__ import annotations
@@ -146,6 +151,19 @@ def damaged_vv(node: SimNode) -> tuple[dict[str, int], dict[str, set[int]]]:
     if not seen.holes(highest):
         node.damaged = False
     return seen.vv, seen.held
+
+
+def pause_params(rng: random.Random) -> dict[str, Any]:
+    """How many pauses, drawn from a stream of their own."""
+    return {"pauses": rng.choice((0, 0, 1, 2))}
+
+
+def schedule_pauses(sim: Sim) -> None:
+    """Draw the pauses (from ``sim.prng`` only)."""
+    p, rng, ids = sim.p, sim.prng, sorted(sim.nodes)
+    for _ in range(p.pauses):
+        t, node_id = rng.randint(0, p.duration_ms), rng.choice(ids)
+        sim.at(t, sim.pause, node_id, rng.choice((50, 300, 1000, 2500)))
 
 
 def memory_params(rng: random.Random) -> dict[str, Any]:

@@ -59,6 +59,7 @@ class Params:
     hello: int = 0  # 1: node k starts knowing n1..n(k-1), learns the rest by HELLO
     incrs: int = 0  # INCRBYs of counters on random nodes (tests/simcounters.py)
     ttls: int = 0  # SETs with a TTL, EXPIREs and PERSISTs (tests/simttl.py)
+    pauses: int = 0  # SIGSTOPs of random nodes (tests/simfaults.py)
 
 
 def random_params(rng: random.Random) -> Params:

@@ -90,9 +90,9 @@ def test_random_seeds(seed: int) -> None:
 )
 def test_seeds_that_found_bugs(seed: int, params: dict) -> None:
     """Seeds that failed before the fixes (a seed means something only to this sim.py;
-    the counters of tests/simcounters.py and the TTLs of simttl.py stay off: they
-    change these runs)."""
-    sim.run(seed, **{"incrs": 0, "ttls": 0, **params})
+    the counters of tests/simcounters.py, the TTLs of simttl.py and the pauses of
+    simfaults.py stay off: they change these runs)."""
+    sim.run(seed, **{"incrs": 0, "ttls": 0, "pauses": 0, **params})
 
 
 # -- scripted scenarios -------------------------------------------------------
@@ -709,7 +709,7 @@ def test_seeds_that_acknowledged_no_write(seed: int) -> None:
     """These seeds found no ready node for any scheduled write, which was dropped:
     they tested convergence only.  A write now waits for a ready node.  (The faults
     of tests/simfaults.py and simhello.py stay off: they change these runs.)"""
-    result = sim.run(seed, cuts=0, max_memory=0, hello=0, incrs=0, ttls=0)
+    result = sim.run(seed, cuts=0, max_memory=0, hello=0, incrs=0, ttls=0, pauses=0)
     assert result.acked > 0 and result.stats["writes_given_up"] == 0
     assert result.stats["writes_deferred"] > 0
 
@@ -821,13 +821,13 @@ def test_random_runs_with_logs_cut_mid_way(seed: int) -> None:
 def test_records_past_a_hole_that_only_the_damaged_node_holds() -> None:
     """Seed 79 once found: peers refill n1's hole, but the records past it that only n1
     holds (n1/1 seq 5, an acknowledged DEL) were never published again."""
-    sim.run(79, cuts=2, max_memory=0, collect=0, hello=0, incrs=0, ttls=0)
+    sim.run(79, cuts=2, max_memory=0, collect=0, hello=0, incrs=0, ttls=0, pauses=0)
 
 
 def test_a_hole_no_peer_can_refill_is_given_up() -> None:
     """Seed 1411 once found: n2's cut record of its old incarnation was on no other
     node, so its records past the hole were held back until n2 gave the hole up."""
-    sim.run(1411, cuts=2, hello=1, incrs=0, ttls=0)
+    sim.run(1411, cuts=2, hello=1, incrs=0, ttls=0, pauses=0)
 
 
 # -- memory limit and tombstone collection (tests/simfaults.py) ---------------
@@ -874,7 +874,7 @@ def test_random_runs_under_a_memory_limit(seed: int) -> None:
 def test_a_collected_del_comes_back_by_a_full_sync() -> None:
     """Seed 8859 once found: n2 collected n4's DEL of k7 as stable, then applied a full
     sync from n3 whose image was taken before the DEL, and held k7 live again."""
-    sim.run(8859, max_memory=2500, collect=1, cuts=0, hello=0, incrs=0, ttls=0)
+    sim.run(8859, max_memory=2500, collect=1, cuts=0, hello=0, incrs=0, ttls=0, pauses=0)
 
 
 # -- peers found by HELLO (tests/simhello.py) ---------------------------------
@@ -1006,3 +1006,9 @@ def test_persist_and_expire_write_the_new_deadline_on_every_node() -> None:
 @pytest.mark.parametrize("seed", range(0, 600, 13))
 def test_random_runs_with_ttls(seed: int) -> None:
     sim.run(seed, ttls=15, collect=seed % 2)
+
+
+@pytest.mark.parametrize("seed", range(0, 600, 17))
+def test_random_runs_with_pauses(seed: int) -> None:
+    """SIGSTOPs of 50 ms to 2.5 s at random (tests/simfaults.py), with the other faults."""
+    sim.run(seed, pauses=2)
