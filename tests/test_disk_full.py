@@ -65,3 +65,30 @@ def test_no_space_is_http_507() -> None:
 
     answer = translate_error(errors.NoSpace(11, "the disk of node n1 is full"))
     assert answer.status_code == 507 and "n1 is full" in answer.message
+
+
+def test_a_replica_whose_disk_fills_stays_up_and_catches_up_once_space_returns(
+    procs, tmpfs: Path
+) -> None:
+    """The writes come from a peer: the full disk is the replica's, not the origin's."""
+    origin = NodeProcess(procs.tmp_path / "n1", "n1", ["--insecure"])
+    replica = NodeProcess(tmpfs / "n2", "n2", ["--insecure"])
+    procs.nodes += [origin, replica]
+    origin.start()
+    replica.peers = [origin.repl]
+    replica.start()
+    filler = tmpfs / "filler"
+    filler.write_bytes(b"\1" * (2 * 1024 * 1024 + 512 * 1024))
+    value = b"v" * (100 * 1024)
+    with origin.client() as c, replica.client() as r:
+        for i in range(40):  # more than the replica's disk holds
+            assert c.set(f"k{i}", value) is True
+        wait_for(lambda: r.stats()["state"] == "disk-full", 10, "the replica to say its disk")
+        assert replica.process is not None and replica.process.poll() is None  # still up
+        assert r.get("k0") == value  # what it logged is served
+        assert c.set("later", "x") is True  # the origin goes on; the replica drops it for now
+        filler.unlink()  # space returns
+        wait_for(lambda: r.stats()["state"] == "ready", 20, "the replica to take writes again")
+        wait_for(lambda: all(r.get(f"k{i}") == value for i in range(40)), 20, "the catch-up")
+        assert r.get("later") == b"x"
+    assert replica.stop() == 0

@@ -531,6 +531,20 @@ class Replica:
             if seq >= max(self.vv.get(o, 0), self._held.top(o)) and o != self.origin
         ]
 
+    def reset_to_disk(
+        self, vv: Mapping[str, int], floor: Mapping[str, int], held: Mapping[str, Iterable[int]]
+    ) -> None:
+        """The store was rebuilt from this node's disk (a log write failed: the disk is
+        full): hold what the log holds, forget what was applied but not logged and
+        every fetch under way; the peers' catch-up brings the rest again."""
+        self.vv, self.floor = dict(vv), dict(floor)
+        self._held = HeldSeqs(held)
+        self._buffer.clear()
+        self._buffered = 0
+        for peer in self.peers.values():
+            peer.fetching = peer.ahead = peer.next_fetch = None
+            peer.staged, peer.packed = [], []
+
     def take_snapshot_due(self) -> bool:
         """True once after a full sync: persist a snapshot with ``vv`` and ``floor``."""
         due, self._snapshot_due = self._snapshot_due, False

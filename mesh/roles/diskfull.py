@@ -14,6 +14,12 @@ guard looks at the free space of the data folder's file system; from
 ``NEEDED_BYTES`` on, the node is ``ready`` again and the next write tries the
 log.  Other errors of the log (``EIO``, an fsync that failed before) are not
 handled here: they end the node, as before.
+
+Entries from peers go the same way (:meth:`DiskGuard.replica_failed`): when
+logging them fails for lack of space, the store and the replication state
+are rebuilt from disk, the node turns ``disk-full`` and takes no entries from
+its peers (it drops them, and fetches nothing) until there is space; then
+its peers' catch-up brings what it lacks.  Before, the error ended the node.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from mesh.core.replication import READY
 from mesh.core.store import Store
 from mesh.roles.node_status import write_status_file
 from mesh.storage.log import PREFILL_BYTES
-from mesh.storage.replay import recover
+from mesh.storage.replay import Recovered, recover
 
 if TYPE_CHECKING:
     from mesh.roles.node import Node
@@ -59,6 +65,25 @@ class DiskGuard:
         ``lasts`` are the batch's last frames as received (its replies replaced them).
         Raises ``exc`` again when it is not a lack of space.
         """
+        node = self.node
+        self._rebuild(exc)
+        logged = node.log.max_seqs().get(node.origin, 0)
+        if logged > node.replica.vv.get(node.origin, 0):  # a batch split over a roll
+            node.replica.vv[node.origin] = logged
+        for frames, last in zip(batch, lasts, strict=True):
+            frames[-1] = last
+        node.counters["requests"] -= len(batch)  # counted again
+        return node.handle_batch(batch)
+
+    def replica_failed(self, exc: OSError) -> None:
+        """Logging entries from a peer failed with ``exc``: hold what the log holds,
+        take no entries until there is space.  Raises ``exc`` again when it is not
+        a lack of space."""
+        found = self._rebuild(exc)
+        self.node.replica.reset_to_disk(found.vv, found.floor, found.held)
+
+    def _rebuild(self, exc: OSError) -> Recovered:
+        """The store as the disk has it, and the state ``disk-full`` (see the module doc)."""
         if exc.errno not in SPACE_ERRNOS:
             raise exc
         node = self.node
@@ -67,21 +92,20 @@ class DiskGuard:
             max_memory=node.config.max_memory,
             tombstone_horizon_ms=node.config.tombstone_horizon_ms,
         )
-        recover(node.log, fresh)
+        found = recover(node.log, fresh)
         node.store.take_contents(fresh)
-        logged = node.log.max_seqs().get(node.origin, 0)
-        node.commands.seq = logged
-        if logged > node.replica.vv.get(node.origin, 0):  # a batch split over a roll
-            node.replica.vv[node.origin] = logged
+        node.commands.seq = node.log.max_seqs().get(node.origin, 0)
         self.reason = f"the disk of node {node.config.node_id} is full ({exc.strerror})"
         self.episodes += 1
         log.error("%s: refusing writes until there is space; reads are served", self.reason)
         node.state = DISK_FULL
         write_status_file(node)
-        for frames, last in zip(batch, lasts, strict=True):
-            frames[-1] = last
-        node.counters["requests"] -= len(batch)  # counted again
-        return node.handle_batch(batch)
+        return found
+
+    @property
+    def full(self) -> bool:
+        """Whether the node is ``disk-full`` (it takes no entries from its peers then)."""
+        return self.node.state == DISK_FULL
 
     def refusal(self, request: wire.Request) -> bytes | None:
         """The error reply of a data op on a node that is not ready; None: serve it (a read

@@ -259,6 +259,8 @@ class Node:
             keys=self.keys,
             membership=self.membership,
             on_clock=self.clockwatch.heard,
+            on_disk_error=self.disk.replica_failed,
+            refusing=lambda: self.disk.full,
         )
 
     def _start_zap(self) -> None:

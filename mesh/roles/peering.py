@@ -92,6 +92,8 @@ class Peering:
         keys: PeerKeys | None = None,
         membership: Membership | None = None,
         on_clock: Callable[[str, int], None] = lambda node_id, wall: None,
+        on_disk_error: Callable[[OSError], None] | None = None,
+        refusing: Callable[[], bool] = lambda: False,
     ) -> None:
         self.replica = replica
         self.keys = keys
@@ -105,6 +107,8 @@ class Peering:
         self._peers_file = Path(data_dir) / PEERS_FILE
         self._on_change = on_change
         self._on_full_sync = on_full_sync
+        self._on_disk_error = on_disk_error  # a log write failed: raises unless the disk is full
+        self._refusing = refusing  # take no entries (the disk is full)
         self.pub = self._socket(zmq.PUB)
         self.pub.setsockopt(zmq.SNDHWM, pub_hwm)
         self._secure(self.pub, PUB_DOMAIN)
@@ -289,15 +293,21 @@ class Peering:
             next_tick = 0
             while True:
                 now = monotonic_ms()
-                for raw, handle in list(self._watched):
-                    if readable(raw):
-                        handle(now)
-                # Timers have ms resolution: once per ms is enough, except that a
-                # catch-up reply's follow-up fetch goes out at once.
-                if now >= next_tick or self._tick_now:
-                    self._tick_now = False
-                    self._tick(now)
-                    next_tick = now + 1
+                try:
+                    for raw, handle in list(self._watched):
+                        if readable(raw):
+                            handle(now)
+                    # Timers have ms resolution: once per ms is enough, except that a
+                    # catch-up reply's follow-up fetch goes out at once.
+                    if now >= next_tick or self._tick_now:
+                        self._tick_now = False
+                        self._tick(now)
+                        next_tick = now + 1
+                except OSError as exc:  # logging entries failed: the disk is full?
+                    if self._on_disk_error is None:
+                        raise
+                    self._on_disk_error(exc)
+                    self._sync_due = None
                 if any(readable(raw) for raw, _ in self._watched):
                     await asyncio.sleep(0)  # more to do: let the node's other tasks run first
                 else:
@@ -337,8 +347,8 @@ class Peering:
             # fsync per beat would stall it for 2-8 ms about every other batch.
             self.publish_heartbeat(flush=self.replica.state == READY)
             self._next_beat = now + HEARTBEAT_MS
-        if self._unanswered and now < self._startup_until:
-            return  # learn who the configured peers are before judging readiness
+        if (self._unanswered and now < self._startup_until) or self._refusing():
+            return  # learn who the configured peers are before judging readiness; no fetch
         was_ready = self.replica.state
         for node_id, fetch in self.replica.poll(now):
             target = self._by_node.get(node_id)
@@ -397,6 +407,8 @@ class Peering:
         applied, ack = 0, False
         for _, kind, payload in self._messages(self.sub, peerwire.parse_published):
             if kind == peerwire.ENTRIES:
+                if self._refusing():
+                    continue  # fetched again once there is space
                 entries, wanted = payload
                 applied += len(self.replica.receive(entries, now))
                 ack = ack or wanted
@@ -450,7 +462,7 @@ class Peering:
                 self._add(node_id, repl, pub)
                 self.replica.on_hello(node_id, now)
                 log.info("peer %s (%s) at %s", node_id, origin, repl, extra={"peer": node_id})
-            else:
+            elif not self._refusing():
                 node_id = next((n for n, e in self._by_node.items() if e == endpoint), None)
                 if node_id is not None:
                     if payload.snapshot and snapimage.store_takes_image(self.replica):
