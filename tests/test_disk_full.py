@@ -92,3 +92,34 @@ def test_a_replica_whose_disk_fills_stays_up_and_catches_up_once_space_returns(
         wait_for(lambda: all(r.get(f"k{i}") == value for i in range(40)), 20, "the catch-up")
         assert r.get("later") == b"x"
     assert replica.stop() == 0
+
+
+def test_a_node_whose_disk_fills_while_it_catches_up_is_not_ready_before_it_has(
+    procs, tmpfs: Path
+) -> None:
+    """Space back, it goes on catching up (from the log of its peer, not by a full
+    sync): ``ready`` only once it holds what it lacked."""
+    origin = NodeProcess(procs.tmp_path / "n1", "n1", ["--insecure"])
+    late = NodeProcess(tmpfs / "n2", "n2", ["--insecure"])
+    procs.nodes += [origin, late]
+    origin.start()
+    late.peers = [origin.repl]
+    late.start()
+    with origin.client() as c:  # so that n2 holds something: no full sync for it
+        assert c.set("first", "x") is True
+    with late.client() as r:
+        wait_for(lambda: r.get("first") == b"x", 10, "n2 to hold the first key")
+    assert late.stop() == 0
+    value = b"v" * (100 * 1024)
+    with origin.client() as c:
+        for i in range(30):
+            assert c.set(f"k{i}", value) is True
+    filler = tmpfs / "filler"
+    filler.write_bytes(b"\1" * (2 * 1024 * 1024 + 512 * 1024))
+    late.start(wait=False)
+    with late.client() as r:
+        state = lambda: r.stats()["state"]  # noqa: E731
+        wait_for(lambda: state() == "disk-full", 20, "the catch-up to fill the disk")
+        filler.unlink()
+        wait_for(lambda: state() == "ready", 20, "the node to be ready")
+        assert all(r.get(f"k{i}") == value for i in range(30))

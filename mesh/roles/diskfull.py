@@ -30,6 +30,7 @@ import os
 from typing import TYPE_CHECKING
 
 from mesh.core import wire
+from mesh.core.peerview import CATCHING_UP
 from mesh.core.replication import READY
 from mesh.core.store import Store
 from mesh.roles.node_status import write_status_file
@@ -99,7 +100,7 @@ class DiskGuard:
         self.episodes += 1
         log.error("%s: refusing writes until there is space; reads are served", self.reason)
         node.state = DISK_FULL
-        write_status_file(node)
+        _write_status(node)
         return found
 
     @property
@@ -125,6 +126,18 @@ class DiskGuard:
         st = os.statvfs(node.config.data_dir)
         if st.f_bavail * st.f_frsize >= NEEDED_BYTES:
             log.warning("node %s: disk space is back, taking writes again", node.config.node_id)
-            node.state = READY
+            # A node whose disk filled while it caught up after its start is not ready yet.
+            node.state = READY if node.replica.state == READY else CATCHING_UP
             self.reason = ""
-            write_status_file(node)
+            _write_status(node)
+
+
+def _write_status(node: Node) -> None:
+    """``node.json`` with the new state, if the full disk has room for it (else the
+    next write of it says so: HEALTH and STATS do meanwhile)."""
+    try:
+        write_status_file(node)
+    except OSError as exc:
+        if exc.errno not in SPACE_ERRNOS:
+            raise
+        log.warning("node.json not updated: %s", exc.strerror)
