@@ -123,3 +123,38 @@ def test_a_node_whose_disk_fills_while_it_catches_up_is_not_ready_before_it_has(
         filler.unlink()
         wait_for(lambda: state() == "ready", 20, "the node to be ready")
         assert all(r.get(f"k{i}") == value for i in range(30))
+
+
+def test_a_full_sync_that_finds_no_room_for_its_snapshot_is_not_lost_at_a_restart(
+    procs, tmpfs: Path
+) -> None:
+    """The image of a full sync is on disk only once its snapshot is: with no room for
+    that, the node held it in memory alone, logged the entries after it, and a
+    restart's replay then took it for complete without it.  Now the full sync is
+    undone (disk-full) and done again once there is room."""
+    origin = NodeProcess(procs.tmp_path / "n1", "n1", ["--insecure"])
+    late = NodeProcess(tmpfs / "n2", "n2", ["--insecure"])
+    procs.nodes += [origin, late]
+    origin.start()
+    value = b"v" * (100 * 1024)
+    with origin.client() as c:
+        for i in range(30):
+            assert c.set(f"k{i}", value) is True
+    filler = tmpfs / "filler"
+    filler.write_bytes(b"\1" * (2 * 1024 * 1024 + 512 * 1024))
+    late.peers = [origin.repl]
+    late.start(wait=False)
+    info = late.child.wait_status(lambda i: i.get("api", "*")[-1] != "*", 20)
+    late.api, late.repl, late.pub = info["api"], info["repl"], info["pub"]
+    with late.client() as r:
+        state = lambda: r.stats()["state"]  # noqa: E731
+        wait_for(lambda: state() == "disk-full", 20, "the full sync to find no room")
+        filler.unlink()  # room again: the full sync is done again, and saved
+        wait_for(lambda: state() == "ready" and r.get("k29") == value, 20, "the full sync")
+        with origin.client() as c:
+            assert c.set("after", "x") is True
+        wait_for(lambda: r.get("after") == b"x", 20, "the entry after the image")
+    late.kill()
+    late.start()
+    with late.client() as r:
+        wait_for(lambda: r.get("k0") == value, 20, "the image's keys after the restart")

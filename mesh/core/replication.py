@@ -532,11 +532,16 @@ class Replica:
         ]
 
     def reset_to_disk(
-        self, vv: Mapping[str, int], floor: Mapping[str, int], held: Mapping[str, Iterable[int]]
+        self,
+        vv: Mapping[str, int],
+        floor: Mapping[str, int],
+        held: Mapping[str, Iterable[int]],
+        now_ms: int,
     ) -> None:
         """The store was rebuilt from this node's disk (a log write failed: the disk is
         full): hold what the log holds, forget what was applied but not logged and
-        every fetch under way; the peers' catch-up brings the rest again."""
+        every fetch under way, and catch up again (not ready until the peers have
+        brought the rest)."""
         self.vv, self.floor = dict(vv), dict(floor)
         self._held = HeldSeqs(held)
         self._buffer.clear()
@@ -544,6 +549,9 @@ class Replica:
         for peer in self.peers.values():
             peer.fetching = peer.ahead = peer.next_fetch = None
             peer.staged, peer.packed = [], []
+            peer.synced = False
+        self.state = CATCHING_UP
+        self._started_ms = self._progress_ms = now_ms
 
     def take_snapshot_due(self) -> bool:
         """True once after a full sync: persist a snapshot with ``vv`` and ``floor``."""

@@ -30,6 +30,7 @@ import os
 from typing import TYPE_CHECKING
 
 from mesh.core import wire
+from mesh.core.clock import monotonic_ms
 from mesh.core.peerview import CATCHING_UP
 from mesh.core.replication import READY
 from mesh.core.store import Store
@@ -81,7 +82,7 @@ class DiskGuard:
         take no entries until there is space.  Raises ``exc`` again when it is not
         a lack of space."""
         found = self._rebuild(exc)
-        self.node.replica.reset_to_disk(found.vv, found.floor, found.held)
+        self.node.replica.reset_to_disk(found.vv, found.floor, found.held, monotonic_ms())
 
     def _rebuild(self, exc: OSError) -> Recovered:
         """The store as the disk has it, and the state ``disk-full`` (see the module doc)."""

@@ -26,6 +26,7 @@ returns, so the process exits 0.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import time
@@ -255,7 +256,7 @@ class Node:
             max_frame=max_frame,
             pub_hwm=self.config.pub_hwm,
             on_change=self._on_replication,
-            on_full_sync=self.snapshot,
+            on_full_sync=self._save_full_sync,
             keys=self.keys,
             membership=self.membership,
             on_clock=self.clockwatch.heard,
@@ -480,11 +481,22 @@ class Node:
         self._heap.after_growth(len(self.store))
         self.stable.collect(self.replica)
 
-    def snapshot(self, entries: Any = None) -> None:
-        """Snapshot the store (its ``entries``, when given) and drop the log it covers."""
-        self.snapshots.take(self.store, snapshot_meta(self), entries=entries)
+    def snapshot(self, entries: Any = None) -> bool:
+        """Snapshot the store (its ``entries``, when given) and drop the log it covers;
+        False when the disk had no room for it (it is tried again later)."""
+        path = self.snapshots.take(self.store, snapshot_meta(self), entries=entries)
         self._heap.now()
         self.clockwatch.busy()  # a snapshot blocks the loop: no stall for the guards
+        return path is not None
+
+    def _save_full_sync(self, entries: Any) -> None:
+        """Snapshot what a full sync brought: only its snapshot holds it on disk.  No
+        room for it raises ENOSPC, and the full sync is undone (the peering loop's
+        disk-full path, :meth:`DiskGuard.replica_failed`): entries logged after an
+        image the disk lacks would make a restart's replay take this node for
+        complete without it."""
+        if not self.snapshot(entries):
+            raise OSError(errno.ENOSPC, "no room for the snapshot of a full sync")
 
     def _shutdown(self) -> None:
         try:
