@@ -23,6 +23,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -54,6 +55,45 @@ def heal(node: NodeProcess, kind: str) -> None:
         node.start(wait=False)
 
 
+def under_load(
+    writers: list[Writer],
+    rnd: random.Random,
+    pace: tuple[float, float],
+    step: Callable[[], None],
+    settle: Callable[[], None] = lambda: None,
+    cleanup: Callable[[], None] = lambda: None,
+) -> None:
+    """Start ``writers``; once each has 100 acknowledged writes, run the nemesis's
+    ``step`` every ``pace`` seconds (drawn from ``rnd``) for CHAOS_S seconds, then
+    ``settle`` while the writers go on; ``cleanup`` and stop the writers, whatever
+    happens."""
+    for w in writers:
+        w.start()
+    try:
+        wait_count(writers, lambda w: 100, "100 acknowledged writes per writer")
+        ends = time.monotonic() + CHAOS_S
+        while time.monotonic() < ends:
+            time.sleep(rnd.uniform(*pace))  # the nemesis's pace, not a wait for a condition
+            step()
+        settle()
+    finally:
+        cleanup()
+        for w in writers:
+            w.stopping.set()
+    for w in writers:
+        w.stop()
+
+
+def lost_nothing(nodes: list[NodeProcess], writers: list[Writer], story: str) -> int:
+    """Once ``nodes`` converge, every node holds every acknowledged write; how many."""
+    wait_converged(nodes, timeout=60)
+    acked = merged(writers)
+    for node in nodes:
+        wrong = missing_on(node, acked)
+        assert not wrong, f"{node.node_id} lost {len(wrong)} of {len(acked)}: {wrong[:5]}; {story}"
+    return len(acked)
+
+
 @pytest.mark.timeout(120 + 3 * CHAOS_S)
 def test_random_kills_stops_and_pauses_lose_no_acknowledged_write(procs):
     rnd = random.Random(SEED)
@@ -66,39 +106,30 @@ def test_random_kills_stops_and_pauses_lose_no_acknowledged_write(procs):
     writers.append(through)
     down: dict[NodeProcess, str] = {}
     events: list[str] = []
-    for w in writers:
-        w.start()
-    try:
-        wait_count(writers, lambda w: 100, "100 acknowledged writes per writer")
-        ends = time.monotonic() + CHAOS_S
-        while time.monotonic() < ends:
-            time.sleep(rnd.uniform(0.2, 1.2))  # the nemesis's pace, not a wait for a condition
-            for node in [n for n in down if rnd.random() < 0.6]:
-                heal(node, down.pop(node))
-                events.append(f"up {node.node_id}")
-            up = [n for n in nodes if n not in down]
-            if len(down) < 2 and (not down or rnd.random() < 0.3):
-                node, kind = rnd.choice(up), rnd.choice(FAULTS)
-                fault(node, kind)
-                down[node] = kind
-                events.append(f"{kind} {node.node_id}")
+
+    def step() -> None:
+        for node in [n for n in down if rnd.random() < 0.6]:
+            heal(node, down.pop(node))
+            events.append(f"up {node.node_id}")
+        up = [n for n in nodes if n not in down]
+        if len(down) < 2 and (not down or rnd.random() < 0.3):
+            node, kind = rnd.choice(up), rnd.choice(FAULTS)
+            fault(node, kind)
+            down[node] = kind
+            events.append(f"{kind} {node.node_id}")
+
+    def settle() -> None:
         while down:
             heal(*down.popitem())
         for node in nodes:
             node.wait_ready(timeout=60)
-    finally:
+
+    def cleanup() -> None:
         for node, kind in down.items():
             if kind == "pause":
                 node.signal(signal.SIGCONT)
-        for w in writers:
-            w.stopping.set()
-    for w in writers:
-        w.stop()
+
+    under_load(writers, rnd, (0.2, 1.2), step, settle, cleanup)
     story = f"seed {SEED}: {' '.join(events)}"
     assert sum(not e.startswith("up") for e in events) >= 3, story
-    wait_converged(nodes, timeout=60)
-    acked = merged(writers)
-    assert len(acked) > 1000, story
-    for node in nodes:
-        wrong = missing_on(node, acked)
-        assert not wrong, f"{node.node_id} lost {len(wrong)} of {len(acked)}: {wrong[:5]}; {story}"
+    assert lost_nothing(nodes, writers, story) > 1000, story

@@ -1,17 +1,15 @@
 """A replica's disk filling up and emptying again at random under write load (with
 kill -9 now and then): no acknowledged write lost, every node converges.
 
-n3's data folder is on a small tmpfs; a nemesis fills it (a file taking all but
-a few KiB) and frees it at random for ``PYCACHE_CHAOS_S`` seconds (default
-10), while writers write to n1 and n2.  ``PYCACHE_CHAOS_SEED`` replays its
-choices (not the timing).
+n3's data folder is on a 256 MiB tmpfs; a nemesis fills it (a file taking the
+free space) and frees it at random for ``PYCACHE_CHAOS_S`` seconds (default
+20, as ``test_chaos``), while writers write to n1 and n2.
+``PYCACHE_CHAOS_SEED`` replays its choices (not the timing).
 """
 
 from __future__ import annotations
 
-import os
 import random
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,29 +17,19 @@ from pathlib import Path
 import pytest
 
 from mesh.core.errors import PyCacheError
-from tests.conftest import NodeProcess, wait_converged
-from tests.test_mesh import Writer, merged, missing_on, wait_count
+from tests.conftest import NodeProcess
+from tests.test_chaos import CHAOS_S, SEED, lost_nothing, under_load
+from tests.test_disk_full import mounted_tmpfs
+from tests.test_mesh import Writer
 
 pytestmark = [pytest.mark.processes, pytest.mark.slow]
-
-CHAOS_S = float(os.environ.get("PYCACHE_CHAOS_S", "10"))
-SEED = int(os.environ.get("PYCACHE_CHAOS_SEED", str(random.randrange(1 << 32))))
 
 
 @pytest.fixture
 def disk(tmp_path: Path) -> Iterator[Path]:
-    """A 256 MiB tmpfs (skips where one cannot be mounted)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)], capture_output=True
-    )
-    if done.returncode:
-        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
-    try:
+    """A 256 MiB tmpfs."""
+    with mounted_tmpfs(tmp_path, "256m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def fill(folder: Path) -> Path:
@@ -86,41 +74,30 @@ def test_a_replica_disk_filling_and_emptying_loses_no_acknowledged_write(procs, 
     n3.start()
     writers = [Writer(n, n.node_id, value_size=200) for n in (n1, n2)]
     events: list[str] = []
-    filler: Path | None = None
-    for w in writers:
-        w.start()
-    try:
-        wait_count(writers, lambda w: 100, "100 acknowledged writes per writer")
-        ends = time.monotonic() + CHAOS_S
-        while time.monotonic() < ends:
-            time.sleep(rnd.uniform(0.3, 1.5))  # the nemesis's pace, not a wait for a condition
-            if filler is not None:
-                filler.unlink()
-                filler = None
-                events.append("free")
-            elif rnd.random() < 0.2:
-                n3.kill()
-                n3.start(wait=False)
-                events.append("kill")
-            else:
-                filler = fill(disk)
-                # until n3 runs out of its log's zero-filled space ahead: a condition
-                full = until_full(n3, time.monotonic() + 3)
-                events.append("fill" + (" full" if full else ""))
-    finally:
-        if filler is not None:
-            filler.unlink()
-        for w in writers:
-            w.stopping.set()
-    for w in writers:
-        w.stop()
+    filler: list[Path] = []
+
+    def step() -> None:
+        if filler:
+            filler.pop().unlink()
+            events.append("free")
+        elif rnd.random() < 0.2:
+            n3.kill()
+            n3.start(wait=False)
+            events.append("kill")
+        else:
+            filler.append(fill(disk))
+            # until n3 runs out of its log's zero-filled space ahead: a condition
+            full = until_full(n3, time.monotonic() + 3)
+            events.append("fill" + (" full" if full else ""))
+
+    def cleanup() -> None:
+        while filler:
+            filler.pop().unlink()
+
+    under_load(writers, rnd, (0.3, 1.5), step, cleanup=cleanup)
     story = f"seed {SEED}: {', '.join(events)}"
     assert "fill full" in events, f"n3 was never full: {story}"
     n3.wait_ready(timeout=60)
-    wait_converged(nodes, timeout=60)
-    acked = merged(writers)
-    for node in nodes:
-        wrong = missing_on(node, acked)
-        assert not wrong, f"{node.node_id} lost {len(wrong)} of {len(acked)}: {wrong[:5]}; {story}"
+    lost_nothing(nodes, writers, story)
     with n3.client() as c:
         assert c.stats()["state"] == "ready", story

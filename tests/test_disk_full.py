@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,19 +16,50 @@ from tests.conftest import NodeProcess, wait_for
 pytestmark = pytest.mark.processes
 
 
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
+@contextmanager
+def mounted_tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's ``size=``) under ``tmp_path``, unmounted after;
+    skips the test where one cannot be mounted."""
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True
     )
     if done.returncode:
-        pytest.skip(f"cannot mount a 4 MiB tmpfs: {done.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a {size} tmpfs: {done.stderr.decode().strip()}")
     try:
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs."""
+    with mounted_tmpfs(tmp_path, "4m") as mnt:
+        yield mnt
+
+
+def origin_and_second(procs, tmpfs: Path) -> tuple[NodeProcess, NodeProcess]:
+    """n1, started, and n2 on ``tmpfs`` with n1 for its peer, not started."""
+    origin = NodeProcess(procs.tmp_path / "n1", "n1", ["--insecure"])
+    second = NodeProcess(tmpfs / "n2", "n2", ["--insecure"])
+    procs.nodes += [origin, second]
+    origin.start()
+    second.peers = [origin.repl]
+    return origin, second
+
+
+def written_then_filled(origin: NodeProcess, tmpfs: Path) -> tuple[bytes, Path]:
+    """30 values of 100 KiB (k0..k29) written to ``origin``, then ``tmpfs`` left with
+    about 1.5 MiB free: less than they take; the value and the filler file."""
+    value = b"v" * (100 * 1024)
+    with origin.client() as c:
+        for i in range(30):
+            assert c.set(f"k{i}", value) is True
+    filler = tmpfs / "filler"
+    filler.write_bytes(b"\1" * (2 * 1024 * 1024 + 512 * 1024))
+    return value, filler
 
 
 def test_full_disk_refuses_writes_keeps_reads_and_recovers(procs, tmpfs: Path) -> None:
@@ -71,11 +103,7 @@ def test_a_replica_whose_disk_fills_stays_up_and_catches_up_once_space_returns(
     procs, tmpfs: Path
 ) -> None:
     """The writes come from a peer: the full disk is the replica's, not the origin's."""
-    origin = NodeProcess(procs.tmp_path / "n1", "n1", ["--insecure"])
-    replica = NodeProcess(tmpfs / "n2", "n2", ["--insecure"])
-    procs.nodes += [origin, replica]
-    origin.start()
-    replica.peers = [origin.repl]
+    origin, replica = origin_and_second(procs, tmpfs)
     replica.start()
     filler = tmpfs / "filler"
     filler.write_bytes(b"\1" * (2 * 1024 * 1024 + 512 * 1024))
@@ -99,23 +127,14 @@ def test_a_node_whose_disk_fills_while_it_catches_up_is_not_ready_before_it_has(
 ) -> None:
     """Space back, it goes on catching up (from the log of its peer, not by a full
     sync): ``ready`` only once it holds what it lacked."""
-    origin = NodeProcess(procs.tmp_path / "n1", "n1", ["--insecure"])
-    late = NodeProcess(tmpfs / "n2", "n2", ["--insecure"])
-    procs.nodes += [origin, late]
-    origin.start()
-    late.peers = [origin.repl]
+    origin, late = origin_and_second(procs, tmpfs)
     late.start()
     with origin.client() as c:  # so that n2 holds something: no full sync for it
         assert c.set("first", "x") is True
     with late.client() as r:
         wait_for(lambda: r.get("first") == b"x", 10, "n2 to hold the first key")
     assert late.stop() == 0
-    value = b"v" * (100 * 1024)
-    with origin.client() as c:
-        for i in range(30):
-            assert c.set(f"k{i}", value) is True
-    filler = tmpfs / "filler"
-    filler.write_bytes(b"\1" * (2 * 1024 * 1024 + 512 * 1024))
+    value, filler = written_then_filled(origin, tmpfs)
     late.start(wait=False)
     with late.client() as r:
         state = lambda: r.stats()["state"]  # noqa: E731
@@ -132,17 +151,8 @@ def test_a_full_sync_that_finds_no_room_for_its_snapshot_is_not_lost_at_a_restar
     that, the node held it in memory alone, logged the entries after it, and a
     restart's replay then took it for complete without it.  Now the full sync is
     undone (disk-full) and done again once there is room."""
-    origin = NodeProcess(procs.tmp_path / "n1", "n1", ["--insecure"])
-    late = NodeProcess(tmpfs / "n2", "n2", ["--insecure"])
-    procs.nodes += [origin, late]
-    origin.start()
-    value = b"v" * (100 * 1024)
-    with origin.client() as c:
-        for i in range(30):
-            assert c.set(f"k{i}", value) is True
-    filler = tmpfs / "filler"
-    filler.write_bytes(b"\1" * (2 * 1024 * 1024 + 512 * 1024))
-    late.peers = [origin.repl]
+    origin, late = origin_and_second(procs, tmpfs)
+    value, filler = written_then_filled(origin, tmpfs)
     late.start(wait=False)
     info = late.child.wait_status(lambda i: i.get("api", "*")[-1] != "*", 20)
     late.api, late.repl, late.pub = info["api"], info["repl"], info["pub"]
