@@ -9,6 +9,7 @@ free space) and frees it at random for ``PYCACHE_CHAOS_S`` seconds (default
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -46,6 +47,12 @@ def fill(folder: Path) -> Path:
     return filler
 
 
+def free_mib(folder: Path) -> int:
+    """The free space of ``folder``'s file system, in MiB."""
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize >> 20
+
+
 def until_full(node: NodeProcess, deadline: float) -> bool:
     """Poll ``node`` until it says ``disk-full`` or ``deadline`` passes."""
     while time.monotonic() < deadline:
@@ -80,7 +87,7 @@ def test_a_replica_disk_filling_and_emptying_loses_no_acknowledged_write(procs, 
         if filler:
             filler.pop().unlink()
             events.append("free")
-        elif rnd.random() < 0.2:
+        elif rnd.random() < 0.2 and free_mib(disk) >= 64:  # a node cannot start on a full disk
             n3.kill()
             n3.start(wait=False)
             events.append("kill")
@@ -97,7 +104,10 @@ def test_a_replica_disk_filling_and_emptying_loses_no_acknowledged_write(procs, 
     under_load(writers, rnd, (0.3, 1.5), step, cleanup=cleanup)
     story = f"seed {SEED}: {', '.join(events)}"
     assert "fill full" in events, f"n3 was never full: {story}"
-    n3.wait_ready(timeout=60)
+    try:
+        n3.wait_ready(timeout=60)
+    except BaseException as exc:
+        raise AssertionError(f"n3 not ready ({free_mib(disk)} MiB free): {story}") from exc
     lost_nothing(nodes, writers, story)
     with n3.client() as c:
         assert c.stats()["state"] == "ready", story
