@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from mesh.core.errors import PyCacheError
+from mesh.core.errors import PyCacheError, Timeout
+from mesh.roles import launcher
 from tests.conftest import NodeProcess
 from tests.test_chaos import CHAOS_S, SEED, lost_nothing, under_load
 from tests.test_disk_full import mounted_tmpfs
@@ -53,17 +53,17 @@ def free_mib(folder: Path) -> int:
     return st.f_bavail * st.f_frsize >> 20
 
 
-def until_full(node: NodeProcess, deadline: float) -> bool:
-    """Poll ``node`` until it says ``disk-full`` or ``deadline`` passes."""
-    while time.monotonic() < deadline:
-        try:
-            with node.client(timeout=0.5) as c:
-                if c.stats()["state"] == "disk-full":
-                    return True
-        except PyCacheError:  # restarting after a kill
-            pass
-        time.sleep(0.05)  # the poll's pace
-    return False
+def until_full(node: NodeProcess, seconds: float) -> bool:
+    """Poll ``node`` until it says ``disk-full`` (True) or ``seconds`` pass (False)."""
+
+    def full() -> bool:
+        with node.client(timeout=0.5) as c:
+            return c.stats()["state"] == "disk-full"
+
+    try:  # a node restarting after a kill does not answer yet: not full yet
+        return launcher.wait_for(full, seconds, "disk-full", 0.05, retry_on=PyCacheError)
+    except Timeout:
+        return False
 
 
 @pytest.mark.timeout(120 + 5 * CHAOS_S)
@@ -94,7 +94,7 @@ def test_a_replica_disk_filling_and_emptying_loses_no_acknowledged_write(procs, 
         else:
             filler.append(fill(disk))
             # until n3 runs out of its log's zero-filled space ahead: a condition
-            full = until_full(n3, time.monotonic() + 3)
+            full = until_full(n3, 3)
             events.append("fill" + (" full" if full else ""))
 
     def cleanup() -> None:

@@ -498,7 +498,7 @@ class Replica:
         if peer.staged:
             self._apply(peer.staged)
         if covered:
-            listed = set(map(itemgetter(3), peer.staged))
+            listed = map(itemgetter(3), peer.staged)
             self.counters["image_dropped"] += self.store.drop_unlisted(listed, covered)
         peer.staged, peer.packed = [], []
         # Complete: everything up to the snapshot's vv is in the store, but not in

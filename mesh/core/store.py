@@ -492,7 +492,7 @@ class Store:
         self._collected += len(dropped)
         return len(dropped)
 
-    def drop_unlisted(self, listed: Collection[str], covered: Collection[str]) -> int:
+    def drop_unlisted(self, listed: Iterable[str], covered: Collection[str]) -> int:
         """Drop the live keys not in ``listed`` whose writes all came from ``covered``
         origins (a counter: its base and every slot); returns how many.
 

@@ -69,7 +69,7 @@ class DiskGuard:
         """
         node = self.node
         self._rebuild(exc)
-        logged = node.log.max_seqs().get(node.origin, 0)
+        logged = node.commands.seq  # the last one logged
         if logged > node.replica.vv.get(node.origin, 0):  # a batch split over a roll
             node.replica.vv[node.origin] = logged
         for frames, last in zip(batch, lasts, strict=True):

@@ -404,10 +404,10 @@ class Peering:
                 yield frames, *parsed
 
     def _drain_sub(self, now: int) -> None:
-        applied, ack = 0, False
+        applied, ack, refusing = 0, False, self._refusing()
         for _, kind, payload in self._messages(self.sub, peerwire.parse_published):
             if kind == peerwire.ENTRIES:
-                if self._refusing():
+                if refusing:
                     continue  # fetched again once there is space
                 entries, wanted = payload
                 applied += len(self.replica.receive(entries, now))
