@@ -104,11 +104,19 @@ def _excuse_cut(sim: Sim, node: SimNode, cut: Mutation) -> None:
 
 
 def budget_forfeits(sim: Sim, w: Write) -> bool:
-    """Whether ``w`` is a DEL whose copies may go: once a tombstone budget dropped
-    tombstones before they were stable, a DEL may be undone (documented; seeds
-    4100008192 and 4100021710: a holder's budget dropped the tombstone, so its
-    snapshot has none, and then the last other copy went).  Counted."""
-    if w.mutation.value is None and sim.forgets and sim.budget_dropped():
+    """Whether ``w``'s copies may go: once a tombstone budget dropped tombstones
+    before they were stable, a DEL may be undone (documented), so a DEL, or a
+    write that a newer DEL of its key superseded, may be gone with the last copy
+    of that DEL, the key back at an older value (seeds 4100008192 and
+    4100021710: a holder's budget dropped the tombstone, so its snapshot has
+    none, and then the last other copy went; 6400004860: the same for the SET
+    before such a DEL).  Counted."""
+    if not (sim.forgets and sim.budget_dropped()):
+        return False
+    key, version = w.mutation.key, w.version
+    if w.mutation.value is None or any(
+        m.value is None and m.key == key and m.version() > version for m in sim.issued.values()
+    ):
         sim.stats["excused_budget"] += 1
         return True
     return False

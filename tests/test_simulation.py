@@ -84,6 +84,8 @@ def test_random_seeds(seed: int) -> None:
         # DELs whose last copies went after tombstone budgets had dropped them (the checker)
         (4100008192, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
         (4100021710, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
+        # ... and the acknowledged SET that such a DEL had superseded (the checker)
+        (6400004860, {"incrs": 10, "ttls": 15, "pauses": 2}),
         # a full sync dropped a key another snapshot had given, past that one's vv (TTLs)
         (5100007268, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10, "ttls": 15}),
     ],
