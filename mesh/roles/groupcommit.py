@@ -98,7 +98,7 @@ def handle_batch(node: Node, batch: list[list[bytes]]) -> Replies:
         if node.snapshots.due():
             node.snapshot()
     for waiting_ack in held:
-        node.acks.hold(waiting_ack)
+        node.hold_ack(waiting_ack)
     if failed is not None:
         replies += node.disk.failed(*failed)
     return replies

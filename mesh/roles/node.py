@@ -80,6 +80,7 @@ from mesh.storage.salvage import rotate_if_damaged
 log = logging.getLogger(__name__)
 
 REPLY_HWM = 100_000
+#: how often held w > 1 replies are checked for their timeout, while any are held
 ACK_CHECK_MS = 5
 CLOCK_CHECK_MS = 100
 #: longest _serve runs read-only batches back to back without letting other tasks
@@ -127,6 +128,7 @@ class Node:
         self.disk = DiskGuard(self)
         self.peering: Peering | None = None
         self.acks = PendingAcks()
+        self._acks_held = asyncio.Event()  # set while replies wait for acknowledgements
         self.digest_wait = DigestWait(self.store, self._answer_held)
         self.keys, self.membership = peer_trust(config)
         self._zap: AnyZapHandler | None = None
@@ -190,7 +192,6 @@ class Node:
             assert self.peering is not None
             timers = [
                 (self.config.sweep_interval_ms, self._sweep),
-                (ACK_CHECK_MS, self._check_acks),
                 (CLOCK_CHECK_MS, self.clockwatch.check),
                 (RETRY_MS, self.disk.check),
                 (PROGRESS_CHECK_MS, self.progress.check),
@@ -200,6 +201,7 @@ class Node:
             tasks: list[asyncio.Task[Any]] = [asyncio.create_task(self._serve())]
             tasks.append(asyncio.create_task(self.peering.run()))
             tasks += [asyncio.create_task(self._every(ms, action)) for ms, action in timers]
+            tasks.append(asyncio.create_task(self._expire_acks()))
             stop = asyncio.create_task(self._stopped.wait())
             done, _ = await asyncio.wait([stop, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for task in tasks:
@@ -466,6 +468,22 @@ class Node:
                 send_frames(self._raw_api, reply)
             except zmq.ZMQError:  # peer gone or its queue full: the client times out
                 self.counters["dropped_replies"] += 1
+
+    def hold_ack(self, waiting: Waiting) -> None:
+        """Hold a write's reply until enough nodes logged it, or its timeout."""
+        self.acks.hold(waiting)
+        self._acks_held.set()
+
+    async def _expire_acks(self) -> None:
+        # Acknowledgements resolve as heartbeats arrive (_on_replication); this only
+        # times out the held replies, and sleeps while none are held: a timer every
+        # ACK_CHECK_MS regardless cost an idle node a wake-up 200 times a second.
+        while True:
+            if not len(self.acks):
+                self._acks_held.clear()
+                await self._acks_held.wait()
+            await asyncio.sleep(ACK_CHECK_MS / 1000)
+            self._check_acks()
 
     async def _every(self, period_ms: int, action: Any) -> None:
         while True:
