@@ -302,3 +302,65 @@ def test_a_client_that_does_not_read_its_replies_stalls_only_itself(procs):
             assert chunk, f"closed after {received} of {want} bytes"
             received += len(chunk)
         assert received == want
+
+
+def ping_takes(port: int) -> float:
+    """Seconds a PING on a new connection takes to be answered."""
+    started = time.monotonic()
+    assert client(port, socket_timeout=30).ping()
+    return time.monotonic() - started
+
+
+def test_a_huge_array_header_is_refused_before_it_is_allocated(procs):
+    """hiredis allocates a whole array at its header: 2^31 slots took the node's loop
+    about 4 s to free, per connection, for 13 bytes and no AUTH."""
+    node = procs.node(extra=RESP_ANY)
+    port = node_resp_port(node)
+    for header in (b"*2147483647\r\n", b"*2\r\n$3\r\nGET\r\n*2147483647\r\n", b"*2097153\r\n"):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(header)
+            assert sock.recv(1000) == b"-ERR Protocol error: invalid multibulk length\r\n"
+        assert ping_takes(port) < 1.0
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        for byte in b"*2147483647\r\n":  # a header split over reads
+            sock.sendall(bytes([byte]))
+        assert sock.recv(1000) == b"-ERR Protocol error: invalid multibulk length\r\n"
+    assert ping_takes(port) < 1.0
+
+
+def test_a_bulk_longer_than_the_request_limit_is_refused_at_its_header(procs):
+    node = procs.node(extra=RESP_ANY)
+    port = node_resp_port(node)
+    for length in (b"999999999999", b"2147483647", b"9000000"):  # the limit: 8.5 MB
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"*2\r\n$4\r\nECHO\r\n$" + length + b"\r\nabc\r\n")
+            assert sock.recv(1000) == b"-ERR Protocol error: invalid bulk length\r\n"
+    conn = client(port)
+    value = b"*2097153\r\n$999999999\r\n" * 1000  # headers inside a value are its bytes
+    assert conn.set("looks-like-headers", value)
+    assert conn.get("looks-like-headers") == value
+    assert conn.set("big", b"$1234567\r\n" + b"y" * 3_000_000)
+    assert conn.get("big") == b"$1234567\r\n" + b"y" * 3_000_000
+
+
+def test_the_commands_before_a_protocol_error_run_as_in_redis(procs):
+    node = procs.node(extra=RESP_ANY)
+    port = node_resp_port(node)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"*3\r\n$3\r\nSET\r\n$2\r\nvg\r\n$1\r\n1\r\n*1\r\n$4\r\nPING\r\n*1\r\n$x\r\n")
+        replies = b""
+        while chunk := sock.recv(1000):
+            replies += chunk
+    assert replies.startswith(b"+OK\r\n+PONG\r\n-ERR Protocol error")
+    assert client(port).get("vg") == b"1"
+
+
+def test_a_client_gone_before_its_replies_leaves_no_error_in_the_log(procs):
+    node = procs.node(extra=RESP_ANY)
+    port = node_resp_port(node)
+    client(port).set("sentinel", "1")
+    for i in range(20):  # half of them end in a protocol error too
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"*2\r\n$3\r\nGET\r\n$8\r\nsentinel\r\n" * 50 + b"*1\r\n$x\r\n" * (i % 2))
+    assert ping_takes(port) < 5
+    assert "Traceback" not in node.log_path.read_text()

@@ -172,7 +172,7 @@ class ConnectionCommands:
         return bulks([x for name, value in pairs if value is not None for x in (name, value)])
 
     def _quit(self, conn: Connection, args: list[bytes]) -> bytes:
-        conn.closing = True
+        conn.quit()
         return OK
 
     def _reset(self, conn: Connection, args: list[bytes]) -> bytes:

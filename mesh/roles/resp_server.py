@@ -12,7 +12,10 @@ for the next turn (and reading pauses past ``MAX_PENDING`` commands).
 With tokens (``token_file``), a connection must AUTH with one of them (any
 user name but ``default`` is refused) before any other command: ``-NOAUTH``.
 A node never dies of a client: a protocol error answers ``-ERR Protocol error``
-and closes that connection; a command over the request limit likewise.
+and closes that connection, after answering the commands read before it (as
+Redis does); a command over the request limit likewise.  An array header of
+over :data:`MAX_ARRAY` elements, or a bulk string longer than the request
+limit, is refused at its header, before hiredis sees it (:meth:`Connection.feed`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -46,6 +50,18 @@ log = logging.getLogger(__name__)
 
 #: Commands read but not yet answered before a connection stops reading.
 MAX_PENDING = 4096
+#: The most elements a command's array may have: over the longest command a node
+#: takes (MSET of the largest --max-items, 1,000,000 pairs).  hiredis allocates an
+#: array whole at its header: 2^31 slots, freed, held the loop for seconds.
+MAX_ARRAY = 2 * 1024 * 1024
+#: Headers with a number of 6 digits or more: an array hiredis must not allocate
+#: unchecked, a bulk string too long to take or long enough to skip scanning.
+_ARRAY_HEADER = re.compile(rb"\*[0-9]{6}")
+_BULK_HEADER = re.compile(rb"\$[0-9]{6}")
+#: The longest header line (``*`` or ``$``, a 64-bit number, CRLF) worth waiting for.
+_MAX_HEADER = 24
+#: A header line that a read ends in the middle of (its number may go on in the next).
+_HEADER_BEGUN = re.compile(rb"[*$][0-9]*\Z")
 Reply = tuple[int, Any]
 
 
@@ -70,12 +86,14 @@ class Connection(asyncio.Protocol):
         self.reader = hiredis.Reader()
         self.transport: asyncio.Transport | None = None
         self.pending: list[list[bytes]] = []
-        self.busy = self.closing = self.paused = self.writes_blocked = False
+        self.busy = self.closing = self.quitting = self.paused = self.writes_blocked = False
         self.authed = not server.tokens
         self.name: bytes | None = None
         self.pin: list = [None]
         self.unparsed = 0
         self.last_words = b""
+        self.head = b""  # a header line begun at the end of the last read (Connection.feed)
+        self.skip = 0  # bytes of a long bulk string still to come: not scanned for headers
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection in."""
@@ -96,30 +114,24 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Count it out."""
+        """Count it out; what it sent and is not answered yet is not run."""
         self.server.connections.pop(self.id, None)
         self.closing = True
+        self.pending.clear()
 
     def data_received(self, data: bytes) -> None:
         """Parse every complete command; start a pipeline turn unless one runs."""
         if self.closing:
             return
-        self.reader.feed(data)
         self.unparsed += len(data)
         try:
-            while (command := self.reader.gets()) is not False:
-                self.unparsed = 0
-                if (
-                    type(command) is not list
-                    or not command
-                    or not all(type(a) is bytes for a in command)
-                ):
-                    raise hiredis.ProtocolError("expected an array of bulk strings")
-                self.pending.append(command)
+            refused = self.feed(data)
         except hiredis.ProtocolError as exc:
             return self._abort(f"ERR Protocol error: {exc}")
-        except MemoryError:  # hiredis allocates a huge array's header at once
+        except MemoryError:  # an array header hiredis could not allocate
             return self._abort("ERR Protocol error: invalid multibulk length")
+        if refused:
+            return self._abort(refused)
         if self.unparsed > self.server.max_request_bytes:
             return self._abort("ERR Protocol error: a command over the request limit")
         if self.pending and not self.busy:
@@ -129,23 +141,95 @@ class Connection(asyncio.Protocol):
             self.paused = True
             self.transport.pause_reading()
 
+    def feed(self, data: bytes) -> str | None:
+        """Give ``data`` to the reader and take the complete commands into ``pending``;
+        return the error line of a header refused before the reader saw it.
+
+        Only headers of 6 digits or more are looked at, each where the reader
+        would take it as a header: when the reader has taken every byte before
+        one, that is where its next element starts; otherwise the match is
+        inside a bulk string still arriving (the reader takes a bulk string
+        only whole).  The bytes of a long bulk string are not scanned.
+        """
+        if self.head:
+            data, self.head = self.head + data, b""
+        fed = pos = 0
+        if self.skip:
+            fed = pos = min(self.skip, len(data))
+            self.skip -= pos
+            self.reader.feed(data, 0, pos)
+        while (match := _next_header(data, pos)) is not None:
+            start = match.start()
+            self.reader.feed(data, fed, start - fed)
+            fed = start
+            self._take_commands()
+            if self.reader.has_data():  # inside a bulk string not yet whole
+                pos = start + 1
+                continue
+            end = data.find(b"\r\n", start, start + _MAX_HEADER)
+            if end < 0:
+                if len(data) - start >= _MAX_HEADER:
+                    return "ERR Protocol error: invalid header"
+                self.head = data[start:]  # the rest of the line comes with the next read
+                return None
+            number = int(data[start + 1 : end]) if data[start + 1 : end].isdigit() else -1
+            if data[start] == 42:  # "*"
+                if not 0 <= number <= MAX_ARRAY:
+                    return "ERR Protocol error: invalid multibulk length"
+                pos = end + 2
+            else:
+                if not 0 <= number <= self.server.max_request_bytes:
+                    return "ERR Protocol error: invalid bulk length"
+                pos = end + 2 + number
+                if pos > len(data):
+                    self.skip = pos - len(data)
+        begun = None
+        if not data.endswith(b"\n"):  # the read may end inside a header line
+            begun = _HEADER_BEGUN.search(data, max(pos, len(data) - _MAX_HEADER))
+        if begun is not None:
+            start = begun.start()
+            self.reader.feed(data, fed, start - fed)
+            fed = start
+            self._take_commands()
+            if not self.reader.has_data():  # a header: keep it until its line is whole
+                self.head = data[start:]
+                return None
+        self.reader.feed(data, fed, len(data) - fed)
+        self._take_commands()
+        return None
+
+    def _take_commands(self) -> None:
+        while (command := self.reader.gets()) is not False:
+            self.unparsed = 0
+            if (
+                type(command) is not list
+                or not command
+                or not all(type(a) is bytes for a in command)
+            ):
+                raise hiredis.ProtocolError("expected an array of bulk strings")
+            self.pending.append(command)
+
     def _abort(self, line: str) -> None:
-        """Answer ``-line`` after the replies due, and close (a bad or huge command)."""
-        self.pending.clear()
+        """Answer the commands read before, then ``-line``, and close (a bad or huge command)."""
         self.closing = True
+        self.last_words = error(line)
         if self.transport is None:
             return
-        if self.busy:  # the turn under way writes it, after its replies
-            self.last_words = error(line)
-        else:
-            self.transport.write(error(line))
-            self.transport.close()
+        self.transport.pause_reading()
+        if not self.busy:
+            self.busy = True
+            self._turns()
+
+    def quit(self) -> None:
+        """Close once the replies due are written; the commands after this one are not run."""
+        self.closing = self.quitting = True
+        self.pending.clear()
 
     def _turns(self) -> None:
         """Answer what is pending, a pipeline at a time: connection commands at
         once, node requests through the backend (:meth:`_answered` goes on)."""
         try:
-            while self.pending and not self.closing:
+            while self.pending:
                 batch, self.pending = self.pending, []
                 if self.paused and self.transport is not None:
                     self.paused = False
@@ -160,7 +244,8 @@ class Connection(asyncio.Protocol):
                 self.server.finish(replies, plans, [])  # plans that need no node (WAIT 0)
                 self._write(replies)
             if self.closing and self.transport is not None:
-                self.transport.write(self.last_words)
+                if not self.transport.is_closing():  # the client may be gone already
+                    self.transport.write(self.last_words)
                 self.transport.close()
         except Exception:  # a bug here must cost this connection only
             log.exception("resp connection %d failed", self.id)
@@ -254,7 +339,7 @@ class RespServer(ConnectionCommands):
         self.counters["total_commands_processed"] += len(batch)
         fast = conn.authed
         for command in batch:
-            if conn.closing:
+            if conn.quitting:
                 break
             if fast and len(command) <= 3 and command[0] in _FAST:
                 simple_request = _fast_request(command)
@@ -301,6 +386,15 @@ class RespServer(ConnectionCommands):
         return resp_commands.COMMANDS[name][1](args)
 
     # -------------------------------------------------------------- connection commands
+
+
+def _next_header(data: bytes, pos: int) -> re.Match[bytes] | None:
+    """The first array or bulk header with a 6-digit number or more at or after ``pos``
+    (two searches, as a regex that starts with a literal scans fast; the second
+    stops where the first found one, so a long bulk string is scanned once)."""
+    bulk = _BULK_HEADER.search(data, pos)
+    array = _ARRAY_HEADER.search(data, pos, len(data) if bulk is None else bulk.start())
+    return bulk if array is None else array
 
 
 def _finish_set(replies: list[Reply]) -> bytes:
