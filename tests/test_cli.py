@@ -338,3 +338,23 @@ def test_incr(run):
     assert "not an integer" in result.output
     assert run("incr", "c", "--by", str(2**63)).exit_code == 2
     assert CliRunner().invoke(main, ["incr", "--help"]).exit_code == 0
+
+
+@pytest.mark.processes
+@pytest.mark.timeout(120)
+def test_a_second_up_on_the_same_data_dir_fails_and_leaves_the_running_one_alone(tmp_path):
+    data = tmp_path / "cluster"
+    up, processes = _start_up(data)
+    try:
+        before = sorted(data.glob("n*/node.json"))
+        assert len(before) == 3
+        cluster = (data / "cluster.json").read_bytes()
+        argv = [sys.executable, "-m", "mesh", "up", "--data-dir", str(data), "--api-port", "0"]
+        second = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 2, second.stderr
+        assert "in use by another process" in second.stderr.strip().splitlines()[-1]
+        assert "Traceback" not in second.stderr
+        assert sorted(data.glob("n*/node.json")) == before  # the running nodes' status files
+        assert (data / "cluster.json").read_bytes() == cluster
+    finally:
+        assert _stop_up(up) == 0

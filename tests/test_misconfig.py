@@ -179,3 +179,37 @@ def test_a_bad_event_loop_choice_is_one_line(procs, monkeypatch, role):
         "edge": ["edge", "--backend", NO_BACKEND, "--insecure", "--port", "0"],
     }[role]
     assert_one_line(run_to_exit(procs, role, args, 3), "PYCACHE_EVENT_LOOP", 3)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("where", ["missing-dir", "a-dir"])
+def test_a_balancer_status_file_it_cannot_write_is_one_line(procs, where):
+    path = procs.tmp_path / "no" / "b.json" if where == "missing-dir" else procs.tmp_path
+    args = ["balancer", "--nodes", NO_BACKEND, "--insecure", "--front", "tcp://127.0.0.1:*"]
+    exited = run_to_exit(procs, "balancer", [*args, "--status-file", str(path)], 3)
+    assert_one_line(exited, "--status-file", 3)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"peers": []}',
+        "null",
+        "5",
+        '{"peers": 5}',
+        '{"peers": {"n2": {}}}',
+        '{"peers": {"n2": {"repl": 5, "pub": null}}}',
+        '{"peers": {"n2": {"repl": "tcp://127.0.0.1:99999", "pub": "ipc:///tmp/x"}}}',
+    ],
+)
+def test_a_peers_file_of_the_wrong_shape_is_ignored_with_a_warning(procs, text):
+    """peers.json is the node's own cache of its peers' endpoints: a damaged one is
+    logged and ignored (the configured peers and HELLO rebuild it), not a traceback."""
+    (procs.tmp_path / "n1").mkdir()
+    (procs.tmp_path / "n1" / "peers.json").write_text(text)
+    node = procs.node("n1")  # waits for ready
+    with node.client() as client:
+        assert client.ping()
+    assert "Traceback" not in node.log_path.read_text()
+    assert "peers.json" in node.log_path.read_text()

@@ -20,6 +20,7 @@ from pathlib import Path
 import zmq
 from prometheus_client.core import GaugeMetricFamily
 
+from mesh.core.errors import ConfigError
 from mesh.roles import metrics
 from mesh.roles.balancer import Balancer
 from mesh.roles.config import HTTP_PORT_ANY, BalancerConfig
@@ -103,10 +104,20 @@ def run_balancer(config: BalancerConfig, status_file: str | None = None) -> None
                     config.metrics_host,
                 )
         if status_file:
-            write_atomically(Path(status_file), json.dumps(status).encode(), durable=False)
+            _write_status(Path(status_file), status, balancer)
         balancer.run()
     finally:
         resp.stop()
         if server is not None:
             server.close()
         ctx.term()
+
+
+def _write_status(path: Path, status: dict, balancer: Balancer) -> None:
+    """Write the status file; when it cannot be, close the balancer (its open sockets
+    would block ``ctx.term()``) and say so in one line."""
+    try:
+        write_atomically(path, json.dumps(status).encode(), durable=False)
+    except OSError as exc:
+        balancer.close()
+        raise ConfigError(f"--status-file {path}: {exc.strerror or exc}") from None

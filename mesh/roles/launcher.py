@@ -113,9 +113,10 @@ class ChildProcess:
     # ------------------------------------------------------------------ start
 
     def start(self, argv: Sequence[str]) -> ChildProcess:
-        """Start ``argv`` in its own session, after removing a stale status file."""
-        if self.status_path is not None:
-            self.status_path.unlink(missing_ok=True)
+        """Start ``argv`` in its own session.  A status file already there is left
+        alone: :meth:`read_status` takes only this process's (by its pid), and the
+        file may be a running process's, one this start fails beside (its data
+        folder locked): removing it hid that process from ``pycache status``."""
         if self.log_path is None:
             self._popen(argv, None)
         else:

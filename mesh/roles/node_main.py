@@ -29,7 +29,9 @@ def run_node(config: NodeConfig) -> None:
             loop.add_signal_handler(sig, node.stop)
         try:
             await node.run()
-        finally:
-            ctx.term()
+        except BaseException:
+            ctx.destroy(linger=0)  # sockets a failed start left open would block term()
+            raise
+        ctx.term()
 
     eventloop.run(main)

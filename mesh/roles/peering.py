@@ -34,8 +34,9 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from mesh.core import peerwire, snapimage
+from mesh.core import peerfields, peerwire, snapimage
 from mesh.core.clock import monotonic_ms
+from mesh.core.errors import ProtocolError
 from mesh.core.peerview import STARTUP_TIMEOUT_MS
 from mesh.core.replication import READY, Replica
 from mesh.roles.binding import bind
@@ -178,18 +179,40 @@ class Peering:
     # ------------------------------------------------------------------ membership
 
     def _load_peers(self, configured: list[str]) -> None:
-        known: dict[str, dict[str, str]] = {}
-        if self._peers_file.exists():
-            try:
-                known = json.loads(self._peers_file.read_text())["peers"]
-            except (OSError, ValueError, KeyError) as exc:
-                log.warning("ignoring unreadable %s: %s", self._peers_file, exc)
-        for node_id, ends in known.items():
-            self._add(node_id, ends["repl"], ends["pub"], persist=False)
+        for node_id, repl, pub in self._saved_peers():
+            self._add(node_id, repl, pub, persist=False)
         for endpoint in configured:
             if endpoint != self.endpoints["repl"] and endpoint not in self._dealers:
                 self._dealer(endpoint)
         self._unanswered = {e: 0 for e in self._dealers}
+
+    def _saved_peers(self) -> list[tuple[str, str, str]]:
+        """``(node id, repl, pub)`` of each peer ``peers.json`` names, checked as a
+        peer's HELLO is; an unreadable file, or a malformed entry, is logged and skipped."""
+        if not self._peers_file.exists():
+            return []
+        try:
+            known = json.loads(self._peers_file.read_text())["peers"]
+            if not isinstance(known, dict):
+                raise ValueError("its peers are not an object")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable %s: %s", self._peers_file, exc)
+            return []
+        peers = []
+        for node_id, ends in known.items():
+            try:
+                if not isinstance(ends, dict):
+                    raise peerfields.fail("endpoints")
+                peers.append(
+                    (
+                        peerfields.node_id(node_id),
+                        peerfields.endpoint(ends.get("repl")),
+                        peerfields.endpoint(ends.get("pub")),
+                    )
+                )
+            except ProtocolError as exc:
+                log.warning("ignoring peer %r of %s: %s", node_id, self._peers_file, exc)
+        return peers
 
     def _dealer(self, endpoint: str) -> zmq.asyncio.Socket:
         sock = self._dealers.get(endpoint)
