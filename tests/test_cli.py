@@ -358,3 +358,36 @@ def test_a_second_up_on_the_same_data_dir_fails_and_leaves_the_running_one_alone
         assert (data / "cluster.json").read_bytes() == cluster
     finally:
         assert _stop_up(up) == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_signal_while_up_starts_its_children_ends_the_start_at_once(tmp_path, monkeypatch):
+    """``up`` waited for every child to be ready (up to --ready-timeout, 60 s) before
+    it looked at SIGTERM or SIGINT."""
+    from mesh.roles.supervisor import Cluster
+
+    cluster = Cluster(str(tmp_path / "cluster"), nodes=1)
+    starting = threading.Event()
+
+    def slow_start(timeout: float) -> None:
+        starting.set()
+        time.sleep(timeout)  # a child that never gets ready
+
+    stopped: list[bool] = []
+    monkeypatch.setattr(cluster, "start", slow_start)
+    monkeypatch.setattr(cluster, "stop", lambda: stopped.append(True))
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    timer = threading.Thread(
+        target=lambda: starting.wait(5) and os.kill(os.getpid(), signal.SIGTERM)
+    )
+    timer.start()
+    try:
+        started = time.monotonic()
+        lines: list[str] = []
+        assert cluster.run(20, lines.append) == 0
+        assert time.monotonic() - started < 5
+        assert stopped == [True] and "during the start" in lines[0]
+    finally:
+        timer.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

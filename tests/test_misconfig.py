@@ -213,3 +213,38 @@ def test_a_peers_file_of_the_wrong_shape_is_ignored_with_a_warning(procs, text):
         assert client.ping()
     assert "Traceback" not in node.log_path.read_text()
     assert "peers.json" in node.log_path.read_text()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--api", "tcp://127.0.0.1:87537"], "tcp://127.0.0.1:87537"),  # libzmq wrapped it
+        (["--w", "²"], "²"),  # a digit to str.isdigit, not to int()
+    ],
+)
+def test_a_node_flag_out_of_range_is_one_line(procs, args, named):
+    assert_one_line(run_to_exit(procs, "node", node_args(procs, *args), 3), named, 3)
+
+
+@pytest.mark.timeout(60)
+def test_the_http_host_environment_variable_is_read(procs, monkeypatch):
+    """It was read as PYCACHE_HTTP-HOST: PYCACHE_HTTP_HOST, as docs/api.md names it,
+    was ignored silently, and the API stayed on loopback."""
+    monkeypatch.setenv("PYCACHE_HTTP_HOST", "0.0.0.0")
+    exited = run_to_exit(procs, "node", node_args(procs, "--http-port", "*", keys=True), 3)
+    assert_one_line(exited, "0.0.0.0", 3)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0"])
+@pytest.mark.parametrize("command", ["get", "up"])
+def test_a_number_of_seconds_that_is_none_is_refused(procs, command, value):
+    args = {
+        "get": ["get", "k", "--connect", "tcp://127.0.0.1:1", "--timeout", value],
+        "up": ["up", "--data-dir", str(procs.tmp_path / "up"), "--ready-timeout", value],
+    }[command]
+    exited = run_to_exit(procs, command, args, 3)
+    assert "Traceback" not in exited.stderr and exited.code == EXIT_ERROR, exited.stderr
+    assert "is not a number of seconds" in exited.stderr
+    assert not (procs.tmp_path / "up").exists()

@@ -19,6 +19,7 @@ import click
 
 from mesh.cli.credentials import client_key_option, server_key_option
 from mesh.cli.exits import EXIT_MISSING, EXIT_UNREACHABLE, errors_to_exit_codes, split_csv
+from mesh.cli.options import seconds_in_range
 from mesh.roles.config import DEFAULT_FRONT
 
 #: Where ``pycache stats --all`` reads the processes: ``pycache up``'s default data folder.
@@ -34,6 +35,7 @@ connect_option = click.option(
 _timeout_option = click.option(
     "--timeout",
     type=float,
+    callback=seconds_in_range,
     default=5.0,
     show_default=True,
     envvar="PYCACHE_TIMEOUT",

@@ -44,7 +44,7 @@ _W_HELP = f"Default write acknowledgement: a node count, {' or '.join(map(repr, 
 
 
 def _endpoint_option(flag: str, default: str, help: str) -> Callable[[Any], Any]:
-    envvar = "PYCACHE_" + flag.lstrip("-").upper()
+    envvar = "PYCACHE_" + flag.lstrip("-").upper().replace("-", "_")
     return click.option(flag, default=default, show_default=True, envvar=envvar, help=help)
 
 
@@ -286,7 +286,7 @@ def node(
             repl=repl,
             pub=pub,
             peers=split_csv(peers),
-            w=int(w) if w.isdigit() else w,
+            w=int(w) if w.isascii() and w.isdigit() else w,
             ack_timeout_ms=ack_timeout_ms,
             pub_hwm=pub_hwm,
             fsync=fsync,

@@ -85,6 +85,13 @@ def port_or_any(ctx: click.Context, param: click.Parameter, value: str) -> int:
     raise click.BadParameter(f"{value!r} is not a port number (0-65535) or '*'")
 
 
+def seconds_in_range(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """A number of seconds in (0, 3600]: not 0, negative, inf or nan."""
+    if not 0 < value <= 3600:
+        raise click.BadParameter(f"{value} is not a number of seconds in (0, 3600]")
+    return value
+
+
 def seconds_option(flag: str, default: float, envvar: str, help: str) -> Callable[[Any], Any]:
     """A number of seconds with its default shown and its environment variable."""
     return click.option(

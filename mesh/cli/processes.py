@@ -27,6 +27,7 @@ from mesh.cli.options import (
     log_level_option,
     port_or_any,
     resp_option,
+    seconds_in_range,
     seconds_option,
     setup_logging,
     valid_config,
@@ -350,6 +351,7 @@ def edge(
 @click.option(
     "--ready-timeout",
     type=float,
+    callback=seconds_in_range,
     default=60.0,
     show_default=True,
     envvar="PYCACHE_READY_TIMEOUT",

@@ -440,7 +440,8 @@ class Ports:
 
 def check_endpoint(name: str, endpoint: str) -> None:
     """Raise ConfigError unless ``endpoint`` looks like a ZeroMQ endpoint."""
-    if not isinstance(endpoint, str) or not ENDPOINT_RE.match(endpoint):
+    found = ENDPOINT_RE.match(endpoint) if isinstance(endpoint, str) else None
+    if found is None or (found[2] not in (None, "*") and int(found[2]) > 65535):
         raise ConfigError(f"{name} {endpoint!r} is not an endpoint like tcp://127.0.0.1:7001")
 
 

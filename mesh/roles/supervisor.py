@@ -43,6 +43,10 @@ DEFAULT_PORTS = Ports()
 WATCH_S = 0.2
 
 
+class _StartInterrupted(Exception):
+    """SIGTERM or SIGINT arrived while ``up`` was starting its children."""
+
+
 @dataclass
 class Child:
     """One process of the cluster: its role, id, command line and endpoints."""
@@ -331,11 +335,27 @@ class Cluster:
             process.reap(deadline - time.monotonic())
 
     def run(self, ready_timeout: float, echo: Callable[[str], None]) -> int:
-        """Start, report endpoints, watch until a signal; return the exit code."""
+        """Start, report endpoints, watch until a signal; return the exit code.
+
+        A signal during the start ends it at once (what was started is stopped),
+        instead of after the last child is ready or ``ready_timeout``.
+        """
+        starting = True
+
+        def on_signal(*_: object) -> None:
+            self._stop.set()
+            if starting:
+                raise _StartInterrupted
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self._stop.set())
+            signal.signal(sig, on_signal)
         try:
-            self.start(ready_timeout)
+            try:
+                self.start(ready_timeout)
+            except _StartInterrupted:
+                echo("stopped by a signal during the start")
+                return 0
+            starting = False
             echo(f"PyCache is up ({len(self.nodes)} node(s)); data in {self.data_dir}")
             for child in self.children:
                 endpoints = ", ".join(f"{k} {v}" for k, v in child.endpoints.items())
