@@ -80,3 +80,34 @@ def test_corrupt_sealed_segment_moved_aside_and_refetched(procs: Processes) -> N
     assert list((n1.data_dir / "log").glob("*-*.corrupt")), "the bad segment was not moved aside"
     log_text = n1.stderr()
     wait_for(lambda: "moved aside" in log_text, 1.0, "a warning naming the moved segment")
+
+
+def test_a_damaged_snapshot_over_a_compacted_log_is_refetched(procs: Processes) -> None:
+    """The snapshot that covered the log compacted away is damaged: the node lost
+    those records.  It took offset 0 for where to replay from and died of a
+    ValueError (the log starts past it).  Now that gap is log damage: a new
+    incarnation, and the records lost come back from the peers."""
+    extra = ["--segment-mib", "1", "--retention-mib", "0", "--snapshot-every", "500"]
+    nodes = procs.cluster(3, extra)
+    n1, n2, n3 = nodes
+    value = b"v" * 1000
+    _write(n1, "old", OLD, value)
+    wait_converged(nodes)
+    for n in nodes:
+        assert n.stop() == 0
+    assert _segments(n1)[0].name != f"{0:020d}.log", "nothing was compacted"
+    snapshots = sorted((n1.data_dir / "snapshots").glob("*.snap"))
+    assert snapshots
+    for snap in snapshots:
+        snap.write_bytes(b"")
+    before = _origin(n1)
+    n1.start()  # peers down: ready after the start-up timeout
+    assert _origin(n1) != before, "n1 lost part of its history but kept its incarnation"
+    n2.start(wait=False)
+    n3.start(wait=False)
+    n2.wait_ready()
+    n3.wait_ready()
+    stats = wait_converged(nodes, timeout=30.0)
+    assert all(s["keys"] == OLD for s in stats), [s["keys"] for s in stats]
+    with n1.client() as c:
+        assert c.get("old:0") == value and c.get(f"old:{OLD - 1}") == value

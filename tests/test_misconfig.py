@@ -19,7 +19,7 @@ import pytest
 
 from mesh.cli.exits import EXIT_ERROR
 from mesh.roles.launcher import ChildProcess, mesh_argv
-from tests.conftest import Processes, wait_for
+from tests.conftest import NodeProcess, Processes, wait_for
 
 pytestmark = pytest.mark.processes
 
@@ -248,3 +248,19 @@ def test_a_number_of_seconds_that_is_none_is_refused(procs, command, value):
     assert "Traceback" not in exited.stderr and exited.code == EXIT_ERROR, exited.stderr
     assert "is not a number of seconds" in exited.stderr
     assert not (procs.tmp_path / "up").exists()
+
+
+@pytest.mark.timeout(60)
+def test_two_nodes_with_one_id_say_so(procs):
+    """Two nodes given the same --id (each with its own folder) both ran and ignored each
+    other's writes without a word: each took the other's HELLO for its own."""
+    first = procs.node("n1")
+    twin = NodeProcess(procs.tmp_path / "twin", "n1", None, procs.member_keys("n1"))
+    twin.peers = [first.repl]
+    procs.nodes.append(twin)
+    twin.start()
+    wait_for(
+        lambda: "two nodes share an id" in first.log_path.read_text() + twin.log_path.read_text(),
+        10,
+        "a node to log that two nodes share its id",
+    )

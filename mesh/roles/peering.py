@@ -234,6 +234,13 @@ class Peering:
 
     def _add(self, node_id: str, repl: str, pub: str, *, persist: bool = True) -> None:
         if node_id == self.replica.node_id:
+            if repl != self.endpoints["repl"]:
+                log.error(
+                    "the node at %s says it is %s, this node's own id: two nodes share an "
+                    "id, and neither takes the other's writes; give each node its own --id",
+                    repl,
+                    node_id,
+                )
             return
         if self.membership is not None and node_id not in self.membership.ids():
             log.warning("ignored %s at %s: not a member", node_id, repl)

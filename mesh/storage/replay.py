@@ -18,7 +18,7 @@ from itertools import islice
 from mesh.core.mutation import Record
 from mesh.core.store import Store
 from mesh.storage.log import Log, LogCorruptError
-from mesh.storage.salvage import Contiguity, clear_damage, quarantine, read_damage
+from mesh.storage.salvage import Contiguity, clear_damage, note_damage, quarantine, read_damage
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,17 @@ def recover(log_: Log, store: Store) -> Recovered:
         found.applied = apply_all(store, entries, "loading the snapshot")
         log.info("loaded snapshot at offset %d: %d entries", found.snapshot_offset, found.applied)
     log_dir = log_.data_dir / "log"
+    if found.snapshot_offset < log_.first_offset():
+        # The snapshot that covered the records compacted away is damaged or gone:
+        # they are lost here, as a damaged log's are (a new incarnation; the peers
+        # send them back).
+        what = (
+            f"offsets {found.snapshot_offset}..{log_.first_offset()}: no valid snapshot "
+            "covers the log compacted before them"
+        )
+        log.warning("%s", what)
+        if what not in (read_damage(log_dir) or {}).get("found", ()):
+            note_damage(log_dir, what)  # not again at each start until it is refilled
     mark = read_damage(log_dir)
     if mark is None and not held:  # the usual case: each origin's records are contiguous
         try:
