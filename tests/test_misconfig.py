@@ -9,6 +9,7 @@ tracked by ``procs`` (which fails the test on a Traceback).
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -264,3 +265,26 @@ def test_two_nodes_with_one_id_say_so(procs):
         10,
         "a node to log that two nodes share its id",
     )
+
+
+@pytest.mark.timeout(60)
+def test_a_malformed_incarnation_is_one_line(procs):
+    """Peers refuse every message under an origin they cannot parse: the node went
+    ready and its writes reached no one."""
+    folder = procs.tmp_path / "n1"
+    folder.mkdir()
+    identity = {"node_id": "n1", "incarnation": "bad inc!", "created_ms": 1}
+    (folder / "identity.json").write_text(json.dumps(identity))
+    exited = run_to_exit(procs, "node", node_args(procs), 3)
+    assert_one_line(exited, "malformed incarnation", 3)
+
+
+@pytest.mark.timeout(60)
+def test_a_secret_key_that_is_not_the_members_key_is_one_line(procs):
+    """Its peers refused its HELLO, and the node stayed catching-up for ever."""
+    keys = procs.member_keys("n1", "n2")
+    (keys / "secrets" / "n1.key_secret").write_bytes(
+        (keys / "secrets" / "n2.key_secret").read_bytes()
+    )
+    exited = run_to_exit(procs, "node", node_args(procs, keys=True), 3)
+    assert_one_line(exited, "is not the secret of", 3)

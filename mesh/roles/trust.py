@@ -119,6 +119,16 @@ def load_peer_keys(folder: str | Path, node_id: str) -> PeerKeys:
         raise ConfigError(f"{node_id!r} is not a member in {root / MEMBERS} (run `pycache keygen`)")
     server_public, server_secret = load_key_pair(root / f"{SERVER}.key_secret")
     public, secret = load_key_pair(root / SECRETS / f"{node_id}.key_secret")
+    member_path = root / MEMBERS / f"{node_id}.key"
+    try:
+        member, _ = zmq.auth.load_certificate(member_path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the key {member_path}: {exc}") from None
+    if member != public:  # its peers would refuse it, and it would never be ready
+        raise ConfigError(
+            f"{root / SECRETS / f'{node_id}.key_secret'} is not the secret of "
+            f"{member_path}: another node's key?"
+        )
     return PeerKeys(node_id, server_public, server_secret, public, secret, root)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -63,6 +64,10 @@ def write_atomically(
         fsync_dir(path.parent)
 
 
+#: An incarnation as peers accept it in an origin (``<node id>/<incarnation>``).
+_INCARNATION_RE = re.compile(r"[0-9A-Za-z]{1,64}")
+
+
 def open_identity(data_dir: str | Path, node_id: str, *, rotate: bool = False) -> str:
     """Create or check the data folder for ``node_id``; return the origin string.
 
@@ -81,6 +86,9 @@ def open_identity(data_dir: str | Path, node_id: str, *, rotate: bool = False) -
             raise ConfigError(f"{path}: unreadable identity file ({exc})") from exc
         if owner != node_id:
             raise ConfigError(f"{folder} holds the data of node {owner!r}, not {node_id!r}")
+        if type(incarnation) is not str or not _INCARNATION_RE.fullmatch(incarnation):
+            # peers would refuse every message under it (mesh.core.peerfields.ORIGIN_RE)
+            raise ConfigError(f"{path}: malformed incarnation {incarnation!r:.80}")
     if not path.exists() or rotate:
         import secrets  # only here: a restart need not import it (and hmac), ~2 ms
 
