@@ -222,6 +222,8 @@ def test_a_peers_file_of_the_wrong_shape_is_ignored_with_a_warning(procs, text):
     [
         (["--api", "tcp://127.0.0.1:87537"], "tcp://127.0.0.1:87537"),  # libzmq wrapped it
         (["--w", "²"], "²"),  # a digit to str.isdigit, not to int()
+        (["--pub", "ipc:///tmp/x"], "ipc:///tmp/x"),  # peers refused its HELLO
+        (["--repl", "inproc://x"], "inproc://x"),
     ],
 )
 def test_a_node_flag_out_of_range_is_one_line(procs, args, named):
@@ -288,3 +290,12 @@ def test_a_secret_key_that_is_not_the_members_key_is_one_line(procs):
     )
     exited = run_to_exit(procs, "node", node_args(procs, keys=True), 3)
     assert_one_line(exited, "is not the secret of", 3)
+
+
+@pytest.mark.timeout(60)
+def test_keygen_into_an_empty_folder_name_is_refused(procs, monkeypatch):
+    """``--keys ''`` wrote the keys into the current folder."""
+    monkeypatch.chdir(procs.tmp_path)
+    exited = run_to_exit(procs, "keygen", ["keygen", "--keys", "", "n1"], 3)
+    assert exited.code == EXIT_ERROR and "name a folder" in exited.stderr, exited.stderr
+    assert not list(procs.tmp_path.glob("*.key*"))

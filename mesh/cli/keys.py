@@ -6,10 +6,18 @@ import click
 
 from mesh.cli.exits import errors_to_exit_codes
 
+
+def _folder(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not value.strip():  # "" would write the keys into the current folder
+        raise click.BadParameter("name a folder")
+    return value
+
+
 keys_option = click.option(
     "--keys",
     "folder",
     required=True,
+    callback=_folder,
     envvar="PYCACHE_KEYS",
     help="The keys folder (shared by the members, or copied to each: see docs/security.md).",
 )

@@ -159,6 +159,9 @@ class NodeConfig:
             raise ConfigError("data_dir is required")
         for name in ("api", "repl", "pub"):
             check_endpoint(name, getattr(self, name))
+        for name in ("repl", "pub"):  # peers connect to these, and take only tcp:// (HELLO)
+            if not getattr(self, name).startswith("tcp://"):
+                raise ConfigError(f"{name} {getattr(self, name)!r}: peers reach it over tcp://")
         for peer in self.peers:
             check_endpoint("peer", peer)
             if peer.endswith(":*"):
