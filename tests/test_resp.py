@@ -55,6 +55,16 @@ SCRIPT: list[tuple] = [
     ("SET", "k", "v", "EX", "10", "PX", "10"),
     ("SET", "k", "v", "NX", "XX"),
     ("SET", "k", "v", "BOGUS"),
+    ("SET", "k", "v", "NX", "NX"),  # options may repeat, as in Redis
+    ("SET", "k", "v2", "XX", "XX", "GET", "GET"),
+    ("SET", "k", "v", "EX", "10", "EX", "100"),  # the last wins
+    ("TTL", "k"),
+    ("SET", "k", "v", "KEEPTTL", "KEEPTTL"),
+    ("TTL", "k"),
+    ("SET", "k", "v", "EX", "abc", "NX", "XX"),  # the syntax error first
+    ("SET", "k", "v", "EX", "10", "PX", "100"),
+    ("SET", "k", "v", "KEEPTTL", "EX", "10"),
+    ("SET", "k", "v"),
     ("SET", "k", "v", "EXAT", str(int(time.time()) + 1000)),
     ("TTL", "k"),
     ("SET", "k", "v", "PXAT", str(int(time.time() * 1000) + 1_000_000)),
@@ -364,3 +374,12 @@ def test_a_client_gone_before_its_replies_leaves_no_error_in_the_log(procs):
             sock.sendall(b"*2\r\n$3\r\nGET\r\n$8\r\nsentinel\r\n" * 50 + b"*1\r\n$x\r\n" * (i % 2))
     assert ping_takes(port) < 5
     assert "Traceback" not in node.log_path.read_text()
+
+
+def test_an_empty_command_array_is_skipped_as_redis_does(procs):
+    node = procs.node(extra=RESP_ANY)
+    with socket.create_connection(("127.0.0.1", node_resp_port(node)), timeout=5) as sock:
+        sock.sendall(b"*0\r\n*-1\r\n*1\r\n$4\r\nPING\r\n")
+        assert sock.recv(1000) == b"+PONG\r\n"
+        sock.sendall(b"*1\r\n$4\r\nPING\r\n")  # still open
+        assert sock.recv(1000) == b"+PONG\r\n"

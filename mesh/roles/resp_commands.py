@@ -81,33 +81,49 @@ def get(args: list[bytes]) -> Plan:
     return _one("GET", (key(args[0]),), bulk)
 
 
+def _set_options(args: list[bytes]) -> tuple[dict[str, Any], bool, tuple[bytes | None, bytes]]:
+    """SET's options as Redis reads them: ``(options, GET?, (EX|PX|EXAT|PXAT, its
+    number unread))``.  An option may repeat (the last number wins); NX with XX, or
+    two kinds of expiry, is a syntax error, found before any number is read."""
+    options: dict[str, Any] = {}
+    want_get, kind, raw = False, None, b""
+    i = 2
+    while i < len(args):
+        word = args[i].upper()
+        if word == b"NX" and "xx" not in options:
+            options["nx"] = True
+        elif word == b"XX" and "nx" not in options:
+            options["xx"] = True
+        elif word == b"GET":
+            want_get = True
+        elif word == b"KEEPTTL" and kind is None:
+            options["keepttl"] = True
+        elif (
+            word in (b"EX", b"PX", b"EXAT", b"PXAT")
+            and "keepttl" not in options
+            and kind in (None, word)
+            and i + 1 < len(args)
+        ):
+            kind, raw = word, args[i + 1]
+            i += 1
+        else:
+            raise RespError(SYNTAX)
+        i += 1
+    return options, want_get, (kind, raw)
+
+
 def set_(args: list[bytes]) -> Plan:
     """SET key value [NX|XX] [GET] [EX s|PX ms|EXAT ts|PXAT ts|KEEPTTL]."""
     k, value = key(args[0]), args[1]
     if len(args) == 2:
         return _one("SET", (k, value), _ok)
-    options: dict[str, Any] = {}
-    want_get = expiry = False
-    i = 2
-    while i < len(args):
-        word = args[i].upper()
-        if word in (b"NX", b"XX") and not ({"nx", "xx"} & options.keys()):
-            options[word.decode().lower()] = True
-        elif word == b"GET" and not want_get:
-            want_get = True
-        elif word == b"KEEPTTL" and not expiry:
-            options["keepttl"], expiry = True, True
-        elif word in (b"EX", b"PX", b"EXAT", b"PXAT") and not expiry and i + 1 < len(args):
-            i += 1
-            expiry = True
-            n = to_int(args[i])
-            unit = 1000 if word in (b"EX", b"EXAT") else 1
-            if n <= 0 or n * unit > (2**62 if word.endswith(b"AT") else MAX_TTL_MS):
-                raise RespError("ERR invalid expire time in 'set' command")
-            options["at_ms" if word.endswith(b"AT") else "ttl_ms"] = n * unit
-        else:
-            raise RespError(SYNTAX)
-        i += 1
+    options, want_get, (kind, raw) = _set_options(args)
+    if kind is not None:
+        n = to_int(raw)
+        unit = 1000 if kind in (b"EX", b"EXAT") else 1
+        if n <= 0 or n * unit > (2**62 if kind.endswith(b"AT") else MAX_TTL_MS):
+            raise RespError("ERR invalid expire time in 'set' command")
+        options["at_ms" if kind.endswith(b"AT") else "ttl_ms"] = n * unit
 
     def convert(result: Any) -> bytes:
         stored, old = result

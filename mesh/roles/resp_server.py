@@ -201,6 +201,8 @@ class Connection(asyncio.Protocol):
     def _take_commands(self) -> None:
         while (command := self.reader.gets()) is not False:
             self.unparsed = 0
+            if command is None or command == []:  # *-1 or *0: Redis skips an empty command
+                continue
             if (
                 type(command) is not list
                 or not command
