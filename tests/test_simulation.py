@@ -55,6 +55,10 @@ def test_random_seeds(seed: int) -> None:
     sim.run(seed)
 
 
+#: the explorer's ``--set collect=1 --set hello=1 --set cuts=2 --set incrs=10``
+EVERYTHING = {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}
+
+
 @pytest.mark.parametrize(
     ("seed", "params"),
     [
@@ -86,6 +90,11 @@ def test_random_seeds(seed: int) -> None:
         (4100021710, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}),
         # ... and the acknowledged SET that such a DEL had superseded (the checker)
         (6400004860, {"incrs": 10, "ttls": 15, "pauses": 2}),
+        # a write stamped below a DEL by a clock behind, taken where the tombstone was
+        # collected and refused where it was not
+        (6500051333, {**EVERYTHING, "ttls": 15, "pauses": 2}),
+        (6500070039, {**EVERYTHING, "ttls": 15, "pauses": 2}),
+        (6600034061, {"w_share": 1.0, "disk_loss": 1.0, "crashes": 3, "pauses": 2, "ttls": 5}),
         # a full sync dropped a key another snapshot had given, past that one's vv (TTLs)
         (5100007268, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10, "ttls": 15}),
     ],

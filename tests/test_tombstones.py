@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from mesh.core.clock import HybridClock, pack
 from mesh.core.mutation import Mutation
+from mesh.core.peerview import DEFAULT_MAX_OFFSET_MS
 from mesh.core.replication import Replica
 from mesh.core.store import Store
 from mesh.core.tombstones import StableFrontier
@@ -61,12 +64,13 @@ def test_a_late_older_set_cannot_revive_a_key_deleted_before_the_frontier() -> N
     assert store.stats()["tombstones"] == 0 and "k" not in store
 
 
-def replica_with_a_tombstone(settle_ms: int) -> tuple[Replica, StableFrontier]:
-    """Node x, one peer p, a DEL of k everyone logged: collectable but for the settle rule."""
+def replica_with_a_tombstone(
+    settle_ms: int, wall: Callable[[], int] = lambda: T0 + 2000
+) -> tuple[Replica, StableFrontier]:
+    """Node x, one peer p, a DEL of k (stamped T0 + 10) everyone logged: collectable but
+    for the settle rule (and the clock-offset horizon, until ``wall`` passes it)."""
     store = Store(now_ms=lambda: T0)
-    x = Replica(
-        "x", "x/1", store, SimLog(), HybridClock(lambda: T0), peers=["p"], settle_ms=settle_ms
-    )
+    x = Replica("x", "x/1", store, SimLog(), HybridClock(wall), peers=["p"], settle_ms=settle_ms)
     x.commit_local([Mutation("x/1", 1, pack(T0 + 10, 0), "k", None, 0)])
     store.apply(Mutation("x/1", 1, pack(T0 + 10, 0), "k", None, 0))
     return x, StableFrontier()
@@ -89,3 +93,21 @@ def test_nothing_is_collected_until_every_member_is_heard_settle_ms_after_a_new_
     x.on_heartbeat("p", "p/2", "ready", vv, 2000)
     stable.collect(x)  # the frontier taken: stable at the next round
     assert stable.collect(x) == 1 and "k" not in x.store
+
+
+def test_a_tombstone_within_the_clock_offset_of_now_is_kept() -> None:
+    """A member whose clock is behind (up to the offset the clock guard lets through)
+    stamps a new write below a DEL it follows: while the tombstone is held everywhere
+    the DEL wins alike, but collected on some nodes only, those take the write and the
+    others refuse it for good (seeds 6500051333, 6500070039, 6600034061)."""
+    wall = [T0]
+    x, stable = replica_with_a_tombstone(settle_ms=0, wall=lambda: wall[0])
+    vv = {"x/1": 1}
+    for now in (0, 10, 20):
+        x.on_heartbeat("p", "p/1", "ready", vv, now)
+        assert stable.collect(x) == 0  # stamped T0 + 10: within 1000 ms of the wall
+    wall[0] = T0 + 10 + DEFAULT_MAX_OFFSET_MS
+    assert stable.collect(x) == 0 and x.store.stats()["tombstones"] == 1  # not below yet
+    wall[0] = T0 + 11 + DEFAULT_MAX_OFFSET_MS
+    x.on_heartbeat("p", "p/1", "ready", vv, 30)
+    assert stable.collect(x) == 1 and x.store.stats()["tombstones"] == 0

@@ -483,11 +483,14 @@ class Store:
         self._digest ^= fold(live, self._settling, names, expires, first)
         self._digest ^= fold(live, self._dirty, names, expires, budget - first)
 
-    def collect_stable(self, frontier: dict[str, int], vv: dict[str, int]) -> int:
+    def collect_stable(
+        self, frontier: dict[str, int], vv: dict[str, int], below_hlc: int | None = None
+    ) -> int:
         """Drop the tombstones at or below ``frontier`` (from
-        :class:`~mesh.core.tombstones.StableFrontier`); ``vv``: the node's, for the
-        unknown seqs.  Returns how many; O(those + tombstones since the last call)."""
-        dropped = self._tq.collect(self._tombs, frontier, vv)
+        :class:`~mesh.core.tombstones.StableFrontier`), stamped below ``below_hlc`` if
+        given; ``vv``: the node's, for the unknown seqs.  Returns how many;
+        O(those + tombstones since the last call)."""
+        dropped = self._tq.collect(self._tombs, frontier, vv, below_hlc)
         self._tomb_bytes -= sum(map(len, dropped)) + TOMBSTONE_OVERHEAD * len(dropped)
         self._collected += len(dropped)
         return len(dropped)

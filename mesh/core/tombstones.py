@@ -74,7 +74,7 @@ class StableFrontier:
             return 0
         frontier = self.advance(replica.vv, [p.logged for p in peers], [p.vv for p in peers])
         replica.collected = frontier  # full syncs from before it are refused
-        return replica.store.collect_stable(frontier, replica.vv)
+        return replica.store.collect_stable(frontier, replica.vv, collect_horizon(replica))
 
     def advance(
         self,
@@ -108,6 +108,20 @@ class StableFrontier:
         return self.frontier
 
 
+def collect_horizon(replica: Replica) -> int:
+    """The hlc a tombstone must be below to be collected: this node's wall clock less
+    the clock offset its peers may have (``--max-clock-offset-ms``).
+
+    A member whose clock is behind stamps a new write below the hlc of a DEL it
+    follows.  While the tombstone is held, the DEL wins there; once it is
+    collected on some nodes and not others, those take the write and the others
+    refuse it, for good (simulator seeds 6500051333, 6500070039, 6600034061:
+    a node back from a lost disk, its clock seconds behind).  A clock within the
+    offset stamps every write above this horizon.
+    """
+    return (replica.clock.wall() - replica.gate.max_offset_ms) << LOGICAL_BITS
+
+
 def _dead_origins_agree(origin: str, vv: Mapping[str, int], peers: list[Any]) -> bool:
     """Whether every peer's vv equals ``vv`` on the origins nobody writes as any more
     (incarnations that lost their disk or their log, this node's ``origin`` and the
@@ -139,9 +153,14 @@ class TombstoneQueue:
         return len(self.inbox) + sum(map(len, self.queues.values()))
 
     def collect(
-        self, tombs: MutableMapping[str, tuple], frontier: Mapping[str, int], vv: Mapping[str, int]
+        self,
+        tombs: MutableMapping[str, tuple],
+        frontier: Mapping[str, int],
+        vv: Mapping[str, int],
+        below_hlc: int | None = None,
     ) -> list[str]:
-        """Drop from ``tombs`` every tombstone at or below ``frontier``; return their keys."""
+        """Drop from ``tombs`` every tombstone at or below ``frontier`` (and, given
+        ``below_hlc``, stamped below it: :func:`collect_horizon`); return their keys."""
         queues, later = self.queues, []
         for item in self.inbox:
             origin, seq, key, hlc = item
@@ -158,7 +177,7 @@ class TombstoneQueue:
         dropped = []
         for origin, queue in queues.items():
             top = frontier.get(origin, 0)
-            while queue and queue[0][0] <= top:
+            while queue and queue[0][0] <= top and (below_hlc is None or queue[0][2] < below_hlc):
                 _, key, hlc = queue.popleft()
                 tomb = tombs.get(key)
                 if tomb is not None and tomb[1] == hlc and tomb[2] == origin:
