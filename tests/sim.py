@@ -611,7 +611,7 @@ class Sim:
             if (
                 w.needed > 1
                 and holders
-                and not simfaults.budget_forfeits(self, w)
+                and not simfaults.budget_forfeits(self, w, holders)
                 and w.mutation.key not in self.rebased
             ):
                 self.fail(

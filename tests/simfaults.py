@@ -89,7 +89,12 @@ def _excuse_cut(sim: Sim, node: SimNode, cut: Mutation) -> None:
             keep.append(w)
             continue
         holders = w.holders(sim.origins(), but=node.id)
-        if w.needed > 1 and holders and not budget_forfeits(sim, w) and m.key not in sim.rebased:
+        if (
+            w.needed > 1
+            and holders
+            and not budget_forfeits(sim, w, holders)
+            and m.key not in sim.rebased
+        ):
             sim.fail(
                 f"{node.id} lost {m} from its log, acknowledged with {w.needed} nodes logging "
                 f"it ({w.logged_on} at {w.at_ms} ms), though {holders} kept their disks: "
@@ -103,19 +108,26 @@ def _excuse_cut(sim: Sim, node: SimNode, cut: Mutation) -> None:
         excuse_superseded(sim, w, durable)
 
 
-def budget_forfeits(sim: Sim, w: Write) -> bool:
+def budget_forfeits(sim: Sim, w: Write, holders: list[str]) -> bool:
     """Whether ``w``'s copies may go: once a tombstone budget dropped tombstones
-    before they were stable, a DEL may be undone (documented), so a DEL, or a
-    write that a newer DEL of its key superseded, may be gone with the last copy
-    of that DEL, the key back at an older value (seeds 4100008192 and
-    4100021710: a holder's budget dropped the tombstone, so its snapshot has
-    none, and then the last other copy went; 6400004860: the same for the SET
-    before such a DEL).  Counted."""
+    before they were stable, a DEL (or an eviction's tombstone) may be undone
+    (documented), so a DEL, a write that a newer DEL of its key superseded, or a
+    write whose ``holders`` all forgot its key (a full sync's image from a node
+    that had evicted it) may be gone with the last copy, the key back at an
+    older value (seeds 4100008192 and 4100021710: a holder's budget dropped the
+    tombstone, so its snapshot has none, and then the last other copy went;
+    6400004860: the same for the SET before such a DEL; 6600044407: evicted
+    at its origin).  Counted."""
     if not (sim.forgets and sim.budget_dropped()):
         return False
     key, version = w.mutation.key, w.version
-    if w.mutation.value is None or any(
-        m.value is None and m.key == key and m.version() > version for m in sim.issued.values()
+    forgotten = all(key not in sim._durable(sim.nodes[h]) for h in holders)
+    if (
+        w.mutation.value is None
+        or (holders and forgotten)
+        or any(
+            m.value is None and m.key == key and m.version() > version for m in sim.issued.values()
+        )
     ):
         sim.stats["excused_budget"] += 1
         return True

@@ -95,6 +95,8 @@ EVERYTHING = {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10}
         (6500051333, {**EVERYTHING, "ttls": 15, "pauses": 2}),
         (6500070039, {**EVERYTHING, "ttls": 15, "pauses": 2}),
         (6600034061, {"w_share": 1.0, "disk_loss": 1.0, "crashes": 3, "pauses": 2, "ttls": 5}),
+        # an acknowledged write its origin evicted, then the origin's disk lost (the checker)
+        (6600044407, {"w_share": 1.0, "disk_loss": 1.0, "crashes": 3, "pauses": 2, "ttls": 5}),
         # a full sync dropped a key another snapshot had given, past that one's vv (TTLs)
         (5100007268, {"collect": 1, "hello": 1, "cuts": 2, "incrs": 10, "ttls": 15}),
     ],
