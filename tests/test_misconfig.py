@@ -299,3 +299,20 @@ def test_keygen_into_an_empty_folder_name_is_refused(procs, monkeypatch):
     exited = run_to_exit(procs, "keygen", ["keygen", "--keys", "", "n1"], 3)
     assert exited.code == EXIT_ERROR and "name a folder" in exited.stderr, exited.stderr
     assert not list(procs.tmp_path.glob("*.key*"))
+
+
+@pytest.mark.timeout(60)
+def test_a_data_folder_that_is_a_file_says_so(procs):
+    """It said only ``[Errno 17] File exists``."""
+    (procs.tmp_path / "n1").write_text("not a folder")
+    exited = run_to_exit(procs, "node", node_args(procs), 3)
+    assert_one_line(exited, "a file is in the way", 3)
+
+
+@pytest.mark.timeout(60)
+def test_up_checks_its_port_flags_before_it_starts_anything(procs):
+    """``--edge-port 70000`` started the nodes and the balancer first, then failed."""
+    args = ["up", "--data-dir", str(procs.tmp_path / "up"), "--edge-port", "70000"]
+    exited = run_to_exit(procs, "up", args, 3)
+    assert exited.code == EXIT_ERROR and "70000" in exited.stderr, exited.stderr
+    assert not (procs.tmp_path / "up").exists()

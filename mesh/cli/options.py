@@ -106,6 +106,18 @@ def int_option(flag: str, default: int, envvar: str, help: str) -> Callable[[Any
     )
 
 
+def port_option(flag: str, default: int, envvar: str, help: str) -> Callable[[Any], Any]:
+    """A port number (0..65535) with its default shown and its environment variable."""
+    return click.option(
+        flag,
+        type=click.IntRange(0, 65535),
+        default=default,
+        show_default=True,
+        envvar=envvar,
+        help=help,
+    )
+
+
 fsync_option = click.option(
     "--fsync",
     type=click.Choice(FSYNC_POLICIES),

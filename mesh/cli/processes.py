@@ -25,6 +25,7 @@ from mesh.cli.options import (
     int_option,
     log_format_option,
     log_level_option,
+    port_option,
     port_or_any,
     resp_option,
     seconds_in_range,
@@ -312,36 +313,36 @@ def edge(
     help="Parent folder of every node's data.",
 )
 @click.option("--host", default=DEFAULT_EDGE_HOST, show_default=True, envvar="PYCACHE_HOST")
-@int_option(
+@port_option(
     "--api-port",
     Ports.api,
     "PYCACHE_API_PORT",
     "First node's API port; the next get +1 (0: the OS picks every port).",
 )
-@int_option(
+@port_option(
     "--repl-port",
     Ports.repl,
     "PYCACHE_REPL_PORT",
     "First node's replication port; the next get +1.",
 )
-@int_option("--pub-port", Ports.pub, "PYCACHE_PUB_PORT", "First node's PUB port; the next get +1.")
-@int_option(
+@port_option("--pub-port", Ports.pub, "PYCACHE_PUB_PORT", "First node's PUB port; the next get +1.")
+@port_option(
     "--http-port", Ports.http, "PYCACHE_HTTP_PORT", "First node's HTTP API port; the next get +1."
 )
-@int_option(
+@port_option(
     "--balancer-port", Ports.balancer, "PYCACHE_BALANCER_PORT", "The balancer's front port."
 )
-@int_option("--edge-port", Ports.edge, "PYCACHE_EDGE_PORT", "The HTTP edge's port.")
-@int_option(
+@port_option("--edge-port", Ports.edge, "PYCACHE_EDGE_PORT", "The HTTP edge's port.")
+@port_option(
     "--balancer-metrics-port",
     Ports.metrics,
     "PYCACHE_BALANCER_METRICS_PORT",
     "The balancer's /metrics port (0: the OS picks).",
 )
-@int_option(
+@port_option(
     "--resp-port", Ports.resp, "PYCACHE_RESP_PORT", "First node's RESP port; the next get +1."
 )
-@int_option(
+@port_option(
     "--balancer-resp-port",
     Ports.balancer_resp,
     "PYCACHE_BALANCER_RESP_PORT",

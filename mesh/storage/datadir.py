@@ -68,6 +68,17 @@ def write_atomically(
 _INCARNATION_RE = re.compile(r"[0-9A-Za-z]{1,64}")
 
 
+def make_folder(data_dir: str | Path) -> Path:
+    """The data folder, made if missing; ConfigError when a file (or a file on its
+    path) stands where it should be."""
+    folder = Path(data_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"data folder {folder}: a file is in the way") from None
+    return folder
+
+
 def open_identity(data_dir: str | Path, node_id: str, *, rotate: bool = False) -> str:
     """Create or check the data folder for ``node_id``; return the origin string.
 
@@ -75,8 +86,7 @@ def open_identity(data_dir: str | Path, node_id: str, *, rotate: bool = False) -
     policy).  Raises ConfigError when the folder belongs to another node or its
     identity file is unreadable.
     """
-    folder = Path(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(data_dir)
     path = folder / IDENTITY_FILE
     if path.exists():
         try:
@@ -123,8 +133,7 @@ def lock_data_dir(data_dir: str | Path) -> int:
     Raises ConfigError when another process holds it: two nodes appending to
     one log would corrupt it.
     """
-    folder = Path(data_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(data_dir)
     fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
