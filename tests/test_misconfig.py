@@ -316,3 +316,11 @@ def test_up_checks_its_port_flags_before_it_starts_anything(procs):
     exited = run_to_exit(procs, "up", args, 3)
     assert exited.code == EXIT_ERROR and "70000" in exited.stderr, exited.stderr
     assert not (procs.tmp_path / "up").exists()
+
+
+@pytest.mark.timeout(60)
+def test_a_secret_key_others_can_read_is_warned_about(procs):
+    keys = procs.member_keys("n1")
+    (keys / "secrets" / "n1.key_secret").chmod(0o644)
+    node = procs.node("n1")
+    assert "can be read by any user (mode 644)" in node.log_path.read_text()

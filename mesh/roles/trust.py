@@ -330,10 +330,17 @@ def load_key_pair(path: Path) -> tuple[bytes, bytes]:
     """The ``(public, secret)`` Z85 keys of a ``.key_secret`` file; ConfigError if it has none."""
     try:
         public, secret = zmq.auth.load_certificate(path)
+        mode = path.stat().st_mode
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot read the key {path}: {exc}") from None
     if secret is None:
         raise ConfigError(f"{path} holds no secret key (give the .key_secret file)")
+    if mode & 0o007:  # keygen writes 0600 (the Kubernetes manifests 0440, for a group)
+        log.warning(
+            "%s can be read by any user (mode %o), who can then act as this member: chmod 600 it",
+            path,
+            mode & 0o777,
+        )
     return public, secret
 
 
