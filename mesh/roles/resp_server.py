@@ -160,10 +160,9 @@ class Connection(asyncio.Protocol):
             self.reader.feed(data, 0, pos)
         while (match := _next_header(data, pos)) is not None:
             start = match.start()
-            self.reader.feed(data, fed, start - fed)
+            at_header = self._parse_up_to(data, fed, start)
             fed = start
-            self._take_commands()
-            if self.reader.has_data():  # inside a bulk string not yet whole
+            if not at_header:  # inside a bulk string not yet whole
                 pos = start + 1
                 continue
             end = data.find(b"\r\n", start, start + _MAX_HEADER)
@@ -188,26 +187,27 @@ class Connection(asyncio.Protocol):
             begun = _HEADER_BEGUN.search(data, max(pos, len(data) - _MAX_HEADER))
         if begun is not None:
             start = begun.start()
-            self.reader.feed(data, fed, start - fed)
+            at_header = self._parse_up_to(data, fed, start)
             fed = start
-            self._take_commands()
-            if not self.reader.has_data():  # a header: keep it until its line is whole
+            if at_header:  # keep the header until its line is whole
                 self.head = data[start:]
                 return None
-        self.reader.feed(data, fed, len(data) - fed)
-        self._take_commands()
+        self._parse_up_to(data, fed, len(data))
         return None
+
+    def _parse_up_to(self, data: bytes, start: int, end: int) -> bool:
+        """Feed ``data[start:end]``, take the commands complete; whether the reader took
+        every byte it has (so ``end`` is where its next element starts)."""
+        self.reader.feed(data, start, end - start)
+        self._take_commands()
+        return not self.reader.has_data()
 
     def _take_commands(self) -> None:
         while (command := self.reader.gets()) is not False:
             self.unparsed = 0
             if command is None or command == []:  # *-1 or *0: Redis skips an empty command
                 continue
-            if (
-                type(command) is not list
-                or not command
-                or not all(type(a) is bytes for a in command)
-            ):
+            if type(command) is not list or not all(type(a) is bytes for a in command):
                 raise hiredis.ProtocolError("expected an array of bulk strings")
             self.pending.append(command)
 
